@@ -5,6 +5,7 @@
 //! never handles an unchecked name or schema.
 
 pub mod audit;
+pub mod entities;
 pub mod error;
 pub mod ids;
 pub mod names;

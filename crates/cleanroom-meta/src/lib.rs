@@ -1,0 +1,13 @@
+//! The metadata store.
+//!
+//! [`MetaStore`] is the only way the service reaches metadata; [`SqliteStore`] implements it on
+//! an embedded SQLite file. A PostgreSQL implementation adds a module here and a migrations
+//! folder, and touches neither the domain nor the service. Only this crate knows SQL.
+
+pub mod error;
+pub mod sqlite;
+mod store;
+
+pub use error::MetaError;
+pub use sqlite::SqliteStore;
+pub use store::{Authenticated, MetaStore, NewAudit};

@@ -1,0 +1,851 @@
+//! The embedded SQLite metadata store.
+//!
+//! Writes go through a pool of one connection, so write transactions never race each other
+//! for SQLite's single write lock (and never fail with "database is locked" half way); reads
+//! use a separate pool and see committed state (WAL mode). `secure_delete` is on, so destroyed
+//! keys are overwritten in the database file rather than left in free pages.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome, genesis_hash};
+use cleanroom_core::entities::{
+    Collaboration, Dataset, Membership, Organisation, Token, User,
+};
+use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
+use cleanroom_core::names::{CollaborationName, DatasetName, OrgName, UserName};
+use cleanroom_core::party::{Abilities, CollaborationStatus, DatasetStatus, MemberStatus, UserRole};
+use cleanroom_core::schema::DatasetSchema;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+
+use crate::store::{Authenticated, MetaStore, NewAudit};
+use crate::MetaError;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// File name of the metadata database inside the data directory.
+pub const DB_FILE: &str = "meta.sqlite";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting of the current time")
+}
+
+fn corrupt(what: &str) -> impl Fn(cleanroom_core::CoreError) -> MetaError + '_ {
+    move |e| MetaError::Corrupt(format!("{what}: {e}"))
+}
+
+fn hash32(v: Vec<u8>, what: &str) -> Result<[u8; 32], MetaError> {
+    v.try_into()
+        .map_err(|_| MetaError::Corrupt(format!("{what}: hash is not 32 bytes")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/meta.sqlite` and applies pending migrations.
+    pub async fn open(data_dir: &Path) -> Result<Self, MetaError> {
+        let path = data_dir.join(DB_FILE);
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(MetaError::Unavailable)?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("secure_delete", "ON");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| MetaError::Corrupt(format!("applying migrations: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Closes the pools, flushing the write-ahead log into the database file.
+    pub async fn close(&self) {
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await;
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn append_in(
+        tx: &mut Transaction<'static, Sqlite>,
+        a: NewAudit,
+    ) -> Result<AuditEntry, MetaError> {
+        let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
+            .bind(&a.chain)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let (prev_seq, prev_hash) = match head {
+            Some(r) => (
+                r.try_get::<i64, _>("seq")? as u64,
+                hash32(r.try_get("hash")?, "audit head")?,
+            ),
+            None => (0, genesis_hash(&a.chain)),
+        };
+        let e = AuditEntry::next(
+            &a.chain,
+            prev_seq + 1,
+            now(),
+            a.actor,
+            a.action,
+            a.target,
+            a.outcome,
+            a.detail,
+            prev_hash,
+        );
+        sqlx::query(
+            "INSERT INTO audit_entries (chain, seq, at, actor, action, target, outcome, detail, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e.chain)
+        .bind(e.seq as i64)
+        .bind(&e.at)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(e.outcome.as_str())
+        .bind(&e.detail)
+        .bind(&e.prev_hash[..])
+        .bind(&e.hash[..])
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO audit_heads (chain, seq, hash) VALUES (?, ?, ?)
+             ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .bind(&e.chain)
+        .bind(e.seq as i64)
+        .bind(&e.hash[..])
+        .execute(&mut **tx)
+        .await?;
+        Ok(e)
+    }
+
+    async fn insert_org_admin_token(
+        tx: &mut Transaction<'static, Sqlite>,
+        org: &Organisation,
+        admin: &User,
+        token: &Token,
+    ) -> Result<(), MetaError> {
+        sqlx::query("INSERT INTO organisations (id, name, is_operator, created_at) VALUES (?, ?, ?, ?)")
+            .bind(org.id.to_string())
+            .bind(org.name.as_str())
+            .bind(org.is_operator)
+            .bind(&org.created_at)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| conflict_as(e, format!("an organisation named {} exists already", org.name)))?;
+        Self::insert_user_token(tx, admin, token).await
+    }
+
+    async fn insert_user_token(
+        tx: &mut Transaction<'static, Sqlite>,
+        user: &User,
+        token: &Token,
+    ) -> Result<(), MetaError> {
+        sqlx::query("INSERT INTO users (id, org_id, name, role, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(user.id.to_string())
+            .bind(user.org_id.to_string())
+            .bind(user.name.as_str())
+            .bind(user.role.as_str())
+            .bind(&user.created_at)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| conflict_as(e, format!("a user named {} exists already in this organisation", user.name)))?;
+        Self::insert_token(tx, token).await
+    }
+
+    async fn insert_token(tx: &mut Transaction<'static, Sqlite>, t: &Token) -> Result<(), MetaError> {
+        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, NULL)")
+            .bind(t.id.to_string())
+            .bind(t.user_id.to_string())
+            .bind(&t.label)
+            .bind(&t.secret_hash[..])
+            .bind(&t.created_at)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn conflict_as(e: sqlx::Error, msg: String) -> MetaError {
+    match MetaError::from(e) {
+        MetaError::Conflict(_) => MetaError::Conflict(msg),
+        other => other,
+    }
+}
+
+// ----- row decoding -----
+
+fn org_from(r: &SqliteRow, prefix: &str) -> Result<Organisation, MetaError> {
+    let col = |c: &str| format!("{prefix}{c}");
+    Ok(Organisation {
+        id: OrgId::parse(&r.try_get::<String, _>(col("id").as_str())?).map_err(corrupt("org id"))?,
+        name: OrgName::parse(&r.try_get::<String, _>(col("name").as_str())?)
+            .map_err(corrupt("org name"))?,
+        is_operator: r.try_get(col("is_operator").as_str())?,
+        created_at: r.try_get(col("created_at").as_str())?,
+    })
+}
+
+fn user_from(r: &SqliteRow, prefix: &str) -> Result<User, MetaError> {
+    let col = |c: &str| format!("{prefix}{c}");
+    Ok(User {
+        id: UserId::parse(&r.try_get::<String, _>(col("id").as_str())?).map_err(corrupt("user id"))?,
+        org_id: OrgId::parse(&r.try_get::<String, _>(col("org_id").as_str())?)
+            .map_err(corrupt("user org"))?,
+        name: UserName::parse(&r.try_get::<String, _>(col("name").as_str())?)
+            .map_err(corrupt("user name"))?,
+        role: UserRole::parse(&r.try_get::<String, _>(col("role").as_str())?)
+            .map_err(corrupt("user role"))?,
+        created_at: r.try_get(col("created_at").as_str())?,
+    })
+}
+
+fn token_from(r: &SqliteRow, prefix: &str) -> Result<Token, MetaError> {
+    let col = |c: &str| format!("{prefix}{c}");
+    Ok(Token {
+        id: TokenId::parse(&r.try_get::<String, _>(col("id").as_str())?).map_err(corrupt("token id"))?,
+        user_id: UserId::parse(&r.try_get::<String, _>(col("user_id").as_str())?)
+            .map_err(corrupt("token user"))?,
+        label: r.try_get(col("label").as_str())?,
+        secret_hash: hash32(r.try_get(col("secret_hash").as_str())?, "token")?,
+        created_at: r.try_get(col("created_at").as_str())?,
+        revoked_at: r.try_get(col("revoked_at").as_str())?,
+    })
+}
+
+fn collab_from(r: &SqliteRow) -> Result<Collaboration, MetaError> {
+    Ok(Collaboration {
+        id: CollaborationId::parse(&r.try_get::<String, _>("c_id")?).map_err(corrupt("collaboration id"))?,
+        name: CollaborationName::parse(&r.try_get::<String, _>("c_name")?)
+            .map_err(corrupt("collaboration name"))?,
+        description: r.try_get("c_description")?,
+        creator_org_id: OrgId::parse(&r.try_get::<String, _>("c_creator_org_id")?)
+            .map_err(corrupt("collaboration creator"))?,
+        status: CollaborationStatus::parse(&r.try_get::<String, _>("c_status")?)
+            .map_err(corrupt("collaboration status"))?,
+        created_at: r.try_get("c_created_at")?,
+        closed_at: r.try_get("c_closed_at")?,
+    })
+}
+
+const COLLAB_COLS: &str = "c.id AS c_id, c.name AS c_name, c.description AS c_description, \
+    c.creator_org_id AS c_creator_org_id, c.status AS c_status, c.created_at AS c_created_at, \
+    c.closed_at AS c_closed_at";
+
+fn membership_from(r: &SqliteRow) -> Result<Membership, MetaError> {
+    Ok(Membership {
+        collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("m_collaboration_id")?)
+            .map_err(corrupt("membership collaboration"))?,
+        org_id: OrgId::parse(&r.try_get::<String, _>("m_org_id")?).map_err(corrupt("membership org"))?,
+        org_name: OrgName::parse(&r.try_get::<String, _>("m_org_name")?)
+            .map_err(corrupt("membership org name"))?,
+        abilities: Abilities::from_bits(r.try_get("m_abilities")?).map_err(corrupt("abilities"))?,
+        status: MemberStatus::parse(&r.try_get::<String, _>("m_status")?)
+            .map_err(corrupt("membership status"))?,
+        invited_at: r.try_get("m_invited_at")?,
+        joined_at: r.try_get("m_joined_at")?,
+    })
+}
+
+const MEMBER_COLS: &str = "m.collaboration_id AS m_collaboration_id, m.org_id AS m_org_id, \
+    mo.name AS m_org_name, m.abilities AS m_abilities, m.status AS m_status, \
+    m.invited_at AS m_invited_at, m.joined_at AS m_joined_at";
+
+fn dataset_from(r: &SqliteRow) -> Result<Dataset, MetaError> {
+    let opt_u64 = |c: &str| -> Result<Option<u64>, MetaError> {
+        Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v as u64))
+    };
+    Ok(Dataset {
+        id: DatasetId::parse(&r.try_get::<String, _>("id")?).map_err(corrupt("dataset id"))?,
+        collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
+            .map_err(corrupt("dataset collaboration"))?,
+        owner_org_id: OrgId::parse(&r.try_get::<String, _>("owner_org_id")?)
+            .map_err(corrupt("dataset owner"))?,
+        owner_org_name: OrgName::parse(&r.try_get::<String, _>("owner_name")?)
+            .map_err(corrupt("dataset owner name"))?,
+        name: DatasetName::parse(&r.try_get::<String, _>("name")?).map_err(corrupt("dataset name"))?,
+        schema: DatasetSchema::from_compact(&r.try_get::<String, _>("schema")?)
+            .map_err(corrupt("dataset schema"))?,
+        status: DatasetStatus::parse(&r.try_get::<String, _>("status")?)
+            .map_err(corrupt("dataset status"))?,
+        row_count: opt_u64("row_count")?,
+        byte_size: opt_u64("byte_size")?,
+        created_at: r.try_get("created_at")?,
+        ready_at: r.try_get("ready_at")?,
+    })
+}
+
+const DATASET_SELECT: &str = "SELECT d.id, d.collaboration_id, d.owner_org_id, o.name AS owner_name, \
+    d.name, d.schema, d.status, d.row_count, d.byte_size, d.created_at, d.ready_at \
+    FROM datasets d JOIN organisations o ON o.id = d.owner_org_id";
+
+fn audit_from(r: &SqliteRow) -> Result<AuditEntry, MetaError> {
+    let outcome: String = r.try_get("outcome")?;
+    Ok(AuditEntry {
+        chain: r.try_get("chain")?,
+        seq: r.try_get::<i64, _>("seq")? as u64,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        outcome: Outcome::parse(&outcome)
+            .ok_or_else(|| MetaError::Corrupt(format!("audit outcome {outcome:?}")))?,
+        detail: r.try_get("detail")?,
+        prev_hash: hash32(r.try_get("prev_hash")?, "audit prev_hash")?,
+        hash: hash32(r.try_get("hash")?, "audit hash")?,
+    })
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn bootstrap_operator(
+        &self,
+        org: &Organisation,
+        admin: &User,
+        token: &Token,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organisations WHERE is_operator = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        if exists > 0 {
+            return Err(MetaError::Conflict(
+                "this server is initialised already (an operator exists)".into(),
+            ));
+        }
+        Self::insert_org_admin_token(&mut tx, org, admin, token).await?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_org(
+        &self,
+        org: &Organisation,
+        admin: &User,
+        token: &Token,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        Self::insert_org_admin_token(&mut tx, org, admin, token).await?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Organisation>, MetaError> {
+        sqlx::query("SELECT * FROM organisations ORDER BY name")
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| org_from(r, ""))
+            .collect()
+    }
+
+    async fn find_org(&self, name: &OrgName) -> Result<Option<Organisation>, MetaError> {
+        sqlx::query("SELECT * FROM organisations WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&self.reader)
+            .await?
+            .map(|r| org_from(&r, ""))
+            .transpose()
+    }
+
+    async fn create_user(&self, user: &User, token: &Token, audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        Self::insert_user_token(&mut tx, user, token).await?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_users(&self, org: OrgId) -> Result<Vec<User>, MetaError> {
+        sqlx::query("SELECT * FROM users WHERE org_id = ? ORDER BY name")
+            .bind(org.to_string())
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| user_from(r, ""))
+            .collect()
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>, MetaError> {
+        sqlx::query("SELECT * FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?
+            .map(|r| user_from(&r, ""))
+            .transpose()
+    }
+
+    async fn create_token(&self, token: &Token, audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        Self::insert_token(&mut tx, token).await?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self, org: OrgId) -> Result<Vec<(Token, User)>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT t.id AS t_id, t.user_id AS t_user_id, t.label AS t_label, t.secret_hash AS t_secret_hash,
+                    t.created_at AS t_created_at, t.revoked_at AS t_revoked_at,
+                    u.id AS u_id, u.org_id AS u_org_id, u.name AS u_name, u.role AS u_role, u.created_at AS u_created_at
+             FROM tokens t JOIN users u ON u.id = t.user_id
+             WHERE u.org_id = ? ORDER BY u.name, t.created_at",
+        )
+        .bind(org.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((token_from(r, "t_")?, user_from(r, "u_")?)))
+            .collect()
+    }
+
+    async fn revoke_token(&self, id: TokenId, org: OrgId, audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_at = ?
+             WHERE id = ? AND revoked_at IS NULL
+               AND user_id IN (SELECT id FROM users WHERE org_id = ?)",
+        )
+        .bind(now())
+        .bind(id.to_string())
+        .bind(org.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::NotFound(format!(
+                "no live token {id} in your organisation"
+            )));
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn authenticate(&self, id: TokenId) -> Result<Option<Authenticated>, MetaError> {
+        let row = sqlx::query(
+            "SELECT t.id AS t_id, t.user_id AS t_user_id, t.label AS t_label, t.secret_hash AS t_secret_hash,
+                    t.created_at AS t_created_at, t.revoked_at AS t_revoked_at,
+                    u.id AS u_id, u.org_id AS u_org_id, u.name AS u_name, u.role AS u_role, u.created_at AS u_created_at,
+                    o.id AS o_id, o.name AS o_name, o.is_operator AS o_is_operator, o.created_at AS o_created_at
+             FROM tokens t JOIN users u ON u.id = t.user_id JOIN organisations o ON o.id = u.org_id
+             WHERE t.id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(Authenticated {
+                token: token_from(&r, "t_")?,
+                user: user_from(&r, "u_")?,
+                org: org_from(&r, "o_")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_collaboration(
+        &self,
+        c: &Collaboration,
+        wrapped_key: &[u8],
+        creator: &Membership,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO collaborations (id, name, description, creator_org_id, status, wrapped_key, created_at, closed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+        )
+        .bind(c.id.to_string())
+        .bind(c.name.as_str())
+        .bind(&c.description)
+        .bind(c.creator_org_id.to_string())
+        .bind(c.status.as_str())
+        .bind(wrapped_key)
+        .bind(&c.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict_as(e, format!("your organisation already has a collaboration named {}", c.name)))?;
+        insert_membership(&mut tx, creator).await?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_collaboration(&self, id: CollaborationId) -> Result<Option<Collaboration>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLLAB_COLS} FROM collaborations c WHERE c.id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?
+        .map(|r| collab_from(&r))
+        .transpose()
+    }
+
+    async fn list_collaborations(
+        &self,
+        org: OrgId,
+    ) -> Result<Vec<(Collaboration, Membership)>, MetaError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLLAB_COLS}, {MEMBER_COLS}
+             FROM memberships m
+             JOIN collaborations c ON c.id = m.collaboration_id
+             JOIN organisations mo ON mo.id = m.org_id
+             WHERE m.org_id = ? ORDER BY c.created_at, c.name"
+        )))
+        .bind(org.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((collab_from(r)?, membership_from(r)?)))
+            .collect()
+    }
+
+    async fn collaboration_key(&self, id: CollaborationId) -> Result<Option<Vec<u8>>, MetaError> {
+        Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(
+            "SELECT wrapped_key FROM collaborations WHERE id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?
+        .flatten())
+    }
+
+    async fn get_membership(
+        &self,
+        collab: CollaborationId,
+        org: OrgId,
+    ) -> Result<Option<Membership>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MEMBER_COLS} FROM memberships m JOIN organisations mo ON mo.id = m.org_id
+             WHERE m.collaboration_id = ? AND m.org_id = ?"
+        )))
+        .bind(collab.to_string())
+        .bind(org.to_string())
+        .fetch_optional(&self.reader)
+        .await?
+        .map(|r| membership_from(&r))
+        .transpose()
+    }
+
+    async fn list_members(&self, collab: CollaborationId) -> Result<Vec<Membership>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MEMBER_COLS} FROM memberships m JOIN organisations mo ON mo.id = m.org_id
+             WHERE m.collaboration_id = ? ORDER BY m.invited_at, mo.name"
+        )))
+        .bind(collab.to_string())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(membership_from)
+        .collect()
+    }
+
+    async fn invite(&self, m: &Membership, audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        // A declined invitation may be renewed; anything else is a conflict.
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM memberships WHERE collaboration_id = ? AND org_id = ?",
+        )
+        .bind(m.collaboration_id.to_string())
+        .bind(m.org_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing.as_deref() {
+            None => insert_membership(&mut tx, m).await?,
+            Some("declined") => {
+                sqlx::query(
+                    "UPDATE memberships SET abilities = ?, status = 'invited', invited_at = ?, joined_at = NULL
+                     WHERE collaboration_id = ? AND org_id = ?",
+                )
+                .bind(m.abilities.to_bits())
+                .bind(&m.invited_at)
+                .bind(m.collaboration_id.to_string())
+                .bind(m.org_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(s) => {
+                return Err(MetaError::Conflict(format!(
+                    "{} is already {s} in this collaboration",
+                    m.org_name
+                )));
+            }
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn respond_invitation(
+        &self,
+        collab: CollaborationId,
+        org: OrgId,
+        accept: bool,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let (status, joined) = if accept {
+            ("active", Some(now()))
+        } else {
+            ("declined", None)
+        };
+        let done = sqlx::query(
+            "UPDATE memberships SET status = ?, joined_at = ?
+             WHERE collaboration_id = ? AND org_id = ? AND status = 'invited'",
+        )
+        .bind(status)
+        .bind(joined)
+        .bind(collab.to_string())
+        .bind(org.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::Conflict(
+                "there is no pending invitation for your organisation".into(),
+            ));
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn close_collaboration(&self, collab: CollaborationId, audit: NewAudit) -> Result<u64, MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE collaborations SET status = 'closed', wrapped_key = NULL, closed_at = ?
+             WHERE id = ? AND status = 'open'",
+        )
+        .bind(now())
+        .bind(collab.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::Conflict("the collaboration is closed already".into()));
+        }
+        let shredded = sqlx::query(
+            "UPDATE datasets SET wrapped_key = NULL, status = 'shredded'
+             WHERE collaboration_id = ? AND wrapped_key IS NOT NULL",
+        )
+        .bind(collab.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let mut audit = audit;
+        if audit.detail.is_empty() {
+            audit.detail = format!("destroyed the collaboration key and {shredded} dataset key(s)");
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        // Move the overwritten pages out of the write-ahead log too.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await?;
+        Ok(shredded)
+    }
+
+    async fn create_dataset(&self, d: &Dataset, wrapped_key: &[u8], audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO datasets (id, collaboration_id, owner_org_id, name, schema, status, wrapped_key,
+                                   row_count, byte_size, created_at, ready_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL)",
+        )
+        .bind(d.id.to_string())
+        .bind(d.collaboration_id.to_string())
+        .bind(d.owner_org_id.to_string())
+        .bind(d.name.as_str())
+        .bind(d.schema.to_compact())
+        .bind(d.status.as_str())
+        .bind(wrapped_key)
+        .bind(&d.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict_as(e, format!("a dataset named {} exists already in this collaboration", d.name)))?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_dataset(&self, collab: CollaborationId, name: &DatasetName) -> Result<Option<Dataset>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DATASET_SELECT} WHERE d.collaboration_id = ? AND d.name = ?"
+        )))
+        .bind(collab.to_string())
+        .bind(name.as_str())
+        .fetch_optional(&self.reader)
+        .await?
+        .map(|r| dataset_from(&r))
+        .transpose()
+    }
+
+    async fn list_datasets(&self, collab: CollaborationId) -> Result<Vec<Dataset>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DATASET_SELECT} WHERE d.collaboration_id = ? ORDER BY d.created_at, d.name"
+        )))
+        .bind(collab.to_string())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(dataset_from)
+        .collect()
+    }
+
+    async fn dataset_key(&self, id: DatasetId) -> Result<Option<Vec<u8>>, MetaError> {
+        Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>("SELECT wrapped_key FROM datasets WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?
+            .flatten())
+    }
+
+    async fn begin_upload(&self, id: DatasetId) -> Result<(), MetaError> {
+        let done = sqlx::query("UPDATE datasets SET status = 'uploading' WHERE id = ? AND status = 'pending'")
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() != 1 {
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM datasets WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.writer)
+                .await?;
+            return Err(match status.as_deref() {
+                None => MetaError::NotFound("dataset".into()),
+                Some("uploading") => MetaError::Conflict(
+                    "another upload to this dataset is in progress; wait for it to finish".into(),
+                ),
+                Some("ready") => MetaError::Conflict(
+                    "this dataset has data already; datasets are immutable, create a new one".into(),
+                ),
+                Some(s) => MetaError::Conflict(format!("the dataset is {s}")),
+            });
+        }
+        Ok(())
+    }
+
+    async fn finish_upload(&self, id: DatasetId, rows: u64, bytes: u64, audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE datasets SET status = 'ready', row_count = ?, byte_size = ?, ready_at = ?
+             WHERE id = ? AND status = 'uploading'",
+        )
+        .bind(rows as i64)
+        .bind(bytes as i64)
+        .bind(now())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::Conflict(
+                "the dataset is no longer being uploaded (was its collaboration closed?)".into(),
+            ));
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn abort_upload(&self, id: DatasetId, audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("UPDATE datasets SET status = 'pending' WHERE id = ? AND status = 'uploading'")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recover_uploads(&self) -> Result<Vec<(CollaborationId, DatasetId)>, MetaError> {
+        sqlx::query("UPDATE datasets SET status = 'pending' WHERE status = 'uploading'")
+            .execute(&self.writer)
+            .await?;
+        let rows = sqlx::query("SELECT collaboration_id, id FROM datasets WHERE status = 'ready'")
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
+                        .map_err(corrupt("dataset collaboration"))?,
+                    DatasetId::parse(&r.try_get::<String, _>("id")?).map_err(corrupt("dataset id"))?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn append_audit(&self, audit: NewAudit) -> Result<AuditEntry, MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let e = Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn audit_entries(&self, chain: &str, after: u64, limit: u32) -> Result<Vec<AuditEntry>, MetaError> {
+        sqlx::query("SELECT * FROM audit_entries WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(chain)
+            .bind(after as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(audit_from)
+            .collect()
+    }
+
+    async fn audit_head(&self, chain: &str) -> Result<Option<ChainHead>, MetaError> {
+        sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
+            .bind(chain)
+            .fetch_optional(&self.reader)
+            .await?
+            .map(|r| {
+                Ok(ChainHead {
+                    seq: r.try_get::<i64, _>("seq")? as u64,
+                    hash: hash32(r.try_get("hash")?, "audit head")?,
+                })
+            })
+            .transpose()
+    }
+}
+
+async fn insert_membership(tx: &mut Transaction<'static, Sqlite>, m: &Membership) -> Result<(), MetaError> {
+    sqlx::query(
+        "INSERT INTO memberships (collaboration_id, org_id, abilities, status, invited_at, joined_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(m.collaboration_id.to_string())
+    .bind(m.org_id.to_string())
+    .bind(m.abilities.to_bits())
+    .bind(m.status.as_str())
+    .bind(&m.invited_at)
+    .bind(&m.joined_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! The HTTP API of the clean room: `pub fn app(room) -> Router`, JSON under `/v1`, errors as
+//! problem details, and an OpenAPI document generated from the handlers at `/v1/openapi.json`.
+//! Only this crate knows JSON over HTTP.
+
+mod auth;
+pub mod problem;
+pub mod v1;
+pub mod wire;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use cleanroom_service::CleanRoom;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::problem::ApiError;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("crt_<id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of `/v1`, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "cleanroom", description = "A self-hostable data clean room. Only protected aggregates leave the room; no endpoint returns dataset rows."),
+    paths(
+        v1::health, v1::whoami, v1::list_orgs, v1::create_org, v1::list_users, v1::create_user,
+        v1::list_tokens, v1::create_token, v1::revoke_token,
+        v1::list_collaborations, v1::create_collaboration, v1::get_collaboration, v1::invite,
+        v1::accept, v1::decline, v1::close,
+        v1::list_datasets, v1::create_dataset, v1::get_dataset, v1::upload,
+        v1::audit,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "server"), (name = "parties", description = "organisations, users, API tokens"),
+        (name = "collaborations"), (name = "datasets", description = "declared schemas and encrypted uploads; never rows"),
+        (name = "audit", description = "hash-chained audit logs"),
+    )
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_endpoint",
+        "no such endpoint; see /v1/openapi.json",
+    )
+}
+
+async fn bad_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method; see /v1/openapi.json",
+    )
+}
+
+/// The whole HTTP application.
+pub fn app(room: CleanRoom) -> Router {
+    use v1::*;
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .route("/whoami", get(whoami))
+        .route("/orgs", get(list_orgs).post(create_org))
+        .route("/users", get(list_users).post(create_user))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .route(
+            "/collaborations",
+            get(list_collaborations).post(create_collaboration),
+        )
+        .route("/collaborations/{id}", get(get_collaboration))
+        .route("/collaborations/{id}/invitations", post(invite))
+        .route("/collaborations/{id}/accept", post(accept))
+        .route("/collaborations/{id}/decline", post(decline))
+        .route("/collaborations/{id}/close", post(close))
+        .route(
+            "/collaborations/{id}/datasets",
+            get(list_datasets).post(create_dataset),
+        )
+        .route("/collaborations/{id}/datasets/{name}", get(get_dataset))
+        .route("/collaborations/{id}/datasets/{name}/data", put(upload))
+        .route("/audit/{chain}", get(audit));
+    Router::new()
+        .nest("/v1", api)
+        .fallback(no_route)
+        .method_not_allowed_fallback(bad_method)
+        .layer(TraceLayer::new_for_http())
+        .with_state(room)
+}
+
+/// Serves `room` on `listener` until `shutdown` completes.
+pub async fn serve(
+    room: CleanRoom,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(room))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener with its real address.
+pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}

@@ -1,0 +1,112 @@
+//! Errors as RFC 9457 problem details (`application/problem+json`) with a stable `code`.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cleanroom_service::ServiceError;
+
+use crate::wire::Problem;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub line: Option<u64>,
+    pub column: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            line: None,
+            column: None,
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let status = match &e {
+            ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            ServiceError::InvalidData { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Gone(_) => StatusCode::GONE,
+            ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let code = e.code();
+        if let ServiceError::Internal(msg) = &e {
+            // Logged once, here, with the full text; the client gets an opaque message.
+            tracing::error!(error = %msg, "internal error");
+            return ApiError::new(
+                status,
+                code,
+                "an internal error occurred; the operator can find it in the server log",
+            );
+        }
+        let (line, column) = match &e {
+            ServiceError::InvalidData { line, column, .. } => (*line, column.clone()),
+            _ => (None, None),
+        };
+        ApiError {
+            status,
+            code,
+            detail: e.to_string(),
+            line,
+            column,
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = r.status();
+        let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            "unsupported_media_type"
+        } else {
+            "invalid_json"
+        };
+        ApiError::new(status, code, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self
+            .status
+            .canonical_reason()
+            .unwrap_or("Error")
+            .to_owned();
+        let body = Problem {
+            r#type: format!("urn:cleanroom:problem:{}", self.code),
+            title,
+            status: self.status.as_u16(),
+            code: self.code.to_owned(),
+            detail: self.detail,
+            line: self.line,
+            column: self.column,
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        resp
+    }
+}

@@ -1,0 +1,124 @@
+use cleanroom_meta::MetaError;
+use cleanroom_storage::StorageError;
+use thiserror::Error;
+
+/// What went wrong, classified by whose fault it is. The server turns each variant into an HTTP
+/// status and a stable `code`; the CLI into an exit status. Messages are safe to show to the
+/// caller: no secrets, no row values, nothing about other parties the caller may not see.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// No valid credentials (unknown, malformed or revoked token).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing, or the caller may not know it exists.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request clashes with the current state (a name in use, an upload in progress).
+    #[error("{0}")]
+    Conflict(String),
+    /// A malformed argument (a name, a schema, a header).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Uploaded data that does not match its declared schema; line and column are 1-based.
+    #[error("{message}")]
+    InvalidData {
+        message: String,
+        line: Option<u64>,
+        column: Option<String>,
+    },
+    /// The upload exceeds a limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The collaboration is closed and its data destroyed.
+    #[error("{0}")]
+    Gone(String),
+    /// A dependency (disk, database) is unavailable; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or corruption. The message is for logs; callers see a generic text.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::Unauthenticated(_) => "unauthenticated",
+            ServiceError::Forbidden(_) => "forbidden",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Conflict(_) => "conflict",
+            ServiceError::InvalidInput(_) => "invalid_input",
+            ServiceError::InvalidData { .. } => "invalid_data",
+            ServiceError::TooLarge(_) => "payload_too_large",
+            ServiceError::Gone(_) => "collaboration_closed",
+            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Internal(_) => "internal",
+        }
+    }
+
+    /// The outcome recorded in the audit log for a refusal or failure of this kind.
+    pub fn audit_outcome(&self) -> cleanroom_core::audit::Outcome {
+        use cleanroom_core::audit::Outcome;
+        match self {
+            ServiceError::Unavailable(_) | ServiceError::Internal(_) => Outcome::Failed,
+            _ => Outcome::Denied,
+        }
+    }
+}
+
+impl From<cleanroom_core::CoreError> for ServiceError {
+    fn from(e: cleanroom_core::CoreError) -> Self {
+        ServiceError::InvalidInput(e.to_string())
+    }
+}
+
+impl From<MetaError> for ServiceError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::Conflict(m) => ServiceError::Conflict(m),
+            MetaError::NotFound(m) => ServiceError::NotFound(m),
+            MetaError::Unavailable(src) => {
+                tracing::error!(error = %src, "metadata store unavailable");
+                ServiceError::Unavailable("the metadata store is unavailable; try again".into())
+            }
+            MetaError::Corrupt(m) => ServiceError::Internal(format!("metadata: {m}")),
+        }
+    }
+}
+
+impl From<StorageError> for ServiceError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::InvalidData {
+                line,
+                column,
+                message,
+            } => {
+                let full = StorageError::InvalidData {
+                    line,
+                    column: column.clone(),
+                    message,
+                }
+                .to_string();
+                ServiceError::InvalidData {
+                    message: full,
+                    line,
+                    column,
+                }
+            }
+            StorageError::TooLarge(m) => ServiceError::TooLarge(m),
+            StorageError::UploadStream(m) => {
+                ServiceError::InvalidInput(format!("the upload could not be read to the end: {m}"))
+            }
+            StorageError::Io { context, source } => {
+                tracing::error!(%context, error = %source, "storage I/O failed");
+                ServiceError::Unavailable(format!("storage failed while {context}; try again"))
+            }
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
