@@ -9,5 +9,5 @@ pub mod sqlite;
 mod store;
 
 pub use error::MetaError;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, now};
 pub use store::{Authenticated, MetaStore, NewAudit};

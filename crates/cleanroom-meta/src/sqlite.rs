@@ -35,10 +35,14 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
-fn now() -> String {
+/// The current UTC time as RFC 3339 with milliseconds, the form every stored time takes.
+pub fn now() -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formatting of the current time")
+        .format(&fmt)
+        .expect("formatting the current time")
 }
 
 fn corrupt(what: &str) -> impl Fn(cleanroom_core::CoreError) -> MetaError + '_ {
@@ -798,6 +802,28 @@ impl MetaStore for SqliteStore {
                 ))
             })
             .collect()
+    }
+
+    async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError> {
+        Ok(sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    async fn init_setting(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, MetaError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("INSERT INTO server_settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 
     async fn append_audit(&self, audit: NewAudit) -> Result<AuditEntry, MetaError> {

@@ -138,6 +138,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// dataset whose file must exist (ready ones).
     async fn recover_uploads(&self) -> Result<Vec<(CollaborationId, DatasetId)>, MetaError>;
 
+    // --- settings ---
+    async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError>;
+    /// Stores `value` unless the setting exists; returns the value now stored.
+    async fn init_setting(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, MetaError>;
+
     // --- audit ---
     async fn append_audit(&self, audit: NewAudit) -> Result<AuditEntry, MetaError>;
     /// Entries of `chain` with `seq > after`, in order, at most `limit`.

@@ -121,11 +121,7 @@ pub struct CleanRoom {
     master_key_source: MasterKeySource,
 }
 
-fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formatting of the current time")
-}
+use cleanroom_meta::now;
 
 fn collab_purpose(id: CollaborationId) -> String {
     format!("collaboration:{id}")
@@ -175,6 +171,7 @@ impl CleanRoom {
             limits: config.limits,
             master_key_source: source,
         };
+        room.check_master_key().await?;
         room.recover().await?;
         Ok(room)
     }
@@ -193,6 +190,21 @@ impl CleanRoom {
         if let Some(s) = &self.sqlite {
             s.close().await;
         }
+    }
+
+    /// Refuses to start with a master key other than the one the data directory was created
+    /// with: everything would open but no dataset would decrypt.
+    async fn check_master_key(&self) -> Result<(), ServiceError> {
+        const NAME: &str = "master_key_check";
+        let candidate = self.master.wrap(&SecretKey::generate()?, NAME)?;
+        let stored = self.meta.init_setting(NAME, &candidate).await?;
+        self.master.unwrap_key(&stored, NAME).map(|_| ()).map_err(|_| {
+            ServiceError::InvalidInput(
+                "the master key does not match the one this data directory was created with \
+                 (check CLEANROOM_MASTER_KEY or master.key)"
+                    .into(),
+            )
+        })
     }
 
     async fn recover(&self) -> Result<(), ServiceError> {

@@ -132,7 +132,7 @@ impl ColumnBuilder {
 pub fn parse_int(s: &str) -> Result<i64, &'static str> {
     s.trim()
         .parse::<i64>()
-        .map_err(|_| "expected an int64 (a whole number between -9223372036854775808 and 9223372036854775807)")
+        .map_err(|_| "expected an int64 (a whole number of at most 19 digits)")
 }
 
 /// Parses a finite 64-bit float.
@@ -508,6 +508,9 @@ pub fn ingest_arrow_stream<R: Read>(
 
 fn upload_arrow_error(e: arrow::error::ArrowError, what: &str) -> StorageError {
     match e {
+        arrow::error::ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            StorageError::invalid(None, None, format!("{what} (it ends too early)"))
+        }
         arrow::error::ArrowError::IoError(msg, _) => StorageError::UploadStream(msg),
         _ => StorageError::invalid(None, None, what),
     }
@@ -581,7 +584,7 @@ mod tests {
     #[test]
     fn errors_name_line_column_and_expectation() {
         let e = err(format!("{HEADER}p1,a,1,2026-01-01,1,true\np2,a,lots,2026-01-01,1,true\n").as_bytes());
-        assert_eq!(e, "line 3, column 3 (purchases): expected an int64 (a whole number between -9223372036854775808 and 9223372036854775807)");
+        assert_eq!(e, "line 3, column 3 (purchases): expected an int64 (a whole number of at most 19 digits)");
         assert!(!e.contains("lots"), "error must not echo the value");
         let e = err(format!("{HEADER}p1,a,1,2026-02-30,1,true\n").as_bytes());
         assert!(e.starts_with("line 2, column 4 (seen): expected a date"), "{e}");

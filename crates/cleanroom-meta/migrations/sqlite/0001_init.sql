@@ -87,3 +87,10 @@ CREATE TABLE audit_heads (
     seq   INTEGER NOT NULL,
     hash  BLOB NOT NULL
 );
+
+-- Server-wide settings, e.g. a value wrapped by the master key that proves at start-up that the
+-- configured master key is the one this data directory was created with.
+CREATE TABLE server_settings (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);

@@ -1,0 +1,207 @@
+//! The HTTP client behind every client subcommand.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use cleanroom_server::v1::{ARROW_STREAM, CSV};
+use cleanroom_server::wire::*;
+use futures_util::TryStreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// An error answer from the server, shown to the user as the server phrased it.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub problem: Option<Problem>,
+    pub body: String,
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.problem {
+            // For invalid data the detail names line and column already.
+            Some(p) => write!(f, "{} [{}]", p.detail, p.code),
+            None => write!(f, "the server answered {} {}", self.status, self.body.trim()),
+        }
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> Result<Self> {
+        let base = server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            anyhow::bail!("--server must be an http:// URL, got {server:?}");
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("cleanroom-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client { http, base, token })
+    }
+
+    pub fn with_token(&self, token: &str) -> Self {
+        Client {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut r = self.http.request(method, format!("{}/v1{}", self.base, path));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T> {
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!(
+                    "cannot reach the server at {}: is `cleanroom serve` running there? (set --server or CLEANROOM_SERVER)",
+                    self.base
+                )
+            } else {
+                anyhow::anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        let status = resp.status();
+        if status == StatusCode::NO_CONTENT {
+            return serde_json::from_str("null").context("empty answer");
+        }
+        let body = resp.text().await.context("reading the server's answer")?;
+        if !status.is_success() {
+            return Err(ApiFailure {
+                status,
+                problem: serde_json::from_str(&body).ok(),
+                body,
+            }
+            .into());
+        }
+        serde_json::from_str(&body).with_context(|| format!("unexpected answer from the server: {body}"))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    pub async fn send_post_empty(&self, path: &str) -> Result<()> {
+        self.send::<()>(self.request(Method::POST, path).json(&serde_json::json!({}))).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.send::<()>(self.request(Method::DELETE, path)).await
+    }
+
+    /// Streams a CSV or Parquet file into a declared dataset, with a progress bar on stderr.
+    /// Parquet is converted to an Arrow IPC stream on the fly so neither side holds it whole.
+    pub async fn upload(&self, collab: &str, name: &str, file: &Path, quiet: bool) -> Result<DatasetOut> {
+        let path = format!("/collaborations/{collab}/datasets/{name}/data");
+        let is_parquet = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+        let size = std::fs::metadata(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .len();
+        let (body, media, pb) = if is_parquet {
+            let (body, rows) = parquet_as_arrow_stream(file)?;
+            let pb = progress(rows, quiet, "rows");
+            let pb2 = pb.clone();
+            let body = body.inspect_ok(move |(_, n)| pb2.inc(*n)).map_ok(|(b, _)| b);
+            (reqwest::Body::wrap_stream(body), ARROW_STREAM, pb)
+        } else {
+            let f = tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let pb = progress(size, quiet, "bytes");
+            let pb2 = pb.clone();
+            let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024)
+                .inspect_ok(move |b| pb2.inc(b.len() as u64));
+            (reqwest::Body::wrap_stream(stream), CSV, pb)
+        };
+        let req = self
+            .request(Method::PUT, &path)
+            .header(reqwest::header::CONTENT_TYPE, media)
+            .body(body);
+        let out = self.send::<DatasetOut>(req).await;
+        pb.finish_and_clear();
+        out
+    }
+}
+
+fn progress(total: u64, quiet: bool, unit: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    let template = if unit == "bytes" {
+        "  uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    } else {
+        "  uploading [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}"
+    };
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid progress template")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+type ChunkStream = futures_util::stream::BoxStream<'static, std::io::Result<(Bytes, u64)>>;
+
+/// Reads a local Parquet file on a blocking thread and yields it as Arrow IPC stream chunks,
+/// each with the number of rows it carries. Returns the stream and the file's row count.
+fn parquet_as_arrow_stream(file: &Path) -> Result<(ChunkStream, u64)> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+        .with_context(|| format!("{} is not a readable Parquet file", file.display()))?;
+    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let schema = builder.schema().clone();
+    let reader = builder.with_batch_size(64 * 1024).build()?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<(Bytes, u64)>>(4);
+    tokio::task::spawn_blocking(move || {
+        let run = || -> std::result::Result<(), String> {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
+                .map_err(|e| e.to_string())?;
+            for batch in reader {
+                let batch = batch.map_err(|e| format!("reading the Parquet file: {e}"))?;
+                w.write(&batch).map_err(|e| e.to_string())?;
+                let chunk = Bytes::from(std::mem::take(w.get_mut()));
+                if tx.blocking_send(Ok((chunk, batch.num_rows() as u64))).is_err() {
+                    return Ok(()); // the request was abandoned
+                }
+            }
+            w.finish().map_err(|e| e.to_string())?;
+            let tail = Bytes::from(std::mem::take(w.get_mut()));
+            let _ = tx.blocking_send(Ok((tail, 0)));
+            Ok(())
+        };
+        if let Err(e) = run() {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((Box::pin(stream), rows))
+}

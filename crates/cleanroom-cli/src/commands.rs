@@ -1,0 +1,473 @@
+//! What each subcommand does.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use cleanroom_core::audit::{ChainHead, verify_chain};
+use cleanroom_server::wire::*;
+use cleanroom_service::{CleanRoom, Config};
+use serde::Deserialize;
+
+use crate::client::Client;
+use crate::output::{self, opt, table};
+use crate::{AuditCmd, Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Serve { data, listen } => serve(&data.data_dir, &listen).await,
+        Command::Init { data, org, user } => init(&data.data_dir, &org, &user, g.json).await,
+        Command::Demo { people, seed } => crate::demo::run(people, seed).await,
+        Command::Synth { party, people, seed, out, schema_out } => {
+            crate::synth::write_party(&party, people, seed, &out, schema_out.as_deref())
+        }
+        Command::Whoami => {
+            let w: WhoAmI = client(&g)?.get("/whoami").await?;
+            if g.json {
+                return output::json(&w);
+            }
+            println!(
+                "{} of {} ({}{}), token {}",
+                w.user,
+                w.org,
+                w.role,
+                if w.operator { ", operator" } else { "" },
+                w.token_id
+            );
+            Ok(())
+        }
+        Command::Org(c) => org(&g, c).await,
+        Command::User(c) => user(&g, c).await,
+        Command::Token(c) => token(&g, c).await,
+        Command::Collab(c) => collab(&g, c).await,
+        Command::Dataset(c) => dataset(&g, c).await,
+        Command::Audit(c) => audit(&g, c).await,
+    }
+}
+
+fn client(g: &Global) -> Result<Client> {
+    if g.token.is_none() {
+        bail!("no API token: pass --token or set CLEANROOM_TOKEN (the operator's token is printed by `cleanroom init`)");
+    }
+    Client::new(&g.server, g.token.clone())
+}
+
+fn room_config(data_dir: &Path) -> Config {
+    let mut cfg = Config::new(data_dir);
+    cfg.master_key_hex = std::env::var(cleanroom_storage_env()).ok();
+    cfg
+}
+
+fn cleanroom_storage_env() -> &'static str {
+    "CLEANROOM_MASTER_KEY"
+}
+
+async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
+    let room = CleanRoom::open(room_config(data_dir))
+        .await
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    let (listener, addr) = cleanroom_server::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(
+        %addr,
+        data_dir = %data_dir.display(),
+        master_key = ?room.master_key_source(),
+        "cleanroom serving on http://{addr}"
+    );
+    eprintln!("cleanroom listening on http://{addr} (data in {})", data_dir.display());
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+    };
+    cleanroom_server::serve(room.clone(), listener, shutdown).await?;
+    room.close().await;
+    Ok(())
+}
+
+async fn init(data_dir: &Path, org: &str, user: &str, json: bool) -> Result<()> {
+    let room = CleanRoom::open(room_config(data_dir))
+        .await
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    let (o, u, token) = room.init_operator(org, user).await?;
+    room.close().await;
+    if json {
+        return output::json(&serde_json::json!({
+            "data_dir": data_dir.display().to_string(),
+            "org": o.name.to_string(),
+            "user": u.name.to_string(),
+            "token": token.expose(),
+        }));
+    }
+    println!("Initialised {} (master key: {:?}).", data_dir.display(), room.master_key_source());
+    println!("Operator {} / admin {} token (shown once, keep it safe):", o.name, u.name);
+    println!();
+    println!("  {}", token.expose());
+    println!();
+    println!("Next: cleanroom serve --data-dir {}", data_dir.display());
+    println!("      export CLEANROOM_TOKEN=<the token above>; cleanroom org create <name>");
+    Ok(())
+}
+
+async fn org(g: &Global, c: OrgCmd) -> Result<()> {
+    let cl = client(g)?;
+    match c {
+        OrgCmd::Create { name, admin } => {
+            let r: CreatedOrg = cl.post("/orgs", &CreateOrgRequest { name, admin }).await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Created organisation {} with admin {}.", r.org.name, r.admin.name);
+            println!("Admin token (shown once, hand it over securely):\n\n  {}\n", r.token);
+        }
+        OrgCmd::List => {
+            let r: Vec<OrgOut> = cl.get("/orgs").await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!(
+                "{}",
+                table(
+                    &["organisation", "operator", "created"],
+                    r.iter()
+                        .map(|o| vec![o.name.clone(), o.operator.to_string(), o.created_at.clone()])
+                        .collect()
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn user(g: &Global, c: UserCmd) -> Result<()> {
+    let cl = client(g)?;
+    match c {
+        UserCmd::Create { name, role } => {
+            let r: CreatedUser = cl
+                .post("/users", &CreateUserRequest { name, role: Some(role) })
+                .await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Created user {} ({}).", r.user.name, r.user.role);
+            println!("Token (shown once):\n\n  {}\n", r.token);
+        }
+        UserCmd::List => {
+            let r: Vec<UserOut> = cl.get("/users").await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!(
+                "{}",
+                table(
+                    &["user", "role", "created"],
+                    r.iter()
+                        .map(|u| vec![u.name.clone(), u.role.clone(), u.created_at.clone()])
+                        .collect()
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn token(g: &Global, c: TokenCmd) -> Result<()> {
+    let cl = client(g)?;
+    match c {
+        TokenCmd::Create { label } => {
+            let r: CreatedToken = cl.post("/tokens", &CreateTokenRequest { label }).await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Token {} (shown once):\n\n  {}\n", r.id, r.token);
+        }
+        TokenCmd::List => {
+            let r: Vec<TokenOut> = cl.get("/tokens").await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!(
+                "{}",
+                table(
+                    &["id", "user", "label", "created", "revoked"],
+                    r.iter()
+                        .map(|t| vec![t.id.clone(), t.user.clone(), t.label.clone(), t.created_at.clone(), opt(&t.revoked_at)])
+                        .collect()
+                )
+            );
+        }
+        TokenCmd::Revoke { id } => {
+            cl.delete(&format!("/tokens/{id}")).await?;
+            if !g.json {
+                println!("Revoked token {id}.");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect()
+}
+
+async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
+    let cl = client(g)?;
+    match c {
+        CollabCmd::Create { name, description, abilities } => {
+            let r: CollaborationDetail = cl
+                .post(
+                    "/collaborations",
+                    &CreateCollaborationRequest { name, description, abilities: Some(split_list(&abilities)) },
+                )
+                .await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Created collaboration {} with id {}", r.collaboration.name, r.collaboration.id);
+            println!("Invite partners with: cleanroom collab invite {} <org> --abilities contribute", r.collaboration.id);
+        }
+        CollabCmd::List => {
+            let r: Vec<CollaborationOut> = cl.get("/collaborations").await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!(
+                "{}",
+                table(
+                    &["id", "name", "status", "you", "your abilities"],
+                    r.iter()
+                        .map(|c| vec![c.id.clone(), c.name.clone(), c.status.clone(), c.your_status.clone(), c.your_abilities.join(",")])
+                        .collect()
+                )
+            );
+        }
+        CollabCmd::Show { collab } => {
+            let r: CollaborationDetail = cl.get(&format!("/collaborations/{collab}")).await?;
+            if g.json {
+                return output::json(&r);
+            }
+            show_collab(&r);
+        }
+        CollabCmd::Invite { collab, org, abilities } => {
+            let r: MemberOut = cl
+                .post(
+                    &format!("/collaborations/{collab}/invitations"),
+                    &InviteRequest { org, abilities: split_list(&abilities) },
+                )
+                .await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Invited {} with abilities {}; it sees nothing until it accepts.", r.org, r.abilities.join(","));
+        }
+        CollabCmd::Accept { collab } => {
+            let r: CollaborationDetail = cl
+                .post(&format!("/collaborations/{collab}/accept"), &serde_json::json!({}))
+                .await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Joined {}.", r.collaboration.name);
+            show_collab(&r);
+        }
+        CollabCmd::Decline { collab } => {
+            cl.send_post_empty(&format!("/collaborations/{collab}/decline")).await?;
+            if !g.json {
+                println!("Declined.");
+            }
+        }
+        CollabCmd::Close { collab, yes } => {
+            if !yes {
+                bail!("closing destroys the collaboration's keys and with them all its data; repeat with --yes to confirm");
+            }
+            let r: Closed = cl
+                .post(&format!("/collaborations/{collab}/close"), &serde_json::json!({}))
+                .await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!(
+                "Closed. The collaboration key and {} dataset key(s) were destroyed; the data can no longer be decrypted.",
+                r.destroyed_dataset_keys
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn show_collab(r: &CollaborationDetail) {
+    let c = &r.collaboration;
+    println!("{} ({}) — {}, created by {}", c.name, c.id, c.status, r.creator);
+    if !c.description.is_empty() {
+        println!("{}", c.description);
+    }
+    println!("{}", output::members(&r.members));
+}
+
+/// A schema file: `[[columns]]` with `name`, `type`, `role` (TOML), or the same in JSON.
+#[derive(Debug, Deserialize)]
+struct SchemaFile {
+    columns: Vec<ColumnOut>,
+}
+
+fn read_schema(args: &SchemaArgs) -> Result<Option<Vec<ColumnOut>>> {
+    if let Some(path) = &args.schema {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let parsed: SchemaFile = if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            serde_json::from_str(&text).with_context(|| format!("{} is not a valid schema (JSON)", path.display()))?
+        } else {
+            toml::from_str(&text).with_context(|| format!("{} is not a valid schema (TOML)", path.display()))?
+        };
+        return Ok(Some(parsed.columns));
+    }
+    if args.column.is_empty() {
+        return Ok(None);
+    }
+    args.column
+        .iter()
+        .map(|c| {
+            let spec = cleanroom_core::schema::ColumnSpec::parse_compact(c)?;
+            Ok(ColumnOut::from(&spec))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
+    let cl = client(g)?;
+    match c {
+        DatasetCmd::Create { collab, name, schema } => {
+            let Some(columns) = read_schema(&schema)? else {
+                bail!("declare the schema with --schema FILE or --column name:type:role (repeat)");
+            };
+            let r: DatasetOut = cl
+                .post(&format!("/collaborations/{collab}/datasets"), &CreateDatasetRequest { name, columns })
+                .await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Declared dataset {}; upload with: cleanroom dataset upload {collab} {} --file data.csv", r.name, r.name);
+        }
+        DatasetCmd::Upload { collab, name, file, schema, quiet } => {
+            if !file.is_file() {
+                bail!("{} does not exist or is not a file", file.display());
+            }
+            if let Some(columns) = read_schema(&schema)? {
+                let _: DatasetOut = cl
+                    .post(
+                        &format!("/collaborations/{collab}/datasets"),
+                        &CreateDatasetRequest { name: name.clone(), columns },
+                    )
+                    .await?;
+            }
+            let r = cl.upload(&collab, &name, &file, quiet || g.json).await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!(
+                "Uploaded {}: {} rows, encrypted at rest ({} bytes).",
+                r.name,
+                output::num(r.row_count),
+                output::num(r.encrypted_bytes)
+            );
+        }
+        DatasetCmd::List { collab } => {
+            let r: Vec<DatasetOut> = cl.get(&format!("/collaborations/{collab}/datasets")).await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("{}", output::datasets(&r));
+        }
+        DatasetCmd::Show { collab, name } => {
+            let r: DatasetOut = cl.get(&format!("/collaborations/{collab}/datasets/{name}")).await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("{}", output::datasets(std::slice::from_ref(&r)));
+        }
+    }
+    Ok(())
+}
+
+/// Downloads a whole chain page by page.
+pub async fn fetch_chain(cl: &Client, chain: &str) -> Result<(String, Vec<AuditEntryOut>, Option<HeadOut>)> {
+    let mut after = 0;
+    let mut all = Vec::new();
+    let mut head = None;
+    let mut name = None;
+    loop {
+        let page: AuditPage = cl.get(&format!("/audit/{chain}?after={after}&limit=5000")).await?;
+        if name.is_none() {
+            head = page.head.clone();
+            name = Some(page.chain.clone());
+        }
+        let Some(last) = page.entries.last() else { break };
+        after = last.seq;
+        all.extend(page.entries);
+    }
+    Ok((name.unwrap_or_else(|| chain.to_owned()), all, head))
+}
+
+/// Verifies a downloaded chain against the head the server reported when the download began
+/// (entries appended meanwhile are left for the next run) and, optionally, a pinned head.
+pub fn verify_downloaded(
+    chain: &str,
+    entries: &[AuditEntryOut],
+    head: Option<&HeadOut>,
+    expect: Option<&str>,
+) -> Result<ChainHead> {
+    let head = head.map(HeadOut::to_head).transpose().map_err(anyhow::Error::msg)?;
+    let upto = head.map(|h| h.seq).unwrap_or(0);
+    let parsed = entries
+        .iter()
+        .filter(|e| e.seq <= upto || head.is_none())
+        .map(|e| e.to_entry())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let verified = verify_chain(chain, &parsed, head)?;
+    if let Some(pin) = expect {
+        let (seq, hash) = pin.split_once(':').context("--expect-head takes SEQ:HASH")?;
+        let seq: u64 = seq.parse().context("--expect-head takes SEQ:HASH")?;
+        let e = parsed
+            .iter()
+            .find(|e| e.seq == seq)
+            .with_context(|| format!("the chain has no entry {seq}: history was cut"))?;
+        if hex::encode(e.hash) != hash.to_ascii_lowercase() {
+            bail!("entry {seq} differs from the pinned head: history was rewritten");
+        }
+    }
+    Ok(verified)
+}
+
+async fn audit(g: &Global, c: AuditCmd) -> Result<()> {
+    let cl = client(g)?;
+    match c {
+        AuditCmd::List { chain, after, limit } => {
+            let r: AuditPage = cl.get(&format!("/audit/{chain}?after={after}&limit={limit}")).await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("{}", output::audit(&r.entries));
+        }
+        AuditCmd::Verify { chain, expect_head } => {
+            let (name, entries, head) = fetch_chain(&cl, &chain).await?;
+            let h = verify_downloaded(&name, &entries, head.as_ref(), expect_head.as_deref())?;
+            if g.json {
+                return output::json(&serde_json::json!({
+                    "chain": name, "verified_entries": h.seq, "head": format!("{}:{}", h.seq, hex::encode(h.hash)),
+                }));
+            }
+            println!("audit chain {name}: {} entries verified, intact.", h.seq);
+            println!("head {}:{} (pin it with --expect-head to detect a rewrite later)", h.seq, hex::encode(h.hash));
+        }
+    }
+    Ok(())
+}

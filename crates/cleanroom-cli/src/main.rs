@@ -1,0 +1,272 @@
+//! `cleanroom`: the clean room's server and its command-line client in one binary.
+
+mod client;
+mod commands;
+mod demo;
+mod output;
+mod synth;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A self-hostable data clean room: parties bring first-party data, only protected aggregates
+/// leave, every action is authorised and audited.
+#[derive(Parser)]
+#[command(name = "cleanroom", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// URL of the clean-room server for client commands.
+    #[arg(long, global = true, env = "CLEANROOM_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// API token for client commands (as printed by `init`, `org create`, `token create`).
+    #[arg(long, global = true, env = "CLEANROOM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct DataDir {
+    /// Directory of the server's metadata, encrypted datasets and master key.
+    #[arg(long, env = "CLEANROOM_DATA_DIR", default_value = "./cleanroom-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        data: DataDir,
+        /// Address to listen on.
+        #[arg(long, env = "CLEANROOM_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Create the data directory, its master key and the operator account; prints the
+    /// operator's token once.
+    Init {
+        #[command(flatten)]
+        data: DataDir,
+        /// Name of the operator organisation.
+        #[arg(long, default_value = "operator")]
+        org: String,
+        /// Name of the operator's first admin user.
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
+    /// Run the end-to-end demo: a brand and a publisher set up a collaboration on a temporary
+    /// in-process server with embedded defaults.
+    Demo {
+        /// Brand customers to generate (the publisher gets 1.25x as many users).
+        #[arg(long, default_value_t = 40_000)]
+        people: u64,
+        /// Seed of the synthetic data.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Write a deterministic synthetic first-party dataset (CSV) as used by the demo.
+    Synth {
+        /// `brand` or `publisher`.
+        #[arg(long)]
+        party: String,
+        /// Brand customers in the shared universe (the publisher gets 1.25x as many users).
+        #[arg(long, default_value_t = 40_000)]
+        people: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Output CSV file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the schema (TOML) to this file.
+        #[arg(long)]
+        schema_out: Option<PathBuf>,
+    },
+    /// Who the token belongs to.
+    Whoami,
+    /// Organisations (the operator creates them).
+    #[command(subcommand)]
+    Org(OrgCmd),
+    /// Users of your organisation.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Collaborations between organisations.
+    #[command(subcommand, alias = "collaboration")]
+    Collab(CollabCmd),
+    /// Datasets: declared schemas and encrypted uploads.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+    /// Audit logs.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+pub enum OrgCmd {
+    /// Create an organisation and its first admin (operator only); prints the admin's token.
+    Create {
+        name: String,
+        #[arg(long, default_value = "admin")]
+        admin: String,
+    },
+    /// List organisations.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add a user to your organisation (admins only); prints its token.
+    Create {
+        name: String,
+        /// `admin` or `member`.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// List your organisation's users.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Issue yourself another token.
+    Create {
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List tokens (all of your organisation's if you are an admin).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum CollabCmd {
+    /// Create a collaboration; your organisation joins with the given abilities.
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Comma-separated: contribute, analyse, receive.
+        #[arg(long, default_value = "contribute,analyse,receive")]
+        abilities: String,
+    },
+    /// Collaborations you are in or invited to.
+    List,
+    /// A collaboration and its members.
+    Show { collab: String },
+    /// Invite an organisation (creator only).
+    Invite {
+        collab: String,
+        org: String,
+        /// Comma-separated: contribute, analyse, receive.
+        #[arg(long)]
+        abilities: String,
+    },
+    /// Accept your organisation's invitation.
+    Accept { collab: String },
+    /// Decline your organisation's invitation.
+    Decline { collab: String },
+    /// Close the collaboration and destroy its data (creator's admins only).
+    Close {
+        collab: String,
+        /// Confirm that the data is to be destroyed.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct SchemaArgs {
+    /// Schema file (TOML or JSON) with `[[columns]]` entries of name, type and role.
+    #[arg(long, conflicts_with = "column")]
+    pub schema: Option<PathBuf>,
+    /// A column as name:type:role (repeat). Types: string, int64, float64, bool, date. Roles:
+    /// identifier, dimension, metric, privacy_unit.
+    #[arg(long = "column", short = 'c')]
+    pub column: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum DatasetCmd {
+    /// Declare a dataset's name and schema.
+    Create {
+        collab: String,
+        name: String,
+        #[command(flatten)]
+        schema: SchemaArgs,
+    },
+    /// Upload a CSV or Parquet file into a dataset (declaring it first when a schema is given).
+    Upload {
+        collab: String,
+        name: String,
+        /// The CSV (with a header line) or Parquet file.
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        schema: SchemaArgs,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Datasets of a collaboration (metadata only).
+    List { collab: String },
+    /// One dataset's schema and size.
+    Show { collab: String, name: String },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Show an audit chain (a collaboration id, or `system`).
+    List {
+        chain: String,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Download a whole chain and verify every link on this machine.
+    Verify {
+        chain: String,
+        /// A head recorded earlier (`SEQ:HASH`), to detect a rewritten history.
+        #[arg(long)]
+        expect_head: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let default_level = if serving { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLEANROOM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
