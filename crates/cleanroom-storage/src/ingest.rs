@@ -261,11 +261,16 @@ pub fn ingest_csv<R: Read>(
             continue;
         }
         if record.len() != names.len() {
+            let hint = if record.iter().any(|f| f.contains(&b'\n')) {
+                " (a quoted field may be missing its closing quote)"
+            } else {
+                ""
+            };
             return Err(StorageError::invalid(
                 Some(line),
                 None,
                 format!(
-                    "expected {} fields, found {}",
+                    "expected {} fields, found {}{hint}",
                     names.len(),
                     record.len()
                 ),

@@ -1,0 +1,159 @@
+//! The real server on 127.0.0.1 with a fresh data directory per test.
+
+mod api;
+mod uploads;
+
+use cleanroom_server::wire::*;
+use cleanroom_service::{CleanRoom, Config, Limits};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub op: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub room: CleanRoom,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_with(Limits::default()).await
+    }
+
+    pub async fn start_with(limits: Limits) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(dir.path().join("data"));
+        cfg.limits = limits.clone();
+        let room = CleanRoom::open(cfg).await.unwrap();
+        let (_, _, t) = room.init_operator("operator", "admin").await.unwrap();
+        let mut s = Self::serve(dir, room, limits).await;
+        s.op = t.expose().to_owned();
+        s
+    }
+
+    async fn serve(dir: tempfile::TempDir, room: CleanRoom, _limits: Limits) -> Self {
+        let (listener, addr) = cleanroom_server::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(cleanroom_server::serve(room.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        Server {
+            dir,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            op: String::new(),
+            stop: Some(tx),
+            task: Some(task),
+            room,
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> Self {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        self.room.close().await;
+        let room = CleanRoom::open(Config::new(self.dir.path().join("data"))).await.unwrap();
+        let op = std::mem::take(&mut self.op);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let mut s = Self::serve(dir, room, Limits::default()).await;
+        s.op = op;
+        s
+    }
+
+    pub fn req(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{}", self.base, path));
+        if token.is_empty() { r } else { r.bearer_auth(token) }
+    }
+
+    /// Sends a JSON request; returns status and parsed body (problem details on errors).
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self.req(method, path, token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        if !status.is_success() {
+            assert_eq!(ct, "application/problem+json", "error without problem details: {status} {text}");
+        }
+        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
+        (status, v)
+    }
+
+    pub async fn ok(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, token, body).await;
+        assert!(s.is_success(), "{path}: {s} {v}");
+        v
+    }
+
+    pub async fn org(&self, name: &str) -> String {
+        let v = self.ok(Method::POST, "/v1/orgs", &self.op, Some(json!({"name": name, "admin": "admin"}))).await;
+        let c: CreatedOrg = serde_json::from_value(v).unwrap();
+        c.token
+    }
+
+    /// brand creates a collaboration and publisher joins it with `abilities`.
+    pub async fn collab(&self, brand: &str, publisher: &str, abilities: &[&str]) -> String {
+        let v = self.ok(Method::POST, "/v1/collaborations", brand, Some(json!({"name": "c"}))).await;
+        let id = v["collaboration"]["id"].as_str().unwrap().to_owned();
+        self.ok(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/invitations"),
+            brand,
+            Some(json!({"org": "publisher", "abilities": abilities})),
+        )
+        .await;
+        self.ok(Method::POST, &format!("/v1/collaborations/{id}/accept"), publisher, None).await;
+        id
+    }
+
+    pub async fn declare(&self, token: &str, collab: &str, name: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/collaborations/{collab}/datasets"),
+            token,
+            Some(json!({"name": name, "columns": columns()})),
+        )
+        .await
+    }
+
+    pub async fn upload(&self, token: &str, collab: &str, name: &str, media: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let resp = self
+            .req(Method::PUT, &format!("/v1/collaborations/{collab}/datasets/{name}/data"), token)
+            .header("content-type", media)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+pub fn columns() -> Value {
+    json!([
+        {"name": "pid", "type": "string", "role": "privacy_unit"},
+        {"name": "email_hmac", "type": "string", "role": "identifier"},
+        {"name": "city", "type": "string", "role": "dimension"},
+        {"name": "n", "type": "int64", "role": "metric"},
+    ])
+}
+
+pub fn csv(rows: usize) -> String {
+    let mut s = String::from("pid,email_hmac,city,n\n");
+    for i in 0..rows {
+        s.push_str(&format!("person-{i:06},secret-hash-{i:06},city{},{}\n", i % 7, i));
+    }
+    s
+}
