@@ -1,0 +1,94 @@
+//! Killing the server in the middle of an upload: no partial dataset, no plaintext on disk.
+
+use std::time::{Duration, Instant};
+
+use crate::*;
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let mut server = ServeProcess::start(&data);
+    let url = server.url.clone();
+    let (brand, publisher, id) = {
+        let (u, o) = (url.clone(), op.clone());
+        tokio::task::spawn_blocking(move || two_parties(&u, &o)).await.unwrap()
+    };
+    let mut args = vec!["dataset", "create", &id, "crm"];
+    args.extend(COLUMNS);
+    ok(&cli(&url, &brand, &args));
+
+    // Send 400k rows quickly (more than one Parquet row group), then stall forever.
+    let mut body = String::from("pid,email_hmac,city,n\n");
+    for i in 0..400_000 {
+        body.push_str(&format!("person-{i:07},hmac-{i:07},city{},{}\n", i % 9, i));
+    }
+    let chunks: Vec<bytes::Bytes> = body.into_bytes().chunks(64 * 1024).map(bytes::Bytes::copy_from_slice).collect();
+    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>))
+        .chain(futures_util::stream::pending());
+    use futures_util::StreamExt;
+    let upload = reqwest::Client::new()
+        .put(format!("{url}/v1/collaborations/{id}/datasets/crm/data"))
+        .bearer_auth(&brand)
+        .header("content-type", "text/csv")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let upload = tokio::spawn(upload);
+
+    // Wait until ciphertext has reached the disk.
+    let tmp_dir = data.join("tmp");
+    let start = Instant::now();
+    loop {
+        let written: u64 = files(&tmp_dir).iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+        if written > 1_000_000 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "upload never reached the disk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill();
+    let _ = upload.await;
+
+    // What the crash left: an unfinished file of ciphertext only, and no dataset file.
+    let left = files(&data);
+    let partial: Vec<&PathBuf> = left.iter().filter(|p| p.starts_with(&tmp_dir)).collect();
+    assert!(!partial.is_empty());
+    for f in &left {
+        let bytes = std::fs::read(f).unwrap();
+        for needle in [&b"person-00"[..], b"hmac-00", b"city3"] {
+            assert!(!contains(&bytes, needle), "plaintext {:?} in {}", String::from_utf8_lossy(needle), f.display());
+        }
+    }
+    assert!(files(&data.join("datasets")).is_empty(), "a partial dataset was committed");
+
+    // After a restart: the upload is gone, the dataset is pending, and it can be uploaded.
+    let server = ServeProcess::start(&data);
+    let url = server.url.clone();
+    assert!(files(&tmp_dir).is_empty(), "unfinished uploads must be removed at start-up");
+    let v = json(&cli(&url, &brand, &["--json", "dataset", "show", &id, "crm"]));
+    assert_eq!(v["status"], "pending");
+    assert!(json(&cli(&url, &publisher, &["--json", "dataset", "list", &id])).as_array().unwrap().is_empty());
+    let file = tmp.path().join("crm.csv");
+    write_csv(&file, 1000);
+    let v = json(&cli(&url, &brand, &["--json", "dataset", "upload", &id, "crm", "--file", file.to_str().unwrap()]));
+    assert_eq!((v["status"].as_str(), v["row_count"].as_u64()), (Some("ready"), Some(1000)));
+    let verified = ok(&cli(&url, &brand, &["audit", "verify", &id]));
+    assert!(verified.contains("intact"), "{verified}");
+}
