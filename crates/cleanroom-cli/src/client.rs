@@ -26,7 +26,12 @@ impl fmt::Display for ApiFailure {
         match &self.problem {
             // For invalid data the detail names line and column already.
             Some(p) => write!(f, "{} [{}]", p.detail, p.code),
-            None => write!(f, "the server answered {} {}", self.status, self.body.trim()),
+            None => write!(
+                f,
+                "the server answered {} {}",
+                self.status,
+                self.body.trim()
+            ),
         }
     }
 }
@@ -61,7 +66,9 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut r = self.http.request(method, format!("{}/v1{}", self.base, path));
+        let mut r = self
+            .http
+            .request(method, format!("{}/v1{}", self.base, path));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -92,7 +99,8 @@ impl Client {
             }
             .into());
         }
-        serde_json::from_str(&body).with_context(|| format!("unexpected answer from the server: {body}"))
+        serde_json::from_str(&body)
+            .with_context(|| format!("unexpected answer from the server: {body}"))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -104,7 +112,11 @@ impl Client {
     }
 
     pub async fn send_post_empty(&self, path: &str) -> Result<()> {
-        self.send::<()>(self.request(Method::POST, path).json(&serde_json::json!({}))).await
+        self.send::<()>(
+            self.request(Method::POST, path)
+                .json(&serde_json::json!({})),
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str) -> Result<()> {
@@ -113,7 +125,13 @@ impl Client {
 
     /// Streams a CSV or Parquet file into a declared dataset, with a progress bar on stderr.
     /// Parquet is converted to an Arrow IPC stream on the fly so neither side holds it whole.
-    pub async fn upload(&self, collab: &str, name: &str, file: &Path, quiet: bool) -> Result<DatasetOut> {
+    pub async fn upload(
+        &self,
+        collab: &str,
+        name: &str,
+        file: &Path,
+        quiet: bool,
+    ) -> Result<DatasetOut> {
         let path = format!("/collaborations/{collab}/datasets/{name}/data");
         let is_parquet = file
             .extension()
@@ -126,7 +144,9 @@ impl Client {
             let (body, rows) = parquet_as_arrow_stream(file)?;
             let pb = progress(rows, quiet, "rows");
             let pb2 = pb.clone();
-            let body = body.inspect_ok(move |(_, n)| pb2.inc(*n)).map_ok(|(b, _)| b);
+            let body = body
+                .inspect_ok(move |(_, n)| pb2.inc(*n))
+                .map_ok(|(b, _)| b);
             (reqwest::Body::wrap_stream(body), ARROW_STREAM, pb)
         } else {
             let f = tokio::fs::File::open(file)
@@ -187,7 +207,10 @@ fn parquet_as_arrow_stream(file: &Path) -> Result<(ChunkStream, u64)> {
                 let batch = batch.map_err(|e| format!("reading the Parquet file: {e}"))?;
                 w.write(&batch).map_err(|e| e.to_string())?;
                 let chunk = Bytes::from(std::mem::take(w.get_mut()));
-                if tx.blocking_send(Ok((chunk, batch.num_rows() as u64))).is_err() {
+                if tx
+                    .blocking_send(Ok((chunk, batch.num_rows() as u64)))
+                    .is_err()
+                {
                     return Ok(()); // the request was abandoned
                 }
             }

@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use crate::client::Client;
 use crate::output::{self, opt, table};
-use crate::{AuditCmd, Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd};
+use crate::{
+    AuditCmd, Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd,
+};
 
 pub async fn run(cli: Cli) -> Result<()> {
     let g = cli.global;
@@ -18,9 +20,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve { data, listen } => serve(&data.data_dir, &listen).await,
         Command::Init { data, org, user } => init(&data.data_dir, &org, &user, g.json).await,
         Command::Demo { people, seed } => crate::demo::run(people, seed).await,
-        Command::Synth { party, people, seed, out, schema_out } => {
-            crate::synth::write_party(&party, people, seed, &out, schema_out.as_deref())
-        }
+        Command::Synth {
+            party,
+            people,
+            seed,
+            out,
+            schema_out,
+        } => crate::synth::write_party(&party, people, seed, &out, schema_out.as_deref()),
         Command::Whoami => {
             let w: WhoAmI = client(&g)?.get("/whoami").await?;
             if g.json {
@@ -47,7 +53,9 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 fn client(g: &Global) -> Result<Client> {
     if g.token.is_none() {
-        bail!("no API token: pass --token or set CLEANROOM_TOKEN (the operator's token is printed by `cleanroom init`)");
+        bail!(
+            "no API token: pass --token or set CLEANROOM_TOKEN (the operator's token is printed by `cleanroom init`)"
+        );
     }
     Client::new(&g.server, g.token.clone())
 }
@@ -75,13 +83,17 @@ async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
         master_key = ?room.master_key_source(),
         "cleanroom serving on http://{addr}"
     );
-    eprintln!("cleanroom listening on http://{addr} (data in {})", data_dir.display());
+    eprintln!(
+        "cleanroom listening on http://{addr} (data in {})",
+        data_dir.display()
+    );
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
         }
         #[cfg(not(unix))]
@@ -107,8 +119,15 @@ async fn init(data_dir: &Path, org: &str, user: &str, json: bool) -> Result<()> 
             "token": token.expose(),
         }));
     }
-    println!("Initialised {} (master key: {:?}).", data_dir.display(), room.master_key_source());
-    println!("Operator {} / admin {} token (shown once, keep it safe):", o.name, u.name);
+    println!(
+        "Initialised {} (master key: {:?}).",
+        data_dir.display(),
+        room.master_key_source()
+    );
+    println!(
+        "Operator {} / admin {} token (shown once, keep it safe):",
+        o.name, u.name
+    );
     println!();
     println!("  {}", token.expose());
     println!();
@@ -125,8 +144,14 @@ async fn org(g: &Global, c: OrgCmd) -> Result<()> {
             if g.json {
                 return output::json(&r);
             }
-            println!("Created organisation {} with admin {}.", r.org.name, r.admin.name);
-            println!("Admin token (shown once, hand it over securely):\n\n  {}\n", r.token);
+            println!(
+                "Created organisation {} with admin {}.",
+                r.org.name, r.admin.name
+            );
+            println!(
+                "Admin token (shown once, hand it over securely):\n\n  {}\n",
+                r.token
+            );
         }
         OrgCmd::List => {
             let r: Vec<OrgOut> = cl.get("/orgs").await?;
@@ -152,7 +177,13 @@ async fn user(g: &Global, c: UserCmd) -> Result<()> {
     match c {
         UserCmd::Create { name, role } => {
             let r: CreatedUser = cl
-                .post("/users", &CreateUserRequest { name, role: Some(role) })
+                .post(
+                    "/users",
+                    &CreateUserRequest {
+                        name,
+                        role: Some(role),
+                    },
+                )
                 .await?;
             if g.json {
                 return output::json(&r);
@@ -199,7 +230,13 @@ async fn token(g: &Global, c: TokenCmd) -> Result<()> {
                 table(
                     &["id", "user", "label", "created", "revoked"],
                     r.iter()
-                        .map(|t| vec![t.id.clone(), t.user.clone(), t.label.clone(), t.created_at.clone(), opt(&t.revoked_at)])
+                        .map(|t| vec![
+                            t.id.clone(),
+                            t.user.clone(),
+                            t.label.clone(),
+                            t.created_at.clone(),
+                            opt(&t.revoked_at)
+                        ])
                         .collect()
                 )
             );
@@ -215,24 +252,41 @@ async fn token(g: &Global, c: TokenCmd) -> Result<()> {
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect()
+    s.split(',')
+        .map(|x| x.trim().to_owned())
+        .filter(|x| !x.is_empty())
+        .collect()
 }
 
 async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
     let cl = client(g)?;
     match c {
-        CollabCmd::Create { name, description, abilities } => {
+        CollabCmd::Create {
+            name,
+            description,
+            abilities,
+        } => {
             let r: CollaborationDetail = cl
                 .post(
                     "/collaborations",
-                    &CreateCollaborationRequest { name, description, abilities: Some(split_list(&abilities)) },
+                    &CreateCollaborationRequest {
+                        name,
+                        description,
+                        abilities: Some(split_list(&abilities)),
+                    },
                 )
                 .await?;
             if g.json {
                 return output::json(&r);
             }
-            println!("Created collaboration {} with id {}", r.collaboration.name, r.collaboration.id);
-            println!("Invite partners with: cleanroom collab invite {} <org> --abilities contribute", r.collaboration.id);
+            println!(
+                "Created collaboration {} with id {}",
+                r.collaboration.name, r.collaboration.id
+            );
+            println!(
+                "Invite partners with: cleanroom collab invite {} <org> --abilities contribute",
+                r.collaboration.id
+            );
         }
         CollabCmd::List => {
             let r: Vec<CollaborationOut> = cl.get("/collaborations").await?;
@@ -244,7 +298,13 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
                 table(
                     &["id", "name", "status", "you", "your abilities"],
                     r.iter()
-                        .map(|c| vec![c.id.clone(), c.name.clone(), c.status.clone(), c.your_status.clone(), c.your_abilities.join(",")])
+                        .map(|c| vec![
+                            c.id.clone(),
+                            c.name.clone(),
+                            c.status.clone(),
+                            c.your_status.clone(),
+                            c.your_abilities.join(",")
+                        ])
                         .collect()
                 )
             );
@@ -256,21 +316,35 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
             }
             show_collab(&r);
         }
-        CollabCmd::Invite { collab, org, abilities } => {
+        CollabCmd::Invite {
+            collab,
+            org,
+            abilities,
+        } => {
             let r: MemberOut = cl
                 .post(
                     &format!("/collaborations/{collab}/invitations"),
-                    &InviteRequest { org, abilities: split_list(&abilities) },
+                    &InviteRequest {
+                        org,
+                        abilities: split_list(&abilities),
+                    },
                 )
                 .await?;
             if g.json {
                 return output::json(&r);
             }
-            println!("Invited {} with abilities {}; it sees nothing until it accepts.", r.org, r.abilities.join(","));
+            println!(
+                "Invited {} with abilities {}; it sees nothing until it accepts.",
+                r.org,
+                r.abilities.join(",")
+            );
         }
         CollabCmd::Accept { collab } => {
             let r: CollaborationDetail = cl
-                .post(&format!("/collaborations/{collab}/accept"), &serde_json::json!({}))
+                .post(
+                    &format!("/collaborations/{collab}/accept"),
+                    &serde_json::json!({}),
+                )
                 .await?;
             if g.json {
                 return output::json(&r);
@@ -279,17 +353,23 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
             show_collab(&r);
         }
         CollabCmd::Decline { collab } => {
-            cl.send_post_empty(&format!("/collaborations/{collab}/decline")).await?;
+            cl.send_post_empty(&format!("/collaborations/{collab}/decline"))
+                .await?;
             if !g.json {
                 println!("Declined.");
             }
         }
         CollabCmd::Close { collab, yes } => {
             if !yes {
-                bail!("closing destroys the collaboration's keys and with them all its data; repeat with --yes to confirm");
+                bail!(
+                    "closing destroys the collaboration's keys and with them all its data; repeat with --yes to confirm"
+                );
             }
             let r: Closed = cl
-                .post(&format!("/collaborations/{collab}/close"), &serde_json::json!({}))
+                .post(
+                    &format!("/collaborations/{collab}/close"),
+                    &serde_json::json!({}),
+                )
                 .await?;
             if g.json {
                 return output::json(&r);
@@ -305,7 +385,10 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
 
 pub fn show_collab(r: &CollaborationDetail) {
     let c = &r.collaboration;
-    println!("{} ({}) — {}, created by {}", c.name, c.id, c.status, r.creator);
+    println!(
+        "{} ({}) — {}, created by {}",
+        c.name, c.id, c.status, r.creator
+    );
     if !c.description.is_empty() {
         println!("{}", c.description);
     }
@@ -320,11 +403,14 @@ struct SchemaFile {
 
 fn read_schema(args: &SchemaArgs) -> Result<Option<Vec<ColumnOut>>> {
     if let Some(path) = &args.schema {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let parsed: SchemaFile = if path.extension().and_then(|e| e.to_str()) == Some("json") {
-            serde_json::from_str(&text).with_context(|| format!("{} is not a valid schema (JSON)", path.display()))?
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid schema (JSON)", path.display()))?
         } else {
-            toml::from_str(&text).with_context(|| format!("{} is not a valid schema (TOML)", path.display()))?
+            toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid schema (TOML)", path.display()))?
         };
         return Ok(Some(parsed.columns));
     }
@@ -344,19 +430,35 @@ fn read_schema(args: &SchemaArgs) -> Result<Option<Vec<ColumnOut>>> {
 async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
     let cl = client(g)?;
     match c {
-        DatasetCmd::Create { collab, name, schema } => {
+        DatasetCmd::Create {
+            collab,
+            name,
+            schema,
+        } => {
             let Some(columns) = read_schema(&schema)? else {
                 bail!("declare the schema with --schema FILE or --column name:type:role (repeat)");
             };
             let r: DatasetOut = cl
-                .post(&format!("/collaborations/{collab}/datasets"), &CreateDatasetRequest { name, columns })
+                .post(
+                    &format!("/collaborations/{collab}/datasets"),
+                    &CreateDatasetRequest { name, columns },
+                )
                 .await?;
             if g.json {
                 return output::json(&r);
             }
-            println!("Declared dataset {}; upload with: cleanroom dataset upload {collab} {} --file data.csv", r.name, r.name);
+            println!(
+                "Declared dataset {}; upload with: cleanroom dataset upload {collab} {} --file data.csv",
+                r.name, r.name
+            );
         }
-        DatasetCmd::Upload { collab, name, file, schema, quiet } => {
+        DatasetCmd::Upload {
+            collab,
+            name,
+            file,
+            schema,
+            quiet,
+        } => {
             if !file.is_file() {
                 bail!("{} does not exist or is not a file", file.display());
             }
@@ -364,7 +466,10 @@ async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
                 let _: DatasetOut = cl
                     .post(
                         &format!("/collaborations/{collab}/datasets"),
-                        &CreateDatasetRequest { name: name.clone(), columns },
+                        &CreateDatasetRequest {
+                            name: name.clone(),
+                            columns,
+                        },
                     )
                     .await?;
             }
@@ -380,14 +485,18 @@ async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
             );
         }
         DatasetCmd::List { collab } => {
-            let r: Vec<DatasetOut> = cl.get(&format!("/collaborations/{collab}/datasets")).await?;
+            let r: Vec<DatasetOut> = cl
+                .get(&format!("/collaborations/{collab}/datasets"))
+                .await?;
             if g.json {
                 return output::json(&r);
             }
             println!("{}", output::datasets(&r));
         }
         DatasetCmd::Show { collab, name } => {
-            let r: DatasetOut = cl.get(&format!("/collaborations/{collab}/datasets/{name}")).await?;
+            let r: DatasetOut = cl
+                .get(&format!("/collaborations/{collab}/datasets/{name}"))
+                .await?;
             if g.json {
                 return output::json(&r);
             }
@@ -398,18 +507,25 @@ async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
 }
 
 /// Downloads a whole chain page by page.
-pub async fn fetch_chain(cl: &Client, chain: &str) -> Result<(String, Vec<AuditEntryOut>, Option<HeadOut>)> {
+pub async fn fetch_chain(
+    cl: &Client,
+    chain: &str,
+) -> Result<(String, Vec<AuditEntryOut>, Option<HeadOut>)> {
     let mut after = 0;
     let mut all = Vec::new();
     let mut head = None;
     let mut name = None;
     loop {
-        let page: AuditPage = cl.get(&format!("/audit/{chain}?after={after}&limit=5000")).await?;
+        let page: AuditPage = cl
+            .get(&format!("/audit/{chain}?after={after}&limit=5000"))
+            .await?;
         if name.is_none() {
             head = page.head.clone();
             name = Some(page.chain.clone());
         }
-        let Some(last) = page.entries.last() else { break };
+        let Some(last) = page.entries.last() else {
+            break;
+        };
         after = last.seq;
         all.extend(page.entries);
     }
@@ -424,7 +540,10 @@ pub fn verify_downloaded(
     head: Option<&HeadOut>,
     expect: Option<&str>,
 ) -> Result<ChainHead> {
-    let head = head.map(HeadOut::to_head).transpose().map_err(anyhow::Error::msg)?;
+    let head = head
+        .map(HeadOut::to_head)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let upto = head.map(|h| h.seq).unwrap_or(0);
     let parsed = entries
         .iter()
@@ -434,7 +553,9 @@ pub fn verify_downloaded(
         .map_err(anyhow::Error::msg)?;
     let verified = verify_chain(chain, &parsed, head)?;
     if let Some(pin) = expect {
-        let (seq, hash) = pin.split_once(':').context("--expect-head takes SEQ:HASH")?;
+        let (seq, hash) = pin
+            .split_once(':')
+            .context("--expect-head takes SEQ:HASH")?;
         let seq: u64 = seq.parse().context("--expect-head takes SEQ:HASH")?;
         let e = parsed
             .iter()
@@ -450,8 +571,14 @@ pub fn verify_downloaded(
 async fn audit(g: &Global, c: AuditCmd) -> Result<()> {
     let cl = client(g)?;
     match c {
-        AuditCmd::List { chain, after, limit } => {
-            let r: AuditPage = cl.get(&format!("/audit/{chain}?after={after}&limit={limit}")).await?;
+        AuditCmd::List {
+            chain,
+            after,
+            limit,
+        } => {
+            let r: AuditPage = cl
+                .get(&format!("/audit/{chain}?after={after}&limit={limit}"))
+                .await?;
             if g.json {
                 return output::json(&r);
             }
@@ -466,7 +593,11 @@ async fn audit(g: &Global, c: AuditCmd) -> Result<()> {
                 }));
             }
             println!("audit chain {name}: {} entries verified, intact.", h.seq);
-            println!("head {}:{} (pin it with --expect-head to detect a rewrite later)", h.seq, hex::encode(h.hash));
+            println!(
+                "head {}:{} (pin it with --expect-head to detect a rewrite later)",
+                h.seq,
+                hex::encode(h.hash)
+            );
         }
     }
     Ok(())

@@ -24,7 +24,12 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct Global {
     /// URL of the clean-room server for client commands.
-    #[arg(long, global = true, env = "CLEANROOM_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "CLEANROOM_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub server: String,
     /// API token for client commands (as printed by `init`, `org create`, `token create`).
     #[arg(long, global = true, env = "CLEANROOM_TOKEN", hide_env_values = true)]
@@ -255,7 +260,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

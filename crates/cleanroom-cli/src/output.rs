@@ -59,7 +59,14 @@ pub fn members(ms: &[cleanroom_server::wire::MemberOut]) -> String {
 
 pub fn datasets(ds: &[cleanroom_server::wire::DatasetOut]) -> String {
     table(
-        &["dataset", "owner", "status", "rows", "columns", "encrypted bytes"],
+        &[
+            "dataset",
+            "owner",
+            "status",
+            "rows",
+            "columns",
+            "encrypted bytes",
+        ],
         ds.iter()
             .map(|d| {
                 vec![

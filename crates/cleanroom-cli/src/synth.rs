@@ -40,7 +40,13 @@ const REGIONS: [(&str, u32); 8] = [
 const FIRST: [&str; 12] = [
     "alex", "sam", "jo", "maria", "li", "noah", "amira", "tom", "eva", "yusuf", "ines", "kai",
 ];
-const DOMAINS: [&str; 5] = ["gmail.com", "outlook.com", "yahoo.co.uk", "proton.me", "example.org"];
+const DOMAINS: [&str; 5] = [
+    "gmail.com",
+    "outlook.com",
+    "yahoo.co.uk",
+    "proton.me",
+    "example.org",
+];
 
 fn pick<'a>(rng: &mut Xoshiro256PlusPlus, table: &[(&'a str, u32)]) -> &'a str {
     let total: u32 = table.iter().map(|(_, w)| w).sum();
@@ -75,7 +81,11 @@ impl Universe {
         let brand = people;
         let publisher = people + people / 4;
         let overlap = people * 35 / 100;
-        Universe { brand, publisher, overlap }
+        Universe {
+            brand,
+            publisher,
+            overlap,
+        }
     }
     pub fn size(&self) -> u64 {
         self.brand + self.publisher - self.overlap
@@ -123,7 +133,20 @@ fn date(rng: &mut Xoshiro256PlusPlus) -> String {
         d -= len;
         y += 1;
     }
-    let months = [31, if y % 4 == 0 { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let months = [
+        31,
+        if y % 4 == 0 { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     let mut m = 0;
     while d >= months[m] {
         d -= months[m];
@@ -207,16 +230,33 @@ role = "dimension"
 "#;
 
 /// Writes one party's CSV; returns the number of rows.
-pub fn write_csv(party: &str, u: &Universe, people: &[Person], seed: u64, out: &mut dyn Write) -> Result<u64> {
+pub fn write_csv(
+    party: &str,
+    u: &Universe,
+    people: &[Person],
+    seed: u64,
+    out: &mut dyn Write,
+) -> Result<u64> {
     let mac = Hmac::<Sha256>::new_from_slice(DEMO_SECRET).expect("HMAC takes any key length");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed_0f_da7a);
     let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut rows = 0;
     match party {
         "brand" => {
-            writeln!(w, "customer_id,email_hmac,age_band,region,purchases,revenue,first_purchase")?;
-            for (i, p) in people.iter().enumerate().filter(|(i, _)| u.in_brand(*i as u64)) {
-                let lam = if p.exposed && u.in_publisher(i as u64) { 2.6 } else { 2.0 };
+            writeln!(
+                w,
+                "customer_id,email_hmac,age_band,region,purchases,revenue,first_purchase"
+            )?;
+            for (i, p) in people
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| u.in_brand(*i as u64))
+            {
+                let lam = if p.exposed && u.in_publisher(i as u64) {
+                    2.6
+                } else {
+                    2.0
+                };
                 let purchases = poisson(&mut rng, lam);
                 let revenue = purchases as f64 * rng.random_range(18.0..72.0);
                 writeln!(
@@ -234,8 +274,15 @@ pub fn write_csv(party: &str, u: &Universe, people: &[Person], seed: u64, out: &
             }
         }
         "publisher" => {
-            writeln!(w, "user_id,email_hmac,age_band,region,page_views,exposed,last_visit")?;
-            for (i, p) in people.iter().enumerate().filter(|(i, _)| u.in_publisher(*i as u64)) {
+            writeln!(
+                w,
+                "user_id,email_hmac,age_band,region,page_views,exposed,last_visit"
+            )?;
+            for (i, p) in people
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| u.in_publisher(*i as u64))
+            {
                 writeln!(
                     w,
                     "U{:09},{},{},{},{},{},{}",
@@ -269,16 +316,27 @@ fn poisson(rng: &mut Xoshiro256PlusPlus, lambda: f64) -> u32 {
     }
 }
 
-pub fn write_party(party: &str, n: u64, seed: u64, out: &Path, schema_out: Option<&Path>) -> Result<()> {
+pub fn write_party(
+    party: &str,
+    n: u64,
+    seed: u64,
+    out: &Path,
+    schema_out: Option<&Path>,
+) -> Result<()> {
     if n < 10 {
         bail!("--people must be at least 10");
     }
     let u = Universe::new(n);
     let ps = people(&u, seed);
-    let mut f = std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut f =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let rows = write_csv(party, &u, &ps, seed, &mut f)?;
     if let Some(s) = schema_out {
-        let text = if party == "brand" { BRAND_SCHEMA } else { PUBLISHER_SCHEMA };
+        let text = if party == "brand" {
+            BRAND_SCHEMA
+        } else {
+            PUBLISHER_SCHEMA
+        };
         std::fs::write(s, text).with_context(|| format!("cannot write {}", s.display()))?;
     }
     eprintln!("wrote {rows} {party} rows to {}", out.display());
@@ -292,9 +350,14 @@ mod tests {
     #[test]
     fn universe_overlap_is_as_designed_and_data_deterministic() {
         let u = Universe::new(1000);
-        let both = (0..u.size()).filter(|i| u.in_brand(*i) && u.in_publisher(*i)).count();
+        let both = (0..u.size())
+            .filter(|i| u.in_brand(*i) && u.in_publisher(*i))
+            .count();
         assert_eq!(both as u64, u.overlap);
-        assert_eq!((0..u.size()).filter(|i| u.in_publisher(*i)).count() as u64, u.publisher);
+        assert_eq!(
+            (0..u.size()).filter(|i| u.in_publisher(*i)).count() as u64,
+            u.publisher
+        );
         let ps = people(&u, 1);
         let mut a = Vec::new();
         let mut b = Vec::new();
@@ -303,7 +366,10 @@ mod tests {
         assert_eq!(a, b);
         let text = String::from_utf8(a).unwrap();
         assert_eq!(text.lines().count(), 1001);
-        assert!(!text.contains('@'), "raw emails must not appear in the prepared data");
+        assert!(
+            !text.contains('@'),
+            "raw emails must not appear in the prepared data"
+        );
     }
 
     #[test]
@@ -311,7 +377,10 @@ mod tests {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
         for _ in 0..2000 {
             let d = date(&mut rng);
-            assert!(d.as_str() >= "2024-01-01" && d.as_str() <= "2026-10-31", "{d}");
+            assert!(
+                d.as_str() >= "2024-01-01" && d.as_str() <= "2026-10-31",
+                "{d}"
+            );
         }
     }
 }

@@ -203,7 +203,10 @@ pub fn verify_chain(
             ));
         }
         if e.recompute_hash() != e.hash {
-            return Err(brk(e.seq, "its content does not match its hash (edited)".into()));
+            return Err(brk(
+                e.seq,
+                "its content does not match its hash (edited)".into(),
+            ));
         }
         prev = e.hash;
         head = ChainHead {

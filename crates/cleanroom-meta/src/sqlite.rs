@@ -11,18 +11,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome, genesis_hash};
-use cleanroom_core::entities::{
-    Collaboration, Dataset, Membership, Organisation, Token, User,
-};
+use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
 use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
 use cleanroom_core::names::{CollaborationName, DatasetName, OrgName, UserName};
-use cleanroom_core::party::{Abilities, CollaborationStatus, DatasetStatus, MemberStatus, UserRole};
+use cleanroom_core::party::{
+    Abilities, CollaborationStatus, DatasetStatus, MemberStatus, UserRole,
+};
 use cleanroom_core::schema::DatasetSchema;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
-use crate::store::{Authenticated, MetaStore, NewAudit};
 use crate::MetaError;
+use crate::store::{Authenticated, MetaStore, NewAudit};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -151,14 +153,21 @@ impl SqliteStore {
         admin: &User,
         token: &Token,
     ) -> Result<(), MetaError> {
-        sqlx::query("INSERT INTO organisations (id, name, is_operator, created_at) VALUES (?, ?, ?, ?)")
-            .bind(org.id.to_string())
-            .bind(org.name.as_str())
-            .bind(org.is_operator)
-            .bind(&org.created_at)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| conflict_as(e, format!("an organisation named {} exists already", org.name)))?;
+        sqlx::query(
+            "INSERT INTO organisations (id, name, is_operator, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(org.id.to_string())
+        .bind(org.name.as_str())
+        .bind(org.is_operator)
+        .bind(&org.created_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            conflict_as(
+                e,
+                format!("an organisation named {} exists already", org.name),
+            )
+        })?;
         Self::insert_user_token(tx, admin, token).await
     }
 
@@ -167,19 +176,32 @@ impl SqliteStore {
         user: &User,
         token: &Token,
     ) -> Result<(), MetaError> {
-        sqlx::query("INSERT INTO users (id, org_id, name, role, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(user.id.to_string())
-            .bind(user.org_id.to_string())
-            .bind(user.name.as_str())
-            .bind(user.role.as_str())
-            .bind(&user.created_at)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| conflict_as(e, format!("a user named {} exists already in this organisation", user.name)))?;
+        sqlx::query(
+            "INSERT INTO users (id, org_id, name, role, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.to_string())
+        .bind(user.org_id.to_string())
+        .bind(user.name.as_str())
+        .bind(user.role.as_str())
+        .bind(&user.created_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            conflict_as(
+                e,
+                format!(
+                    "a user named {} exists already in this organisation",
+                    user.name
+                ),
+            )
+        })?;
         Self::insert_token(tx, token).await
     }
 
-    async fn insert_token(tx: &mut Transaction<'static, Sqlite>, t: &Token) -> Result<(), MetaError> {
+    async fn insert_token(
+        tx: &mut Transaction<'static, Sqlite>,
+        t: &Token,
+    ) -> Result<(), MetaError> {
         sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, NULL)")
             .bind(t.id.to_string())
             .bind(t.user_id.to_string())
@@ -204,7 +226,8 @@ fn conflict_as(e: sqlx::Error, msg: String) -> MetaError {
 fn org_from(r: &SqliteRow, prefix: &str) -> Result<Organisation, MetaError> {
     let col = |c: &str| format!("{prefix}{c}");
     Ok(Organisation {
-        id: OrgId::parse(&r.try_get::<String, _>(col("id").as_str())?).map_err(corrupt("org id"))?,
+        id: OrgId::parse(&r.try_get::<String, _>(col("id").as_str())?)
+            .map_err(corrupt("org id"))?,
         name: OrgName::parse(&r.try_get::<String, _>(col("name").as_str())?)
             .map_err(corrupt("org name"))?,
         is_operator: r.try_get(col("is_operator").as_str())?,
@@ -215,7 +238,8 @@ fn org_from(r: &SqliteRow, prefix: &str) -> Result<Organisation, MetaError> {
 fn user_from(r: &SqliteRow, prefix: &str) -> Result<User, MetaError> {
     let col = |c: &str| format!("{prefix}{c}");
     Ok(User {
-        id: UserId::parse(&r.try_get::<String, _>(col("id").as_str())?).map_err(corrupt("user id"))?,
+        id: UserId::parse(&r.try_get::<String, _>(col("id").as_str())?)
+            .map_err(corrupt("user id"))?,
         org_id: OrgId::parse(&r.try_get::<String, _>(col("org_id").as_str())?)
             .map_err(corrupt("user org"))?,
         name: UserName::parse(&r.try_get::<String, _>(col("name").as_str())?)
@@ -229,7 +253,8 @@ fn user_from(r: &SqliteRow, prefix: &str) -> Result<User, MetaError> {
 fn token_from(r: &SqliteRow, prefix: &str) -> Result<Token, MetaError> {
     let col = |c: &str| format!("{prefix}{c}");
     Ok(Token {
-        id: TokenId::parse(&r.try_get::<String, _>(col("id").as_str())?).map_err(corrupt("token id"))?,
+        id: TokenId::parse(&r.try_get::<String, _>(col("id").as_str())?)
+            .map_err(corrupt("token id"))?,
         user_id: UserId::parse(&r.try_get::<String, _>(col("user_id").as_str())?)
             .map_err(corrupt("token user"))?,
         label: r.try_get(col("label").as_str())?,
@@ -241,7 +266,8 @@ fn token_from(r: &SqliteRow, prefix: &str) -> Result<Token, MetaError> {
 
 fn collab_from(r: &SqliteRow) -> Result<Collaboration, MetaError> {
     Ok(Collaboration {
-        id: CollaborationId::parse(&r.try_get::<String, _>("c_id")?).map_err(corrupt("collaboration id"))?,
+        id: CollaborationId::parse(&r.try_get::<String, _>("c_id")?)
+            .map_err(corrupt("collaboration id"))?,
         name: CollaborationName::parse(&r.try_get::<String, _>("c_name")?)
             .map_err(corrupt("collaboration name"))?,
         description: r.try_get("c_description")?,
@@ -262,7 +288,8 @@ fn membership_from(r: &SqliteRow) -> Result<Membership, MetaError> {
     Ok(Membership {
         collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("m_collaboration_id")?)
             .map_err(corrupt("membership collaboration"))?,
-        org_id: OrgId::parse(&r.try_get::<String, _>("m_org_id")?).map_err(corrupt("membership org"))?,
+        org_id: OrgId::parse(&r.try_get::<String, _>("m_org_id")?)
+            .map_err(corrupt("membership org"))?,
         org_name: OrgName::parse(&r.try_get::<String, _>("m_org_name")?)
             .map_err(corrupt("membership org name"))?,
         abilities: Abilities::from_bits(r.try_get("m_abilities")?).map_err(corrupt("abilities"))?,
@@ -289,7 +316,8 @@ fn dataset_from(r: &SqliteRow) -> Result<Dataset, MetaError> {
             .map_err(corrupt("dataset owner"))?,
         owner_org_name: OrgName::parse(&r.try_get::<String, _>("owner_name")?)
             .map_err(corrupt("dataset owner name"))?,
-        name: DatasetName::parse(&r.try_get::<String, _>("name")?).map_err(corrupt("dataset name"))?,
+        name: DatasetName::parse(&r.try_get::<String, _>("name")?)
+            .map_err(corrupt("dataset name"))?,
         schema: DatasetSchema::from_compact(&r.try_get::<String, _>("schema")?)
             .map_err(corrupt("dataset schema"))?,
         status: DatasetStatus::parse(&r.try_get::<String, _>("status")?)
@@ -332,9 +360,10 @@ impl MetaStore for SqliteStore {
         audit: NewAudit,
     ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
-        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organisations WHERE is_operator = 1")
-            .fetch_one(&mut *tx)
-            .await?;
+        let exists: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM organisations WHERE is_operator = 1")
+                .fetch_one(&mut *tx)
+                .await?;
         if exists > 0 {
             return Err(MetaError::Conflict(
                 "this server is initialised already (an operator exists)".into(),
@@ -378,7 +407,12 @@ impl MetaStore for SqliteStore {
             .transpose()
     }
 
-    async fn create_user(&self, user: &User, token: &Token, audit: NewAudit) -> Result<(), MetaError> {
+    async fn create_user(
+        &self,
+        user: &User,
+        token: &Token,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
         Self::insert_user_token(&mut tx, user, token).await?;
         Self::append_in(&mut tx, audit).await?;
@@ -429,7 +463,12 @@ impl MetaStore for SqliteStore {
             .collect()
     }
 
-    async fn revoke_token(&self, id: TokenId, org: OrgId, audit: NewAudit) -> Result<(), MetaError> {
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        org: OrgId,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE tokens SET revoked_at = ?
@@ -501,7 +540,10 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    async fn get_collaboration(&self, id: CollaborationId) -> Result<Option<Collaboration>, MetaError> {
+    async fn get_collaboration(
+        &self,
+        id: CollaborationId,
+    ) -> Result<Option<Collaboration>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLLAB_COLS} FROM collaborations c WHERE c.id = ?"
         )))
@@ -640,7 +682,11 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    async fn close_collaboration(&self, collab: CollaborationId, audit: NewAudit) -> Result<u64, MetaError> {
+    async fn close_collaboration(
+        &self,
+        collab: CollaborationId,
+        audit: NewAudit,
+    ) -> Result<u64, MetaError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE collaborations SET status = 'closed', wrapped_key = NULL, closed_at = ?
@@ -651,7 +697,9 @@ impl MetaStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(MetaError::Conflict("the collaboration is closed already".into()));
+            return Err(MetaError::Conflict(
+                "the collaboration is closed already".into(),
+            ));
         }
         let shredded = sqlx::query(
             "UPDATE datasets SET wrapped_key = NULL, status = 'shredded'
@@ -674,7 +722,12 @@ impl MetaStore for SqliteStore {
         Ok(shredded)
     }
 
-    async fn create_dataset(&self, d: &Dataset, wrapped_key: &[u8], audit: NewAudit) -> Result<(), MetaError> {
+    async fn create_dataset(
+        &self,
+        d: &Dataset,
+        wrapped_key: &[u8],
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO datasets (id, collaboration_id, owner_org_id, name, schema, status, wrapped_key,
@@ -697,7 +750,11 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    async fn find_dataset(&self, collab: CollaborationId, name: &DatasetName) -> Result<Option<Dataset>, MetaError> {
+    async fn find_dataset(
+        &self,
+        collab: CollaborationId,
+        name: &DatasetName,
+    ) -> Result<Option<Dataset>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "{DATASET_SELECT} WHERE d.collaboration_id = ? AND d.name = ?"
         )))
@@ -722,30 +779,36 @@ impl MetaStore for SqliteStore {
     }
 
     async fn dataset_key(&self, id: DatasetId) -> Result<Option<Vec<u8>>, MetaError> {
-        Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>("SELECT wrapped_key FROM datasets WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await?
-            .flatten())
+        Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(
+            "SELECT wrapped_key FROM datasets WHERE id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?
+        .flatten())
     }
 
     async fn begin_upload(&self, id: DatasetId) -> Result<(), MetaError> {
-        let done = sqlx::query("UPDATE datasets SET status = 'uploading' WHERE id = ? AND status = 'pending'")
-            .bind(id.to_string())
-            .execute(&self.writer)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE datasets SET status = 'uploading' WHERE id = ? AND status = 'pending'",
+        )
+        .bind(id.to_string())
+        .execute(&self.writer)
+        .await?;
         if done.rows_affected() != 1 {
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM datasets WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(&self.writer)
-                .await?;
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM datasets WHERE id = ?")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.writer)
+                    .await?;
             return Err(match status.as_deref() {
                 None => MetaError::NotFound("dataset".into()),
                 Some("uploading") => MetaError::Conflict(
                     "another upload to this dataset is in progress; wait for it to finish".into(),
                 ),
                 Some("ready") => MetaError::Conflict(
-                    "this dataset has data already; datasets are immutable, create a new one".into(),
+                    "this dataset has data already; datasets are immutable, create a new one"
+                        .into(),
                 ),
                 Some(s) => MetaError::Conflict(format!("the dataset is {s}")),
             });
@@ -753,7 +816,13 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    async fn finish_upload(&self, id: DatasetId, rows: u64, bytes: u64, audit: NewAudit) -> Result<(), MetaError> {
+    async fn finish_upload(
+        &self,
+        id: DatasetId,
+        rows: u64,
+        bytes: u64,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE datasets SET status = 'ready', row_count = ?, byte_size = ?, ready_at = ?
@@ -798,30 +867,36 @@ impl MetaStore for SqliteStore {
                 Ok((
                     CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
                         .map_err(corrupt("dataset collaboration"))?,
-                    DatasetId::parse(&r.try_get::<String, _>("id")?).map_err(corrupt("dataset id"))?,
+                    DatasetId::parse(&r.try_get::<String, _>("id")?)
+                        .map_err(corrupt("dataset id"))?,
                 ))
             })
             .collect()
     }
 
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError> {
-        Ok(sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
     }
 
     async fn init_setting(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, MetaError> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query("INSERT INTO server_settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
-        let stored: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO server_settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -833,7 +908,12 @@ impl MetaStore for SqliteStore {
         Ok(e)
     }
 
-    async fn audit_entries(&self, chain: &str, after: u64, limit: u32) -> Result<Vec<AuditEntry>, MetaError> {
+    async fn audit_entries(
+        &self,
+        chain: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, MetaError> {
         sqlx::query("SELECT * FROM audit_entries WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?")
             .bind(chain)
             .bind(after as i64)
@@ -860,7 +940,10 @@ impl MetaStore for SqliteStore {
     }
 }
 
-async fn insert_membership(tx: &mut Transaction<'static, Sqlite>, m: &Membership) -> Result<(), MetaError> {
+async fn insert_membership(
+    tx: &mut Transaction<'static, Sqlite>,
+    m: &Membership,
+) -> Result<(), MetaError> {
     sqlx::query(
         "INSERT INTO memberships (collaboration_id, org_id, abilities, status, invited_at, joined_at)
          VALUES (?, ?, ?, ?, ?, ?)",

@@ -1,8 +1,6 @@
 use async_trait::async_trait;
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome};
-use cleanroom_core::entities::{
-    Collaboration, Dataset, Membership, Organisation, Token, User,
-};
+use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
 use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
 use cleanroom_core::names::{DatasetName, OrgName};
 
@@ -50,8 +48,12 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<(), MetaError>;
     async fn list_orgs(&self) -> Result<Vec<Organisation>, MetaError>;
     async fn find_org(&self, name: &OrgName) -> Result<Option<Organisation>, MetaError>;
-    async fn create_user(&self, user: &User, token: &Token, audit: NewAudit)
-    -> Result<(), MetaError>;
+    async fn create_user(
+        &self,
+        user: &User,
+        token: &Token,
+        audit: NewAudit,
+    ) -> Result<(), MetaError>;
     async fn list_users(&self, org: OrgId) -> Result<Vec<User>, MetaError>;
     async fn get_user(&self, id: UserId) -> Result<Option<User>, MetaError>;
     async fn create_token(&self, token: &Token, audit: NewAudit) -> Result<(), MetaError>;

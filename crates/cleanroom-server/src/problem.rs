@@ -88,11 +88,7 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let title = self
-            .status
-            .canonical_reason()
-            .unwrap_or("Error")
-            .to_owned();
+        let title = self.status.canonical_reason().unwrap_or("Error").to_owned();
         let body = Problem {
             r#type: format!("urn:cleanroom:problem:{}", self.code),
             title,

@@ -26,7 +26,8 @@ pub struct ApiJson<T>(pub T);
 type R<T> = Result<T, ApiError>;
 
 fn abilities(list: &[String]) -> R<Abilities> {
-    Ok(Abilities::parse_list(list.iter().map(String::as_str)).map_err(cleanroom_service::ServiceError::from)?)
+    Ok(Abilities::parse_list(list.iter().map(String::as_str))
+        .map_err(cleanroom_service::ServiceError::from)?)
 }
 
 #[utoipa::path(get, path = "/v1/health", tag = "server",
@@ -55,7 +56,9 @@ pub async fn whoami(Authed(p): Authed) -> Json<WhoAmI> {
 #[utoipa::path(get, path = "/v1/orgs", tag = "parties", security(("bearer" = [])),
     responses((status = 200, body = [OrgOut]), (status = 401, body = Problem)))]
 pub async fn list_orgs(State(room): State<CleanRoom>, Authed(p): Authed) -> R<Json<Vec<OrgOut>>> {
-    Ok(Json(room.list_orgs(&p).await?.iter().map(OrgOut::from).collect()))
+    Ok(Json(
+        room.list_orgs(&p).await?.iter().map(OrgOut::from).collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/orgs", tag = "parties", security(("bearer" = [])),
@@ -80,7 +83,13 @@ pub async fn create_org(
 #[utoipa::path(get, path = "/v1/users", tag = "parties", security(("bearer" = [])),
     responses((status = 200, body = [UserOut])))]
 pub async fn list_users(State(room): State<CleanRoom>, Authed(p): Authed) -> R<Json<Vec<UserOut>>> {
-    Ok(Json(room.list_users(&p).await?.iter().map(UserOut::from).collect()))
+    Ok(Json(
+        room.list_users(&p)
+            .await?
+            .iter()
+            .map(UserOut::from)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/users", tag = "parties", security(("bearer" = [])),
@@ -107,8 +116,17 @@ pub async fn create_user(
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "parties", security(("bearer" = [])),
     responses((status = 200, body = [TokenOut])))]
-pub async fn list_tokens(State(room): State<CleanRoom>, Authed(p): Authed) -> R<Json<Vec<TokenOut>>> {
-    Ok(Json(room.list_tokens(&p).await?.iter().map(TokenOut::from).collect()))
+pub async fn list_tokens(
+    State(room): State<CleanRoom>,
+    Authed(p): Authed,
+) -> R<Json<Vec<TokenOut>>> {
+    Ok(Json(
+        room.list_tokens(&p)
+            .await?
+            .iter()
+            .map(TokenOut::from)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "parties", security(("bearer" = [])),
@@ -168,7 +186,9 @@ pub async fn create_collaboration(
         None => Abilities::all(),
         Some(list) => abilities(list)?,
     };
-    let c = room.create_collaboration(&p, &req.name, &req.description, a).await?;
+    let c = room
+        .create_collaboration(&p, &req.name, &req.description, a)
+        .await?;
     let view = room.get_collaboration(&p, &c.id.to_string()).await?;
     Ok((StatusCode::CREATED, Json(detail(&view))))
 }
@@ -253,7 +273,13 @@ pub async fn list_datasets(
     Authed(p): Authed,
     Path(id): Path<String>,
 ) -> R<Json<Vec<DatasetOut>>> {
-    Ok(Json(room.list_datasets(&p, &id).await?.iter().map(DatasetOut::from).collect()))
+    Ok(Json(
+        room.list_datasets(&p, &id)
+            .await?
+            .iter()
+            .map(DatasetOut::from)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/collaborations/{id}/datasets", tag = "datasets", security(("bearer" = [])),
@@ -279,7 +305,9 @@ pub async fn get_dataset(
     Authed(p): Authed,
     Path((id, name)): Path<(String, String)>,
 ) -> R<Json<DatasetOut>> {
-    Ok(Json(DatasetOut::from(&room.get_dataset(&p, &id, &name).await?)))
+    Ok(Json(DatasetOut::from(
+        &room.get_dataset(&p, &id, &name).await?,
+    )))
 }
 
 /// Media types accepted by the upload endpoint.
@@ -303,7 +331,13 @@ pub async fn upload(
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let limit = room.limits().max_upload_bytes;
     let input = match media.as_str() {
@@ -345,7 +379,9 @@ fn stream_reader(body: Body, limit: u64) -> impl io::Read + Send + 'static {
             let over = seen > limit;
             async move {
                 if over {
-                    Err(io::Error::other(format!("the upload exceeds the server's limit of {limit} bytes")))
+                    Err(io::Error::other(format!(
+                        "the upload exceeds the server's limit of {limit} bytes"
+                    )))
                 } else {
                     Ok(chunk)
                 }
@@ -378,10 +414,7 @@ pub async fn audit(
         .audit_log(&p, &chain, q.after, q.limit.unwrap_or(1000))
         .await?;
     Ok(Json(AuditPage {
-        chain: entries
-            .first()
-            .map(|e| e.chain.clone())
-            .unwrap_or(chain),
+        chain: entries.first().map(|e| e.chain.clone()).unwrap_or(chain),
         entries: entries.iter().map(AuditEntryOut::from).collect(),
         head: head.as_ref().map(HeadOut::from),
     }))

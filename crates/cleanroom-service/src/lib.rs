@@ -10,7 +10,5 @@ mod room;
 pub mod token;
 
 pub use error::ServiceError;
-pub use room::{
-    CleanRoom, CollaborationView, Config, Principal, UploadInput, Limits,
-};
+pub use room::{CleanRoom, CollaborationView, Config, Limits, Principal, UploadInput};
 pub use token::IssuedToken;

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome, SYSTEM_CHAIN};
-use cleanroom_core::entities::{
-    Collaboration, Dataset, Membership, Organisation, Token, User,
-};
+use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
 use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
 use cleanroom_core::names::{CollaborationName, DatasetName, OrgName, UserName};
 use cleanroom_core::party::{
@@ -145,7 +143,10 @@ impl CleanRoom {
         let dir = &config.data_dir;
         if config.create {
             std::fs::create_dir_all(dir).map_err(|e| {
-                ServiceError::Unavailable(format!("cannot create data directory {}: {e}", dir.display()))
+                ServiceError::Unavailable(format!(
+                    "cannot create data directory {}: {e}",
+                    dir.display()
+                ))
             })?;
             #[cfg(unix)]
             {
@@ -198,13 +199,16 @@ impl CleanRoom {
         const NAME: &str = "master_key_check";
         let candidate = self.master.wrap(&SecretKey::generate()?, NAME)?;
         let stored = self.meta.init_setting(NAME, &candidate).await?;
-        self.master.unwrap_key(&stored, NAME).map(|_| ()).map_err(|_| {
-            ServiceError::InvalidInput(
-                "the master key does not match the one this data directory was created with \
+        self.master
+            .unwrap_key(&stored, NAME)
+            .map(|_| ())
+            .map_err(|_| {
+                ServiceError::InvalidInput(
+                    "the master key does not match the one this data directory was created with \
                  (check CLEANROOM_MASTER_KEY or master.key)"
-                    .into(),
-            )
-        })
+                        .into(),
+                )
+            })
     }
 
     async fn recover(&self) -> Result<(), ServiceError> {
@@ -280,9 +284,14 @@ impl CleanRoom {
             "server.init",
             org.name.as_str(),
             Outcome::Allowed,
-            format!("operator organisation and admin created; token {}", issued.id),
+            format!(
+                "operator organisation and admin created; token {}",
+                issued.id
+            ),
         );
-        self.meta.bootstrap_operator(&org, &user, &token, audit).await?;
+        self.meta
+            .bootstrap_operator(&org, &user, &token, audit)
+            .await?;
         Ok((org, user, issued))
     }
 
@@ -341,7 +350,9 @@ impl CleanRoom {
             Some(a) if presented.matches(&a.token.secret_hash) => {
                 if a.token.revoked_at.is_some() {
                     let e = ServiceError::Unauthenticated("this token has been revoked".into());
-                    return Err(self.refuse(SYSTEM_CHAIN, "anonymous", "auth", &target, e).await);
+                    return Err(self
+                        .refuse(SYSTEM_CHAIN, "anonymous", "auth", &target, e)
+                        .await);
                 }
                 Ok(Principal {
                     user: a.user,
@@ -351,7 +362,9 @@ impl CleanRoom {
             }
             _ => {
                 let e = ServiceError::Unauthenticated("unknown token".into());
-                Err(self.refuse(SYSTEM_CHAIN, "anonymous", "auth", &target, e).await)
+                Err(self
+                    .refuse(SYSTEM_CHAIN, "anonymous", "auth", &target, e)
+                    .await)
             }
         }
     }
@@ -366,8 +379,12 @@ impl CleanRoom {
         admin_name: &str,
     ) -> Result<(Organisation, User, IssuedToken), ServiceError> {
         if !(p.org.is_operator && p.is_admin()) {
-            let e = ServiceError::Forbidden("only the operator's admins may create organisations".into());
-            return Err(self.refuse(SYSTEM_CHAIN, &p.actor(), "org.create", name, e).await);
+            let e = ServiceError::Forbidden(
+                "only the operator's admins may create organisations".into(),
+            );
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &p.actor(), "org.create", name, e)
+                .await);
         }
         let org = Organisation {
             id: OrgId::new(),
@@ -375,7 +392,8 @@ impl CleanRoom {
             is_operator: false,
             created_at: now(),
         };
-        let (user, issued, token) = self.new_user(org.id, admin_name, UserRole::Admin, "initial admin token")?;
+        let (user, issued, token) =
+            self.new_user(org.id, admin_name, UserRole::Admin, "initial admin token")?;
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &p.actor(),
@@ -401,8 +419,11 @@ impl CleanRoom {
         role: UserRole,
     ) -> Result<(User, IssuedToken), ServiceError> {
         if !p.is_admin() {
-            let e = ServiceError::Forbidden("only admins of your organisation may add users".into());
-            return Err(self.refuse(SYSTEM_CHAIN, &p.actor(), "user.create", name, e).await);
+            let e =
+                ServiceError::Forbidden("only admins of your organisation may add users".into());
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &p.actor(), "user.create", name, e)
+                .await);
         }
         let (user, issued, token) = self.new_user(p.org.id, name, role, "initial token")?;
         let audit = Self::audit(
@@ -422,7 +443,11 @@ impl CleanRoom {
     }
 
     /// Issues another token to the caller.
-    pub async fn create_token(&self, p: &Principal, label: &str) -> Result<IssuedToken, ServiceError> {
+    pub async fn create_token(
+        &self,
+        p: &Principal,
+        label: &str,
+    ) -> Result<IssuedToken, ServiceError> {
         let (issued, token) = Self::new_token(p.user.id, label)?;
         let audit = Self::audit(
             SYSTEM_CHAIN,
@@ -460,9 +485,18 @@ impl CleanRoom {
         };
         if !allowed {
             let e = ServiceError::NotFound(format!("no token {id} that you may revoke"));
-            return Err(self.refuse(SYSTEM_CHAIN, &p.actor(), "token.revoke", &id.to_string(), e).await);
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &p.actor(), "token.revoke", &id.to_string(), e)
+                .await);
         }
-        let audit = Self::audit(SYSTEM_CHAIN, &p.actor(), "token.revoke", &id.to_string(), Outcome::Allowed, "");
+        let audit = Self::audit(
+            SYSTEM_CHAIN,
+            &p.actor(),
+            "token.revoke",
+            &id.to_string(),
+            Outcome::Allowed,
+            "",
+        );
         Ok(self.meta.revoke_token(id, p.org.id, audit).await?)
     }
 
@@ -479,7 +513,9 @@ impl CleanRoom {
         let name = CollaborationName::parse(name)?;
         let description = self.check_description(description)?;
         if abilities.is_empty() {
-            return Err(ServiceError::InvalidInput("give your organisation at least one ability".into()));
+            return Err(ServiceError::InvalidInput(
+                "give your organisation at least one ability".into(),
+            ));
         }
         let c = Collaboration {
             id: CollaborationId::new(),
@@ -509,7 +545,9 @@ impl CleanRoom {
             Outcome::Allowed,
             format!("creator {} with abilities {}", p.org.name, abilities),
         );
-        self.meta.create_collaboration(&c, &wrapped, &creator, audit).await?;
+        self.meta
+            .create_collaboration(&c, &wrapped, &creator, audit)
+            .await?;
         Ok(c)
     }
 
@@ -522,7 +560,9 @@ impl CleanRoom {
             )));
         }
         if d.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(ServiceError::InvalidInput("the description contains control characters".into()));
+            return Err(ServiceError::InvalidInput(
+                "the description contains control characters".into(),
+            ));
         }
         Ok(d.to_owned())
     }
@@ -565,7 +605,13 @@ impl CleanRoom {
         match found {
             Some(x) => Ok(x),
             None => Err(self
-                .refuse(SYSTEM_CHAIN, &p.actor(), action, &id.to_string(), not_found_collab())
+                .refuse(
+                    SYSTEM_CHAIN,
+                    &p.actor(),
+                    action,
+                    &id.to_string(),
+                    not_found_collab(),
+                )
                 .await),
         }
     }
@@ -645,16 +691,24 @@ impl CleanRoom {
             .await?;
         let chain = c.id.to_string();
         if c.creator_org_id != p.org.id {
-            let e = ServiceError::Forbidden("only the organisation that created the collaboration may invite".into());
-            return Err(self.refuse(&chain, &p.actor(), "collaboration.invite", org_name, e).await);
+            let e = ServiceError::Forbidden(
+                "only the organisation that created the collaboration may invite".into(),
+            );
+            return Err(self
+                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .await);
         }
         let name = OrgName::parse(org_name)?;
         let Some(org) = self.meta.find_org(&name).await? else {
             let e = ServiceError::NotFound(format!("no organisation named {name}"));
-            return Err(self.refuse(&chain, &p.actor(), "collaboration.invite", org_name, e).await);
+            return Err(self
+                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .await);
         };
         if abilities.is_empty() {
-            return Err(ServiceError::InvalidInput("name at least one ability".into()));
+            return Err(ServiceError::InvalidInput(
+                "name at least one ability".into(),
+            ));
         }
         let m = Membership {
             collaboration_id: c.id,
@@ -676,24 +730,46 @@ impl CleanRoom {
         match self.meta.invite(&m, audit).await {
             Ok(()) => Ok(m),
             Err(MetaError::Conflict(msg)) => Err(self
-                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, ServiceError::Conflict(msg))
+                .refuse(
+                    &chain,
+                    &p.actor(),
+                    "collaboration.invite",
+                    org_name,
+                    ServiceError::Conflict(msg),
+                )
                 .await),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Accepts (or declines) the caller's organisation's invitation.
-    pub async fn respond(&self, p: &Principal, collab: &str, accept: bool) -> Result<(), ServiceError> {
-        let action = if accept { "collaboration.accept" } else { "collaboration.decline" };
+    pub async fn respond(
+        &self,
+        p: &Principal,
+        collab: &str,
+        accept: bool,
+    ) -> Result<(), ServiceError> {
+        let action = if accept {
+            "collaboration.accept"
+        } else {
+            "collaboration.decline"
+        };
         let (c, m) = self.membership_of(p, collab, action).await?;
         let chain = c.id.to_string();
         if c.status == CollaborationStatus::Closed {
             let e = ServiceError::Gone("the collaboration is closed".into());
-            return Err(self.refuse(&chain, &p.actor(), action, p.org.name.as_str(), e).await);
+            return Err(self
+                .refuse(&chain, &p.actor(), action, p.org.name.as_str(), e)
+                .await);
         }
         if m.status != MemberStatus::Invited {
-            let e = ServiceError::Conflict(format!("your organisation is already {} in this collaboration", m.status));
-            return Err(self.refuse(&chain, &p.actor(), action, p.org.name.as_str(), e).await);
+            let e = ServiceError::Conflict(format!(
+                "your organisation is already {} in this collaboration",
+                m.status
+            ));
+            return Err(self
+                .refuse(&chain, &p.actor(), action, p.org.name.as_str(), e)
+                .await);
         }
         let audit = Self::audit(
             &chain,
@@ -703,24 +779,47 @@ impl CleanRoom {
             Outcome::Allowed,
             format!("abilities {}", m.abilities),
         );
-        Ok(self.meta.respond_invitation(c.id, p.org.id, accept, audit).await?)
+        Ok(self
+            .meta
+            .respond_invitation(c.id, p.org.id, accept, audit)
+            .await?)
     }
 
     /// Closes a collaboration and crypto-shreds its data: the collaboration key and every
     /// dataset key are destroyed in one transaction, then the ciphertext files are deleted.
     /// Only the creating organisation's admins may close.
-    pub async fn close_collaboration(&self, p: &Principal, collab: &str) -> Result<u64, ServiceError> {
+    pub async fn close_collaboration(
+        &self,
+        p: &Principal,
+        collab: &str,
+    ) -> Result<u64, ServiceError> {
         let (c, _) = self
             .active_member(p, collab, "collaboration.close", "-", None, true)
             .await?;
         let chain = c.id.to_string();
         if c.creator_org_id != p.org.id || !p.is_admin() {
             let e = ServiceError::Forbidden(
-                "only an admin of the organisation that created the collaboration may close it".into(),
+                "only an admin of the organisation that created the collaboration may close it"
+                    .into(),
             );
-            return Err(self.refuse(&chain, &p.actor(), "collaboration.close", c.name.as_str(), e).await);
+            return Err(self
+                .refuse(
+                    &chain,
+                    &p.actor(),
+                    "collaboration.close",
+                    c.name.as_str(),
+                    e,
+                )
+                .await);
         }
-        let audit = Self::audit(&chain, &p.actor(), "collaboration.close", c.name.as_str(), Outcome::Allowed, "");
+        let audit = Self::audit(
+            &chain,
+            &p.actor(),
+            "collaboration.close",
+            c.name.as_str(),
+            Outcome::Allowed,
+            "",
+        );
         let shredded = self.meta.close_collaboration(c.id, audit).await?;
         let files = self.files.remove_collaboration_files(c.id)?;
         tracing::info!(collaboration = %c.id, keys = shredded, files, "collaboration closed and crypto-shredded");
@@ -738,7 +837,14 @@ impl CleanRoom {
         schema: DatasetSchema,
     ) -> Result<Dataset, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "dataset.create", name, Some(Ability::Contribute), true)
+            .active_member(
+                p,
+                collab,
+                "dataset.create",
+                name,
+                Some(Ability::Contribute),
+                true,
+            )
             .await?;
         let name = DatasetName::parse(name)?;
         let d = Dataset {
@@ -769,22 +875,30 @@ impl CleanRoom {
         match self.meta.create_dataset(&d, &wrapped, audit).await {
             Ok(()) => Ok(d),
             Err(MetaError::Conflict(msg)) => Err(self
-                .refuse(&chain, &p.actor(), "dataset.create", d.name.as_str(), ServiceError::Conflict(msg))
+                .refuse(
+                    &chain,
+                    &p.actor(),
+                    "dataset.create",
+                    d.name.as_str(),
+                    ServiceError::Conflict(msg),
+                )
                 .await),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn collaboration_key(&self, id: CollaborationId) -> Result<SecretKey, ServiceError> {
-        let wrapped = self
-            .meta
-            .collaboration_key(id)
-            .await?
-            .ok_or_else(|| ServiceError::Gone("the collaboration is closed and its keys destroyed".into()))?;
+        let wrapped = self.meta.collaboration_key(id).await?.ok_or_else(|| {
+            ServiceError::Gone("the collaboration is closed and its keys destroyed".into())
+        })?;
         Ok(self.master.unwrap_key(&wrapped, &collab_purpose(id))?)
     }
 
-    async fn dataset_key(&self, c: CollaborationId, d: DatasetId) -> Result<SecretKey, ServiceError> {
+    async fn dataset_key(
+        &self,
+        c: CollaborationId,
+        d: DatasetId,
+    ) -> Result<SecretKey, ServiceError> {
         let ck = self.collaboration_key(c).await?;
         let wrapped = self
             .meta
@@ -805,16 +919,29 @@ impl CleanRoom {
         input: UploadInput,
     ) -> Result<Dataset, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "dataset.upload", name, Some(Ability::Contribute), true)
+            .active_member(
+                p,
+                collab,
+                "dataset.upload",
+                name,
+                Some(Ability::Contribute),
+                true,
+            )
             .await?;
         let chain = c.id.to_string();
         let d = self.find_dataset(&c, p, name, "dataset.upload").await?;
         if d.owner_org_id != p.org.id {
-            let e = ServiceError::Forbidden("only the organisation that owns a dataset may upload its data".into());
-            return Err(self.refuse(&chain, &p.actor(), "dataset.upload", name, e).await);
+            let e = ServiceError::Forbidden(
+                "only the organisation that owns a dataset may upload its data".into(),
+            );
+            return Err(self
+                .refuse(&chain, &p.actor(), "dataset.upload", name, e)
+                .await);
         }
         if let Err(e) = self.meta.begin_upload(d.id).await {
-            return Err(self.refuse(&chain, &p.actor(), "dataset.upload", name, e.into()).await);
+            return Err(self
+                .refuse(&chain, &p.actor(), "dataset.upload", name, e.into())
+                .await);
         }
         let format = input.format();
         let result = self.write_upload(&c, &d, input).await;
@@ -831,13 +958,22 @@ impl CleanRoom {
                 if let Err(e) = self.meta.finish_upload(d.id, rows, bytes, audit).await {
                     // Not recorded as ready: the file must not outlive this request.
                     let _ = std::fs::remove_file(self.files.dataset_path(c.id, d.id));
-                    return Err(self.refuse(&chain, &p.actor(), "dataset.upload", name, e.into()).await);
+                    return Err(self
+                        .refuse(&chain, &p.actor(), "dataset.upload", name, e.into())
+                        .await);
                 }
                 self.find_dataset(&c, p, name, "dataset.upload").await
             }
             Err(err) => {
                 let detail = format!("{}: {}", err.code(), err);
-                let audit = Self::audit(&chain, &p.actor(), "dataset.upload", name, err.audit_outcome(), detail);
+                let audit = Self::audit(
+                    &chain,
+                    &p.actor(),
+                    "dataset.upload",
+                    name,
+                    err.audit_outcome(),
+                    detail,
+                );
                 if let Err(e) = self.meta.abort_upload(d.id, audit).await {
                     tracing::error!(error = %e, "could not return a failed upload to pending");
                 }
@@ -896,15 +1032,23 @@ impl CleanRoom {
         match found {
             Some(d) => Ok(d),
             None => {
-                let e = ServiceError::NotFound(format!("no dataset named {parsed} in this collaboration"));
-                Err(self.refuse(&c.id.to_string(), &p.actor(), action, name, e).await)
+                let e = ServiceError::NotFound(format!(
+                    "no dataset named {parsed} in this collaboration"
+                ));
+                Err(self
+                    .refuse(&c.id.to_string(), &p.actor(), action, name, e)
+                    .await)
             }
         }
     }
 
     /// Datasets of a collaboration: ready (and shredded) ones to every active member, pending
     /// ones only to their owner. Metadata only; rows are never returned.
-    pub async fn list_datasets(&self, p: &Principal, collab: &str) -> Result<Vec<Dataset>, ServiceError> {
+    pub async fn list_datasets(
+        &self,
+        p: &Principal,
+        collab: &str,
+    ) -> Result<Vec<Dataset>, ServiceError> {
         let (c, _) = self
             .active_member(p, collab, "dataset.list", "-", None, false)
             .await?;
@@ -917,7 +1061,12 @@ impl CleanRoom {
             .collect())
     }
 
-    pub async fn get_dataset(&self, p: &Principal, collab: &str, name: &str) -> Result<Dataset, ServiceError> {
+    pub async fn get_dataset(
+        &self,
+        p: &Principal,
+        collab: &str,
+        name: &str,
+    ) -> Result<Dataset, ServiceError> {
         let (c, _) = self
             .active_member(p, collab, "dataset.show", name, None, false)
             .await?;
@@ -926,13 +1075,19 @@ impl CleanRoom {
 
     /// Counts the rows of a stored dataset by decrypting it: the server's own integrity check,
     /// used by tests and `cleanroom` diagnostics. Returns no row data.
-    pub async fn verify_dataset_file(&self, c: CollaborationId, d: DatasetId) -> Result<u64, ServiceError> {
+    pub async fn verify_dataset_file(
+        &self,
+        c: CollaborationId,
+        d: DatasetId,
+    ) -> Result<u64, ServiceError> {
         let key = self.dataset_key(c, d).await?;
         let files = self.files.clone();
         tokio::task::spawn_blocking(move || -> Result<u64, ServiceError> {
             let mut n = 0u64;
             for b in files.open_reader(c, d, &key)? {
-                n += b.map_err(|e| ServiceError::Internal(format!("reading dataset: {e}")))?.num_rows() as u64;
+                n += b
+                    .map_err(|e| ServiceError::Internal(format!("reading dataset: {e}")))?
+                    .num_rows() as u64;
             }
             Ok(n)
         })
@@ -954,8 +1109,12 @@ impl CleanRoom {
     ) -> Result<(Vec<AuditEntry>, Option<ChainHead>), ServiceError> {
         let chain_id = if chain == SYSTEM_CHAIN {
             if !(p.org.is_operator && p.is_admin()) {
-                let e = ServiceError::Forbidden("only the operator's admins may read the system audit log".into());
-                return Err(self.refuse(SYSTEM_CHAIN, &p.actor(), "audit.read", SYSTEM_CHAIN, e).await);
+                let e = ServiceError::Forbidden(
+                    "only the operator's admins may read the system audit log".into(),
+                );
+                return Err(self
+                    .refuse(SYSTEM_CHAIN, &p.actor(), "audit.read", SYSTEM_CHAIN, e)
+                    .await);
             }
             SYSTEM_CHAIN.to_owned()
         } else {

@@ -123,7 +123,8 @@ impl DatasetStore {
         let tmp = writer.tmp.take().expect("tmp present until commit");
         let guard = TmpGuard(Some(tmp.clone()));
         let f = File::open(&tmp).map_err(StorageError::io("reopening upload file"))?;
-        f.sync_all().map_err(StorageError::io("syncing upload file"))?;
+        f.sync_all()
+            .map_err(StorageError::io("syncing upload file"))?;
         let bytes = f
             .metadata()
             .map_err(StorageError::io("reading upload file size"))?
@@ -174,7 +175,10 @@ impl DatasetStore {
         let dir = self.datasets_dir();
         for c in std::fs::read_dir(&dir).map_err(StorageError::io("listing datasets"))? {
             let c = c.map_err(StorageError::io("listing datasets"))?;
-            let Some(collab) = c.file_name().to_str().and_then(|s| CollaborationId::parse(s).ok())
+            let Some(collab) = c
+                .file_name()
+                .to_str()
+                .and_then(|s| CollaborationId::parse(s).ok())
             else {
                 continue;
             };
@@ -198,7 +202,10 @@ impl DatasetStore {
 
     /// Deletes a collaboration's files. Called after its keys are destroyed: the files are
     /// already unreadable, this only frees the space.
-    pub fn remove_collaboration_files(&self, collab: CollaborationId) -> Result<usize, StorageError> {
+    pub fn remove_collaboration_files(
+        &self,
+        collab: CollaborationId,
+    ) -> Result<usize, StorageError> {
         let dir = self.collaboration_dir(collab);
         if !dir.exists() {
             return Ok(0);
@@ -311,7 +318,10 @@ mod tests {
         assert!(stored.bytes > 0);
 
         let disk = all_bytes_under(dir.path());
-        assert!(!contains(&disk, b"person-secret"), "plaintext identifier on disk");
+        assert!(
+            !contains(&disk, b"person-secret"),
+            "plaintext identifier on disk"
+        );
         assert!(!contains(&disk, b"Gotham"), "plaintext attribute on disk");
 
         let batches: Vec<RecordBatch> = store

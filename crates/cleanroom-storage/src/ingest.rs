@@ -352,7 +352,9 @@ fn csv_error(e: csv::Error, fallback_line: Option<u64>) -> StorageError {
     let line = e.position().map(|p| p.line()).or(fallback_line);
     match e.into_kind() {
         csv::ErrorKind::Io(io) => io_to_storage(io),
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => StorageError::invalid(
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => StorageError::invalid(
             line,
             None,
             format!("expected {expected_len} fields, found {len}"),
@@ -422,9 +424,7 @@ fn conform_batch(
                 ),
             ));
         }
-        if let Some(f) = casted
-            .as_any()
-            .downcast_ref::<arrow::array::Float64Array>()
+        if let Some(f) = casted.as_any().downcast_ref::<arrow::array::Float64Array>()
             && f.iter().flatten().any(|v| !v.is_finite())
         {
             return Err(StorageError::invalid(
@@ -460,8 +460,14 @@ fn castable(from: &DataType, to: &DataType) -> bool {
     matches!(
         (from, to),
         (LargeUtf8 | Utf8View | Dictionary(_, _), Utf8)
-            | (Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32 | UInt64, Int64)
-            | (Float16 | Float32 | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32, Float64)
+            | (
+                Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32 | UInt64,
+                Int64
+            )
+            | (
+                Float16 | Float32 | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32,
+                Float64
+            )
             | (Date64 | Timestamp(_, _), Date32)
     )
 }
@@ -488,7 +494,11 @@ where
         progress(rows);
     }
     if rows == 0 {
-        return Err(StorageError::invalid(None, None, "the file has no data rows"));
+        return Err(StorageError::invalid(
+            None,
+            None,
+            "the file has no data rows",
+        ));
     }
     Ok(rows)
 }
@@ -500,9 +510,8 @@ pub fn ingest_arrow_stream<R: Read>(
     sink: &mut dyn BatchSink,
     progress: Progress<'_>,
 ) -> Result<u64, StorageError> {
-    let reader = arrow::ipc::reader::StreamReader::try_new(input, None).map_err(|e| {
-        upload_arrow_error(e, "the body is not an Arrow IPC stream")
-    })?;
+    let reader = arrow::ipc::reader::StreamReader::try_new(input, None)
+        .map_err(|e| upload_arrow_error(e, "the body is not an Arrow IPC stream"))?;
     ingest_batches(
         reader.map(|b| b.map_err(|e| upload_arrow_error(e, "the Arrow IPC stream is malformed"))),
         schema,
@@ -513,7 +522,9 @@ pub fn ingest_arrow_stream<R: Read>(
 
 fn upload_arrow_error(e: arrow::error::ArrowError, what: &str) -> StorageError {
     match e {
-        arrow::error::ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+        arrow::error::ArrowError::IoError(_, io)
+            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
             StorageError::invalid(None, None, format!("{what} (it ends too early)"))
         }
         arrow::error::ArrowError::IoError(msg, _) => StorageError::UploadStream(msg),
@@ -529,13 +540,16 @@ pub fn ingest_parquet(
     progress: Progress<'_>,
 ) -> Result<u64, StorageError> {
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(input)
-        .map_err(|_| StorageError::invalid(None, None, "the body is not a readable Parquet file"))?;
-    let reader = builder
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|_| StorageError::invalid(None, None, "the body is not a readable Parquet file"))?;
+        .map_err(|_| {
+            StorageError::invalid(None, None, "the body is not a readable Parquet file")
+        })?;
+    let reader = builder.with_batch_size(BATCH_ROWS).build().map_err(|_| {
+        StorageError::invalid(None, None, "the body is not a readable Parquet file")
+    })?;
     ingest_batches(
-        reader.map(|b| b.map_err(|_| StorageError::invalid(None, None, "the Parquet file is corrupt"))),
+        reader.map(|b| {
+            b.map_err(|_| StorageError::invalid(None, None, "the Parquet file is corrupt"))
+        }),
         schema,
         sink,
         progress,
@@ -551,10 +565,17 @@ mod tests {
 
     fn schema() -> DatasetSchema {
         DatasetSchema::new(
-            ["pid:string:privacy_unit", "age_band:string:dimension", "purchases:int64:metric", "seen:date:dimension", "spend:float64:metric", "vip:bool:dimension"]
-                .iter()
-                .map(|s| ColumnSpec::parse_compact(s).unwrap())
-                .collect(),
+            [
+                "pid:string:privacy_unit",
+                "age_band:string:dimension",
+                "purchases:int64:metric",
+                "seen:date:dimension",
+                "spend:float64:metric",
+                "vip:bool:dimension",
+            ]
+            .iter()
+            .map(|s| ColumnSpec::parse_compact(s).unwrap())
+            .collect(),
         )
         .unwrap()
     }
@@ -573,7 +594,8 @@ mod tests {
 
     #[test]
     fn good_csv_in_any_column_order() {
-        let csv = "purchases,pid,age_band,seen,spend,vip\n3,p1,25-34,2026-01-31,12.5,true\n,p2,,,,\n";
+        let csv =
+            "purchases,pid,age_band,seen,spend,vip\n3,p1,25-34,2026-01-31,12.5,true\n,p2,,,,\n";
         let (rows, batches) = run(csv.as_bytes()).unwrap();
         assert_eq!(rows, 2);
         let b = &batches[0];
@@ -588,17 +610,31 @@ mod tests {
 
     #[test]
     fn errors_name_line_column_and_expectation() {
-        let e = err(format!("{HEADER}p1,a,1,2026-01-01,1,true\np2,a,lots,2026-01-01,1,true\n").as_bytes());
-        assert_eq!(e, "line 3, column 3 (purchases): expected an int64 (a whole number of at most 19 digits)");
+        let e = err(
+            format!("{HEADER}p1,a,1,2026-01-01,1,true\np2,a,lots,2026-01-01,1,true\n").as_bytes(),
+        );
+        assert_eq!(
+            e,
+            "line 3, column 3 (purchases): expected an int64 (a whole number of at most 19 digits)"
+        );
         assert!(!e.contains("lots"), "error must not echo the value");
         let e = err(format!("{HEADER}p1,a,1,2026-02-30,1,true\n").as_bytes());
-        assert!(e.starts_with("line 2, column 4 (seen): expected a date"), "{e}");
+        assert!(
+            e.starts_with("line 2, column 4 (seen): expected a date"),
+            "{e}"
+        );
         let e = err(format!("{HEADER}p1,a,1,2026-02-03,NaN,true\n").as_bytes());
-        assert!(e.starts_with("line 2, column 5 (spend): expected a float64"), "{e}");
+        assert!(
+            e.starts_with("line 2, column 5 (spend): expected a float64"),
+            "{e}"
+        );
         let e = err(format!("{HEADER}p1,a,1,2026-02-03,1\n").as_bytes());
         assert_eq!(e, "line 2: expected 6 fields, found 5");
         let e = err(format!("{HEADER},a,1,2026-02-03,1,true\n").as_bytes());
-        assert!(e.starts_with("line 2, column 1 (pid): the privacy_unit column must not be empty"), "{e}");
+        assert!(
+            e.starts_with("line 2, column 1 (pid): the privacy_unit column must not be empty"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -618,14 +654,20 @@ mod tests {
         let mut bad = HEADER.as_bytes().to_vec();
         bad.extend_from_slice(b"p1,\xff\xfe,1,2026-01-01,1,true\n");
         let e = err(&bad);
-        assert!(e.starts_with("line 2, column 2 (age_band): not valid UTF-8"), "{e}");
+        assert!(
+            e.starts_with("line 2, column 2 (age_band): not valid UTF-8"),
+            "{e}"
+        );
 
         let mut huge = HEADER.as_bytes().to_vec();
         huge.extend_from_slice(b"p1,");
         huge.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
         huge.extend_from_slice(b",1,2026-01-01,1,true\n");
         let e = err(&huge);
-        assert!(e.starts_with("line 2, column 2 (age_band): field is 10485760 bytes long"), "{e}");
+        assert!(
+            e.starts_with("line 2, column 2 (age_band): field is 10485760 bytes long"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -51,9 +51,7 @@ impl SecretKey {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StorageError> {
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| StorageError::Decrypt)?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| StorageError::Decrypt)?;
         Ok(SecretKey(Zeroizing::new(arr)))
     }
 
@@ -151,10 +149,12 @@ pub fn load_master_key(
             write_owner_only(&path, key.to_hex().as_bytes())?;
             Ok((key, MasterKeySource::CreatedFile))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::MasterKey(format!(
-            "no {MASTER_KEY_ENV} in the environment and no {} (run `cleanroom init` first)",
-            path.display()
-        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(StorageError::MasterKey(format!(
+                "no {MASTER_KEY_ENV} in the environment and no {} (run `cleanroom init` first)",
+                path.display()
+            )))
+        }
         Err(e) => Err(StorageError::io(format!("reading {}", path.display()))(e)),
     }
 }
@@ -204,7 +204,10 @@ mod tests {
         let kek = SecretKey::generate().unwrap();
         let dek = SecretKey::generate().unwrap();
         let w = kek.wrap(&dek, "dataset:1").unwrap();
-        assert_eq!(kek.unwrap_key(&w, "dataset:1").unwrap().expose(), dek.expose());
+        assert_eq!(
+            kek.unwrap_key(&w, "dataset:1").unwrap().expose(),
+            dek.expose()
+        );
         assert!(kek.unwrap_key(&w, "dataset:2").is_err());
         let other = SecretKey::generate().unwrap();
         assert!(other.unwrap_key(&w, "dataset:1").is_err());

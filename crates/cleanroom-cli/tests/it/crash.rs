@@ -29,7 +29,9 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     let url = server.url.clone();
     let (brand, publisher, id) = {
         let (u, o) = (url.clone(), op.clone());
-        tokio::task::spawn_blocking(move || two_parties(&u, &o)).await.unwrap()
+        tokio::task::spawn_blocking(move || two_parties(&u, &o))
+            .await
+            .unwrap()
     };
     let mut args = vec!["dataset", "create", &id, "crm"];
     args.extend(COLUMNS);
@@ -40,7 +42,11 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     for i in 0..400_000 {
         body.push_str(&format!("person-{i:07},hmac-{i:07},city{},{}\n", i % 9, i));
     }
-    let chunks: Vec<bytes::Bytes> = body.into_bytes().chunks(64 * 1024).map(bytes::Bytes::copy_from_slice).collect();
+    let chunks: Vec<bytes::Bytes> = body
+        .into_bytes()
+        .chunks(64 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
     let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>))
         .chain(futures_util::stream::pending());
     use futures_util::StreamExt;
@@ -56,11 +62,17 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     let tmp_dir = data.join("tmp");
     let start = Instant::now();
     loop {
-        let written: u64 = files(&tmp_dir).iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+        let written: u64 = files(&tmp_dir)
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
         if written > 1_000_000 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "upload never reached the disk");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "upload never reached the disk"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.kill();
@@ -73,22 +85,57 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     for f in &left {
         let bytes = std::fs::read(f).unwrap();
         for needle in [&b"person-00"[..], b"hmac-00", b"city3"] {
-            assert!(!contains(&bytes, needle), "plaintext {:?} in {}", String::from_utf8_lossy(needle), f.display());
+            assert!(
+                !contains(&bytes, needle),
+                "plaintext {:?} in {}",
+                String::from_utf8_lossy(needle),
+                f.display()
+            );
         }
     }
-    assert!(files(&data.join("datasets")).is_empty(), "a partial dataset was committed");
+    assert!(
+        files(&data.join("datasets")).is_empty(),
+        "a partial dataset was committed"
+    );
 
     // After a restart: the upload is gone, the dataset is pending, and it can be uploaded.
     let server = ServeProcess::start(&data);
     let url = server.url.clone();
-    assert!(files(&tmp_dir).is_empty(), "unfinished uploads must be removed at start-up");
-    let v = json(&cli(&url, &brand, &["--json", "dataset", "show", &id, "crm"]));
+    assert!(
+        files(&tmp_dir).is_empty(),
+        "unfinished uploads must be removed at start-up"
+    );
+    let v = json(&cli(
+        &url,
+        &brand,
+        &["--json", "dataset", "show", &id, "crm"],
+    ));
     assert_eq!(v["status"], "pending");
-    assert!(json(&cli(&url, &publisher, &["--json", "dataset", "list", &id])).as_array().unwrap().is_empty());
+    assert!(
+        json(&cli(&url, &publisher, &["--json", "dataset", "list", &id]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let file = tmp.path().join("crm.csv");
     write_csv(&file, 1000);
-    let v = json(&cli(&url, &brand, &["--json", "dataset", "upload", &id, "crm", "--file", file.to_str().unwrap()]));
-    assert_eq!((v["status"].as_str(), v["row_count"].as_u64()), (Some("ready"), Some(1000)));
+    let v = json(&cli(
+        &url,
+        &brand,
+        &[
+            "--json",
+            "dataset",
+            "upload",
+            &id,
+            "crm",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        (v["status"].as_str(), v["row_count"].as_u64()),
+        (Some("ready"), Some(1000))
+    );
     let verified = ok(&cli(&url, &brand, &["audit", "verify", &id]));
     assert!(verified.contains("intact"), "{verified}");
 }

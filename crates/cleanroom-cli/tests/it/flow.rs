@@ -11,11 +11,18 @@ fn init_serve_and_the_whole_client_flow() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.join("master.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(data.join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "master key must be owner-only");
     }
     // A second init refuses, leaving the first operator intact.
-    let again = Command::new(BIN).args(["init", "--data-dir"]).arg(&data).output().unwrap();
+    let again = Command::new(BIN)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
     assert!(failed(&again).contains("initialised already"));
 
     let mut server = ServeProcess::start(&data);
@@ -26,14 +33,25 @@ fn init_serve_and_the_whole_client_flow() {
 
     // Tables by default, JSON on request.
     let table = ok(&cli(&url, &brand, &["collab", "show", &id]));
-    assert!(table.contains("publisher") && table.contains("contribute,receive"), "{table}");
+    assert!(
+        table.contains("publisher") && table.contains("contribute,receive"),
+        "{table}"
+    );
     let list = json(&cli(&url, &publisher, &["--json", "collab", "list"]));
     assert_eq!(list[0]["your_status"], "active");
 
     // Upload with an inline schema and with a TOML schema file, with and without progress.
     let file = tmp.path().join("crm.csv");
     write_csv(&file, 2500);
-    let mut args = vec!["dataset", "upload", &id, "crm", "--file", file.to_str().unwrap(), "--quiet"];
+    let mut args = vec![
+        "dataset",
+        "upload",
+        &id,
+        "crm",
+        "--file",
+        file.to_str().unwrap(),
+        "--quiet",
+    ];
     args.extend(COLUMNS);
     let out = ok(&cli(&url, &brand, &args));
     assert!(out.contains("2,500 rows"), "{out}");
@@ -44,11 +62,31 @@ fn init_serve_and_the_whole_client_flow() {
          [[columns]]\nname='city'\ntype='string'\nrole='dimension'\n[[columns]]\nname='n'\ntype='int64'\nrole='metric'\n",
     )
     .unwrap();
-    let v = json(&cli(&url, &publisher, &["--json", "dataset", "upload", &id, "aud", "--file", file.to_str().unwrap(), "--schema", schema.to_str().unwrap()]));
+    let v = json(&cli(
+        &url,
+        &publisher,
+        &[
+            "--json",
+            "dataset",
+            "upload",
+            &id,
+            "aud",
+            "--file",
+            file.to_str().unwrap(),
+            "--schema",
+            schema.to_str().unwrap(),
+        ],
+    ));
     assert_eq!(v["row_count"], 2500);
     let listing = ok(&cli(&url, &publisher, &["dataset", "list", &id]));
-    assert!(listing.contains("crm") && listing.contains("brand") && listing.contains("2,500"), "{listing}");
-    assert!(!listing.contains("person-0000001"), "rows must never be shown");
+    assert!(
+        listing.contains("crm") && listing.contains("brand") && listing.contains("2,500"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("person-0000001"),
+        "rows must never be shown"
+    );
 
     // Audit: list and verify.
     let log = ok(&cli(&url, &publisher, &["audit", "list", &id]));
@@ -62,9 +100,20 @@ fn init_serve_and_the_whole_client_flow() {
     let u = json(&cli(&url, &brand, &["--json", "user", "create", "ana"]));
     let ana = u["token"].as_str().unwrap().to_owned();
     let err = failed(&cli(&url, &ana, &["user", "create", "eve"]));
-    assert!(err.contains("only admins") && err.contains("[forbidden]"), "{err}");
-    let t = json(&cli(&url, &ana, &["--json", "token", "create", "--label", "laptop"]));
-    ok(&cli(&url, &ana, &["token", "revoke", t["id"].as_str().unwrap()]));
+    assert!(
+        err.contains("only admins") && err.contains("[forbidden]"),
+        "{err}"
+    );
+    let t = json(&cli(
+        &url,
+        &ana,
+        &["--json", "token", "create", "--label", "laptop"],
+    ));
+    ok(&cli(
+        &url,
+        &ana,
+        &["token", "revoke", t["id"].as_str().unwrap()],
+    ));
     let err = failed(&cli(&url, t["token"].as_str().unwrap(), &["whoami"]));
     assert!(err.contains("revoked"), "{err}");
 
@@ -86,22 +135,50 @@ fn errors_go_to_stderr_with_a_nonzero_exit() {
 
     let bad = tmp.path().join("bad.csv");
     std::fs::write(&bad, "pid,email_hmac,city,n\np1,h1,a,1\np2,h2,b,two\n").unwrap();
-    let mut args = vec!["dataset", "upload", &id, "crm", "--file", bad.to_str().unwrap()];
+    let mut args = vec![
+        "dataset",
+        "upload",
+        &id,
+        "crm",
+        "--file",
+        bad.to_str().unwrap(),
+    ];
     args.extend(COLUMNS);
     let out = cli(&url, &brand, &args);
     let err = failed(&out);
-    assert!(err.contains("line 3, column 4 (n): expected an int64"), "{err}");
+    assert!(
+        err.contains("line 3, column 4 (n): expected an int64"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 
     let err = failed(&cli(&url, "crt_nonsense", &["whoami"]));
-    assert!(err.starts_with("error: ") && err.contains("[unauthenticated]"), "{err}");
-    let err = failed(&Command::new(BIN).args(["whoami"]).env_remove("CLEANROOM_TOKEN").env("CLEANROOM_SERVER", &url).output().unwrap());
+    assert!(
+        err.starts_with("error: ") && err.contains("[unauthenticated]"),
+        "{err}"
+    );
+    let err = failed(
+        &Command::new(BIN)
+            .args(["whoami"])
+            .env_remove("CLEANROOM_TOKEN")
+            .env("CLEANROOM_SERVER", &url)
+            .output()
+            .unwrap(),
+    );
     assert!(err.contains("no API token"), "{err}");
     let err = failed(&cli("http://127.0.0.1:1", &op, &["whoami"]));
     assert!(err.contains("cannot reach the server"), "{err}");
-    let err = failed(&cli(&url, &brand, &["dataset", "create", &id, "x", "-c", "pid:blob:privacy_unit"]));
+    let err = failed(&cli(
+        &url,
+        &brand,
+        &["dataset", "create", &id, "x", "-c", "pid:blob:privacy_unit"],
+    ));
     assert!(err.contains("not one of string"), "{err}");
-    let err = failed(&cli(&url, &brand, &["dataset", "upload", &id, "x", "--file", "/nonexistent.csv"]));
+    let err = failed(&cli(
+        &url,
+        &brand,
+        &["dataset", "upload", &id, "x", "--file", "/nonexistent.csv"],
+    ));
     assert!(err.contains("does not exist"), "{err}");
     let err = failed(&cli(&url, &op, &["collab", "show", &id]));
     assert!(err.contains("[not_found]"), "{err}");
@@ -125,7 +202,12 @@ fn parquet_files_upload_through_the_cli() {
         Field::new("n", DataType::Int64, true),
     ]));
     let path = tmp.path().join("crm.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), None).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        schema.clone(),
+        None,
+    )
+    .unwrap();
     for chunk in 0..3 {
         let ids: Vec<String> = (0..70_000).map(|i| format!("p{chunk}-{i}")).collect();
         let b = RecordBatch::try_new(
@@ -141,7 +223,15 @@ fn parquet_files_upload_through_the_cli() {
         w.write(&b).unwrap();
     }
     w.close().unwrap();
-    let mut args = vec!["--json", "dataset", "upload", &id, "crm", "--file", path.to_str().unwrap()];
+    let mut args = vec![
+        "--json",
+        "dataset",
+        "upload",
+        &id,
+        "crm",
+        "--file",
+        path.to_str().unwrap(),
+    ];
     args.extend(COLUMNS);
     let v = json(&cli(&server.url, &brand, &args));
     assert_eq!(v["row_count"], 210_000);
@@ -149,7 +239,10 @@ fn parquet_files_upload_through_the_cli() {
 
 #[test]
 fn the_demo_runs_end_to_end() {
-    let out = Command::new(BIN).args(["demo", "--people", "3000"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--people", "3000"])
+        .output()
+        .unwrap();
     let text = ok(&out);
     for needle in [
         "== 1. Server",
@@ -161,6 +254,9 @@ fn the_demo_runs_end_to_end() {
         "[forbidden]",
         "chain verified",
     ] {
-        assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
+        assert!(
+            text.contains(needle),
+            "demo output lacks {needle:?}:\n{text}"
+        );
     }
 }

@@ -52,7 +52,10 @@ impl ServeProcess {
     pub fn stop(&mut self) {
         #[cfg(unix)]
         {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
             let _ = self.child.wait();
         }
         #[cfg(not(unix))]
@@ -88,7 +91,11 @@ pub fn ok(out: &Output) -> String {
 }
 
 pub fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "command should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "command should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stderr.clone()).unwrap()
 }
 
@@ -111,11 +118,28 @@ pub fn init(tmp: &Path) -> (PathBuf, String) {
 
 /// Two organisations in a collaboration, each with a token. Returns (brand, publisher, id).
 pub fn two_parties(url: &str, op: &str) -> (String, String, String) {
-    let brand = json(&cli(url, op, &["--json", "org", "create", "brand"]))["token"].as_str().unwrap().to_owned();
-    let publisher = json(&cli(url, op, &["--json", "org", "create", "publisher"]))["token"].as_str().unwrap().to_owned();
+    let brand = json(&cli(url, op, &["--json", "org", "create", "brand"]))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let publisher = json(&cli(url, op, &["--json", "org", "create", "publisher"]))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let c = json(&cli(url, &brand, &["--json", "collab", "create", "spring"]));
     let id = c["collaboration"]["id"].as_str().unwrap().to_owned();
-    ok(&cli(url, &brand, &["collab", "invite", &id, "publisher", "--abilities", "contribute,receive"]));
+    ok(&cli(
+        url,
+        &brand,
+        &[
+            "collab",
+            "invite",
+            &id,
+            "publisher",
+            "--abilities",
+            "contribute,receive",
+        ],
+    ));
     ok(&cli(url, &publisher, &["collab", "accept", &id]));
     (brand, publisher, id)
 }
@@ -129,5 +153,12 @@ pub fn write_csv(path: &Path, rows: usize) {
 }
 
 pub const COLUMNS: [&str; 8] = [
-    "-c", "pid:string:privacy_unit", "-c", "email_hmac:string:identifier", "-c", "city:string:dimension", "-c", "n:int64:metric",
+    "-c",
+    "pid:string:privacy_unit",
+    "-c",
+    "email_hmac:string:identifier",
+    "-c",
+    "city:string:dimension",
+    "-c",
+    "n:int64:metric",
 ];

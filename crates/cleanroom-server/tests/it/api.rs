@@ -29,9 +29,15 @@ async fn openapi_document_lists_every_route_and_the_bearer_scheme() {
         "/v1/collaborations/{id}/datasets/{name}/data",
         "/v1/audit/{chain}",
     ] {
-        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
     }
-    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     assert!(doc["components"]["schemas"]["Problem"].is_object());
 }
 
@@ -39,15 +45,27 @@ async fn openapi_document_lists_every_route_and_the_bearer_scheme() {
 async fn errors_are_problem_details_with_stable_codes() {
     let s = Server::start().await;
     let (st, v) = s.call(Method::GET, "/v1/whoami", "", None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+    );
     assert_eq!(v["status"], 401);
     assert_eq!(v["type"], "urn:cleanroom:problem:unauthenticated");
     let (st, v) = s.call(Method::GET, "/v1/whoami", "crt_garbage", None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+    );
     let (st, v) = s.call(Method::GET, "/v1/nope", &s.op, None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_such_endpoint")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_such_endpoint"))
+    );
     let (st, v) = s.call(Method::DELETE, "/v1/orgs", &s.op, None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
     // Malformed JSON and missing fields.
     let resp = s
         .req(Method::POST, "/v1/orgs", &s.op)
@@ -60,15 +78,38 @@ async fn errors_are_problem_details_with_stable_codes() {
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["code"], "invalid_json");
-    let (st, v) = s.call(Method::POST, "/v1/orgs", &s.op, Some(json!({"name": "x"}))).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_json")));
+    let (st, v) = s
+        .call(Method::POST, "/v1/orgs", &s.op, Some(json!({"name": "x"})))
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_json"))
+    );
     assert!(v["detail"].as_str().unwrap().contains("admin"), "{v}");
     // Validation errors name the rule.
-    let (st, v) = s.call(Method::POST, "/v1/orgs", &s.op, Some(json!({"name": "../x", "admin": "a"}))).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_input")));
-    assert!(v["detail"].as_str().unwrap().contains("organisation name"), "{v}");
-    let (st, v) = s.call(Method::GET, "/v1/audit/system?after=-1", &s.op, None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/v1/orgs",
+            &s.op,
+            Some(json!({"name": "../x", "admin": "a"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_input"))
+    );
+    assert!(
+        v["detail"].as_str().unwrap().contains("organisation name"),
+        "{v}"
+    );
+    let (st, v) = s
+        .call(Method::GET, "/v1/audit/system?after=-1", &s.op, None)
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
 }
 
 #[tokio::test]
@@ -77,23 +118,51 @@ async fn tokens_are_shown_once_revocable_and_never_listed() {
     let brand = s.org("brand").await;
     let who = s.ok(Method::GET, "/v1/whoami", &brand, None).await;
     assert_eq!(who["org"], "brand");
-    let t = s.ok(Method::POST, "/v1/tokens", &brand, Some(json!({"label": "ci"}))).await;
+    let t = s
+        .ok(
+            Method::POST,
+            "/v1/tokens",
+            &brand,
+            Some(json!({"label": "ci"})),
+        )
+        .await;
     let new = t["token"].as_str().unwrap().to_owned();
     let list = s.ok(Method::GET, "/v1/tokens", &brand, None).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
     let secret = &new[37..];
-    assert!(!list.to_string().contains(secret), "a listing reveals a token secret");
+    assert!(
+        !list.to_string().contains(secret),
+        "a listing reveals a token secret"
+    );
     let id = t["id"].as_str().unwrap();
-    let (st, _) = s.call(Method::DELETE, &format!("/v1/tokens/{id}"), &brand, None).await;
+    let (st, _) = s
+        .call(Method::DELETE, &format!("/v1/tokens/{id}"), &brand, None)
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let (st, v) = s.call(Method::GET, "/v1/whoami", &new, None).await;
-    assert_eq!((st, v["detail"].as_str()), (StatusCode::UNAUTHORIZED, Some("this token has been revoked")));
+    assert_eq!(
+        (st, v["detail"].as_str()),
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("this token has been revoked")
+        )
+    );
     // Another organisation cannot revoke brand's token.
     let other = s.org("other").await;
     let who = s.ok(Method::GET, "/v1/whoami", &brand, None).await;
-    let (st, _) = s.call(Method::DELETE, &format!("/v1/tokens/{}", who["token_id"].as_str().unwrap()), &other, None).await;
+    let (st, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{}", who["token_id"].as_str().unwrap()),
+            &other,
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    assert_eq!(s.call(Method::GET, "/v1/whoami", &brand, None).await.0, StatusCode::OK);
+    assert_eq!(
+        s.call(Method::GET, "/v1/whoami", &brand, None).await.0,
+        StatusCode::OK
+    );
 }
 
 /// Walks every GET route of the OpenAPI document as each party and checks that no answer
@@ -103,7 +172,9 @@ async fn no_endpoint_returns_dataset_rows() {
     let s = Server::start().await;
     let brand = s.org("brand").await;
     let publisher = s.org("publisher").await;
-    let id = s.collab(&brand, &publisher, &["contribute", "analyse", "receive"]).await;
+    let id = s
+        .collab(&brand, &publisher, &["contribute", "analyse", "receive"])
+        .await;
     s.declare(&brand, &id, "crm").await;
     let (st, _) = s.upload(&brand, &id, "crm", "text/csv", csv(300)).await;
     assert_eq!(st, StatusCode::OK);
@@ -120,8 +191,14 @@ async fn no_endpoint_returns_dataset_rows() {
         for token in [&brand, &publisher, &s.op] {
             let (_, v) = s.call(Method::GET, &concrete, token, None).await;
             let text = v.to_string();
-            assert!(!text.contains("person-000"), "{concrete} leaks a privacy unit");
-            assert!(!text.contains("secret-hash-"), "{concrete} leaks an identifier");
+            assert!(
+                !text.contains("person-000"),
+                "{concrete} leaks a privacy unit"
+            );
+            assert!(
+                !text.contains("secret-hash-"),
+                "{concrete} leaks an identifier"
+            );
             checked += 1;
         }
     }
@@ -135,43 +212,121 @@ async fn collaboration_lifecycle_over_http() {
     let publisher = s.org("publisher").await;
     let outsider = s.org("outsider").await;
     let v = s
-        .ok(Method::POST, "/v1/collaborations", &brand, Some(json!({"name": "spring", "description": "lift study"})))
+        .ok(
+            Method::POST,
+            "/v1/collaborations",
+            &brand,
+            Some(json!({"name": "spring", "description": "lift study"})),
+        )
         .await;
     let id = v["collaboration"]["id"].as_str().unwrap().to_owned();
     assert_eq!(v["members"][0]["org"], "brand");
     // Invite, see nothing before accepting, accept.
     let (st, _) = s
-        .call(Method::POST, &format!("/v1/collaborations/{id}/invitations"), &brand, Some(json!({"org": "publisher", "abilities": ["contribute"]})))
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/invitations"),
+            &brand,
+            Some(json!({"org": "publisher", "abilities": ["contribute"]})),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
-    let (st, v) = s.call(Method::GET, &format!("/v1/collaborations/{id}/datasets"), &publisher, None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
     let (st, v) = s
-        .call(Method::POST, &format!("/v1/collaborations/{id}/invitations"), &brand, Some(json!({"org": "publisher", "abilities": ["contribute"]})))
+        .call(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/datasets"),
+            &publisher,
+            None,
+        )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let (st, v) = s
-        .call(Method::POST, &format!("/v1/collaborations/{id}/invitations"), &brand, Some(json!({"org": "ghost", "abilities": ["contribute"]})))
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/invitations"),
+            &brand,
+            Some(json!({"org": "publisher", "abilities": ["contribute"]})),
+        )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
     let (st, v) = s
-        .call(Method::POST, &format!("/v1/collaborations/{id}/invitations"), &brand, Some(json!({"org": "outsider", "abilities": ["fly"]})))
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/invitations"),
+            &brand,
+            Some(json!({"org": "ghost", "abilities": ["contribute"]})),
+        )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_input")));
-    s.ok(Method::POST, &format!("/v1/collaborations/{id}/accept"), &publisher, None).await;
-    let (st, _) = s.call(Method::GET, &format!("/v1/collaborations/{id}"), &outsider, None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (st, v) = s
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/invitations"),
+            &brand,
+            Some(json!({"org": "outsider", "abilities": ["fly"]})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_input"))
+    );
+    s.ok(
+        Method::POST,
+        &format!("/v1/collaborations/{id}/accept"),
+        &publisher,
+        None,
+    )
+    .await;
+    let (st, _) = s
+        .call(
+            Method::GET,
+            &format!("/v1/collaborations/{id}"),
+            &outsider,
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let list = s.ok(Method::GET, "/v1/collaborations", &publisher, None).await;
+    let list = s
+        .ok(Method::GET, "/v1/collaborations", &publisher, None)
+        .await;
     assert_eq!(list[0]["your_abilities"], json!(["contribute"]));
     // Close: only brand's admin; afterwards uploads are gone.
-    let (st, _) = s.call(Method::POST, &format!("/v1/collaborations/{id}/close"), &publisher, None).await;
+    let (st, _) = s
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/close"),
+            &publisher,
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     s.declare(&publisher, &id, "aud").await;
-    let v = s.ok(Method::POST, &format!("/v1/collaborations/{id}/close"), &brand, None).await;
+    let v = s
+        .ok(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/close"),
+            &brand,
+            None,
+        )
+        .await;
     assert_eq!(v["destroyed_dataset_keys"], 1);
     let (st, v) = s.upload(&publisher, &id, "aud", "text/csv", csv(3)).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::GONE, Some("collaboration_closed")));
-    let audit = s.ok(Method::GET, &format!("/v1/audit/{id}"), &publisher, None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::GONE, Some("collaboration_closed"))
+    );
+    let audit = s
+        .ok(Method::GET, &format!("/v1/audit/{id}"), &publisher, None)
+        .await;
     let entries = audit["entries"].as_array().unwrap();
     assert!(entries.iter().any(|e| e["action"] == "collaboration.close"
         && e["outcome"] == "allowed"

@@ -56,7 +56,9 @@ impl Server {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
         self.room.close().await;
-        let room = CleanRoom::open(Config::new(self.dir.path().join("data"))).await.unwrap();
+        let room = CleanRoom::open(Config::new(self.dir.path().join("data")))
+            .await
+            .unwrap();
         let op = std::mem::take(&mut self.op);
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let mut s = Self::serve(dir, room, Limits::default()).await;
@@ -66,11 +68,21 @@ impl Server {
 
     pub fn req(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{}", self.base, path));
-        if token.is_empty() { r } else { r.bearer_auth(token) }
+        if token.is_empty() {
+            r
+        } else {
+            r.bearer_auth(token)
+        }
     }
 
     /// Sends a JSON request; returns status and parsed body (problem details on errors).
-    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut r = self.req(method, path, token);
         if let Some(b) = body {
             r = r.json(&b);
@@ -84,9 +96,16 @@ impl Server {
             .unwrap_or_default();
         let text = resp.text().await.unwrap();
         if !status.is_success() {
-            assert_eq!(ct, "application/problem+json", "error without problem details: {status} {text}");
+            assert_eq!(
+                ct, "application/problem+json",
+                "error without problem details: {status} {text}"
+            );
         }
-        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
         (status, v)
     }
 
@@ -97,14 +116,28 @@ impl Server {
     }
 
     pub async fn org(&self, name: &str) -> String {
-        let v = self.ok(Method::POST, "/v1/orgs", &self.op, Some(json!({"name": name, "admin": "admin"}))).await;
+        let v = self
+            .ok(
+                Method::POST,
+                "/v1/orgs",
+                &self.op,
+                Some(json!({"name": name, "admin": "admin"})),
+            )
+            .await;
         let c: CreatedOrg = serde_json::from_value(v).unwrap();
         c.token
     }
 
     /// brand creates a collaboration and publisher joins it with `abilities`.
     pub async fn collab(&self, brand: &str, publisher: &str, abilities: &[&str]) -> String {
-        let v = self.ok(Method::POST, "/v1/collaborations", brand, Some(json!({"name": "c"}))).await;
+        let v = self
+            .ok(
+                Method::POST,
+                "/v1/collaborations",
+                brand,
+                Some(json!({"name": "c"})),
+            )
+            .await;
         let id = v["collaboration"]["id"].as_str().unwrap().to_owned();
         self.ok(
             Method::POST,
@@ -113,7 +146,13 @@ impl Server {
             Some(json!({"org": "publisher", "abilities": abilities})),
         )
         .await;
-        self.ok(Method::POST, &format!("/v1/collaborations/{id}/accept"), publisher, None).await;
+        self.ok(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/accept"),
+            publisher,
+            None,
+        )
+        .await;
         id
     }
 
@@ -127,9 +166,20 @@ impl Server {
         .await
     }
 
-    pub async fn upload(&self, token: &str, collab: &str, name: &str, media: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    pub async fn upload(
+        &self,
+        token: &str,
+        collab: &str,
+        name: &str,
+        media: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         let resp = self
-            .req(Method::PUT, &format!("/v1/collaborations/{collab}/datasets/{name}/data"), token)
+            .req(
+                Method::PUT,
+                &format!("/v1/collaborations/{collab}/datasets/{name}/data"),
+                token,
+            )
             .header("content-type", media)
             .body(body)
             .send()
@@ -137,7 +187,10 @@ impl Server {
             .unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 
@@ -153,7 +206,11 @@ pub fn columns() -> Value {
 pub fn csv(rows: usize) -> String {
     let mut s = String::from("pid,email_hmac,city,n\n");
     for i in 0..rows {
-        s.push_str(&format!("person-{i:06},secret-hash-{i:06},city{},{}\n", i % 7, i));
+        s.push_str(&format!(
+            "person-{i:06},secret-hash-{i:06},city{},{}\n",
+            i % 7,
+            i
+        ));
     }
     s
 }

@@ -30,14 +30,44 @@ async fn bad_csv_gets_line_column_and_expected_type() {
     bad_utf8.extend_from_slice(&[0xc3, 0x28]);
     bad_utf8.extend_from_slice(b",2\n");
     let cases: Vec<(Vec<u8>, Option<u64>, Option<&str>, &str)> = vec![
-        (format!("{}p9,h9,c,nine\n", csv(4)).into_bytes(), Some(6), Some("4 (n)"), "expected an int64"),
-        (big.into_bytes(), Some(2), Some("3 (city)"), "field is 10485760 bytes long"),
+        (
+            format!("{}p9,h9,c,nine\n", csv(4)).into_bytes(),
+            Some(6),
+            Some("4 (n)"),
+            "expected an int64",
+        ),
+        (
+            big.into_bytes(),
+            Some(2),
+            Some("3 (city)"),
+            "field is 10485760 bytes long",
+        ),
         (bad_utf8, Some(3), Some("3 (city)"), "not valid UTF-8"),
         (b"".to_vec(), None, None, "the file is empty"),
-        (b"pid,email_hmac,city\np,h,c\n".to_vec(), Some(1), None, "missing declared column(s): n"),
-        (b"pid,email_hmac,city,n,ssn\n".to_vec(), Some(1), None, "undeclared column(s): ssn"),
-        (b"pid,email_hmac,city,n\np,h,c\n".to_vec(), Some(2), None, "expected 4 fields, found 3"),
-        (b"pid,email_hmac,city,n\np,\"h,c,1\nq,h,c,2\n".to_vec(), Some(2), None, "missing its closing quote"),
+        (
+            b"pid,email_hmac,city\np,h,c\n".to_vec(),
+            Some(1),
+            None,
+            "missing declared column(s): n",
+        ),
+        (
+            b"pid,email_hmac,city,n,ssn\n".to_vec(),
+            Some(1),
+            None,
+            "undeclared column(s): ssn",
+        ),
+        (
+            b"pid,email_hmac,city,n\np,h,c\n".to_vec(),
+            Some(2),
+            None,
+            "expected 4 fields, found 3",
+        ),
+        (
+            b"pid,email_hmac,city,n\np,\"h,c,1\nq,h,c,2\n".to_vec(),
+            Some(2),
+            None,
+            "missing its closing quote",
+        ),
     ];
     for (body, line, column, needle) in cases {
         let (st, v) = s.upload(&brand, &id, "crm", "text/csv", body).await;
@@ -48,7 +78,14 @@ async fn bad_csv_gets_line_column_and_expected_type() {
         assert!(v["detail"].as_str().unwrap().contains(needle), "{v}");
     }
     // Nothing was kept and the dataset can still be uploaded.
-    let d = s.ok(Method::GET, &format!("/v1/collaborations/{id}/datasets/crm"), &brand, None).await;
+    let d = s
+        .ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/datasets/crm"),
+            &brand,
+            None,
+        )
+        .await;
     assert_eq!(d["status"], "pending");
     let (st, v) = s.upload(&brand, &id, "crm", "text/csv", csv(10)).await;
     assert_eq!(st, StatusCode::OK, "{v}");
@@ -57,21 +94,66 @@ async fn bad_csv_gets_line_column_and_expected_type() {
 
 #[tokio::test]
 async fn names_media_types_and_sizes_are_checked() {
-    let s = Server::start_with(Limits { max_upload_bytes: 4096, max_parquet_bytes: 1024, ..Limits::default() }).await;
+    let s = Server::start_with(Limits {
+        max_upload_bytes: 4096,
+        max_parquet_bytes: 1024,
+        ..Limits::default()
+    })
+    .await;
     let (brand, _, id) = setup(&s).await;
     let (st, v) = s.declare(&brand, &id, "../../etc").await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_input")));
-    let (st, v) = s.upload(&brand, &id, "..%2F..%2Fetc", "text/csv", csv(1)).await;
-    assert!(st == StatusCode::BAD_REQUEST || st == StatusCode::NOT_FOUND, "{st} {v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_input"))
+    );
+    let (st, v) = s
+        .upload(&brand, &id, "..%2F..%2Fetc", "text/csv", csv(1))
+        .await;
+    assert!(
+        st == StatusCode::BAD_REQUEST || st == StatusCode::NOT_FOUND,
+        "{st} {v}"
+    );
     s.declare(&brand, &id, "crm").await;
-    let (st, v) = s.upload(&brand, &id, "crm", "application/json", csv(1)).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_media_type")));
+    let (st, v) = s
+        .upload(&brand, &id, "crm", "application/json", csv(1))
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_media_type")
+        )
+    );
     let (st, v) = s.upload(&brand, &id, "crm", "text/csv", csv(500)).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["detail"].as_str().unwrap().contains("exceeds the server's limit of 4096 bytes"), "{v}");
-    let (st, v) = s.upload(&brand, &id, "crm", "application/vnd.apache.parquet", vec![0u8; 4000]).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
-    let d = s.ok(Method::GET, &format!("/v1/collaborations/{id}/datasets/crm"), &brand, None).await;
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the server's limit of 4096 bytes"),
+        "{v}"
+    );
+    let (st, v) = s
+        .upload(
+            &brand,
+            &id,
+            "crm",
+            "application/vnd.apache.parquet",
+            vec![0u8; 4000],
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+    let d = s
+        .ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/datasets/crm"),
+            &brand,
+            None,
+        )
+        .await;
     assert_eq!(d["status"], "pending");
     let tmp = s.dir.path().join("data/tmp");
     assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
@@ -109,8 +191,20 @@ async fn parquet_and_arrow_stream_uploads() {
         w.close().unwrap();
     }
     s.declare(&brand, &id, "from-parquet").await;
-    let (st, v) = s.upload(&brand, &id, "from-parquet", "application/vnd.apache.parquet", pq).await;
-    assert_eq!((st, v["row_count"].as_u64()), (StatusCode::OK, Some(1000)), "{v}");
+    let (st, v) = s
+        .upload(
+            &brand,
+            &id,
+            "from-parquet",
+            "application/vnd.apache.parquet",
+            pq,
+        )
+        .await;
+    assert_eq!(
+        (st, v["row_count"].as_u64()),
+        (StatusCode::OK, Some(1000)),
+        "{v}"
+    );
 
     let mut ipc = Vec::new();
     {
@@ -120,16 +214,44 @@ async fn parquet_and_arrow_stream_uploads() {
         w.finish().unwrap();
     }
     s.declare(&publisher, &id, "from-arrow").await;
-    let (st, v) = s.upload(&publisher, &id, "from-arrow", "application/vnd.apache.arrow.stream", ipc.clone()).await;
-    assert_eq!((st, v["row_count"].as_u64()), (StatusCode::OK, Some(2000)), "{v}");
+    let (st, v) = s
+        .upload(
+            &publisher,
+            &id,
+            "from-arrow",
+            "application/vnd.apache.arrow.stream",
+            ipc.clone(),
+        )
+        .await;
+    assert_eq!(
+        (st, v["row_count"].as_u64()),
+        (StatusCode::OK, Some(2000)),
+        "{v}"
+    );
     // A truncated stream is refused and keeps nothing.
     s.declare(&publisher, &id, "cut").await;
-    let (st, v) = s.upload(&publisher, &id, "cut", "application/vnd.apache.arrow.stream", ipc[..ipc.len() / 2].to_vec()).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_data")), "{v}");
+    let (st, v) = s
+        .upload(
+            &publisher,
+            &id,
+            "cut",
+            "application/vnd.apache.arrow.stream",
+            ipc[..ipc.len() / 2].to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_data")),
+        "{v}"
+    );
 }
 
 fn slow_body(text: String, delay: Duration) -> reqwest::Body {
-    let chunks: Vec<Bytes> = text.into_bytes().chunks(2048).map(Bytes::copy_from_slice).collect();
+    let chunks: Vec<Bytes> = text
+        .into_bytes()
+        .chunks(2048)
+        .map(Bytes::copy_from_slice)
+        .collect();
     let stream = futures_util::stream::iter(chunks).then(move |c| async move {
         tokio::time::sleep(delay).await;
         Ok::<_, std::io::Error>(c)
@@ -145,14 +267,24 @@ async fn two_racing_uploads_one_wins_one_conflicts() {
     let (brand, _, id) = setup(&s).await;
     s.declare(&brand, &id, "crm").await;
     let body = csv(3000);
-    let first = s.upload(&brand, &id, "crm", "text/csv", slow_body(body.clone(), Duration::from_millis(2)));
+    let first = s.upload(
+        &brand,
+        &id,
+        "crm",
+        "text/csv",
+        slow_body(body.clone(), Duration::from_millis(2)),
+    );
     let second = async {
         tokio::time::sleep(Duration::from_millis(60)).await;
         s.upload(&brand, &id, "crm", "text/csv", body.clone()).await
     };
     let ((st1, v1), (st2, v2)) = tokio::join!(first, second);
     assert_eq!(st1, StatusCode::OK, "{v1}");
-    assert_eq!((st2, v2["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{v2}");
+    assert_eq!(
+        (st2, v2["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "{v2}"
+    );
     assert_eq!(v1["row_count"], 3000);
 }
 
@@ -162,11 +294,25 @@ async fn restart_keeps_everything() {
     let (brand, publisher, id) = setup(&s).await;
     s.declare(&brand, &id, "crm").await;
     s.upload(&brand, &id, "crm", "text/csv", csv(123)).await;
-    let before = s.ok(Method::GET, &format!("/v1/audit/{id}"), &brand, None).await;
+    let before = s
+        .ok(Method::GET, &format!("/v1/audit/{id}"), &brand, None)
+        .await;
     let s = s.restart().await;
-    let d = s.ok(Method::GET, &format!("/v1/collaborations/{id}/datasets/crm"), &publisher, None).await;
-    assert_eq!((d["status"].as_str(), d["row_count"].as_u64()), (Some("ready"), Some(123)));
-    let after = s.ok(Method::GET, &format!("/v1/audit/{id}"), &brand, None).await;
+    let d = s
+        .ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/datasets/crm"),
+            &publisher,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (d["status"].as_str(), d["row_count"].as_u64()),
+        (Some("ready"), Some(123))
+    );
+    let after = s
+        .ok(Method::GET, &format!("/v1/audit/{id}"), &brand, None)
+        .await;
     assert_eq!(before, after);
     let orgs = s.ok(Method::GET, "/v1/orgs", &s.op, None).await;
     assert_eq!(orgs.as_array().unwrap().len(), 3);
@@ -180,19 +326,38 @@ async fn closing_leaves_no_wrapped_key_in_the_database_files() {
     s.upload(&brand, &id, "crm", "text/csv", csv(20)).await;
     let db = s.dir.path().join("data/meta.sqlite");
     let keys: Vec<Vec<u8>> = {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await.unwrap();
-        let mut k: Vec<Vec<u8>> = sqlx::query_scalar("SELECT wrapped_key FROM collaborations").fetch_all(&pool).await.unwrap();
-        k.extend(sqlx::query_scalar::<_, Vec<u8>>("SELECT wrapped_key FROM datasets").fetch_all(&pool).await.unwrap());
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+            .await
+            .unwrap();
+        let mut k: Vec<Vec<u8>> = sqlx::query_scalar("SELECT wrapped_key FROM collaborations")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        k.extend(
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT wrapped_key FROM datasets")
+                .fetch_all(&pool)
+                .await
+                .unwrap(),
+        );
         pool.close().await;
         k
     };
     assert_eq!(keys.len(), 2);
-    s.ok(Method::POST, &format!("/v1/collaborations/{id}/close"), &brand, None).await;
+    s.ok(
+        Method::POST,
+        &format!("/v1/collaborations/{id}/close"),
+        &brand,
+        None,
+    )
+    .await;
     let mut bytes = std::fs::read(&db).unwrap();
     if let Ok(wal) = std::fs::read(db.with_extension("sqlite-wal")) {
         bytes.extend(wal);
     }
     for k in keys {
-        assert!(!bytes.windows(k.len()).any(|w| w == k.as_slice()), "a destroyed key survives in the database files");
+        assert!(
+            !bytes.windows(k.len()).any(|w| w == k.as_slice()),
+            "a destroyed key survives in the database files"
+        );
     }
 }

@@ -19,7 +19,9 @@ pub struct Fixture {
 impl Fixture {
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let room = CleanRoom::open(Config::new(dir.path().join("data"))).await.unwrap();
+        let room = CleanRoom::open(Config::new(dir.path().join("data")))
+            .await
+            .unwrap();
         let (_, _, op) = room.init_operator("operator", "admin").await.unwrap();
         let operator = room.authenticate(Some(op.expose())).await.unwrap();
         let mut orgs = Vec::new();
@@ -30,7 +32,14 @@ impl Fixture {
         let outsider = orgs.pop().unwrap();
         let publisher = orgs.pop().unwrap();
         let brand = orgs.pop().unwrap();
-        Fixture { dir, room, operator, brand, publisher, outsider }
+        Fixture {
+            dir,
+            room,
+            operator,
+            brand,
+            publisher,
+            outsider,
+        }
     }
 
     /// A collaboration created by brand with publisher invited (and accepted when `accept`).
@@ -42,7 +51,12 @@ impl Fixture {
             .unwrap();
         let id = c.id.to_string();
         self.room
-            .invite(&self.brand, &id, "publisher", publisher_abilities.iter().copied().collect())
+            .invite(
+                &self.brand,
+                &id,
+                "publisher",
+                publisher_abilities.iter().copied().collect(),
+            )
             .await
             .unwrap();
         if accept {
@@ -51,17 +65,26 @@ impl Fixture {
         id
     }
 
-    pub async fn chain(&self, p: &Principal, chain: &str) -> Vec<cleanroom_core::audit::AuditEntry> {
+    pub async fn chain(
+        &self,
+        p: &Principal,
+        chain: &str,
+    ) -> Vec<cleanroom_core::audit::AuditEntry> {
         self.room.audit_log(p, chain, 0, 10_000).await.unwrap().0
     }
 }
 
 pub fn schema() -> DatasetSchema {
     DatasetSchema::new(
-        ["pid:string:privacy_unit", "email_hmac:string:identifier", "city:string:dimension", "n:int64:metric"]
-            .iter()
-            .map(|s| ColumnSpec::parse_compact(s).unwrap())
-            .collect(),
+        [
+            "pid:string:privacy_unit",
+            "email_hmac:string:identifier",
+            "city:string:dimension",
+            "n:int64:metric",
+        ]
+        .iter()
+        .map(|s| ColumnSpec::parse_compact(s).unwrap())
+        .collect(),
     )
     .unwrap()
 }
