@@ -124,9 +124,9 @@ pub fn pseudonym(mac: &Hmac<Sha256>, email: &str) -> String {
 fn date(rng: &mut Xoshiro256PlusPlus) -> String {
     // 2024-01-01 .. 2026-10-31
     let day = rng.random_range(0..(365 + 365 + 304));
-    let (mut y, mut d) = (2024, day);
+    let (mut y, mut d): (u32, u32) = (2024, day);
     loop {
-        let len = if y % 4 == 0 { 366 } else { 365 };
+        let len = if y.is_multiple_of(4) { 366 } else { 365 };
         if d < len {
             break;
         }
@@ -135,7 +135,7 @@ fn date(rng: &mut Xoshiro256PlusPlus) -> String {
     }
     let months = [
         31,
-        if y % 4 == 0 { 29 } else { 28 },
+        if y.is_multiple_of(4) { 29 } else { 28 },
         31,
         30,
         31,
@@ -238,7 +238,7 @@ pub fn write_csv(
     out: &mut dyn Write,
 ) -> Result<u64> {
     let mac = Hmac::<Sha256>::new_from_slice(DEMO_SECRET).expect("HMAC takes any key length");
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed_0f_da7a);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x005e_ed0f_da7a);
     let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut rows = 0;
     match party {

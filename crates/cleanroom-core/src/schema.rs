@@ -207,6 +207,26 @@ impl DatasetSchema {
     }
 }
 
+impl DatasetSchema {
+    /// One `name:type:role` line per column: the form the metadata store keeps.
+    pub fn to_compact(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| format!("{}:{}:{}", c.name, c.ty, c.role))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn from_compact(s: &str) -> Result<Self, CoreError> {
+        DatasetSchema::new(
+            s.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(ColumnSpec::parse_compact)
+                .collect::<Result<_, _>>()?,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,25 +270,5 @@ mod tests {
         assert!(ColumnSpec::parse_compact("a:string").is_err());
         assert!(ColumnSpec::parse_compact("a:blob:metric").is_err());
         assert!(ColumnSpec::parse_compact("../a:string:metric").is_err());
-    }
-}
-
-impl DatasetSchema {
-    /// One `name:type:role` line per column: the form the metadata store keeps.
-    pub fn to_compact(&self) -> String {
-        self.columns
-            .iter()
-            .map(|c| format!("{}:{}:{}", c.name, c.ty, c.role))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    pub fn from_compact(s: &str) -> Result<Self, CoreError> {
-        DatasetSchema::new(
-            s.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(ColumnSpec::parse_compact)
-                .collect::<Result<_, _>>()?,
-        )
     }
 }

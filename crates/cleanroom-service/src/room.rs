@@ -637,13 +637,13 @@ impl CleanRoom {
             Some(ServiceError::Gone(
                 "the collaboration is closed and its data destroyed".into(),
             ))
-        } else if let Some(a) = ability.filter(|a| !m.abilities.contains(*a)) {
-            Some(ServiceError::Forbidden(format!(
-                "your organisation does not have the {} ability in this collaboration",
-                a.as_str()
-            )))
         } else {
-            None
+            ability.filter(|a| !m.abilities.contains(*a)).map(|a| {
+                ServiceError::Forbidden(format!(
+                    "your organisation does not have the {} ability in this collaboration",
+                    a.as_str()
+                ))
+            })
         };
         match problem {
             Some(e) => Err(self.refuse(&chain, &p.actor(), action, target, e).await),

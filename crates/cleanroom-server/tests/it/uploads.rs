@@ -29,7 +29,9 @@ async fn bad_csv_gets_line_column_and_expected_type() {
     let mut bad_utf8 = b"pid,email_hmac,city,n\np1,h1,ok,1\np2,h2,".to_vec();
     bad_utf8.extend_from_slice(&[0xc3, 0x28]);
     bad_utf8.extend_from_slice(b",2\n");
-    let cases: Vec<(Vec<u8>, Option<u64>, Option<&str>, &str)> = vec![
+    /// Body, expected line, expected column, expected words in the detail.
+    type Case<'a> = (Vec<u8>, Option<u64>, Option<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             format!("{}p9,h9,c,nine\n", csv(4)).into_bytes(),
             Some(6),
