@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod names;
 pub mod party;
+pub mod policy;
 pub mod schema;
 
 pub use error::CoreError;

@@ -10,6 +10,7 @@
 //! is immutable, and carries its cost.
 
 pub mod budget;
+pub mod empirical;
 mod error;
 pub mod noise;
 pub mod partition;

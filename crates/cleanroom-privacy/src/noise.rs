@@ -10,15 +10,18 @@
 //! own arithmetic.
 
 use opendp::core::Measurement;
-use opendp::domains::AtomDomain;
+use opendp::domains::{AtomDomain, VectorDomain};
 use opendp::measurements::make_laplace;
 use opendp::measures::MaxDivergence;
-use opendp::metrics::AbsoluteDistance;
+use opendp::metrics::L1Distance;
 
 use crate::PrivacyError;
 use crate::budget::{Epsilon, PrivacyCost};
 
-type IntLaplace = Measurement<AtomDomain<i64>, AbsoluteDistance<i64>, MaxDivergence, i64>;
+/// Discrete Laplace noise added independently to every element of a vector whose L1
+/// sensitivity (the total change one person can cause over all its elements) is bounded.
+type IntLaplace =
+    Measurement<VectorDomain<AtomDomain<i64>>, L1Distance<i64>, MaxDivergence, Vec<i64>>;
 
 /// How much one person may contribute to an aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +79,8 @@ impl ContributionBounds {
     }
 }
 
-/// A calibrated discrete-Laplace mechanism for one integer aggregate.
+/// A calibrated discrete-Laplace mechanism for one integer aggregate over any number of groups:
+/// `sensitivity` is the L1 sensitivity of the whole vector of per-group values.
 #[derive(Clone)]
 pub struct IntegerNoise {
     measurement: IntLaplace,
@@ -158,16 +162,39 @@ impl IntegerNoise {
         self.cost
     }
 
+    /// What a release costs a person whose L1 contribution is `sensitivity` (at most the
+    /// calibrated one), asked of the map.
+    pub fn cost_for(&self, sensitivity: i64) -> Result<PrivacyCost, PrivacyError> {
+        if sensitivity > self.sensitivity || sensitivity < 0 {
+            return Err(PrivacyError::InvalidParameter(
+                "sensitivity exceeds the one the noise was calibrated for".into(),
+            ));
+        }
+        Ok(PrivacyCost {
+            epsilon: Epsilon::cost(self.measurement.map(&sensitivity)?)?,
+            delta: crate::budget::Delta::ZERO,
+        })
+    }
+
     /// Releases `exact + Z`. Every call draws fresh noise and must be paid for.
     pub fn release(&self, exact: i64) -> Result<i64, PrivacyError> {
-        Ok(self.measurement.invoke(&exact)?)
+        let out = self.measurement.invoke(&vec![exact])?;
+        out.into_iter()
+            .next()
+            .ok_or_else(|| PrivacyError::Mechanism("empty release".into()))
+    }
+
+    /// Releases every element plus independent noise: one release of the whole vector, paid
+    /// for once (the calibration is for the vector's L1 sensitivity).
+    pub fn release_all(&self, exact: &[i64]) -> Result<Vec<i64>, PrivacyError> {
+        Ok(self.measurement.invoke(&exact.to_vec())?)
     }
 }
 
 fn make(scale: f64) -> Result<IntLaplace, PrivacyError> {
     Ok(make_laplace::<_, _, MaxDivergence>(
-        AtomDomain::<i64>::default(),
-        AbsoluteDistance::<i64>::default(),
+        VectorDomain::new(AtomDomain::<i64>::default()),
+        L1Distance::<i64>::default(),
         scale,
         None,
     )?)

@@ -25,13 +25,58 @@ type Selection = Measurement<
     HashMap<u64, i64>,
 >;
 
-/// A calibrated noisy-count-and-threshold release over groups numbered by `u64` keys.
+/// How much one person can change the per-group counts a selection sees: the number of groups
+/// it touches (`l0`), the total change over all groups (`l1`) and the change in any one group
+/// (`linf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectionBounds {
+    pub l0: u32,
+    pub l1: i64,
+    pub linf: i64,
+}
+
+impl SelectionBounds {
+    /// A person who changes at most `rows` rows, each in one group and each moving that group's
+    /// count by at most one: `(rows, rows, rows)`.
+    pub fn rows(rows: i64) -> Result<Self, PrivacyError> {
+        if rows <= 0 {
+            return Err(PrivacyError::InvalidParameter(
+                "contribution bounds must be at least 1".into(),
+            ));
+        }
+        let l0 =
+            u32::try_from(rows).map_err(|_| PrivacyError::Overflow("rows per person".into()))?;
+        Ok(SelectionBounds {
+            l0,
+            l1: rows,
+            linf: rows,
+        })
+    }
+
+    fn d_in(self) -> (u32, i64, i64) {
+        (self.l0, self.l1, self.linf)
+    }
+}
+
+/// A calibrated noisy-count-and-threshold release over groups numbered by `u64` keys, combined
+/// with the owners' exact minimum group size.
+///
+/// The owners' rule "every released group stands for at least k people" is applied exactly (a
+/// group whose exact count is below `k` is never shown). An exact rule alone is not
+/// differentially private: a group at exactly `k` appears, at `k − 1` it cannot. The noisy
+/// threshold is therefore raised by `k − 1` above the threshold τ₀ that δ alone requires, so
+/// that a group within one person of the exact cut-off clears the noisy threshold with
+/// probability at most the tail beyond τ₀, which OpenDP's map bounds by δ/2 (over every group
+/// one person can touch). The cost charged is the map's (ε, δ) at the final threshold plus
+/// that δ/2: never less than the true loss.
 #[derive(Clone)]
 pub struct GroupSelection {
     measurement: Selection,
     scale: f64,
     threshold: i64,
-    d_in: (u32, i64, i64),
+    min_group_size: i64,
+    bounds: SelectionBounds,
+    exact_cutoff_delta: f64,
     cost: PrivacyCost,
 }
 
@@ -40,6 +85,7 @@ impl std::fmt::Debug for GroupSelection {
         f.debug_struct("GroupSelection")
             .field("scale", &self.scale)
             .field("threshold", &self.threshold)
+            .field("min_group_size", &self.min_group_size)
             .field("epsilon", &self.cost.epsilon.as_f64())
             .field("delta", &self.cost.delta.as_f64())
             .finish()
@@ -47,17 +93,15 @@ impl std::fmt::Debug for GroupSelection {
 }
 
 impl GroupSelection {
-    /// Calibrates for: each person in at most `max_groups` groups, adding at most
-    /// `max_rows_per_group` to any one group's count; spend `epsilon` and at most `delta`;
-    /// never show a group whose noisy count is below `min_group_size`.
+    /// Calibrates for a person bounded by `bounds`; spends at most `epsilon` and `delta`; never
+    /// shows a group whose exact count is below `min_group_size`.
     pub fn calibrate(
         epsilon: Epsilon,
         delta: f64,
-        max_groups: u32,
-        max_rows_per_group: u32,
+        bounds: SelectionBounds,
         min_group_size: i64,
     ) -> Result<Self, PrivacyError> {
-        if max_groups == 0 || max_rows_per_group == 0 {
+        if bounds.l0 == 0 || bounds.l1 <= 0 || bounds.linf <= 0 {
             return Err(PrivacyError::InvalidParameter(
                 "contribution bounds must be at least 1".into(),
             ));
@@ -67,46 +111,52 @@ impl GroupSelection {
                 "group selection needs 0 < delta < 0.001, got {delta}"
             )));
         }
-        let linf = i64::from(max_rows_per_group);
-        let l1 = linf
-            .checked_mul(i64::from(max_groups))
-            .ok_or_else(|| PrivacyError::Overflow("contribution bounds".into()))?;
-        let d_in = (max_groups, l1, linf);
+        let min_group_size = min_group_size.max(1);
         let eps = epsilon.as_f64();
         if eps <= 0.0 {
             return Err(PrivacyError::InvalidParameter(
                 "epsilon must be above zero".into(),
             ));
         }
-        let mut scale = l1 as f64 / eps;
-        // Exponential search then bisection for the least threshold meeting delta.
-        let mut threshold = min_group_size.max(linf).max(1);
+        let d_in = bounds.d_in();
+        let half = delta / 2.0;
+        // The scale: the least that meets epsilon (the map rounds against us: nudge upwards).
+        let mut scale = bounds.l1.min(i64::from(bounds.l0) * bounds.linf) as f64 / eps;
+        let probe = bounds.linf.max(1);
         for _ in 0..64 {
-            let (e, d) = make(scale, threshold)?.map(&d_in)?;
-            if e > eps {
-                scale = scale.next_up();
-                continue;
-            }
-            if d <= delta {
+            let (e, _) = make(scale, probe)?.map(&d_in)?;
+            if e <= eps {
                 break;
             }
-            threshold = threshold
+            scale = scale.next_up();
+        }
+        // τ₀: the least threshold whose tail one step lower is within δ/2.
+        let tail = |t: i64| -> Result<f64, PrivacyError> {
+            Ok(make(scale, (t - 1).max(bounds.linf))?.map(&d_in)?.1)
+        };
+        let mut hi = bounds.linf.max(1) + 1;
+        while tail(hi)? > half {
+            hi = hi
                 .checked_mul(2)
                 .ok_or_else(|| PrivacyError::Overflow("threshold".into()))?;
         }
-        let (mut lo, mut hi) = (min_group_size.max(linf).max(1), threshold);
+        let mut lo = bounds.linf.max(1) + 1;
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let (_, d) = make(scale, mid)?.map(&d_in)?;
-            if d <= delta {
+            if tail(mid)? <= half {
                 hi = mid;
             } else {
                 lo = mid + 1;
             }
         }
-        let m = make(scale, hi)?;
+        let tau0 = hi;
+        let exact_cutoff_delta = tail(tau0)?;
+        let threshold = tau0
+            .checked_add(min_group_size - 1)
+            .ok_or_else(|| PrivacyError::Overflow("threshold".into()))?;
+        let m = make(scale, threshold)?;
         let (e, d) = m.map(&d_in)?;
-        if e > eps || d > delta {
+        if e > eps || d + exact_cutoff_delta > delta {
             return Err(PrivacyError::Mechanism(
                 "could not calibrate group selection".into(),
             ));
@@ -114,35 +164,67 @@ impl GroupSelection {
         Ok(GroupSelection {
             measurement: m,
             scale,
-            threshold: hi,
-            d_in,
+            threshold,
+            min_group_size,
+            bounds,
+            exact_cutoff_delta,
             cost: PrivacyCost {
                 epsilon: Epsilon::cost(e)?,
-                delta: Delta::cost(d)?,
+                delta: Delta::cost(d + exact_cutoff_delta)?,
             },
         })
     }
 
+    /// The noisy count a group must reach to be shown.
     pub fn threshold(&self) -> i64 {
         self.threshold
+    }
+
+    /// The exact count a group must reach to be shown.
+    pub fn min_group_size(&self) -> i64 {
+        self.min_group_size
     }
 
     pub fn scale(&self) -> f64 {
         self.scale
     }
 
+    /// What the release costs a person bounded as calibrated.
     pub fn cost(&self) -> PrivacyCost {
         self.cost
     }
 
-    /// The bounds this selection was calibrated for: (groups, total rows, rows per group).
-    pub fn contribution_bounds(&self) -> (u32, i64, i64) {
-        self.d_in
+    /// What the release costs a person with other (smaller or equal) bounds, from the map.
+    pub fn cost_for(&self, bounds: SelectionBounds) -> Result<PrivacyCost, PrivacyError> {
+        if bounds.l0 > self.bounds.l0
+            || bounds.l1 > self.bounds.l1
+            || bounds.linf > self.bounds.linf
+        {
+            return Err(PrivacyError::InvalidParameter(
+                "bounds exceed those the selection was calibrated for".into(),
+            ));
+        }
+        let (e, d) = self.measurement.map(&bounds.d_in())?;
+        Ok(PrivacyCost {
+            epsilon: Epsilon::cost(e)?,
+            delta: Delta::cost(d + self.exact_cutoff_delta)?,
+        })
     }
 
-    /// Noisy counts of the groups that clear the threshold; the others are absent.
+    /// The bounds this selection was calibrated for.
+    pub fn contribution_bounds(&self) -> SelectionBounds {
+        self.bounds
+    }
+
+    /// Noisy counts of the groups that clear both the exact minimum and the noisy threshold;
+    /// the others are absent.
     pub fn release(&self, exact: &HashMap<u64, i64>) -> Result<HashMap<u64, i64>, PrivacyError> {
-        Ok(self.measurement.invoke(exact)?)
+        let eligible: HashMap<u64, i64> = exact
+            .iter()
+            .filter(|(_, c)| **c >= self.min_group_size)
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        Ok(self.measurement.invoke(&eligible)?)
     }
 }
 
@@ -160,32 +242,52 @@ fn make(scale: f64, threshold: i64) -> Result<Selection, PrivacyError> {
 mod tests {
     use super::*;
 
+    fn one() -> SelectionBounds {
+        SelectionBounds::rows(1).unwrap()
+    }
+
     #[test]
     fn threshold_respects_the_minimum_and_the_delta() {
-        let g = GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 1e-8, 1, 1, 50).unwrap();
-        assert!(g.threshold() >= 50, "{g:?}");
+        let g = GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 1e-8, one(), 50).unwrap();
+        assert!(g.threshold() >= 50 + 15, "{g:?}");
         assert!(g.cost().delta.as_f64() <= 1e-8);
         assert!(g.cost().epsilon.as_f64() <= 1.0);
-        // A tiny minimum still gets a threshold high enough for delta: about b·ln(1/δ).
-        let g = GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 1e-8, 1, 1, 1).unwrap();
-        assert!((15..=25).contains(&g.threshold()), "{g:?}");
-        // More groups per person means more noise and a higher threshold.
-        let g4 = GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 1e-8, 4, 1, 1).unwrap();
+        // Without a minimum the threshold is about b·ln(1/δ).
+        let g1 = GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 1e-8, one(), 1).unwrap();
+        assert!((15..=25).contains(&g1.threshold()), "{g1:?}");
+        assert_eq!(g.threshold() - g1.threshold(), 49);
+        // A person touching more rows means more noise and a higher threshold.
+        let g4 = GroupSelection::calibrate(
+            Epsilon::grant(1.0).unwrap(),
+            1e-8,
+            SelectionBounds::rows(4).unwrap(),
+            1,
+        )
+        .unwrap();
         assert!(
-            g4.scale() > g.scale() && g4.threshold() > g.threshold(),
+            g4.scale() > g1.scale() && g4.threshold() > g1.threshold(),
             "{g4:?}"
         );
-        assert!(GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 0.0, 1, 1, 1).is_err());
+        assert!(g4.cost_for(one()).unwrap().epsilon < g4.cost().epsilon);
+        assert!(g1.cost_for(SelectionBounds::rows(4).unwrap()).is_err());
+        assert!(GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 0.0, one(), 1).is_err());
     }
 
     #[test]
     fn big_groups_survive_small_groups_vanish() {
-        let g = GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 1e-8, 1, 1, 20).unwrap();
-        let exact = HashMap::from([(1u64, 10_000i64), (2, 1), (3, 0)]);
+        let g = GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), 1e-8, one(), 20).unwrap();
+        let exact = HashMap::from([(1u64, 10_000i64), (2, 1), (3, 0), (4, 19)]);
         for _ in 0..200 {
             let out = g.release(&exact).unwrap();
             assert!(out.contains_key(&1));
-            assert!(!out.contains_key(&2) && !out.contains_key(&3), "{out:?}");
+            assert_eq!(out.len(), 1, "{out:?}");
+        }
+        // The exact minimum holds even when the noisy threshold would let a group through.
+        let lenient =
+            GroupSelection::calibrate(Epsilon::grant(50.0).unwrap(), 1e-4, one(), 30).unwrap();
+        let exact = HashMap::from([(1u64, 29i64), (2, 10_000)]);
+        for _ in 0..200 {
+            assert!(!lenient.release(&exact).unwrap().contains_key(&1));
         }
     }
 }

@@ -7,6 +7,6 @@ pub mod error;
 pub mod ingest;
 pub mod keys;
 
-pub use dataset::{DatasetStore, EncryptedWriter, StoredDataset};
+pub use dataset::{DatasetStore, EncryptedDataset, EncryptedWriter, StoredDataset};
 pub use error::StorageError;
 pub use keys::{MasterKeySource, SecretKey, load_master_key};

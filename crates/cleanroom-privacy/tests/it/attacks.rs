@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use cleanroom_privacy::budget::Epsilon;
 use cleanroom_privacy::noise::IntegerNoise;
-use cleanroom_privacy::partition::GroupSelection;
+use cleanroom_privacy::partition::{GroupSelection, SelectionBounds};
 
-use crate::stats::epsilon_lower_bound;
+use cleanroom_privacy::empirical::epsilon_lower_bound;
 
 const RUNS: u64 = 100_000;
 /// Confidence of each interval: a correct mechanism trips an assertion with probability < 1e-6.
@@ -71,7 +71,13 @@ fn a_crafted_single_person_group_does_not_appear() {
     // A partner uploads 1,000 people in one city and one target in another, and asks for counts
     // by city. The target's city must not appear more often than delta allows.
     let delta = 1e-6;
-    let sel = GroupSelection::calibrate(Epsilon::grant(1.0).unwrap(), delta, 1, 1, 50).unwrap();
+    let sel = GroupSelection::calibrate(
+        Epsilon::grant(1.0).unwrap(),
+        delta,
+        SelectionBounds::rows(1).unwrap(),
+        50,
+    )
+    .unwrap();
     let exact = HashMap::from([(0u64, 1000i64), (1u64, 1i64)]);
     let mut target_seen = 0u64;
     let mut crowd_seen = 0u64;

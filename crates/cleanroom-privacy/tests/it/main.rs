@@ -5,4 +5,3 @@
 //! while a broken one (sensitivity off by 2×, or a plain threshold) fails them almost surely.
 
 mod attacks;
-mod stats;

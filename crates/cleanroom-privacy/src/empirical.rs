@@ -1,4 +1,6 @@
-//! Exact Clopper–Pearson intervals for binomial proportions (no approximation).
+//! Empirical privacy checks: exact Clopper–Pearson intervals for binomial proportions and the
+//! lower confidence bound on ε they give from an attacker's true- and false-positive counts
+//! (as in DP-Sniper and the "auditing DP" literature). Used by the attack tests; no IO.
 
 fn ln_factorials(n: u64) -> Vec<f64> {
     let mut v = Vec::with_capacity(n as usize + 1);
@@ -72,14 +74,36 @@ pub fn epsilon_lower_bound(hits_d1: u64, hits_d0: u64, n: u64, alpha: f64) -> f6
     (tpr_lo / fpr_hi).ln()
 }
 
-#[test]
-fn clopper_pearson_matches_known_values() {
-    // R: binom.test(50, 100)$conf.int = 0.3983211 0.6016789
-    let (lo, hi) = clopper_pearson(50, 100, 0.05);
-    assert!(
-        (lo - 0.3983211).abs() < 1e-6 && (hi - 0.6016789).abs() < 1e-6,
-        "{lo} {hi}"
-    );
-    let (lo, hi) = clopper_pearson(0, 10, 0.05);
-    assert!(lo == 0.0 && (hi - 0.3084971).abs() < 1e-6, "{hi}");
+/// The same bound for an (ε, δ) mechanism: TPR ≤ e^ε·FPR + δ, so ε ≥ ln((TPR − δ) / FPR).
+/// Returns negative infinity when the lower end of the TPR interval is at most δ.
+pub fn epsilon_lower_bound_approx(
+    hits_d1: u64,
+    hits_d0: u64,
+    n: u64,
+    alpha: f64,
+    delta: f64,
+) -> f64 {
+    let (tpr_lo, _) = clopper_pearson(hits_d1, n, alpha);
+    let (_, fpr_hi) = clopper_pearson(hits_d0, n, alpha);
+    if tpr_lo <= delta {
+        return f64::NEG_INFINITY;
+    }
+    ((tpr_lo - delta) / fpr_hi).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clopper_pearson_matches_known_values() {
+        // R: binom.test(50, 100)$conf.int = 0.3983211 0.6016789
+        let (lo, hi) = clopper_pearson(50, 100, 0.05);
+        assert!(
+            (lo - 0.3983211).abs() < 1e-6 && (hi - 0.6016789).abs() < 1e-6,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = clopper_pearson(0, 10, 0.05);
+        assert!(lo == 0.0 && (hi - 0.3084971).abs() < 1e-6, "{hi}");
+    }
 }

@@ -1,0 +1,60 @@
+//! The datasets a query may name: their schemas, owners and policies, and (for execution
+//! only) the encrypted data.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use cleanroom_core::ids::DatasetId;
+use cleanroom_core::names::OrgName;
+use cleanroom_core::policy::AnalysisPolicy;
+use cleanroom_core::schema::{ColumnRole, ColumnSpec, DatasetSchema};
+use cleanroom_storage::EncryptedDataset;
+use cleanroom_storage::ingest::arrow_schema;
+
+/// One dataset as the query engine sees it.
+#[derive(Debug, Clone)]
+pub struct QueryTable {
+    /// The name analysts use in SQL (the dataset's name; quote it when it contains `-`).
+    pub name: String,
+    pub dataset_id: DatasetId,
+    pub owner: OrgName,
+    pub schema: DatasetSchema,
+    pub policy: AnalysisPolicy,
+    pub policy_version: u32,
+    /// The data, when the query is to run (checking needs only schemas and policies).
+    pub data: Option<EncryptedDataset>,
+}
+
+impl QueryTable {
+    pub fn arrow_schema(&self) -> SchemaRef {
+        arrow_schema(&self.schema)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
+        self.schema.column(name)
+    }
+
+    pub fn unit_column(&self) -> &str {
+        self.schema.privacy_unit().name.as_str()
+    }
+
+    pub fn role(&self, name: &str) -> Option<ColumnRole> {
+        self.column(name).map(|c| c.role)
+    }
+}
+
+/// The datasets of one collaboration that a query may use.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub tables: Vec<QueryTable>,
+}
+
+impl Catalog {
+    pub fn new(tables: Vec<QueryTable>) -> Arc<Self> {
+        Arc::new(Catalog { tables })
+    }
+
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.tables.iter().position(|t| t.name == name)
+    }
+}

@@ -1,0 +1,55 @@
+use cleanroom_privacy::PrivacyError;
+use thiserror::Error;
+
+/// Why a query was refused or failed. Every refusal is decided at planning time from the query
+/// text, the schemas and the policies, never from the data, so a refusal reveals nothing about
+/// anyone's rows.
+#[derive(Debug, Error)]
+pub enum QueryError {
+    /// The SQL does not parse or does not plan (syntax, unknown table or column): caller's fault.
+    #[error("{0}")]
+    Invalid(String),
+    /// A rule of a data owner's policy (or of the room) refuses the query: caller's fault. `rule`
+    /// is a stable code naming the rule; `column` the column concerned, when there is one.
+    #[error("{message}")]
+    Refused {
+        rule: &'static str,
+        column: Option<String>,
+        message: String,
+    },
+    /// The privacy parameters cannot be met (epsilon too small for the bounds, and so on).
+    #[error(transparent)]
+    Privacy(#[from] PrivacyError),
+    /// Reading the data failed (disk, keys): the outside world's fault.
+    #[error("reading the data failed: {0}")]
+    Unavailable(String),
+    /// A bug: the engine rejected a plan this crate built.
+    #[error("internal query error: {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    pub(crate) fn refused(
+        rule: &'static str,
+        column: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        QueryError::Refused {
+            rule,
+            column: column.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    /// The stable code of a refusal (`None` for other errors).
+    pub fn rule(&self) -> Option<&'static str> {
+        match self {
+            QueryError::Refused { rule, .. } => Some(rule),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Internal(e.to_string())
+}

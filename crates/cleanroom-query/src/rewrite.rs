@@ -1,0 +1,364 @@
+//! From a checked [`Spec`] to the plan that actually runs, and its execution.
+//!
+//! The plan is built here from the spec, never from the analyst's SQL:
+//!
+//! 1. each dataset is scanned (only the columns the query needs), filtered by its own row
+//!    filters, then **bounded**: at most `max_rows_per_unit` rows per person, chosen at
+//!    random (`ROW_NUMBER() OVER (PARTITION BY person ORDER BY random())`), then at most
+//!    `max_rows_per_key` rows per value of every join key it is joined on;
+//! 2. the bounded tables are joined on their keys and filtered by cross-table filters;
+//! 3. metrics are clamped into their bounds and read as fixed-point integers;
+//! 4. per group: the number of distinct people of every dataset (for the owners' minimum
+//!    group size and for private group selection) and the exact aggregates;
+//! 5. groups below any dataset's exact minimum are dropped inside the engine.
+//!
+//! Because every table's contributions are bounded *before* the joins, the number of joined
+//! rows one person can change is bounded whatever the uploaded data repeats (see
+//! [`crate::calibrate`]). Nothing here returns rows: the output has one row per group.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
+use datafusion::catalog::default_table_source::provider_as_source;
+use datafusion::common::{Column, ScalarValue};
+use datafusion::functions::expr_fn::{greatest, least, random, round};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min, sum};
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{
+    Cast, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::QueryError;
+use crate::catalog::Catalog;
+use crate::error::internal;
+use crate::provider::EncryptedTable;
+use crate::spec::{Clamped, JoinTree, Measure, Spec, qualifier};
+
+/// How to run a spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Bound contributions (needed whenever any dataset touched has differential privacy on).
+    pub bound_contributions: bool,
+    /// Partitions DataFusion may use (usually the number of cores).
+    pub partitions: usize,
+}
+
+/// One group of the exact result, before any noise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExactGroup {
+    pub keys: Vec<ScalarValue>,
+    /// Distinct people of each table use in this group.
+    pub units: Vec<i64>,
+    /// One entry per aggregate of the spec.
+    pub values: Vec<ExactValue>,
+}
+
+/// An exact aggregate value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExactValue {
+    /// A count.
+    Count(i64),
+    /// A sum of fixed-point values.
+    Sum(i128),
+    /// A sum of fixed-point values and the number of values summed.
+    Avg { sum: i128, count: i64 },
+    /// An exact extreme (only without differential privacy), in the metric's units.
+    Extreme(Option<f64>),
+}
+
+const ROW_NUMBER: &str = "__cleanroom_rn";
+
+/// Builds the plan of `spec` over the encrypted data of `catalog`'s tables.
+pub fn build_plan(
+    spec: &Spec,
+    catalog: &Catalog,
+    opts: RunOptions,
+) -> Result<LogicalPlan, QueryError> {
+    let joined = join_plan(&spec.tree, spec, catalog, opts)?;
+    let mut b = LogicalPlanBuilder::from(joined);
+    if let Some(f) = conjunction(spec.cross_filters.clone()) {
+        b = b.filter(f).map_err(internal)?;
+    }
+    let group_exprs: Vec<Expr> = spec
+        .group_keys
+        .iter()
+        .enumerate()
+        .map(|(i, g)| g.expr.clone().alias(format!("__g{i}")))
+        .collect();
+    let mut aggs = Vec::new();
+    for (u, use_) in spec.uses.iter().enumerate() {
+        let unit = catalog.tables[use_.table].unit_column();
+        aggs.push(count_distinct(qcol(u, unit)).alias(format!("__u{u}")));
+    }
+    for (j, a) in spec.aggregates.iter().enumerate() {
+        match &a.measure {
+            Measure::Rows => aggs.push(count(lit(1i64)).alias(format!("__m{j}"))),
+            Measure::NonNull(c) => {
+                aggs.push(count(Expr::Column(c.clone())).alias(format!("__m{j}")))
+            }
+            Measure::Distinct(c) => {
+                aggs.push(count_distinct(Expr::Column(c.clone())).alias(format!("__m{j}")))
+            }
+            Measure::Sum(c) => aggs.push(sum(fixed_point(c)).alias(format!("__m{j}"))),
+            Measure::Avg(c) => {
+                aggs.push(sum(fixed_point(c)).alias(format!("__m{j}")));
+                aggs.push(count(Expr::Column(c.column.clone())).alias(format!("__n{j}")));
+            }
+            Measure::Min(c) => aggs.push(min(clamped_float(c)).alias(format!("__m{j}"))),
+            Measure::Max(c) => aggs.push(max(clamped_float(c)).alias(format!("__m{j}"))),
+        }
+    }
+    b = b.aggregate(group_exprs, aggs).map_err(internal)?;
+    // The owners' exact minimum group size, per dataset, inside the engine.
+    let mins: Vec<Expr> = spec
+        .uses
+        .iter()
+        .enumerate()
+        .map(|(u, use_)| {
+            let k = i64::from(catalog.tables[use_.table].policy.min_group_size);
+            col(format!("__u{u}")).gt_eq(lit(k))
+        })
+        .collect();
+    if let Some(f) = conjunction(mins) {
+        b = b.filter(f).map_err(internal)?;
+    }
+    b.build().map_err(internal)
+}
+
+fn qcol(u: usize, name: &str) -> Expr {
+    Expr::Column(Column::new(Some(qualifier(u)), name))
+}
+
+/// The metric clamped into its bounds, as a float.
+fn clamped_float(c: &Clamped) -> Expr {
+    let x = Expr::Cast(Cast::new(
+        Box::new(Expr::Column(c.column.clone())),
+        DataType::Float64,
+    ));
+    least(vec![greatest(vec![x, lit(c.lower)]), lit(c.upper)])
+}
+
+/// The clamped metric as fixed-point integers (`round(value × 10^precision)`), widened to
+/// 128-bit decimals so that no sum over any data can overflow.
+fn fixed_point(c: &Clamped) -> Expr {
+    let scaled = if c.scale == 1 {
+        round(vec![clamped_float(c)])
+    } else {
+        round(vec![clamped_float(c) * lit(c.scale as f64)])
+    };
+    let int = Expr::Cast(Cast::new(Box::new(scaled), DataType::Int64));
+    Expr::Cast(Cast::new(Box::new(int), DataType::Decimal128(38, 0)))
+}
+
+fn join_plan(
+    tree: &JoinTree,
+    spec: &Spec,
+    catalog: &Catalog,
+    opts: RunOptions,
+) -> Result<LogicalPlan, QueryError> {
+    match tree {
+        JoinTree::Table(u) => table_plan(*u, spec, catalog, opts),
+        JoinTree::Join { left, right, on } => {
+            let l = join_plan(left, spec, catalog, opts)?;
+            let r = join_plan(right, spec, catalog, opts)?;
+            let (lk, rk): (Vec<Column>, Vec<Column>) = on.iter().cloned().unzip();
+            LogicalPlanBuilder::from(l)
+                .join(r, JoinType::Inner, (lk, rk), None)
+                .map_err(internal)?
+                .build()
+                .map_err(internal)
+        }
+    }
+}
+
+fn table_plan(
+    u: usize,
+    spec: &Spec,
+    catalog: &Catalog,
+    opts: RunOptions,
+) -> Result<LogicalPlan, QueryError> {
+    let use_ = &spec.uses[u];
+    let t = &catalog.tables[use_.table];
+    let data = t
+        .data
+        .clone()
+        .ok_or_else(|| QueryError::Internal(format!("no data for {}", t.name)))?;
+    let schema = t.arrow_schema();
+    let projection: Vec<usize> = use_
+        .columns
+        .iter()
+        .map(|c| schema.index_of(c).map_err(internal))
+        .collect::<Result<_, _>>()?;
+    let provider = Arc::new(EncryptedTable::new(schema.clone(), data));
+    let name = qualifier(u);
+    let mut b = LogicalPlanBuilder::scan(
+        name.as_str(),
+        provider_as_source(provider),
+        Some(projection),
+    )
+    .map_err(internal)?;
+    if let Some(f) = conjunction(use_.filters.clone()) {
+        b = b.filter(f).map_err(internal)?;
+    }
+    if opts.bound_contributions {
+        let columns: Vec<Expr> = use_.columns.iter().map(|c| qcol(u, c)).collect();
+        let mut bounds = vec![(t.unit_column().to_owned(), t.policy.max_rows_per_unit)];
+        bounds.extend(
+            use_.keys
+                .iter()
+                .map(|k| (k.clone(), t.policy.max_rows_per_key)),
+        );
+        for (column, keep) in bounds {
+            let rn = row_number()
+                .partition_by(vec![qcol(u, &column)])
+                .order_by(vec![random().sort(true, false)])
+                .build()
+                .map_err(internal)?
+                .alias(ROW_NUMBER);
+            b = b
+                .window(vec![rn])
+                .map_err(internal)?
+                .filter(col(ROW_NUMBER).lt_eq(lit(u64::from(keep))))
+                .map_err(internal)?
+                .project(columns.clone())
+                .map_err(internal)?;
+        }
+    }
+    b.alias(name.as_str())
+        .map_err(internal)?
+        .build()
+        .map_err(internal)
+}
+
+/// Runs the plan of `spec` and reads its groups.
+pub async fn execute(
+    spec: &Spec,
+    catalog: &Catalog,
+    opts: RunOptions,
+) -> Result<Vec<ExactGroup>, QueryError> {
+    let plan = build_plan(spec, catalog, opts)?;
+    let config = SessionConfig::new()
+        .with_target_partitions(opts.partitions.max(1))
+        .with_information_schema(false);
+    let ctx = SessionContext::new_with_config(config);
+    let df = ctx.execute_logical_plan(plan).await.map_err(internal)?;
+    let batches = df.collect().await.map_err(|e| match e {
+        datafusion::error::DataFusionError::External(inner) => {
+            QueryError::Unavailable(inner.to_string())
+        }
+        other => QueryError::Internal(other.to_string()),
+    })?;
+    let groups = spec.group_keys.len();
+    let tables = spec.uses.len();
+    let mut out = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let mut keys = Vec::with_capacity(groups);
+            for g in 0..groups {
+                keys.push(ScalarValue::try_from_array(batch.column(g), row).map_err(internal)?);
+            }
+            let mut units = Vec::with_capacity(tables);
+            for u in 0..tables {
+                units.push(int_at(batch.column(groups + u).as_ref(), row)?);
+            }
+            let mut col = groups + tables;
+            let mut values = Vec::with_capacity(spec.aggregates.len());
+            for a in &spec.aggregates {
+                let v = match &a.measure {
+                    Measure::Rows | Measure::NonNull(_) | Measure::Distinct(_) => {
+                        ExactValue::Count(int_at(batch.column(col).as_ref(), row)?)
+                    }
+                    Measure::Sum(_) => {
+                        ExactValue::Sum(decimal_at(batch.column(col).as_ref(), row)?)
+                    }
+                    Measure::Avg(_) => {
+                        let sum = decimal_at(batch.column(col).as_ref(), row)?;
+                        col += 1;
+                        let count = int_at(batch.column(col).as_ref(), row)?;
+                        ExactValue::Avg { sum, count }
+                    }
+                    Measure::Min(_) | Measure::Max(_) => {
+                        ExactValue::Extreme(float_at(batch.column(col).as_ref(), row)?)
+                    }
+                };
+                col += 1;
+                values.push(v);
+            }
+            out.push(ExactGroup {
+                keys,
+                units,
+                values,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn int_at(a: &dyn Array, row: usize) -> Result<i64, QueryError> {
+    if a.is_null(row) {
+        return Ok(0);
+    }
+    match a.data_type() {
+        DataType::Int64 => Ok(a.as_primitive::<Int64Type>().value(row)),
+        other => Err(QueryError::Internal(format!(
+            "expected a count, got {other}"
+        ))),
+    }
+}
+
+fn decimal_at(a: &dyn Array, row: usize) -> Result<i128, QueryError> {
+    if a.is_null(row) {
+        return Ok(0);
+    }
+    match a.data_type() {
+        DataType::Decimal128(_, 0) => Ok(a.as_primitive::<Decimal128Type>().value(row)),
+        other => Err(QueryError::Internal(format!(
+            "expected a decimal sum, got {other}"
+        ))),
+    }
+}
+
+fn float_at(a: &dyn Array, row: usize) -> Result<Option<f64>, QueryError> {
+    if a.is_null(row) {
+        return Ok(None);
+    }
+    match a.data_type() {
+        DataType::Float64 => Ok(Some(a.as_primitive::<Float64Type>().value(row))),
+        other => Err(QueryError::Internal(format!(
+            "expected a float, got {other}"
+        ))),
+    }
+}
+
+/// The plain aggregate the analyst wrote, over the same data without any privacy layer: for
+/// benchmarks that measure the privacy layer's overhead. Never used to answer a query.
+pub async fn execute_unprotected(
+    sql: &str,
+    catalog: &Catalog,
+    partitions: usize,
+) -> Result<usize, QueryError> {
+    let config = SessionConfig::new().with_target_partitions(partitions.max(1));
+    let ctx = SessionContext::new_with_config(config);
+    for t in &catalog.tables {
+        let data = t
+            .data
+            .clone()
+            .ok_or_else(|| QueryError::Internal(format!("no data for {}", t.name)))?;
+        ctx.register_table(
+            t.name.as_str(),
+            Arc::new(EncryptedTable::new(t.arrow_schema(), data)),
+        )
+        .map_err(internal)?;
+    }
+    let batches = ctx
+        .sql(sql)
+        .await
+        .map_err(internal)?
+        .collect()
+        .await
+        .map_err(internal)?;
+    Ok(batches.iter().map(|b| b.num_rows()).sum())
+}

@@ -1,0 +1,318 @@
+//! The engine's results against exact computations.
+
+use cleanroom_query::rewrite::{ExactValue, RunOptions, execute};
+use cleanroom_query::{Cell, ColumnKind, PrivacyRequest, prepare, run};
+
+use crate::*;
+
+const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
+
+/// `brand_n` customers, the first `overlap` of whom the publisher also has; region by index.
+fn two_parties(brand_n: usize, publisher_n: usize, overlap: usize) -> Fixture {
+    let mut f = Fixture::new();
+    let brand = (0..brand_n).map(|i| {
+        format!(
+            "c{i},e{i},{},25-34,{},{}.25,2025-0{}-01",
+            REGIONS[i % 4],
+            i % 5,
+            i % 100,
+            1 + i % 9
+        )
+    });
+    // Publisher people: the overlap shares emails e0..e{overlap}; the rest are their own.
+    let publisher = (0..publisher_n).map(|i| {
+        let email = if i < overlap {
+            format!("e{i}")
+        } else {
+            format!("p{i}")
+        };
+        format!("u{i},{email},{},{},{}", REGIONS[i % 4], i % 2 == 0, i % 7)
+    });
+    f.add(
+        "brand",
+        "brand",
+        BRAND_SCHEMA,
+        brand_policy(),
+        &csv(BRAND_HEADER, brand),
+    );
+    f.add(
+        "publisher",
+        "publisher",
+        PUBLISHER_SCHEMA,
+        publisher_policy(),
+        &csv(PUBLISHER_HEADER, publisher),
+    );
+    f
+}
+
+fn exact_off(f: &Fixture) -> std::sync::Arc<cleanroom_query::Catalog> {
+    let mut tables = f.tables.clone();
+    for t in &mut tables {
+        t.policy.differential_privacy = false;
+    }
+    cleanroom_query::Catalog::new(tables)
+}
+
+const REQ: PrivacyRequest = PrivacyRequest {
+    epsilon: 1.0,
+    delta: 1e-7,
+};
+
+fn int(c: &Cell) -> i64 {
+    match c {
+        Cell::Int(v) => *v,
+        other => panic!("not an int: {other:?}"),
+    }
+}
+
+fn text(c: &Cell) -> &str {
+    match c {
+        Cell::Text(v) => v,
+        other => panic!("not text: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn without_differential_privacy_results_are_exact_and_thresholded() {
+    let f = two_parties(1000, 800, 600);
+    let cat = exact_off(&f);
+    let sql = "SELECT b.region, COUNT(DISTINCT b.customer_id) AS people, SUM(b.purchases) AS bought \
+               FROM brand b JOIN publisher p ON b.email = p.email GROUP BY b.region ORDER BY b.region";
+    let a = prepare(sql, &cat, REQ).await.unwrap();
+    assert!(!a.calibration.is_private());
+    let r = run(&a, &cat, 2).await.unwrap();
+    assert_eq!(r.columns[1].kind, ColumnKind::Count { noise_sd: None });
+    let got: Vec<(String, i64, i64)> = r
+        .rows
+        .iter()
+        .map(|row| (text(&row[0]).to_owned(), int(&row[1]), int(&row[2])))
+        .collect();
+    // Exact: the overlap is customers 0..600, region i % 4, purchases i % 5.
+    let mut want: Vec<(String, i64, i64)> = REGIONS
+        .iter()
+        .enumerate()
+        .map(|(k, reg)| {
+            let ids: Vec<usize> = (0..600).filter(|i| i % 4 == k).collect();
+            (
+                reg.to_string(),
+                ids.len() as i64,
+                ids.iter().map(|i| (i % 5) as i64).sum(),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // A group below the owners' minimum (50 by default) is suppressed.
+    let small = two_parties(1000, 800, 120);
+    let cat = exact_off(&small);
+    let a = prepare(
+        "SELECT b.region, COUNT(*) FROM brand b JOIN publisher p ON b.email = p.email GROUP BY b.region",
+        &cat,
+        REQ,
+    )
+    .await
+    .unwrap();
+    let r = run(&a, &cat, 2).await.unwrap();
+    assert!(r.rows.is_empty(), "30 people per region is below 50: {r:?}");
+}
+
+#[tokio::test]
+async fn noisy_results_are_close_to_the_truth_and_carry_their_noise() {
+    let f = two_parties(2000, 1500, 1200);
+    // Purchases are 0..4: bounds [0, 5] keep the average's noise small enough to test.
+    let cat = f.with_policy("brand", |d| d.metrics[0].upper = 5.0);
+    let sql = "SELECT p.exposed, COUNT(DISTINCT b.customer_id) AS people, SUM(b.revenue) AS revenue, \
+               AVG(b.purchases) AS avg_purchases FROM brand b JOIN publisher p ON b.email = p.email \
+               GROUP BY p.exposed ORDER BY p.exposed";
+    let a = prepare(sql, &cat, REQ).await.unwrap();
+    assert!(a.calibration.is_private());
+    // One brand customer changes at most 1 row × 2 (its key bound) × 1 (publisher rows per key).
+    assert_eq!(a.calibration.rows_changed, vec![2, 2]);
+    let cost = a.calibration.costs[0];
+    assert!(cost.epsilon.as_f64() <= 1.0 + 1e-9, "{cost:?}");
+    assert!(cost.delta.as_f64() <= 1e-7, "{cost:?}");
+    let r = run(&a, &cat, 2).await.unwrap();
+    assert_eq!(r.rows.len(), 2, "{r:?}");
+    let ColumnKind::Count { noise_sd: Some(sd) } = r.columns[1].kind else {
+        panic!("{:?}", r.columns[1]);
+    };
+    for row in &r.rows {
+        let exposed = matches!(row[0], Cell::Bool(true));
+        let ids: Vec<usize> = (0..1200).filter(|i| (i % 2 == 0) == exposed).collect();
+        let people = ids.len() as f64;
+        let revenue: f64 = ids.iter().map(|i| (i % 100) as f64 + 0.25).sum();
+        let avg = ids.iter().map(|i| (i % 5) as f64).sum::<f64>() / people;
+        let got_people = int(&row[1]) as f64;
+        // 8 standard deviations: a false failure has probability far below 1e-6.
+        assert!(
+            (got_people - people).abs() < 8.0 * sd,
+            "{got_people} vs {people} (sd {sd})"
+        );
+        let Cell::Float(got_revenue) = row[2] else {
+            panic!()
+        };
+        let ColumnKind::Sum {
+            noise_sd: Some(rsd),
+        } = r.columns[2].kind
+        else {
+            panic!()
+        };
+        assert!(
+            (got_revenue - revenue).abs() < 8.0 * rsd,
+            "{got_revenue} vs {revenue} (sd {rsd})"
+        );
+        let Cell::Float(got_avg) = row[3] else {
+            panic!()
+        };
+        // The average's error is about (sum noise) / people: sum sensitivity 2 × 5 at
+        // epsilon 1/6 (six measurements share the query's epsilon) gives scale 60, sd ≈ 85.
+        let tolerance = 8.0 * 85.0 / people + 0.1;
+        assert!(
+            (got_avg - avg).abs() < tolerance,
+            "{got_avg} vs {avg} (± {tolerance})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_key_does_not_multiply_a_persons_weight() {
+    // The publisher uploads the target's email 1,000 times under 1,000 made-up people.
+    let mut f = Fixture::new();
+    let mut brand: Vec<String> = (0..200)
+        .map(|i| format!("c{i},e{i},north,25-34,1,1.0,2025-01-01"))
+        .collect();
+    brand.push("target,target@x,north,25-34,100,1.0,2025-01-01".into());
+    let mut publisher: Vec<String> = (0..200)
+        .map(|i| format!("u{i},e{i},north,true,1"))
+        .collect();
+    publisher.extend((0..1000).map(|i| format!("fake{i},target@x,north,true,1")));
+    f.add(
+        "brand",
+        "brand",
+        BRAND_SCHEMA,
+        brand_policy(),
+        &csv(BRAND_HEADER, brand),
+    );
+    f.add(
+        "publisher",
+        "publisher",
+        PUBLISHER_SCHEMA,
+        publisher_policy(),
+        &csv(PUBLISHER_HEADER, publisher),
+    );
+    let cat = f.catalog();
+    let a = prepare(
+        "SELECT COUNT(*) AS pairs, SUM(b.purchases) AS bought FROM brand b JOIN publisher p ON b.email = p.email",
+        &cat,
+        REQ,
+    )
+    .await
+    .unwrap();
+    // The exact values the noise is added to: the target's row joins once, not 1,000 times.
+    let groups = execute(
+        &a.spec,
+        &cat,
+        RunOptions {
+            bound_contributions: true,
+            partitions: 2,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].values[0], ExactValue::Count(201));
+    assert_eq!(groups[0].values[1], ExactValue::Sum(300));
+    // Without bounding (what a naive engine does) the target would weigh 1,000 times.
+    let naive = execute(
+        &a.spec,
+        &cat,
+        RunOptions {
+            bound_contributions: false,
+            partitions: 2,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(naive[0].values[0], ExactValue::Count(1200));
+    assert_eq!(naive[0].values[1], ExactValue::Sum(100_200));
+}
+
+#[tokio::test]
+async fn a_person_with_many_rows_counts_at_most_max_rows_per_unit() {
+    let mut f = Fixture::new();
+    // 100 customers with one row each, one customer with 500 rows.
+    let mut rows: Vec<String> = (0..100)
+        .map(|i| format!("c{i},e{i},north,25-34,10,1.0,2025-01-01"))
+        .collect();
+    rows.extend((0..500).map(|i| format!("heavy,h{i},north,25-34,100,1.0,2025-01-01")));
+    let mut policy = brand_policy();
+    policy.max_rows_per_unit = Some(3);
+    f.add(
+        "brand",
+        "brand",
+        BRAND_SCHEMA,
+        policy,
+        &csv(BRAND_HEADER, rows),
+    );
+    let cat = f.catalog();
+    let a = prepare(
+        "SELECT COUNT(*) AS n, SUM(purchases) AS s FROM brand",
+        &cat,
+        REQ,
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.calibration.rows_changed, vec![3]);
+    let groups = execute(
+        &a.spec,
+        &cat,
+        RunOptions {
+            bound_contributions: true,
+            partitions: 2,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(groups[0].values[0], ExactValue::Count(103));
+    assert_eq!(groups[0].values[1], ExactValue::Sum(1300));
+    assert_eq!(groups[0].units, vec![101]);
+}
+
+#[tokio::test]
+async fn metrics_are_clamped_and_tighter_clamps_are_honoured() {
+    let mut f = Fixture::new();
+    let rows = (0..100).map(|i| {
+        format!(
+            "c{i},e{i},north,25-34,{},{},2025-01-01",
+            if i == 0 { 1_000_000 } else { i % 3 },
+            if i == 1 { -5.0 } else { 2.5 }
+        )
+    });
+    let mut policy = brand_policy();
+    policy.differential_privacy = Some(false);
+    f.add(
+        "brand",
+        "brand",
+        BRAND_SCHEMA,
+        policy,
+        &csv(BRAND_HEADER, rows),
+    );
+    let cat = f.catalog();
+    let a = prepare(
+        "SELECT SUM(purchases) AS s, SUM(LEAST(GREATEST(purchases, 0), 1)) AS buyers, SUM(revenue) AS r FROM brand",
+        &cat,
+        REQ,
+    )
+    .await
+    .unwrap();
+    let r = run(&a, &cat, 1).await.unwrap();
+    let row = &r.rows[0];
+    let exact_sum: i64 = 100 + (1..100).map(|i| (i % 3) as i64).sum::<i64>();
+    assert_eq!(int(&row[0]), exact_sum, "1,000,000 is clamped to 100");
+    assert_eq!(
+        int(&row[1]),
+        1 + (1..100).filter(|i| i % 3 != 0).count() as i64
+    );
+    assert_eq!(row[2], Cell::Float(99.0 * 2.5), "-5.0 is clamped to 0");
+}
