@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use cleanroom_core::audit::{ChainHead, verify_chain};
 use cleanroom_server::wire::*;
-use cleanroom_service::{CleanRoom, Config};
+use cleanroom_service::{CleanRoom, Config, MasterKeyHex};
 use serde::Deserialize;
 
 use crate::client::Client;
@@ -62,7 +62,9 @@ fn client(g: &Global) -> Result<Client> {
 
 fn room_config(data_dir: &Path) -> Config {
     let mut cfg = Config::new(data_dir);
-    cfg.master_key_hex = std::env::var(cleanroom_storage_env()).ok();
+    cfg.master_key_hex = std::env::var(cleanroom_storage_env())
+        .ok()
+        .map(MasterKeyHex::new);
     cfg
 }
 

@@ -77,13 +77,13 @@ async fn errors_are_problem_details_with_stable_codes() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["code"], "invalid_json");
+    assert_eq!(v["code"], "invalid_input");
     let (st, v) = s
         .call(Method::POST, "/v1/orgs", &s.op, Some(json!({"name": "x"})))
         .await;
     assert_eq!(
         (st, v["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_json"))
+        (StatusCode::BAD_REQUEST, Some("invalid_input"))
     );
     assert!(v["detail"].as_str().unwrap().contains("admin"), "{v}");
     // Validation errors name the rule.
