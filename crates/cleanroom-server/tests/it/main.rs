@@ -1,6 +1,7 @@
 //! The real server on 127.0.0.1 with a fresh data directory per test.
 
 mod api;
+mod denials;
 mod refusals;
 mod uploads;
 
