@@ -95,7 +95,7 @@ pub async fn health() -> Json<Health> {
 }
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "parties", security(("bearer" = [])),
-    responses((status = 200, body = WhoAmI), (status = 401, body = Problem)))]
+    responses((status = 200, body = WhoAmI)))]
 pub async fn whoami(Authed(p): Authed) -> Json<WhoAmI> {
     Json(WhoAmI {
         user: p.user.name.to_string(),
@@ -109,7 +109,7 @@ pub async fn whoami(Authed(p): Authed) -> Json<WhoAmI> {
 }
 
 #[utoipa::path(get, path = "/v1/orgs", tag = "parties", security(("bearer" = [])),
-    responses((status = 200, body = [OrgOut]), (status = 401, body = Problem)))]
+    responses((status = 200, body = [OrgOut])))]
 pub async fn list_orgs(State(room): State<CleanRoom>, Authed(p): Authed) -> R<Json<Vec<OrgOut>>> {
     Ok(Json(
         room.list_orgs(&p).await?.iter().map(OrgOut::from).collect(),
@@ -118,7 +118,10 @@ pub async fn list_orgs(State(room): State<CleanRoom>, Authed(p): Authed) -> R<Js
 
 #[utoipa::path(post, path = "/v1/orgs", tag = "parties", security(("bearer" = [])),
     request_body = CreateOrgRequest,
-    responses((status = 201, body = CreatedOrg), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = CreatedOrg),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)")))]
 pub async fn create_org(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -150,7 +153,10 @@ pub async fn list_users(State(room): State<CleanRoom>, Authed(p): Authed) -> R<J
 
 #[utoipa::path(post, path = "/v1/users", tag = "parties", security(("bearer" = [])),
     request_body = CreateUserRequest,
-    responses((status = 201, body = CreatedUser), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = CreatedUser),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)")))]
 pub async fn create_user(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -189,7 +195,8 @@ pub async fn list_tokens(
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "parties", security(("bearer" = [])),
     request_body = CreateTokenRequest,
-    responses((status = 201, body = CreatedToken)))]
+    responses((status = 201, body = CreatedToken),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)")))]
 pub async fn create_token(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -208,7 +215,9 @@ pub async fn create_token(
 
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "parties", security(("bearer" = [])),
     params(("id" = String, Path, description = "token id")),
-    responses((status = 204), (status = 404, body = Problem)))]
+    responses((status = 204, description = "revoked"),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn revoke_token(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -235,7 +244,9 @@ pub async fn list_collaborations(
 
 #[utoipa::path(post, path = "/v1/collaborations", tag = "collaborations", security(("bearer" = [])),
     request_body = CreateCollaborationRequest,
-    responses((status = 201, body = CollaborationDetail), (status = 409, body = Problem)))]
+    responses((status = 201, body = CollaborationDetail),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)")))]
 pub async fn create_collaboration(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -264,7 +275,8 @@ fn detail(v: &cleanroom_service::CollaborationView) -> CollaborationDetail {
 
 #[utoipa::path(get, path = "/v1/collaborations/{id}", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = CollaborationDetail), (status = 404, body = Problem)))]
+    responses((status = 200, body = CollaborationDetail),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn get_collaboration(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -276,7 +288,12 @@ pub async fn get_collaboration(
 #[utoipa::path(post, path = "/v1/collaborations/{id}/invitations", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
     request_body = InviteRequest,
-    responses((status = 201, body = MemberOut), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = MemberOut),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn invite(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -292,7 +309,10 @@ pub async fn invite(
 
 #[utoipa::path(post, path = "/v1/collaborations/{id}/accept", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = CollaborationDetail), (status = 409, body = Problem)))]
+    responses((status = 200, body = CollaborationDetail),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn accept(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -304,7 +324,10 @@ pub async fn accept(
 
 #[utoipa::path(post, path = "/v1/collaborations/{id}/decline", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 204), (status = 409, body = Problem)))]
+    responses((status = 204, description = "declined"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn decline(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -316,7 +339,10 @@ pub async fn decline(
 
 #[utoipa::path(post, path = "/v1/collaborations/{id}/close", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = Closed), (status = 403, body = Problem)))]
+    responses((status = 200, body = Closed),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn close(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -330,7 +356,9 @@ pub async fn close(
 
 #[utoipa::path(get, path = "/v1/collaborations/{id}/datasets", tag = "datasets", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = [DatasetOut]), (status = 404, body = Problem)))]
+    responses((status = 200, body = [DatasetOut]),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn list_datasets(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -348,7 +376,12 @@ pub async fn list_datasets(
 #[utoipa::path(post, path = "/v1/collaborations/{id}/datasets", tag = "datasets", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
     request_body = CreateDatasetRequest,
-    responses((status = 201, body = DatasetOut), (status = 400, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = DatasetOut),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn create_dataset(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -367,7 +400,9 @@ pub async fn create_dataset(
 
 #[utoipa::path(get, path = "/v1/collaborations/{id}/datasets/{name}", tag = "datasets", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id"), ("name" = String, Path, description = "dataset name")),
-    responses((status = 200, body = DatasetOut), (status = 404, body = Problem)))]
+    responses((status = 200, body = DatasetOut),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn get_dataset(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -387,8 +422,16 @@ pub const PARQUET: &str = "application/vnd.apache.parquet";
     params(("id" = String, Path, description = "collaboration id"), ("name" = String, Path, description = "dataset name")),
     request_body(content((String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"), (Vec<u8> = "application/vnd.apache.parquet")),
         description = "CSV with a header line (streamed), an Arrow IPC stream (streamed) or a Parquet file (read in memory, size-capped)"),
-    responses((status = 200, body = DatasetOut), (status = 409, body = Problem), (status = 413, body = Problem),
-        (status = 415, body = Problem), (status = 422, body = Problem, description = "the data does not match the schema; `line` and `column` say where")))]
+    responses((status = 200, body = DatasetOut),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)"),
+        (status = 413, body = Problem, description = "the body exceeds a size limit (`payload_too_large`)"),
+        (status = 415, body = Problem, description = "the Content-Type is not one of the accepted media types"),
+        (status = 422, body = Problem, description = "the data does not match the schema; `line` and `column` say where (`invalid_data`)"),
+        (status = 503, body = Problem, description = "all Parquet upload slots are busy, or storage is unavailable; retry later (`unavailable`)")))]
 pub async fn upload(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -517,7 +560,10 @@ pub struct AuditQuery {
 
 #[utoipa::path(get, path = "/v1/audit/{chain}", tag = "audit", security(("bearer" = [])),
     params(("chain" = String, Path, description = "a collaboration id, or `system`"), AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = AuditPage),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn audit(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
