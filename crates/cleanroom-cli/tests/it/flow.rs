@@ -18,11 +18,7 @@ fn init_serve_and_the_whole_client_flow() {
         assert_eq!(mode & 0o777, 0o600, "master key must be owner-only");
     }
     // A second init refuses, leaving the first operator intact.
-    let again = Command::new(BIN)
-        .args(["init", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let again = run(Command::new(BIN).args(["init", "--data-dir"]).arg(&data));
     assert!(failed(&again).contains("initialised already"));
 
     let mut server = ServeProcess::start(&data);
@@ -157,14 +153,10 @@ fn errors_go_to_stderr_with_a_nonzero_exit() {
         err.starts_with("error: ") && err.contains("[unauthenticated]"),
         "{err}"
     );
-    let err = failed(
-        &Command::new(BIN)
-            .args(["whoami"])
-            .env_remove("CLEANROOM_TOKEN")
-            .env("CLEANROOM_SERVER", &url)
-            .output()
-            .unwrap(),
-    );
+    let err = failed(&run(Command::new(BIN)
+        .args(["whoami"])
+        .env_remove("CLEANROOM_TOKEN")
+        .env("CLEANROOM_SERVER", &url)));
     assert!(err.contains("no API token"), "{err}");
     let err = failed(&cli("http://127.0.0.1:1", &op, &["whoami"]));
     assert!(err.contains("cannot reach the server"), "{err}");
@@ -239,10 +231,7 @@ fn parquet_files_upload_through_the_cli() {
 
 #[test]
 fn the_demo_runs_end_to_end() {
-    let out = Command::new(BIN)
-        .args(["demo", "--people", "3000"])
-        .output()
-        .unwrap();
+    let out = run(Command::new(BIN).args(["demo", "--people", "3000"]));
     let text = ok(&out);
     for needle in [
         "== 1. Server",
