@@ -305,6 +305,44 @@ async fn members_act_only_within_their_abilities_and_refusals_are_audited() {
     assert!(matches!(e, ServiceError::Forbidden(_)), "{e}");
 }
 
+/// The operator receives each new organisation's first admin token. The organisation's admin
+/// replaces it: a new token of its own, then the initial one revoked (docs/security.md).
+#[tokio::test]
+async fn an_admin_replaces_the_initial_token_it_was_given() {
+    let f = Fixture::new().await;
+    let (_, _, initial) = f
+        .room
+        .create_org(&f.operator, "agency", "admin")
+        .await
+        .unwrap();
+    let admin = f.room.authenticate(Some(initial.expose())).await.unwrap();
+    let own = f.room.create_token(&admin, "maya's laptop").await.unwrap();
+    let admin = f.room.authenticate(Some(own.expose())).await.unwrap();
+    let tokens = f.room.list_tokens(&admin).await.unwrap();
+    let (first, _) = tokens
+        .iter()
+        .find(|(t, _)| t.label == "initial admin token")
+        .expect("the initial token is listed");
+    assert_eq!(first.id, initial.id);
+    f.room
+        .revoke_token(&admin, &initial.id.to_string())
+        .await
+        .unwrap();
+    // The copy the operator saw is dead; the organisation's own token works.
+    let e = f
+        .room
+        .authenticate(Some(initial.expose()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "this token has been revoked");
+    let me = f.room.authenticate(Some(own.expose())).await.unwrap();
+    assert_eq!(me.org.name.as_str(), "agency");
+    let sys = f.chain(&f.operator, SYSTEM_CHAIN).await;
+    assert!(sys.iter().any(|e| e.action == "token.revoke"
+        && e.target == initial.id.to_string()
+        && e.outcome == Outcome::Allowed));
+}
+
 /// Input that fails validation in a use case is refused and audited; the entry keeps the rule
 /// that was broken, not the value (which could be a pasted secret).
 #[tokio::test]
