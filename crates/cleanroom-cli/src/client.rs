@@ -38,6 +38,24 @@ impl fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
+/// One segment of a request path, percent-encoded so that no argument can change the route:
+/// everything but letters, digits and `-._~` is escaped (`/`, `?`, `#`, `%` included). `.` and
+/// `..` are refused outright, since URL parsers resolve them even when escaped.
+pub fn seg(s: &str) -> Result<String> {
+    if matches!(s, "" | "." | "..") {
+        anyhow::bail!("{s:?} is not a valid id or name");
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -132,7 +150,11 @@ impl Client {
         file: &Path,
         quiet: bool,
     ) -> Result<DatasetOut> {
-        let path = format!("/collaborations/{collab}/datasets/{name}/data");
+        let path = format!(
+            "/collaborations/{}/datasets/{}/data",
+            seg(collab)?,
+            seg(name)?
+        );
         let is_parquet = file
             .extension()
             .and_then(|e| e.to_str())

@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use cleanroom_core::audit::{ChainHead, verify_chain};
 use cleanroom_server::wire::*;
-use cleanroom_service::{CleanRoom, Config};
+use cleanroom_service::{CleanRoom, Config, MasterKeyHex};
 use serde::Deserialize;
 
-use crate::client::Client;
+use crate::client::{ApiFailure, Client, seg};
 use crate::output::{self, opt, table};
 use crate::{
     AuditCmd, Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd,
@@ -62,7 +62,9 @@ fn client(g: &Global) -> Result<Client> {
 
 fn room_config(data_dir: &Path) -> Config {
     let mut cfg = Config::new(data_dir);
-    cfg.master_key_hex = std::env::var(cleanroom_storage_env()).ok();
+    cfg.master_key_hex = std::env::var(cleanroom_storage_env())
+        .ok()
+        .map(MasterKeyHex::new);
     cfg
 }
 
@@ -242,10 +244,11 @@ async fn token(g: &Global, c: TokenCmd) -> Result<()> {
             );
         }
         TokenCmd::Revoke { id } => {
-            cl.delete(&format!("/tokens/{id}")).await?;
-            if !g.json {
-                println!("Revoked token {id}.");
+            cl.delete(&format!("/tokens/{}", seg(&id)?)).await?;
+            if g.json {
+                return output::json(&serde_json::json!({ "revoked": id }));
             }
+            println!("Revoked token {id}.");
         }
     }
     Ok(())
@@ -310,7 +313,9 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
             );
         }
         CollabCmd::Show { collab } => {
-            let r: CollaborationDetail = cl.get(&format!("/collaborations/{collab}")).await?;
+            let r: CollaborationDetail = cl
+                .get(&format!("/collaborations/{}", seg(&collab)?))
+                .await?;
             if g.json {
                 return output::json(&r);
             }
@@ -323,7 +328,7 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
         } => {
             let r: MemberOut = cl
                 .post(
-                    &format!("/collaborations/{collab}/invitations"),
+                    &format!("/collaborations/{}/invitations", seg(&collab)?),
                     &InviteRequest {
                         org,
                         abilities: split_list(&abilities),
@@ -342,7 +347,7 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
         CollabCmd::Accept { collab } => {
             let r: CollaborationDetail = cl
                 .post(
-                    &format!("/collaborations/{collab}/accept"),
+                    &format!("/collaborations/{}/accept", seg(&collab)?),
                     &serde_json::json!({}),
                 )
                 .await?;
@@ -353,11 +358,12 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
             show_collab(&r);
         }
         CollabCmd::Decline { collab } => {
-            cl.send_post_empty(&format!("/collaborations/{collab}/decline"))
+            cl.send_post_empty(&format!("/collaborations/{}/decline", seg(&collab)?))
                 .await?;
-            if !g.json {
-                println!("Declined.");
+            if g.json {
+                return output::json(&serde_json::json!({ "declined": collab }));
             }
+            println!("Declined.");
         }
         CollabCmd::Close { collab, yes } => {
             if !yes {
@@ -367,7 +373,7 @@ async fn collab(g: &Global, c: CollabCmd) -> Result<()> {
             }
             let r: Closed = cl
                 .post(
-                    &format!("/collaborations/{collab}/close"),
+                    &format!("/collaborations/{}/close", seg(&collab)?),
                     &serde_json::json!({}),
                 )
                 .await?;
@@ -440,7 +446,7 @@ async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
             };
             let r: DatasetOut = cl
                 .post(
-                    &format!("/collaborations/{collab}/datasets"),
+                    &format!("/collaborations/{}/datasets", seg(&collab)?),
                     &CreateDatasetRequest { name, columns },
                 )
                 .await?;
@@ -463,15 +469,7 @@ async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
                 bail!("{} does not exist or is not a file", file.display());
             }
             if let Some(columns) = read_schema(&schema)? {
-                let _: DatasetOut = cl
-                    .post(
-                        &format!("/collaborations/{collab}/datasets"),
-                        &CreateDatasetRequest {
-                            name: name.clone(),
-                            columns,
-                        },
-                    )
-                    .await?;
+                declare_for_upload(&cl, &collab, &name, columns).await?;
             }
             let r = cl.upload(&collab, &name, &file, quiet || g.json).await?;
             if g.json {
@@ -486,7 +484,7 @@ async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
         }
         DatasetCmd::List { collab } => {
             let r: Vec<DatasetOut> = cl
-                .get(&format!("/collaborations/{collab}/datasets"))
+                .get(&format!("/collaborations/{}/datasets", seg(&collab)?))
                 .await?;
             if g.json {
                 return output::json(&r);
@@ -495,13 +493,85 @@ async fn dataset(g: &Global, c: DatasetCmd) -> Result<()> {
         }
         DatasetCmd::Show { collab, name } => {
             let r: DatasetOut = cl
-                .get(&format!("/collaborations/{collab}/datasets/{name}"))
+                .get(&format!(
+                    "/collaborations/{}/datasets/{}",
+                    seg(&collab)?,
+                    seg(&name)?
+                ))
                 .await?;
             if g.json {
                 return output::json(&r);
             }
             println!("{}", output::datasets(std::slice::from_ref(&r)));
         }
+    }
+    Ok(())
+}
+
+/// `name:type:role, …` for messages.
+fn describe_columns(columns: &[ColumnOut]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{}:{}:{}", c.name, c.r#type, c.role))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Declares a dataset before its upload. When the name is taken by the caller's own dataset that
+/// is still pending with the same schema (an earlier upload failed, say on a bad line), the
+/// declaration is reused so that re-running the same command works; any other clash is
+/// explained.
+async fn declare_for_upload(
+    cl: &Client,
+    collab: &str,
+    name: &str,
+    columns: Vec<ColumnOut>,
+) -> Result<()> {
+    let path = format!("/collaborations/{}/datasets", seg(collab)?);
+    let request = CreateDatasetRequest {
+        name: name.to_owned(),
+        columns: columns.clone(),
+    };
+    let clash = match cl.post::<_, DatasetOut>(&path, &request).await {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let name_taken = clash
+        .downcast_ref::<ApiFailure>()
+        .is_some_and(|f| f.status == reqwest::StatusCode::CONFLICT);
+    if !name_taken {
+        return Err(clash);
+    }
+    // Only the owner sees a pending dataset, so a visible pending one is the caller's own.
+    let Ok(existing) = cl
+        .get::<DatasetOut>(&format!("{path}/{}", seg(name)?))
+        .await
+    else {
+        return Err(clash);
+    };
+    let me: WhoAmI = cl.get("/whoami").await?;
+    if existing.owner != me.org {
+        return Err(clash);
+    }
+    match existing.status.as_str() {
+        "pending" => {}
+        "ready" => {
+            bail!("dataset {name} has data already (datasets are immutable); choose another name")
+        }
+        "uploading" => bail!("an upload into dataset {name} is in progress; wait for it to finish"),
+        other => bail!("dataset {name} is {other}; choose another name"),
+    }
+    let wanted: Vec<ColumnOut> = columns
+        .iter()
+        .map(|c| c.to_spec().map(|spec| ColumnOut::from(&spec)))
+        .collect::<std::result::Result<_, _>>()?;
+    if existing.columns != wanted {
+        bail!(
+            "dataset {name} was declared already with a different schema ({}), not ({}); \
+             upload without --schema/--column to use the declared one, or choose another name",
+            describe_columns(&existing.columns),
+            describe_columns(&wanted)
+        );
     }
     Ok(())
 }
@@ -517,7 +587,7 @@ pub async fn fetch_chain(
     let mut name = None;
     loop {
         let page: AuditPage = cl
-            .get(&format!("/audit/{chain}?after={after}&limit=5000"))
+            .get(&format!("/audit/{}?after={after}&limit=5000", seg(chain)?))
             .await?;
         if name.is_none() {
             head = page.head.clone();
@@ -577,7 +647,10 @@ async fn audit(g: &Global, c: AuditCmd) -> Result<()> {
             limit,
         } => {
             let r: AuditPage = cl
-                .get(&format!("/audit/{chain}?after={after}&limit={limit}"))
+                .get(&format!(
+                    "/audit/{}?after={after}&limit={limit}",
+                    seg(&chain)?
+                ))
                 .await?;
             if g.json {
                 return output::json(&r);

@@ -855,6 +855,17 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    async fn uploading_datasets(&self) -> Result<Vec<Dataset>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DATASET_SELECT} WHERE d.status = 'uploading' ORDER BY d.created_at, d.name"
+        )))
+        .fetch_all(&self.writer)
+        .await?
+        .iter()
+        .map(dataset_from)
+        .collect()
+    }
+
     async fn recover_uploads(&self) -> Result<Vec<(CollaborationId, DatasetId)>, MetaError> {
         sqlx::query("UPDATE datasets SET status = 'pending' WHERE status = 'uploading'")
             .execute(&self.writer)

@@ -136,6 +136,8 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<(), MetaError>;
     /// Returns an uploading dataset to pending after a failed upload, with its audit entry.
     async fn abort_upload(&self, id: DatasetId, audit: NewAudit) -> Result<(), MetaError>;
+    /// Datasets whose upload was under way (after a restart: interrupted by the crash).
+    async fn uploading_datasets(&self) -> Result<Vec<Dataset>, MetaError>;
     /// After a restart: uploads that were in progress go back to pending. Returns every
     /// dataset whose file must exist (ready ones).
     async fn recover_uploads(&self) -> Result<Vec<(CollaborationId, DatasetId)>, MetaError>;

@@ -36,6 +36,63 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Media type of every error answer (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Declares, once for every route, what `problem.rs` does for every answer: errors are
+/// `application/problem+json` with the `Problem` schema, and every route that takes a token can
+/// answer 401. The handlers' annotations name the other error statuses each one can answer.
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    op.responses
+                        .responses
+                        .entry("401".to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(
+                                        "no valid API token: missing, unknown, malformed or \
+                                         revoked (`unauthenticated`)",
+                                    )
+                                    .content(PROBLEM_JSON, problem())
+                                    .build(),
+                            )
+                        });
+                }
+                for (status, response) in op.responses.responses.iter_mut() {
+                    let is_error = status.starts_with('4') || status.starts_with('5');
+                    if let (true, RefOr::T(r)) = (is_error, response) {
+                        let content = r
+                            .content
+                            .shift_remove("application/json")
+                            .unwrap_or_else(problem);
+                        r.content.clear();
+                        r.content.insert(PROBLEM_JSON.to_owned(), content);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI document of `/v1`, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
@@ -48,7 +105,7 @@ impl Modify for BearerAuth {
         v1::list_datasets, v1::create_dataset, v1::get_dataset, v1::upload,
         v1::audit,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemResponses),
     tags(
         (name = "server"), (name = "parties", description = "organisations, users, API tokens"),
         (name = "collaborations"), (name = "datasets", description = "declared schemas and encrypted uploads; never rows"),

@@ -68,15 +68,19 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// Any JSON body the server cannot use (not JSON, not `application/json`, missing or mistyped
+/// fields) is one kind of invalid input for the caller: 400 `invalid_input`, with axum's
+/// description of what is wrong.
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        let status = r.status();
-        let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-            "unsupported_media_type"
-        } else {
-            "invalid_json"
-        };
-        ApiError::new(status, code, r.body_text())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            format!(
+                "the request body is not the expected JSON: {}",
+                r.body_text()
+            ),
+        )
     }
 }
 

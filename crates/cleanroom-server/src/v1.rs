@@ -1,15 +1,19 @@
 //! Handlers of `/v1`. Each one authenticates, converts wire input into domain values, calls
-//! one use case and converts the answer back. No decision is made here.
+//! one use case and converts the answer back. No decision is made here; a request that cannot
+//! even be converted (a body that is not the expected JSON, an unknown ability) is answered
+//! here and reported to the service, which records the refusal in the audit log.
 
 use std::io;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use bytes::{Bytes, BytesMut};
 use cleanroom_core::party::{Abilities, UserRole};
-use cleanroom_service::{CleanRoom, UploadInput};
-use futures_util::TryStreamExt;
+use cleanroom_service::{CleanRoom, Principal, ServiceError, UploadInput};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use utoipa::IntoParams;
@@ -25,9 +29,60 @@ pub struct ApiJson<T>(pub T);
 
 type R<T> = Result<T, ApiError>;
 
-fn abilities(list: &[String]) -> R<Abilities> {
-    Ok(Abilities::parse_list(list.iter().map(String::as_str))
-        .map_err(cleanroom_service::ServiceError::from)?)
+/// Answers a request refused here, before any use case, after reporting it to the service for
+/// the audit log. `rule` is what the log keeps: the broken rule, never the input.
+async fn rejected(
+    room: &CleanRoom,
+    p: &Principal,
+    action: &str,
+    collab: Option<&str>,
+    e: ApiError,
+    rule: &str,
+) -> ApiError {
+    room.record_rejection(p, action, collab, e.code, rule).await;
+    e
+}
+
+/// Like [`rejected`] for input that failed to parse into a domain value.
+async fn invalid(
+    room: &CleanRoom,
+    p: &Principal,
+    action: &str,
+    collab: Option<&str>,
+    e: ServiceError,
+) -> ApiError {
+    let rule = e.audit_text();
+    rejected(room, p, action, collab, ApiError::from(e), &rule).await
+}
+
+/// The JSON body, or its rejection (400 `invalid_input`), audited.
+async fn json_body<T>(
+    room: &CleanRoom,
+    p: &Principal,
+    action: &str,
+    collab: Option<&str>,
+    body: Result<ApiJson<T>, ApiError>,
+) -> R<T> {
+    match body {
+        Ok(ApiJson(v)) => Ok(v),
+        Err(e) => {
+            let rule = "the request body is not the expected JSON";
+            Err(rejected(room, p, action, collab, e, rule).await)
+        }
+    }
+}
+
+async fn abilities(
+    room: &CleanRoom,
+    p: &Principal,
+    action: &str,
+    collab: Option<&str>,
+    list: &[String],
+) -> R<Abilities> {
+    match Abilities::parse_list(list.iter().map(String::as_str)) {
+        Ok(a) => Ok(a),
+        Err(e) => Err(invalid(room, p, action, collab, e.into()).await),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/health", tag = "server",
@@ -40,7 +95,7 @@ pub async fn health() -> Json<Health> {
 }
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "parties", security(("bearer" = [])),
-    responses((status = 200, body = WhoAmI), (status = 401, body = Problem)))]
+    responses((status = 200, body = WhoAmI)))]
 pub async fn whoami(Authed(p): Authed) -> Json<WhoAmI> {
     Json(WhoAmI {
         user: p.user.name.to_string(),
@@ -54,7 +109,7 @@ pub async fn whoami(Authed(p): Authed) -> Json<WhoAmI> {
 }
 
 #[utoipa::path(get, path = "/v1/orgs", tag = "parties", security(("bearer" = [])),
-    responses((status = 200, body = [OrgOut]), (status = 401, body = Problem)))]
+    responses((status = 200, body = [OrgOut])))]
 pub async fn list_orgs(State(room): State<CleanRoom>, Authed(p): Authed) -> R<Json<Vec<OrgOut>>> {
     Ok(Json(
         room.list_orgs(&p).await?.iter().map(OrgOut::from).collect(),
@@ -63,12 +118,16 @@ pub async fn list_orgs(State(room): State<CleanRoom>, Authed(p): Authed) -> R<Js
 
 #[utoipa::path(post, path = "/v1/orgs", tag = "parties", security(("bearer" = [])),
     request_body = CreateOrgRequest,
-    responses((status = 201, body = CreatedOrg), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = CreatedOrg),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)")))]
 pub async fn create_org(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
-    ApiJson(req): ApiJson<CreateOrgRequest>,
+    body: Result<ApiJson<CreateOrgRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CreatedOrg>)> {
+    let req = json_body(&room, &p, "org.create", None, body).await?;
     let (org, admin, token) = room.create_org(&p, &req.name, &req.admin).await?;
     Ok((
         StatusCode::CREATED,
@@ -94,15 +153,20 @@ pub async fn list_users(State(room): State<CleanRoom>, Authed(p): Authed) -> R<J
 
 #[utoipa::path(post, path = "/v1/users", tag = "parties", security(("bearer" = [])),
     request_body = CreateUserRequest,
-    responses((status = 201, body = CreatedUser), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = CreatedUser),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)")))]
 pub async fn create_user(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
-    ApiJson(req): ApiJson<CreateUserRequest>,
+    body: Result<ApiJson<CreateUserRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CreatedUser>)> {
-    let role = match req.role.as_deref() {
+    let req = json_body(&room, &p, "user.create", None, body).await?;
+    let role = match req.role.as_deref().map(UserRole::parse) {
         None => UserRole::Member,
-        Some(r) => UserRole::parse(r).map_err(cleanroom_service::ServiceError::from)?,
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return Err(invalid(&room, &p, "user.create", None, e.into()).await),
     };
     let (user, token) = room.create_user(&p, &req.name, role).await?;
     Ok((
@@ -131,12 +195,14 @@ pub async fn list_tokens(
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "parties", security(("bearer" = [])),
     request_body = CreateTokenRequest,
-    responses((status = 201, body = CreatedToken)))]
+    responses((status = 201, body = CreatedToken),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)")))]
 pub async fn create_token(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
-    ApiJson(req): ApiJson<CreateTokenRequest>,
+    body: Result<ApiJson<CreateTokenRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CreatedToken>)> {
+    let req = json_body(&room, &p, "token.create", None, body).await?;
     let t = room.create_token(&p, &req.label).await?;
     Ok((
         StatusCode::CREATED,
@@ -149,7 +215,9 @@ pub async fn create_token(
 
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "parties", security(("bearer" = [])),
     params(("id" = String, Path, description = "token id")),
-    responses((status = 204), (status = 404, body = Problem)))]
+    responses((status = 204, description = "revoked"),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn revoke_token(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -176,15 +244,19 @@ pub async fn list_collaborations(
 
 #[utoipa::path(post, path = "/v1/collaborations", tag = "collaborations", security(("bearer" = [])),
     request_body = CreateCollaborationRequest,
-    responses((status = 201, body = CollaborationDetail), (status = 409, body = Problem)))]
+    responses((status = 201, body = CollaborationDetail),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)")))]
 pub async fn create_collaboration(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
-    ApiJson(req): ApiJson<CreateCollaborationRequest>,
+    body: Result<ApiJson<CreateCollaborationRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CollaborationDetail>)> {
+    let action = "collaboration.create";
+    let req = json_body(&room, &p, action, None, body).await?;
     let a = match &req.abilities {
         None => Abilities::all(),
-        Some(list) => abilities(list)?,
+        Some(list) => abilities(&room, &p, action, None, list).await?,
     };
     let c = room
         .create_collaboration(&p, &req.name, &req.description, a)
@@ -203,7 +275,8 @@ fn detail(v: &cleanroom_service::CollaborationView) -> CollaborationDetail {
 
 #[utoipa::path(get, path = "/v1/collaborations/{id}", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = CollaborationDetail), (status = 404, body = Problem)))]
+    responses((status = 200, body = CollaborationDetail),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn get_collaboration(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -215,21 +288,31 @@ pub async fn get_collaboration(
 #[utoipa::path(post, path = "/v1/collaborations/{id}/invitations", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
     request_body = InviteRequest,
-    responses((status = 201, body = MemberOut), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = MemberOut),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn invite(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<InviteRequest>,
+    body: Result<ApiJson<InviteRequest>, ApiError>,
 ) -> R<(StatusCode, Json<MemberOut>)> {
-    let a = abilities(&req.abilities)?;
+    let action = "collaboration.invite";
+    let req = json_body(&room, &p, action, Some(&id), body).await?;
+    let a = abilities(&room, &p, action, Some(&id), &req.abilities).await?;
     let m = room.invite(&p, &id, &req.org, a).await?;
     Ok((StatusCode::CREATED, Json(MemberOut::from(&m))))
 }
 
 #[utoipa::path(post, path = "/v1/collaborations/{id}/accept", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = CollaborationDetail), (status = 409, body = Problem)))]
+    responses((status = 200, body = CollaborationDetail),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn accept(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -241,7 +324,10 @@ pub async fn accept(
 
 #[utoipa::path(post, path = "/v1/collaborations/{id}/decline", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 204), (status = 409, body = Problem)))]
+    responses((status = 204, description = "declined"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn decline(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -253,7 +339,10 @@ pub async fn decline(
 
 #[utoipa::path(post, path = "/v1/collaborations/{id}/close", tag = "collaborations", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = Closed), (status = 403, body = Problem)))]
+    responses((status = 200, body = Closed),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn close(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -267,7 +356,9 @@ pub async fn close(
 
 #[utoipa::path(get, path = "/v1/collaborations/{id}/datasets", tag = "datasets", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = [DatasetOut]), (status = 404, body = Problem)))]
+    responses((status = 200, body = [DatasetOut]),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn list_datasets(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -285,21 +376,33 @@ pub async fn list_datasets(
 #[utoipa::path(post, path = "/v1/collaborations/{id}/datasets", tag = "datasets", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id")),
     request_body = CreateDatasetRequest,
-    responses((status = 201, body = DatasetOut), (status = 400, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = DatasetOut),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)")))]
 pub async fn create_dataset(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<CreateDatasetRequest>,
+    body: Result<ApiJson<CreateDatasetRequest>, ApiError>,
 ) -> R<(StatusCode, Json<DatasetOut>)> {
-    let schema = schema_from(&req.columns).map_err(cleanroom_service::ServiceError::from)?;
+    let action = "dataset.create";
+    let req = json_body(&room, &p, action, Some(&id), body).await?;
+    let schema = match schema_from(&req.columns) {
+        Ok(s) => s,
+        Err(e) => return Err(invalid(&room, &p, action, Some(&id), e.into()).await),
+    };
     let d = room.create_dataset(&p, &id, &req.name, schema).await?;
     Ok((StatusCode::CREATED, Json(DatasetOut::from(&d))))
 }
 
 #[utoipa::path(get, path = "/v1/collaborations/{id}/datasets/{name}", tag = "datasets", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id"), ("name" = String, Path, description = "dataset name")),
-    responses((status = 200, body = DatasetOut), (status = 404, body = Problem)))]
+    responses((status = 200, body = DatasetOut),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn get_dataset(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -319,8 +422,16 @@ pub const PARQUET: &str = "application/vnd.apache.parquet";
     params(("id" = String, Path, description = "collaboration id"), ("name" = String, Path, description = "dataset name")),
     request_body(content((String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"), (Vec<u8> = "application/vnd.apache.parquet")),
         description = "CSV with a header line (streamed), an Arrow IPC stream (streamed) or a Parquet file (read in memory, size-capped)"),
-    responses((status = 200, body = DatasetOut), (status = 409, body = Problem), (status = 413, body = Problem),
-        (status = 415, body = Problem), (status = 422, body = Problem, description = "the data does not match the schema; `line` and `column` say where")))]
+    responses((status = 200, body = DatasetOut),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)"),
+        (status = 409, body = Problem, description = "clashes with the current state (`conflict`)"),
+        (status = 410, body = Problem, description = "the collaboration is closed and its data destroyed (`collaboration_closed`)"),
+        (status = 413, body = Problem, description = "the body exceeds a size limit (`payload_too_large`)"),
+        (status = 415, body = Problem, description = "the Content-Type is not one of the accepted media types"),
+        (status = 422, body = Problem, description = "the data does not match the schema; `line` and `column` say where (`invalid_data`)"),
+        (status = 503, body = Problem, description = "all Parquet upload slots are busy, or storage is unavailable; retry later (`unavailable`)")))]
 pub async fn upload(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
@@ -339,55 +450,102 @@ pub async fn upload(
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
-    let limit = room.limits().max_upload_bytes;
+    let idle = room.limits().upload_idle_timeout;
     let input = match media.as_str() {
-        CSV | "application/csv" => UploadInput::Csv(Box::new(stream_reader(body, limit))),
-        ARROW_STREAM => UploadInput::ArrowStream(Box::new(stream_reader(body, limit))),
+        CSV | "application/csv" => UploadInput::Csv(Box::new(stream_reader(body, idle))),
+        ARROW_STREAM => UploadInput::ArrowStream(Box::new(stream_reader(body, idle))),
         PARQUET | "application/x-parquet" => {
+            // Read in memory whole: authorised (and given one of a few slots) before a byte of
+            // the body is read. The slot is held until the upload is done.
+            let _slot = room.reserve_parquet_upload(&p, &id, &name).await?;
             let cap = room.limits().max_parquet_bytes;
-            let bytes = axum::body::to_bytes(body, cap as usize).await.map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("Parquet uploads are read in memory and limited to {cap} bytes; send CSV or an Arrow stream (the CLI does this for you)"),
-                )
-            })?;
-            UploadInput::Parquet(bytes)
+            let bytes = match read_whole(body, cap, idle).await {
+                Ok(b) => b,
+                Err((e, rule)) => {
+                    return Err(rejected(&room, &p, "dataset.upload", Some(&id), e, rule).await);
+                }
+            };
+            let d = room
+                .upload(&p, &id, &name, UploadInput::Parquet(bytes))
+                .await?;
+            return Ok(Json(DatasetOut::from(&d)));
         }
         other => {
-            return Err(ApiError::new(
+            let e = ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!(
                     "Content-Type {other:?} is not accepted; send {CSV}, {ARROW_STREAM} or {PARQUET}"
                 ),
-            ));
+            );
+            let rule = "the Content-Type is not one of the accepted media types";
+            return Err(rejected(&room, &p, "dataset.upload", Some(&id), e, rule).await);
         }
     };
     let d = room.upload(&p, &id, &name, input).await?;
     Ok(Json(DatasetOut::from(&d)))
 }
 
-/// A blocking reader over the request body that fails once more than `limit` bytes arrive.
-fn stream_reader(body: Body, limit: u64) -> impl io::Read + Send + 'static {
-    let mut seen: u64 = 0;
-    let stream = body
-        .into_data_stream()
-        .map_err(io::Error::other)
-        .and_then(move |chunk| {
-            seen += chunk.len() as u64;
-            let over = seen > limit;
-            async move {
-                if over {
-                    Err(io::Error::other(format!(
-                        "the upload exceeds the server's limit of {limit} bytes"
-                    )))
-                } else {
-                    Ok(chunk)
-                }
-            }
-        });
-    SyncIoBridge::new(StreamReader::new(Box::pin(stream)))
+fn idle_error(idle: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "no data arrived for {} s; the upload was abandoned",
+            idle.as_secs()
+        ),
+    )
+}
+
+/// The request body as a stream of chunks that fails once no chunk arrives for `idle`.
+fn idle_limited(body: Body, idle: Duration) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
+    futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
+            Ok(Some(Err(e))) => Some((Err(io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(idle_error(idle)), None)),
+        }
+    })
+}
+
+/// A blocking reader over the request body, for the service's upload thread. Size limits are
+/// the service's to enforce; this only gives up on a body that stalls for `idle`.
+fn stream_reader(body: Body, idle: Duration) -> impl io::Read + Send + 'static {
+    SyncIoBridge::new(StreamReader::new(Box::pin(idle_limited(body, idle))))
+}
+
+/// Reads a whole (Parquet) body of at most `cap` bytes. On failure returns the answer and the
+/// rule to audit.
+async fn read_whole(
+    body: Body,
+    cap: u64,
+    idle: Duration,
+) -> Result<Bytes, (ApiError, &'static str)> {
+    let mut stream = Box::pin(idle_limited(body, idle));
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            let e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                format!("the upload could not be read to the end: {e}"),
+            );
+            (e, "the upload could not be read to the end")
+        })?;
+        if (buf.len() + chunk.len()) as u64 > cap {
+            let e = ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "Parquet uploads are read in memory and limited to {cap} bytes; send CSV or an Arrow stream (the CLI does this for you)"
+                ),
+            );
+            return Err((e, "the Parquet body exceeds the in-memory limit"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -402,14 +560,23 @@ pub struct AuditQuery {
 
 #[utoipa::path(get, path = "/v1/audit/{chain}", tag = "audit", security(("bearer" = [])),
     params(("chain" = String, Path, description = "a collaboration id, or `system`"), AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = AuditPage),
+        (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
+        (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
+        (status = 404, body = Problem, description = "no such thing, or not visible to you (`not_found`)")))]
 pub async fn audit(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
     Path(chain): Path<String>,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> R<Json<AuditPage>> {
-    let Query(q) = q?;
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => {
+            let rule = "the query string is malformed";
+            return Err(rejected(&room, &p, "audit.read", Some(&chain), r.into(), rule).await);
+        }
+    };
     let (entries, head) = room
         .audit_log(&p, &chain, q.after, q.limit.unwrap_or(1000))
         .await?;

@@ -70,6 +70,26 @@ impl ServiceError {
     }
 }
 
+impl ServiceError {
+    /// The message as the audit log keeps it: for invalid input only the rule that was broken,
+    /// since the rest may repeat what the caller sent (a pasted secret included):
+    /// `invalid organisation name: may contain only …` is kept as `invalid organisation name`.
+    pub fn audit_text(&self) -> String {
+        match self {
+            ServiceError::InvalidInput(m) => m
+                .split_once(": ")
+                .map_or(m.as_str(), |(rule, _)| rule)
+                .to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The detail of a refusal's audit entry: its code and [`ServiceError::audit_text`].
+    pub fn audit_detail(&self) -> String {
+        format!("{}: {}", self.code(), self.audit_text())
+    }
+}
+
 impl From<cleanroom_core::CoreError> for ServiceError {
     fn from(e: cleanroom_core::CoreError) -> Self {
         ServiceError::InvalidInput(e.to_string())

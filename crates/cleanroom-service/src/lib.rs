@@ -10,5 +10,8 @@ mod room;
 pub mod token;
 
 pub use error::ServiceError;
-pub use room::{CleanRoom, CollaborationView, Config, Limits, Principal, UploadInput};
+pub use room::{
+    CleanRoom, CollaborationView, Config, LOCK_FILE, Limits, MasterKeyHex, ParquetSlot, Principal,
+    UploadInput,
+};
 pub use token::IssuedToken;

@@ -1,7 +1,9 @@
 use std::collections::HashSet;
+use std::fmt;
 use std::io::Read;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome, SYSTEM_CHAIN};
 use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
@@ -12,8 +14,10 @@ use cleanroom_core::party::{
 };
 use cleanroom_core::schema::DatasetSchema;
 use cleanroom_meta::{MetaError, MetaStore, NewAudit, SqliteStore};
-use cleanroom_storage::ingest::{ingest_arrow_stream, ingest_csv, ingest_parquet};
+use cleanroom_storage::ingest::{ByteLimit, ingest_arrow_stream, ingest_csv, ingest_parquet};
 use cleanroom_storage::{DatasetStore, MasterKeySource, SecretKey, load_master_key};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use zeroize::Zeroizing;
 
 use crate::ServiceError;
 use crate::token::{IssuedToken, PresentedToken};
@@ -25,6 +29,12 @@ pub struct Limits {
     pub max_upload_bytes: u64,
     /// Largest Parquet upload, in bytes: Parquet must be held in memory to be read.
     pub max_parquet_bytes: u64,
+    /// Parquet uploads read into memory at the same time. One more is refused at once with
+    /// `unavailable` (503) and a message to retry: waiting would hold the connection and its
+    /// body, and CSV and Arrow streams never need a slot.
+    pub max_parquet_uploads: usize,
+    /// An upload whose body sends nothing for this long fails; the dataset returns to pending.
+    pub upload_idle_timeout: Duration,
     /// Longest description of a collaboration, in characters.
     pub max_description_chars: usize,
 }
@@ -34,8 +44,31 @@ impl Default for Limits {
         Limits {
             max_upload_bytes: 64 * 1024 * 1024 * 1024,
             max_parquet_bytes: 512 * 1024 * 1024,
+            max_parquet_uploads: 2,
+            upload_idle_timeout: Duration::from_secs(5 * 60),
             max_description_chars: 2000,
         }
+    }
+}
+
+/// The master key as 64 hex digits, as the environment gives it. `Debug` never shows it and its
+/// memory is wiped on drop.
+#[derive(Clone)]
+pub struct MasterKeyHex(Zeroizing<String>);
+
+impl MasterKeyHex {
+    pub fn new(hex: String) -> Self {
+        MasterKeyHex(Zeroizing::new(hex))
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterKeyHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKeyHex([redacted])")
     }
 }
 
@@ -43,8 +76,8 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
-    /// The master key in hex, when given by the environment rather than the key file.
-    pub master_key_hex: Option<String>,
+    /// The master key, when given by the environment rather than the key file.
+    pub master_key_hex: Option<MasterKeyHex>,
     /// Create the data directory and master key file when missing.
     pub create: bool,
     pub limits: Limits,
@@ -89,6 +122,12 @@ pub enum UploadInput {
     Parquet(bytes::Bytes),
 }
 
+/// Permission to hold one Parquet upload in memory; see [`CleanRoom::reserve_parquet_upload`].
+/// The slot is free again when this is dropped.
+pub struct ParquetSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
 impl UploadInput {
     fn format(&self) -> &'static str {
         match self {
@@ -117,9 +156,43 @@ pub struct CleanRoom {
     master: SecretKey,
     limits: Limits,
     master_key_source: MasterKeySource,
+    parquet_slots: Arc<Semaphore>,
+    /// `<data-dir>/.lock`, held exclusively while the room is open (released by `close`).
+    lock: Arc<Mutex<Option<std::fs::File>>>,
 }
 
 use cleanroom_meta::now;
+
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Takes `<data-dir>/.lock` exclusively, so a second process (a second `serve`, or an `init`
+/// whose start-up clean-up would delete a running server's unfinished uploads) cannot open the
+/// same data directory. The operating system releases the lock when the process ends.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServiceError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            ServiceError::Unavailable(format!("cannot open the lock file {}: {e}", path.display()))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServiceError::Conflict(format!(
+            "the data directory {} is in use by another cleanroom process (a server is running on \
+             it: {} is locked); stop that process first",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ServiceError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
 
 fn collab_purpose(id: CollaborationId) -> String {
     format!("collaboration:{id}")
@@ -159,9 +232,13 @@ impl CleanRoom {
                 dir.display()
             )));
         }
-        let (master, source) =
-            load_master_key(dir, config.master_key_hex.as_deref(), config.create)
-                .map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
+        let lock = lock_data_dir(dir)?;
+        let (master, source) = load_master_key(
+            dir,
+            config.master_key_hex.as_ref().map(MasterKeyHex::expose),
+            config.create,
+        )
+        .map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
         let sqlite = SqliteStore::open(dir).await?;
         let files = DatasetStore::open(dir)?;
         let room = CleanRoom {
@@ -169,8 +246,10 @@ impl CleanRoom {
             sqlite: Some(sqlite),
             files,
             master,
+            parquet_slots: Arc::new(Semaphore::new(config.limits.max_parquet_uploads)),
             limits: config.limits,
             master_key_source: source,
+            lock: Arc::new(Mutex::new(Some(lock))),
         };
         room.check_master_key().await?;
         room.recover().await?;
@@ -186,10 +265,13 @@ impl CleanRoom {
         &self.limits
     }
 
-    /// Flushes and closes the metadata store.
+    /// Flushes and closes the metadata store and releases the data directory's lock.
     pub async fn close(&self) {
         if let Some(s) = &self.sqlite {
             s.close().await;
+        }
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
         }
     }
 
@@ -212,6 +294,19 @@ impl CleanRoom {
     }
 
     async fn recover(&self) -> Result<(), ServiceError> {
+        // An upload under way when the server stopped never finished: record that it was
+        // discarded, in its collaboration's chain, as the dataset returns to pending.
+        for d in self.meta.uploading_datasets().await? {
+            let audit = Self::audit(
+                &d.collaboration_id.to_string(),
+                "server",
+                "dataset.upload",
+                d.name.as_str(),
+                Outcome::Failed,
+                "interrupted upload discarded at start-up",
+            );
+            self.meta.abort_upload(d.id, audit).await?;
+        }
         let committed: HashSet<(CollaborationId, DatasetId)> =
             self.meta.recover_uploads().await?.into_iter().collect();
         let tmp = self.files.remove_tmp_files()?;
@@ -255,12 +350,61 @@ impl CleanRoom {
         target: &str,
         err: ServiceError,
     ) -> ServiceError {
-        let detail = format!("{}: {}", err.code(), err);
+        let detail = err.audit_detail();
         let entry = Self::audit(chain, actor, action, target, err.audit_outcome(), detail);
         if let Err(e) = self.meta.append_audit(entry).await {
             tracing::error!(error = %e, "could not record a refusal in the audit log");
         }
         err
+    }
+
+    /// Passes a value through, or records the refusal of the input it came from.
+    async fn audited<T, E: Into<ServiceError>>(
+        &self,
+        r: Result<T, E>,
+        chain: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+    ) -> Result<T, ServiceError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.refuse(chain, actor, action, target, e.into()).await),
+        }
+    }
+
+    /// Records a request that the HTTP adapter refused before it reached a use case (a body
+    /// that is not the expected JSON, an unknown ability, a schema that does not parse, an
+    /// unsupported media type, a body over a size limit) with the `code` it answered and the
+    /// `rule` that was broken: no input values. The refusal goes to the collaboration's chain
+    /// when `collab` names one the caller is an active member of, to the `system` chain
+    /// otherwise.
+    pub async fn record_rejection(
+        &self,
+        p: &Principal,
+        action: &str,
+        collab: Option<&str>,
+        code: &str,
+        rule: &str,
+    ) {
+        let mut chain = SYSTEM_CHAIN.to_owned();
+        if let Some(id) = collab.and_then(|c| CollaborationId::parse(c).ok())
+            && let Ok(Some(m)) = self.meta.get_membership(id, p.org.id).await
+            && m.status == MemberStatus::Active
+        {
+            chain = id.to_string();
+        }
+        let entry = Self::audit(
+            &chain,
+            &p.actor(),
+            action,
+            "-",
+            Outcome::Denied,
+            format!("{code}: {rule}"),
+        );
+        if let Err(e) = self.meta.append_audit(entry).await {
+            tracing::error!(error = %e, "could not record a refusal in the audit log");
+        }
     }
 
     // ------------------------------------------------------------------ authentication
@@ -336,9 +480,10 @@ impl CleanRoom {
     /// without the token's secret.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, ServiceError> {
         let Some(bearer) = bearer else {
-            return Err(ServiceError::Unauthenticated(
+            let e = ServiceError::Unauthenticated(
                 "send an API token in the Authorization header: `Bearer crt_…`".into(),
-            ));
+            );
+            return Err(self.refuse(SYSTEM_CHAIN, "anonymous", "auth", "-", e).await);
         };
         let presented = match PresentedToken::parse(bearer) {
             Ok(p) => p,
@@ -386,14 +531,26 @@ impl CleanRoom {
                 .refuse(SYSTEM_CHAIN, &p.actor(), "org.create", name, e)
                 .await);
         }
+        let actor = p.actor();
+        let org_name = self
+            .audited(
+                OrgName::parse(name),
+                SYSTEM_CHAIN,
+                &actor,
+                "org.create",
+                "-",
+            )
+            .await?;
         let org = Organisation {
             id: OrgId::new(),
-            name: OrgName::parse(name)?,
+            name: org_name,
             is_operator: false,
             created_at: now(),
         };
-        let (user, issued, token) =
-            self.new_user(org.id, admin_name, UserRole::Admin, "initial admin token")?;
+        let admin = self.new_user(org.id, admin_name, UserRole::Admin, "initial admin token");
+        let (user, issued, token) = self
+            .audited(admin, SYSTEM_CHAIN, &actor, "org.create", org.name.as_str())
+            .await?;
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &p.actor(),
@@ -425,7 +582,10 @@ impl CleanRoom {
                 .refuse(SYSTEM_CHAIN, &p.actor(), "user.create", name, e)
                 .await);
         }
-        let (user, issued, token) = self.new_user(p.org.id, name, role, "initial token")?;
+        let new = self.new_user(p.org.id, name, role, "initial token");
+        let (user, issued, token) = self
+            .audited(new, SYSTEM_CHAIN, &p.actor(), "user.create", "-")
+            .await?;
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &p.actor(),
@@ -448,7 +608,15 @@ impl CleanRoom {
         p: &Principal,
         label: &str,
     ) -> Result<IssuedToken, ServiceError> {
-        let (issued, token) = Self::new_token(p.user.id, label)?;
+        let (issued, token) = self
+            .audited(
+                Self::new_token(p.user.id, label),
+                SYSTEM_CHAIN,
+                &p.actor(),
+                "token.create",
+                "-",
+            )
+            .await?;
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &p.actor(),
@@ -472,7 +640,15 @@ impl CleanRoom {
 
     /// Revokes a token of the caller's (or, for an admin, of its organisation's users).
     pub async fn revoke_token(&self, p: &Principal, id: &str) -> Result<(), ServiceError> {
-        let id = TokenId::parse(id)?;
+        let id = self
+            .audited(
+                TokenId::parse(id),
+                SYSTEM_CHAIN,
+                &p.actor(),
+                "token.revoke",
+                "-",
+            )
+            .await?;
         let mine = self
             .meta
             .list_tokens(p.org.id)
@@ -510,12 +686,32 @@ impl CleanRoom {
         description: &str,
         abilities: Abilities,
     ) -> Result<Collaboration, ServiceError> {
-        let name = CollaborationName::parse(name)?;
-        let description = self.check_description(description)?;
+        let actor = p.actor();
+        let action = "collaboration.create";
+        let name = self
+            .audited(
+                CollaborationName::parse(name),
+                SYSTEM_CHAIN,
+                &actor,
+                action,
+                "-",
+            )
+            .await?;
+        let description = self
+            .audited(
+                self.check_description(description),
+                SYSTEM_CHAIN,
+                &actor,
+                action,
+                name.as_str(),
+            )
+            .await?;
         if abilities.is_empty() {
-            return Err(ServiceError::InvalidInput(
-                "give your organisation at least one ability".into(),
-            ));
+            let e =
+                ServiceError::InvalidInput("give your organisation at least one ability".into());
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &actor, action, name.as_str(), e)
+                .await);
         }
         let c = Collaboration {
             id: CollaborationId::new(),
@@ -591,7 +787,10 @@ impl CleanRoom {
         action: &str,
     ) -> Result<(Collaboration, Membership), ServiceError> {
         let Ok(id) = CollaborationId::parse(collab) else {
-            return Err(not_found_collab());
+            // The same answer as for an id that names nothing (the entry omits the input).
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &p.actor(), action, "-", not_found_collab())
+                .await);
         };
         let found = match self.meta.get_collaboration(id).await? {
             Some(c) => self
@@ -698,7 +897,15 @@ impl CleanRoom {
                 .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
                 .await);
         }
-        let name = OrgName::parse(org_name)?;
+        let name = self
+            .audited(
+                OrgName::parse(org_name),
+                &chain,
+                &p.actor(),
+                "collaboration.invite",
+                "-",
+            )
+            .await?;
         let Some(org) = self.meta.find_org(&name).await? else {
             let e = ServiceError::NotFound(format!("no organisation named {name}"));
             return Err(self
@@ -706,9 +913,10 @@ impl CleanRoom {
                 .await);
         };
         if abilities.is_empty() {
-            return Err(ServiceError::InvalidInput(
-                "name at least one ability".into(),
-            ));
+            let e = ServiceError::InvalidInput("name at least one ability".into());
+            return Err(self
+                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .await);
         }
         let m = Membership {
             collaboration_id: c.id,
@@ -846,7 +1054,15 @@ impl CleanRoom {
                 true,
             )
             .await?;
-        let name = DatasetName::parse(name)?;
+        let name = self
+            .audited(
+                DatasetName::parse(name),
+                &c.id.to_string(),
+                &p.actor(),
+                "dataset.create",
+                "-",
+            )
+            .await?;
         let d = Dataset {
             id: DatasetId::new(),
             collaboration_id: c.id,
@@ -908,16 +1124,14 @@ impl CleanRoom {
         Ok(ck.unwrap_key(&wrapped, &dataset_purpose(d))?)
     }
 
-    /// Validates, encrypts and stores the data of a declared dataset. Only its owner may upload,
-    /// once; a concurrent second upload is refused. A failed upload leaves no file and returns
-    /// the dataset to pending.
-    pub async fn upload(
+    /// Who may upload into which dataset: an active member with the contribute ability, in an
+    /// open collaboration, into a declared dataset its organisation owns. Refusals are audited.
+    async fn upload_target(
         &self,
         p: &Principal,
         collab: &str,
         name: &str,
-        input: UploadInput,
-    ) -> Result<Dataset, ServiceError> {
+    ) -> Result<(Collaboration, Dataset), ServiceError> {
         let (c, _) = self
             .active_member(
                 p,
@@ -928,16 +1142,92 @@ impl CleanRoom {
                 true,
             )
             .await?;
-        let chain = c.id.to_string();
         let d = self.find_dataset(&c, p, name, "dataset.upload").await?;
         if d.owner_org_id != p.org.id {
             let e = ServiceError::Forbidden(
                 "only the organisation that owns a dataset may upload its data".into(),
             );
             return Err(self
-                .refuse(&chain, &p.actor(), "dataset.upload", name, e)
+                .refuse(&c.id.to_string(), &p.actor(), "dataset.upload", name, e)
                 .await);
         }
+        Ok((c, d))
+    }
+
+    /// Checks, without reading any data, that `p` may upload into dataset `name` now: the same
+    /// checks as [`CleanRoom::upload`] (membership, acceptance, open collaboration, contribute
+    /// ability, a declared dataset the caller owns) and that the dataset has no data and no
+    /// upload under way. Refusals are audited. `upload` checks again: this is a pre-flight.
+    pub async fn check_upload(
+        &self,
+        p: &Principal,
+        collab: &str,
+        name: &str,
+    ) -> Result<(), ServiceError> {
+        let (c, d) = self.upload_target(p, collab, name).await?;
+        let busy = match d.status {
+            DatasetStatus::Pending => return Ok(()),
+            DatasetStatus::Uploading => {
+                "another upload to this dataset is in progress; wait for it to finish".to_owned()
+            }
+            DatasetStatus::Ready => {
+                "this dataset has data already; datasets are immutable, create a new one".to_owned()
+            }
+            other => format!("the dataset is {other}"),
+        };
+        Err(self
+            .refuse(
+                &c.id.to_string(),
+                &p.actor(),
+                "dataset.upload",
+                name,
+                ServiceError::Conflict(busy),
+            )
+            .await)
+    }
+
+    /// For a Parquet upload, which must be read into memory whole: checks the upload as
+    /// [`CleanRoom::check_upload`] does *before* the body is read, then takes one of
+    /// [`Limits::max_parquet_uploads`] slots, or refuses with `unavailable` when all are taken.
+    /// Hold the slot until [`CleanRoom::upload`] returns.
+    pub async fn reserve_parquet_upload(
+        &self,
+        p: &Principal,
+        collab: &str,
+        name: &str,
+    ) -> Result<ParquetSlot, ServiceError> {
+        self.check_upload(p, collab, name).await?;
+        match self.parquet_slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(ParquetSlot { _permit: permit }),
+            Err(_) => {
+                let e = ServiceError::Unavailable(format!(
+                    "{} Parquet uploads are being read into memory already; retry in a minute, or \
+                     send CSV or an Arrow IPC stream, which are streamed (the CLI converts Parquet \
+                     for you)",
+                    self.limits.max_parquet_uploads
+                ));
+                let chain = CollaborationId::parse(collab)
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|_| SYSTEM_CHAIN.to_owned());
+                Err(self
+                    .refuse(&chain, &p.actor(), "dataset.upload", name, e)
+                    .await)
+            }
+        }
+    }
+
+    /// Validates, encrypts and stores the data of a declared dataset. Only its owner may upload,
+    /// once; a concurrent second upload is refused. A failed upload leaves no file and returns
+    /// the dataset to pending.
+    pub async fn upload(
+        &self,
+        p: &Principal,
+        collab: &str,
+        name: &str,
+        input: UploadInput,
+    ) -> Result<Dataset, ServiceError> {
+        let (c, d) = self.upload_target(p, collab, name).await?;
+        let chain = c.id.to_string();
         if let Err(e) = self.meta.begin_upload(d.id).await {
             return Err(self
                 .refuse(&chain, &p.actor(), "dataset.upload", name, e.into())
@@ -965,7 +1255,7 @@ impl CleanRoom {
                 self.find_dataset(&c, p, name, "dataset.upload").await
             }
             Err(err) => {
-                let detail = format!("{}: {}", err.code(), err);
+                let detail = err.audit_detail();
                 let audit = Self::audit(
                     &chain,
                     &p.actor(),
@@ -993,12 +1283,20 @@ impl CleanRoom {
         let schema = d.schema.clone();
         let (cid, did) = (c.id, d.id);
         let max_parquet = self.limits.max_parquet_bytes;
+        let max_upload = self.limits.max_upload_bytes;
         tokio::task::spawn_blocking(move || -> Result<(u64, u64), ServiceError> {
             let mut writer = files.begin_write(did, &schema, &key)?;
             let mut progress = |_rows: u64| {};
             let rows = match input {
-                UploadInput::Csv(r) => ingest_csv(r, &schema, &mut writer, &mut progress)?,
-                UploadInput::ArrowStream(r) => ingest_arrow_stream(r, &schema, &mut writer, &mut progress)?,
+                UploadInput::Csv(r) => {
+                    ingest_csv(ByteLimit::new(r, max_upload), &schema, &mut writer, &mut progress)?
+                }
+                UploadInput::ArrowStream(r) => ingest_arrow_stream(
+                    ByteLimit::new(r, max_upload),
+                    &schema,
+                    &mut writer,
+                    &mut progress,
+                )?,
                 UploadInput::Parquet(b) => {
                     if b.len() as u64 > max_parquet {
                         return Err(ServiceError::TooLarge(format!(
@@ -1023,7 +1321,15 @@ impl CleanRoom {
         name: &str,
         action: &str,
     ) -> Result<Dataset, ServiceError> {
-        let parsed = DatasetName::parse(name)?;
+        let parsed = self
+            .audited(
+                DatasetName::parse(name),
+                &c.id.to_string(),
+                &p.actor(),
+                action,
+                "-",
+            )
+            .await?;
         let found = self
             .meta
             .find_dataset(c.id, &parsed)

@@ -11,7 +11,7 @@
 //! Error messages never include the offending value: they go back to the uploader, but the
 //! same text is also audited and logged.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -70,8 +70,290 @@ impl BatchSink for Vec<RecordBatch> {
 /// Calls `progress(rows_so_far)` after each batch.
 pub type Progress<'a> = &'a mut dyn FnMut(u64);
 
-fn io_to_storage(e: std::io::Error) -> StorageError {
-    StorageError::UploadStream(e.to_string())
+/// Longest CSV record (one row, all its fields and separators) accepted, in bytes. Checked on
+/// the raw bytes *before* the CSV reader buffers the record, so a missing closing quote cannot
+/// make the server hold the rest of the file in memory. Far above any real row; fields are
+/// held to the much smaller [`MAX_FIELD_BYTES`] once the record is parsed.
+pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+/// Largest flatbuffer metadata of one Arrow IPC message. A schema or a batch header of a few
+/// dozen columns takes a few KiB.
+pub const MAX_IPC_METADATA_BYTES: usize = 1024 * 1024;
+/// Largest body of one Arrow IPC message (one record batch or dictionary), in bytes. The reader
+/// allocates a message's body whole, so this bounds the memory one Arrow upload can claim. The
+/// CLI sends batches of 64 k rows: 256 MiB leaves 4 KiB per row at that size, far more than the
+/// identifiers, dimensions and metrics a clean room holds.
+pub const MAX_IPC_BODY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Carries a [`StorageError`] through an `io::Error` (the only error a `Read` may return), so the
+/// refusal of a guard below reaches the caller unchanged. See [`io_to_storage`].
+fn refuse_io(e: StorageError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Turns a read error into a storage error: a refusal carried by [`refuse_io`] comes out as it
+/// went in; anything else means the upload could not be read.
+fn io_to_storage(e: io::Error) -> StorageError {
+    if !e.get_ref().is_some_and(|inner| inner.is::<StorageError>()) {
+        return StorageError::UploadStream(e.to_string());
+    }
+    match e.into_inner().map(|inner| inner.downcast::<StorageError>()) {
+        Some(Ok(refusal)) => *refusal,
+        _ => StorageError::Internal("an upload refusal was lost on its way out".into()),
+    }
+}
+
+/// A reader that fails with [`StorageError::TooLarge`] once more than `limit` bytes have come
+/// through: the size limit of an upload, enforced while it streams.
+pub struct ByteLimit<R> {
+    inner: R,
+    seen: u64,
+    limit: u64,
+}
+
+impl<R: Read> ByteLimit<R> {
+    pub fn new(inner: R, limit: u64) -> Self {
+        ByteLimit {
+            inner,
+            seen: 0,
+            limit,
+        }
+    }
+}
+
+impl<R: Read> Read for ByteLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen += n as u64;
+        if self.seen > self.limit {
+            return Err(refuse_io(StorageError::TooLarge(format!(
+                "the upload exceeds the server's limit of {} bytes",
+                self.limit
+            ))));
+        }
+        Ok(n)
+    }
+}
+
+/// Where a CSV byte stream is, in RFC 4180 terms (the dialect the `csv` crate reads by default:
+/// a quote opens a quoted field only at the start of a field, `""` inside one is a quote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CsvState {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted field: it closes the field, or a second quote follows.
+    QuoteInQuoted,
+}
+
+/// Sits before the CSV reader and refuses a record longer than `cap` bytes while it streams,
+/// naming the line where the record began. The CSV reader keeps a whole record in memory, so
+/// without this a missing closing quote would make it buffer the rest of the file.
+struct RecordLengthGuard<R> {
+    inner: R,
+    state: CsvState,
+    /// 1-based physical line of the next byte.
+    line: u64,
+    record_line: u64,
+    record_len: usize,
+    cap: usize,
+}
+
+impl<R: Read> RecordLengthGuard<R> {
+    fn new(inner: R, cap: usize) -> Self {
+        RecordLengthGuard {
+            inner,
+            state: CsvState::FieldStart,
+            line: 1,
+            record_line: 1,
+            record_len: 0,
+            cap,
+        }
+    }
+}
+
+impl<R: Read> Read for RecordLengthGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use CsvState::*;
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.line += 1;
+            }
+            self.record_len += 1;
+            self.state = match (self.state, b) {
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, _) => Quoted,
+                (FieldStart | QuoteInQuoted, b'"') => Quoted,
+                (_, b',') => FieldStart,
+                (_, b'\n' | b'\r') => {
+                    self.record_len = 0;
+                    self.record_line = self.line;
+                    FieldStart
+                }
+                _ => Unquoted,
+            };
+            if self.record_len > self.cap {
+                return Err(refuse_io(StorageError::invalid(
+                    Some(self.record_line),
+                    None,
+                    format!(
+                        "a record is longer than {} MiB — is a closing quote missing?",
+                        self.cap / (1024 * 1024)
+                    ),
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Sits before the Arrow IPC stream reader, which allocates whatever metadata and body length a
+/// message header claims. Parses the stream's framing (an optional continuation marker
+/// `0xFFFFFFFF`, an int32 metadata length, the flatbuffer `Message` with its `bodyLength`, then
+/// the body) and refuses oversized messages before anything is allocated for them; bytes pass
+/// through unchanged otherwise. Malformed metadata is left to the reader to report.
+struct IpcFrameGuard<R> {
+    inner: R,
+    /// Header bytes already read and checked, not yet handed on.
+    pending: Vec<u8>,
+    pos: usize,
+    /// Body bytes of the current message still to hand on.
+    body_left: u64,
+    /// After the end-of-stream marker or a premature end: hand on whatever comes.
+    passthrough: bool,
+}
+
+impl<R: Read> IpcFrameGuard<R> {
+    fn new(inner: R) -> Self {
+        IpcFrameGuard {
+            inner,
+            pending: Vec::new(),
+            pos: 0,
+            body_left: 0,
+            passthrough: false,
+        }
+    }
+
+    /// Reads into `pending[from..]` until it is full or the input ends; returns where the read
+    /// bytes end.
+    fn fill(&mut self, from: usize) -> io::Result<usize> {
+        let mut got = from;
+        while got < self.pending.len() {
+            match self.inner.read(&mut self.pending[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Reads the next message's framing and metadata into `pending` and checks them.
+    fn next_header(&mut self) -> io::Result<()> {
+        self.pos = 0;
+        self.pending.clear();
+        self.pending.resize(4, 0);
+        let got = self.fill(0)?;
+        if got < 4 {
+            // The input ends here (cleanly or not): let the reader see it.
+            self.pending.truncate(got);
+            self.passthrough = true;
+            return Ok(());
+        }
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&self.pending[..4]);
+        if len == [0xFF; 4] {
+            self.pending.resize(8, 0);
+            let got = self.fill(4)?;
+            if got < 8 {
+                self.pending.truncate(got);
+                self.passthrough = true;
+                return Ok(());
+            }
+            len.copy_from_slice(&self.pending[4..8]);
+        }
+        let len = i32::from_le_bytes(len);
+        if len == 0 {
+            self.passthrough = true; // end-of-stream marker
+            return Ok(());
+        }
+        let Ok(len) = usize::try_from(len) else {
+            return Err(refuse_io(StorageError::invalid(
+                None,
+                None,
+                "the Arrow IPC stream is malformed (a negative metadata length)",
+            )));
+        };
+        if len > MAX_IPC_METADATA_BYTES {
+            return Err(refuse_io(StorageError::invalid(
+                None,
+                None,
+                format!(
+                    "an Arrow IPC message declares {len} bytes of metadata; the limit is {MAX_IPC_METADATA_BYTES}"
+                ),
+            )));
+        }
+        let start = self.pending.len();
+        self.pending.resize(start + len, 0);
+        let got = self.fill(start)?;
+        if got < start + len {
+            self.pending.truncate(got);
+            self.passthrough = true;
+            return Ok(());
+        }
+        let Ok(message) = arrow::ipc::root_as_message(&self.pending[start..]) else {
+            return Err(refuse_io(StorageError::invalid(
+                None,
+                None,
+                "the Arrow IPC stream is malformed (unreadable message metadata)",
+            )));
+        };
+        let Ok(body) = u64::try_from(message.bodyLength()) else {
+            return Err(refuse_io(StorageError::invalid(
+                None,
+                None,
+                "the Arrow IPC stream is malformed (a negative body length)",
+            )));
+        };
+        if body > MAX_IPC_BODY_BYTES {
+            return Err(refuse_io(StorageError::TooLarge(format!(
+                "an Arrow IPC message of {body} bytes exceeds the limit of {} MiB per message; \
+                 send smaller record batches (the CLI sends 64 k rows at a time)",
+                MAX_IPC_BODY_BYTES / (1024 * 1024)
+            ))));
+        }
+        self.body_left = body;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for IpcFrameGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pos < self.pending.len() {
+                let n = buf.len().min(self.pending.len() - self.pos);
+                buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.body_left > 0 {
+                let max = buf
+                    .len()
+                    .min(usize::try_from(self.body_left).unwrap_or(usize::MAX));
+                let n = self.inner.read(&mut buf[..max])?;
+                self.body_left -= n as u64;
+                return Ok(n);
+            }
+            if self.passthrough {
+                return self.inner.read(buf);
+            }
+            self.next_header()?;
+        }
+    }
 }
 
 enum ColumnBuilder {
@@ -174,7 +456,7 @@ pub fn ingest_csv<R: Read>(
         .has_headers(false)
         .flexible(true)
         .buffer_capacity(256 * 1024)
-        .from_reader(input);
+        .from_reader(RecordLengthGuard::new(input, MAX_RECORD_BYTES));
 
     // Header line.
     let mut header = csv::ByteRecord::new();
@@ -510,7 +792,7 @@ pub fn ingest_arrow_stream<R: Read>(
     sink: &mut dyn BatchSink,
     progress: Progress<'_>,
 ) -> Result<u64, StorageError> {
-    let reader = arrow::ipc::reader::StreamReader::try_new(input, None)
+    let reader = arrow::ipc::reader::StreamReader::try_new(IpcFrameGuard::new(input), None)
         .map_err(|e| upload_arrow_error(e, "the body is not an Arrow IPC stream"))?;
     ingest_batches(
         reader.map(|b| b.map_err(|e| upload_arrow_error(e, "the Arrow IPC stream is malformed"))),
@@ -527,7 +809,7 @@ fn upload_arrow_error(e: arrow::error::ArrowError, what: &str) -> StorageError {
         {
             StorageError::invalid(None, None, format!("{what} (it ends too early)"))
         }
-        arrow::error::ArrowError::IoError(msg, _) => StorageError::UploadStream(msg),
+        arrow::error::ArrowError::IoError(_, io) => io_to_storage(io),
         _ => StorageError::invalid(None, None, what),
     }
 }
@@ -723,6 +1005,220 @@ mod tests {
         let e = ingest_arrow_stream(&b"garbage"[..], &schema, &mut Vec::new(), &mut |_| {})
             .unwrap_err();
         assert!(e.is_caller_fault(), "{e}");
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        read: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_unterminated_quote_is_refused_before_the_record_is_buffered() {
+        let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let mut start = HEADER.as_bytes().to_vec();
+        start.extend_from_slice(b"p1,a,1,2026-01-01,1,true\np2,\"");
+        let input = Counting {
+            inner: (&start[..]).chain(io::repeat(b'x').take(50 * 1024 * 1024)),
+            read: read.clone(),
+        };
+        let e = ingest_csv(input, &schema(), &mut Vec::new(), &mut |_| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 3: a record is longer than 16 MiB — is a closing quote missing?"
+        );
+        assert!(matches!(e, StorageError::InvalidData { line: Some(3), .. }));
+        // The reader stopped within one buffer (256 KiB) of the cap, not at the end of the input.
+        let limit = (start.len() + MAX_RECORD_BYTES + 512 * 1024) as u64;
+        assert!(read.get() <= limit, "read {} bytes", read.get());
+    }
+
+    #[test]
+    fn long_records_with_quotes_and_newlines_are_counted_per_record() {
+        // Quoted newlines and doubled quotes belong to their record; quotes inside an unquoted
+        // field are data. Many records summing far above the cap are fine.
+        let mut csv = HEADER.to_string();
+        let row = "p1,\"a \"\"b\"\"\nc\",1,2026-01-01,1,true\np2,5\" screen,2,2026-01-02,1,no\r\n";
+        while csv.len() < 2 * 1024 * 1024 {
+            csv.push_str(row);
+        }
+        let mut guarded = RecordLengthGuard::new(csv.as_bytes(), 1024);
+        let mut sink = Vec::new();
+        guarded.read_to_end(&mut sink).unwrap();
+        assert_eq!(sink, csv.as_bytes());
+        // The same quote rules find the record where a quote is left open.
+        let mut bad = HEADER.to_string();
+        bad.push_str(row);
+        bad.push_str("p3,\"open,1\n");
+        bad.push_str(&"more,rows,1\n".repeat(200));
+        let mut guarded = RecordLengthGuard::new(bad.as_bytes(), 1024);
+        let e = io_to_storage(guarded.read_to_end(&mut Vec::new()).unwrap_err());
+        assert!(
+            e.to_string().starts_with("line 5: a record is longer than"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn byte_limit_refuses_as_too_large() {
+        let mut input = ByteLimit::new(&[0u8; 100][..], 99);
+        let e = io_to_storage(input.read_to_end(&mut Vec::new()).unwrap_err());
+        assert!(matches!(e, StorageError::TooLarge(_)), "{e}");
+        let csv = format!("{HEADER}p1,a,1,2026-01-01,1,true\n");
+        let e = ingest_csv(
+            ByteLimit::new(csv.as_bytes(), 10),
+            &schema(),
+            &mut Vec::new(),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(e, StorageError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("limit of 10 bytes"), "{e}");
+    }
+
+    fn two_column_schema() -> DatasetSchema {
+        DatasetSchema::new(vec![
+            ColumnSpec::parse_compact("pid:string:privacy_unit").unwrap(),
+            ColumnSpec::parse_compact("n:int64:metric").unwrap(),
+        ])
+        .unwrap()
+    }
+
+    /// An Arrow IPC stream of one batch: the schema message, the batch message, end of stream.
+    /// Returns the stream and the offset of the batch message.
+    fn ipc_stream() -> (Vec<u8>, usize) {
+        let src = Arc::new(Schema::new(vec![
+            Field::new("pid", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            src.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "bb", "ccc"])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        let mut schema_only = Vec::new();
+        arrow::ipc::writer::StreamWriter::try_new(&mut schema_only, &src).unwrap();
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &src).unwrap();
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+        }
+        assert_eq!(buf[..schema_only.len()], schema_only[..]);
+        (buf, schema_only.len())
+    }
+
+    fn ingest_ipc(bytes: &[u8]) -> Result<u64, StorageError> {
+        ingest_arrow_stream(bytes, &two_column_schema(), &mut Vec::new(), &mut |_| {})
+    }
+
+    #[test]
+    fn arrow_stream_claiming_a_huge_body_is_refused_without_allocating_it() {
+        let (good, at) = ipc_stream();
+        assert_eq!(ingest_ipc(&good).unwrap(), 3);
+        // Patch the batch message's bodyLength (an i64 in its flatbuffer) to 2^50.
+        let meta_len = i32::from_le_bytes(good[at + 4..at + 8].try_into().unwrap()) as usize;
+        let meta = &good[at + 8..at + 8 + meta_len];
+        let body = arrow::ipc::root_as_message(meta).unwrap().bodyLength();
+        let needle = body.to_le_bytes();
+        let hits: Vec<usize> = (0..meta.len() - 8)
+            .filter(|&i| meta[i..i + 8] == needle)
+            .collect();
+        let mut evil = good[..at + 8 + meta_len].to_vec();
+        let mut patched = false;
+        for i in hits {
+            let mut candidate = evil.clone();
+            candidate[at + 8 + i..at + 16 + i].copy_from_slice(&(1i64 << 50).to_le_bytes());
+            let m = arrow::ipc::root_as_message(&candidate[at + 8..]).unwrap();
+            if m.bodyLength() == 1 << 50 {
+                evil = candidate;
+                patched = true;
+                break;
+            }
+        }
+        assert!(patched, "could not find bodyLength in the message");
+        evil.extend_from_slice(&[0u8; 16]);
+        assert!(evil.len() < 1024, "{} bytes", evil.len());
+        let e = ingest_ipc(&evil).unwrap_err();
+        assert!(matches!(e, StorageError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("1125899906842624 bytes"), "{e}");
+    }
+
+    #[test]
+    fn arrow_stream_claiming_huge_or_negative_metadata_is_refused() {
+        let (good, at) = ipc_stream();
+        for prefix in [
+            // continuation marker, then 2 GiB - 1 of metadata
+            [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F].to_vec(),
+            // the legacy framing: no marker
+            [0x00, 0x00, 0x20, 0x00].to_vec(),
+            // negative
+            [0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x80].to_vec(),
+        ] {
+            // As the first message and after a good schema message.
+            for head in [&[][..], &good[..at]] {
+                let mut evil = head.to_vec();
+                evil.extend_from_slice(&prefix);
+                evil.extend_from_slice(&[0u8; 64]);
+                let e = ingest_ipc(&evil).unwrap_err();
+                assert!(
+                    matches!(e, StorageError::InvalidData { .. }),
+                    "{prefix:?}: {e}"
+                );
+                assert!(e.is_caller_fault());
+            }
+        }
+        let mut evil = good[..at].to_vec();
+        evil.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x20, 0x00]);
+        let e = ingest_ipc(&evil).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("declares 2097152 bytes of metadata; the limit is 1048576"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn truncated_arrow_streams_are_refused_and_good_ones_pass_through_unchanged() {
+        let (good, at) = ipc_stream();
+        let mut through = Vec::new();
+        IpcFrameGuard::new(&good[..])
+            .read_to_end(&mut through)
+            .unwrap();
+        assert_eq!(through, good);
+        for cut in [at + 3, at + 6, at + 20, good.len() - 12] {
+            let e = ingest_ipc(&good[..cut]).unwrap_err();
+            assert!(e.is_caller_fault(), "cut at {cut}: {e}");
+        }
+        // Two batches, read with tiny reads, still arrive whole.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let rows = ingest_arrow_stream(
+            Trickle(&good),
+            &two_column_schema(),
+            &mut Vec::new(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(rows, 3);
     }
 
     proptest! {

@@ -76,7 +76,10 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.kill();
-    let _ = upload.await;
+    // The killed server's connection is gone: the upload fails (bounded, never a hang).
+    let _ = tokio::time::timeout(PROCESS_TIMEOUT, upload)
+        .await
+        .expect("the upload did not end after the server was killed");
 
     // What the crash left: an unfinished file of ciphertext only, and no dataset file.
     let left = files(&data);
@@ -111,6 +114,20 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
         &["--json", "dataset", "show", &id, "crm"],
     ));
     assert_eq!(v["status"], "pending");
+    // ... and the collaboration's audit chain says what happened to it.
+    let log = json(&cli(&url, &brand, &["--json", "audit", "list", &id]));
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == "server"
+                && e["action"] == "dataset.upload"
+                && e["target"] == "crm"
+                && e["outcome"] == "failed"
+                && e["detail"] == "interrupted upload discarded at start-up"),
+        "{log:#}"
+    );
     assert!(
         json(&cli(&url, &publisher, &["--json", "dataset", "list", &id]))
             .as_array()

@@ -18,11 +18,7 @@ fn init_serve_and_the_whole_client_flow() {
         assert_eq!(mode & 0o777, 0o600, "master key must be owner-only");
     }
     // A second init refuses, leaving the first operator intact.
-    let again = Command::new(BIN)
-        .args(["init", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let again = run(Command::new(BIN).args(["init", "--data-dir"]).arg(&data));
     assert!(failed(&again).contains("initialised already"));
 
     let mut server = ServeProcess::start(&data);
@@ -157,14 +153,10 @@ fn errors_go_to_stderr_with_a_nonzero_exit() {
         err.starts_with("error: ") && err.contains("[unauthenticated]"),
         "{err}"
     );
-    let err = failed(
-        &Command::new(BIN)
-            .args(["whoami"])
-            .env_remove("CLEANROOM_TOKEN")
-            .env("CLEANROOM_SERVER", &url)
-            .output()
-            .unwrap(),
-    );
+    let err = failed(&run(Command::new(BIN)
+        .args(["whoami"])
+        .env_remove("CLEANROOM_TOKEN")
+        .env("CLEANROOM_SERVER", &url)));
     assert!(err.contains("no API token"), "{err}");
     let err = failed(&cli("http://127.0.0.1:1", &op, &["whoami"]));
     assert!(err.contains("cannot reach the server"), "{err}");
@@ -239,10 +231,7 @@ fn parquet_files_upload_through_the_cli() {
 
 #[test]
 fn the_demo_runs_end_to_end() {
-    let out = Command::new(BIN)
-        .args(["demo", "--people", "3000"])
-        .output()
-        .unwrap();
+    let out = run(Command::new(BIN).args(["demo", "--people", "3000"]));
     let text = ok(&out);
     for needle in [
         "== 1. Server",
@@ -259,4 +248,144 @@ fn the_demo_runs_end_to_end() {
             "demo output lacks {needle:?}:\n{text}"
         );
     }
+}
+
+#[test]
+fn rerunning_a_failed_upload_reuses_the_pending_declaration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let server = ServeProcess::start(&data);
+    let url = server.url.clone();
+    let (brand, publisher, id) = two_parties(&url, &op);
+    let file = tmp.path().join("crm.csv");
+    let path = file.to_str().unwrap().to_owned();
+    let upload = |name: &'static str, columns: &[&'static str]| {
+        let mut args = vec!["dataset", "upload", &id, name, "--file", &path, "--quiet"];
+        args.extend(columns);
+        args.iter().map(|a| a.to_string()).collect::<Vec<String>>()
+    };
+    let run_as = |token: &str, args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&url, token, &args)
+    };
+    // A validation failure leaves the declared dataset pending ...
+    std::fs::write(&file, "pid,email_hmac,city,n\np1,h1,a,1\np2,h2,b,two\n").unwrap();
+    let err = failed(&run_as(&brand, &upload("crm", &COLUMNS)));
+    assert!(err.contains("line 3, column 4 (n)"), "{err}");
+    // ... and the same command, once the file is fixed, uploads into it.
+    write_csv(&file, 40);
+    let out = ok(&run_as(&brand, &upload("crm", &COLUMNS)));
+    assert!(out.contains("Uploaded crm: 40 rows"), "{out}");
+    // Once it has data, a re-run says so.
+    let err = failed(&run_as(&brand, &upload("crm", &COLUMNS)));
+    assert!(err.contains("dataset crm has data already"), "{err}");
+    // A pending dataset declared with another schema: said clearly, nothing uploaded.
+    std::fs::write(&file, "pid,email_hmac,city,n\np1,h1,a,x\n").unwrap();
+    failed(&run_as(&brand, &upload("aud", &COLUMNS)));
+    write_csv(&file, 5);
+    let other = ["-c", "pid:string:privacy_unit", "-c", "n:int64:metric"];
+    let err = failed(&run_as(&brand, &upload("aud", &other)));
+    assert!(
+        err.contains("dataset aud was declared already with a different schema")
+            && err.contains("pid:string:privacy_unit, email_hmac:string:identifier"),
+        "{err}"
+    );
+    let v = json(&cli(
+        &url,
+        &brand,
+        &["--json", "dataset", "show", &id, "aud"],
+    ));
+    assert_eq!(v["status"], "pending");
+    // Another organisation's dataset of that name is not reused: a plain conflict.
+    let err = failed(&run_as(&publisher, &upload("crm", &COLUMNS)));
+    assert!(
+        err.contains("exists already") && err.contains("[conflict]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json_output_and_arguments_that_cannot_change_the_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let server = ServeProcess::start(&data);
+    let url = server.url.clone();
+    let (brand, publisher, id) = two_parties(&url, &op);
+
+    // --json for the commands that print no table.
+    let t = json(&cli(&url, &brand, &["--json", "token", "create"]));
+    let tid = t["id"].as_str().unwrap();
+    let v = json(&cli(&url, &brand, &["--json", "token", "revoke", tid]));
+    assert_eq!(v, serde_json::json!({ "revoked": tid }));
+    let c = json(&cli(
+        &url,
+        &brand,
+        &["--json", "collab", "create", "autumn"],
+    ));
+    let other = c["collaboration"]["id"].as_str().unwrap();
+    ok(&cli(
+        &url,
+        &brand,
+        &[
+            "collab",
+            "invite",
+            other,
+            "publisher",
+            "--abilities",
+            "receive",
+        ],
+    ));
+    let v = json(&cli(
+        &url,
+        &publisher,
+        &["--json", "collab", "decline", other],
+    ));
+    assert_eq!(v, serde_json::json!({ "declined": other }));
+
+    // Path segments are escaped: the server sees the whole argument, and refuses it as a name,
+    // rather than a shorter name (`?`, `#`) or another route (`/`).
+    for name in ["crm?x=1", "crm#x", "a/b", "%2e%2e"] {
+        let err = failed(&cli(&url, &brand, &["dataset", "show", &id, name]));
+        assert!(err.contains("[invalid_input]"), "{name}: {err}");
+    }
+    for name in ["..", "."] {
+        let err = failed(&cli(&url, &brand, &["dataset", "show", &id, name]));
+        assert!(err.contains("is not a valid id or name"), "{name}: {err}");
+    }
+    let err = failed(&cli(
+        &url,
+        &brand,
+        &["collab", "show", &format!("{id}/datasets")],
+    ));
+    assert!(err.contains("[not_found]"), "{err}");
+    let err = failed(&cli(&url, &brand, &["token", "revoke", "../orgs"]));
+    assert!(err.contains("[invalid_input]"), "{err}");
+}
+
+#[test]
+fn init_and_a_second_server_refuse_a_data_directory_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let mut server = ServeProcess::start(&data);
+    // An upload of the running server, still in progress.
+    let in_flight = data.join("tmp").join("in-flight.parquet.tmp");
+    std::fs::write(&in_flight, b"ciphertext").unwrap();
+    let err = failed(&run(Command::new(BIN)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .env_remove("CLEANROOM_MASTER_KEY")));
+    assert!(err.contains("in use by another cleanroom process"), "{err}");
+    let err = ServeProcess::try_start(&data)
+        .err()
+        .expect("a second server on the same directory must not start");
+    assert!(err.contains("in use by another cleanroom process"), "{err}");
+    assert!(
+        in_flight.exists(),
+        "the running server's upload was deleted"
+    );
+    ok(&cli(&server.url, &op, &["whoami"]));
+    // Once the server has stopped, the directory is free (and the leftover is cleaned up).
+    server.stop();
+    let _again = ServeProcess::start(&data);
+    assert!(!in_flight.exists());
 }

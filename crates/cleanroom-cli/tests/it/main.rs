@@ -5,11 +5,60 @@ mod audit;
 mod crash;
 mod flow;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cleanroom");
+
+/// How long a process started by a test may take; past it the test fails instead of hanging.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Waits at most `timeout` for `child` to exit; returns `None` (after killing it) if it does not.
+fn wait_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                return None;
+            }
+        }
+    }
+}
+
+/// Like [`wait_for`] but fails the test when the process does not exit in time.
+pub fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    wait_for(child, timeout).unwrap_or_else(|| panic!("{what} did not exit within {timeout:?}"))
+}
+
+/// Runs a command to completion, collecting its output, failing the test if it hangs.
+pub fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting cleanroom");
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let status = wait_bounded(&mut child, PROCESS_TIMEOUT, "cleanroom");
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
 
 /// A `cleanroom serve` process on 127.0.0.1 with its own data directory.
 pub struct ServeProcess {
@@ -19,6 +68,11 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(data_dir: &Path) -> Self {
+        Self::try_start(data_dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `serve`; returns what it printed if it exits before listening.
+    pub fn try_start(data_dir: &Path) -> Result<Self, String> {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -28,35 +82,63 @@ impl ServeProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting cleanroom serve");
+        // A thread reads stderr to its end, so the server never blocks on a full pipe, and
+        // hands the lines over until the listening address has been seen.
         let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("serve exited before listening")
-                .unwrap();
-            if let Some(rest) = line.strip_prefix("cleanroom listening on ") {
-                break rest.split_whitespace().next().unwrap().to_owned();
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
             }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ServeProcess { child, url }
+        });
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        let mut printed = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => match line.strip_prefix("cleanroom listening on ") {
+                    Some(rest) => {
+                        let url = rest.split_whitespace().next().unwrap().to_owned();
+                        return Ok(ServeProcess { child, url });
+                    }
+                    None => printed.push(line),
+                },
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = wait_for(&mut child, Duration::ZERO);
+                    panic!("serve did not listen within {PROCESS_TIMEOUT:?}: {printed:?}");
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    wait_bounded(&mut child, PROCESS_TIMEOUT, "cleanroom serve");
+                    return Err(printed.join("\n"));
+                }
+            }
+        }
     }
 
+    /// SIGKILL: the server gets no chance to clean up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        wait_bounded(
+            &mut self.child,
+            PROCESS_TIMEOUT,
+            "cleanroom serve after SIGKILL",
+        );
     }
 
+    /// SIGTERM: the server shuts down gracefully and exits successfully.
     pub fn stop(&mut self) {
         #[cfg(unix)]
         {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
-            let _ = self.child.wait();
+            use rustix::process::{Pid, Signal, kill_process};
+            kill_process(Pid::from_child(&self.child), Signal::TERM)
+                .expect("sending SIGTERM to cleanroom serve");
+            let status = wait_bounded(
+                &mut self.child,
+                PROCESS_TIMEOUT,
+                "cleanroom serve after SIGTERM",
+            );
+            assert!(status.success(), "serve exited with {status} after SIGTERM");
         }
         #[cfg(not(unix))]
         self.kill();
@@ -65,19 +147,19 @@ impl ServeProcess {
 
 impl Drop for ServeProcess {
     fn drop(&mut self) {
-        self.kill();
+        // No panic here: this may run while a failed test unwinds.
+        let _ = self.child.kill();
+        let _ = wait_for(&mut self.child, PROCESS_TIMEOUT);
     }
 }
 
 /// Runs the binary with a server URL and token.
 pub fn cli(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
+    run(Command::new(BIN)
         .args(args)
         .env("CLEANROOM_SERVER", url)
         .env("CLEANROOM_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running cleanroom")
+        .stdin(Stdio::null()))
 }
 
 pub fn ok(out: &Output) -> String {
@@ -106,12 +188,10 @@ pub fn json(out: &Output) -> serde_json::Value {
 /// `cleanroom init` in a fresh directory; returns the data dir and the operator token.
 pub fn init(tmp: &Path) -> (PathBuf, String) {
     let data = tmp.join("data");
-    let out = Command::new(BIN)
+    let out = run(Command::new(BIN)
         .args(["init", "--json", "--data-dir"])
         .arg(&data)
-        .env_remove("CLEANROOM_MASTER_KEY")
-        .output()
-        .unwrap();
+        .env_remove("CLEANROOM_MASTER_KEY"));
     let v = json(&out);
     (data, v["token"].as_str().unwrap().to_owned())
 }

@@ -1,6 +1,8 @@
 //! The real server on 127.0.0.1 with a fresh data directory per test.
 
 mod api;
+mod denials;
+mod refusals;
 mod uploads;
 
 use cleanroom_server::wire::*;
@@ -52,10 +54,21 @@ impl Server {
     }
 
     /// Stops the server and starts a new one on the same data directory.
-    pub async fn restart(mut self) -> Self {
+    pub async fn restart(self) -> Self {
+        self.restart_after(|_| async {}).await
+    }
+
+    /// Stops the server, runs `meanwhile` on the stopped data directory (to stage what a crash
+    /// leaves, say), and starts a new one on it.
+    pub async fn restart_after<F, Fut>(mut self, meanwhile: F) -> Self
+    where
+        F: FnOnce(std::path::PathBuf) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
         self.room.close().await;
+        meanwhile(self.dir.path().join("data")).await;
         let room = CleanRoom::open(Config::new(self.dir.path().join("data")))
             .await
             .unwrap();
@@ -192,6 +205,43 @@ impl Server {
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
+}
+
+/// Entries of an audit chain after `after`, read over HTTP with `token`.
+pub async fn audit_after(s: &Server, token: &str, chain: &str, after: u64) -> Vec<Value> {
+    let v = s
+        .ok(
+            Method::GET,
+            &format!("/v1/audit/{chain}?after={after}&limit=10000"),
+            token,
+            None,
+        )
+        .await;
+    v["entries"].as_array().unwrap().clone()
+}
+
+/// The sequence number of a chain's last entry (0 when empty).
+pub async fn head(s: &Server, token: &str, chain: &str) -> u64 {
+    let v = s
+        .ok(
+            Method::GET,
+            &format!("/v1/audit/{chain}?after=0&limit=1"),
+            token,
+            None,
+        )
+        .await;
+    v["head"]["seq"].as_u64().unwrap_or(0)
+}
+
+/// Whether `entries` hold a refusal of `action` recorded with `code` and outcome `outcome`.
+pub fn refused(entries: &[Value], action: &str, code: &str, outcome: &str) -> bool {
+    entries.iter().any(|e| {
+        e["action"] == action
+            && e["outcome"] == outcome
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&format!("{code}: ")))
+    })
 }
 
 pub fn columns() -> Value {

@@ -1,6 +1,8 @@
 //! Uploads over HTTP: formats, precise errors, limits, races, restarts, crypto-shredding.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use arrow::array::{Int32Array, RecordBatch, StringArray};
@@ -8,6 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
 use cleanroom_service::Limits;
 use reqwest::{Method, StatusCode};
+use tower::ServiceExt;
 
 use crate::{Server, csv};
 
@@ -126,13 +129,32 @@ async fn names_media_types_and_sizes_are_checked() {
             Some("unsupported_media_type")
         )
     );
+    // Over the size limit: 413 for every format, as for Parquet below.
     let (st, v) = s.upload(&brand, &id, "crm", "text/csv", csv(500)).await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")),
+        "{v}"
+    );
     assert!(
         v["detail"]
             .as_str()
             .unwrap()
             .contains("exceeds the server's limit of 4096 bytes"),
+        "{v}"
+    );
+    let (st, v) = s
+        .upload(
+            &brand,
+            &id,
+            "crm",
+            "application/vnd.apache.arrow.stream",
+            arrow_stream(&batch()),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")),
         "{v}"
     );
     let (st, v) = s
@@ -179,6 +201,250 @@ fn batch() -> RecordBatch {
         ],
     )
     .unwrap()
+}
+
+fn arrow_stream(b: &RecordBatch) -> Vec<u8> {
+    let mut ipc = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &b.schema()).unwrap();
+    w.write(b).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    ipc
+}
+
+fn parquet_file(b: &RecordBatch) -> Vec<u8> {
+    let mut pq = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut pq, b.schema(), None).unwrap();
+    w.write(b).unwrap();
+    w.close().unwrap();
+    pq
+}
+
+/// A request body that notes when the server first reads it, then fails (`fail`) or never
+/// yields anything (a client that stalls).
+fn tripwire(fail: bool) -> (axum::body::Body, Arc<AtomicBool>) {
+    let read = Arc::new(AtomicBool::new(false));
+    let seen = read.clone();
+    let stream = futures_util::stream::poll_fn(move |_| {
+        seen.store(true, Ordering::SeqCst);
+        if fail {
+            Poll::Ready(Some(Err::<Bytes, _>(std::io::Error::other(
+                "the body was read",
+            ))))
+        } else {
+            Poll::Pending
+        }
+    });
+    (axum::body::Body::from_stream(stream), read)
+}
+
+/// An upload request for the in-process router.
+fn put_data(
+    token: &str,
+    collab: &str,
+    name: &str,
+    media: &str,
+    body: axum::body::Body,
+) -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::builder()
+        .method("PUT")
+        .uri(format!("/v1/collaborations/{collab}/datasets/{name}/data"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", media)
+        .body(body)
+        .unwrap()
+}
+
+async fn answer(resp: axum::response::Response) -> (StatusCode, serde_json::Value) {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+const PARQUET: &str = "application/vnd.apache.parquet";
+
+/// A Parquet body is read in memory whole, so the upload is authorised before a byte of it is
+/// read: a refused upload never touches its body.
+#[tokio::test]
+async fn parquet_uploads_are_authorised_before_the_body_is_read() {
+    let s = Server::start().await;
+    let (brand, publisher, id) = setup(&s).await;
+    let outsider = s.org("outsider").await;
+    s.declare(&brand, &id, "crm").await;
+    let app = cleanroom_server::app(s.room.clone());
+    for (who, token, status) in [
+        ("an outsider", &outsider, StatusCode::NOT_FOUND),
+        (
+            "a member that does not own the dataset",
+            &publisher,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "a bad token",
+            &"crt_nonsense".to_owned(),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let (body, read) = tripwire(true);
+        let resp = app
+            .clone()
+            .oneshot(put_data(token, &id, "crm", PARQUET, body))
+            .await
+            .unwrap();
+        let (st, v) = answer(resp).await;
+        assert_eq!(st, status, "{who}: {v}");
+        assert!(!read.load(Ordering::SeqCst), "{who}: the body was read");
+    }
+    // Uploaded already: refused as a conflict, again without reading.
+    let (st, _) = s
+        .upload(&brand, &id, "crm", PARQUET, parquet_file(&batch()))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (body, read) = tripwire(true);
+    let resp = app
+        .clone()
+        .oneshot(put_data(&brand, &id, "crm", PARQUET, body))
+        .await
+        .unwrap();
+    let (st, v) = answer(resp).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    assert!(!read.load(Ordering::SeqCst));
+    // The owner's upload does read it (so the tripwire works), and fails with it.
+    s.declare(&brand, &id, "next").await;
+    let (body, read) = tripwire(true);
+    let resp = app
+        .clone()
+        .oneshot(put_data(&brand, &id, "next", PARQUET, body))
+        .await
+        .unwrap();
+    let (st, v) = answer(resp).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(read.load(Ordering::SeqCst));
+}
+
+/// At most `max_parquet_uploads` Parquet bodies are held in memory; one more is refused at once
+/// with 503 and audited, and the slot is free again when an upload ends.
+#[tokio::test]
+async fn parquet_uploads_beyond_the_slots_are_refused_with_503() {
+    let s = Server::start_with(Limits {
+        max_parquet_uploads: 1,
+        ..Limits::default()
+    })
+    .await;
+    let (brand, _, id) = setup(&s).await;
+    s.declare(&brand, &id, "slow").await;
+    s.declare(&brand, &id, "crm").await;
+    let app = cleanroom_server::app(s.room.clone());
+    // A client that starts a Parquet upload and stalls: it holds the only slot.
+    let (body, read) = tripwire(false);
+    let stalled = tokio::spawn(
+        app.clone()
+            .oneshot(put_data(&brand, &id, "slow", PARQUET, body)),
+    );
+    let start = std::time::Instant::now();
+    while !read.load(Ordering::SeqCst) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the stalled upload never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pq = parquet_file(&batch());
+    let (st, v) = s.upload(&brand, &id, "crm", PARQUET, pq.clone()).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{v}"
+    );
+    assert!(v["detail"].as_str().unwrap().contains("retry"), "{v}");
+    let log = crate::audit_after(&s, &brand, &id, 0).await;
+    assert!(
+        crate::refused(&log, "dataset.upload", "unavailable", "failed"),
+        "{log:#?}"
+    );
+    // CSV and Arrow streams need no slot.
+    s.declare(&brand, &id, "streamed").await;
+    let (st, v) = s
+        .upload(
+            &brand,
+            &id,
+            "streamed",
+            "application/vnd.apache.arrow.stream",
+            arrow_stream(&batch()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // The stalled client goes away: its slot is free again.
+    stalled.abort();
+    assert!(stalled.await.unwrap_err().is_cancelled());
+    let (st, v) = s.upload(&brand, &id, "crm", PARQUET, pq).await;
+    assert_eq!(
+        (st, v["row_count"].as_u64()),
+        (StatusCode::OK, Some(1000)),
+        "{v}"
+    );
+}
+
+/// A body that stops sending fails after the idle timeout; the dataset returns to pending.
+#[tokio::test]
+async fn an_upload_that_stalls_fails_after_the_idle_timeout() {
+    let s = Server::start_with(Limits {
+        upload_idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    let (brand, _, id) = setup(&s).await;
+    let app = cleanroom_server::app(s.room.clone());
+    for (name, media) in [("crm", "text/csv"), ("pq", PARQUET)] {
+        s.declare(&brand, &id, name).await;
+        let first = Bytes::from(csv(100));
+        let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(first)])
+            .chain(futures_util::stream::pending());
+        let req = put_data(
+            &brand,
+            &id,
+            name,
+            media,
+            axum::body::Body::from_stream(stream),
+        );
+        let resp = tokio::time::timeout(Duration::from_secs(60), app.clone().oneshot(req))
+            .await
+            .expect("the stalled upload was never given up")
+            .unwrap();
+        let (st, v) = answer(resp).await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_input")),
+            "{v}"
+        );
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("no data arrived for 1 s"),
+            "{v}"
+        );
+        let d = s
+            .ok(
+                Method::GET,
+                &format!("/v1/collaborations/{id}/datasets/{name}"),
+                &brand,
+                None,
+            )
+            .await;
+        assert_eq!(d["status"], "pending");
+    }
+    assert_eq!(
+        std::fs::read_dir(s.dir.path().join("data/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]

@@ -43,7 +43,8 @@ async fn unknown_malformed_and_revoked_tokens_are_refused_and_audited() {
         .iter()
         .filter(|e| e.action == "auth" && e.outcome == Outcome::Denied)
         .count();
-    assert_eq!(denied_auth, 4, "{sys:#?}");
+    // Four bad tokens and the request without one.
+    assert_eq!(denied_auth, 5, "{sys:#?}");
     assert!(
         sys.iter().all(|e| !e.detail.contains(&t.expose()[40..])),
         "secret leaked into the audit log"
@@ -302,4 +303,138 @@ async fn members_act_only_within_their_abilities_and_refusals_are_audited() {
     let analyst = f.room.authenticate(Some(t.expose())).await.unwrap();
     let e = f.room.close_collaboration(&analyst, &id).await.unwrap_err();
     assert!(matches!(e, ServiceError::Forbidden(_)), "{e}");
+}
+
+/// The operator receives each new organisation's first admin token. The organisation's admin
+/// replaces it: a new token of its own, then the initial one revoked (docs/security.md).
+#[tokio::test]
+async fn an_admin_replaces_the_initial_token_it_was_given() {
+    let f = Fixture::new().await;
+    let (_, _, initial) = f
+        .room
+        .create_org(&f.operator, "agency", "admin")
+        .await
+        .unwrap();
+    let admin = f.room.authenticate(Some(initial.expose())).await.unwrap();
+    let own = f.room.create_token(&admin, "maya's laptop").await.unwrap();
+    let admin = f.room.authenticate(Some(own.expose())).await.unwrap();
+    let tokens = f.room.list_tokens(&admin).await.unwrap();
+    let (first, _) = tokens
+        .iter()
+        .find(|(t, _)| t.label == "initial admin token")
+        .expect("the initial token is listed");
+    assert_eq!(first.id, initial.id);
+    f.room
+        .revoke_token(&admin, &initial.id.to_string())
+        .await
+        .unwrap();
+    // The copy the operator saw is dead; the organisation's own token works.
+    let e = f
+        .room
+        .authenticate(Some(initial.expose()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "this token has been revoked");
+    let me = f.room.authenticate(Some(own.expose())).await.unwrap();
+    assert_eq!(me.org.name.as_str(), "agency");
+    let sys = f.chain(&f.operator, SYSTEM_CHAIN).await;
+    assert!(sys.iter().any(|e| e.action == "token.revoke"
+        && e.target == initial.id.to_string()
+        && e.outcome == Outcome::Allowed));
+}
+
+/// Input that fails validation in a use case is refused and audited; the entry keeps the rule
+/// that was broken, not the value (which could be a pasted secret).
+#[tokio::test]
+async fn invalid_input_is_audited_without_the_value() {
+    let f = Fixture::new().await;
+    let id = f.collab(&[Ability::Contribute], true).await;
+    let secret = "crt_NOT-A-NAME";
+    assert!(f.room.create_org(&f.operator, secret, "x").await.is_err());
+    assert!(
+        f.room
+            .create_user(&f.brand, secret, UserRole::Member)
+            .await
+            .is_err()
+    );
+    assert!(f.room.revoke_token(&f.brand, secret).await.is_err());
+    assert!(
+        f.room
+            .create_collaboration(&f.brand, secret, "", Abilities::all())
+            .await
+            .is_err()
+    );
+    assert!(f.room.get_collaboration(&f.brand, secret).await.is_err());
+    assert!(
+        f.room
+            .create_dataset(&f.brand, &id, secret, schema())
+            .await
+            .is_err()
+    );
+    assert!(f.room.get_dataset(&f.brand, &id, secret).await.is_err());
+    assert!(
+        f.room
+            .invite(&f.brand, &id, secret, Abilities::all())
+            .await
+            .is_err()
+    );
+    let sys = f.chain(&f.operator, SYSTEM_CHAIN).await;
+    let own = f.chain(&f.brand, &id).await;
+    let denied = |log: &[cleanroom_core::audit::AuditEntry], action: &str, detail: &str| {
+        log.iter()
+            .any(|e| e.action == action && e.outcome == Outcome::Denied && e.detail == detail)
+    };
+    assert!(
+        denied(
+            &sys,
+            "org.create",
+            "invalid_input: invalid organisation name"
+        ),
+        "{sys:#?}"
+    );
+    assert!(
+        denied(&sys, "user.create", "invalid_input: invalid user name"),
+        "{sys:#?}"
+    );
+    assert!(
+        denied(&sys, "token.revoke", "invalid_input: invalid token id"),
+        "{sys:#?}"
+    );
+    assert!(
+        denied(
+            &sys,
+            "collaboration.create",
+            "invalid_input: invalid collaboration name"
+        ),
+        "{sys:#?}"
+    );
+    assert!(sys.iter().any(|e| e.action == "collaboration.show"
+        && e.outcome == Outcome::Denied
+        && e.detail.starts_with("not_found: ")));
+    assert!(
+        denied(
+            &own,
+            "dataset.create",
+            "invalid_input: invalid dataset name"
+        ),
+        "{own:#?}"
+    );
+    assert!(
+        denied(&own, "dataset.show", "invalid_input: invalid dataset name"),
+        "{own:#?}"
+    );
+    assert!(
+        denied(
+            &own,
+            "collaboration.invite",
+            "invalid_input: invalid organisation name"
+        ),
+        "{own:#?}"
+    );
+    for e in sys.iter().chain(&own) {
+        assert!(
+            !e.detail.contains("NOT-A-NAME") && !e.target.contains("NOT-A-NAME"),
+            "{e:#?}"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cleanroom_core::audit::{Outcome, verify_chain};
 use cleanroom_core::party::Ability;
-use cleanroom_service::{CleanRoom, Config, ServiceError, UploadInput};
+use cleanroom_service::{CleanRoom, Config, MasterKeyHex, ServiceError, UploadInput};
 
 use crate::{Fixture, csv, csv_input, schema};
 
@@ -350,7 +350,11 @@ async fn a_wrong_master_key_is_refused_at_start() {
     let f = Fixture::new().await;
     f.room.close().await;
     let mut cfg = Config::new(f.dir.path().join("data"));
-    cfg.master_key_hex = Some("00".repeat(32));
+    cfg.master_key_hex = Some(MasterKeyHex::new("0f".repeat(32)));
+    // The key never shows in a debug print of the configuration.
+    let printed = format!("{cfg:?}");
+    assert!(!printed.contains("0f0f0f"), "{printed}");
+    assert!(printed.contains("[redacted]"), "{printed}");
     let e = CleanRoom::open(cfg)
         .await
         .err()
@@ -360,4 +364,27 @@ async fn a_wrong_master_key_is_refused_at_start() {
     CleanRoom::open(Config::new(f.dir.path().join("data")))
         .await
         .unwrap();
+}
+
+/// One open clean room per data directory: a second process (a second server, or an `init`
+/// whose start-up clean-up would delete the first one's unfinished uploads) is refused until
+/// the first closes.
+#[tokio::test]
+async fn a_data_directory_is_locked_while_open() {
+    let f = Fixture::new().await;
+    let data = f.dir.path().join("data");
+    std::fs::write(data.join("tmp").join("in-flight.tmp"), b"ciphertext").unwrap();
+    let e = CleanRoom::open(Config::new(&data))
+        .await
+        .err()
+        .expect("a second open must be refused");
+    assert!(matches!(e, ServiceError::Conflict(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("in use by another cleanroom process"),
+        "{e}"
+    );
+    assert!(data.join("tmp").join("in-flight.tmp").exists());
+    f.room.close().await;
+    CleanRoom::open(Config::new(&data)).await.unwrap();
 }
