@@ -70,6 +70,11 @@ id_type!(
     DatasetId,
     "dataset id"
 );
+id_type!(
+    /// An analysis (a SQL query or a template run) and its release.
+    AnalysisId,
+    "analysis id"
+);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,9 @@ pub enum MetaError {
     /// A uniqueness rule or a state precondition was violated (caller's fault).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A privacy ledger cannot pay for an analysis (caller's fault; the owner may grant more).
+    #[error("budget: {0}")]
+    BudgetExhausted(String),
     /// The thing asked for does not exist (caller's fault).
     #[error("not found: {0}")]
     NotFound(String),

@@ -5,9 +5,13 @@
 //! folder, and touches neither the domain nor the service. Only this crate knows SQL.
 
 pub mod error;
+mod policy_json;
 pub mod sqlite;
 mod store;
 
 pub use error::MetaError;
 pub use sqlite::{SqliteStore, now};
-pub use store::{Authenticated, MetaStore, NewAudit};
+pub use store::{
+    AnalysisRow, ApprovalRow, Authenticated, Charge, Grant, LedgerRow, MetaStore, NewAudit,
+    StoredPolicy,
+};

@@ -24,7 +24,10 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use crate::MetaError;
-use crate::store::{Authenticated, MetaStore, NewAudit};
+use crate::store::{
+    AnalysisRow, ApprovalRow, Authenticated, Charge, Grant, LedgerRow, MetaStore, NewAudit,
+    StoredPolicy,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -709,9 +712,18 @@ impl MetaStore for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let results = sqlx::query(
+            "UPDATE analyses SET result = NULL WHERE collaboration_id = ? AND result IS NOT NULL",
+        )
+        .bind(collab.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let mut audit = audit;
         if audit.detail.is_empty() {
-            audit.detail = format!("destroyed the collaboration key and {shredded} dataset key(s)");
+            audit.detail = format!(
+                "destroyed the collaboration key and {shredded} dataset key(s); deleted {results} stored result(s)"
+            );
         }
         Self::append_in(&mut tx, audit).await?;
         tx.commit().await?;
@@ -885,6 +897,383 @@ impl MetaStore for SqliteStore {
             .collect()
     }
 
+    async fn set_policy(
+        &self,
+        dataset: DatasetId,
+        draft: &cleanroom_core::policy::PolicyDraft,
+        set_by: &str,
+        audit: NewAudit,
+    ) -> Result<u32, MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM analysis_policies WHERE dataset_id = ?")
+                .bind(dataset.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+        let version = last.unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO analysis_policies (dataset_id, version, policy, set_by, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(dataset.to_string())
+        .bind(version)
+        .bind(crate::policy_json::encode(draft))
+        .bind(set_by)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        let mut audit = audit;
+        audit.detail = format!("version {version}; {}", audit.detail);
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(version as u32)
+    }
+
+    async fn get_policy(&self, dataset: DatasetId) -> Result<Option<StoredPolicy>, MetaError> {
+        let row = sqlx::query(
+            "SELECT version, policy, set_by, created_at FROM analysis_policies
+             WHERE dataset_id = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(dataset.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(StoredPolicy {
+                version: r.try_get::<i64, _>("version")? as u32,
+                draft: crate::policy_json::decode(&r.try_get::<String, _>("policy")?)?,
+                set_by: r.try_get("set_by")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn grant_budget(
+        &self,
+        collab: CollaborationId,
+        org: OrgId,
+        grant: Grant,
+        audit: NewAudit,
+    ) -> Result<LedgerRow, MetaError> {
+        let units = |v: u64| -> Result<i64, MetaError> {
+            i64::try_from(v).map_err(|_| MetaError::Conflict("amount too large".into()))
+        };
+        let mut tx = self.writer.begin().await?;
+        let existing = sqlx::query(
+            "SELECT epsilon_total, delta_total FROM privacy_ledgers
+             WHERE collaboration_id = ? AND org_id = ?",
+        )
+        .bind(collab.to_string())
+        .bind(org.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing {
+            None => {
+                let (Some(ecap), Some(dcap)) = (grant.epsilon_per_query, grant.delta_per_query)
+                else {
+                    return Err(MetaError::Conflict(
+                        "the first grant must set the per-query caps".into(),
+                    ));
+                };
+                sqlx::query(
+                    "INSERT INTO privacy_ledgers (collaboration_id, org_id, epsilon_total, delta_total,
+                         epsilon_per_query, delta_per_query, epsilon_spent, delta_spent, updated_at)
+                     VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?)",
+                )
+                .bind(collab.to_string())
+                .bind(org.to_string())
+                .bind(units(grant.add_epsilon)?)
+                .bind(units(grant.add_delta)?)
+                .bind(units(ecap)?)
+                .bind(units(dcap)?)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(r) => {
+                let e: i64 = r.try_get("epsilon_total")?;
+                let d: i64 = r.try_get("delta_total")?;
+                let e = e
+                    .checked_add(units(grant.add_epsilon)?)
+                    .ok_or_else(|| MetaError::Conflict("amount too large".into()))?;
+                let d = d
+                    .checked_add(units(grant.add_delta)?)
+                    .ok_or_else(|| MetaError::Conflict("amount too large".into()))?;
+                sqlx::query(
+                    "UPDATE privacy_ledgers SET epsilon_total = ?, delta_total = ?,
+                         epsilon_per_query = COALESCE(?, epsilon_per_query),
+                         delta_per_query = COALESCE(?, delta_per_query), updated_at = ?
+                     WHERE collaboration_id = ? AND org_id = ?",
+                )
+                .bind(e)
+                .bind(d)
+                .bind(grant.epsilon_per_query.map(units).transpose()?)
+                .bind(grant.delta_per_query.map(units).transpose()?)
+                .bind(now())
+                .bind(collab.to_string())
+                .bind(org.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        Self::append_in(&mut tx, audit).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{LEDGER_SELECT} WHERE l.collaboration_id = ? AND l.org_id = ?"
+        )))
+        .bind(collab.to_string())
+        .bind(org.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let ledger = ledger_from(&row)?;
+        tx.commit().await?;
+        Ok(ledger)
+    }
+
+    async fn ledgers(&self, collab: CollaborationId) -> Result<Vec<LedgerRow>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{LEDGER_SELECT} WHERE l.collaboration_id = ? ORDER BY o.name"
+        )))
+        .bind(collab.to_string())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(ledger_from)
+        .collect()
+    }
+
+    async fn begin_analysis(
+        &self,
+        row: &AnalysisRow,
+        charges: &[Charge],
+        audits: Vec<NewAudit>,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        for c in charges {
+            let (e, d) = (c.epsilon as i64, c.delta as i64);
+            // Check and debit in one statement: the single writer connection serialises it
+            // with every other charge, so concurrent analyses cannot overspend.
+            let done = sqlx::query(
+                "UPDATE privacy_ledgers
+                 SET epsilon_spent = epsilon_spent + ?, delta_spent = delta_spent + ?, updated_at = ?
+                 WHERE collaboration_id = ? AND org_id = ?
+                   AND ? <= epsilon_per_query AND ? <= delta_per_query
+                   AND epsilon_spent + ? <= epsilon_total AND delta_spent + ? <= delta_total",
+            )
+            .bind(e)
+            .bind(d)
+            .bind(now())
+            .bind(row.collaboration_id.to_string())
+            .bind(c.org_id.to_string())
+            .bind(e)
+            .bind(d)
+            .bind(e)
+            .bind(d)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(MetaError::BudgetExhausted(c.org_id.to_string()));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO analyses (id, collaboration_id, org_id, actor, kind, request, fingerprint,
+                 receivers, charges, status, result, error, reused_from, created_at, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
+        )
+        .bind(&row.id)
+        .bind(row.collaboration_id.to_string())
+        .bind(row.org_id.to_string())
+        .bind(&row.actor)
+        .bind(&row.kind)
+        .bind(&row.request)
+        .bind(&row.fingerprint)
+        .bind(&row.receivers)
+        .bind(&row.charges)
+        .bind(&row.created_at)
+        .execute(&mut *tx)
+        .await?;
+        for a in audits {
+            Self::append_in(&mut tx, a).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_analysis(
+        &self,
+        id: &str,
+        result: Result<&str, &str>,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let (status, res, err) = match result {
+            Ok(r) => ("released", Some(r), None),
+            Err(e) => ("failed", None, Some(e)),
+        };
+        let done = sqlx::query(
+            "UPDATE analyses SET status = ?, result = ?, error = ?, finished_at = ?
+             WHERE id = ? AND status = 'running'",
+        )
+        .bind(status)
+        .bind(res)
+        .bind(err)
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::Conflict(format!("analysis {id} is not running")));
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_reuse(&self, row: &AnalysisRow, audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO analyses (id, collaboration_id, org_id, actor, kind, request, fingerprint,
+                 receivers, charges, status, result, error, reused_from, created_at, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'released', ?, NULL, ?, ?, ?)",
+        )
+        .bind(&row.id)
+        .bind(row.collaboration_id.to_string())
+        .bind(row.org_id.to_string())
+        .bind(&row.actor)
+        .bind(&row.kind)
+        .bind(&row.request)
+        .bind(&row.fingerprint)
+        .bind(&row.receivers)
+        .bind(&row.charges)
+        .bind(&row.result)
+        .bind(&row.reused_from)
+        .bind(&row.created_at)
+        .bind(&row.finished_at)
+        .execute(&mut *tx)
+        .await?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_analysis(&self, id: &str) -> Result<Option<AnalysisRow>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ANALYSIS_SELECT} WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(analysis_from)
+        .transpose()
+    }
+
+    async fn list_analyses(&self, collab: CollaborationId) -> Result<Vec<AnalysisRow>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ANALYSIS_SELECT} WHERE collaboration_id = ? ORDER BY created_at, id"
+        )))
+        .bind(collab.to_string())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(analysis_from)
+        .collect()
+    }
+
+    async fn find_release(
+        &self,
+        collab: CollaborationId,
+        fingerprint: &str,
+    ) -> Result<Option<AnalysisRow>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ANALYSIS_SELECT} WHERE collaboration_id = ? AND fingerprint = ? AND status = 'released'
+               AND result IS NOT NULL AND reused_from IS NULL
+             ORDER BY created_at DESC LIMIT 1"
+        )))
+        .bind(collab.to_string())
+        .bind(fingerprint)
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(analysis_from)
+        .transpose()
+    }
+
+    async fn approve_template(&self, row: &ApprovalRow, audit: NewAudit) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO template_approvals (dataset_id, template, version, approved_by, approved_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(row.dataset_id.to_string())
+        .bind(&row.template)
+        .bind(i64::from(row.version))
+        .bind(&row.approved_by)
+        .bind(&row.approved_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            conflict_as(
+                e,
+                format!("{} version {} is approved already", row.template, row.version),
+            )
+        })?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_template(
+        &self,
+        dataset: DatasetId,
+        template: &str,
+        version: u32,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "DELETE FROM template_approvals WHERE dataset_id = ? AND template = ? AND version = ?",
+        )
+        .bind(dataset.to_string())
+        .bind(template)
+        .bind(i64::from(version))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::NotFound(format!(
+                "{template} version {version} is not approved for this dataset"
+            )));
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn template_approvals(
+        &self,
+        collab: CollaborationId,
+    ) -> Result<Vec<ApprovalRow>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT a.dataset_id, a.template, a.version, a.approved_by, a.approved_at
+             FROM template_approvals a JOIN datasets d ON d.id = a.dataset_id
+             WHERE d.collaboration_id = ? ORDER BY a.approved_at",
+        )
+        .bind(collab.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApprovalRow {
+                    dataset_id: DatasetId::parse(&r.try_get::<String, _>("dataset_id")?)
+                        .map_err(corrupt("approval dataset"))?,
+                    template: r.try_get("template")?,
+                    version: r.try_get::<i64, _>("version")? as u32,
+                    approved_by: r.try_get("approved_by")?,
+                    approved_at: r.try_get("approved_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError> {
         Ok(
             sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")
@@ -968,4 +1357,53 @@ async fn insert_membership(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+const LEDGER_SELECT: &str = "SELECT l.org_id, o.name AS org_name, l.epsilon_total, l.delta_total,
+    l.epsilon_per_query, l.delta_per_query, l.epsilon_spent, l.delta_spent, l.updated_at
+    FROM privacy_ledgers l JOIN organisations o ON o.id = l.org_id";
+
+fn ledger_from(r: &SqliteRow) -> Result<LedgerRow, MetaError> {
+    let u = |k: &str| -> Result<u64, MetaError> {
+        let v: i64 = r.try_get(k)?;
+        u64::try_from(v).map_err(|_| MetaError::Corrupt(format!("ledger {k} is negative")))
+    };
+    Ok(LedgerRow {
+        org_id: OrgId::parse(&r.try_get::<String, _>("org_id")?).map_err(corrupt("ledger org"))?,
+        org_name: OrgName::parse(&r.try_get::<String, _>("org_name")?)
+            .map_err(corrupt("ledger org name"))?,
+        epsilon_total: u("epsilon_total")?,
+        delta_total: u("delta_total")?,
+        epsilon_per_query: u("epsilon_per_query")?,
+        delta_per_query: u("delta_per_query")?,
+        epsilon_spent: u("epsilon_spent")?,
+        delta_spent: u("delta_spent")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+const ANALYSIS_SELECT: &str = "SELECT id, collaboration_id, org_id, actor, kind, request,
+    fingerprint, receivers, charges, status, result, error, reused_from, created_at, finished_at
+    FROM analyses";
+
+fn analysis_from(r: &SqliteRow) -> Result<AnalysisRow, MetaError> {
+    Ok(AnalysisRow {
+        id: r.try_get("id")?,
+        collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
+            .map_err(corrupt("analysis collaboration"))?,
+        org_id: OrgId::parse(&r.try_get::<String, _>("org_id")?)
+            .map_err(corrupt("analysis org"))?,
+        actor: r.try_get("actor")?,
+        kind: r.try_get("kind")?,
+        request: r.try_get("request")?,
+        fingerprint: r.try_get("fingerprint")?,
+        receivers: r.try_get("receivers")?,
+        charges: r.try_get("charges")?,
+        status: r.try_get("status")?,
+        result: r.try_get("result")?,
+        error: r.try_get("error")?,
+        reused_from: r.try_get("reused_from")?,
+        created_at: r.try_get("created_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
 }

@@ -17,6 +17,79 @@ pub struct NewAudit {
     pub detail: String,
 }
 
+/// A stored policy version, as its owner wrote it (the service validates it against the schema).
+#[derive(Debug, Clone)]
+pub struct StoredPolicy {
+    pub version: u32,
+    pub draft: cleanroom_core::policy::PolicyDraft,
+    pub set_by: String,
+    pub created_at: String,
+}
+
+/// An organisation's privacy ledger for one collaboration, in integer units (epsilon × 10⁹,
+/// delta × 10¹⁸).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub org_id: OrgId,
+    pub org_name: OrgName,
+    pub epsilon_total: u64,
+    pub delta_total: u64,
+    pub epsilon_per_query: u64,
+    pub delta_per_query: u64,
+    pub epsilon_spent: u64,
+    pub delta_spent: u64,
+    pub updated_at: String,
+}
+
+/// An explicit grant by an owner: amounts added to its totals, and (optionally) new
+/// per-query caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub add_epsilon: u64,
+    pub add_delta: u64,
+    pub epsilon_per_query: Option<u64>,
+    pub delta_per_query: Option<u64>,
+}
+
+/// What one analysis debits from one organisation's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub org_id: OrgId,
+    pub epsilon: u64,
+    pub delta: u64,
+}
+
+/// An analysis as stored. `request`, `charges`, `receivers` and `result` are JSON written by
+/// the service; the store does not interpret them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisRow {
+    pub id: String,
+    pub collaboration_id: CollaborationId,
+    pub org_id: OrgId,
+    pub actor: String,
+    pub kind: String,
+    pub request: String,
+    pub fingerprint: String,
+    pub receivers: String,
+    pub charges: String,
+    pub status: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub reused_from: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// An owner's approval of a template version for one dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRow {
+    pub dataset_id: DatasetId,
+    pub template: String,
+    pub version: u32,
+    pub approved_by: String,
+    pub approved_at: String,
+}
+
 /// What a token resolves to.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
@@ -141,6 +214,74 @@ pub trait MetaStore: Send + Sync + 'static {
     /// After a restart: uploads that were in progress go back to pending. Returns every
     /// dataset whose file must exist (ready ones).
     async fn recover_uploads(&self) -> Result<Vec<(CollaborationId, DatasetId)>, MetaError>;
+
+    // --- analysis policies ---
+    /// Stores a new version of a dataset's policy with its audit entry; returns the version.
+    async fn set_policy(
+        &self,
+        dataset: DatasetId,
+        draft: &cleanroom_core::policy::PolicyDraft,
+        set_by: &str,
+        audit: NewAudit,
+    ) -> Result<u32, MetaError>;
+    /// The latest policy version of a dataset.
+    async fn get_policy(&self, dataset: DatasetId) -> Result<Option<StoredPolicy>, MetaError>;
+
+    // --- privacy ledgers ---
+    /// Adds `grant` to the organisation's ledger for the collaboration (creating it; the first
+    /// grant must set the per-query caps), with its audit entry. Returns the ledger after.
+    async fn grant_budget(
+        &self,
+        collab: CollaborationId,
+        org: OrgId,
+        grant: Grant,
+        audit: NewAudit,
+    ) -> Result<LedgerRow, MetaError>;
+    /// Every ledger of a collaboration.
+    async fn ledgers(&self, collab: CollaborationId) -> Result<Vec<LedgerRow>, MetaError>;
+
+    // --- analyses ---
+    /// Records a running analysis and debits every charge, atomically with the audit entries.
+    /// Fails with `BudgetExhausted` (and changes nothing) when a ledger is missing, a charge
+    /// exceeds a per-query cap, or a ledger cannot pay: concurrent analyses never overspend.
+    async fn begin_analysis(
+        &self,
+        row: &AnalysisRow,
+        charges: &[Charge],
+        audits: Vec<NewAudit>,
+    ) -> Result<(), MetaError>;
+    /// Records the end of a running analysis: released with its result, or failed with its
+    /// error (its charges stay debited).
+    async fn finish_analysis(
+        &self,
+        id: &str,
+        result: Result<&str, &str>,
+        audit: NewAudit,
+    ) -> Result<(), MetaError>;
+    /// Records an analysis answered from an earlier release (no charge).
+    async fn record_reuse(&self, row: &AnalysisRow, audit: NewAudit) -> Result<(), MetaError>;
+    async fn get_analysis(&self, id: &str) -> Result<Option<AnalysisRow>, MetaError>;
+    async fn list_analyses(&self, collab: CollaborationId) -> Result<Vec<AnalysisRow>, MetaError>;
+    /// The latest released analysis with this fingerprint in the collaboration.
+    async fn find_release(
+        &self,
+        collab: CollaborationId,
+        fingerprint: &str,
+    ) -> Result<Option<AnalysisRow>, MetaError>;
+
+    // --- template approvals ---
+    async fn approve_template(&self, row: &ApprovalRow, audit: NewAudit) -> Result<(), MetaError>;
+    async fn revoke_template(
+        &self,
+        dataset: DatasetId,
+        template: &str,
+        version: u32,
+        audit: NewAudit,
+    ) -> Result<(), MetaError>;
+    async fn template_approvals(
+        &self,
+        collab: CollaborationId,
+    ) -> Result<Vec<ApprovalRow>, MetaError>;
 
     // --- settings ---
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError>;

@@ -102,6 +102,10 @@ pub fn rows_changed(spec: &Spec, catalog: &Catalog) -> Result<Vec<i64>, QueryErr
                 d = d.checked_mul(m).ok_or_else(too_loose)?;
             }
         }
+        if spec.frequency.is_some() {
+            // A changed row can move its person from one frequency group to another.
+            d = d.checked_mul(2).ok_or_else(too_loose)?;
+        }
         if d > MAX_ROWS_CHANGED {
             return Err(too_loose());
         }

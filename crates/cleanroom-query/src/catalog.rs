@@ -19,7 +19,10 @@ pub struct QueryTable {
     pub dataset_id: DatasetId,
     pub owner: OrgName,
     pub schema: DatasetSchema,
+    /// The owner's policy (an empty, deny-everything policy when `has_policy` is false).
     pub policy: AnalysisPolicy,
+    /// Whether the owner has set a policy: a dataset without one cannot be analysed.
+    pub has_policy: bool,
     pub policy_version: u32,
     /// The data, when the query is to run (checking needs only schemas and policies).
     pub data: Option<EncryptedDataset>,

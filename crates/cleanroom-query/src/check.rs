@@ -54,8 +54,25 @@ const DATE_PARTS: &[&str] = &[
 ];
 const DATE_TRUNC_UNITS: &[&str] = &["year", "quarter", "month", "week", "day"];
 
+/// What the checker allows beyond the rules for analysts' own SQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Compare metrics with constants in filters (`WHERE purchases > 0`). Only templates that
+    /// the owners approved use it: an owner's policy lets analysts filter on dimensions only.
+    pub metric_filters: bool,
+}
+
 /// Checks `sql` against the datasets and policies in `catalog`.
 pub async fn check(sql: &str, catalog: &Catalog) -> Result<Spec, QueryError> {
+    check_with(sql, catalog, CheckOptions::default()).await
+}
+
+/// Checks `sql` with `options`.
+pub async fn check_with(
+    sql: &str,
+    catalog: &Catalog,
+    options: CheckOptions,
+) -> Result<Spec, QueryError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(QueryError::Invalid(format!(
             "the query is longer than {MAX_SQL_BYTES} bytes"
@@ -81,7 +98,7 @@ pub async fn check(sql: &str, catalog: &Catalog) -> Result<Spec, QueryError> {
         .statement_to_plan(statement)
         .await
         .map_err(|e| QueryError::Invalid(clean(&e.to_string())))?;
-    Checker::new(catalog).plan(&plan)
+    Checker::new(catalog, options).plan(&plan)
 }
 
 macro_rules! sqlparser_query {
@@ -123,6 +140,7 @@ type Above<'p> = (Vec<(String, Source)>, &'p LogicalPlan);
 
 struct Checker<'a> {
     catalog: &'a Catalog,
+    options: CheckOptions,
     uses: Vec<TableUse>,
     /// Qualifier (alias or table name) → index into `uses`.
     aliases: HashMap<String, usize>,
@@ -156,9 +174,10 @@ fn is_numeric(t: &DataType) -> bool {
 }
 
 impl<'a> Checker<'a> {
-    fn new(catalog: &'a Catalog) -> Self {
+    fn new(catalog: &'a Catalog, options: CheckOptions) -> Self {
         Checker {
             catalog,
+            options,
             uses: Vec::new(),
             aliases: HashMap::new(),
         }
@@ -274,6 +293,7 @@ impl<'a> Checker<'a> {
             order_by: order,
             limit,
             offset,
+            frequency: None,
         })
     }
 
@@ -532,6 +552,15 @@ impl<'a> Checker<'a> {
                 format!("no dataset named {name} is available to this query"),
             );
         };
+        if !self.catalog.tables[t].has_policy {
+            return refuse(
+                "no_policy",
+                None,
+                format!(
+                    "dataset {name} has no analysis policy yet: its owner must set one before anyone can analyse it"
+                ),
+            );
+        }
         if self.uses.iter().any(|u| u.table == t) {
             return refuse(
                 "self_join",
@@ -950,6 +979,15 @@ impl<'a> Checker<'a> {
     fn operand(&mut self, e: &Expr, schema: &DFSchema) -> Result<Expr, QueryError> {
         match unalias(e).0 {
             Expr::Literal(..) => Ok(unalias(e).0.clone()),
+            Expr::Column(c) if self.options.metric_filters => {
+                let (u, name) = self.resolve(c)?;
+                let t = &self.catalog.tables[self.uses[u].table];
+                if t.role(&name) == Some(ColumnRole::Metric) && t.policy.metric(&name).is_some() {
+                    Ok(self.qualified(u, &name))
+                } else {
+                    self.dim_expr(unalias(e).0, schema)
+                }
+            }
             other => self.dim_expr(other, schema),
         }
     }

@@ -20,6 +20,7 @@ pub mod provider;
 pub mod release;
 pub mod rewrite;
 pub mod spec;
+pub mod templates;
 
 pub use calibrate::{Calibration, PrivacyRequest};
 pub use catalog::{Catalog, QueryTable};

@@ -21,6 +21,11 @@ pub enum Cell {
     Text(String),
 }
 
+/// A group key value as a released cell.
+pub(crate) fn cell_of(v: &ScalarValue) -> Cell {
+    Cell::from_scalar(v)
+}
+
 impl Cell {
     fn from_scalar(v: &ScalarValue) -> Cell {
         if v.is_null() {
@@ -74,6 +79,8 @@ pub enum ColumnKind {
     Average,
     /// An exact extreme (datasets without differential privacy only).
     Extreme,
+    /// A figure derived from released values (a rate, a lift): post-processing.
+    Value,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +96,8 @@ pub struct Released {
     pub rows: Vec<Vec<Cell>>,
 }
 
-fn sd(scale: f64) -> f64 {
+/// The standard deviation of discrete Laplace noise of scale `scale`.
+pub(crate) fn noise_sd(scale: f64) -> f64 {
     // Discrete Laplace with scale b has variance 2q/(1-q)^2, q = e^(-1/b) (≈ 2b² for large b).
     let q = (-1.0 / scale).exp();
     (2.0 * q).sqrt() / (1.0 - q)
@@ -249,7 +257,7 @@ fn release_measure(
             Ok((
                 noisy.into_iter().map(|c| Cell::Int(c.max(0))).collect(),
                 ColumnKind::Count {
-                    noise_sd: Some(sd(m.scale())),
+                    noise_sd: Some(noise_sd(m.scale())),
                 },
             ))
         }
@@ -261,7 +269,7 @@ fn release_measure(
             let (noisy, noise_sd) = match m {
                 Mechanism::Noise(n) => (
                     n.release_all(&sums(exact))?,
-                    Some(sd(n.scale()) / c.scale as f64),
+                    Some(noise_sd(n.scale()) / c.scale as f64),
                 ),
                 _ => (sums(exact), None),
             };

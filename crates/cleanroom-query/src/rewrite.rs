@@ -23,8 +23,11 @@ use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::functions::expr_fn::{greatest, least, random, round};
+use datafusion::functions_aggregate::count::count_udaf;
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min, sum};
 use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::WindowFunctionDefinition;
+use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     Cast, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit,
@@ -35,7 +38,7 @@ use crate::QueryError;
 use crate::catalog::Catalog;
 use crate::error::internal;
 use crate::provider::EncryptedTable;
-use crate::spec::{Clamped, JoinTree, Measure, Spec, qualifier};
+use crate::spec::{Clamped, FREQUENCY_COLUMN, JoinTree, Measure, Spec, qualifier};
 
 /// How to run a spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +229,26 @@ fn table_plan(
                 .project(columns.clone())
                 .map_err(internal)?;
         }
+    }
+    if let Some(f) = spec.frequency.filter(|f| f.table == u) {
+        // Rows per person after bounding and filtering: the person's frequency.
+        let freq = Expr::WindowFunction(Box::new(WindowFunction::new(
+            WindowFunctionDefinition::AggregateUDF(count_udaf()),
+            vec![lit(1i64)],
+        )))
+        .partition_by(vec![qcol(u, t.unit_column())])
+        .build()
+        .map_err(internal)?
+        .alias(FREQUENCY_COLUMN);
+        let mut columns: Vec<Expr> = use_.columns.iter().map(|c| qcol(u, c)).collect();
+        columns.push(
+            least(vec![col(FREQUENCY_COLUMN), lit(i64::from(f.max))]).alias(FREQUENCY_COLUMN),
+        );
+        b = b
+            .window(vec![freq])
+            .map_err(internal)?
+            .project(columns)
+            .map_err(internal)?;
     }
     b.alias(name.as_str())
         .map_err(internal)?

@@ -125,6 +125,18 @@ pub struct OrderKey {
     pub nulls_first: bool,
 }
 
+/// A group key computed per person: how many (bounded, filtered) rows a person of one table
+/// has, capped at `max` — the frequency of reach-and-frequency reports. Only templates add it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frequency {
+    /// The table use whose people are counted.
+    pub table: usize,
+    pub max: u32,
+}
+
+/// The column the rewrite adds for [`Frequency`].
+pub const FREQUENCY_COLUMN: &str = "__cleanroom_frequency";
+
 /// A checked aggregate query.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -139,6 +151,9 @@ pub struct Spec {
     pub order_by: Vec<OrderKey>,
     pub limit: Option<usize>,
     pub offset: usize,
+    /// A per-person frequency group key (templates only): a person moves between groups when
+    /// its row count changes, so sensitivities double.
+    pub frequency: Option<Frequency>,
 }
 
 impl Spec {
@@ -170,7 +185,11 @@ impl Spec {
         for o in &self.order_by {
             let _ = write!(s, "order {o:?};");
         }
-        let _ = write!(s, "limit {:?} offset {};", self.limit, self.offset);
+        let _ = write!(
+            s,
+            "limit {:?} offset {} frequency {:?};",
+            self.limit, self.offset, self.frequency
+        );
         s
     }
 

@@ -16,6 +16,7 @@ pub struct ApiError {
     pub detail: String,
     pub line: Option<u64>,
     pub column: Option<String>,
+    pub rule: Option<String>,
 }
 
 impl ApiError {
@@ -26,6 +27,7 @@ impl ApiError {
             detail: detail.into(),
             line: None,
             column: None,
+            rule: None,
         }
     }
 }
@@ -41,6 +43,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::InvalidData { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Gone(_) => StatusCode::GONE,
+            ServiceError::PolicyRefused { .. } | ServiceError::BudgetExhausted(_) => {
+                StatusCode::FORBIDDEN
+            }
             ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -54,9 +59,12 @@ impl From<ServiceError> for ApiError {
                 "an internal error occurred; the operator can find it in the server log",
             );
         }
-        let (line, column) = match &e {
-            ServiceError::InvalidData { line, column, .. } => (*line, column.clone()),
-            _ => (None, None),
+        let (line, column, rule) = match &e {
+            ServiceError::InvalidData { line, column, .. } => (*line, column.clone(), None),
+            ServiceError::PolicyRefused { rule, column, .. } => {
+                (None, column.clone(), Some(rule.clone()))
+            }
+            _ => (None, None, None),
         };
         ApiError {
             status,
@@ -64,6 +72,7 @@ impl From<ServiceError> for ApiError {
             detail: e.to_string(),
             line,
             column,
+            rule,
         }
     }
 }
@@ -101,6 +110,7 @@ impl IntoResponse for ApiError {
             detail: self.detail,
             line: self.line,
             column: self.column,
+            rule: self.rule,
         };
         let mut resp = (self.status, Json(body)).into_response();
         resp.headers_mut().insert(

@@ -20,9 +20,14 @@ pub struct Problem {
     /// For invalid uploads: the 1-based line of the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u64>,
-    /// For invalid uploads: the 1-based column number and name.
+    /// For invalid uploads: the 1-based column number and name; for refused analyses: the
+    /// column the rule concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
+    /// For refused analyses: the stable code of the rule that refused it (`join_not_on_key`,
+    /// `identifier_not_allowed`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -32,6 +32,17 @@ pub enum ServiceError {
     /// The upload exceeds a limit.
     #[error("{0}")]
     TooLarge(String),
+    /// An analysis refused by a rule of a data owner's policy or of the room. `rule` is a stable
+    /// code naming the rule, `column` the column concerned.
+    #[error("{message}")]
+    PolicyRefused {
+        rule: String,
+        column: Option<String>,
+        message: String,
+    },
+    /// A privacy budget cannot pay for an analysis (exhausted, or above the per-query cap).
+    #[error("{0}")]
+    BudgetExhausted(String),
     /// The collaboration is closed and its data destroyed.
     #[error("{0}")]
     Gone(String),
@@ -55,6 +66,8 @@ impl ServiceError {
             ServiceError::InvalidData { .. } => "invalid_data",
             ServiceError::TooLarge(_) => "payload_too_large",
             ServiceError::Gone(_) => "collaboration_closed",
+            ServiceError::PolicyRefused { .. } => "policy_violation",
+            ServiceError::BudgetExhausted(_) => "budget_exhausted",
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::Internal(_) => "internal",
         }
@@ -106,6 +119,9 @@ impl From<MetaError> for ServiceError {
                 ServiceError::Unavailable("the metadata store is unavailable; try again".into())
             }
             MetaError::Corrupt(m) => ServiceError::Internal(format!("metadata: {m}")),
+            MetaError::BudgetExhausted(m) => ServiceError::BudgetExhausted(format!(
+                "a privacy budget cannot pay for this analysis ({m})"
+            )),
         }
     }
 }

@@ -5,11 +5,18 @@
 //! refusals included. The HTTP server is a thin adapter over this crate, and most behaviour is
 //! tested here.
 
+pub mod analysis;
 mod error;
+pub mod results;
 mod room;
 pub mod token;
 
+pub use analysis::{
+    AnalysisView, ApprovalView, BudgetView, ChargeView, GrantRequest, PlanView, PolicyView,
+    QueryRequest, TemplateRequest,
+};
 pub use error::ServiceError;
+pub use results::{AnalysisResult, ResultColumn, ResultTable};
 pub use room::{
     CleanRoom, CollaborationView, Config, LOCK_FILE, Limits, MasterKeyHex, ParquetSlot, Principal,
     UploadInput,

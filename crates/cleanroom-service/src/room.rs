@@ -107,7 +107,7 @@ impl Principal {
     pub fn actor(&self) -> String {
         format!("{}/{}", self.org.name, self.user.name)
     }
-    fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         self.user.role == UserRole::Admin
     }
 }
@@ -150,9 +150,9 @@ pub struct CollaborationView {
 /// The clean room: metadata, encrypted files and the master key.
 #[derive(Clone)]
 pub struct CleanRoom {
-    meta: Arc<dyn MetaStore>,
+    pub(crate) meta: Arc<dyn MetaStore>,
     sqlite: Option<SqliteStore>,
-    files: DatasetStore,
+    pub(crate) files: DatasetStore,
     master: SecretKey,
     limits: Limits,
     master_key_source: MasterKeySource,
@@ -323,7 +323,7 @@ impl CleanRoom {
 
     // ------------------------------------------------------------------ audit helpers
 
-    fn audit(
+    pub(crate) fn audit(
         chain: &str,
         actor: &str,
         action: &str,
@@ -342,7 +342,7 @@ impl CleanRoom {
     }
 
     /// Records a refusal and returns the error to give the caller.
-    async fn refuse(
+    pub(crate) async fn refuse(
         &self,
         chain: &str,
         actor: &str,
@@ -359,7 +359,7 @@ impl CleanRoom {
     }
 
     /// Passes a value through, or records the refusal of the input it came from.
-    async fn audited<T, E: Into<ServiceError>>(
+    pub(crate) async fn audited<T, E: Into<ServiceError>>(
         &self,
         r: Result<T, E>,
         chain: &str,
@@ -780,7 +780,7 @@ impl CleanRoom {
     /// Looks up a collaboration for the caller. Outsiders (and organisations that declined) get
     /// the same answer as for a collaboration that does not exist, and the attempt is audited
     /// in the system chain.
-    async fn membership_of(
+    pub(crate) async fn membership_of(
         &self,
         p: &Principal,
         collab: &str,
@@ -817,7 +817,7 @@ impl CleanRoom {
 
     /// Like [`membership_of`] but also requires an accepted membership, an open collaboration
     /// and, when given, an ability. Refusals go to the collaboration's own chain.
-    async fn active_member(
+    pub(crate) async fn active_member(
         &self,
         p: &Principal,
         collab: &str,
@@ -1103,14 +1103,17 @@ impl CleanRoom {
         }
     }
 
-    async fn collaboration_key(&self, id: CollaborationId) -> Result<SecretKey, ServiceError> {
+    pub(crate) async fn collaboration_key(
+        &self,
+        id: CollaborationId,
+    ) -> Result<SecretKey, ServiceError> {
         let wrapped = self.meta.collaboration_key(id).await?.ok_or_else(|| {
             ServiceError::Gone("the collaboration is closed and its keys destroyed".into())
         })?;
         Ok(self.master.unwrap_key(&wrapped, &collab_purpose(id))?)
     }
 
-    async fn dataset_key(
+    pub(crate) async fn dataset_key(
         &self,
         c: CollaborationId,
         d: DatasetId,
@@ -1314,7 +1317,7 @@ impl CleanRoom {
         .map_err(|e| ServiceError::Internal(format!("upload task failed: {e}")))?
     }
 
-    async fn find_dataset(
+    pub(crate) async fn find_dataset(
         &self,
         c: &Collaboration,
         p: &Principal,

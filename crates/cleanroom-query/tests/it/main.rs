@@ -125,6 +125,7 @@ impl Fixture {
             owner: OrgName::parse(owner).unwrap(),
             schema,
             policy,
+            has_policy: true,
             policy_version: 1,
             data: Some(data),
         });
