@@ -16,6 +16,9 @@ fn opts(gmail: bool, region: &str) -> NormaliseOptions {
     }
 }
 
+/// Brute-force equivalence class: record count and distinct sensitive values.
+type Class = (u64, HashSet<Option<u8>>);
+
 const REGIONS: [&str; 6] = ["GB", "US", "DE", "FR", "CA", "XX"];
 
 /// Arbitrary text, biased towards characters that matter: separators, digits, look-alikes,
@@ -227,7 +230,7 @@ proptest! {
     #[test]
     fn risk_matches_brute_force(rows in prop::collection::vec((0u8..4, prop::option::of(0u8..3), prop::option::of(0u8..4)), 1..200), k in 2u64..6) {
         let mut acc = RiskAccumulator::new(true);
-        let mut classes: HashMap<(u8, Option<u8>), (u64, HashSet<Option<u8>>)> = HashMap::new();
+        let mut classes: HashMap<(u8, Option<u8>), Class> = HashMap::new();
         for (a, b, s) in &rows {
             let a_s = a.to_string();
             let b_s = b.map(|x| x.to_string());
