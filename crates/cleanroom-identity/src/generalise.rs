@@ -138,8 +138,12 @@ impl Generalisation {
         match self {
             Generalisation::None => "kept as is".into(),
             Generalisation::AgeBands(b) => format!(
-                "age bands from {:?}",
-                b.edges().iter().map(u32::to_string).collect::<Vec<_>>()
+                "age bands from edges {}",
+                b.edges()
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Generalisation::PostcodePrefix { chars } => {
                 format!("postcode, first {chars} characters")
