@@ -48,6 +48,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Collab(c) => collab(&g, c).await,
         Command::Dataset(c) => dataset(&g, c).await,
         Command::Audit(c) => audit(&g, c).await,
+        Command::Prepare(_) => bail!("prepare runs before the async runtime starts"),
     }
 }
 

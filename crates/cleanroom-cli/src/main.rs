@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod demo;
 mod output;
+mod prepare;
 mod synth;
 
 use std::path::PathBuf;
@@ -115,6 +116,9 @@ pub enum Command {
     /// Audit logs.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Prepare a CSV or Parquet file on premises: normalise and pseudonymise identifiers,
+    /// generalise quasi-identifiers, assess re-identification risk. Needs no server.
+    Prepare(prepare::PrepareArgs),
 }
 
 #[derive(Subcommand)]
@@ -251,6 +255,9 @@ pub enum AuditCmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Prepare(args) = &cli.command {
+        return prepare::main(args, cli.global.json);
+    }
     let serving = matches!(cli.command, Command::Serve { .. });
     let default_level = if serving { "info" } else { "warn" };
     tracing_subscriber::fmt()

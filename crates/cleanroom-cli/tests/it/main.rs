@@ -4,6 +4,7 @@
 mod audit;
 mod crash;
 mod flow;
+mod prepare;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

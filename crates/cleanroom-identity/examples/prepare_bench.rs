@@ -1,0 +1,154 @@
+//! Helpers of `bench/prepare.sh`:
+//!
+//! - `prepare_bench gen ROWS OUT.csv`: writes a deterministic CSV of messy customer records
+//!   (emails in mixed case with spaces, Gmail dots and tags, phone numbers in national and
+//!   international formats, some invalid or missing values, ages, UK postcodes, dates, a
+//!   segment, revenue, and a free-text column the configuration drops);
+//! - `prepare_bench hmac SECONDS`: the raw HMAC-SHA-256 rate of this machine on one core, with
+//!   the keyed state cloned per message exactly as `PseudonymKey` does, over 32-byte messages
+//!   and over the normalised emails the generator produces.
+
+use std::io::{BufWriter, Write};
+use std::time::{Duration, Instant};
+
+use cleanroom_identity::normalise::IdKind;
+use cleanroom_identity::pseudonym::PseudonymKey;
+
+/// A small deterministic generator (SplitMix64): no dependency, same file on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const FIRST: [&str; 12] = [
+    "alex", "sam", "jo", "maria", "li", "noah", "amira", "tom", "eva", "yusuf", "ines", "kai",
+];
+const DOMAINS: [&str; 6] = [
+    "gmail.com",
+    "outlook.com",
+    "yahoo.co.uk",
+    "proton.me",
+    "example.org",
+    "googlemail.com",
+];
+const DISTRICTS: [&str; 12] = [
+    "SW1A", "EC1A", "M1", "B33", "LS1", "G2", "CF10", "BS1", "NE1", "L1", "EH1", "OX1",
+];
+const SEGMENTS: [&str; 5] = ["new", "loyal", "lapsed", "vip", "trial"];
+
+fn generate(rows: u64, path: &str) -> std::io::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "customer_id,email,phone,age,postcode,signup,segment,revenue,notes"
+    )?;
+    let mut r = Rng(7);
+    let mut line = String::with_capacity(256);
+    for i in 0..rows {
+        line.clear();
+        let first = FIRST[r.below(12) as usize];
+        let domain = DOMAINS[r.below(6) as usize];
+        let email = match r.below(100) {
+            0..=1 => format!("{first}{i}-at-{domain}"), // invalid: no @
+            2..=11 => format!(
+                "  {}.{i}+news@{}  ",
+                first.to_uppercase(),
+                domain.to_uppercase()
+            ),
+            12..=21 => format!("{first}.{}.{i}@{domain}", &first[..1]),
+            _ => format!("{first}{i}@{domain}"),
+        };
+        let n = 100_000 + (i % 900_000);
+        let phone = match r.below(100) {
+            0..=4 => String::new(),
+            5 => format!("0791 {n}"), // invalid: too short
+            6..=40 => format!("07400 {n}"),
+            41..=70 => format!("+44 7400 {n}"),
+            71..=85 => format!("+44 (0)7400 {}-{:03}", n / 1000, n % 1000),
+            _ => format!("00447400{n}"),
+        };
+        let age = 14 + r.below(80);
+        let postcode = format!(
+            "{} {}{}{}",
+            DISTRICTS[r.below(12) as usize],
+            r.below(10),
+            (b'A' + r.below(26) as u8) as char,
+            (b'A' + r.below(26) as u8) as char
+        );
+        let day = r.below(365);
+        let (m, d) = (1 + day / 31, 1 + day % 28);
+        let signup = format!("2025-{m:02}-{d:02}");
+        let segment = SEGMENTS[r.below(5) as usize];
+        let revenue = r.below(100_000) as f64 / 100.0;
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            line,
+            "c{i:09},\"{email}\",{phone},{age},{postcode},{signup},{segment},{revenue},note {i}"
+        );
+        out.write_all(line.as_bytes())?;
+    }
+    out.flush()
+}
+
+fn hmac_rate(seconds: f64) {
+    let key = match PseudonymKey::derive(b"benchmark-secret-0123456789abcdef", "bench") {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let budget = Duration::from_secs_f64(seconds / 2.0);
+    // 32-byte messages (the figure REFERENCES.md quotes), then ~25-byte normalised emails.
+    let fixed: Vec<String> = (0..1024).map(|i| format!("{i:032}")).collect();
+    let emails: Vec<String> = (0..1024)
+        .map(|i| format!("{}{i}@{}", FIRST[i % 12], DOMAINS[i % 6]))
+        .collect();
+    for (label, msgs) in [("32-byte messages", &fixed), ("normalised emails", &emails)] {
+        let mut n = 0u64;
+        let mut sink = 0u8;
+        let start = Instant::now();
+        while start.elapsed() < budget {
+            for m in msgs.iter() {
+                sink ^= key.pseudonym_bytes(IdKind::Email, m)[0];
+            }
+            n += msgs.len() as u64;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "hmac {label}: {:.0} per second on one core ({:.3} us each) [{sink}]",
+            n as f64 / secs,
+            secs * 1e6 / n as f64
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("gen") if args.len() == 4 => {
+            let rows = args[2].parse().unwrap_or_else(|_| usage());
+            if let Err(e) = generate(rows, &args[3]) {
+                eprintln!("cannot write {}: {e}", args[3]);
+                std::process::exit(1);
+            }
+        }
+        Some("hmac") if args.len() == 3 => hmac_rate(args[2].parse().unwrap_or_else(|_| usage())),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: prepare_bench gen ROWS OUT.csv | prepare_bench hmac SECONDS");
+    std::process::exit(2)
+}
