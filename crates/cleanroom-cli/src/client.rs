@@ -129,6 +129,10 @@ impl Client {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.request(Method::PUT, path).json(body)).await
+    }
+
     pub async fn send_post_empty(&self, path: &str) -> Result<()> {
         self.send::<()>(
             self.request(Method::POST, path)

@@ -48,6 +48,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Collab(c) => collab(&g, c).await,
         Command::Dataset(c) => dataset(&g, c).await,
         Command::Audit(c) => audit(&g, c).await,
+        Command::Policy(c) => match c {
+            crate::analysis::PolicyCmd::Example => {
+                print!("{}", crate::analysis::EXAMPLE_POLICY);
+                Ok(())
+            }
+            c => crate::analysis::policy(&client(&g)?, g.json, c).await,
+        },
+        Command::Budget(c) => crate::analysis::budget(&client(&g)?, g.json, c).await,
+        Command::Query(a) => crate::analysis::query(&client(&g)?, g.json, a).await,
+        Command::Analysis(c) => crate::analysis::analysis(&client(&g)?, g.json, c).await,
+        Command::Template(c) => crate::analysis::template(&client(&g)?, g.json, c).await,
         Command::Prepare(_) => bail!("prepare runs before the async runtime starts"),
     }
 }

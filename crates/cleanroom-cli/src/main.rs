@@ -1,5 +1,6 @@
 //! `cleanroom`: the clean room's server and its command-line client in one binary.
 
+mod analysis;
 mod client;
 mod commands;
 mod demo;
@@ -116,6 +117,20 @@ pub enum Command {
     /// Audit logs.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Analysis policies of your datasets.
+    #[command(subcommand)]
+    Policy(analysis::PolicyCmd),
+    /// Privacy budgets: grant, show.
+    #[command(subcommand)]
+    Budget(analysis::BudgetCmd),
+    /// Run a SQL analysis (only thresholded, differentially private aggregates come back).
+    Query(analysis::QueryArgs),
+    /// Analyses and their results.
+    #[command(subcommand, alias = "analyses")]
+    Analysis(analysis::AnalysisCmd),
+    /// Ready-made analyses: list, approve, run.
+    #[command(subcommand)]
+    Template(analysis::TemplateCmd),
     /// Prepare a CSV or Parquet file on premises: normalise and pseudonymise identifiers,
     /// generalise quasi-identifiers, assess re-identification risk. Needs no server.
     Prepare(prepare::PrepareArgs),

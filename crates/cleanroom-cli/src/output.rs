@@ -40,6 +40,14 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+pub fn thousands_signed(n: i64) -> String {
+    if n < 0 {
+        format!("-{}", thousands(n.unsigned_abs()))
+    } else {
+        thousands(n as u64)
+    }
+}
+
 pub fn members(ms: &[cleanroom_server::wire::MemberOut]) -> String {
     table(
         &["organisation", "status", "abilities", "invited", "joined"],

@@ -81,9 +81,12 @@ impl ContributionBounds {
 
 /// A calibrated discrete-Laplace mechanism for one integer aggregate over any number of groups:
 /// `sensitivity` is the L1 sensitivity of the whole vector of per-group values.
+///
+/// It holds its parameters only (OpenDP's measurements are not `Send`); the measurement is
+/// rebuilt from them, identically, for every map and every release.
 #[derive(Clone)]
 pub struct IntegerNoise {
-    measurement: IntLaplace,
+    scale: f64,
     sensitivity: i64,
     cost: PrivacyCost,
 }
@@ -119,7 +122,7 @@ impl IntegerNoise {
             let eps = m.map(&sensitivity)?;
             if eps <= target {
                 return Ok(IntegerNoise {
-                    measurement: m,
+                    scale,
                     sensitivity,
                     cost: PrivacyCost {
                         epsilon: Epsilon::cost(eps)?,
@@ -139,7 +142,7 @@ impl IntegerNoise {
         let m = make(scale)?;
         let eps = m.map(&sensitivity)?;
         Ok(IntegerNoise {
-            measurement: m,
+            scale,
             sensitivity,
             cost: PrivacyCost {
                 epsilon: Epsilon::cost(eps)?,
@@ -150,7 +153,11 @@ impl IntegerNoise {
 
     /// The noise scale `b` (standard deviation ≈ `b·√2`).
     pub fn scale(&self) -> f64 {
-        self.sensitivity as f64 / self.cost.epsilon.as_f64()
+        self.scale
+    }
+
+    fn measurement(&self) -> Result<IntLaplace, PrivacyError> {
+        make(self.scale)
     }
 
     pub fn sensitivity(&self) -> i64 {
@@ -171,14 +178,14 @@ impl IntegerNoise {
             ));
         }
         Ok(PrivacyCost {
-            epsilon: Epsilon::cost(self.measurement.map(&sensitivity)?)?,
+            epsilon: Epsilon::cost(self.measurement()?.map(&sensitivity)?)?,
             delta: crate::budget::Delta::ZERO,
         })
     }
 
     /// Releases `exact + Z`. Every call draws fresh noise and must be paid for.
     pub fn release(&self, exact: i64) -> Result<i64, PrivacyError> {
-        let out = self.measurement.invoke(&vec![exact])?;
+        let out = self.measurement()?.invoke(&vec![exact])?;
         out.into_iter()
             .next()
             .ok_or_else(|| PrivacyError::Mechanism("empty release".into()))
@@ -187,7 +194,7 @@ impl IntegerNoise {
     /// Releases every element plus independent noise: one release of the whole vector, paid
     /// for once (the calibration is for the vector's L1 sensitivity).
     pub fn release_all(&self, exact: &[i64]) -> Result<Vec<i64>, PrivacyError> {
-        Ok(self.measurement.invoke(&exact.to_vec())?)
+        Ok(self.measurement()?.invoke(&exact.to_vec())?)
     }
 }
 

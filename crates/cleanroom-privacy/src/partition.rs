@@ -69,9 +69,11 @@ impl SelectionBounds {
 /// probability at most the tail beyond τ₀, which OpenDP's map bounds by δ/2 (over every group
 /// one person can touch). The cost charged is the map's (ε, δ) at the final threshold plus
 /// that δ/2: never less than the true loss.
+///
+/// It holds its parameters only (OpenDP's measurements are not `Send`); the measurement is
+/// rebuilt from them for every map and every release.
 #[derive(Clone)]
 pub struct GroupSelection {
-    measurement: Selection,
     scale: f64,
     threshold: i64,
     min_group_size: i64,
@@ -162,7 +164,6 @@ impl GroupSelection {
             ));
         }
         Ok(GroupSelection {
-            measurement: m,
             scale,
             threshold,
             min_group_size,
@@ -204,7 +205,7 @@ impl GroupSelection {
                 "bounds exceed those the selection was calibrated for".into(),
             ));
         }
-        let (e, d) = self.measurement.map(&bounds.d_in())?;
+        let (e, d) = make(self.scale, self.threshold)?.map(&bounds.d_in())?;
         Ok(PrivacyCost {
             epsilon: Epsilon::cost(e)?,
             delta: Delta::cost(d + self.exact_cutoff_delta)?,
@@ -224,7 +225,7 @@ impl GroupSelection {
             .filter(|(_, c)| **c >= self.min_group_size)
             .map(|(k, c)| (*k, *c))
             .collect();
-        Ok(self.measurement.invoke(&eligible)?)
+        Ok(make(self.scale, self.threshold)?.invoke(&eligible)?)
     }
 }
 

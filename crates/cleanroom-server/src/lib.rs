@@ -2,6 +2,7 @@
 //! problem details, and an OpenAPI document generated from the handlers at `/v1/openapi.json`.
 //! Only this crate knows JSON over HTTP.
 
+pub mod analysis;
 mod auth;
 pub mod problem;
 pub mod v1;
@@ -104,12 +105,16 @@ impl Modify for ProblemResponses {
         v1::accept, v1::decline, v1::close,
         v1::list_datasets, v1::create_dataset, v1::get_dataset, v1::upload,
         v1::audit,
+        analysis::set_policy, analysis::get_policy, analysis::budgets, analysis::grant,
+        analysis::query, analysis::list_analyses, analysis::get_analysis, analysis::templates,
+        analysis::approvals, analysis::approve, analysis::revoke, analysis::run_template,
     ),
     modifiers(&BearerAuth, &ProblemResponses),
     tags(
         (name = "server"), (name = "parties", description = "organisations, users, API tokens"),
         (name = "collaborations"), (name = "datasets", description = "declared schemas and encrypted uploads; never rows"),
         (name = "audit", description = "hash-chained audit logs"),
+        (name = "analyses", description = "policies, privacy budgets, SQL and template analyses; only thresholded, differentially private aggregates"),
     )
 )]
 pub struct ApiDoc;
@@ -160,7 +165,37 @@ pub fn app(room: CleanRoom) -> Router {
         )
         .route("/collaborations/{id}/datasets/{name}", get(get_dataset))
         .route("/collaborations/{id}/datasets/{name}/data", put(upload))
-        .route("/audit/{chain}", get(audit));
+        .route("/audit/{chain}", get(audit))
+        .route(
+            "/collaborations/{id}/datasets/{name}/policy",
+            get(analysis::get_policy).put(analysis::set_policy),
+        )
+        .route(
+            "/collaborations/{id}/budgets",
+            get(analysis::budgets).post(analysis::grant),
+        )
+        .route("/collaborations/{id}/queries", post(analysis::query))
+        .route(
+            "/collaborations/{id}/analyses",
+            get(analysis::list_analyses),
+        )
+        .route(
+            "/collaborations/{id}/analyses/{analysis}",
+            get(analysis::get_analysis),
+        )
+        .route("/templates", get(analysis::templates))
+        .route(
+            "/collaborations/{id}/templates/approvals",
+            get(analysis::approvals),
+        )
+        .route(
+            "/collaborations/{id}/templates/{template}/approvals",
+            post(analysis::approve).delete(analysis::revoke),
+        )
+        .route(
+            "/collaborations/{id}/templates/{template}/runs",
+            post(analysis::run_template),
+        );
     Router::new()
         .nest("/v1", api)
         .fallback(no_route)

@@ -56,7 +56,7 @@ async fn invalid(
 }
 
 /// The JSON body, or its rejection (400 `invalid_input`), audited.
-async fn json_body<T>(
+pub(crate) async fn json_body<T>(
     room: &CleanRoom,
     p: &Principal,
     action: &str,

@@ -400,3 +400,413 @@ pub struct AuditPage {
     pub entries: Vec<AuditEntryOut>,
     pub head: Option<HeadOut>,
 }
+
+// ---------------------------------------------------------------------------- analyses
+
+/// A metric rule of a policy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricRuleWire {
+    pub column: String,
+    /// `count`, `count_distinct`, `sum`, `avg`, `min`, `max` (default: the first four).
+    #[serde(default)]
+    pub aggregates: Vec<String>,
+    /// Values are clamped into `[lower, upper]` before aggregating.
+    pub lower: f64,
+    pub upper: f64,
+    /// Decimal digits kept in sums (default 0 for int64, 2 for float64).
+    #[serde(default)]
+    pub precision: Option<u8>,
+}
+
+/// A data owner's analysis policy for one dataset. Omitted fields take their defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyWire {
+    /// Identifier columns usable only in equality joins, never output.
+    #[serde(default)]
+    pub join_keys: Vec<String>,
+    /// Columns that may be grouped and filtered on.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    #[serde(default)]
+    pub metrics: Vec<MetricRuleWire>,
+    /// Distinct people of this dataset every output row must stand for (default 50).
+    #[serde(default)]
+    pub min_group_size: Option<u32>,
+    /// Rows one person may contribute (default 1).
+    #[serde(default)]
+    pub max_rows_per_unit: Option<u32>,
+    /// Rows kept per join-key value (default 1).
+    #[serde(default)]
+    pub max_rows_per_key: Option<u32>,
+    /// Noise and budget charges on results touching this dataset (default true).
+    #[serde(default)]
+    pub differential_privacy: Option<bool>,
+    /// Whether analysts may send their own SQL (default true); templates need approval anyway.
+    #[serde(default)]
+    pub allow_sql: Option<bool>,
+    /// Organisations besides the owner that may analyse the dataset.
+    #[serde(default)]
+    pub analysts: Vec<String>,
+    /// Organisations besides the owner that may receive results touching it.
+    #[serde(default)]
+    pub receivers: Vec<String>,
+}
+
+impl PolicyWire {
+    pub fn to_draft(&self) -> cleanroom_core::policy::PolicyDraft {
+        cleanroom_core::policy::PolicyDraft {
+            join_keys: self.join_keys.clone(),
+            dimensions: self.dimensions.clone(),
+            metrics: self
+                .metrics
+                .iter()
+                .map(|m| cleanroom_core::policy::MetricDraft {
+                    column: m.column.clone(),
+                    aggregates: m.aggregates.clone(),
+                    lower: m.lower,
+                    upper: m.upper,
+                    precision: m.precision,
+                })
+                .collect(),
+            min_group_size: self.min_group_size,
+            max_rows_per_unit: self.max_rows_per_unit,
+            max_rows_per_key: self.max_rows_per_key,
+            differential_privacy: self.differential_privacy,
+            allow_sql: self.allow_sql,
+            analysts: self.analysts.clone(),
+            receivers: self.receivers.clone(),
+        }
+    }
+
+    pub fn from_policy(p: &cleanroom_core::policy::AnalysisPolicy) -> Self {
+        let d = p.to_draft();
+        PolicyWire {
+            join_keys: d.join_keys,
+            dimensions: d.dimensions,
+            metrics: d
+                .metrics
+                .into_iter()
+                .map(|m| MetricRuleWire {
+                    column: m.column,
+                    aggregates: m.aggregates,
+                    lower: m.lower,
+                    upper: m.upper,
+                    precision: m.precision,
+                })
+                .collect(),
+            min_group_size: d.min_group_size,
+            max_rows_per_unit: d.max_rows_per_unit,
+            max_rows_per_key: d.max_rows_per_key,
+            differential_privacy: d.differential_privacy,
+            allow_sql: d.allow_sql,
+            analysts: d.analysts,
+            receivers: d.receivers,
+        }
+    }
+}
+
+/// A dataset's current policy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyOut {
+    pub dataset: String,
+    pub owner: String,
+    pub version: u32,
+    pub set_by: String,
+    pub created_at: String,
+    pub policy: PolicyWire,
+}
+
+impl From<&cleanroom_service::PolicyView> for PolicyOut {
+    fn from(v: &cleanroom_service::PolicyView) -> Self {
+        PolicyOut {
+            dataset: v.dataset.to_string(),
+            owner: v.owner.to_string(),
+            version: v.version,
+            set_by: v.set_by.clone(),
+            created_at: v.created_at.clone(),
+            policy: PolicyWire::from_policy(&v.policy),
+        }
+    }
+}
+
+/// An explicit grant of privacy budget by the caller's organisation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantIn {
+    /// Epsilon added to the total.
+    pub epsilon: f64,
+    /// Delta added to the total (default 1e-6 on the first grant, 0 afterwards).
+    #[serde(default)]
+    pub delta: Option<f64>,
+    /// Most epsilon one analysis may spend (required default: min(total, 1) on the first grant).
+    #[serde(default)]
+    pub epsilon_per_query: Option<f64>,
+    #[serde(default)]
+    pub delta_per_query: Option<f64>,
+}
+
+/// An organisation's privacy ledger in a collaboration.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BudgetOut {
+    pub org: String,
+    pub epsilon_total: f64,
+    pub delta_total: f64,
+    pub epsilon_per_query: f64,
+    pub delta_per_query: f64,
+    pub epsilon_spent: f64,
+    pub delta_spent: f64,
+    pub epsilon_left: f64,
+    pub delta_left: f64,
+    pub updated_at: String,
+}
+
+impl From<&cleanroom_service::BudgetView> for BudgetOut {
+    fn from(b: &cleanroom_service::BudgetView) -> Self {
+        BudgetOut {
+            org: b.org.to_string(),
+            epsilon_total: b.epsilon_total,
+            delta_total: b.delta_total,
+            epsilon_per_query: b.epsilon_per_query,
+            delta_per_query: b.delta_per_query,
+            epsilon_spent: b.epsilon_spent,
+            delta_spent: b.delta_spent,
+            epsilon_left: b.epsilon_left,
+            delta_left: b.delta_left,
+            updated_at: b.updated_at.clone(),
+        }
+    }
+}
+
+/// A SQL analysis.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryIn {
+    pub sql: String,
+    /// Epsilon to spend (default: the smallest per-query cap of the owners touched).
+    #[serde(default)]
+    pub epsilon: Option<f64>,
+    #[serde(default)]
+    pub delta: Option<f64>,
+    /// Organisations to deliver the result to (default: yours).
+    #[serde(default)]
+    pub receivers: Vec<String>,
+    /// Check and price only: nothing runs, nothing is spent.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A template run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRunIn {
+    /// Default: the latest version.
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub epsilon: Option<f64>,
+    #[serde(default)]
+    pub delta: Option<f64>,
+    #[serde(default)]
+    pub receivers: Vec<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChargeOut {
+    pub org: String,
+    pub epsilon: f64,
+    pub delta: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResultColumnOut {
+    pub name: String,
+    /// `group`, `count`, `sum`, `average`, `extreme` or `value`.
+    pub kind: String,
+    /// Standard deviation of the noise in this column, when noisy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_sd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResultTableOut {
+    pub name: String,
+    pub columns: Vec<ResultColumnOut>,
+    /// One array per group; values are strings, numbers, booleans or null.
+    #[schema(value_type = Vec<Vec<Object>>)]
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResultOut {
+    pub tables: Vec<ResultTableOut>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanOut {
+    pub datasets: Vec<String>,
+    pub epsilon: Option<f64>,
+    pub delta: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+/// An analysis. `result` is present only for receivers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AnalysisOut {
+    pub id: String,
+    /// `sql` or `template`.
+    pub kind: String,
+    pub request: String,
+    pub requested_by: String,
+    /// `running`, `released`, `failed` or `dry_run`.
+    pub status: String,
+    pub receivers: Vec<String>,
+    pub charges: Vec<ChargeOut>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultOut>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanOut>,
+}
+
+impl From<&cleanroom_service::AnalysisView> for AnalysisOut {
+    fn from(a: &cleanroom_service::AnalysisView) -> Self {
+        AnalysisOut {
+            id: a.id.clone(),
+            kind: a.kind.clone(),
+            request: a.request.clone(),
+            requested_by: a.requested_by.clone(),
+            status: a.status.clone(),
+            receivers: a.receivers.clone(),
+            charges: a
+                .charges
+                .iter()
+                .map(|c| ChargeOut {
+                    org: c.org.to_string(),
+                    epsilon: c.epsilon,
+                    delta: c.delta,
+                })
+                .collect(),
+            result: a.result.as_ref().map(|r| ResultOut {
+                tables: r
+                    .tables
+                    .iter()
+                    .map(|t| ResultTableOut {
+                        name: t.name.clone(),
+                        columns: t
+                            .columns
+                            .iter()
+                            .map(|c| ResultColumnOut {
+                                name: c.name.clone(),
+                                kind: c.kind.clone(),
+                                noise_sd: c.noise_sd,
+                            })
+                            .collect(),
+                        rows: t
+                            .rows
+                            .iter()
+                            .map(|row| {
+                                row.iter()
+                                    .map(cleanroom_service::results::cell_json)
+                                    .collect()
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                notes: r.notes.clone(),
+            }),
+            error: a.error.clone(),
+            reused_from: a.reused_from.clone(),
+            created_at: a.created_at.clone(),
+            finished_at: a.finished_at.clone(),
+            plan: a.plan.as_ref().map(|p| PlanOut {
+                datasets: p.datasets.clone(),
+                epsilon: p.epsilon,
+                delta: p.delta,
+                notes: p.notes.clone(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateParamOut {
+    pub name: String,
+    pub required: bool,
+    pub help: String,
+}
+
+/// A ready-made analysis.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateOut {
+    pub name: String,
+    pub version: u32,
+    pub title: String,
+    pub description: String,
+    pub params: Vec<TemplateParamOut>,
+}
+
+impl From<&cleanroom_service::TemplateInfo> for TemplateOut {
+    fn from(t: &cleanroom_service::TemplateInfo) -> Self {
+        TemplateOut {
+            name: t.name.to_owned(),
+            version: t.version,
+            title: t.title.to_owned(),
+            description: t.description.to_owned(),
+            params: t
+                .params
+                .iter()
+                .map(|p| TemplateParamOut {
+                    name: p.name.to_owned(),
+                    required: p.required,
+                    help: p.help.to_owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An owner approves a template version on one of its datasets.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalIn {
+    pub dataset: String,
+    /// Default: the latest version.
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalOut {
+    pub dataset: String,
+    pub owner: String,
+    pub template: String,
+    pub version: u32,
+    pub approved_by: String,
+    pub approved_at: String,
+}
+
+impl From<&cleanroom_service::ApprovalView> for ApprovalOut {
+    fn from(a: &cleanroom_service::ApprovalView) -> Self {
+        ApprovalOut {
+            dataset: a.dataset.to_string(),
+            owner: a.owner.to_string(),
+            template: a.template.clone(),
+            version: a.version,
+            approved_by: a.approved_by.clone(),
+            approved_at: a.approved_at.clone(),
+        }
+    }
+}

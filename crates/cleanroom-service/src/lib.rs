@@ -15,6 +15,8 @@ pub use analysis::{
     AnalysisView, ApprovalView, BudgetView, ChargeView, GrantRequest, PlanView, PolicyView,
     QueryRequest, TemplateRequest,
 };
+pub use cleanroom_query::Cell;
+pub use cleanroom_query::templates::{ParamInfo, TemplateInfo};
 pub use error::ServiceError;
 pub use results::{AnalysisResult, ResultColumn, ResultTable};
 pub use room::{
