@@ -125,14 +125,11 @@ impl SessionConfig {
         let count_eps = strictest(ours.count_epsilon, theirs.count_epsilon);
         let sum_eps = strictest(ours.sum_epsilon, theirs.sum_epsilon);
         let count_noise = match count_eps {
-            Some(e) => Some(IntegerNoise::calibrate(Epsilon::grant(e)?, 1)?),
+            Some(e) => Some(NoiseSpec::calibrate(e, 1)?),
             None => None,
         };
         let sum_noise = match (ours.protocol, sum_eps) {
-            (ProtocolKind::Sum, Some(e)) => Some(IntegerNoise::calibrate(
-                Epsilon::grant(e)?,
-                max_value as i64,
-            )?),
+            (ProtocolKind::Sum, Some(e)) => Some(NoiseSpec::calibrate(e, max_value as i64)?),
             _ => None,
         };
         Ok(Session {
@@ -163,8 +160,8 @@ pub struct Session {
     pub(crate) batch: usize,
     pub(crate) peer_items: Vec<u64>,
     pub(crate) max_value: u64,
-    pub(crate) count_noise: Option<IntegerNoise>,
-    pub(crate) sum_noise: Option<IntegerNoise>,
+    pub(crate) count_noise: Option<NoiseSpec>,
+    pub(crate) sum_noise: Option<NoiseSpec>,
     count_epsilon: Option<f64>,
     sum_epsilon: Option<f64>,
 }
@@ -207,7 +204,7 @@ impl Session {
             .map(|c| {
                 let c = i64::try_from(*c).map_err(|_| PsiError::Internal("count".into()))?;
                 Ok(match &self.count_noise {
-                    Some(n) => n.release(c)?.max(0),
+                    Some(n) => n.mechanism()?.release(c)?.max(0),
                     None => c,
                 })
             })
@@ -218,8 +215,34 @@ impl Session {
     /// up: 45 noise scales (the discrete Laplace tail beyond that is below 3·10^-20).
     pub(crate) fn sum_noise_allowance(&self) -> u64 {
         match &self.sum_noise {
-            Some(n) => (n.scale() * 45.0).ceil() as u64,
+            Some(n) => (n.scale * 45.0).ceil() as u64,
             None => 0,
         }
+    }
+}
+
+/// A calibrated discrete Laplace mechanism, kept as its parameters: OpenDP's measurements are
+/// not `Send`, and a session crosses threads in an async transport. The mechanism is rebuilt
+/// (same epsilon, same sensitivity, hence the same scale) at the moment of release.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NoiseSpec {
+    epsilon: Epsilon,
+    sensitivity: i64,
+    pub(crate) scale: f64,
+}
+
+impl NoiseSpec {
+    fn calibrate(epsilon: f64, sensitivity: i64) -> Result<Self, PsiError> {
+        let epsilon = Epsilon::grant(epsilon)?;
+        let m = IntegerNoise::calibrate(epsilon, sensitivity)?;
+        Ok(NoiseSpec {
+            epsilon,
+            sensitivity,
+            scale: m.scale(),
+        })
+    }
+
+    pub(crate) fn mechanism(&self) -> Result<IntegerNoise, PsiError> {
+        Ok(IntegerNoise::calibrate(self.epsilon, self.sensitivity)?)
     }
 }

@@ -351,7 +351,7 @@ impl SenderMatching {
                 let mut sums = Vec::with_capacity(w);
                 for s in &self.sums {
                     let noisy = match &self.session.sum_noise {
-                        Some(n) => s.add(&self.pk.encrypt(n.release(0)?)?),
+                        Some(n) => s.add(&self.pk.encrypt(n.mechanism()?.release(0)?)?),
                         None => *s,
                     };
                     sums.push(self.pk.rerandomise(&noisy)?.to_bytes());
