@@ -1,0 +1,1190 @@
+//! The streaming prepare pipeline: read CSV or Parquet in batches, normalise, pseudonymise and
+//! generalise row by row, write Parquet in batches, assess risk, then move the outputs into
+//! place atomically (or, when refused, write nothing).
+//!
+//! Memory is bounded by one input batch, one output row group and the risk class map (one
+//! entry per distinct quasi-identifier combination, not per row).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, Date32Builder, Float64Builder, Int64Builder, RecordBatch, StringArray,
+    StringBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use cleanroom_core::schema::{ColumnRole, ColumnSpec, ColumnType, DatasetSchema};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use tempfile::NamedTempFile;
+
+use crate::IdentityError;
+use crate::activation::{Destination, activation_hash, activation_input_from_base};
+use crate::config::{BelowMinimum, PrepareConfig, PrivacyUnit};
+use crate::generalise::Generalised;
+use crate::normalise::{IdKind, Invalid, email_base, gmail_canonical, normalise, phone_e164};
+use crate::pseudonym::PseudonymKey;
+use crate::report::{ColumnReport, InputFormat, OutputColumn, OutputFile, PrepReport};
+use crate::risk::RiskAccumulator;
+
+/// Rows per output record batch (and per progress report).
+pub const BATCH_ROWS: usize = 64 * 1024;
+/// Rows per Parquet row group (bounds the writer's buffer).
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Longest privacy unit value kept as written, in bytes.
+pub const MAX_UNIT_BYTES: usize = 1024;
+
+/// Where the outputs go, all next to each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPaths {
+    /// The Parquet for `cleanroom dataset upload`.
+    pub upload: PathBuf,
+    /// Its upload schema (`<stem>.schema.toml`).
+    pub schema: PathBuf,
+    /// The on-premises activation file (`<stem>.activation.parquet`), when asked for.
+    pub activation: PathBuf,
+}
+
+impl OutputPaths {
+    /// `prepared.parquet` → `prepared.schema.toml`, `prepared.activation.parquet`.
+    pub fn next_to(upload: &Path) -> Self {
+        let stem = upload
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "prepared".into());
+        let dir = upload.parent().unwrap_or(Path::new(""));
+        OutputPaths {
+            upload: upload.to_path_buf(),
+            schema: dir.join(format!("{stem}.schema.toml")),
+            activation: dir.join(format!("{stem}.activation.parquet")),
+        }
+    }
+}
+
+/// How far along the input the pipeline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Sent once: the input's size in bytes (CSV) or rows (Parquet).
+    Start { total: u64, unit: ProgressUnit },
+    /// Position in the same unit.
+    At(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressUnit {
+    Bytes,
+    Rows,
+}
+
+/// Parquet files start with these four bytes.
+const PARQUET_MAGIC: &[u8; 4] = b"PAR1";
+
+/// Parquet when the file starts with `PAR1`, CSV otherwise.
+pub fn detect_format(path: &Path) -> Result<InputFormat, IdentityError> {
+    let mut f =
+        File::open(path).map_err(IdentityError::io(format!("cannot open {}", path.display())))?;
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let k = f
+            .read(&mut magic[got..])
+            .map_err(IdentityError::io(format!("cannot read {}", path.display())))?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    Ok(if got == 4 && &magic == PARQUET_MAGIC {
+        InputFormat::Parquet
+    } else {
+        InputFormat::Csv
+    })
+}
+
+/// Runs the whole preparation of `input` into `out`. On a refusal the report says so
+/// (`refused`) and nothing is written; every other failure is an error.
+pub fn prepare(
+    config: &PrepareConfig,
+    key: &PseudonymKey,
+    input: &Path,
+    out: &OutputPaths,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PrepReport, IdentityError> {
+    let started = Instant::now();
+    let format = detect_format(input)?;
+    let dir = match out.upload.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(IdentityError::InvalidInput(format!(
+            "the output directory {} does not exist",
+            dir.display()
+        )));
+    }
+    let mut plan = Plan::new(config, key)?;
+    let mut sink = Sink::create(&plan, &dir)?;
+
+    let header = match format {
+        InputFormat::Csv => run_csv(config, input, &mut plan, &mut sink, progress)?,
+        InputFormat::Parquet => run_parquet(input, &mut plan, &mut sink, progress)?,
+    };
+    sink.flush(&mut plan)?;
+
+    let risk = plan.risk.as_ref().map(|acc| {
+        acc.assess(
+            config.risk(),
+            config
+                .quasi_identifiers()
+                .iter()
+                .map(|q| q.output.clone())
+                .collect(),
+        )
+    });
+    let refused = risk.as_ref().is_some_and(|r| r.refused());
+
+    let mut files = Vec::new();
+    if !refused {
+        let schema_toml = upload_schema_toml(&plan.outputs, &out.upload)?;
+        sink.commit(&out.upload, &out.activation, &out.schema, &schema_toml)?;
+        files.push(out.upload.clone());
+        files.push(out.schema.clone());
+        if plan.has_activation {
+            files.push(out.activation.clone());
+        }
+    }
+    // Dropping an uncommitted sink removes its temporary files.
+    drop(sink);
+
+    let mut warnings = plan.warnings(config);
+    if let Some(r) = &risk {
+        for f in r.findings.iter().filter(|f| f.breached) {
+            warnings.push(format!(
+                "risk limit breached: {} (value {}), action {}",
+                f.limit,
+                f.value,
+                r.action.as_str()
+            ));
+        }
+    } else {
+        warnings
+            .push("no quasi-identifiers configured: re-identification risk not assessed".into());
+    }
+    let configured: Vec<&str> = plan.inputs.iter().map(String::as_str).collect();
+    let columns_dropped = header
+        .into_iter()
+        .filter(|h| !configured.contains(&h.as_str()))
+        .collect();
+
+    Ok(PrepReport {
+        input: input.to_path_buf(),
+        input_format: format,
+        collaboration: config.collaboration().to_owned(),
+        gmail_rules: config.options().gmail_rules,
+        default_region: config.options().default_region.clone(),
+        rows_read: plan.rows_read,
+        rows_written: plan.rows_written,
+        rows_dropped: plan.dropped.clone(),
+        columns_dropped,
+        columns: plan.stats.clone(),
+        outputs: plan.outputs.clone(),
+        risk,
+        warnings,
+        refused,
+        files: if refused { Vec::new() } else { files },
+        elapsed: started.elapsed(),
+    })
+}
+
+/// An output value of one row.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell {
+    Null,
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Day(i32),
+}
+
+enum Builder {
+    Text(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Day(Date32Builder),
+}
+
+impl Builder {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::Int64 => Builder::Int(Int64Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Float64 => Builder::Float(Float64Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Date => Builder::Day(Date32Builder::with_capacity(BATCH_ROWS)),
+            _ => Builder::Text(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 64)),
+        }
+    }
+
+    fn append(&mut self, cell: &Cell) {
+        match (self, cell) {
+            (Builder::Text(b), Cell::Text(s)) => b.append_value(s),
+            (Builder::Int(b), Cell::Int(v)) => b.append_value(*v),
+            (Builder::Float(b), Cell::Float(v)) => b.append_value(*v),
+            (Builder::Day(b), Cell::Day(v)) => b.append_value(*v),
+            (Builder::Text(b), _) => b.append_null(),
+            (Builder::Int(b), _) => b.append_null(),
+            (Builder::Float(b), _) => b.append_null(),
+            (Builder::Day(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Text(b) => Arc::new(b.finish()),
+            Builder::Int(b) => Arc::new(b.finish()),
+            Builder::Float(b) => Arc::new(b.finish()),
+            Builder::Day(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// What to do with each configured column, resolved against the input's header.
+enum Step {
+    Identifier {
+        kind: IdKind,
+        opts: crate::normalise::NormaliseOptions,
+        /// Output index of the pseudonym.
+        out: usize,
+        /// Activation destinations and their output indices (activation file).
+        activation: Vec<(Destination, usize)>,
+        /// Activation-file index of the pseudonym copy, when activation is on.
+        activation_key: Option<usize>,
+    },
+    Unit {
+        out: usize,
+    },
+    Quasi {
+        index: usize,
+        out: usize,
+    },
+    Dimension {
+        out: usize,
+    },
+    Metric {
+        ty: ColumnType,
+        out: usize,
+    },
+}
+
+/// Activation-file outputs of one identifier: its pseudonym copy and its hashes.
+type ActivationOuts = (Option<usize>, Vec<(Destination, usize)>);
+
+/// The resolved plan and the running counts.
+struct Plan<'a> {
+    config: &'a PrepareConfig,
+    key: &'a PseudonymKey,
+    /// Input columns in the order of `steps` (several steps may read one column).
+    inputs: Vec<String>,
+    /// For each step, the index in `inputs` it reads.
+    steps: Vec<(usize, Step)>,
+    /// Upload columns then activation columns, in output order.
+    outputs: Vec<OutputColumn>,
+    upload_width: usize,
+    has_activation: bool,
+    /// Output index (upload file) of the privacy unit.
+    unit_out: usize,
+    /// Output index of the sensitive column, if any.
+    sensitive_out: Option<usize>,
+    quasi_outs: Vec<usize>,
+    stats: Vec<ColumnReport>,
+    risk: Option<RiskAccumulator>,
+    rows_read: u64,
+    rows_written: u64,
+    dropped: BTreeMap<String, u64>,
+    upload_cells: Vec<Cell>,
+    activation_cells: Vec<Cell>,
+    upload_builders: Vec<Builder>,
+    activation_builders: Vec<Builder>,
+    pending: usize,
+}
+
+const DROP_UNIT: &str = "privacy unit missing or invalid";
+
+impl<'a> Plan<'a> {
+    fn new(config: &'a PrepareConfig, key: &'a PseudonymKey) -> Result<Self, IdentityError> {
+        let mut inputs: Vec<String> = Vec::new();
+        let mut input_of = |name: &str| -> usize {
+            match inputs.iter().position(|c| c == name) {
+                Some(i) => i,
+                None => {
+                    inputs.push(name.to_owned());
+                    inputs.len() - 1
+                }
+            }
+        };
+        let mut steps = Vec::new();
+        let mut outputs = Vec::new();
+        let mut stats = Vec::new();
+        fn upload(
+            outputs: &mut Vec<OutputColumn>,
+            name: &str,
+            ty: ColumnType,
+            role: ColumnRole,
+        ) -> usize {
+            outputs.push(OutputColumn {
+                name: name.to_owned(),
+                ty,
+                role,
+                file: OutputFile::Upload,
+            });
+            outputs.len() - 1
+        }
+        let unit_identifier = match config.privacy_unit() {
+            PrivacyUnit::Identifier(i) => Some(*i),
+            PrivacyUnit::Column { .. } => None,
+        };
+        let mut unit_out = 0;
+        // Upload file: identifiers (the unit's pseudonym first), raw unit, QIs, dimensions, metrics.
+        let mut id_order: Vec<usize> = (0..config.identifier_specs().len()).collect();
+        if let Some(u) = unit_identifier {
+            id_order.retain(|i| *i != u);
+            id_order.insert(0, u);
+        }
+        let mut id_outs = HashMap::new();
+        if let PrivacyUnit::Column { column, output } = config.privacy_unit() {
+            unit_out = upload(
+                &mut outputs,
+                output,
+                ColumnType::String,
+                ColumnRole::PrivacyUnit,
+            );
+            steps.push((input_of(column), Step::Unit { out: unit_out }));
+            stats.push(ColumnReport {
+                input: column.clone(),
+                output: output.clone(),
+                treatment: "privacy unit, kept as written".into(),
+                valid: 0,
+                missing: 0,
+                invalid: BTreeMap::new(),
+            });
+        }
+        for &i in &id_order {
+            let s = &config.identifier_specs()[i];
+            let role = if Some(i) == unit_identifier {
+                ColumnRole::PrivacyUnit
+            } else {
+                ColumnRole::Identifier
+            };
+            let out = upload(&mut outputs, &s.output, ColumnType::String, role);
+            if Some(i) == unit_identifier {
+                unit_out = out;
+            }
+            id_outs.insert(i, out);
+        }
+        let mut quasi_outs = Vec::new();
+        let mut quasi_steps = Vec::new();
+        for (qi, q) in config.quasi_identifiers().iter().enumerate() {
+            let out = upload(
+                &mut outputs,
+                &q.output,
+                q.generalisation.output_type(),
+                ColumnRole::Dimension,
+            );
+            quasi_outs.push(out);
+            quasi_steps.push((qi, out));
+        }
+        let mut dim_outs = Vec::new();
+        for d in config.dimensions() {
+            dim_outs.push(upload(
+                &mut outputs,
+                &d.output,
+                ColumnType::String,
+                ColumnRole::Dimension,
+            ));
+        }
+        let mut metric_outs = Vec::new();
+        for m in config.metrics() {
+            metric_outs.push(upload(&mut outputs, &m.output, m.ty, ColumnRole::Metric));
+        }
+        let upload_width = outputs.len();
+
+        // Activation file: the privacy unit, then per activated identifier its pseudonym and hashes.
+        let has_activation = config.has_activation();
+        let mut activation_width = 0;
+        let mut act = |outputs: &mut Vec<OutputColumn>, name: &str, role| {
+            outputs.push(OutputColumn {
+                name: name.to_owned(),
+                ty: ColumnType::String,
+                role,
+                file: OutputFile::Activation,
+            });
+            activation_width += 1;
+            activation_width - 1
+        };
+        let mut act_unit = None;
+        let mut act_ids: HashMap<usize, ActivationOuts> = HashMap::new();
+        if has_activation {
+            act_unit = Some(act(
+                &mut outputs,
+                config.privacy_unit_output(),
+                ColumnRole::PrivacyUnit,
+            ));
+            for &i in &id_order {
+                let s = &config.identifier_specs()[i];
+                if s.activation.is_empty() {
+                    continue;
+                }
+                let key_col = if Some(i) == unit_identifier {
+                    None
+                } else {
+                    Some(act(&mut outputs, &s.output, ColumnRole::Identifier))
+                };
+                let cols = s
+                    .activation
+                    .iter()
+                    .map(|(d, name)| (*d, act(&mut outputs, name, ColumnRole::Identifier)))
+                    .collect();
+                act_ids.insert(i, (key_col, cols));
+            }
+        }
+
+        // Steps in the order outputs are computed.
+        for &i in &id_order {
+            let s = &config.identifier_specs()[i];
+            let (activation_key, activation) = act_ids.remove(&i).unwrap_or((None, Vec::new()));
+            let activation_key = if Some(i) == unit_identifier {
+                act_unit
+            } else {
+                activation_key
+            };
+            steps.push((
+                input_of(&s.column),
+                Step::Identifier {
+                    kind: s.kind,
+                    opts: s.options.clone(),
+                    out: id_outs.get(&i).copied().unwrap_or_default(),
+                    activation,
+                    activation_key,
+                },
+            ));
+            let mut treatment = format!("{} identifier → HMAC-SHA-256", s.kind);
+            if Some(i) == unit_identifier {
+                treatment.push_str(" (privacy unit)");
+            }
+            if !s.activation.is_empty() {
+                treatment.push_str(&format!(
+                    "; SHA-256 for {}",
+                    s.activation
+                        .iter()
+                        .map(|(d, _)| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            stats.push(ColumnReport {
+                input: s.column.clone(),
+                output: s.output.clone(),
+                treatment,
+                valid: 0,
+                missing: 0,
+                invalid: BTreeMap::new(),
+            });
+        }
+        for (qi, out) in quasi_steps {
+            let q = &config.quasi_identifiers()[qi];
+            steps.push((input_of(&q.column), Step::Quasi { index: qi, out }));
+            stats.push(ColumnReport {
+                input: q.column.clone(),
+                output: q.output.clone(),
+                treatment: format!("quasi-identifier, {}", q.generalisation.describe()),
+                valid: 0,
+                missing: 0,
+                invalid: BTreeMap::new(),
+            });
+        }
+        for (d, out) in config.dimensions().iter().zip(dim_outs) {
+            steps.push((input_of(&d.column), Step::Dimension { out }));
+            stats.push(ColumnReport {
+                input: d.column.clone(),
+                output: d.output.clone(),
+                treatment: "dimension, kept as written".into(),
+                valid: 0,
+                missing: 0,
+                invalid: BTreeMap::new(),
+            });
+        }
+        for (m, out) in config.metrics().iter().zip(metric_outs) {
+            steps.push((input_of(&m.column), Step::Metric { ty: m.ty, out }));
+            stats.push(ColumnReport {
+                input: m.column.clone(),
+                output: m.output.clone(),
+                treatment: format!("metric, {}", m.ty),
+                valid: 0,
+                missing: 0,
+                invalid: BTreeMap::new(),
+            });
+        }
+
+        let sensitive_out = config
+            .risk()
+            .sensitive
+            .as_ref()
+            .and_then(|name| outputs[..upload_width].iter().position(|o| &o.name == name));
+        let risk = (!config.quasi_identifiers().is_empty())
+            .then(|| RiskAccumulator::new(sensitive_out.is_some()));
+        let upload_builders = outputs[..upload_width]
+            .iter()
+            .map(|o| Builder::new(o.ty))
+            .collect();
+        let activation_builders = outputs[upload_width..]
+            .iter()
+            .map(|o| Builder::new(o.ty))
+            .collect();
+        Ok(Plan {
+            config,
+            key,
+            inputs,
+            steps,
+            upload_width,
+            has_activation,
+            unit_out,
+            sensitive_out,
+            quasi_outs,
+            stats,
+            risk,
+            rows_read: 0,
+            rows_written: 0,
+            dropped: BTreeMap::new(),
+            upload_cells: vec![Cell::Null; upload_width],
+            activation_cells: vec![Cell::Null; activation_width],
+            upload_builders,
+            activation_builders,
+            pending: 0,
+            outputs,
+        })
+    }
+
+    fn upload_schema(&self) -> SchemaRef {
+        arrow_schema(&self.outputs[..self.upload_width])
+    }
+
+    fn activation_schema(&self) -> SchemaRef {
+        arrow_schema(&self.outputs[self.upload_width..])
+    }
+
+    /// Processes one input row (`fields` in the order of `inputs`, empty for NULL).
+    fn row(&mut self, fields: &[&str]) {
+        self.rows_read += 1;
+        for c in &mut self.upload_cells {
+            *c = Cell::Null;
+        }
+        for c in &mut self.activation_cells {
+            *c = Cell::Null;
+        }
+        let mut drop_reason: Option<String> = None;
+        for (si, (input, step)) in self.steps.iter().enumerate() {
+            let raw = fields[*input];
+            let stats = &mut self.stats[si];
+            let outcome: Result<(), Invalid> = match step {
+                Step::Identifier {
+                    kind,
+                    opts,
+                    out,
+                    activation,
+                    activation_key,
+                } => match identifier_forms(*kind, raw, opts, !activation.is_empty()) {
+                    Ok((matched, base)) => {
+                        let p = self.key.pseudonymise(*kind, &matched);
+                        for (dest, col) in activation {
+                            if let Ok(v) = activation_input_from_base(*dest, *kind, &base) {
+                                self.activation_cells[*col] =
+                                    Cell::Text(activation_hash(*dest, &v));
+                            }
+                        }
+                        if let Some(k) = activation_key {
+                            self.activation_cells[*k] = Cell::Text(p.clone());
+                        }
+                        self.upload_cells[*out] = Cell::Text(p);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                Step::Unit { out } => {
+                    let v = raw.trim();
+                    if v.is_empty() {
+                        Err(Invalid::Empty)
+                    } else if v.len() > MAX_UNIT_BYTES {
+                        Err(Invalid::TooLong)
+                    } else {
+                        self.upload_cells[*out] = Cell::Text(v.to_owned());
+                        if self.has_activation {
+                            self.activation_cells[0] = Cell::Text(v.to_owned());
+                        }
+                        Ok(())
+                    }
+                }
+                Step::Quasi { index, out } => {
+                    let q = &self.config.quasi_identifiers()[*index];
+                    match q.generalisation.apply(raw, self.config.options()) {
+                        Ok(Generalised::Text(s)) => {
+                            self.upload_cells[*out] = Cell::Text(s);
+                            Ok(())
+                        }
+                        Ok(Generalised::Day(d)) => {
+                            self.upload_cells[*out] = Cell::Day(d);
+                            Ok(())
+                        }
+                        Err(Invalid::BelowMinimum) => {
+                            if q.below_minimum == BelowMinimum::DropRow && drop_reason.is_none() {
+                                drop_reason = Some(format!("{} below the minimum", q.column));
+                            }
+                            Err(Invalid::BelowMinimum)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Step::Dimension { out } => {
+                    let v = raw.trim();
+                    if v.is_empty() {
+                        Err(Invalid::Empty)
+                    } else {
+                        self.upload_cells[*out] = Cell::Text(v.to_owned());
+                        Ok(())
+                    }
+                }
+                Step::Metric { ty, out } => {
+                    let v = raw.trim();
+                    if v.is_empty() {
+                        Err(Invalid::Empty)
+                    } else if *ty == ColumnType::Int64 {
+                        match v.parse::<i64>() {
+                            Ok(x) => {
+                                self.upload_cells[*out] = Cell::Int(x);
+                                Ok(())
+                            }
+                            Err(_) => Err(Invalid::Malformed("not a whole number")),
+                        }
+                    } else {
+                        match v.parse::<f64>() {
+                            Ok(x) if x.is_finite() => {
+                                self.upload_cells[*out] = Cell::Float(x);
+                                Ok(())
+                            }
+                            _ => Err(Invalid::Malformed("not a finite number")),
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => stats.valid += 1,
+                Err(Invalid::Empty) => stats.missing += 1,
+                Err(e) => *stats.invalid.entry(e).or_default() += 1,
+            }
+        }
+        if matches!(self.upload_cells[self.unit_out], Cell::Null) {
+            drop_reason = Some(DROP_UNIT.to_owned());
+        }
+        if let Some(why) = drop_reason {
+            *self.dropped.entry(why).or_default() += 1;
+            return;
+        }
+        if let Some(acc) = &mut self.risk {
+            let cells = &self.upload_cells;
+            let owned: Vec<Option<Cow<'_, str>>> = self
+                .quasi_outs
+                .iter()
+                .map(|o| match &cells[*o] {
+                    Cell::Text(s) => Some(Cow::Borrowed(s.as_str())),
+                    Cell::Day(d) => Some(Cow::Owned(d.to_string())),
+                    _ => None,
+                })
+                .collect();
+            let qi: Vec<Option<&str>> = owned.iter().map(|v| v.as_deref()).collect();
+            let sensitive = self.sensitive_out.and_then(|o| match &cells[o] {
+                Cell::Text(s) => Some(s.as_str()),
+                _ => None,
+            });
+            acc.add(&qi, sensitive);
+        }
+        for (b, c) in self.upload_builders.iter_mut().zip(&self.upload_cells) {
+            b.append(c);
+        }
+        for (b, c) in self
+            .activation_builders
+            .iter_mut()
+            .zip(&self.activation_cells)
+        {
+            b.append(c);
+        }
+        self.rows_written += 1;
+        self.pending += 1;
+    }
+
+    fn take_batches(&mut self) -> Result<(RecordBatch, Option<RecordBatch>), IdentityError> {
+        let cols: Vec<ArrayRef> = self
+            .upload_builders
+            .iter_mut()
+            .map(Builder::finish)
+            .collect();
+        let upload = RecordBatch::try_new(self.upload_schema(), cols)?;
+        let activation = if self.has_activation {
+            let cols: Vec<ArrayRef> = self
+                .activation_builders
+                .iter_mut()
+                .map(Builder::finish)
+                .collect();
+            Some(RecordBatch::try_new(self.activation_schema(), cols)?)
+        } else {
+            None
+        };
+        self.pending = 0;
+        Ok((upload, activation))
+    }
+
+    fn warnings(&self, config: &PrepareConfig) -> Vec<String> {
+        let mut w = Vec::new();
+        if let PrivacyUnit::Column { column, .. } = config.privacy_unit() {
+            w.push(format!(
+                "the privacy unit `{column}` is written as it is in the input: make it an identifier (kind = \"opaque\") to pseudonymise it"
+            ));
+        }
+        for c in &self.stats {
+            let total = c.valid + c.invalid_total();
+            if total >= 20 && c.invalid_total() * 2 > total {
+                w.push(format!(
+                    "`{}`: {} of {} non-empty values are invalid: is the kind or the region right?",
+                    c.input,
+                    c.invalid_total(),
+                    total
+                ));
+            }
+        }
+        if self.has_activation {
+            w.push("the activation file holds plain SHA-256 hashes, reversible by dictionary: keep it on premises and do not upload it".into());
+        }
+        w
+    }
+}
+
+/// The matching form (pseudonymised) and the base form (for activation hashes) of an
+/// identifier.
+fn identifier_forms(
+    kind: IdKind,
+    raw: &str,
+    opts: &crate::normalise::NormaliseOptions,
+    want_base: bool,
+) -> Result<(String, String), Invalid> {
+    if !want_base {
+        return normalise(kind, raw, opts).map(|v| (v, String::new()));
+    }
+    match kind {
+        IdKind::Email => {
+            let base = email_base(raw)?;
+            let matched = if opts.gmail_rules {
+                gmail_canonical(&base)?
+            } else {
+                base.clone()
+            };
+            Ok((matched, base))
+        }
+        IdKind::Phone => {
+            let e = phone_e164(raw, &opts.default_region)?;
+            Ok((e.clone(), e))
+        }
+        _ => normalise(kind, raw, opts).map(|v| (v, String::new())),
+    }
+}
+
+fn arrow_schema(cols: &[OutputColumn]) -> SchemaRef {
+    Arc::new(Schema::new(
+        cols.iter()
+            .map(|c| {
+                let ty = match c.ty {
+                    ColumnType::Int64 => DataType::Int64,
+                    ColumnType::Float64 => DataType::Float64,
+                    ColumnType::Date => DataType::Date32,
+                    ColumnType::Bool => DataType::Boolean,
+                    ColumnType::String => DataType::Utf8,
+                };
+                Field::new(&c.name, ty, c.role != ColumnRole::PrivacyUnit)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// The temporary output files and their writers.
+struct Sink {
+    upload: Option<(NamedTempFile, ArrowWriter<BufWriter<File>>)>,
+    activation: Option<(NamedTempFile, ArrowWriter<BufWriter<File>>)>,
+    dir: PathBuf,
+}
+
+fn temp_in(dir: &Path) -> Result<NamedTempFile, IdentityError> {
+    tempfile::Builder::new()
+        .prefix(".cleanroom-prepare-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(IdentityError::io(format!(
+            "cannot create a temporary file in {}",
+            dir.display()
+        )))
+}
+
+fn writer_for(
+    tmp: &NamedTempFile,
+    schema: SchemaRef,
+    plain: &[&str],
+) -> Result<ArrowWriter<BufWriter<File>>, IdentityError> {
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(IdentityError::io("cannot open the temporary output"))?;
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by("cleanroom prepare".into());
+    // Pseudonyms and hashes are all distinct: a dictionary only costs time.
+    for name in plain {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(*name), false);
+    }
+    Ok(ArrowWriter::try_new(
+        BufWriter::with_capacity(1 << 20, file),
+        schema,
+        Some(props.build()),
+    )?)
+}
+
+impl Sink {
+    fn create(plan: &Plan<'_>, dir: &Path) -> Result<Self, IdentityError> {
+        let plain: Vec<&str> = plan
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.role, ColumnRole::Identifier | ColumnRole::PrivacyUnit))
+            .map(|o| o.name.as_str())
+            .collect();
+        let tmp = temp_in(dir)?;
+        let w = writer_for(&tmp, plan.upload_schema(), &plain)?;
+        let activation = if plan.has_activation {
+            let tmp = temp_in(dir)?;
+            let w = writer_for(&tmp, plan.activation_schema(), &plain)?;
+            Some((tmp, w))
+        } else {
+            None
+        };
+        Ok(Sink {
+            upload: Some((tmp, w)),
+            activation,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn flush(&mut self, plan: &mut Plan<'_>) -> Result<(), IdentityError> {
+        if plan.pending == 0 {
+            return Ok(());
+        }
+        let (u, a) = plan.take_batches()?;
+        if let Some((_, w)) = &mut self.upload {
+            w.write(&u)?;
+        }
+        if let (Some((_, w)), Some(a)) = (&mut self.activation, a) {
+            w.write(&a)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the files, fsyncs them and renames them into place (schema and activation
+    /// first, the upload file last), then fsyncs the directory.
+    fn commit(
+        &mut self,
+        upload: &Path,
+        activation: &Path,
+        schema: &Path,
+        schema_toml: &str,
+    ) -> Result<(), IdentityError> {
+        fn finish(
+            (tmp, w): (NamedTempFile, ArrowWriter<BufWriter<File>>),
+        ) -> Result<NamedTempFile, IdentityError> {
+            let buf = w.into_inner()?;
+            let file = buf.into_inner().map_err(|e| IdentityError::Io {
+                context: "cannot write the output".into(),
+                source: e.into_error(),
+            })?;
+            file.sync_all()
+                .map_err(IdentityError::io("cannot sync the output"))?;
+            Ok(tmp)
+        }
+        let mut schema_tmp = temp_in(&self.dir)?;
+        schema_tmp
+            .write_all(schema_toml.as_bytes())
+            .and_then(|_| schema_tmp.as_file().sync_all())
+            .map_err(IdentityError::io("cannot write the upload schema"))?;
+        let persist = |tmp: NamedTempFile, to: &Path| -> Result<(), IdentityError> {
+            tmp.persist(to).map_err(|e| IdentityError::Io {
+                context: format!("cannot move the output into {}", to.display()),
+                source: e.error,
+            })?;
+            Ok(())
+        };
+        if let Some(a) = self.activation.take() {
+            persist(finish(a)?, activation)?;
+        }
+        persist(schema_tmp, schema)?;
+        if let Some(u) = self.upload.take() {
+            persist(finish(u)?, upload)?;
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(IdentityError::io(format!("cannot sync {}", dir.display())))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The upload schema as `cleanroom dataset upload --schema` reads it, validated by
+/// `cleanroom-core` first.
+fn upload_schema_toml(outputs: &[OutputColumn], upload: &Path) -> Result<String, IdentityError> {
+    let cols: Vec<&OutputColumn> = outputs
+        .iter()
+        .filter(|o| o.file == OutputFile::Upload)
+        .collect();
+    let specs = cols
+        .iter()
+        .map(|c| ColumnSpec::new(&c.name, c.ty.as_str(), c.role.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::Internal(format!("upload schema: {e}")))?;
+    DatasetSchema::new(specs)
+        .map_err(|e| IdentityError::Internal(format!("upload schema: {e}")))?;
+    let file = upload
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut s = format!(
+        "# Upload schema of {file}, written by `cleanroom prepare`.\n# cleanroom dataset upload <collaboration> <dataset> --file {file} --schema <this file>\n"
+    );
+    for c in cols {
+        s.push_str(&format!(
+            "\n[[columns]]\nname = \"{}\"\ntype = \"{}\"\nrole = \"{}\"\n",
+            c.name, c.ty, c.role
+        ));
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------------------------------
+// Readers
+
+fn missing_columns(plan: &Plan<'_>, header: &[String]) -> Result<Vec<usize>, IdentityError> {
+    let mut idx = Vec::with_capacity(plan.inputs.len());
+    for name in &plan.inputs {
+        match header.iter().position(|h| h == name) {
+            Some(i) => idx.push(i),
+            None => {
+                let have = header
+                    .iter()
+                    .take(50)
+                    .map(|h| format!("{h:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(IdentityError::data(
+                    Some(1),
+                    Some(name),
+                    format!(
+                        "the configuration names this column but the input has no such header (it has {have})"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(idx)
+}
+
+fn csv_error(e: csv::Error, header: &[String]) -> IdentityError {
+    let line = e.position().map(|p| p.line());
+    match e.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => IdentityError::data(
+            line,
+            header.get(err.field()).map(String::as_str),
+            "not valid UTF-8 (save the file as UTF-8)",
+        ),
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => IdentityError::data(
+            line,
+            None,
+            format!("{len} fields where the header has {expected_len}"),
+        ),
+        csv::ErrorKind::Io(_) => {
+            IdentityError::data(line, None, format!("cannot read the input: {e}"))
+        }
+        _ => IdentityError::data(line, None, "not readable as CSV"),
+    }
+}
+
+fn run_csv(
+    config: &PrepareConfig,
+    input: &Path,
+    plan: &mut Plan<'_>,
+    sink: &mut Sink,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<String>, IdentityError> {
+    let file = File::open(input).map_err(IdentityError::io(format!(
+        "cannot open {}",
+        input.display()
+    )))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    progress(Progress::Start {
+        total,
+        unit: ProgressUnit::Bytes,
+    });
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(config.delimiter())
+        .has_headers(false)
+        .flexible(false)
+        .buffer_capacity(256 * 1024)
+        .from_reader(BufReader::with_capacity(256 * 1024, file));
+    let mut record = csv::StringRecord::new();
+    let got = rdr
+        .read_record(&mut record)
+        .map_err(|e| csv_error(e, &[]))?;
+    if !got {
+        return Err(IdentityError::data(
+            None,
+            None,
+            "the input is empty (a header line is needed)",
+        ));
+    }
+    let header: Vec<String> = record
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = if i == 0 {
+                h.trim_start_matches('\u{feff}')
+            } else {
+                h
+            };
+            h.trim().to_owned()
+        })
+        .collect();
+    let idx = missing_columns(plan, &header)?;
+    // Reused between rows: emptied and re-collected in place to drop the borrow of `record`.
+    let mut spare: Vec<&str> = Vec::with_capacity(idx.len());
+    let mut buffered = 0usize;
+    loop {
+        match rdr.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(csv_error(e, &header)),
+        }
+        let mut fields = std::mem::take(&mut spare);
+        fields.extend(idx.iter().map(|i| record.get(*i).unwrap_or("")));
+        plan.row(&fields);
+        fields.clear();
+        spare = fields.into_iter().map(|_| "").collect();
+        buffered += 1;
+        if buffered == BATCH_ROWS {
+            buffered = 0;
+            sink.flush(plan)?;
+            progress(Progress::At(rdr.position().byte()));
+        }
+    }
+    progress(Progress::At(total));
+    Ok(header)
+}
+
+fn run_parquet(
+    input: &Path,
+    plan: &mut Plan<'_>,
+    sink: &mut Sink,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<String>, IdentityError> {
+    let bad = |e: parquet::errors::ParquetError| {
+        IdentityError::data(None, None, format!("not a readable Parquet file: {e}"))
+    };
+    let file = File::open(input).map_err(IdentityError::io(format!(
+        "cannot open {}",
+        input.display()
+    )))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(bad)?;
+    let total = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    progress(Progress::Start {
+        total,
+        unit: ProgressUnit::Rows,
+    });
+    let header: Vec<String> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let idx = missing_columns(plan, &header)?;
+    let mut roots = idx.clone();
+    roots.sort_unstable();
+    roots.dedup();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(bad)?;
+    let mut row_no = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| {
+            IdentityError::data(
+                Some(row_no + 1),
+                None,
+                format!("not a readable Parquet file: {e}"),
+            )
+        })?;
+        let mut arrays: Vec<StringArray> = Vec::with_capacity(plan.inputs.len());
+        for name in &plan.inputs {
+            let col = batch.column_by_name(name).ok_or_else(|| {
+                IdentityError::Internal(format!("projected column {name} missing"))
+            })?;
+            let as_text = arrow::compute::cast(col, &DataType::Utf8).map_err(|_| {
+                IdentityError::data(
+                    None,
+                    Some(name),
+                    format!(
+                        "a column of type {} cannot be read as text",
+                        col.data_type()
+                    ),
+                )
+            })?;
+            let text = as_text
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| IdentityError::Internal("cast to Utf8 gave another type".into()))?
+                .clone();
+            arrays.push(text);
+        }
+        let mut fields: Vec<&str> = Vec::with_capacity(arrays.len());
+        for i in 0..batch.num_rows() {
+            fields.clear();
+            fields.extend(
+                arrays
+                    .iter()
+                    .map(|a| if a.is_null(i) { "" } else { a.value(i) }),
+            );
+            plan.row(&fields);
+        }
+        row_no += batch.num_rows() as u64;
+        sink.flush(plan)?;
+        progress(Progress::At(row_no));
+    }
+    Ok(header)
+}
