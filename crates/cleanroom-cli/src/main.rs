@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod demo;
 mod output;
+mod psi;
 mod synth;
 
 use std::path::PathBuf;
@@ -115,6 +116,9 @@ pub enum Command {
     /// Audit logs.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Private set intersection directly with another party's machine (no server involved).
+    #[command(subcommand)]
+    Psi(psi::PsiCmd),
 }
 
 #[derive(Subcommand)]

@@ -192,7 +192,7 @@ impl SenderSending {
             msg,
             SenderCollecting {
                 expect: Expect::new(vec![n]),
-                tags: Vec::with_capacity(n as usize * self.session.kinds.len()),
+                tags: Vec::with_capacity(crate::stream::prealloc(n) * self.session.kinds.len()),
                 session: self.session,
                 key: self.key,
             },

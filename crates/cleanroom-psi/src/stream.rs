@@ -129,9 +129,7 @@ impl SetSink {
     pub(crate) fn new(announced: Vec<u64>) -> Self {
         let sets = announced
             .iter()
-            .map(|n| {
-                TagSet::with_capacity_and_hasher((*n).min(1 << 26) as usize, Default::default())
-            })
+            .map(|n| TagSet::with_capacity_and_hasher(prealloc(*n), Default::default()))
             .collect();
         SetSink {
             sets,
@@ -207,7 +205,7 @@ impl SortedReturn {
         SortedReturn {
             per_kind: announced
                 .iter()
-                .map(|n| Vec::with_capacity(*n as usize))
+                .map(|n| Vec::with_capacity(prealloc(*n)))
                 .collect(),
             expect: Expect::new(announced),
         }
@@ -280,4 +278,11 @@ impl TagStream {
 /// Records per message so that one message stays within `MAX_BATCH` entries.
 pub(crate) fn records_per_message(batch: usize, width: usize) -> usize {
     (batch / width.max(1)).clamp(1, crate::wire::MAX_BATCH / width.max(1))
+}
+
+/// Capacity reserved up front from a peer's announcement: never more than 2^20 entries, so an
+/// announcement alone (checked against `--max-peer-items`, but possibly a lie) cannot make us
+/// allocate much; the collections grow as entries really arrive.
+pub(crate) fn prealloc(announced: u64) -> usize {
+    announced.min(1 << 20) as usize
 }

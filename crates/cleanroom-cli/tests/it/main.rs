@@ -4,6 +4,7 @@
 mod audit;
 mod crash;
 mod flow;
+mod psi;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
