@@ -313,7 +313,7 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
                 ids.push(match raw {
                     // The same normalisers as `cleanroom prepare`; an invalid value is counted
                     // and treated as absent (it could never match).
-                    Some(raw) => match normalise(id_kinds[i], raw, &options) {
+                    Some(raw) => match normalise(id_kinds[i], raw, &options[i]) {
                         Ok(n) => Some(n),
                         Err(Invalid::Empty) => None,
                         Err(_) => {
@@ -354,6 +354,19 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
             run.input.display(),
             read.seconds
         );
+        for (label, n) in labels.iter().zip(&read.invalid) {
+            if *n > 0 {
+                eprintln!(
+                    "psi: {n} {label} values are not valid {label}s and are treated as absent"
+                );
+            }
+        }
+        if input.rows_without_id() > 0 {
+            eprintln!(
+                "psi: {} rows have no identifier and cannot match",
+                input.rows_without_id()
+            );
+        }
         if input.values_clamped() > 0 {
             eprintln!(
                 "psi: {} values were clamped into [0, {}]",
@@ -580,9 +593,12 @@ impl Reporter {
     }
 }
 
-/// The identifier columns in priority order, their kinds and the normalisation options: from
-/// `--id KIND:COLUMN` flags, or from a `cleanroom prepare` configuration file.
-fn identifier_columns(run: &RunArgs) -> Result<(Vec<IdKind>, Vec<String>, NormaliseOptions)> {
+/// The identifier columns in priority order, their kinds and their normalisation options: from
+/// `--id KIND:COLUMN` flags, or from a `cleanroom prepare` configuration file (whose
+/// identifiers may override the region per column).
+fn identifier_columns(
+    run: &RunArgs,
+) -> Result<(Vec<IdKind>, Vec<String>, Vec<NormaliseOptions>)> {
     let (kinds, columns, options) = match &run.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -590,14 +606,15 @@ fn identifier_columns(run: &RunArgs) -> Result<(Vec<IdKind>, Vec<String>, Normal
             let cfg = PrepareConfig::from_toml(&text).with_context(|| {
                 format!("{} is not a valid prepare configuration", path.display())
             })?;
-            let ids = cfg.identifiers();
-            if ids.is_empty() {
+            let mut specs = cfg.identifier_specs().to_vec();
+            specs.sort_by_key(|s| s.priority);
+            if specs.is_empty() {
                 bail!("{} declares no identifier columns", path.display());
             }
             (
-                ids.iter().map(|c| c.kind).collect::<Vec<_>>(),
-                ids.into_iter().map(|c| c.column).collect::<Vec<_>>(),
-                cfg.options().clone(),
+                specs.iter().map(|c| c.kind).collect::<Vec<_>>(),
+                specs.iter().map(|c| c.column.clone()).collect::<Vec<_>>(),
+                specs.into_iter().map(|c| c.options).collect::<Vec<_>>(),
             )
         }
         None => {
@@ -614,7 +631,8 @@ fn identifier_columns(run: &RunArgs) -> Result<(Vec<IdKind>, Vec<String>, Normal
                 gmail_rules: run.gmail_rules,
                 default_region: run.default_region.clone(),
             };
-            (kinds, columns, options)
+            let n = kinds.len();
+            (kinds, columns, vec![options; n])
         }
     };
     for (i, k) in kinds.iter().enumerate() {

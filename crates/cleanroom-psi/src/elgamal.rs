@@ -24,7 +24,7 @@ use crate::group::random_nonzero_scalar;
 
 /// The widest range of sums we agree to decrypt: 2^44 (about 1.8·10^13).
 pub const MAX_RANGE: u64 = 1 << 44;
-/// The largest baby-step table: 2^20 entries (about 40 MB while decrypting).
+/// The largest baby-step table: 2^20 entries (about 50 MB while decrypting).
 const MAX_TABLE: u64 = 1 << 20;
 
 /// A ciphertext: two compressed points on the wire.

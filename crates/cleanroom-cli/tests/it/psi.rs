@@ -296,7 +296,16 @@ fn two_processes_compute_the_intersection_and_the_sum_exactly() {
     }
     assert_eq!(std::fs::read_to_string(&matches).unwrap(), expected_csv);
 
-    // Sum: the listening side is the receiver and holds the values; the sender reads Parquet.
+    // Sum: the listening side is the receiver and holds the values, with its identifier
+    // columns taken from a `cleanroom prepare` configuration; the sender reads Parquet.
+    let prep = tmp.path().join("prep.toml");
+    std::fs::write(
+        &prep,
+        "collaboration = \"psi-test\"\ndefault_region = \"GB\"\nprivacy_unit = \"customer_id\"\n\
+         [[identifier]]\ncolumn = \"phone\"\nkind = \"phone\"\npriority = 2\n\
+         [[identifier]]\ncolumn = \"email\"\nkind = \"email\"\npriority = 1\n",
+    )
+    .unwrap();
     let (server, addr) = serve(
         &a,
         &b,
@@ -304,10 +313,8 @@ fn two_processes_compute_the_intersection_and_the_sum_exactly() {
         &ra,
         &[
             "--receiver",
-            "--id",
-            "email:email",
-            "--id",
-            "phone:phone",
+            "--config",
+            prep.to_str().unwrap(),
             "--value-column",
             "spend",
             "--max-value",
