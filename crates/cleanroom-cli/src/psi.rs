@@ -38,7 +38,7 @@ pub enum PsiCmd {
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: String,
         #[command(flatten)]
-        run: RunArgs,
+        run: Box<RunArgs>,
     },
     /// Connect to the other party and run the protocol with it.
     Connect {
@@ -49,7 +49,7 @@ pub enum PsiCmd {
         #[arg(long, default_value_t = 60)]
         connect_timeout: u64,
         #[command(flatten)]
-        run: RunArgs,
+        run: Box<RunArgs>,
     },
 }
 
@@ -596,9 +596,7 @@ impl Reporter {
 /// The identifier columns in priority order, their kinds and their normalisation options: from
 /// `--id KIND:COLUMN` flags, or from a `cleanroom prepare` configuration file (whose
 /// identifiers may override the region per column).
-fn identifier_columns(
-    run: &RunArgs,
-) -> Result<(Vec<IdKind>, Vec<String>, Vec<NormaliseOptions>)> {
+fn identifier_columns(run: &RunArgs) -> Result<(Vec<IdKind>, Vec<String>, Vec<NormaliseOptions>)> {
     let (kinds, columns, options) = match &run.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
