@@ -7,8 +7,9 @@
 #
 # Overlap: half of each set. Wall time covers reading the input and the whole protocol. Bytes
 # on the wire: cleanroom counts what crosses the TCP socket (TLS records included) in both
-# directions; openmined-psi's are the sizes of its three protobuf messages. Peak RSS per
-# process from /usr/bin/time (cleanroom) and getrusage (Python, whole interpreter).
+# directions; openmined-psi's are the sizes of its three protobuf messages. Peak RSS and CPU
+# time (user + system, both cleanroom processes added) from /usr/bin/time and getrusage.
+# OPENMINED=0 skips the openmined-psi runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -43,7 +44,7 @@ now() { date +%s.%N; }
 json_field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
 RESULTS="$OUT/results-$N.tsv"
-printf "impl\tprotocol\tthreads\twall_s\tbytes_total\tpeak_rss_mib\tresult\n" > "$RESULTS"
+printf "impl\tprotocol\tthreads\twall_s\tcpu_s\tbytes_total\tpeak_rss_mib\tresult\n" > "$RESULTS"
 
 run_cleanroom() {
   local protocol=$1 threads=$2
@@ -54,12 +55,12 @@ run_cleanroom() {
   # the connecting side retries until the listening side is ready.
   local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   local t0; t0=$(now)
-  /usr/bin/time -f "%M" -o "$OUT/rss-serve-$tag" "$BIN" --json psi serve --listen "127.0.0.1:$port" \
+  /usr/bin/time -f "%M %U %S" -o "$OUT/rss-serve-$tag" "$BIN" --json psi serve --listen "127.0.0.1:$port" \
     --protocol "$protocol" --input "$OUT/b-$N.csv" --id email:id --threads "$threads" --quiet \
     --cert "$OUT/keys-b/psi-cert.pem" --key "$OUT/keys-b/psi-key.pem" --peer-cert-sha256 "$FA" \
     > "$OUT/serve-$tag.json" 2> "$OUT/serve-$tag.log" &
   local spid=$!
-  /usr/bin/time -f "%M" -o "$OUT/rss-connect-$tag" "$BIN" --json psi connect --peer "127.0.0.1:$port" \
+  /usr/bin/time -f "%M %U %S" -o "$OUT/rss-connect-$tag" "$BIN" --json psi connect --peer "127.0.0.1:$port" \
     --protocol "$protocol" --receiver --input "$OUT/a-$N.csv" --id email:id --threads "$threads" --quiet \
     --cert "$OUT/keys-a/psi-cert.pem" --key "$OUT/keys-a/psi-key.pem" --peer-cert-sha256 "$FB" \
     "${extra[@]}" > "$OUT/connect-$tag.json" 2> "$OUT/connect-$tag.log"
@@ -70,9 +71,11 @@ run_cleanroom() {
   sent=$(json_field "$OUT/connect-$tag.json" bytes_sent)
   recv=$(json_field "$OUT/connect-$tag.json" bytes_received)
   matched=$(json_field "$OUT/connect-$tag.json" matched_total)
-  rss_s=$(tail -1 "$OUT/rss-serve-$tag"); rss_c=$(tail -1 "$OUT/rss-connect-$tag")
+  read -r rss_s us_s ss_s < <(tail -1 "$OUT/rss-serve-$tag")
+  read -r rss_c us_c ss_c < <(tail -1 "$OUT/rss-connect-$tag")
+  local cpu; cpu=$(echo "$us_s + $ss_s + $us_c + $ss_c" | bc -l)
   [ "$matched" = "$EXPECT" ] || { echo "cleanroom $protocol: got $matched, want $EXPECT" >&2; exit 1; }
-  printf "cleanroom\t%s\t%s\t%.2f\t%d\t%d + %d\t%s\n" "$protocol" "$threads" "$wall" $((sent + recv)) \
+  printf "cleanroom\t%s\t%s\t%.2f\t%.2f\t%d\t%d + %d\t%s\n" "$protocol" "$threads" "$wall" "$cpu" $((sent + recv)) \
     $((rss_c / 1024)) $((rss_s / 1024)) "$matched" >> "$RESULTS"
   echo "cleanroom $protocol threads=$threads: ${wall}s, receiver sent $sent B, received $recv B, rss receiver $((rss_c / 1024)) MiB sender $((rss_s / 1024)) MiB, read $(json_field "$OUT/connect-$tag.json" read_seconds)s protocol $(json_field "$OUT/connect-$tag.json" protocol_seconds)s"
 }
@@ -92,12 +95,12 @@ import json, sys
 j = json.loads(sys.argv[1])
 if j["result"] != int(sys.argv[2]):
     sys.exit(f"openmined-psi: got {j['result']}, want {sys.argv[2]}")
-print(f"openmined-psi\t{j['protocol']}\t1\t{j['wall_seconds']:.2f}\t{j['bytes_total']}\t{j['peak_rss_kib'] // 1024}\t{j['result']}")
+print(f"openmined-psi\t{j['protocol']}\t1\t{j['wall_seconds']:.2f}\t{j['cpu_seconds']:.2f}\t{j['bytes_total']}\t{j['peak_rss_kib'] // 1024}\t{j['result']}")
 PY
 }
 
 for protocol in cardinality intersection; do
-  run_openmined "$protocol"
+  [ "${OPENMINED:-1}" = 0 ] || run_openmined "$protocol"
   for t in "${THREADS[@]}"; do
     run_cleanroom "$protocol" "$t"
   done
@@ -110,6 +113,8 @@ python3 - "$RESULTS" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 om = {r["protocol"]: r for r in rows if r["impl"] == "openmined-psi"}
+if not om:
+    sys.exit(0)
 print()
 print("ratios cleanroom / openmined-psi (below 1: cleanroom is faster or smaller)")
 for r in rows:
@@ -117,5 +122,5 @@ for r in rows:
         continue
     o = om[r["protocol"]]
     print(f"  {r['protocol']:12} threads={r['threads']}: wall {float(r['wall_s']) / float(o['wall_s']):.2f}, "
-          f"bytes {int(r['bytes_total']) / int(o['bytes_total']):.2f}")
+          f"cpu {float(r['cpu_s']) / float(o['cpu_s']):.2f}, bytes {int(r['bytes_total']) / int(o['bytes_total']):.2f}")
 PY

@@ -21,10 +21,16 @@ def load(path):
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main():
     a_path, b_path, protocol = sys.argv[1], sys.argv[2], sys.argv[3]
     client_items, server_items = load(a_path), load(b_path)
     reveal = protocol == "intersection"
+    cpu0 = cpu()
     t0 = time.perf_counter()
     client = psi.client.CreateWithNewKey(reveal)
     server = psi.server.CreateWithNewKey(reveal)
@@ -47,6 +53,7 @@ def main():
         "result": result,
         "bytes": sizes,
         "bytes_total": sum(sizes.values()),
+        "cpu_seconds": cpu() - cpu0,
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }))
 
