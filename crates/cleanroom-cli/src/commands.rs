@@ -42,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Psi(c) => crate::psi::run(c, g.json).await,
         Command::Org(c) => org(&g, c).await,
         Command::User(c) => user(&g, c).await,
         Command::Token(c) => token(&g, c).await,

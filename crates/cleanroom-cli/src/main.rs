@@ -6,6 +6,7 @@ mod commands;
 mod demo;
 mod output;
 mod prepare;
+mod psi;
 mod synth;
 
 use std::path::PathBuf;
@@ -134,6 +135,9 @@ pub enum Command {
     /// Prepare a CSV or Parquet file on premises: normalise and pseudonymise identifiers,
     /// generalise quasi-identifiers, assess re-identification risk. Needs no server.
     Prepare(prepare::PrepareArgs),
+    /// Private set intersection directly with another party's machine (no server involved).
+    #[command(subcommand)]
+    Psi(psi::PsiCmd),
 }
 
 #[derive(Subcommand)]

@@ -5,6 +5,7 @@ mod audit;
 mod crash;
 mod flow;
 mod prepare;
+mod psi;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,422 @@
+//! `cleanroom psi` as two processes on 127.0.0.1: exact results end to end, a wrong pin, and a
+//! peer killed in the middle of the protocol.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::*;
+
+/// Makes a key pair in `dir`; returns (cert, key, sha256).
+fn keygen(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let out = Command::new(BIN)
+        .args(["--json", "psi", "keygen", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let v = json(&out);
+    (
+        PathBuf::from(v["cert"].as_str().unwrap()),
+        PathBuf::from(v["key"].as_str().unwrap()),
+        v["cert_sha256"].as_str().unwrap().to_owned(),
+    )
+}
+
+struct Party {
+    cert: PathBuf,
+    key: PathBuf,
+    fp: String,
+}
+
+fn parties(tmp: &Path) -> (Party, Party) {
+    let mk = |n: &str| {
+        let (cert, key, fp) = keygen(&tmp.join(n));
+        Party { cert, key, fp }
+    };
+    (mk("a"), mk("b"))
+}
+
+/// A running `cleanroom psi` with its stderr collected.
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn start(args: &[String], wait_for_listen: bool) -> (Proc, Option<String>) {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut addr = None;
+        if wait_for_listen {
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                stderr.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(rest) = line.strip_prefix("cleanroom psi listening on ") {
+                    addr = Some(rest.split_whitespace().next().unwrap().to_owned());
+                    break;
+                }
+            }
+            assert!(addr.is_some(), "never listened: {}", stderr.lock().unwrap());
+        }
+        let s = stderr.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                s.lock().unwrap().push_str(&format!("{l}\n"));
+            }
+        });
+        (Proc { child, stderr }, addr)
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits at most `limit`; returns success and stdout.
+    fn wait(mut self, limit: Duration) -> (bool, String, String) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                use std::io::Read;
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                return (st.success(), out, self.stderr());
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("did not exit within {limit:?}: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn args(me: &Party, peer: &Party, protocol: &str, input: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--protocol".into(),
+        protocol.into(),
+        "--input".into(),
+        input.display().to_string(),
+        "--cert".into(),
+        me.cert.display().to_string(),
+        "--key".into(),
+        me.key.display().to_string(),
+        "--peer-cert-sha256".into(),
+        peer.fp.clone(),
+        "--batch".into(),
+        "50".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn serve(me: &Party, peer: &Party, protocol: &str, input: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut a: Vec<String> = ["--json", "psi", "serve", "--listen", "127.0.0.1:0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(args(me, peer, protocol, input, extra));
+    let (p, addr) = Proc::start(&a, true);
+    (p, addr.unwrap())
+}
+
+fn connect(
+    me: &Party,
+    peer: &Party,
+    addr: &str,
+    protocol: &str,
+    input: &Path,
+    extra: &[&str],
+) -> Proc {
+    let mut a: Vec<String> = ["--json", "psi", "connect", "--peer", addr]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(args(me, peer, protocol, input, extra));
+    Proc::start(&a, false).0
+}
+
+/// Receiver rows: customer i has an email and a phone, written differently from the sender's
+/// (case, spaces, national format) so that only normalisation makes them meet; some rows lack
+/// one of them.
+fn write_receiver(path: &Path) {
+    let mut s = String::from("customer_id,email,phone,spend\n");
+    for i in 0..120 {
+        let email = if i % 7 == 3 {
+            String::new()
+        } else {
+            format!(" E{i}@Example.COM ")
+        };
+        let phone = if i % 5 == 1 {
+            String::new()
+        } else {
+            format!("07911 123{i:03}")
+        };
+        s.push_str(&format!("c{i},{email},{phone},{}\n", i * 10));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// Sender rows: emails of customers 60..180, phones of customers 0..40 (with duplicates).
+fn write_sender(path: &Path) {
+    let mut s = String::from("user,mail,tel\n");
+    for i in 60..180 {
+        s.push_str(&format!("u{i},e{i}@example.com,\n"));
+    }
+    for i in 0..40 {
+        s.push_str(&format!("v{i},,+447911123{i:03}\n"));
+        s.push_str(&format!("w{i},,+44 7911 123{i:03}\n"));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// The sender's rows as Parquet (nulls for absent identifiers), to read the other format.
+fn write_sender_parquet(path: &Path) {
+    use std::sync::Arc as A;
+
+    use arrow::array::{ArrayRef, RecordBatch, StringArray};
+    let mut user = Vec::new();
+    let mut mail = Vec::new();
+    let mut tel = Vec::new();
+    for i in 60..180 {
+        user.push(format!("u{i}"));
+        mail.push(Some(format!("e{i}@example.com")));
+        tel.push(None);
+    }
+    for i in 0..40 {
+        user.push(format!("v{i}"));
+        mail.push(None);
+        tel.push(Some(format!("+447911123{i:03}")));
+    }
+    let batch = RecordBatch::try_from_iter([
+        ("user", A::new(StringArray::from(user)) as ArrayRef),
+        ("mail", A::new(StringArray::from(mail)) as ArrayRef),
+        ("tel", A::new(StringArray::from(tel)) as ArrayRef),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Which receiver rows match, and on what.
+fn expected() -> Vec<(usize, &'static str)> {
+    (0..120)
+        .filter_map(|i| {
+            let has_email = i % 7 != 3;
+            let has_phone = i % 5 != 1;
+            if has_email && i >= 60 {
+                Some((i, "email"))
+            } else if has_phone && i < 40 {
+                Some((i, "phone"))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn two_processes_compute_the_intersection_and_the_sum_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = parties(tmp.path());
+    let (ra, sb) = (
+        tmp.path().join("receiver.csv"),
+        tmp.path().join("sender.csv"),
+    );
+    write_receiver(&ra);
+    write_sender(&sb);
+    let matches = tmp.path().join("matches.csv");
+
+    // Intersection: the connecting side is the receiver.
+    let (server, addr) = serve(
+        &b,
+        &a,
+        "intersection",
+        &sb,
+        &["--id", "email:mail", "--id", "phone:tel"],
+    );
+    let client = connect(
+        &a,
+        &b,
+        &addr,
+        "intersection",
+        &ra,
+        &[
+            "--receiver",
+            "--id",
+            "email:email",
+            "--id",
+            "phone:phone",
+            "--output",
+            matches.to_str().unwrap(),
+            "--record-id-column",
+            "customer_id",
+        ],
+    );
+    let (ok_c, out_c, err_c) = client.wait(Duration::from_secs(60));
+    let (ok_s, out_s, err_s) = server.wait(Duration::from_secs(10));
+    assert!(ok_c && ok_s, "client: {err_c}\nserver: {err_s}");
+    let want = expected();
+    let rc: serde_json::Value = serde_json::from_str(&out_c).unwrap();
+    assert_eq!(rc["matched_total"], want.len() as u64);
+    let on_email = want.iter().filter(|w| w.1 == "email").count() as u64;
+    assert_eq!(rc["matched"]["email"], on_email);
+    assert_eq!(rc["matched"]["phone"], want.len() as u64 - on_email);
+    let rs: serde_json::Value = serde_json::from_str(&out_s).unwrap();
+    assert!(
+        rs.get("matched_total").is_none(),
+        "the sender learns no count: {rs}"
+    );
+    assert_eq!(rs["peer_items"], serde_json::json!([103, 96]));
+    let mut expected_csv = String::from("row,matched_on,record_id\n");
+    for (i, k) in &want {
+        expected_csv.push_str(&format!("{i},{k},c{i}\n"));
+    }
+    assert_eq!(std::fs::read_to_string(&matches).unwrap(), expected_csv);
+
+    // Sum: the listening side is the receiver and holds the values, with its identifier
+    // columns taken from a `cleanroom prepare` configuration; the sender reads Parquet.
+    let prep = tmp.path().join("prep.toml");
+    std::fs::write(
+        &prep,
+        "collaboration = \"psi-test\"\ndefault_region = \"GB\"\nprivacy_unit = \"customer_id\"\n\
+         [[identifier]]\ncolumn = \"phone\"\nkind = \"phone\"\npriority = 2\n\
+         [[identifier]]\ncolumn = \"email\"\nkind = \"email\"\npriority = 1\n",
+    )
+    .unwrap();
+    let (server, addr) = serve(
+        &a,
+        &b,
+        "sum",
+        &ra,
+        &[
+            "--receiver",
+            "--config",
+            prep.to_str().unwrap(),
+            "--value-column",
+            "spend",
+            "--max-value",
+            "100000",
+        ],
+    );
+    let sp = tmp.path().join("sender.parquet");
+    write_sender_parquet(&sp);
+    let client = connect(
+        &b,
+        &a,
+        &addr,
+        "sum",
+        &sp,
+        &["--id", "email:mail", "--id", "phone:tel"],
+    );
+    let (ok_c, out_c, err_c) = client.wait(Duration::from_secs(60));
+    let (ok_s, out_s, err_s) = server.wait(Duration::from_secs(10));
+    assert!(ok_c && ok_s, "client: {err_c}\nserver: {err_s}");
+    let sum: u64 = want.iter().map(|(i, _)| *i as u64 * 10).sum();
+    let rs: serde_json::Value = serde_json::from_str(&out_s).unwrap();
+    assert_eq!(rs["sum"], sum);
+    assert_eq!(rs["matched_total"], want.len() as u64);
+    let rc: serde_json::Value = serde_json::from_str(&out_c).unwrap();
+    assert_eq!(rc["matched_total"], want.len() as u64);
+    assert!(
+        rc.get("sum").is_none(),
+        "the sender does not learn the sum: {rc}"
+    );
+}
+
+#[test]
+fn a_wrong_pin_is_refused_by_both_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = parties(tmp.path());
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "id\nx\ny\n").unwrap();
+    let wrong = Party {
+        cert: b.cert.clone(),
+        key: b.key.clone(),
+        fp: "00".repeat(32),
+    };
+    let (server, addr) = serve(&b, &wrong, "cardinality", &input, &["--id", "opaque:id"]);
+    let client = connect(
+        &a,
+        &b,
+        &addr,
+        "cardinality",
+        &input,
+        &["--receiver", "--id", "opaque:id"],
+    );
+    let (ok_c, _, err_c) = client.wait(Duration::from_secs(30));
+    let (ok_s, _, err_s) = server.wait(Duration::from_secs(10));
+    assert!(!ok_c && !ok_s);
+    assert!(err_s.contains("is not the pinned one"), "{err_s}");
+    assert!(err_c.contains("error:") && err_c.contains("TLS"), "{err_c}");
+}
+
+#[test]
+fn killing_one_process_mid_protocol_makes_the_other_exit_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = parties(tmp.path());
+    let (ra, sb) = (tmp.path().join("r.csv"), tmp.path().join("s.csv"));
+    let write = |p: &Path, from: u32| {
+        let mut s = String::from("id\n");
+        for i in from..from + 6000 {
+            s.push_str(&format!("id-{i}\n"));
+        }
+        std::fs::write(p, s).unwrap();
+    };
+    write(&ra, 0);
+    write(&sb, 3000);
+    let (mut server, addr) = serve(&b, &a, "cardinality", &sb, &["--id", "opaque:id"]);
+    let client = connect(
+        &a,
+        &b,
+        &addr,
+        "cardinality",
+        &ra,
+        &["--receiver", "--id", "opaque:id"],
+    );
+    // Kill the listening side once the session is under way.
+    let t0 = Instant::now();
+    while !client.stderr().contains("psi progress:") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no progress: {}",
+            client.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.child.kill().unwrap();
+    let killed = Instant::now();
+    let (ok, _, err) = client.wait(Duration::from_secs(10));
+    assert!(!ok, "the survivor must fail");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        err.contains("error: the peer closed the connection"),
+        "{err}"
+    );
+}

@@ -1,0 +1,186 @@
+//! Length-prefixed frames (a 4-byte big-endian length, then the payload) with a size cap and
+//! timeouts, over any byte stream; and a byte counter for what really crosses the socket.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::NetError;
+
+/// Largest frame accepted by default: a 65 536-entry batch of the widest message is ~6 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
+
+/// Limits of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest wait for the next frame to start (the peer may be computing meanwhile).
+    pub idle_timeout: Duration,
+    /// Longest time to read the rest of a frame once it started, or to write one.
+    pub io_timeout: Duration,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle_timeout: Duration::from_secs(120),
+            io_timeout: Duration::from_secs(60),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Bytes sent and received on the socket, TLS records and frame headers included.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+}
+
+impl Counters {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream that counts the bytes going through it.
+pub struct Counting<S> {
+    inner: S,
+    counters: Counters,
+}
+
+impl<S> Counting<S> {
+    pub fn new(inner: S) -> (Self, Counters) {
+        let counters = Counters::default();
+        (
+            Counting {
+                inner,
+                counters: counters.clone(),
+            },
+            counters,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.counters.received.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters.sent.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Frames over a byte stream.
+pub struct Channel<S> {
+    stream: S,
+    limits: Limits,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
+    pub fn new(stream: S, limits: Limits) -> Self {
+        Channel { stream, limits }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub async fn send(&mut self, payload: &[u8]) -> Result<(), NetError> {
+        if payload.len() > self.limits.max_frame {
+            return Err(NetError::InvalidSetting(format!(
+                "a frame of {} bytes exceeds the limit of {}",
+                payload.len(),
+                self.limits.max_frame
+            )));
+        }
+        let write = async {
+            self.stream
+                .write_all(&(payload.len() as u32).to_be_bytes())
+                .await?;
+            self.stream.write_all(payload).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.limits.io_timeout, write).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(NetError::Timeout {
+                what: "it stopped reading what we send",
+                secs: self.limits.io_timeout.as_secs(),
+            }),
+        }
+    }
+
+    pub async fn recv(&mut self) -> Result<Vec<u8>, NetError> {
+        let mut len = [0u8; 4];
+        match tokio::time::timeout(self.limits.idle_timeout, self.stream.read_exact(&mut len)).await
+        {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => {
+                return Err(NetError::Timeout {
+                    what: "waiting for its next message",
+                    secs: self.limits.idle_timeout.as_secs(),
+                });
+            }
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > self.limits.max_frame {
+            return Err(NetError::FrameTooLarge {
+                size: n as u64,
+                max: self.limits.max_frame as u64,
+            });
+        }
+        let mut buf = vec![0u8; n];
+        match tokio::time::timeout(self.limits.io_timeout, self.stream.read_exact(&mut buf)).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => {
+                return Err(NetError::Timeout {
+                    what: "in the middle of a message",
+                    secs: self.limits.io_timeout.as_secs(),
+                });
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Closes our side cleanly (TLS close_notify where there is TLS).
+    pub async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
+    }
+}

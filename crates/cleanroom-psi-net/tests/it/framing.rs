@@ -1,0 +1,125 @@
+//! Frames and hellos over an in-memory pipe: version mismatch, garbage, oversize frames, a
+//! peer that closes half way.
+
+use std::time::Duration;
+
+use cleanroom_psi::wire::MAGIC;
+use cleanroom_psi::{Hello, ProtocolKind, Role};
+use cleanroom_psi_net::{Channel, Counters, Limits, NetError, run_session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+use crate::{config, input};
+
+fn limits() -> Limits {
+    Limits {
+        idle_timeout: Duration::from_secs(3),
+        io_timeout: Duration::from_secs(3),
+        max_frame: 1 << 20,
+    }
+}
+
+/// Runs a receiver on one end; the test plays the peer on the other.
+async fn receiver_against(peer: impl AsyncFnOnce(DuplexStream)) -> NetError {
+    let (a, b) = duplex(1 << 16);
+    let me = tokio::spawn(async move {
+        let mut ch = Channel::new(a, limits());
+        let cfg = config(ProtocolKind::Intersection, Role::Receiver);
+        run_session(
+            &mut ch,
+            &Counters::default(),
+            &cfg,
+            input(ProtocolKind::Intersection, Role::Receiver, 0..20),
+            &mut |_| {},
+        )
+        .await
+        .map(|_| ())
+    });
+    peer(b).await;
+    me.await.unwrap().unwrap_err()
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+fn sender_hello() -> Hello {
+    config(ProtocolKind::Intersection, Role::Sender).hello(&input(
+        ProtocolKind::Intersection,
+        Role::Sender,
+        0..5,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_version_gets_a_clear_error() {
+    let e = receiver_against(async |mut p| {
+        let mut h = sender_hello();
+        h.version = 2;
+        p.write_all(&frame(&h.encode())).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = p.read_to_end(&mut sink).await;
+    })
+    .await;
+    assert_eq!(e.to_string(), "peer speaks PSI protocol v2, we speak v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversize_frames_are_refused_without_allocating() {
+    let e = receiver_against(async |mut p| {
+        p.write_all(&frame(b"SSH-2.0-OpenSSH_9.6\r\n"))
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = p.read_to_end(&mut sink).await;
+    })
+    .await;
+    assert_eq!(e.code(), "not_psi", "{e}");
+
+    let e = receiver_against(async |mut p| {
+        // 4 GiB announced: refused from the header alone.
+        p.write_all(&[0xff, 0xff, 0xff, 0xf0]).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = p.read_to_end(&mut sink).await;
+    })
+    .await;
+    assert!(
+        matches!(
+            e,
+            NetError::FrameTooLarge {
+                size: 4294967280,
+                max: 1048576
+            }
+        ),
+        "{e}"
+    );
+
+    // A valid hello, then a frame that is not a message.
+    let e = receiver_against(async |mut p| {
+        p.write_all(&frame(&sender_hello().encode())).await.unwrap();
+        p.write_all(&frame(&[0x42; 100])).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = p.read_to_end(&mut sink).await;
+    })
+    .await;
+    assert_eq!(e.code(), "malformed_message", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_closes_half_way_is_reported() {
+    let e = receiver_against(async |mut p| {
+        // Take the receiver's hello, answer, then stop in the middle of the next frame.
+        let mut len = [0u8; 4];
+        p.read_exact(&mut len).await.unwrap();
+        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+        p.read_exact(&mut hello).await.unwrap();
+        p.write_all(&frame(&sender_hello().encode())).await.unwrap();
+        p.write_all(&[0, 0, 1, 0, 1, 2, 3]).await.unwrap();
+        drop(p);
+    })
+    .await;
+    assert!(matches!(e, NetError::PeerClosed(_)), "{e}");
+    assert!(e.to_string().contains("closed the connection"), "{e}");
+    assert_eq!(&MAGIC[..4], b"CLRM");
+}

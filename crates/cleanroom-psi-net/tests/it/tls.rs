@@ -1,0 +1,152 @@
+//! Real TCP and TLS on 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use cleanroom_psi::{MatchCounts, Outcome, ProtocolKind, Role};
+use cleanroom_psi_net::{Limits, NetError, accept, connect};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use crate::{config, identities, input, setup};
+
+fn limits() -> Limits {
+    Limits {
+        idle_timeout: Duration::from_secs(3),
+        io_timeout: Duration::from_secs(3),
+        ..Limits::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_over_pinned_tls_gives_the_right_answer() {
+    let ((a, a_fp), (b, b_fp)) = identities();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (ta, tb) = (setup(a, &b_fp), setup(b, &a_fp));
+    let server = tokio::spawn(async move {
+        let conn = accept(&listener, ta, limits()).await.unwrap();
+        let cfg = config(ProtocolKind::Cardinality, Role::Sender);
+        conn.run(
+            &cfg,
+            input(ProtocolKind::Cardinality, Role::Sender, 0..300),
+            &mut |_| {},
+        )
+        .await
+    });
+    let conn = connect(&addr, tb, limits(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let cfg = config(ProtocolKind::Cardinality, Role::Receiver);
+    let mut reports = 0;
+    let r = conn
+        .run(
+            &cfg,
+            input(ProtocolKind::Cardinality, Role::Receiver, 200..450),
+            &mut |p| {
+                assert!(p.entries_done <= p.entries_total);
+                reports += 1;
+            },
+        )
+        .await
+        .unwrap();
+    let s = server.await.unwrap().unwrap();
+    let want = Outcome::Cardinality(MatchCounts::new(vec![100], false));
+    assert_eq!(r.outcome, want);
+    assert_eq!(s.outcome, want);
+    assert!(reports > 5);
+    assert_eq!(r.peer_items, vec![300]);
+    // Byte counters see both directions, TLS included (up to the closing alerts, which each
+    // side may send after the other took its figures).
+    assert!(r.bytes_sent.abs_diff(s.bytes_received) <= 64);
+    assert!(r.bytes_received.abs_diff(s.bytes_sent) <= 64);
+    assert!(r.bytes_sent > 250 * 32 && r.bytes_received > 300 * 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_certificate_is_refused() {
+    let ((a, _a_fp), (b, _)) = identities();
+    let ((_, c_fp), (mallory, _)) = identities();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let a_fp_for_mallory = a.fingerprint();
+    // The server pins `c`, but `mallory` connects (pinning the server correctly).
+    let ta = setup(a, &c_fp);
+    let tm = setup(mallory, &a_fp_for_mallory);
+    drop(b);
+    let server = tokio::spawn(async move {
+        match accept(&listener, ta, limits()).await {
+            Err(e) => Err(e),
+            Ok(conn) => {
+                let cfg = config(ProtocolKind::Cardinality, Role::Sender);
+                conn.run(
+                    &cfg,
+                    input(ProtocolKind::Cardinality, Role::Sender, 0..10),
+                    &mut |_| {},
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    });
+    let client = async {
+        let conn = connect(&addr, tm, limits(), Duration::from_secs(5)).await?;
+        let cfg = config(ProtocolKind::Cardinality, Role::Receiver);
+        conn.run(
+            &cfg,
+            input(ProtocolKind::Cardinality, Role::Receiver, 0..10),
+            &mut |_| {},
+        )
+        .await
+        .map(|_| ())
+    };
+    let c = client.await.unwrap_err();
+    let s = server.await.unwrap().unwrap_err();
+    assert!(matches!(s, NetError::PinMismatch { .. }), "{s}");
+    assert!(s.to_string().contains("is not the pinned one"), "{s}");
+    assert!(c.to_string().contains("TLS"), "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_garbage_fails_the_tls_handshake() {
+    let ((a, _), (_, b_fp)) = identities();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ta = setup(a, &b_fp);
+    let server = tokio::spawn(async move { accept(&listener, ta, limits()).await.map(|_| ()) });
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let e = server.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), "tls_handshake", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_times_out_and_a_vanished_one_is_noticed() {
+    let ((a, a_fp), (b, b_fp)) = identities();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (ta, tb) = (setup(a, &b_fp), setup(b, &a_fp));
+    // The server completes TLS, then says nothing and keeps the connection open.
+    let server = tokio::spawn(async move {
+        let conn = accept(&listener, ta, limits()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        drop(conn);
+    });
+    let conn = connect(&addr, tb, limits(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let cfg = config(ProtocolKind::Intersection, Role::Receiver);
+    let e = conn
+        .run(
+            &cfg,
+            input(ProtocolKind::Intersection, Role::Receiver, 0..10),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NetError::Timeout { .. }), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    server.abort();
+}

@@ -1,0 +1,53 @@
+//! Private set intersection between two parties' own machines, semi-honest security.
+//!
+//! - [`group`]: ristretto255 hash-to-group with domain separation, per-session secret scalars
+//!   (zeroised, never printed), blinding, and 16-byte tags of double-blinded values.
+//! - [`elgamal`]: exponential ElGamal over ristretto255, additively homomorphic, for sums.
+//! - [`wire`]: the hello and the typed messages, with exact-length decoding.
+//! - [`input`]: a party's records, blinded in parallel batches as they are read, deduplicated.
+//! - [`session`]: the comparison of both hellos and the agreed parameters (caps, noise).
+//! - [`cardinality`], [`intersection`], [`sum`]: each role's steps as types that consume
+//!   themselves, so steps cannot run out of order; [`Party`] wraps them for a transport.
+//!
+//! No transport, no async, no IO: a transport moves [`wire::Message`]s between two [`Party`]s.
+//! See `docs/psi.md` for the protocols, what each party learns, and the threat model.
+
+pub mod cardinality;
+pub mod elgamal;
+mod error;
+pub mod group;
+pub mod input;
+pub mod intersection;
+mod party;
+pub mod session;
+pub mod stream;
+pub mod sum;
+pub mod wire;
+
+pub use error::{Fault, PsiError};
+pub use input::{InputBuilder, PreparedInput};
+pub use intersection::IntersectionOutput;
+pub use party::{Action, Outcome, Party};
+pub use session::{Session, SessionConfig};
+pub use sum::SumOutput;
+pub use wire::{Hello, Message, ProtocolKind, Role};
+
+/// Matched records per identifier kind (in cascade order: a record counts for the first kind
+/// it matched on) and in total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchCounts {
+    pub per_kind: Vec<i64>,
+    pub total: i64,
+    /// Whether the counts carry differential-privacy noise.
+    pub noisy: bool,
+}
+
+impl MatchCounts {
+    pub fn new(per_kind: Vec<i64>, noisy: bool) -> Self {
+        MatchCounts {
+            total: per_kind.iter().sum(),
+            per_kind,
+            noisy,
+        }
+    }
+}

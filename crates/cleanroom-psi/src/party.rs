@@ -1,0 +1,238 @@
+//! One side of a session behind a uniform interface for transports: ask what to do next
+//! (send this message, or receive one), hand over what arrives. Inside, each step is one of the
+//! protocol's typed states, which consume themselves; a step that fails poisons the party.
+
+use crate::stream::{Absorb, Emit};
+use crate::wire::{Message, ProtocolKind, Role};
+use crate::{
+    IntersectionOutput, MatchCounts, PreparedInput, PsiError, Session, SumOutput, cardinality,
+    intersection, sum,
+};
+
+/// What a transport should do next.
+#[derive(Debug)]
+pub enum Action {
+    Send(Message),
+    Receive,
+    Finished,
+}
+
+/// What a party learns at the end of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Cardinality, either side.
+    Cardinality(MatchCounts),
+    /// Intersection, receiver.
+    Intersection(IntersectionOutput),
+    /// Intersection, sender: how many of the receiver's identifiers it answered for.
+    Answered { identifiers: u64 },
+    /// Sum, receiver.
+    Sum(SumOutput),
+    /// Sum, sender: the released counts.
+    SumCounts(MatchCounts),
+}
+
+enum State {
+    CardRCollect(cardinality::ReceiverCollecting),
+    CardRSend(cardinality::ReceiverSending),
+    CardRAwait(cardinality::ReceiverAwaiting),
+    CardSSend(cardinality::SenderSending),
+    CardSCollect(cardinality::SenderCollecting),
+    CardSReturn(cardinality::SenderReturning),
+    CardSAwait(cardinality::SenderAwaiting),
+    PsiRCollect(intersection::ReceiverCollecting),
+    PsiRQuery(intersection::ReceiverQuerying),
+    PsiRAwait(intersection::ReceiverAwaiting),
+    PsiSSend(intersection::SenderSending),
+    PsiSAnswer(intersection::SenderAnswering),
+    SumRReblind(sum::ReceiverReblinding),
+    SumRReturn(sum::ReceiverReturning),
+    SumRSend(sum::ReceiverSending),
+    SumRAwait(sum::ReceiverAwaiting),
+    SumSSend(sum::SenderSending),
+    SumSCollect(sum::SenderCollecting),
+    SumSKey(sum::SenderAwaitingKey),
+    SumSMatch(sum::SenderMatching),
+    Finished(Outcome),
+    Failed,
+}
+
+/// One side of a session.
+pub struct Party {
+    state: State,
+    outbox: Option<Message>,
+    expected_entries: u64,
+}
+
+impl std::fmt::Debug for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Party(..)")
+    }
+}
+
+impl Party {
+    pub fn new(session: Session, input: PreparedInput) -> Result<Party, PsiError> {
+        let own: u64 = input.announced_items().iter().sum();
+        let peer: u64 = session.peer_items().iter().sum();
+        let (state, expected_entries) = match (session.protocol(), session.role()) {
+            (ProtocolKind::Cardinality, Role::Receiver) => (
+                State::CardRCollect(cardinality::ReceiverCollecting::new(session, input)?),
+                peer + 2 * own,
+            ),
+            (ProtocolKind::Cardinality, Role::Sender) => (
+                State::CardSSend(cardinality::SenderSending::new(session, input)?),
+                own + 2 * peer,
+            ),
+            (ProtocolKind::Intersection, Role::Receiver) => (
+                State::PsiRCollect(intersection::ReceiverCollecting::new(session, input)?),
+                peer + 2 * own,
+            ),
+            (ProtocolKind::Intersection, Role::Sender) => (
+                State::PsiSSend(intersection::SenderSending::new(session, input)?),
+                own + 2 * peer,
+            ),
+            (ProtocolKind::Sum, Role::Receiver) => (
+                State::SumRReblind(sum::ReceiverReblinding::new(session, input)?),
+                2 * peer + own,
+            ),
+            (ProtocolKind::Sum, Role::Sender) => (
+                State::SumSSend(sum::SenderSending::new(session, input)?),
+                2 * own + peer,
+            ),
+        };
+        Ok(Party {
+            state,
+            outbox: None,
+            expected_entries,
+        })
+    }
+
+    /// Entries (identifiers, records or tags) that will cross the wire in both directions:
+    /// the denominator of a progress bar fed with [`Message::entries`].
+    pub fn expected_entries(&self) -> u64 {
+        self.expected_entries
+    }
+
+    /// The next thing to do. Sending states do their work here.
+    pub fn next_action(&mut self) -> Result<Action, PsiError> {
+        if let Some(m) = self.outbox.take() {
+            return Ok(Action::Send(m));
+        }
+        let state = std::mem::replace(&mut self.state, State::Failed);
+        let (state, action) = match state {
+            State::CardRSend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::CardRSend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::CardRAwait(n), Action::Send(m)),
+            },
+            State::CardSSend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::CardSSend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::CardSCollect(n), Action::Send(m)),
+            },
+            State::CardSReturn(s) => match s.emit()? {
+                Emit::More(m, s) => (State::CardSReturn(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::CardSAwait(n), Action::Send(m)),
+            },
+            State::PsiRQuery(s) => match s.emit()? {
+                Emit::More(m, n) => (State::PsiRAwait(n), Action::Send(m)),
+                Emit::Last(m, out) => {
+                    (State::Finished(Outcome::Intersection(out)), Action::Send(m))
+                }
+            },
+            State::PsiSSend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::PsiSSend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::PsiSAnswer(n), Action::Send(m)),
+            },
+            State::SumRReturn(s) => match s.emit()? {
+                Emit::More(m, s) => (State::SumRReturn(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::SumRSend(n), Action::Send(m)),
+            },
+            State::SumRSend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::SumRSend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::SumRAwait(n), Action::Send(m)),
+            },
+            State::SumSSend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::SumSSend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::SumSCollect(n), Action::Send(m)),
+            },
+            State::Finished(o) => (State::Finished(o), Action::Finished),
+            State::Failed => {
+                return Err(PsiError::Internal(
+                    "the session failed earlier and cannot go on".into(),
+                ));
+            }
+            receiving => (receiving, Action::Receive),
+        };
+        self.state = state;
+        Ok(action)
+    }
+
+    /// Hands over a message from the peer. Only valid after [`Action::Receive`].
+    pub fn receive(&mut self, msg: Message) -> Result<(), PsiError> {
+        let state = std::mem::replace(&mut self.state, State::Failed);
+        self.state = match state {
+            State::CardRCollect(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::CardRCollect(s),
+                Absorb::Next(n) => State::CardRSend(n),
+            },
+            State::CardRAwait(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::CardRAwait(s),
+                Absorb::Next((m, out)) => {
+                    self.outbox = Some(m);
+                    State::Finished(Outcome::Cardinality(out))
+                }
+            },
+            State::CardSCollect(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::CardSCollect(s),
+                Absorb::Next(n) => State::CardSReturn(n),
+            },
+            State::CardSAwait(s) => State::Finished(Outcome::Cardinality(s.absorb(msg)?)),
+            State::PsiRCollect(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::PsiRCollect(s),
+                Absorb::Next(n) => State::PsiRQuery(n),
+            },
+            State::PsiRAwait(s) => State::PsiRQuery(s.absorb(msg)?),
+            State::PsiSAnswer(s) => match s.absorb(msg)? {
+                intersection::Answer::Reply(m, s) => {
+                    self.outbox = Some(m);
+                    State::PsiSAnswer(s)
+                }
+                intersection::Answer::Done(n) => {
+                    State::Finished(Outcome::Answered { identifiers: n })
+                }
+            },
+            State::SumRReblind(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::SumRReblind(s),
+                Absorb::Next(n) => State::SumRReturn(n),
+            },
+            State::SumRAwait(s) => State::Finished(Outcome::Sum(s.absorb(msg)?)),
+            State::SumSCollect(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::SumSCollect(s),
+                Absorb::Next(n) => State::SumSKey(n),
+            },
+            State::SumSKey(s) => State::SumSMatch(s.absorb(msg)?),
+            State::SumSMatch(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::SumSMatch(s),
+                Absorb::Next((m, out)) => {
+                    self.outbox = Some(m);
+                    State::Finished(Outcome::SumCounts(out))
+                }
+            },
+            other => {
+                self.state = other;
+                return Err(PsiError::Unexpected {
+                    expected: "nothing (it is our turn to send)",
+                    got: msg.name(),
+                });
+            }
+        };
+        Ok(())
+    }
+
+    /// The outcome, once [`Action::Finished`] was returned.
+    pub fn outcome(self) -> Option<Outcome> {
+        match self.state {
+            State::Finished(o) if self.outbox.is_none() => Some(o),
+            _ => None,
+        }
+    }
+}

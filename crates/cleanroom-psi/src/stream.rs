@@ -1,0 +1,288 @@
+//! Pieces the protocols share: sending a blinded set in batches, re-blinding a peer's set into
+//! tags, and the generic shapes of a protocol step.
+
+use rayon::prelude::*;
+
+use crate::PsiError;
+use crate::group::{Point, SessionKey, Tag, TagSet};
+use crate::wire::Message;
+
+/// The result of a sending step: another message and the same phase, or the phase's last
+/// message and the next phase.
+pub enum Emit<S, N> {
+    More(Message, S),
+    Last(Message, N),
+}
+
+/// The result of a receiving step: stay in the phase, or move on.
+pub enum Absorb<S, N> {
+    More(S),
+    Next(N),
+}
+
+pub(crate) fn unexpected(expected: &'static str, got: &Message) -> PsiError {
+    PsiError::Unexpected {
+        expected,
+        got: got.name(),
+    }
+}
+
+/// Streams per-kind sets of singly-blinded points, kind by kind, in their sorted order.
+pub(crate) struct SetStream {
+    sets: Vec<Vec<Point>>,
+    kind: usize,
+    pos: usize,
+    batch: usize,
+    sent: u64,
+}
+
+impl SetStream {
+    pub(crate) fn new(sets: Vec<Vec<Point>>, batch: usize) -> Self {
+        SetStream {
+            sets,
+            kind: 0,
+            pos: 0,
+            batch,
+            sent: 0,
+        }
+    }
+
+    /// The next batch, or the end-of-stream message.
+    pub(crate) fn next(&mut self) -> (Message, bool) {
+        while self.kind < self.sets.len() {
+            let set = &self.sets[self.kind];
+            if self.pos < set.len() {
+                let end = (self.pos + self.batch).min(set.len());
+                let points = set[self.pos..end].to_vec();
+                self.sent += (end - self.pos) as u64;
+                self.pos = end;
+                return (
+                    Message::Points {
+                        kind: self.kind as u8,
+                        points,
+                    },
+                    false,
+                );
+            }
+            // Free each kind once sent.
+            self.sets[self.kind] = Vec::new();
+            self.kind += 1;
+            self.pos = 0;
+        }
+        (Message::End { count: self.sent }, true)
+    }
+}
+
+/// Counts what a peer streams against what it announced.
+pub(crate) struct Expect {
+    announced: Vec<u64>,
+    received: Vec<u64>,
+}
+
+impl Expect {
+    pub(crate) fn new(announced: Vec<u64>) -> Self {
+        let n = announced.len();
+        Expect {
+            announced,
+            received: vec![0; n],
+        }
+    }
+
+    pub(crate) fn take(&mut self, section: usize, n: usize) -> Result<(), PsiError> {
+        let slot = self
+            .received
+            .get_mut(section)
+            .ok_or_else(|| PsiError::Malformed(format!("section {section} does not exist")))?;
+        *slot += n as u64;
+        if *slot > self.announced[section] {
+            return Err(PsiError::CountMismatch(format!(
+                "more entries of section {section} than the {} announced",
+                self.announced[section]
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(&self, count: u64) -> Result<(), PsiError> {
+        let total: u64 = self.received.iter().sum();
+        if self.received != self.announced || count != total {
+            return Err(PsiError::CountMismatch(format!(
+                "the stream ended after {total} entries; {} were announced",
+                self.announced.iter().sum::<u64>()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.received.iter().sum()
+    }
+}
+
+/// Receives a peer's per-kind blinded set and keeps the tags of its re-blinding in hash sets.
+pub(crate) struct SetSink {
+    pub(crate) sets: Vec<TagSet>,
+    expect: Expect,
+}
+
+impl SetSink {
+    pub(crate) fn new(announced: Vec<u64>) -> Self {
+        let sets = announced
+            .iter()
+            .map(|n| TagSet::with_capacity_and_hasher(prealloc(*n), Default::default()))
+            .collect();
+        SetSink {
+            sets,
+            expect: Expect::new(announced),
+        }
+    }
+
+    /// Absorbs one message; `true` once the stream has ended.
+    pub(crate) fn absorb(&mut self, key: &SessionKey, msg: Message) -> Result<bool, PsiError> {
+        match msg {
+            Message::Points { kind, points } => {
+                self.expect.take(kind as usize, points.len())?;
+                let tags = key.reblind_tags(&points)?;
+                self.sets[kind as usize].extend(tags);
+                Ok(false)
+            }
+            Message::End { count } => {
+                self.expect.finish(count)?;
+                Ok(true)
+            }
+            other => Err(unexpected("blinded points or end of stream", &other)),
+        }
+    }
+}
+
+/// Receives tags of our own set re-blinded by the peer, one section per kind.
+pub(crate) struct TagSink {
+    pub(crate) sets: Vec<TagSet>,
+    expect: Expect,
+}
+
+impl TagSink {
+    pub(crate) fn new(announced: Vec<u64>) -> Self {
+        let sets = announced
+            .iter()
+            .map(|n| TagSet::with_capacity_and_hasher(*n as usize, Default::default()))
+            .collect();
+        TagSink {
+            sets,
+            expect: Expect::new(announced),
+        }
+    }
+
+    pub(crate) fn absorb(&mut self, msg: Message) -> Result<bool, PsiError> {
+        match msg {
+            Message::Tags {
+                section,
+                width: 1,
+                tags,
+            } => {
+                self.expect.take(section as usize, tags.len())?;
+                self.sets[section as usize].extend(tags);
+                Ok(false)
+            }
+            Message::End { count } => {
+                self.expect.finish(count)?;
+                Ok(true)
+            }
+            other => Err(unexpected("tags or end of stream", &other)),
+        }
+    }
+}
+
+/// Re-blinds a peer's per-kind set and sends the tags back in sorted order, so the peer cannot
+/// tell which of its points became which tag.
+pub(crate) struct SortedReturn {
+    per_kind: Vec<Vec<Tag>>,
+    expect: Expect,
+}
+
+impl SortedReturn {
+    pub(crate) fn new(announced: Vec<u64>) -> Self {
+        SortedReturn {
+            per_kind: announced
+                .iter()
+                .map(|n| Vec::with_capacity(prealloc(*n)))
+                .collect(),
+            expect: Expect::new(announced),
+        }
+    }
+
+    pub(crate) fn absorb(&mut self, key: &SessionKey, msg: Message) -> Result<bool, PsiError> {
+        match msg {
+            Message::Points { kind, points } => {
+                self.expect.take(kind as usize, points.len())?;
+                let tags = key.reblind_tags(&points)?;
+                self.per_kind[kind as usize].extend(tags);
+                Ok(false)
+            }
+            Message::End { count } => {
+                self.expect.finish(count)?;
+                Ok(true)
+            }
+            other => Err(unexpected("blinded points or end of stream", &other)),
+        }
+    }
+
+    pub(crate) fn into_stream(mut self, batch: usize) -> TagStream {
+        for t in &mut self.per_kind {
+            t.par_sort_unstable();
+        }
+        TagStream {
+            per_kind: self.per_kind,
+            kind: 0,
+            pos: 0,
+            batch,
+            sent: 0,
+        }
+    }
+}
+
+pub(crate) struct TagStream {
+    per_kind: Vec<Vec<Tag>>,
+    kind: usize,
+    pos: usize,
+    batch: usize,
+    sent: u64,
+}
+
+impl TagStream {
+    pub(crate) fn next(&mut self) -> (Message, bool) {
+        while self.kind < self.per_kind.len() {
+            let tags = &self.per_kind[self.kind];
+            if self.pos < tags.len() {
+                let end = (self.pos + self.batch).min(tags.len());
+                let out = tags[self.pos..end].to_vec();
+                self.sent += (end - self.pos) as u64;
+                self.pos = end;
+                return (
+                    Message::Tags {
+                        section: self.kind as u8,
+                        width: 1,
+                        tags: out,
+                    },
+                    false,
+                );
+            }
+            self.per_kind[self.kind] = Vec::new();
+            self.kind += 1;
+            self.pos = 0;
+        }
+        (Message::End { count: self.sent }, true)
+    }
+}
+
+/// Records per message so that one message stays within `MAX_BATCH` entries.
+pub(crate) fn records_per_message(batch: usize, width: usize) -> usize {
+    (batch / width.max(1)).clamp(1, crate::wire::MAX_BATCH / width.max(1))
+}
+
+/// Capacity reserved up front from a peer's announcement: never more than 2^20 entries, so an
+/// announcement alone (checked against `--max-peer-items`, but possibly a lie) cannot make us
+/// allocate much; the collections grow as entries really arrive.
+pub(crate) fn prealloc(announced: u64) -> usize {
+    announced.min(1 << 20) as usize
+}

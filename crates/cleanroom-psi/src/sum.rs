@@ -1,0 +1,370 @@
+//! PSI-sum, as in Google's Private Join and Compute (Ion et al., EuroS&P 2020), with an
+//! identifier cascade. The receiver R holds records with values and an ElGamal key; the sender
+//! S holds identifiers. R learns the number of its distinct records that match and the sum of
+//! their values, per kind; S learns the counts. Neither learns which records match.
+//!
+//! 1. S → R: S's distinct identifiers per kind, `H_t(y)^s`, sorted.
+//! 2. R → S: their re-blinding, as tags of `H_t(y)^{sr}`, sorted again (so S cannot tell which
+//!    of its identifiers became which tag). S keeps them in one hash set per kind.
+//! 3. R → S: R's public key, then its distinct records, sorted: `(H_1(x_1)^r, …, H_K(x_K)^r,
+//!    Enc(v))` with absent slots random and `v` the sum of the record's clamped values.
+//! 4. S re-blinds each slot, finds the first kind whose tag is in its set, and adds `Enc(v)` to
+//!    that kind's encrypted sum. S → R: per-kind counts and sums, each sum plus `Enc(noise)`
+//!    when asked for, and re-randomised in any case, so R cannot relate a sum to the
+//!    ciphertexts it sent.
+//! 5. R decrypts each sum by baby-step giant-step over `[−allowance, total of its values +
+//!    allowance]`.
+
+use rayon::prelude::*;
+
+use crate::elgamal::{Ciphertext, Decryptor, PublicKey, SecretKey};
+use crate::group::{Point, SessionKey};
+use crate::input::{Data, PreparedInput};
+use crate::stream::{
+    Absorb, Emit, Expect, SetStream, SortedReturn, TagSink, TagStream, records_per_message,
+    unexpected,
+};
+use crate::wire::{Message, ProtocolKind, Role};
+use crate::{MatchCounts, PsiError, Session};
+
+/// What the receiver of a sum learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SumOutput {
+    pub counts: MatchCounts,
+    /// Sum of the receiver's values over matched records, per kind in the cascade.
+    pub sums: Vec<i64>,
+    pub total_sum: i64,
+    /// Whether the sums carry differential-privacy noise.
+    pub noisy: bool,
+}
+
+fn check(session: &Session, input: &PreparedInput, role: Role) -> Result<(), PsiError> {
+    if session.protocol != ProtocolKind::Sum || session.role != role {
+        return Err(PsiError::InvalidParameter(
+            "this session is not a sum session in this role".into(),
+        ));
+    }
+    input.check_fits(session)
+}
+
+// ---------------------------------------------------------------- receiver
+
+struct Records {
+    points: Vec<Point>,
+    values: Vec<u64>,
+    total: u64,
+}
+
+/// Receiver, step 1: re-blinding the sender's set.
+pub struct ReceiverReblinding {
+    session: Session,
+    key: SessionKey,
+    records: Records,
+    back: SortedReturn,
+}
+
+impl ReceiverReblinding {
+    pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
+        check(&session, &input, Role::Receiver)?;
+        let total = input.value_total()?;
+        let Data::Tuples { points, values } = input.data else {
+            return Err(PsiError::InvalidParameter("input layout".into()));
+        };
+        // Fail before any work if the sum could not be decrypted.
+        let allowance = session.sum_noise_allowance();
+        range(total, allowance)?;
+        Ok(ReceiverReblinding {
+            back: SortedReturn::new(session.peer_items.clone()),
+            session,
+            key: input.key,
+            records: Records {
+                points,
+                values,
+                total,
+            },
+        })
+    }
+
+    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, ReceiverReturning>, PsiError> {
+        if self.back.absorb(&self.key, msg)? {
+            Ok(Absorb::Next(ReceiverReturning {
+                stream: self.back.into_stream(self.session.batch),
+                session: self.session,
+                records: self.records,
+            }))
+        } else {
+            Ok(Absorb::More(self))
+        }
+    }
+}
+
+fn range(total: u64, allowance: u64) -> Result<(i64, i64), PsiError> {
+    let hi = total
+        .checked_add(allowance)
+        .filter(|h| *h <= crate::elgamal::MAX_RANGE)
+        .ok_or_else(|| {
+            PsiError::InvalidParameter(
+                "the values (plus noise allowance) add up to more than 2^44; lower --max-value"
+                    .into(),
+            )
+        })?;
+    Ok((-(allowance as i64), hi as i64))
+}
+
+/// Receiver, step 2: returning the sender's set re-blinded, sorted.
+pub struct ReceiverReturning {
+    session: Session,
+    records: Records,
+    stream: TagStream,
+}
+
+impl ReceiverReturning {
+    pub fn emit(mut self) -> Result<Emit<Self, ReceiverSending>, PsiError> {
+        let (msg, last) = self.stream.next();
+        if !last {
+            return Ok(Emit::More(msg, self));
+        }
+        Ok(Emit::Last(
+            msg,
+            ReceiverSending {
+                per_msg: records_per_message(self.session.batch, self.session.kinds.len()),
+                session: self.session,
+                records: self.records,
+                secret: None,
+                pos: 0,
+            },
+        ))
+    }
+}
+
+/// Receiver, step 3: sending its public key and its encrypted records.
+pub struct ReceiverSending {
+    session: Session,
+    records: Records,
+    secret: Option<SecretKey>,
+    pos: usize,
+    per_msg: usize,
+}
+
+impl ReceiverSending {
+    pub fn emit(mut self) -> Result<Emit<Self, ReceiverAwaiting>, PsiError> {
+        let Some(secret) = &self.secret else {
+            let sk = SecretKey::generate()?;
+            let msg = Message::PublicKey(sk.public().to_bytes());
+            self.secret = Some(sk);
+            return Ok(Emit::More(msg, self));
+        };
+        let w = self.session.kinds.len();
+        let n = self.records.values.len();
+        if self.pos < n {
+            let end = (self.pos + self.per_msg).min(n);
+            let points = crate::cardinality::pad(&self.records.points[self.pos * w..end * w])?;
+            let pk = secret.public();
+            let ciphertexts = self.records.values[self.pos..end]
+                .par_iter()
+                .map(|v| Ok(pk.encrypt(*v as i64)?.to_bytes()))
+                .collect::<Result<Vec<_>, PsiError>>()?;
+            self.pos = end;
+            return Ok(Emit::More(
+                Message::SumRecords {
+                    width: w as u8,
+                    points,
+                    ciphertexts,
+                },
+                self,
+            ));
+        }
+        let secret = self
+            .secret
+            .take()
+            .ok_or_else(|| PsiError::Internal("no key".into()))?;
+        Ok(Emit::Last(
+            Message::End { count: n as u64 },
+            ReceiverAwaiting {
+                range: range(self.records.total, self.session.sum_noise_allowance())?,
+                session: self.session,
+                secret,
+            },
+        ))
+    }
+}
+
+/// Receiver, step 4: waiting for the encrypted sums.
+pub struct ReceiverAwaiting {
+    session: Session,
+    secret: SecretKey,
+    range: (i64, i64),
+}
+
+impl ReceiverAwaiting {
+    pub fn absorb(self, msg: Message) -> Result<SumOutput, PsiError> {
+        let k = self.session.kinds.len();
+        match msg {
+            Message::SumResult { counts, sums } if counts.len() == k && sums.len() == k => {
+                if counts.iter().any(|c| *c < 0) {
+                    return Err(PsiError::Malformed("a negative count".into()));
+                }
+                let dec = Decryptor::new(self.range.0, self.range.1)?;
+                let sums = sums
+                    .iter()
+                    .map(|s| dec.decrypt(&self.secret, &Ciphertext::from_bytes(s)?))
+                    .collect::<Result<Vec<i64>, PsiError>>()?;
+                let total_sum = sums.iter().sum();
+                Ok(SumOutput {
+                    counts: MatchCounts::new(counts, self.session.count_epsilon().is_some()),
+                    sums,
+                    total_sum,
+                    noisy: self.session.sum_epsilon().is_some(),
+                })
+            }
+            other => Err(unexpected("the sum result", &other)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- sender
+
+/// Sender, step 1: sending its blinded set.
+pub struct SenderSending {
+    session: Session,
+    key: SessionKey,
+    stream: SetStream,
+    own: Vec<u64>,
+}
+
+impl SenderSending {
+    pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
+        check(&session, &input, Role::Sender)?;
+        let own = input.announced_items();
+        let Data::Set(sets) = input.data else {
+            return Err(PsiError::InvalidParameter("input layout".into()));
+        };
+        Ok(SenderSending {
+            stream: SetStream::new(sets, session.batch),
+            session,
+            key: input.key,
+            own,
+        })
+    }
+
+    pub fn emit(mut self) -> Result<Emit<Self, SenderCollecting>, PsiError> {
+        let (msg, last) = self.stream.next();
+        if !last {
+            return Ok(Emit::More(msg, self));
+        }
+        Ok(Emit::Last(
+            msg,
+            SenderCollecting {
+                sink: TagSink::new(self.own),
+                session: self.session,
+                key: self.key,
+            },
+        ))
+    }
+}
+
+/// Sender, step 2: keeping its own set, re-blinded by the receiver.
+pub struct SenderCollecting {
+    session: Session,
+    key: SessionKey,
+    sink: TagSink,
+}
+
+impl SenderCollecting {
+    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, SenderAwaitingKey>, PsiError> {
+        if self.sink.absorb(msg)? {
+            Ok(Absorb::Next(SenderAwaitingKey {
+                session: self.session,
+                key: self.key,
+                sink: self.sink,
+            }))
+        } else {
+            Ok(Absorb::More(self))
+        }
+    }
+}
+
+/// Sender, step 3: waiting for the receiver's public key.
+pub struct SenderAwaitingKey {
+    session: Session,
+    key: SessionKey,
+    sink: TagSink,
+}
+
+impl SenderAwaitingKey {
+    pub fn absorb(self, msg: Message) -> Result<SenderMatching, PsiError> {
+        match msg {
+            Message::PublicKey(b) => {
+                let k = self.session.kinds.len();
+                Ok(SenderMatching {
+                    pk: PublicKey::from_bytes(&b)?,
+                    expect: Expect::new(vec![self.session.peer_items[0]]),
+                    counts: vec![0; k],
+                    sums: vec![Ciphertext::zero(); k],
+                    session: self.session,
+                    key: self.key,
+                    sink: self.sink,
+                })
+            }
+            other => Err(unexpected("the receiver's public key", &other)),
+        }
+    }
+}
+
+/// Sender, step 4: matching the receiver's records and adding up their ciphertexts.
+pub struct SenderMatching {
+    session: Session,
+    key: SessionKey,
+    sink: TagSink,
+    pk: PublicKey,
+    expect: Expect,
+    counts: Vec<u64>,
+    sums: Vec<Ciphertext>,
+}
+
+impl SenderMatching {
+    /// On the end of the stream: the result message for the receiver and this side's counts.
+    pub fn absorb(
+        mut self,
+        msg: Message,
+    ) -> Result<Absorb<Self, (Message, MatchCounts)>, PsiError> {
+        let w = self.session.kinds.len();
+        match msg {
+            Message::SumRecords {
+                width,
+                points,
+                ciphertexts,
+            } if width as usize == w => {
+                self.expect.take(0, ciphertexts.len())?;
+                let tags = self.key.reblind_tags(&points)?;
+                for (t, c) in tags.chunks_exact(w).zip(&ciphertexts) {
+                    if let Some(k) = (0..w).find(|k| self.sink.sets[*k].contains(&t[*k])) {
+                        self.counts[k] += 1;
+                        self.sums[k] = self.sums[k].add(&Ciphertext::from_bytes(c)?);
+                    }
+                }
+                Ok(Absorb::More(self))
+            }
+            Message::End { count } => {
+                self.expect.finish(count)?;
+                let counts = self.session.release_counts(&self.counts)?;
+                let mut sums = Vec::with_capacity(w);
+                for s in &self.sums {
+                    let noisy = match &self.session.sum_noise {
+                        Some(n) => s.add(&self.pk.encrypt(n.mechanism()?.release(0)?)?),
+                        None => *s,
+                    };
+                    sums.push(self.pk.rerandomise(&noisy)?.to_bytes());
+                }
+                Ok(Absorb::Next((
+                    Message::SumResult {
+                        counts: counts.clone(),
+                        sums,
+                    },
+                    MatchCounts::new(counts, self.session.count_noise.is_some()),
+                )))
+            }
+            other => Err(unexpected("encrypted records or end of stream", &other)),
+        }
+    }
+}

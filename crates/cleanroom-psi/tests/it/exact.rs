@@ -1,0 +1,266 @@
+//! Exact results against a plaintext computation on seeded random sets: empty, disjoint,
+//! identical, duplicate-laden, very unequal, and several identifier kinds in a cascade.
+
+use std::collections::{BTreeMap, HashSet};
+
+use cleanroom_psi::intersection::UNMATCHED;
+use cleanroom_psi::{MatchCounts, Outcome, ProtocolKind};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+use crate::{Records, Run, run};
+
+type Tuple = Vec<Option<String>>;
+
+/// The sender's identifiers per kind.
+fn sender_sets(s: &Records, k: usize) -> Vec<HashSet<String>> {
+    let mut sets = vec![HashSet::new(); k];
+    for (ids, _) in &s.rows {
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(id) = id {
+                sets[i].insert(id.clone());
+            }
+        }
+    }
+    sets
+}
+
+fn first_match(t: &Tuple, sets: &[HashSet<String>]) -> Option<usize> {
+    (0..t.len()).find(|k| t[*k].as_ref().is_some_and(|id| sets[*k].contains(id)))
+}
+
+/// Distinct records of the receiver (rows without any identifier dropped), values summed.
+fn distinct(r: &Records, max: i64) -> BTreeMap<Tuple, i64> {
+    let mut m = BTreeMap::new();
+    for (ids, v) in &r.rows {
+        if ids.iter().all(|i| i.is_none()) {
+            continue;
+        }
+        *m.entry(ids.clone()).or_insert(0) += (*v).clamp(0, max);
+    }
+    m
+}
+
+fn plain_cardinality(r: &Records, s: &Records, k: usize) -> Vec<i64> {
+    let sets = sender_sets(s, k);
+    let mut c = vec![0i64; k];
+    for t in distinct(r, 0).keys() {
+        if let Some(m) = first_match(t, &sets) {
+            c[m] += 1;
+        }
+    }
+    c
+}
+
+fn plain_rows(r: &Records, s: &Records, k: usize) -> Vec<u8> {
+    let sets = sender_sets(s, k);
+    r.rows
+        .iter()
+        .map(|(t, _)| first_match(t, &sets).map_or(UNMATCHED, |m| m as u8))
+        .collect()
+}
+
+fn plain_sum(r: &Records, s: &Records, k: usize, max: i64) -> (Vec<i64>, Vec<i64>) {
+    let sets = sender_sets(s, k);
+    let (mut c, mut sum) = (vec![0i64; k], vec![0i64; k]);
+    for (t, v) in distinct(r, max) {
+        if let Some(m) = first_match(&t, &sets) {
+            c[m] += 1;
+            sum[m] += v;
+        }
+    }
+    (c, sum)
+}
+
+/// Checks all three protocols on one pair of inputs.
+fn check_all(kinds: &[&'static str], r: &Records, s: &Records) {
+    let k = kinds.len();
+
+    let (ro, so, _) = run(&Run::new(ProtocolKind::Cardinality, kinds), r, s);
+    let want = MatchCounts::new(plain_cardinality(r, s, k), false);
+    assert_eq!(ro, Outcome::Cardinality(want.clone()));
+    assert_eq!(so, Outcome::Cardinality(want));
+
+    let (ro, so, _) = run(&Run::new(ProtocolKind::Intersection, kinds), r, s);
+    let rows = plain_rows(r, s, k);
+    let Outcome::Intersection(out) = ro else {
+        panic!("{ro:?}")
+    };
+    assert_eq!(out.row_kinds, rows);
+    let mut per_kind = vec![0i64; k];
+    rows.iter()
+        .filter(|x| **x != UNMATCHED)
+        .for_each(|x| per_kind[*x as usize] += 1);
+    assert_eq!(out.counts, MatchCounts::new(per_kind, false));
+    let distinct_ids: u64 = (0..k)
+        .map(|i| {
+            r.rows
+                .iter()
+                .filter_map(|(t, _)| t[i].clone())
+                .collect::<HashSet<_>>()
+                .len() as u64
+        })
+        .sum();
+    assert_eq!(
+        so,
+        Outcome::Answered {
+            identifiers: distinct_ids
+        }
+    );
+
+    let run_sum = Run::new(ProtocolKind::Sum, kinds);
+    let (ro, so, _) = run(&run_sum, r, s);
+    let (c, sums) = plain_sum(r, s, k, run_sum.max_value as i64);
+    let Outcome::Sum(out) = ro else {
+        panic!("{ro:?}")
+    };
+    assert_eq!(out.counts, MatchCounts::new(c.clone(), false));
+    assert_eq!(out.sums, sums);
+    assert_eq!(out.total_sum, sums.iter().sum::<i64>());
+    assert_eq!(so, Outcome::SumCounts(MatchCounts::new(c, false)));
+}
+
+fn ids(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}@example.com")).collect()
+}
+
+#[test]
+fn edge_cases_single_kind() {
+    let kinds = &["email"];
+    let empty = Records::default();
+    let a = Records::single(&ids("a", 0..40));
+    let b = Records::single(&ids("a", 20..90));
+    let disjoint = Records::single(&ids("z", 0..30));
+    check_all(kinds, &empty, &empty);
+    check_all(kinds, &empty, &a);
+    check_all(kinds, &a, &empty);
+    check_all(kinds, &a, &disjoint);
+    check_all(kinds, &a, &a);
+    check_all(kinds, &a, &b);
+    check_all(kinds, &b, &a);
+    // Very unequal sizes, both ways round.
+    let tiny = Records::single(&ids("a", 35..38));
+    let big = Records::single(&ids("a", 0..600));
+    check_all(kinds, &tiny, &big);
+    check_all(kinds, &big, &tiny);
+}
+
+fn random_records(
+    rng: &mut Xoshiro256PlusPlus,
+    n: usize,
+    k: usize,
+    universe: u32,
+    absent: f64,
+) -> Records {
+    let rows = (0..n)
+        .map(|_| {
+            let person = rng.random_range(0..universe);
+            let ids = (0..k)
+                .map(|kind| {
+                    if rng.random_bool(absent) {
+                        None
+                    } else if rng.random_bool(0.1) {
+                        // An identifier of this kind belonging to somebody else.
+                        Some(format!("k{kind}-p{}", rng.random_range(0..universe)))
+                    } else {
+                        Some(format!("k{kind}-p{person}"))
+                    }
+                })
+                .collect();
+            (ids, rng.random_range(-5..1500i64))
+        })
+        .collect();
+    Records { rows }
+}
+
+#[test]
+fn random_sets_with_duplicates_single_kind() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0x5eed);
+    for round in 0..6 {
+        // Small universes make many duplicates on both sides.
+        let universe = [10, 50, 200, 1000, 30, 400][round];
+        let nr = rng.random_range(0..250);
+        let ns = rng.random_range(0..250);
+        let r = random_records(&mut rng, nr, 1, universe, 0.0);
+        let s = random_records(&mut rng, ns, 1, universe, 0.0);
+        check_all(&["email"], &r, &s);
+    }
+}
+
+#[test]
+fn random_sets_cascade_of_three_kinds() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0xca5c);
+    for round in 0..5 {
+        let universe = [40, 150, 600, 20, 300][round];
+        let nr = rng.random_range(0..200);
+        let ns = rng.random_range(0..200);
+        let r = random_records(&mut rng, nr, 3, universe, 0.3);
+        let s = random_records(&mut rng, ns, 3, universe, 0.3);
+        check_all(&["email", "phone", "maid"], &r, &s);
+    }
+}
+
+#[test]
+fn cascade_counts_a_record_once_on_its_best_kind() {
+    let kinds = &["email", "phone"];
+    let row = |e: Option<&str>, p: Option<&str>, v: i64| {
+        (vec![e.map(str::to_owned), p.map(str::to_owned)], v)
+    };
+    let r = Records {
+        rows: vec![
+            row(Some("a"), Some("1"), 10), // both match: counts for email only
+            row(Some("b"), Some("2"), 20), // phone only
+            row(None, Some("1"), 40),      // phone only (no email)
+            row(Some("c"), None, 80),      // nothing
+            row(None, None, 160),          // no identifiers at all
+            row(Some("a"), Some("1"), 5),  // duplicate record: merged, value added
+        ],
+    };
+    let s = Records {
+        rows: vec![
+            row(Some("a"), None, 0),
+            row(None, Some("1"), 0),
+            row(Some("x"), Some("2"), 0),
+        ],
+    };
+    check_all(kinds, &r, &s);
+    let (ro, _, _) = run(&Run::new(ProtocolKind::Sum, kinds), &r, &s);
+    let Outcome::Sum(out) = ro else { panic!() };
+    assert_eq!(out.counts.per_kind, vec![1, 2]);
+    assert_eq!(out.sums, vec![15, 60]);
+    let (ro, _, _) = run(&Run::new(ProtocolKind::Intersection, kinds), &r, &s);
+    let Outcome::Intersection(out) = ro else {
+        panic!()
+    };
+    assert_eq!(out.row_kinds, vec![0, 1, 1, UNMATCHED, UNMATCHED, 0]);
+    assert_eq!(
+        out.matched_rows().map(|(i, _)| i).collect::<Vec<_>>(),
+        vec![0, 1, 2, 5]
+    );
+}
+
+#[test]
+fn noise_is_applied_when_either_side_asks() {
+    let r = Records::single(&ids("a", 0..60));
+    let s = Records::single(&ids("a", 30..90));
+    let mut run_c = Run::new(ProtocolKind::Cardinality, &["email"]);
+    run_c.count_epsilon = Some(0.5);
+    let (ro, so, _) = run(&run_c, &r, &s);
+    let (Outcome::Cardinality(a), Outcome::Cardinality(b)) = (&ro, &so) else {
+        panic!()
+    };
+    assert_eq!(a, b, "both sides get the same released value");
+    assert!(a.noisy);
+    // Discrete Laplace with scale 2: beyond 60 in either direction has probability e^-30.
+    assert!((a.total - 30).abs() < 60, "{a:?}");
+
+    let mut run_s = Run::new(ProtocolKind::Sum, &["email"]);
+    run_s.sum_epsilon = Some(1.0);
+    run_s.max_value = 100;
+    let (ro, _, _) = run(&run_s, &r, &s);
+    let Outcome::Sum(out) = ro else { panic!() };
+    assert!(out.noisy && !out.counts.noisy);
+    assert_eq!(out.counts.total, 30);
+    // Each value is 1; noise scale 100: beyond 45 scales is below 1e-19.
+    assert!((out.total_sum - 30).abs() <= 4500, "{out:?}");
+}
