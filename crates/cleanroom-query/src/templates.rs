@@ -313,7 +313,10 @@ pub fn datasets(
 /// One part of a plan.
 #[derive(Debug, Clone)]
 enum Part {
-    Query { name: String, analysis: Analysis },
+    Query {
+        name: String,
+        analysis: Box<Analysis>,
+    },
     Benchmark(Box<Benchmark>),
 }
 
@@ -358,7 +361,7 @@ impl TemplatePlan {
             label: "sql".into(),
             parts: vec![Part::Query {
                 name: name.into(),
-                analysis,
+                analysis: Box::new(analysis),
             }],
             finish: Finish::Single,
             request,
@@ -468,7 +471,7 @@ async fn query(
     let spec = check_with(sql, catalog, options).await?;
     Ok(Part::Query {
         name: name.to_owned(),
-        analysis: prepare_spec(spec, catalog, request)?,
+        analysis: Box::new(prepare_spec(spec, catalog, request)?),
     })
 }
 
@@ -642,7 +645,7 @@ pub async fn plan(
             );
             let frequency = Part::Query {
                 name: "frequency".into(),
-                analysis: prepare_spec(spec, catalog, req)?,
+                analysis: Box::new(prepare_spec(spec, catalog, req)?),
             };
             (
                 vec![reach, frequency],

@@ -370,6 +370,7 @@ async fn collaboration_lifecycle_over_http() {
     let entries = audit["entries"].as_array().unwrap();
     assert!(entries.iter().any(|e| e["action"] == "collaboration.close"
         && e["outcome"] == "allowed"
-        && e["detail"] == "destroyed the collaboration key and 1 dataset key(s)"));
+        && e["detail"]
+            == "destroyed the collaboration key and 1 dataset key(s); deleted 0 stored result(s)"));
     assert_eq!(audit["head"]["seq"].as_u64().unwrap(), entries.len() as u64);
 }

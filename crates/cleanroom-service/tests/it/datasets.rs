@@ -301,7 +301,7 @@ async fn closing_crypto_shreds_and_says_so() {
         .unwrap();
     assert_eq!(
         close.detail,
-        "destroyed the collaboration key and 2 dataset key(s)"
+        "destroyed the collaboration key and 2 dataset key(s); deleted 0 stored result(s)"
     );
     verify_chain(&id, &log, None).unwrap();
 }

@@ -1,6 +1,7 @@
 //! Use cases through the plain Rust API: the happy path, and every denial.
 
 mod access;
+mod analysis;
 mod datasets;
 
 use cleanroom_core::party::{Abilities, Ability};
