@@ -99,8 +99,9 @@ pub enum TemplateCmd {
         template: String,
         #[arg(long)]
         dataset: String,
+        /// The template version (default: the latest).
         #[arg(long)]
-        version: Option<u32>,
+        template_version: Option<u32>,
     },
     /// Withdraw an approval.
     Revoke {
@@ -108,8 +109,9 @@ pub enum TemplateCmd {
         template: String,
         #[arg(long)]
         dataset: String,
+        /// The template version (default: the latest).
         #[arg(long)]
-        version: Option<u32>,
+        template_version: Option<u32>,
     },
     /// Approvals in a collaboration.
     Approvals { collab: String },
@@ -119,8 +121,9 @@ pub enum TemplateCmd {
         template: String,
         #[arg(long = "param", short = 'p', value_parser = parse_param)]
         params: Vec<(String, String)>,
+        /// The template version (default: the latest).
         #[arg(long)]
-        version: Option<u32>,
+        template_version: Option<u32>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -434,7 +437,7 @@ pub async fn template(c: &Client, json: bool, cmd: TemplateCmd) -> Result<()> {
             collab,
             template,
             dataset,
-            version,
+            template_version: version,
         } => {
             let out: ApprovalOut = c
                 .post(
@@ -459,7 +462,7 @@ pub async fn template(c: &Client, json: bool, cmd: TemplateCmd) -> Result<()> {
             collab,
             template,
             dataset,
-            version,
+            template_version: version,
         } => {
             let mut path = format!(
                 "/collaborations/{}/templates/{}/approvals?dataset={}",
@@ -518,7 +521,7 @@ pub async fn template(c: &Client, json: bool, cmd: TemplateCmd) -> Result<()> {
             collab,
             template,
             params,
-            version,
+            template_version: version,
             run,
         } => {
             let out: AnalysisOut = c

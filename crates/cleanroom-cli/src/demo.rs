@@ -265,9 +265,20 @@ async fn scenario(
         println!("  (recorded in the server's system audit log, not in the collaboration's)");
     }
 
-    step(7, "The audit trail, hash-chained and verified on this side");
+    analyses(&brand, &publisher, &cid, &u).await?;
+
+    step(
+        13,
+        "The audit trail, hash-chained and verified on this side",
+    );
     let (name, entries, head) = crate::commands::fetch_chain(&brand, &cid).await?;
-    println!("{}", output::audit(&entries));
+    let shown = entries.len().saturating_sub(16);
+    println!(
+        "{} entries; the last {} (`cleanroom audit list` shows all):",
+        entries.len(),
+        entries.len() - shown
+    );
+    println!("{}", output::audit(&entries[shown..]));
     let h = crate::commands::verify_downloaded(&name, &entries, head.as_ref(), None)?;
     println!(
         "chain verified: {} entries intact, head {}:{}",
@@ -275,10 +286,276 @@ async fn scenario(
         h.seq,
         &hex::encode(h.hash)[..16]
     );
+    Ok(())
+}
 
-    println!(
-        "\nNext: analyses over the joint data (overlap, reach, lift) with thresholds and differential privacy."
+fn brand_policy() -> PolicyWire {
+    PolicyWire {
+        join_keys: vec!["email_hmac".into()],
+        dimensions: vec!["age_band".into(), "region".into()],
+        metrics: vec![
+            MetricRuleWire {
+                column: "purchases".into(),
+                aggregates: vec![],
+                lower: 0.0,
+                upper: 20.0,
+                precision: None,
+            },
+            MetricRuleWire {
+                column: "revenue".into(),
+                aggregates: vec![],
+                lower: 0.0,
+                upper: 2000.0,
+                precision: Some(2),
+            },
+        ],
+        analysts: vec!["daily-planet".into()],
+        receivers: vec!["daily-planet".into()],
+        ..Default::default()
+    }
+}
+
+fn publisher_policy() -> PolicyWire {
+    PolicyWire {
+        join_keys: vec!["email_hmac".into()],
+        dimensions: vec!["age_band".into(), "region".into(), "exposed".into()],
+        metrics: vec![MetricRuleWire {
+            column: "page_views".into(),
+            aggregates: vec![],
+            lower: 0.0,
+            upper: 400.0,
+            precision: None,
+        }],
+        analysts: vec!["northwind-retail".into()],
+        receivers: vec!["northwind-retail".into()],
+        allow_sql: Some(false),
+        ..Default::default()
+    }
+}
+
+async fn run_template(
+    c: &Client,
+    cid: &str,
+    template: &str,
+    params: &[(&str, &str)],
+    epsilon: f64,
+) -> Result<AnalysisOut> {
+    c.post(
+        &format!("/collaborations/{cid}/templates/{template}/runs"),
+        &TemplateRunIn {
+            version: None,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            epsilon: Some(epsilon),
+            delta: None,
+            receivers: vec![],
+            dry_run: false,
+        },
+    )
+    .await
+}
+
+fn print_tables(a: &AnalysisOut) {
+    if let Some(r) = &a.result {
+        for t in &r.tables {
+            if t.rows.is_empty() {
+                println!("({}: no group is large enough to be shown)", t.name);
+            } else {
+                println!("{}", crate::analysis::result_table(t));
+            }
+        }
+    }
+}
+
+async fn analyses(brand: &Client, publisher: &Client, cid: &str, u: &Universe) -> Result<()> {
+    step(
+        7,
+        "Rules: each owner sets a policy for its data and grants a privacy budget",
     );
+    let p: PolicyOut = brand
+        .put(
+            &format!("/collaborations/{cid}/datasets/crm-customers/policy"),
+            &brand_policy(),
+        )
+        .await?;
+    println!(
+        "northwind-retail, policy v{} on crm-customers: join on email_hmac only; group by age band or region; \
+         purchases clamped to [0, 20], revenue to [0, 2000]; every row must stand for ≥ 50 customers; \
+         differential privacy on",
+        p.version
+    );
+    let p: PolicyOut = publisher
+        .put(
+            &format!("/collaborations/{cid}/datasets/logged-in-audience/policy"),
+            &publisher_policy(),
+        )
+        .await?;
+    println!(
+        "daily-planet, policy v{} on logged-in-audience: the same thresholds; only approved templates, no free SQL",
+        p.version
+    );
+    for (who, c) in [("northwind-retail", brand), ("daily-planet", publisher)] {
+        let b: BudgetOut = c
+            .post(
+                &format!("/collaborations/{cid}/budgets"),
+                &GrantIn {
+                    epsilon: 3.0,
+                    delta: Some(1e-6),
+                    epsilon_per_query: Some(1.0),
+                    delta_per_query: Some(1e-7),
+                },
+            )
+            .await?;
+        println!(
+            "{who} granted epsilon {} for this collaboration (at most {} per analysis); it never refreshes by itself",
+            b.epsilon_total, b.epsilon_per_query
+        );
+    }
+    for t in ["overlap", "lift"] {
+        let a: ApprovalOut = publisher
+            .post(
+                &format!("/collaborations/{cid}/templates/{t}/approvals"),
+                &ApprovalIn {
+                    dataset: "logged-in-audience".into(),
+                    version: None,
+                },
+            )
+            .await?;
+        println!(
+            "daily-planet approved the {} template, version {}, on its audience",
+            a.template, a.version
+        );
+    }
+
+    step(
+        8,
+        "Audience overlap by region (template overlap v1, epsilon 1)",
+    );
+    let a = run_template(
+        brand,
+        cid,
+        "overlap",
+        &[
+            ("left", "crm-customers"),
+            ("right", "logged-in-audience"),
+            ("key", "email_hmac"),
+            ("by", "region"),
+        ],
+        1.0,
+    )
+    .await?;
+    print_tables(&a);
+    let matched: i64 = a
+        .result
+        .as_ref()
+        .and_then(|r| r.tables.first())
+        .map(|t| t.rows.iter().filter_map(|r| r[1].as_i64()).sum())
+        .unwrap_or(0);
+    println!(
+        "total matched ≈ {} (the demo knows the truth: {}); counts carry noise (± is its standard deviation), \
+         and a region with too few people would not be shown at all",
+        thousands(matched.max(0) as u64),
+        thousands(u.overlap)
+    );
+    println!("cost: {}", crate::analysis::charges(&a));
+
+    step(
+        9,
+        "Campaign lift: did exposed people buy more? (template lift v1, epsilon 1)",
+    );
+    let a = run_template(
+        brand,
+        cid,
+        "lift",
+        &[
+            ("exposure", "logged-in-audience"),
+            ("exposed", "exposed"),
+            ("outcome", "crm-customers"),
+            ("conversion", "purchases"),
+            ("key", "email_hmac"),
+        ],
+        1.0,
+    )
+    .await?;
+    print_tables(&a);
+    println!("cost: {}", crate::analysis::charges(&a));
+
+    step(10, "An analyst's own SQL, and what the room refuses");
+    let sql = "SELECT c.age_band, COUNT(DISTINCT c.customer_id) AS customers, AVG(c.revenue) AS avg_revenue \
+               FROM \"crm-customers\" c GROUP BY c.age_band ORDER BY c.age_band";
+    let a: AnalysisOut = brand
+        .post(
+            &format!("/collaborations/{cid}/queries"),
+            &QueryIn {
+                sql: sql.into(),
+                epsilon: Some(0.5),
+                delta: None,
+                receivers: vec![],
+                dry_run: false,
+            },
+        )
+        .await?;
+    println!("northwind-retail on its own data (its budget pays):\n  {sql}");
+    print_tables(&a);
+    for (what, sql) in [
+        ("row-level output", "SELECT * FROM \"crm-customers\""),
+        (
+            "a join key in the output",
+            "SELECT email_hmac, COUNT(*) FROM \"crm-customers\" GROUP BY email_hmac",
+        ),
+        (
+            "free SQL on the publisher's data",
+            "SELECT COUNT(*) FROM \"crm-customers\" c JOIN \"logged-in-audience\" a ON c.email_hmac = a.email_hmac",
+        ),
+    ] {
+        let r: Result<AnalysisOut> = brand
+            .post(
+                &format!("/collaborations/{cid}/queries"),
+                &QueryIn {
+                    sql: sql.into(),
+                    epsilon: None,
+                    delta: None,
+                    receivers: vec![],
+                    dry_run: false,
+                },
+            )
+            .await;
+        if let Err(e) = r {
+            println!("refused, {what}:\n  {}", short(&e));
+        }
+    }
+
+    step(
+        11,
+        "Averaging does not work: a repeated analysis returns its stored result",
+    );
+    let again = run_template(
+        brand,
+        cid,
+        "overlap",
+        &[
+            ("left", "crm-customers"),
+            ("right", "logged-in-audience"),
+            ("key", "email_hmac"),
+            ("by", "region"),
+        ],
+        1.0,
+    )
+    .await?;
+    println!(
+        "the same overlap again: {}",
+        match &again.reused_from {
+            Some(id) =>
+                format!("the stored result of analysis {id}, same numbers, no budget spent"),
+            None => "a new release".into(),
+        }
+    );
+
+    step(12, "Budgets left");
+    let b: Vec<BudgetOut> = brand.get(&format!("/collaborations/{cid}/budgets")).await?;
+    println!("{}", crate::analysis::budgets_table(&b));
     Ok(())
 }
 

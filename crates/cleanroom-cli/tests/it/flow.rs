@@ -241,6 +241,11 @@ fn the_demo_runs_end_to_end() {
         "uploaded logged-in-audience: 3,750 rows",
         "line 2, column 5 (purchases)",
         "[forbidden]",
+        "== 8. Audience overlap by region",
+        "== 9. Campaign lift",
+        "[policy_violation]",
+        "no budget spent",
+        "== 12. Budgets left",
         "chain verified",
     ] {
         assert!(

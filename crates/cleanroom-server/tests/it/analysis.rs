@@ -1,0 +1,217 @@
+//! The analysis API over HTTP: problem details that name the rule and the column, budgets,
+//! templates, and results that hold aggregates only.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::*;
+
+fn people(prefix: &str, count: usize, offset: usize) -> String {
+    let mut s = String::from("pid,email_hmac,city,n\n");
+    for i in 0..count {
+        s.push_str(&format!(
+            "{prefix}-{i:06},secret-hash-{:06},city{},{}\n",
+            i + offset,
+            i % 3,
+            i % 5
+        ));
+    }
+    s
+}
+
+async fn setup() -> (Server, String, String, String) {
+    let s = Server::start().await;
+    let brand = s.org("brand").await;
+    let publisher = s.org("publisher").await;
+    let id = s
+        .collab(&brand, &publisher, &["contribute", "analyse", "receive"])
+        .await;
+    for (token, name, prefix, offset) in [
+        (&brand, "crm", "person", 0),
+        (&publisher, "aud", "user", 1000),
+    ] {
+        s.declare(token, &id, name).await;
+        let (st, v) = s
+            .upload(token, &id, name, "text/csv", people(prefix, 3000, offset))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let partner = if name == "crm" { "publisher" } else { "brand" };
+        s.ok(
+            Method::PUT,
+            &format!("/v1/collaborations/{id}/datasets/{name}/policy"),
+            token,
+            Some(json!({
+                "join_keys": ["email_hmac"], "dimensions": ["city"],
+                "metrics": [{"column": "n", "lower": 0, "upper": 10}],
+                "analysts": [partner], "receivers": [partner],
+            })),
+        )
+        .await;
+        s.ok(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/budgets"),
+            token,
+            Some(json!({"epsilon": 2.0, "epsilon_per_query": 1.0})),
+        )
+        .await;
+    }
+    (s, brand, publisher, id)
+}
+
+#[tokio::test]
+async fn refusals_are_problem_details_naming_the_rule_and_the_column() {
+    let (s, brand, _publisher, id) = setup().await;
+    let q = |sql: &str| json!({"sql": sql});
+    let (st, v) = s
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/queries"),
+            &brand,
+            Some(q(
+                "SELECT email_hmac, COUNT(*) FROM crm GROUP BY email_hmac",
+            )),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(v["code"], "policy_violation");
+    assert_eq!(v["rule"], "identifier_not_allowed");
+    assert_eq!(v["column"], "email_hmac");
+    // Invalid SQL is invalid input, not a policy decision.
+    let (st, v) = s
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/queries"),
+            &brand,
+            Some(q("SELEKT 1")),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_input"))
+    );
+    // A budget that cannot pay.
+    let (st, v) = s
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/queries"),
+            &brand,
+            Some(json!({"sql": "SELECT COUNT(*) FROM crm", "epsilon": 3.0})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("budget_exhausted"))
+    );
+    // A misspelt policy field is refused (not silently ignored) and audited.
+    let (st, v) = s
+        .call(
+            Method::PUT,
+            &format!("/v1/collaborations/{id}/datasets/crm/policy"),
+            &brand,
+            Some(json!({"join_key": ["email_hmac"]})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_input"))
+    );
+    let entries = audit_after(&s, &brand, &id, 0).await;
+    assert!(
+        refused(&entries, "policy.set", "invalid_input", "denied"),
+        "{entries:?}"
+    );
+    assert!(refused(
+        &entries,
+        "analysis.query",
+        "policy_violation",
+        "denied"
+    ));
+    assert!(refused(
+        &entries,
+        "analysis.query",
+        "budget_exhausted",
+        "denied"
+    ));
+}
+
+#[tokio::test]
+async fn analyses_release_aggregates_and_never_rows() {
+    let (s, brand, publisher, id) = setup().await;
+    let v = s
+        .ok(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/queries"),
+            &brand,
+            Some(json!({
+                "sql": "SELECT a.city, COUNT(DISTINCT c.pid) AS people FROM crm c JOIN aud a ON c.email_hmac = a.email_hmac GROUP BY a.city",
+                "epsilon": 0.5,
+                "receivers": ["brand", "publisher"],
+            })),
+        )
+        .await;
+    assert_eq!(v["status"], "released");
+    let table = &v["result"]["tables"][0];
+    assert_eq!(table["columns"][1]["kind"], "count");
+    assert!(table["columns"][1]["noise_sd"].as_f64().unwrap() > 0.0);
+    assert_eq!(table["rows"].as_array().unwrap().len(), 3);
+    let analysis = v["id"].as_str().unwrap().to_owned();
+    // Templates are listed; an unapproved one is refused with its rule.
+    let t = s.ok(Method::GET, "/v1/templates", &brand, None).await;
+    assert_eq!(t.as_array().unwrap().len(), 4);
+    let (st, v) = s
+        .call(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/templates/overlap/runs"),
+            &brand,
+            Some(json!({"params": {"left": "crm", "right": "aud", "key": "email_hmac"}})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["rule"].as_str()),
+        (StatusCode::FORBIDDEN, Some("template_not_approved"))
+    );
+    s.ok(
+        Method::POST,
+        &format!("/v1/collaborations/{id}/templates/overlap/approvals"),
+        &publisher,
+        Some(json!({"dataset": "aud"})),
+    )
+    .await;
+    let v = s
+        .ok(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/templates/overlap/runs"),
+            &brand,
+            Some(json!({"params": {"left": "crm", "right": "aud", "key": "email_hmac"}, "epsilon": 0.5})),
+        )
+        .await;
+    assert_eq!(v["result"]["tables"][0]["name"], "overlap");
+    // Every GET of the API, as every party, with an analysis in place: no row leaks.
+    let doc = s.ok(Method::GET, "/v1/openapi.json", "", None).await;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if item.get("get").is_none() {
+            continue;
+        }
+        let concrete = path
+            .replace("{id}", &id)
+            .replace("{name}", "crm")
+            .replace("{chain}", &id)
+            .replace("{analysis}", &analysis);
+        for token in [&brand, &publisher, &s.op] {
+            let (_, v) = s.call(Method::GET, &concrete, token, None).await;
+            let text = v.to_string();
+            assert!(
+                !text.contains("person-0"),
+                "{concrete} leaks a privacy unit"
+            );
+            assert!(!text.contains("user-0"), "{concrete} leaks a privacy unit");
+            assert!(
+                !text.contains("secret-hash-"),
+                "{concrete} leaks an identifier"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 36, "only {checked} answers checked");
+}
