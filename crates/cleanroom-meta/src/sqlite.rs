@@ -1167,6 +1167,17 @@ impl MetaStore for SqliteStore {
         .transpose()
     }
 
+    async fn running_analyses(&self) -> Result<Vec<AnalysisRow>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ANALYSIS_SELECT} WHERE status = 'running' ORDER BY created_at"
+        )))
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(analysis_from)
+        .collect()
+    }
+
     async fn list_analyses(&self, collab: CollaborationId) -> Result<Vec<AnalysisRow>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "{ANALYSIS_SELECT} WHERE collaboration_id = ? ORDER BY created_at, id"
@@ -1196,6 +1207,28 @@ impl MetaStore for SqliteStore {
         .as_ref()
         .map(analysis_from)
         .transpose()
+    }
+
+    async fn dataset_stats(&self, dataset: DatasetId) -> Result<Option<String>, MetaError> {
+        Ok(
+            sqlx::query_scalar("SELECT stats FROM dataset_stats WHERE dataset_id = ?")
+                .bind(dataset.to_string())
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn set_dataset_stats(&self, dataset: DatasetId, stats: &str) -> Result<(), MetaError> {
+        sqlx::query(
+            "INSERT INTO dataset_stats (dataset_id, stats, computed_at) VALUES (?, ?, ?)
+             ON CONFLICT (dataset_id) DO NOTHING",
+        )
+        .bind(dataset.to_string())
+        .bind(stats)
+        .bind(now())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
     }
 
     async fn approve_template(&self, row: &ApprovalRow, audit: NewAudit) -> Result<(), MetaError> {

@@ -261,6 +261,8 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Records an analysis answered from an earlier release (no charge).
     async fn record_reuse(&self, row: &AnalysisRow, audit: NewAudit) -> Result<(), MetaError>;
     async fn get_analysis(&self, id: &str) -> Result<Option<AnalysisRow>, MetaError>;
+    /// Analyses still marked running (after a crash).
+    async fn running_analyses(&self) -> Result<Vec<AnalysisRow>, MetaError>;
     async fn list_analyses(&self, collab: CollaborationId) -> Result<Vec<AnalysisRow>, MetaError>;
     /// The latest released analysis with this fingerprint in the collaboration.
     async fn find_release(
@@ -268,6 +270,10 @@ pub trait MetaStore: Send + Sync + 'static {
         collab: CollaborationId,
         fingerprint: &str,
     ) -> Result<Option<AnalysisRow>, MetaError>;
+
+    // --- dataset statistics (internal) ---
+    async fn dataset_stats(&self, dataset: DatasetId) -> Result<Option<String>, MetaError>;
+    async fn set_dataset_stats(&self, dataset: DatasetId, stats: &str) -> Result<(), MetaError>;
 
     // --- template approvals ---
     async fn approve_template(&self, row: &ApprovalRow, audit: NewAudit) -> Result<(), MetaError>;

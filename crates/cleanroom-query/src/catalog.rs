@@ -1,6 +1,7 @@
 //! The datasets a query may name: their schemas, owners and policies, and (for execution
 //! only) the encrypted data.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -26,6 +27,21 @@ pub struct QueryTable {
     pub policy_version: u32,
     /// The data, when the query is to run (checking needs only schemas and policies).
     pub data: Option<EncryptedDataset>,
+    /// Exact row multiplicities, when known: they let the rewrite skip bounding stages that
+    /// provably change nothing (see [`TableStats`]).
+    pub stats: Option<TableStats>,
+}
+
+/// The most rows any one person, and any one value of each identifier column, has in a
+/// dataset. A bounding stage that keeps at most `k` rows per value is the identity on a table
+/// whose multiplicities are all at most `k` (and on any filtered subset of it), so skipping it
+/// changes no output and no privacy guarantee: it only saves a sort. Kept inside the server,
+/// never shown to anyone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub max_rows_per_unit: u64,
+    /// Over non-null values only (null keys never join).
+    pub max_rows_per_key: BTreeMap<String, u64>,
 }
 
 impl QueryTable {

@@ -215,6 +215,17 @@ fn table_plan(
                 .map(|k| (k.clone(), t.policy.max_rows_per_key)),
         );
         for (column, keep) in bounds {
+            let known = t.stats.as_ref().and_then(|s| {
+                if column == t.unit_column() {
+                    Some(s.max_rows_per_unit)
+                } else {
+                    s.max_rows_per_key.get(&column).copied()
+                }
+            });
+            if known.is_some_and(|m| m <= u64::from(keep)) {
+                // Every value already has at most `keep` rows: the stage is the identity.
+                continue;
+            }
             let rn = row_number()
                 .partition_by(vec![qcol(u, &column)])
                 .order_by(vec![random().sort(true, false)])
@@ -354,6 +365,61 @@ fn float_at(a: &dyn Array, row: usize) -> Result<Option<f64>, QueryError> {
             "expected a float, got {other}"
         ))),
     }
+}
+
+/// The exact multiplicities of a dataset's privacy unit and identifier columns (see
+/// [`crate::catalog::TableStats`]). Internal: the result stays in the server.
+pub async fn table_stats(
+    table: &crate::catalog::QueryTable,
+    partitions: usize,
+) -> Result<crate::catalog::TableStats, QueryError> {
+    use cleanroom_core::schema::ColumnRole;
+    let data = table
+        .data
+        .clone()
+        .ok_or_else(|| QueryError::Internal(format!("no data for {}", table.name)))?;
+    let schema = table.arrow_schema();
+    let provider = provider_as_source(Arc::new(EncryptedTable::new(schema.clone(), data)));
+    let config = SessionConfig::new().with_target_partitions(partitions.max(1));
+    let ctx = SessionContext::new_with_config(config);
+    let mut stats = crate::catalog::TableStats::default();
+    for c in table.schema.columns() {
+        if !matches!(c.role, ColumnRole::PrivacyUnit | ColumnRole::Identifier) {
+            continue;
+        }
+        let name = c.name.as_str();
+        let idx = schema.index_of(name).map_err(internal)?;
+        let plan = LogicalPlanBuilder::scan("t", Arc::clone(&provider), Some(vec![idx]))
+            .map_err(internal)?
+            .filter(col(name).is_not_null())
+            .map_err(internal)?
+            .aggregate(vec![col(name)], vec![count(lit(1i64)).alias("n")])
+            .map_err(internal)?
+            .aggregate(Vec::<Expr>::new(), vec![max(col("n")).alias("m")])
+            .map_err(internal)?
+            .build()
+            .map_err(internal)?;
+        let batches = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(internal)?
+            .collect()
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        let m = batches
+            .first()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| int_at(b.column(0).as_ref(), 0))
+            .transpose()?
+            .unwrap_or(0)
+            .max(0) as u64;
+        if c.role == ColumnRole::PrivacyUnit {
+            stats.max_rows_per_unit = m;
+        } else {
+            stats.max_rows_per_key.insert(name.to_owned(), m);
+        }
+    }
+    Ok(stats)
 }
 
 /// The plain aggregate the analyst wrote, over the same data without any privacy layer: for

@@ -19,6 +19,7 @@ use cleanroom_core::party::{Ability, DatasetStatus, MemberStatus};
 use cleanroom_core::policy::{AnalysisPolicy, PolicyDraft};
 use cleanroom_meta::{AnalysisRow, ApprovalRow, Charge, Grant, LedgerRow, MetaError};
 use cleanroom_privacy::budget::{Budget, Delta, Epsilon, Ledger, PrivacyCost};
+use cleanroom_query::catalog::TableStats;
 use cleanroom_query::templates::{self, TemplateInfo, TemplateOutput, TemplatePlan};
 use cleanroom_query::{Catalog, PrivacyRequest, QueryError, QueryTable, Released};
 use serde_json::{Value, json};
@@ -798,6 +799,7 @@ impl CleanRoom {
                 has_policy,
                 policy_version: version,
                 data,
+                stats: None,
             });
         }
         Ok((Catalog::new(tables), datasets))
@@ -1040,14 +1042,45 @@ impl CleanRoom {
             }
             Err(e) => return Err(e.into()),
         }
-        // Run with the data; a failure after the charge keeps the charge.
+        // Run with the data in a task of its own: a client that disconnects does not cancel
+        // it, and a failure after the charge keeps the charge.
+        let task = tokio::spawn(Self::run_and_record(
+            self.clone(),
+            c.clone(),
+            planned.plan,
+            planned.touched,
+            id.clone(),
+            p.actor(),
+            receiver_names,
+        ));
+        task.await
+            .map_err(|e| ServiceError::Internal(format!("analysis task: {e}")))??;
+        let row = self
+            .meta
+            .get_analysis(&id)
+            .await?
+            .ok_or_else(|| ServiceError::Internal("analysis vanished".into()))?;
+        self.view(p, row)
+    }
+
+    /// Runs a charged analysis and records its release or its failure.
+    async fn run_and_record(
+        room: CleanRoom,
+        c: Collaboration,
+        plan: TemplatePlan,
+        touched: BTreeSet<usize>,
+        id: String,
+        actor: String,
+        receiver_names: Vec<String>,
+    ) -> Result<(), ServiceError> {
+        let chain = c.id.to_string();
         let outcome = async {
-            let (data_catalog, _) = self.catalog(c, true).await?;
             let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let output = templates::run(&planned.plan, &data_catalog, partitions)
+            let (data_catalog, _) = room.catalog(&c, true).await?;
+            let data_catalog = room.with_stats(data_catalog, &touched, partitions).await?;
+            templates::run(&plan, &data_catalog, partitions)
                 .await
-                .map_err(query_error)?;
-            Ok::<TemplateOutput, ServiceError>(output)
+                .map_err(query_error)
         }
         .await;
         match outcome {
@@ -1056,7 +1089,7 @@ impl CleanRoom {
                 let encoded = crate::results::encode(&result);
                 let audit = Self::audit(
                     &chain,
-                    &p.actor(),
+                    &actor,
                     "analysis.release",
                     &id,
                     Outcome::Allowed,
@@ -1066,28 +1099,71 @@ impl CleanRoom {
                         receiver_names.join(",")
                     ),
                 );
-                self.meta.finish_analysis(&id, Ok(&encoded), audit).await?;
+                room.meta.finish_analysis(&id, Ok(&encoded), audit).await?;
+                Ok(())
             }
             Err(e) => {
                 let msg = e.to_string();
                 let audit = Self::audit(
                     &chain,
-                    &p.actor(),
+                    &actor,
                     "analysis.release",
                     &id,
                     e.audit_outcome(),
                     format!("{}: {msg}; the charge stays", e.code()),
                 );
-                self.meta.finish_analysis(&id, Err(&msg), audit).await?;
-                return Err(e);
+                room.meta.finish_analysis(&id, Err(&msg), audit).await?;
+                Err(e)
             }
         }
-        let row = self
-            .meta
-            .get_analysis(&id)
-            .await?
-            .ok_or_else(|| ServiceError::Internal("analysis vanished".into()))?;
-        self.view(p, row)
+    }
+
+    /// At start-up: analyses that were running when the server stopped are failed (their
+    /// charges stay) and the failure is recorded in their collaboration's chain.
+    pub(crate) async fn recover_analyses(&self) -> Result<(), ServiceError> {
+        for row in self.meta.running_analyses().await? {
+            let audit = Self::audit(
+                &row.collaboration_id.to_string(),
+                "server",
+                "analysis.release",
+                &row.id,
+                Outcome::Failed,
+                "interrupted by a server restart; nothing was released and the charge stays",
+            );
+            self.meta
+                .finish_analysis(&row.id, Err("interrupted by a server restart"), audit)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The catalog with the exact multiplicities of the datasets touched, computed at their
+    /// first analysis and kept (internal: they only let the rewrite skip no-op bounding).
+    async fn with_stats(
+        &self,
+        catalog: Arc<Catalog>,
+        touched: &BTreeSet<usize>,
+        partitions: usize,
+    ) -> Result<Arc<Catalog>, ServiceError> {
+        let mut tables = catalog.tables.clone();
+        for &t in touched {
+            let table = &mut tables[t];
+            let stored = self.meta.dataset_stats(table.dataset_id).await?;
+            let stats = match stored.as_deref().map(decode_stats) {
+                Some(Ok(s)) => s,
+                _ => {
+                    let s = cleanroom_query::rewrite::table_stats(table, partitions)
+                        .await
+                        .map_err(query_error)?;
+                    self.meta
+                        .set_dataset_stats(table.dataset_id, &encode_stats(&s))
+                        .await?;
+                    s
+                }
+            };
+            table.stats = Some(stats);
+        }
+        Ok(Catalog::new(tables))
     }
 
     async fn receivers(
@@ -1223,6 +1299,24 @@ impl CleanRoom {
             .map(|r| self.view(p, r))
             .collect()
     }
+}
+
+fn encode_stats(s: &TableStats) -> String {
+    json!({"max_rows_per_unit": s.max_rows_per_unit, "max_rows_per_key": s.max_rows_per_key})
+        .to_string()
+}
+
+fn decode_stats(text: &str) -> Result<TableStats, ()> {
+    let v: Value = serde_json::from_str(text).map_err(|_| ())?;
+    Ok(TableStats {
+        max_rows_per_unit: v["max_rows_per_unit"].as_u64().ok_or(())?,
+        max_rows_per_key: v["max_rows_per_key"]
+            .as_object()
+            .ok_or(())?
+            .iter()
+            .map(|(k, n)| n.as_u64().map(|n| (k.clone(), n)).ok_or(()))
+            .collect::<Result<_, ()>>()?,
+    })
 }
 
 /// What the plan costs each owner: the sum over its datasets and the plan's parts.

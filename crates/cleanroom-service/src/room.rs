@@ -294,6 +294,7 @@ impl CleanRoom {
     }
 
     async fn recover(&self) -> Result<(), ServiceError> {
+        self.recover_analyses().await?;
         // An upload under way when the server stopped never finished: record that it was
         // discarded, in its collaboration's chain, as the dataset returns to pending.
         for d in self.meta.uploading_datasets().await? {

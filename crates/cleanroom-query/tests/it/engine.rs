@@ -316,3 +316,65 @@ async fn metrics_are_clamped_and_tighter_clamps_are_honoured() {
     );
     assert_eq!(row[2], Cell::Float(99.0 * 2.5), "-5.0 is clamped to 0");
 }
+
+#[tokio::test]
+async fn known_multiplicities_skip_bounding_without_changing_the_result() {
+    use cleanroom_query::rewrite::table_stats;
+    // Clean data: one row per person and per key. The stats prove bounding is the identity.
+    let f = two_parties(1000, 800, 600);
+    let mut tables = f.tables.clone();
+    for t in &mut tables {
+        t.stats = Some(table_stats(t, 2).await.unwrap());
+        assert_eq!(t.stats.as_ref().unwrap().max_rows_per_unit, 1);
+        assert_eq!(t.stats.as_ref().unwrap().max_rows_per_key["email"], 1);
+    }
+    let with_stats = cleanroom_query::Catalog::new(tables);
+    let sql = "SELECT b.region, COUNT(*) AS n, SUM(b.purchases) AS s FROM brand b JOIN publisher p ON b.email = p.email GROUP BY b.region";
+    let a = prepare(sql, &with_stats, REQ).await.unwrap();
+    let opts = RunOptions {
+        bound_contributions: true,
+        partitions: 2,
+    };
+    let plan = cleanroom_query::rewrite::build_plan(&a.spec, &with_stats, opts).unwrap();
+    assert!(
+        !format!("{}", plan.display_indent()).contains("row_number"),
+        "bounding should be skipped:\n{}",
+        plan.display_indent()
+    );
+    let mut fast = execute(&a.spec, &with_stats, opts).await.unwrap();
+    let mut slow = execute(&a.spec, &f.catalog(), opts).await.unwrap();
+    let key = |g: &cleanroom_query::rewrite::ExactGroup| format!("{:?}", g.keys);
+    fast.sort_by_key(key);
+    slow.sort_by_key(key);
+    assert_eq!(fast, slow);
+
+    // Dirty data: a heavy person and a repeated key. The stats do not allow skipping.
+    let mut d = Fixture::new();
+    let mut rows: Vec<String> = (0..100)
+        .map(|i| format!("c{i},e{i},north,25-34,1,1.0,2025-01-01"))
+        .collect();
+    rows.extend((0..5).map(|i| format!("heavy,h{i},north,25-34,1,1.0,2025-01-01")));
+    rows.extend((0..3).map(|i| format!("dup{i},e0,north,25-34,1,1.0,2025-01-01")));
+    d.add(
+        "brand",
+        "brand",
+        BRAND_SCHEMA,
+        brand_policy(),
+        &csv(BRAND_HEADER, rows),
+    );
+    let mut tables = d.tables.clone();
+    let stats = table_stats(&tables[0], 2).await.unwrap();
+    assert_eq!(stats.max_rows_per_unit, 5);
+    assert_eq!(stats.max_rows_per_key["email"], 4);
+    tables[0].stats = Some(stats);
+    let cat = cleanroom_query::Catalog::new(tables);
+    let a = prepare("SELECT COUNT(*) AS n FROM brand", &cat, REQ)
+        .await
+        .unwrap();
+    let g = execute(&a.spec, &cat, opts).await.unwrap();
+    assert_eq!(
+        g[0].values[0],
+        ExactValue::Count(104),
+        "the heavy person keeps one row"
+    );
+}

@@ -128,6 +128,7 @@ impl Fixture {
             has_policy: true,
             policy_version: 1,
             data: Some(data),
+            stats: None,
         });
         self
     }

@@ -215,3 +215,82 @@ async fn analyses_release_aggregates_and_never_rows() {
     }
     assert!(checked >= 36, "only {checked} answers checked");
 }
+
+#[tokio::test]
+async fn an_analysis_cut_off_by_a_crash_is_failed_at_start_up_and_stays_charged() {
+    let (s, brand, _publisher, id) = setup().await;
+    let v = s
+        .ok(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/queries"),
+            &brand,
+            Some(
+                json!({"sql": "SELECT city, COUNT(*) AS n FROM crm GROUP BY city", "epsilon": 0.4}),
+            ),
+        )
+        .await;
+    let analysis = v["id"].as_str().unwrap().to_owned();
+    let spent = |b: &serde_json::Value| {
+        b.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["org"] == "brand")
+            .unwrap()["epsilon_spent"]
+            .as_f64()
+            .unwrap()
+    };
+    let before = spent(
+        &s.ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/budgets"),
+            &brand,
+            None,
+        )
+        .await,
+    );
+    // Stage what a crash during the run leaves: the analysis recorded and charged, not finished.
+    let a = analysis.clone();
+    let s = s
+        .restart_after(|data| async move {
+            let db = data.join("meta.sqlite");
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::query("UPDATE analyses SET status = 'running', result = NULL, finished_at = NULL WHERE id = ?")
+                .bind(&a)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        })
+        .await;
+    let v = s
+        .ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/analyses/{analysis}"),
+            &brand,
+            None,
+        )
+        .await;
+    assert_eq!(v["status"], "failed");
+    assert!(v.get("result").is_none());
+    let after = spent(
+        &s.ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/budgets"),
+            &brand,
+            None,
+        )
+        .await,
+    );
+    assert_eq!(before, after, "the charge stays");
+    let entries = audit_after(&s, &brand, &id, 0).await;
+    assert!(entries.iter().any(|e| {
+        e["actor"] == "server"
+            && e["target"] == analysis.as_str()
+            && e["detail"]
+                .as_str()
+                .unwrap()
+                .contains("interrupted by a server restart")
+    }));
+}
