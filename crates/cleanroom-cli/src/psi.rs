@@ -240,7 +240,7 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
     let (id_kinds, columns, options) = identifier_columns(run)?;
     let labels: Vec<String> = id_kinds.iter().map(|k| k.as_str().to_owned()).collect();
     let kinds = Kinds::new(&labels)?;
-    let sum_receiver = protocol == ProtocolKind::Sum && role == Role::Receiver;
+    let sum_receiver = protocol == ProtocolKind::SumToValuesHolder && role == Role::Receiver;
     match (sum_receiver, &run.value_column) {
         (true, None) => bail!("the receiver of a sum needs --value-column (and --max-value)"),
         (false, Some(_)) => {
@@ -260,7 +260,7 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
     if !psi_receiver && (run.output.is_some() || run.record_id_column.is_some()) {
         bail!("--output and --record-id-column are only for the receiver of an intersection");
     }
-    if run.epsilon_sum.is_some() && protocol != ProtocolKind::Sum {
+    if run.epsilon_sum.is_some() && protocol != ProtocolKind::SumToValuesHolder {
         bail!("--epsilon-sum only applies to --protocol sum");
     }
     if protocol == ProtocolKind::Intersection && run.epsilon_count.is_some() {

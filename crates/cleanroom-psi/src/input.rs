@@ -81,7 +81,7 @@ impl InputBuilder {
         max_value: Option<u64>,
     ) -> Result<Self, PsiError> {
         let layout = Layout::of(protocol, role);
-        let wants_values = protocol == ProtocolKind::Sum && role == Role::Receiver;
+        let wants_values = protocol == ProtocolKind::SumToValuesHolder && role == Role::Receiver;
         match (wants_values, max_value) {
             (true, None) | (true, Some(0)) => {
                 return Err(PsiError::InvalidParameter(

@@ -6,7 +6,7 @@ use crate::stream::{Absorb, Emit};
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{
     IntersectionOutput, MatchCounts, PreparedInput, PsiError, Session, SumOutput, cardinality,
-    intersection, sum,
+    intersection, sum_to_holder,
 };
 
 /// What a transport should do next.
@@ -45,14 +45,14 @@ enum State {
     PsiRAwait(intersection::ReceiverAwaiting),
     PsiSSend(intersection::SenderSending),
     PsiSAnswer(intersection::SenderAnswering),
-    SumRReblind(sum::ReceiverReblinding),
-    SumRReturn(sum::ReceiverReturning),
-    SumRSend(sum::ReceiverSending),
-    SumRAwait(sum::ReceiverAwaiting),
-    SumSSend(sum::SenderSending),
-    SumSCollect(sum::SenderCollecting),
-    SumSKey(sum::SenderAwaitingKey),
-    SumSMatch(sum::SenderMatching),
+    SumRReblind(sum_to_holder::ReceiverReblinding),
+    SumRReturn(sum_to_holder::ReceiverReturning),
+    SumRSend(sum_to_holder::ReceiverSending),
+    SumRAwait(sum_to_holder::ReceiverAwaiting),
+    SumSSend(sum_to_holder::SenderSending),
+    SumSCollect(sum_to_holder::SenderCollecting),
+    SumSKey(sum_to_holder::SenderAwaitingKey),
+    SumSMatch(sum_to_holder::SenderMatching),
     Finished(Outcome),
     Failed,
 }
@@ -91,12 +91,12 @@ impl Party {
                 State::PsiSSend(intersection::SenderSending::new(session, input)?),
                 own + 2 * peer,
             ),
-            (ProtocolKind::Sum, Role::Receiver) => (
-                State::SumRReblind(sum::ReceiverReblinding::new(session, input)?),
+            (ProtocolKind::SumToValuesHolder, Role::Receiver) => (
+                State::SumRReblind(sum_to_holder::ReceiverReblinding::new(session, input)?),
                 2 * peer + own,
             ),
-            (ProtocolKind::Sum, Role::Sender) => (
-                State::SumSSend(sum::SenderSending::new(session, input)?),
+            (ProtocolKind::SumToValuesHolder, Role::Sender) => (
+                State::SumSSend(sum_to_holder::SenderSending::new(session, input)?),
                 2 * own + peer,
             ),
         };

@@ -104,7 +104,7 @@ impl SessionConfig {
             });
         }
         let batch = ours.batch.min(theirs.batch).clamp(1, MAX_BATCH as u32) as usize;
-        let max_value = if ours.protocol == ProtocolKind::Sum {
+        let max_value = if ours.protocol == ProtocolKind::SumToValuesHolder {
             let mv = match ours.role {
                 Role::Receiver => ours.max_value,
                 Role::Sender => theirs.max_value,
@@ -129,7 +129,7 @@ impl SessionConfig {
             None => None,
         };
         let sum_noise = match (ours.protocol, sum_eps) {
-            (ProtocolKind::Sum, Some(e)) => Some(NoiseSpec::calibrate(e, max_value as i64)?),
+            (ProtocolKind::SumToValuesHolder, Some(e)) => Some(NoiseSpec::calibrate(e, max_value as i64)?),
             _ => None,
         };
         Ok(Session {
@@ -142,7 +142,7 @@ impl SessionConfig {
             count_noise,
             sum_noise,
             count_epsilon: count_eps,
-            sum_epsilon: if ours.protocol == ProtocolKind::Sum {
+            sum_epsilon: if ours.protocol == ProtocolKind::SumToValuesHolder {
                 sum_eps
             } else {
                 None

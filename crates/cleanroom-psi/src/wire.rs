@@ -19,9 +19,9 @@ pub enum ProtocolKind {
     Cardinality,
     /// The receiver learns which of its own records match; the sender learns nothing.
     Intersection,
-    /// The receiver (who holds values) learns the sum of its values over matched records;
-    /// both learn the number of matched records (Private Join and Compute).
-    Sum,
+    /// The receiver, who holds the values, learns the sum of its own values over matched
+    /// records; both learn the number of matched records (Private Join and Compute's paper).
+    SumToValuesHolder,
 }
 
 impl ProtocolKind {
@@ -29,7 +29,7 @@ impl ProtocolKind {
         match self {
             ProtocolKind::Cardinality => "cardinality",
             ProtocolKind::Intersection => "intersection",
-            ProtocolKind::Sum => "sum",
+            ProtocolKind::SumToValuesHolder => "sum",
         }
     }
 
@@ -37,7 +37,7 @@ impl ProtocolKind {
         match s {
             "cardinality" => Ok(ProtocolKind::Cardinality),
             "intersection" => Ok(ProtocolKind::Intersection),
-            "sum" => Ok(ProtocolKind::Sum),
+            "sum" => Ok(ProtocolKind::SumToValuesHolder),
             other => Err(PsiError::InvalidParameter(format!(
                 "unknown protocol {other:?}: use cardinality, intersection or sum"
             ))),
@@ -48,7 +48,7 @@ impl ProtocolKind {
         match self {
             ProtocolKind::Cardinality => 1,
             ProtocolKind::Intersection => 2,
-            ProtocolKind::Sum => 3,
+            ProtocolKind::SumToValuesHolder => 3,
         }
     }
 
@@ -56,7 +56,7 @@ impl ProtocolKind {
         match c {
             1 => Ok(ProtocolKind::Cardinality),
             2 => Ok(ProtocolKind::Intersection),
-            3 => Ok(ProtocolKind::Sum),
+            3 => Ok(ProtocolKind::SumToValuesHolder),
             _ => Err(PsiError::Malformed(format!("unknown protocol code {c}"))),
         }
     }
@@ -511,7 +511,7 @@ mod tests {
     fn hello_checks_magic_then_version() {
         let h = Hello {
             version: PROTOCOL_VERSION,
-            protocol: ProtocolKind::Sum,
+            protocol: ProtocolKind::SumToValuesHolder,
             role: Role::Receiver,
             kinds: vec!["email".into(), "phone".into()],
             items: vec![10, 20],

@@ -108,7 +108,7 @@ fn check_all(kinds: &[&'static str], r: &Records, s: &Records) {
         }
     );
 
-    let run_sum = Run::new(ProtocolKind::Sum, kinds);
+    let run_sum = Run::new(ProtocolKind::SumToValuesHolder, kinds);
     let (ro, so, _) = run(&run_sum, r, s);
     let (c, sums) = plain_sum(r, s, k, run_sum.max_value as i64);
     let Outcome::Sum(out) = ro else {
@@ -224,7 +224,7 @@ fn cascade_counts_a_record_once_on_its_best_kind() {
         ],
     };
     check_all(kinds, &r, &s);
-    let (ro, _, _) = run(&Run::new(ProtocolKind::Sum, kinds), &r, &s);
+    let (ro, _, _) = run(&Run::new(ProtocolKind::SumToValuesHolder, kinds), &r, &s);
     let Outcome::Sum(out) = ro else { panic!() };
     assert_eq!(out.counts.per_kind, vec![1, 2]);
     assert_eq!(out.sums, vec![15, 60]);
@@ -254,7 +254,7 @@ fn noise_is_applied_when_either_side_asks() {
     // Discrete Laplace with scale 2: beyond 60 in either direction has probability e^-30.
     assert!((a.total - 30).abs() < 60, "{a:?}");
 
-    let mut run_s = Run::new(ProtocolKind::Sum, &["email"]);
+    let mut run_s = Run::new(ProtocolKind::SumToValuesHolder, &["email"]);
     run_s.sum_epsilon = Some(1.0);
     run_s.max_value = 100;
     let (ro, _, _) = run(&run_s, &r, &s);

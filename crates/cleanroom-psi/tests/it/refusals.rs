@@ -24,7 +24,7 @@ fn hellos_must_agree() {
     let rc = config(&run, Role::Receiver);
 
     let mut other = sh.clone();
-    other.protocol = ProtocolKind::Sum;
+    other.protocol = ProtocolKind::SumToValuesHolder;
     let e = rc.agree(&rh, &other).unwrap_err();
     assert_eq!(
         e.to_string(),

@@ -63,7 +63,7 @@ fn no_identifier_or_unblinded_hash_crosses_the_wire() {
     for protocol in [
         ProtocolKind::Cardinality,
         ProtocolKind::Intersection,
-        ProtocolKind::Sum,
+        ProtocolKind::SumToValuesHolder,
     ] {
         let mut cfg = Run::new(protocol, &kinds_l);
         cfg.max_value = 5000;

@@ -1,5 +1,5 @@
-//! PSI-sum, as in Google's Private Join and Compute (Ion et al., EuroS&P 2020), with an
-//! identifier cascade. The receiver R holds records with values and an ElGamal key; the sender
+//! PSI-sum to the values holder (`--sum-to values-holder`), as in the paper of Google's Private
+//! Join and Compute (Ion et al., EuroS&P 2020), with an identifier cascade. The receiver R holds records with values and an ElGamal key; the sender
 //! S holds identifiers. R learns the number of its distinct records that match and the sum of
 //! their values, per kind; S learns the counts. Neither learns which records match.
 //!
@@ -25,21 +25,10 @@ use crate::stream::{
     unexpected,
 };
 use crate::wire::{Message, ProtocolKind, Role};
-use crate::{MatchCounts, PsiError, Session};
-
-/// What the receiver of a sum learns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SumOutput {
-    pub counts: MatchCounts,
-    /// Sum of the receiver's values over matched records, per kind in the cascade.
-    pub sums: Vec<i64>,
-    pub total_sum: i64,
-    /// Whether the sums carry differential-privacy noise.
-    pub noisy: bool,
-}
+use crate::{MatchCounts, PsiError, Session, SumOutput};
 
 fn check(session: &Session, input: &PreparedInput, role: Role) -> Result<(), PsiError> {
-    if session.protocol != ProtocolKind::Sum || session.role != role {
+    if session.protocol != ProtocolKind::SumToValuesHolder || session.role != role {
         return Err(PsiError::InvalidParameter(
             "this session is not a sum session in this role".into(),
         ));
