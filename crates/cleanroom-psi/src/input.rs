@@ -232,12 +232,23 @@ impl InputBuilder {
                     let last = points.len().checked_sub(width).map(|s| &points[s..]);
                     if last == Some(t) {
                         let l = values.len() - 1;
-                        values[l] = values[l].checked_add(v).ok_or_else(|| {
-                            PsiError::InvalidParameter("the values overflow 64 bits".into())
-                        })?;
+                        values[l] = values[l].saturating_add(v);
                     } else {
                         points.extend_from_slice(t);
                         values.push(v);
+                    }
+                }
+                // A distinct record is what the protocol counts (and what the sum's noise
+                // protects): the values of its duplicate rows are added, and the record's
+                // total is clamped into [0, max_value] too, so one record never contributes
+                // more than the bound the peer was told (the noise's sensitivity, and the
+                // range the party without values decrypts over).
+                if let Some(max) = self.max_value {
+                    for v in &mut values {
+                        if *v > max {
+                            *v = max;
+                            self.clamped += 1;
+                        }
                     }
                 }
                 Data::Tuples { points, values }
@@ -308,7 +319,8 @@ impl PreparedInput {
         self.rows_without_id
     }
 
-    /// Values moved into `[0, max_value]`.
+    /// Values moved into `[0, max_value]`: rows, and then distinct records whose duplicate
+    /// rows add up to more than `max_value`.
     pub fn values_clamped(&self) -> u64 {
         self.clamped
     }

@@ -88,9 +88,10 @@ impl ReceiverReblinding {
 }
 
 fn range(total: u64, allowance: u64) -> Result<(i64, i64), PsiError> {
+    // Decryption searches [-allowance, total + allowance], a range of total + 2·allowance.
     let hi = total
         .checked_add(allowance)
-        .filter(|h| *h <= crate::elgamal::MAX_RANGE)
+        .filter(|h| h.saturating_add(allowance) <= crate::elgamal::MAX_RANGE)
         .ok_or_else(|| {
             PsiError::InvalidParameter(
                 "the values (plus noise allowance) add up to more than 2^44; lower --max-value"

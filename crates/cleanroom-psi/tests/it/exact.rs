@@ -29,7 +29,8 @@ fn first_match(t: &Tuple, sets: &[HashSet<String>]) -> Option<usize> {
     (0..t.len()).find(|k| t[*k].as_ref().is_some_and(|id| sets[*k].contains(id)))
 }
 
-/// Distinct records of the receiver (rows without any identifier dropped), values summed.
+/// Distinct records of the values holder (rows without any identifier dropped), values
+/// clamped, summed over duplicate rows, and the record's total clamped again.
 fn distinct(r: &Records, max: i64) -> BTreeMap<Tuple, i64> {
     let mut m = BTreeMap::new();
     for (ids, v) in &r.rows {
@@ -38,6 +39,7 @@ fn distinct(r: &Records, max: i64) -> BTreeMap<Tuple, i64> {
         }
         *m.entry(ids.clone()).or_insert(0) += (*v).clamp(0, max);
     }
+    m.values_mut().for_each(|v| *v = (*v).min(max));
     m
 }
 
