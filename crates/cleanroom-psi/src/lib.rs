@@ -6,7 +6,8 @@
 //! - [`wire`]: the hello and the typed messages, with exact-length decoding.
 //! - [`input`]: a party's records, blinded in parallel batches as they are read, deduplicated.
 //! - [`session`]: the comparison of both hellos and the agreed parameters (caps, noise).
-//! - [`cardinality`], [`intersection`], [`sum_to_holder`]: each role's steps as types that
+//! - [`cardinality`], [`intersection`], [`sum`] (to the party without values, masked
+//!   decryption), [`sum_to_holder`] (to the values holder): each role's steps as types that
 //!   consume themselves, so steps cannot run out of order; [`Party`] wraps them for a transport.
 //!
 //! No transport, no async, no IO: a transport moves [`wire::Message`]s between two [`Party`]s.
@@ -21,6 +22,7 @@ pub mod intersection;
 mod party;
 pub mod session;
 pub mod stream;
+pub mod sum;
 pub mod sum_to_holder;
 pub mod wire;
 

@@ -15,13 +15,11 @@
 //! 5. R decrypts each sum by baby-step giant-step over `[−allowance, total of its values +
 //!    allowance]`.
 
-use rayon::prelude::*;
-
 use crate::elgamal::{Ciphertext, Decryptor, PublicKey, SecretKey};
-use crate::group::{Point, SessionKey};
+use crate::group::SessionKey;
 use crate::input::{Data, PreparedInput};
 use crate::stream::{
-    Absorb, Emit, Expect, SetStream, SortedReturn, TagSink, TagStream, records_per_message,
+    Absorb, Emit, EncryptedRecords, EncryptedSums, SetStream, SortedReturn, TagSink, TagStream,
     unexpected,
 };
 use crate::wire::{Message, ProtocolKind, Role};
@@ -39,8 +37,7 @@ fn check(session: &Session, input: &PreparedInput, role: Role) -> Result<(), Psi
 // ---------------------------------------------------------------- receiver
 
 struct Records {
-    points: Vec<Point>,
-    values: Vec<u64>,
+    stream: EncryptedRecords,
     total: u64,
 }
 
@@ -64,13 +61,12 @@ impl ReceiverReblinding {
         range(total, allowance)?;
         Ok(ReceiverReblinding {
             back: SortedReturn::new(session.peer_items.clone()),
-            session,
             key: input.key,
             records: Records {
-                points,
-                values,
+                stream: EncryptedRecords::new(points, values, session.kinds.len(), session.batch),
                 total,
             },
+            session,
         })
     }
 
@@ -117,11 +113,9 @@ impl ReceiverReturning {
         Ok(Emit::Last(
             msg,
             ReceiverSending {
-                per_msg: records_per_message(self.session.batch, self.session.kinds.len()),
                 session: self.session,
                 records: self.records,
                 secret: None,
-                pos: 0,
             },
         ))
     }
@@ -132,8 +126,6 @@ pub struct ReceiverSending {
     session: Session,
     records: Records,
     secret: Option<SecretKey>,
-    pos: usize,
-    per_msg: usize,
 }
 
 impl ReceiverSending {
@@ -144,32 +136,16 @@ impl ReceiverSending {
             self.secret = Some(sk);
             return Ok(Emit::More(msg, self));
         };
-        let w = self.session.kinds.len();
-        let n = self.records.values.len();
-        if self.pos < n {
-            let end = (self.pos + self.per_msg).min(n);
-            let points = crate::cardinality::pad(&self.records.points[self.pos * w..end * w])?;
-            let pk = secret.public();
-            let ciphertexts = self.records.values[self.pos..end]
-                .par_iter()
-                .map(|v| Ok(pk.encrypt(*v as i64)?.to_bytes()))
-                .collect::<Result<Vec<_>, PsiError>>()?;
-            self.pos = end;
-            return Ok(Emit::More(
-                Message::SumRecords {
-                    width: w as u8,
-                    points,
-                    ciphertexts,
-                },
-                self,
-            ));
+        let (msg, last) = self.records.stream.next(secret.public())?;
+        if !last {
+            return Ok(Emit::More(msg, self));
         }
         let secret = self
             .secret
             .take()
             .ok_or_else(|| PsiError::Internal("no key".into()))?;
         Ok(Emit::Last(
-            Message::End { count: n as u64 },
+            msg,
             ReceiverAwaiting {
                 range: range(self.records.total, self.session.sum_noise_allowance())?,
                 session: self.session,
@@ -288,9 +264,7 @@ impl SenderAwaitingKey {
                 let k = self.session.kinds.len();
                 Ok(SenderMatching {
                     pk: PublicKey::from_bytes(&b)?,
-                    expect: Expect::new(vec![self.session.peer_items[0]]),
-                    counts: vec![0; k],
-                    sums: vec![Ciphertext::zero(); k],
+                    sums: EncryptedSums::new(self.session.peer_items[0], k),
                     session: self.session,
                     key: self.key,
                     sink: self.sink,
@@ -307,9 +281,7 @@ pub struct SenderMatching {
     key: SessionKey,
     sink: TagSink,
     pk: PublicKey,
-    expect: Expect,
-    counts: Vec<u64>,
-    sums: Vec<Ciphertext>,
+    sums: EncryptedSums,
 }
 
 impl SenderMatching {
@@ -318,43 +290,24 @@ impl SenderMatching {
         mut self,
         msg: Message,
     ) -> Result<Absorb<Self, (Message, MatchCounts)>, PsiError> {
-        let w = self.session.kinds.len();
-        match msg {
-            Message::SumRecords {
-                width,
-                points,
-                ciphertexts,
-            } if width as usize == w => {
-                self.expect.take(0, ciphertexts.len())?;
-                let tags = self.key.reblind_tags(&points)?;
-                for (t, c) in tags.chunks_exact(w).zip(&ciphertexts) {
-                    if let Some(k) = (0..w).find(|k| self.sink.sets[*k].contains(&t[*k])) {
-                        self.counts[k] += 1;
-                        self.sums[k] = self.sums[k].add(&Ciphertext::from_bytes(c)?);
-                    }
-                }
-                Ok(Absorb::More(self))
-            }
-            Message::End { count } => {
-                self.expect.finish(count)?;
-                let counts = self.session.release_counts(&self.counts)?;
-                let mut sums = Vec::with_capacity(w);
-                for s in &self.sums {
-                    let noisy = match &self.session.sum_noise {
-                        Some(n) => s.add(&self.pk.encrypt(n.mechanism()?.release(0)?)?),
-                        None => *s,
-                    };
-                    sums.push(self.pk.rerandomise(&noisy)?.to_bytes());
-                }
-                Ok(Absorb::Next((
-                    Message::SumResult {
-                        counts: counts.clone(),
-                        sums,
-                    },
-                    MatchCounts::new(counts, self.session.count_noise.is_some()),
-                )))
-            }
-            other => Err(unexpected("encrypted records or end of stream", &other)),
+        if !self.sums.absorb(&self.key, &self.sink.sets, msg)? {
+            return Ok(Absorb::More(self));
         }
+        let counts = self.session.release_counts(self.sums.counts())?;
+        let mut sums = Vec::with_capacity(counts.len());
+        for s in self.sums.sums() {
+            let noisy = match &self.session.sum_noise {
+                Some(n) => s.add(&self.pk.encrypt(n.mechanism()?.release(0)?)?),
+                None => *s,
+            };
+            sums.push(self.pk.rerandomise(&noisy)?.to_bytes());
+        }
+        Ok(Absorb::Next((
+            Message::SumResult {
+                counts: counts.clone(),
+                sums,
+            },
+            MatchCounts::new(counts, self.session.count_noise.is_some()),
+        )))
     }
 }
