@@ -53,14 +53,30 @@ pub enum PsiCmd {
     },
 }
 
+/// Who learns the sum of `--protocol sum`.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum SumTo {
+    /// The receiver, who has no values, learns the number of matches and the sum of the
+    /// sender's values over them; the sender (--value-column) learns nothing (the default).
+    OtherParty,
+    /// The receiver holds the values (--value-column) and learns the sum of its own values
+    /// over matched records; both learn the number of matches (Private Join and Compute's
+    /// paper).
+    ValuesHolder,
+}
+
 #[derive(Args, Clone)]
 pub struct RunArgs {
     /// cardinality (both learn the number of matches), intersection (the receiver learns which
-    /// of its rows match), or sum (the receiver, who has --value-column, learns the sum of its
-    /// values over matched records; both learn the number of matches).
+    /// of its rows match), or sum (the receiver learns the number of matches and the sum of the
+    /// sender's --value-column over them; the sender learns nothing; see --sum-to).
     #[arg(long)]
     protocol: String,
-    /// This side is the designated receiver (exactly one side must be).
+    /// Sum: who learns the sum. Both sides must pass the same.
+    #[arg(long, value_enum)]
+    sum_to: Option<SumTo>,
+    /// This side is the designated receiver, the one that learns the result (exactly one side
+    /// must be).
     #[arg(long)]
     receiver: bool,
     /// CSV (with a header line) or Parquet file.
@@ -82,10 +98,13 @@ pub struct RunArgs {
     /// Region for phone numbers without a country code and for postal codes (ISO 3166 alpha-2).
     #[arg(long, default_value = "GB", conflicts_with = "config")]
     default_region: String,
-    /// Sum receiver: the integer column whose values are summed over matched records.
+    /// Sum, the side that holds the values (the sender; the receiver with --sum-to
+    /// values-holder): the integer column summed over matched records.
     #[arg(long)]
     value_column: Option<String>,
-    /// Sum receiver: values are clamped into [0, MAX_VALUE] (also the noise's sensitivity).
+    /// Sum, the values holder: values are clamped into [0, MAX_VALUE], and so is each distinct
+    /// record's total (the noise's sensitivity; with the default --sum-to, records × MAX_VALUE
+    /// must stay below 2^44).
     #[arg(long)]
     max_value: Option<u64>,
     /// Intersection receiver: write the matched rows here (CSV: row, matched_on[, record id]).
@@ -105,10 +124,14 @@ pub struct RunArgs {
     #[arg(long)]
     peer_cert_sha256: String,
     /// Require discrete Laplace noise with this epsilon on released counts (off by default; the
-    /// stricter of both sides' requests applies).
+    /// stricter of both sides' requests applies). Not with the default --protocol sum: there the
+    /// receiver finds the matches itself and sees the count exactly, so noise could not
+    /// protect the values holder, and it is refused rather than pretended.
     #[arg(long)]
     epsilon_count: Option<f64>,
-    /// Sum: require discrete Laplace noise with this epsilon on the released sum.
+    /// Sum: require discrete Laplace noise with this epsilon on the released sum (added by the
+    /// values holder: in the default --sum-to when it decrypts the masked sum, with --sum-to
+    /// values-holder by the other side under encryption).
     #[arg(long)]
     epsilon_sum: Option<f64>,
     /// Refuse a peer that announces more identifiers than this (bounds dictionary attacks).
@@ -231,7 +254,11 @@ struct ReadStats {
 
 /// Parses the flags, loads the credentials, and reads and blinds the input.
 fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
-    let protocol = ProtocolKind::parse(&run.protocol)?;
+    let protocol = match (ProtocolKind::parse(&run.protocol)?, run.sum_to) {
+        (ProtocolKind::Sum, Some(SumTo::ValuesHolder)) => ProtocolKind::SumToValuesHolder,
+        (p, None) | (p @ ProtocolKind::Sum, Some(SumTo::OtherParty)) => p,
+        _ => bail!("--sum-to only applies to --protocol sum"),
+    };
     let role = if run.receiver {
         Role::Receiver
     } else {
@@ -240,19 +267,29 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
     let (id_kinds, columns, options) = identifier_columns(run)?;
     let labels: Vec<String> = id_kinds.iter().map(|k| k.as_str().to_owned()).collect();
     let kinds = Kinds::new(&labels)?;
-    let sum_receiver = protocol == ProtocolKind::Sum && role == Role::Receiver;
-    match (sum_receiver, &run.value_column) {
-        (true, None) => bail!("the receiver of a sum needs --value-column (and --max-value)"),
-        (false, Some(_)) => {
-            bail!("--value-column is only for the receiver of a sum (--protocol sum --receiver)")
+    let values_holder = protocol.values_holder() == Some(role);
+    let holder_is = match protocol {
+        ProtocolKind::SumToValuesHolder => "the receiver, with --sum-to values-holder",
+        _ => "the sender (the side without --receiver); the receiver learns the sum",
+    };
+    match (values_holder, &run.value_column) {
+        (true, None) => bail!(
+            "the side of a sum that holds the values ({holder_is}) needs --value-column \
+             (and --max-value)"
+        ),
+        (false, Some(_)) if protocol.is_sum() => {
+            bail!("--value-column is for the side of a sum that holds the values: {holder_is}")
         }
+        (false, Some(_)) => bail!("--value-column is only for --protocol sum"),
         _ => {}
     }
-    let max_value = if sum_receiver {
-        Some(
-            run.max_value
-                .context("the receiver of a sum needs --max-value, the largest value counted")?,
-        )
+    if !values_holder && run.max_value.is_some() {
+        bail!("--max-value is only for the side of a sum that holds the values");
+    }
+    let max_value = if values_holder {
+        Some(run.max_value.context(
+            "the side of a sum that holds the values needs --max-value, the largest value counted",
+        )?)
     } else {
         None
     };
@@ -260,8 +297,16 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
     if !psi_receiver && (run.output.is_some() || run.record_id_column.is_some()) {
         bail!("--output and --record-id-column are only for the receiver of an intersection");
     }
-    if run.epsilon_sum.is_some() && protocol != ProtocolKind::Sum {
+    if run.epsilon_sum.is_some() && !protocol.is_sum() {
         bail!("--epsilon-sum only applies to --protocol sum");
+    }
+    if protocol == ProtocolKind::Sum && run.epsilon_count.is_some() {
+        bail!(
+            "--epsilon-count does not apply to --protocol sum: the receiver finds the matches \
+             itself and sees the number of matches exactly, so noise on it could not protect \
+             the values holder (--epsilon-sum does apply; with --sum-to values-holder the \
+             counts can be noised)"
+        );
     }
     if protocol == ProtocolKind::Intersection && run.epsilon_count.is_some() {
         bail!(
@@ -474,6 +519,13 @@ fn print_report(
     j.insert("peer_items".into(), json!(report.peer_items));
     let mut lines = Vec::new();
     let counts = match &report.outcome {
+        Outcome::SumAnswered { records } => {
+            j.insert("records_sent".into(), json!(records));
+            lines.push(format!(
+                "sent {records} encrypted records and decrypted the receiver's masked sums; it learns the number of matches and the sum, this side learns nothing more"
+            ));
+            None
+        }
         Outcome::Cardinality(c) | Outcome::SumCounts(c) => Some(c.clone()),
         Outcome::Intersection(o) => Some(o.counts.clone()),
         Outcome::Sum(s) => Some(s.counts.clone()),

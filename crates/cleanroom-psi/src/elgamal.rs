@@ -5,6 +5,13 @@
 //! linked to the ciphertexts it was made of. Decryption recovers `m·G = C2 − x·C1` and then `m`
 //! by baby-step giant-step over a declared range: this is why sums must be bounded.
 //!
+//! Masked decryption (PSI-sum to the party without values): the party that holds only a
+//! ciphertext `Enc(m)` under the peer's key adds `Enc(r)` for a uniformly random scalar `r`
+//! ([`PublicKey::mask`]); the key holder decrypts only as far as the group element
+//! `(m + r)·G` ([`SecretKey::decrypt_to_element`]), which is uniform in the group and tells it
+//! nothing about `m`, and sends it back; the first party removes `r·G` ([`Mask::unmask`]) and
+//! finds `m` by baby-step giant-step ([`Decryptor::log`]).
+//!
 //! Why this scheme rather than Paillier: it reuses the group and library of the PSI itself
 //! (curve25519-dalek, no GMP or OpenSSL), ciphertexts are 64 bytes instead of 512 for
 //! 2048-bit Paillier, and encryption is two fixed-base multiplications (microseconds, not
@@ -119,6 +126,41 @@ impl PublicKey {
     pub fn rerandomise(&self, c: &Ciphertext) -> Result<Ciphertext, PsiError> {
         Ok(c.add(&self.encrypt(0)?))
     }
+
+    /// `c + Enc(r)` with fresh randomness: decrypts to `(m + r)·G`, a uniformly random group
+    /// element whatever `m` is, and its randomness is independent of `c`'s, so the key holder
+    /// who decrypts it learns nothing about `m` and cannot relate it to ciphertexts it made.
+    pub fn mask(&self, c: &Ciphertext, mask: &Mask) -> Result<Ciphertext, PsiError> {
+        let rho = Zeroizing::new(random_nonzero_scalar()?);
+        Ok(c.add(&Ciphertext {
+            c1: &*rho * RISTRETTO_BASEPOINT_TABLE,
+            c2: &*mask.0 * RISTRETTO_BASEPOINT_TABLE + &*rho * &*self.table,
+        }))
+    }
+}
+
+/// A uniformly random scalar `r` that hides a sum `m` from the key holder asked to decrypt
+/// `Enc(m + r)`. Zeroised on drop; never printed.
+pub struct Mask(Zeroizing<Scalar>);
+
+impl std::fmt::Debug for Mask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mask([redacted])")
+    }
+}
+
+impl Mask {
+    pub fn generate() -> Result<Self, PsiError> {
+        Ok(Mask(Zeroizing::new(random_nonzero_scalar()?)))
+    }
+
+    /// `M − r·G` for the decrypted masked element `M = (m + r)·G`: the unmasked `m·G`.
+    pub fn unmask(&self, masked: &[u8; 32]) -> Result<RistrettoPoint, PsiError> {
+        let m = CompressedRistretto(*masked)
+            .decompress()
+            .ok_or(PsiError::InvalidPoint)?;
+        Ok(m - &*self.0 * RISTRETTO_BASEPOINT_TABLE)
+    }
 }
 
 /// A secret key. Zeroised on drop; never printed.
@@ -153,6 +195,14 @@ impl SecretKey {
     /// Decrypts `c`, which must hold a value in `[lo, hi]`; otherwise `SumOutOfRange`.
     pub fn decrypt(&self, c: &Ciphertext, lo: i64, hi: i64) -> Result<i64, PsiError> {
         Decryptor::new(lo, hi)?.decrypt(self, c)
+    }
+
+    /// Decrypts `c` only as far as the group element `m·G` (no discrete logarithm), plus
+    /// `noise·G`, compressed. For a masked sum this element is uniformly random to us.
+    pub fn decrypt_to_element(&self, c: &Ciphertext, noise: i64) -> [u8; 32] {
+        (c.c2 - c.c1 * *self.x + &signed_scalar(noise) * RISTRETTO_BASEPOINT_TABLE)
+            .compress()
+            .to_bytes()
     }
 }
 
@@ -196,8 +246,13 @@ impl Decryptor {
     }
 
     pub fn decrypt(&self, sk: &SecretKey, c: &Ciphertext) -> Result<i64, PsiError> {
-        // m·G, shifted so the value sought is in [0, range].
-        let mut p = c.c2 - c.c1 * *sk.x - &signed_scalar(self.lo) * RISTRETTO_BASEPOINT_TABLE;
+        self.log(c.c2 - c.c1 * *sk.x)
+    }
+
+    /// The discrete logarithm `m` of `m·G`, if `m` is in `[lo, hi]`; otherwise `SumOutOfRange`.
+    pub fn log(&self, element: RistrettoPoint) -> Result<i64, PsiError> {
+        // Shifted so the value sought is in [0, range].
+        let mut p = element - &signed_scalar(self.lo) * RISTRETTO_BASEPOINT_TABLE;
         let steps = self.range / self.m + 1;
         for i in 0..steps {
             if let Some(j) = self.table.get(&p.compress().to_bytes()) {
@@ -245,5 +300,28 @@ mod tests {
         assert_eq!(d.decrypt(&sk, &round).unwrap(), 1079);
         assert!(Decryptor::new(0, i64::MAX).is_err());
         assert_eq!(format!("{sk:?}"), "ElGamalSecretKey([redacted])");
+    }
+
+    #[test]
+    fn a_masked_sum_decrypts_to_a_random_element_that_only_the_mask_opens() {
+        let sk = SecretKey::generate().unwrap();
+        let pk = sk.public();
+        let sum = pk.encrypt(40).unwrap().add(&pk.encrypt(2).unwrap());
+        let mask = Mask::generate().unwrap();
+        let masked = pk.mask(&sum, &mask).unwrap();
+        assert_ne!(masked.c1, sum.c1, "the mask re-randomises");
+        let element = sk.decrypt_to_element(&masked, 0);
+        let d = Decryptor::new(-1000, 1000).unwrap();
+        // The key holder's view is not 42·G, nor any small multiple of G.
+        let plain = d.log(CompressedRistretto(element).decompress().unwrap());
+        assert_eq!(plain, Err(PsiError::SumOutOfRange));
+        assert_eq!(d.log(mask.unmask(&element).unwrap()).unwrap(), 42);
+        // Noise added in the exponent by the key holder survives unmasking.
+        let noisy = sk.decrypt_to_element(&masked, -50);
+        assert_eq!(d.log(mask.unmask(&noisy).unwrap()).unwrap(), -8);
+        // A fresh mask gives a different element for the same sum.
+        let again = sk.decrypt_to_element(&pk.mask(&sum, &Mask::generate().unwrap()).unwrap(), 0);
+        assert_ne!(again, element);
+        assert_eq!(format!("{mask:?}"), "Mask([redacted])");
     }
 }

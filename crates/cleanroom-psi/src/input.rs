@@ -19,20 +19,23 @@ pub(crate) const ABSENT: Point = [0u8; 32];
 /// How a party's input is kept, which depends on its protocol and role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// Distinct identifiers per kind (the side that only helps).
+    /// Distinct identifiers per kind (the sender of cardinality and intersection, and the
+    /// side of a sum without values).
     Set,
     /// Distinct identifiers per kind with the rows they came from (the intersection receiver).
     Rows,
-    /// Distinct records: one slot per kind, and a value for sums.
+    /// Distinct records: one slot per kind, and a value for sums (the cardinality receiver and
+    /// the values holder of a sum).
     Tuples,
 }
 
 impl Layout {
     pub fn of(protocol: ProtocolKind, role: Role) -> Layout {
         match (protocol, role) {
-            (_, Role::Sender) => Layout::Set,
             (ProtocolKind::Intersection, Role::Receiver) => Layout::Rows,
-            (_, Role::Receiver) => Layout::Tuples,
+            (ProtocolKind::Cardinality, Role::Receiver) => Layout::Tuples,
+            (p, r) if p.values_holder() == Some(r) => Layout::Tuples,
+            _ => Layout::Set,
         }
     }
 }
@@ -73,7 +76,8 @@ impl std::fmt::Debug for InputBuilder {
 
 impl InputBuilder {
     /// A builder for `protocol` in `role`, with a fresh session key. `max_value` is required
-    /// (and only allowed) for the receiver of a sum: values are clamped into `[0, max_value]`.
+    /// (and only allowed) for the values holder of a sum (the sender of `Sum`, the receiver of
+    /// `SumToValuesHolder`): values are clamped into `[0, max_value]`.
     pub fn new(
         kinds: Kinds,
         protocol: ProtocolKind,
@@ -81,16 +85,16 @@ impl InputBuilder {
         max_value: Option<u64>,
     ) -> Result<Self, PsiError> {
         let layout = Layout::of(protocol, role);
-        let wants_values = protocol == ProtocolKind::Sum && role == Role::Receiver;
+        let wants_values = protocol.values_holder() == Some(role);
         match (wants_values, max_value) {
             (true, None) | (true, Some(0)) => {
                 return Err(PsiError::InvalidParameter(
-                    "the receiver of a sum needs a positive bound on each value".into(),
+                    "the values holder of a sum needs a positive bound on each value".into(),
                 ));
             }
             (false, Some(_)) => {
                 return Err(PsiError::InvalidParameter(
-                    "values are only taken by the receiver of a sum".into(),
+                    "values are only taken by the values holder of a sum".into(),
                 ));
             }
             _ => {}
@@ -232,12 +236,23 @@ impl InputBuilder {
                     let last = points.len().checked_sub(width).map(|s| &points[s..]);
                     if last == Some(t) {
                         let l = values.len() - 1;
-                        values[l] = values[l].checked_add(v).ok_or_else(|| {
-                            PsiError::InvalidParameter("the values overflow 64 bits".into())
-                        })?;
+                        values[l] = values[l].saturating_add(v);
                     } else {
                         points.extend_from_slice(t);
                         values.push(v);
+                    }
+                }
+                // A distinct record is what the protocol counts (and what the sum's noise
+                // protects): the values of its duplicate rows are added, and the record's
+                // total is clamped into [0, max_value] too, so one record never contributes
+                // more than the bound the peer was told (the noise's sensitivity, and the
+                // range the party without values decrypts over).
+                if let Some(max) = self.max_value {
+                    for v in &mut values {
+                        if *v > max {
+                            *v = max;
+                            self.clamped += 1;
+                        }
                     }
                 }
                 Data::Tuples { points, values }
@@ -308,7 +323,8 @@ impl PreparedInput {
         self.rows_without_id
     }
 
-    /// Values moved into `[0, max_value]`.
+    /// Values moved into `[0, max_value]`: rows, and then distinct records whose duplicate
+    /// rows add up to more than `max_value`.
     pub fn values_clamped(&self) -> u64 {
         self.clamped
     }

@@ -6,8 +6,9 @@
 //! - [`wire`]: the hello and the typed messages, with exact-length decoding.
 //! - [`input`]: a party's records, blinded in parallel batches as they are read, deduplicated.
 //! - [`session`]: the comparison of both hellos and the agreed parameters (caps, noise).
-//! - [`cardinality`], [`intersection`], [`sum`]: each role's steps as types that consume
-//!   themselves, so steps cannot run out of order; [`Party`] wraps them for a transport.
+//! - [`cardinality`], [`intersection`], [`sum`] (to the party without values, masked
+//!   decryption), [`sum_to_holder`] (to the values holder): each role's steps as types that
+//!   consume themselves, so steps cannot run out of order; [`Party`] wraps them for a transport.
 //!
 //! No transport, no async, no IO: a transport moves [`wire::Message`]s between two [`Party`]s.
 //! See `docs/psi.md` for the protocols, what each party learns, and the threat model.
@@ -22,6 +23,7 @@ mod party;
 pub mod session;
 pub mod stream;
 pub mod sum;
+pub mod sum_to_holder;
 pub mod wire;
 
 pub use error::{Fault, PsiError};
@@ -29,7 +31,6 @@ pub use input::{InputBuilder, PreparedInput};
 pub use intersection::IntersectionOutput;
 pub use party::{Action, Outcome, Party};
 pub use session::{Session, SessionConfig};
-pub use sum::SumOutput;
 pub use wire::{Hello, Message, ProtocolKind, Role};
 
 /// Matched records per identifier kind (in cascade order: a record counts for the first kind
@@ -50,4 +51,16 @@ impl MatchCounts {
             noisy,
         }
     }
+}
+
+/// What the party that learns a sum gets: the matched records and the sum of the values
+/// holder's values over them, per kind in the cascade and in total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SumOutput {
+    pub counts: MatchCounts,
+    /// Sum of the values over matched records, per kind in the cascade.
+    pub sums: Vec<i64>,
+    pub total_sum: i64,
+    /// Whether the sums carry differential-privacy noise.
+    pub noisy: bool,
 }

@@ -6,7 +6,7 @@ use crate::stream::{Absorb, Emit};
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{
     IntersectionOutput, MatchCounts, PreparedInput, PsiError, Session, SumOutput, cardinality,
-    intersection, sum,
+    intersection, sum, sum_to_holder,
 };
 
 /// What a transport should do next.
@@ -26,10 +26,13 @@ pub enum Outcome {
     Intersection(IntersectionOutput),
     /// Intersection, sender: how many of the receiver's identifiers it answered for.
     Answered { identifiers: u64 },
-    /// Sum, receiver.
+    /// Either sum, receiver: the counts and the sums.
     Sum(SumOutput),
-    /// Sum, sender: the released counts.
+    /// Sum to the values holder, sender: the released counts.
     SumCounts(MatchCounts),
+    /// Sum to the party without values, the values holder (sender): it sent this many
+    /// encrypted records and decrypted masked sums; it learns nothing about the result.
+    SumAnswered { records: u64 },
 }
 
 enum State {
@@ -45,14 +48,23 @@ enum State {
     PsiRAwait(intersection::ReceiverAwaiting),
     PsiSSend(intersection::SenderSending),
     PsiSAnswer(intersection::SenderAnswering),
-    SumRReblind(sum::ReceiverReblinding),
-    SumRReturn(sum::ReceiverReturning),
-    SumRSend(sum::ReceiverSending),
-    SumRAwait(sum::ReceiverAwaiting),
-    SumSSend(sum::SenderSending),
-    SumSCollect(sum::SenderCollecting),
-    SumSKey(sum::SenderAwaitingKey),
-    SumSMatch(sum::SenderMatching),
+    SumRReblind(sum_to_holder::ReceiverReblinding),
+    SumRReturn(sum_to_holder::ReceiverReturning),
+    SumRSend(sum_to_holder::ReceiverSending),
+    SumRAwait(sum_to_holder::ReceiverAwaiting),
+    SumSSend(sum_to_holder::SenderSending),
+    SumSCollect(sum_to_holder::SenderCollecting),
+    SumSKey(sum_to_holder::SenderAwaitingKey),
+    SumSMatch(sum_to_holder::SenderMatching),
+    SumLSend(sum::LearnerSending),
+    SumLCollect(sum::LearnerCollecting),
+    SumLKey(sum::LearnerAwaitingKey),
+    SumLMatch(sum::LearnerMatching),
+    SumLUnmask(sum::LearnerUnmasking),
+    SumHReblind(sum::HolderReblinding),
+    SumHReturn(sum::HolderReturning),
+    SumHSend(sum::HolderSending),
+    SumHDecrypt(sum::HolderDecrypting),
     Finished(Outcome),
     Failed,
 }
@@ -91,13 +103,21 @@ impl Party {
                 State::PsiSSend(intersection::SenderSending::new(session, input)?),
                 own + 2 * peer,
             ),
-            (ProtocolKind::Sum, Role::Receiver) => (
-                State::SumRReblind(sum::ReceiverReblinding::new(session, input)?),
+            (ProtocolKind::SumToValuesHolder, Role::Receiver) => (
+                State::SumRReblind(sum_to_holder::ReceiverReblinding::new(session, input)?),
                 2 * peer + own,
             ),
-            (ProtocolKind::Sum, Role::Sender) => (
-                State::SumSSend(sum::SenderSending::new(session, input)?),
+            (ProtocolKind::SumToValuesHolder, Role::Sender) => (
+                State::SumSSend(sum_to_holder::SenderSending::new(session, input)?),
                 2 * own + peer,
+            ),
+            (ProtocolKind::Sum, Role::Receiver) => (
+                State::SumLSend(sum::LearnerSending::new(session, input)?),
+                2 * own + peer,
+            ),
+            (ProtocolKind::Sum, Role::Sender) => (
+                State::SumHReblind(sum::HolderReblinding::new(session, input)?),
+                2 * peer + own,
             ),
         };
         Ok(Party {
@@ -153,6 +173,18 @@ impl Party {
             State::SumSSend(s) => match s.emit()? {
                 Emit::More(m, s) => (State::SumSSend(s), Action::Send(m)),
                 Emit::Last(m, n) => (State::SumSCollect(n), Action::Send(m)),
+            },
+            State::SumLSend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::SumLSend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::SumLCollect(n), Action::Send(m)),
+            },
+            State::SumHReturn(s) => match s.emit()? {
+                Emit::More(m, s) => (State::SumHReturn(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::SumHSend(n), Action::Send(m)),
+            },
+            State::SumHSend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::SumHSend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::SumHDecrypt(n), Action::Send(m)),
             },
             State::Finished(o) => (State::Finished(o), Action::Finished),
             State::Failed => {
@@ -217,6 +249,28 @@ impl Party {
                     State::Finished(Outcome::SumCounts(out))
                 }
             },
+            State::SumLCollect(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::SumLCollect(s),
+                Absorb::Next(n) => State::SumLKey(n),
+            },
+            State::SumLKey(s) => State::SumLMatch(s.absorb(msg)?),
+            State::SumLMatch(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::SumLMatch(s),
+                Absorb::Next((m, n)) => {
+                    self.outbox = Some(m);
+                    State::SumLUnmask(n)
+                }
+            },
+            State::SumLUnmask(s) => State::Finished(Outcome::Sum(s.absorb(msg)?)),
+            State::SumHReblind(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::SumHReblind(s),
+                Absorb::Next(n) => State::SumHReturn(n),
+            },
+            State::SumHDecrypt(s) => {
+                let (m, records) = s.absorb(msg)?;
+                self.outbox = Some(m);
+                State::Finished(Outcome::SumAnswered { records })
+            }
             other => {
                 self.state = other;
                 return Err(PsiError::Unexpected {

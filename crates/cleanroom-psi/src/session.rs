@@ -9,6 +9,11 @@ use crate::group::Kinds;
 use crate::input::{Layout, PreparedInput};
 use crate::wire::{Hello, MAX_BATCH, PROTOCOL_VERSION, ProtocolKind, Role};
 
+const COUNT_NOISE_REFUSED: &str = "in a sum to the party without values, that party finds \
+    the matches itself and sees the intersection size exactly, so noise on the count cannot \
+    protect the values holder; --epsilon-count is refused rather than pretended (noise on the \
+    sum, --epsilon-sum, is added by the values holder and does apply)";
+
 /// This side's wishes for a session.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -61,8 +66,14 @@ impl SessionConfig {
             });
         }
         if theirs.protocol != ours.protocol {
+            let hint = if theirs.protocol.is_sum() && ours.protocol.is_sum() {
+                " (the sum goes to the party without values unless both sides pass \
+                 --sum-to values-holder)"
+            } else {
+                ""
+            };
             return Err(PsiError::Incompatible(format!(
-                "the peer runs {}, we run {}",
+                "the peer runs {}, we run {}{hint}",
                 theirs.protocol.as_str(),
                 ours.protocol.as_str()
             )));
@@ -104,20 +115,35 @@ impl SessionConfig {
             });
         }
         let batch = ours.batch.min(theirs.batch).clamp(1, MAX_BATCH as u32) as usize;
-        let max_value = if ours.protocol == ProtocolKind::Sum {
-            let mv = match ours.role {
-                Role::Receiver => ours.max_value,
-                Role::Sender => theirs.max_value,
-            };
-            if mv == 0 || mv > i64::MAX as u64 {
-                return Err(PsiError::Incompatible(
-                    "the sum's receiver announced no valid value bound".into(),
-                ));
+        let holder = ours.protocol.values_holder();
+        let max_value = match holder {
+            Some(h) => {
+                let mv = if h == ours.role {
+                    ours.max_value
+                } else {
+                    theirs.max_value
+                };
+                if mv == 0 || mv > i64::MAX as u64 {
+                    return Err(PsiError::Incompatible(
+                        "the sum's values holder announced no valid value bound".into(),
+                    ));
+                }
+                mv
             }
-            mv
-        } else {
-            0
+            None => 0,
         };
+        if ours.protocol == ProtocolKind::Sum {
+            // The party without values finds the matches itself, so it sees the intersection
+            // size exactly: noise on that count could not protect the values holder.
+            if ours.count_epsilon.is_some() {
+                return Err(PsiError::InvalidParameter(COUNT_NOISE_REFUSED.into()));
+            }
+            if theirs.count_epsilon.is_some() {
+                return Err(PsiError::Incompatible(format!(
+                    "the peer asks for noise on the count: {COUNT_NOISE_REFUSED}"
+                )));
+            }
+        }
         let strictest = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, None) | (None, x) => x,
@@ -128,10 +154,31 @@ impl SessionConfig {
             Some(e) => Some(NoiseSpec::calibrate(e, 1)?),
             None => None,
         };
-        let sum_noise = match (ours.protocol, sum_eps) {
-            (ProtocolKind::Sum, Some(e)) => Some(NoiseSpec::calibrate(e, max_value as i64)?),
+        let sum_noise = match (holder, sum_eps) {
+            (Some(_), Some(e)) => Some(NoiseSpec::calibrate(e, max_value as i64)?),
             _ => None,
         };
+        if ours.protocol == ProtocolKind::Sum {
+            // The party without values decrypts each per-kind sum by baby-step giant-step over
+            // [-allowance, matched records × max_value + allowance]; at most every record of
+            // the values holder matches. Refuse now rather than after all the work.
+            let records = match ours.role {
+                Role::Sender => ours.items.first(),
+                Role::Receiver => theirs.items.first(),
+            }
+            .copied()
+            .unwrap_or(0);
+            let allowance = sum_noise.map_or(0, |n| n.allowance());
+            let fits = u128::from(records) * u128::from(max_value) + 2 * u128::from(allowance)
+                <= u128::from(crate::elgamal::MAX_RANGE);
+            if !fits {
+                return Err(PsiError::Incompatible(format!(
+                    "{records} records of values up to {max_value} could add up to more than \
+                     2^44, the largest sum this protocol decrypts; the values holder must lower \
+                     --max-value"
+                )));
+            }
+        }
         Ok(Session {
             protocol: ours.protocol,
             role: ours.role,
@@ -142,7 +189,7 @@ impl SessionConfig {
             count_noise,
             sum_noise,
             count_epsilon: count_eps,
-            sum_epsilon: if ours.protocol == ProtocolKind::Sum {
+            sum_epsilon: if ours.protocol.is_sum() {
                 sum_eps
             } else {
                 None
@@ -183,7 +230,7 @@ impl Session {
     pub fn peer_items(&self) -> &[u64] {
         &self.peer_items
     }
-    /// Sum sessions: the receiver's bound on each value (the sum noise's sensitivity).
+    /// Sum sessions: the values holder's bound on each value (the sum noise's sensitivity).
     pub fn max_value(&self) -> u64 {
         self.max_value
     }
@@ -214,10 +261,7 @@ impl Session {
     /// How far sum noise may push a sum below zero or above its bound before decryption gives
     /// up: 45 noise scales (the discrete Laplace tail beyond that is below 3·10^-20).
     pub(crate) fn sum_noise_allowance(&self) -> u64 {
-        match &self.sum_noise {
-            Some(n) => (n.scale * 45.0).ceil() as u64,
-            None => 0,
-        }
+        self.sum_noise.map_or(0, |n| n.allowance())
     }
 }
 
@@ -240,6 +284,11 @@ impl NoiseSpec {
             sensitivity,
             scale: m.scale(),
         })
+    }
+
+    /// 45 noise scales: the discrete Laplace tail beyond that is below 3·10^-20.
+    pub(crate) fn allowance(&self) -> u64 {
+        (self.scale * 45.0).ceil() as u64
     }
 
     pub(crate) fn mechanism(&self) -> Result<IntegerNoise, PsiError> {

@@ -1,9 +1,11 @@
 //! Pieces the protocols share: sending a blinded set in batches, re-blinding a peer's set into
-//! tags, and the generic shapes of a protocol step.
+//! tags, streaming a values holder's encrypted records and adding up the matched ones (both
+//! sums), and the generic shapes of a protocol step.
 
 use rayon::prelude::*;
 
 use crate::PsiError;
+use crate::elgamal::{Ciphertext, PublicKey};
 use crate::group::{Point, SessionKey, Tag, TagSet};
 use crate::wire::Message;
 
@@ -272,6 +274,120 @@ impl TagStream {
             self.pos = 0;
         }
         (Message::End { count: self.sent }, true)
+    }
+}
+
+/// A values holder's distinct records, streamed as blinded slots (absent ones replaced by random
+/// points) with each value encrypted under the holder's own key, in their sorted order.
+pub(crate) struct EncryptedRecords {
+    points: Vec<Point>,
+    values: Vec<u64>,
+    width: usize,
+    pos: usize,
+    per_msg: usize,
+}
+
+impl EncryptedRecords {
+    pub(crate) fn new(points: Vec<Point>, values: Vec<u64>, width: usize, batch: usize) -> Self {
+        EncryptedRecords {
+            points,
+            values,
+            width,
+            pos: 0,
+            per_msg: records_per_message(batch, width),
+        }
+    }
+
+    /// The next batch, or the end-of-stream message (`true`).
+    pub(crate) fn next(&mut self, pk: &PublicKey) -> Result<(Message, bool), PsiError> {
+        let (w, n) = (self.width, self.values.len());
+        if self.pos < n {
+            let end = (self.pos + self.per_msg).min(n);
+            let points = crate::cardinality::pad(&self.points[self.pos * w..end * w])?;
+            let ciphertexts = self.values[self.pos..end]
+                .par_iter()
+                .map(|v| {
+                    let v = i64::try_from(*v)
+                        .map_err(|_| PsiError::InvalidParameter("a value exceeds 2^63".into()))?;
+                    Ok(pk.encrypt(v)?.to_bytes())
+                })
+                .collect::<Result<Vec<_>, PsiError>>()?;
+            self.pos = end;
+            return Ok((
+                Message::SumRecords {
+                    width: w as u8,
+                    points,
+                    ciphertexts,
+                },
+                false,
+            ));
+        }
+        self.points = Vec::new();
+        self.values = Vec::new();
+        Ok((Message::End { count: n as u64 }, true))
+    }
+}
+
+/// Re-blinds a values holder's encrypted records, finds for each the first kind (priority
+/// order) whose tag is in our re-blinded set of that kind, and adds its ciphertext to that
+/// kind's encrypted sum. Only counts and `width` ciphertexts are kept, whatever the input size.
+pub(crate) struct EncryptedSums {
+    width: usize,
+    expect: Expect,
+    counts: Vec<u64>,
+    sums: Vec<Ciphertext>,
+}
+
+impl EncryptedSums {
+    pub(crate) fn new(records: u64, width: usize) -> Self {
+        EncryptedSums {
+            width,
+            expect: Expect::new(vec![records]),
+            counts: vec![0; width],
+            sums: vec![Ciphertext::zero(); width],
+        }
+    }
+
+    /// Absorbs one message of the stream; `true` once it has ended.
+    pub(crate) fn absorb(
+        &mut self,
+        key: &SessionKey,
+        sets: &[TagSet],
+        msg: Message,
+    ) -> Result<bool, PsiError> {
+        let w = self.width;
+        match msg {
+            Message::SumRecords {
+                width,
+                points,
+                ciphertexts,
+            } if width as usize == w => {
+                self.expect.take(0, ciphertexts.len())?;
+                let tags = key.reblind_tags(&points)?;
+                for (t, c) in tags.chunks_exact(w).zip(&ciphertexts) {
+                    if let Some(k) = (0..w).find(|k| sets[*k].contains(&t[*k])) {
+                        self.counts[k] += 1;
+                        self.sums[k] = self.sums[k].add(&Ciphertext::from_bytes(c)?);
+                    }
+                }
+                Ok(false)
+            }
+            Message::End { count } => {
+                self.expect.finish(count)?;
+                Ok(true)
+            }
+            other => Err(unexpected("encrypted records or end of stream", &other)),
+        }
+    }
+
+    /// Matched records per kind, exact.
+    pub(crate) fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// The encrypted sums per kind, not yet re-randomised: never send them as they are.
+    pub(crate) fn sums(&self) -> &[Ciphertext] {
+        &self.sums
     }
 }
 

@@ -1,245 +1,78 @@
-//! PSI-sum, as in Google's Private Join and Compute (Ion et al., EuroS&P 2020), with an
-//! identifier cascade. The receiver R holds records with values and an ElGamal key; the sender
-//! S holds identifiers. R learns the number of its distinct records that match and the sum of
-//! their values, per kind; S learns the counts. Neither learns which records match.
+//! PSI-sum to the party without values (`--protocol sum`, the default), with an identifier
+//! cascade. The *learner* L (the receiver) holds identifiers only; the *values holder* H (the
+//! sender) holds records with values and an ElGamal key pair. L learns how many of H's distinct
+//! records match, and the sum of their values, per kind; H learns nothing but L's number of
+//! distinct identifiers per kind.
 //!
-//! 1. S → R: S's distinct identifiers per kind, `H_t(y)^s`, sorted.
-//! 2. R → S: their re-blinding, as tags of `H_t(y)^{sr}`, sorted again (so S cannot tell which
-//!    of its identifiers became which tag). S keeps them in one hash set per kind.
-//! 3. R → S: R's public key, then its distinct records, sorted: `(H_1(x_1)^r, …, H_K(x_K)^r,
-//!    Enc(v))` with absent slots random and `v` the sum of the record's clamped values.
-//! 4. S re-blinds each slot, finds the first kind whose tag is in its set, and adds `Enc(v)` to
-//!    that kind's encrypted sum. S → R: per-kind counts and sums, each sum plus `Enc(noise)`
-//!    when asked for, and re-randomised in any case, so R cannot relate a sum to the
-//!    ciphertexts it sent.
-//! 5. R decrypts each sum by baby-step giant-step over `[−allowance, total of its values +
-//!    allowance]`.
+//! 1. L → H: L's distinct identifiers per kind, `H_t(y)^l`, sorted.
+//! 2. H → L: their re-blinding, as tags of `H_t(y)^{lh}`, sorted again (so L cannot tell which
+//!    of its identifiers became which tag). L keeps them in one hash set per kind.
+//! 3. H → L: H's public key `X`, then its distinct records, sorted:
+//!    `(H_1(x_1)^h, …, H_K(x_K)^h, Enc_X(v))`, absent slots random, `v` the record's clamped
+//!    (and, for duplicate records, added) value.
+//! 4. L re-blinds each slot, finds the first kind whose tag is in its set, and adds `Enc_X(v)`
+//!    to that kind's encrypted sum `C_k = Enc_X(S_k)`. L draws a uniformly random scalar `r_k`
+//!    per kind and sends `C_k + Enc_X(r_k)` with fresh randomness (masked and re-randomised).
+//! 5. H decrypts each only as far as the group element `M_k = (S_k + r_k + z_k)·G`, with
+//!    discrete Laplace noise `z_k` when the session requires noise on the sum, and sends the
+//!    `M_k` back. For a uniform `r_k`, `M_k` is a uniform group element: H learns nothing about
+//!    `S_k`. The fresh randomness of step 4 stops H from relating `C_k` to its own ciphertexts.
+//! 6. L computes `M_k − r_k·G = (S_k + z_k)·G` and finds `S_k + z_k` by baby-step giant-step
+//!    over `[−allowance, matched_k × max_value + allowance]`; the session refused at the start
+//!    any values holder whose records could add up past that range (`elgamal::MAX_RANGE`).
+//!
+//! L finds the matches itself, so it sees the counts exactly: noise on them could not protect
+//! H, and a session asking for it is refused. Semi-honest security only: a learner that sends
+//! one record's ciphertext instead of a sum learns that value (see `docs/psi.md`).
+//!
+//! Each step is a type that consumes itself, so steps cannot run out of order: the values
+//! holder cannot decrypt anything before it has sent all its records.
+//!
+//! ```compile_fail
+//! fn too_early(h: cleanroom_psi::sum::HolderSending, m: cleanroom_psi::Message) {
+//!     let _ = h.absorb(m); // no such method while the holder is still sending
+//! }
+//! ```
 
-use rayon::prelude::*;
+use zeroize::Zeroizing;
 
-use crate::elgamal::{Ciphertext, Decryptor, PublicKey, SecretKey};
-use crate::group::{Point, SessionKey};
+use crate::elgamal::{Ciphertext, Decryptor, Mask, PublicKey, SecretKey};
+use crate::group::SessionKey;
 use crate::input::{Data, PreparedInput};
 use crate::stream::{
-    Absorb, Emit, Expect, SetStream, SortedReturn, TagSink, TagStream, records_per_message,
+    Absorb, Emit, EncryptedRecords, EncryptedSums, SetStream, SortedReturn, TagSink, TagStream,
     unexpected,
 };
 use crate::wire::{Message, ProtocolKind, Role};
-use crate::{MatchCounts, PsiError, Session};
-
-/// What the receiver of a sum learns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SumOutput {
-    pub counts: MatchCounts,
-    /// Sum of the receiver's values over matched records, per kind in the cascade.
-    pub sums: Vec<i64>,
-    pub total_sum: i64,
-    /// Whether the sums carry differential-privacy noise.
-    pub noisy: bool,
-}
+use crate::{MatchCounts, PsiError, Session, SumOutput};
 
 fn check(session: &Session, input: &PreparedInput, role: Role) -> Result<(), PsiError> {
     if session.protocol != ProtocolKind::Sum || session.role != role {
         return Err(PsiError::InvalidParameter(
-            "this session is not a sum session in this role".into(),
+            "this session is not a sum to the party without values in this role".into(),
         ));
     }
     input.check_fits(session)
 }
 
-// ---------------------------------------------------------------- receiver
+// ---------------------------------------------------------------- learner (receiver)
 
-struct Records {
-    points: Vec<Point>,
-    values: Vec<u64>,
-    total: u64,
-}
-
-/// Receiver, step 1: re-blinding the sender's set.
-pub struct ReceiverReblinding {
-    session: Session,
-    key: SessionKey,
-    records: Records,
-    back: SortedReturn,
-}
-
-impl ReceiverReblinding {
-    pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
-        check(&session, &input, Role::Receiver)?;
-        let total = input.value_total()?;
-        let Data::Tuples { points, values } = input.data else {
-            return Err(PsiError::InvalidParameter("input layout".into()));
-        };
-        // Fail before any work if the sum could not be decrypted.
-        let allowance = session.sum_noise_allowance();
-        range(total, allowance)?;
-        Ok(ReceiverReblinding {
-            back: SortedReturn::new(session.peer_items.clone()),
-            session,
-            key: input.key,
-            records: Records {
-                points,
-                values,
-                total,
-            },
-        })
-    }
-
-    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, ReceiverReturning>, PsiError> {
-        if self.back.absorb(&self.key, msg)? {
-            Ok(Absorb::Next(ReceiverReturning {
-                stream: self.back.into_stream(self.session.batch),
-                session: self.session,
-                records: self.records,
-            }))
-        } else {
-            Ok(Absorb::More(self))
-        }
-    }
-}
-
-fn range(total: u64, allowance: u64) -> Result<(i64, i64), PsiError> {
-    let hi = total
-        .checked_add(allowance)
-        .filter(|h| *h <= crate::elgamal::MAX_RANGE)
-        .ok_or_else(|| {
-            PsiError::InvalidParameter(
-                "the values (plus noise allowance) add up to more than 2^44; lower --max-value"
-                    .into(),
-            )
-        })?;
-    Ok((-(allowance as i64), hi as i64))
-}
-
-/// Receiver, step 2: returning the sender's set re-blinded, sorted.
-pub struct ReceiverReturning {
-    session: Session,
-    records: Records,
-    stream: TagStream,
-}
-
-impl ReceiverReturning {
-    pub fn emit(mut self) -> Result<Emit<Self, ReceiverSending>, PsiError> {
-        let (msg, last) = self.stream.next();
-        if !last {
-            return Ok(Emit::More(msg, self));
-        }
-        Ok(Emit::Last(
-            msg,
-            ReceiverSending {
-                per_msg: records_per_message(self.session.batch, self.session.kinds.len()),
-                session: self.session,
-                records: self.records,
-                secret: None,
-                pos: 0,
-            },
-        ))
-    }
-}
-
-/// Receiver, step 3: sending its public key and its encrypted records.
-pub struct ReceiverSending {
-    session: Session,
-    records: Records,
-    secret: Option<SecretKey>,
-    pos: usize,
-    per_msg: usize,
-}
-
-impl ReceiverSending {
-    pub fn emit(mut self) -> Result<Emit<Self, ReceiverAwaiting>, PsiError> {
-        let Some(secret) = &self.secret else {
-            let sk = SecretKey::generate()?;
-            let msg = Message::PublicKey(sk.public().to_bytes());
-            self.secret = Some(sk);
-            return Ok(Emit::More(msg, self));
-        };
-        let w = self.session.kinds.len();
-        let n = self.records.values.len();
-        if self.pos < n {
-            let end = (self.pos + self.per_msg).min(n);
-            let points = crate::cardinality::pad(&self.records.points[self.pos * w..end * w])?;
-            let pk = secret.public();
-            let ciphertexts = self.records.values[self.pos..end]
-                .par_iter()
-                .map(|v| Ok(pk.encrypt(*v as i64)?.to_bytes()))
-                .collect::<Result<Vec<_>, PsiError>>()?;
-            self.pos = end;
-            return Ok(Emit::More(
-                Message::SumRecords {
-                    width: w as u8,
-                    points,
-                    ciphertexts,
-                },
-                self,
-            ));
-        }
-        let secret = self
-            .secret
-            .take()
-            .ok_or_else(|| PsiError::Internal("no key".into()))?;
-        Ok(Emit::Last(
-            Message::End { count: n as u64 },
-            ReceiverAwaiting {
-                range: range(self.records.total, self.session.sum_noise_allowance())?,
-                session: self.session,
-                secret,
-            },
-        ))
-    }
-}
-
-/// Receiver, step 4: waiting for the encrypted sums.
-pub struct ReceiverAwaiting {
-    session: Session,
-    secret: SecretKey,
-    range: (i64, i64),
-}
-
-impl ReceiverAwaiting {
-    pub fn absorb(self, msg: Message) -> Result<SumOutput, PsiError> {
-        let k = self.session.kinds.len();
-        match msg {
-            Message::SumResult { counts, sums } if counts.len() == k && sums.len() == k => {
-                if counts.iter().any(|c| *c < 0) {
-                    return Err(PsiError::Malformed("a negative count".into()));
-                }
-                let dec = Decryptor::new(self.range.0, self.range.1)?;
-                let sums = sums
-                    .iter()
-                    .map(|s| dec.decrypt(&self.secret, &Ciphertext::from_bytes(s)?))
-                    .collect::<Result<Vec<i64>, PsiError>>()?;
-                let total_sum = sums.iter().sum();
-                Ok(SumOutput {
-                    counts: MatchCounts::new(counts, self.session.count_epsilon().is_some()),
-                    sums,
-                    total_sum,
-                    noisy: self.session.sum_epsilon().is_some(),
-                })
-            }
-            other => Err(unexpected("the sum result", &other)),
-        }
-    }
-}
-
-// ---------------------------------------------------------------- sender
-
-/// Sender, step 1: sending its blinded set.
-pub struct SenderSending {
+/// Learner, step 1: sending its blinded set.
+pub struct LearnerSending {
     session: Session,
     key: SessionKey,
     stream: SetStream,
     own: Vec<u64>,
 }
 
-impl SenderSending {
+impl LearnerSending {
     pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
-        check(&session, &input, Role::Sender)?;
+        check(&session, &input, Role::Receiver)?;
         let own = input.announced_items();
         let Data::Set(sets) = input.data else {
             return Err(PsiError::InvalidParameter("input layout".into()));
         };
-        Ok(SenderSending {
+        Ok(LearnerSending {
             stream: SetStream::new(sets, session.batch),
             session,
             key: input.key,
@@ -247,14 +80,14 @@ impl SenderSending {
         })
     }
 
-    pub fn emit(mut self) -> Result<Emit<Self, SenderCollecting>, PsiError> {
+    pub fn emit(mut self) -> Result<Emit<Self, LearnerCollecting>, PsiError> {
         let (msg, last) = self.stream.next();
         if !last {
             return Ok(Emit::More(msg, self));
         }
         Ok(Emit::Last(
             msg,
-            SenderCollecting {
+            LearnerCollecting {
                 sink: TagSink::new(self.own),
                 session: self.session,
                 key: self.key,
@@ -263,17 +96,17 @@ impl SenderSending {
     }
 }
 
-/// Sender, step 2: keeping its own set, re-blinded by the receiver.
-pub struct SenderCollecting {
+/// Learner, step 2: keeping its own set, re-blinded by the values holder and sorted.
+pub struct LearnerCollecting {
     session: Session,
     key: SessionKey,
     sink: TagSink,
 }
 
-impl SenderCollecting {
-    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, SenderAwaitingKey>, PsiError> {
+impl LearnerCollecting {
+    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, LearnerAwaitingKey>, PsiError> {
         if self.sink.absorb(msg)? {
-            Ok(Absorb::Next(SenderAwaitingKey {
+            Ok(Absorb::Next(LearnerAwaitingKey {
                 session: self.session,
                 key: self.key,
                 sink: self.sink,
@@ -284,87 +117,239 @@ impl SenderCollecting {
     }
 }
 
-/// Sender, step 3: waiting for the receiver's public key.
-pub struct SenderAwaitingKey {
+/// Learner, step 3: waiting for the values holder's public key.
+pub struct LearnerAwaitingKey {
     session: Session,
     key: SessionKey,
     sink: TagSink,
 }
 
-impl SenderAwaitingKey {
-    pub fn absorb(self, msg: Message) -> Result<SenderMatching, PsiError> {
+impl LearnerAwaitingKey {
+    pub fn absorb(self, msg: Message) -> Result<LearnerMatching, PsiError> {
         match msg {
-            Message::PublicKey(b) => {
-                let k = self.session.kinds.len();
-                Ok(SenderMatching {
-                    pk: PublicKey::from_bytes(&b)?,
-                    expect: Expect::new(vec![self.session.peer_items[0]]),
-                    counts: vec![0; k],
-                    sums: vec![Ciphertext::zero(); k],
-                    session: self.session,
-                    key: self.key,
-                    sink: self.sink,
-                })
-            }
-            other => Err(unexpected("the receiver's public key", &other)),
+            Message::PublicKey(b) => Ok(LearnerMatching {
+                pk: PublicKey::from_bytes(&b)?,
+                sums: EncryptedSums::new(self.session.peer_items[0], self.session.kinds.len()),
+                session: self.session,
+                key: self.key,
+                sink: self.sink,
+            }),
+            other => Err(unexpected("the values holder's public key", &other)),
         }
     }
 }
 
-/// Sender, step 4: matching the receiver's records and adding up their ciphertexts.
-pub struct SenderMatching {
+/// Learner, step 4: matching the values holder's records and adding up their ciphertexts;
+/// at the end, masking each sum.
+pub struct LearnerMatching {
     session: Session,
     key: SessionKey,
     sink: TagSink,
     pk: PublicKey,
-    expect: Expect,
-    counts: Vec<u64>,
-    sums: Vec<Ciphertext>,
+    sums: EncryptedSums,
 }
 
-impl SenderMatching {
-    /// On the end of the stream: the result message for the receiver and this side's counts.
+impl LearnerMatching {
+    /// On the end of the stream: the masked sums for the values holder, and the next step.
     pub fn absorb(
         mut self,
         msg: Message,
-    ) -> Result<Absorb<Self, (Message, MatchCounts)>, PsiError> {
-        let w = self.session.kinds.len();
+    ) -> Result<Absorb<Self, (Message, LearnerUnmasking)>, PsiError> {
+        if !self.sums.absorb(&self.key, &self.sink.sets, msg)? {
+            return Ok(Absorb::More(self));
+        }
+        let mut masks = Vec::with_capacity(self.sums.sums().len());
+        let mut masked = Vec::with_capacity(masks.capacity());
+        for c in self.sums.sums() {
+            let mask = Mask::generate()?;
+            masked.push(self.pk.mask(c, &mask)?.to_bytes());
+            masks.push(mask);
+        }
+        Ok(Absorb::Next((
+            Message::MaskedSums { sums: masked },
+            LearnerUnmasking {
+                counts: self.sums.counts().to_vec(),
+                session: self.session,
+                masks,
+            },
+        )))
+    }
+}
+
+/// Learner, step 5: removing the masks from the decrypted elements and taking the discrete
+/// logarithm of each sum.
+pub struct LearnerUnmasking {
+    session: Session,
+    counts: Vec<u64>,
+    masks: Vec<Mask>,
+}
+
+impl LearnerUnmasking {
+    pub fn absorb(self, msg: Message) -> Result<SumOutput, PsiError> {
+        let k = self.session.kinds.len();
         match msg {
-            Message::SumRecords {
-                width,
-                points,
-                ciphertexts,
-            } if width as usize == w => {
-                self.expect.take(0, ciphertexts.len())?;
-                let tags = self.key.reblind_tags(&points)?;
-                for (t, c) in tags.chunks_exact(w).zip(&ciphertexts) {
-                    if let Some(k) = (0..w).find(|k| self.sink.sets[*k].contains(&t[*k])) {
-                        self.counts[k] += 1;
-                        self.sums[k] = self.sums[k].add(&Ciphertext::from_bytes(c)?);
-                    }
-                }
-                Ok(Absorb::More(self))
+            Message::DecryptedMaskedSums { elements } if elements.len() == k => {
+                let allowance = self.session.sum_noise_allowance();
+                let most = self.counts.iter().copied().max().unwrap_or(0);
+                // Checked when the session was agreed (records × max_value + 2·allowance ≤
+                // 2^44); checked again here because a wrong range would be a silent error.
+                let hi = most
+                    .checked_mul(self.session.max_value)
+                    .and_then(|h| h.checked_add(allowance))
+                    .and_then(|h| i64::try_from(h).ok())
+                    .ok_or_else(|| PsiError::Internal("sum range overflows".into()))?;
+                let lo = i64::try_from(allowance)
+                    .map_err(|_| PsiError::Internal("noise allowance overflows".into()))?;
+                let dec = Decryptor::new(-lo, hi)?;
+                let sums = elements
+                    .iter()
+                    .zip(&self.masks)
+                    .map(|(e, m)| dec.log(m.unmask(e)?))
+                    .collect::<Result<Vec<i64>, PsiError>>()?;
+                let counts = self
+                    .counts
+                    .iter()
+                    .map(|c| i64::try_from(*c).map_err(|_| PsiError::Internal("count".into())))
+                    .collect::<Result<Vec<i64>, PsiError>>()?;
+                Ok(SumOutput {
+                    counts: MatchCounts::new(counts, false),
+                    total_sum: sums.iter().sum(),
+                    sums,
+                    noisy: self.session.sum_epsilon().is_some(),
+                })
             }
-            Message::End { count } => {
-                self.expect.finish(count)?;
-                let counts = self.session.release_counts(&self.counts)?;
-                let mut sums = Vec::with_capacity(w);
-                for s in &self.sums {
-                    let noisy = match &self.session.sum_noise {
-                        Some(n) => s.add(&self.pk.encrypt(n.mechanism()?.release(0)?)?),
-                        None => *s,
-                    };
-                    sums.push(self.pk.rerandomise(&noisy)?.to_bytes());
+            other => Err(unexpected("the decrypted masked sums", &other)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- values holder (sender)
+
+/// Values holder, step 1: re-blinding the learner's set.
+pub struct HolderReblinding {
+    session: Session,
+    key: SessionKey,
+    records: EncryptedRecords,
+    back: SortedReturn,
+}
+
+impl HolderReblinding {
+    pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
+        check(&session, &input, Role::Sender)?;
+        // Refuses values that overflow before any work.
+        input.value_total()?;
+        let Data::Tuples { points, values } = input.data else {
+            return Err(PsiError::InvalidParameter("input layout".into()));
+        };
+        Ok(HolderReblinding {
+            back: SortedReturn::new(session.peer_items.clone()),
+            key: input.key,
+            records: EncryptedRecords::new(points, values, session.kinds.len(), session.batch),
+            session,
+        })
+    }
+
+    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, HolderReturning>, PsiError> {
+        if self.back.absorb(&self.key, msg)? {
+            Ok(Absorb::Next(HolderReturning {
+                stream: self.back.into_stream(self.session.batch),
+                session: self.session,
+                records: self.records,
+            }))
+        } else {
+            Ok(Absorb::More(self))
+        }
+    }
+}
+
+/// Values holder, step 2: returning the learner's set re-blinded, sorted.
+pub struct HolderReturning {
+    session: Session,
+    records: EncryptedRecords,
+    stream: TagStream,
+}
+
+impl HolderReturning {
+    pub fn emit(mut self) -> Result<Emit<Self, HolderSending>, PsiError> {
+        let (msg, last) = self.stream.next();
+        if !last {
+            return Ok(Emit::More(msg, self));
+        }
+        Ok(Emit::Last(
+            msg,
+            HolderSending {
+                session: self.session,
+                records: self.records,
+                secret: None,
+            },
+        ))
+    }
+}
+
+/// Values holder, step 3: sending its public key and its encrypted records.
+pub struct HolderSending {
+    session: Session,
+    records: EncryptedRecords,
+    secret: Option<SecretKey>,
+}
+
+impl HolderSending {
+    pub fn emit(mut self) -> Result<Emit<Self, HolderDecrypting>, PsiError> {
+        let Some(secret) = &self.secret else {
+            let sk = SecretKey::generate()?;
+            let msg = Message::PublicKey(sk.public().to_bytes());
+            self.secret = Some(sk);
+            return Ok(Emit::More(msg, self));
+        };
+        let (msg, last) = self.records.next(secret.public())?;
+        if !last {
+            return Ok(Emit::More(msg, self));
+        }
+        let records = match &msg {
+            Message::End { count } => *count,
+            _ => 0,
+        };
+        let secret = self
+            .secret
+            .take()
+            .ok_or_else(|| PsiError::Internal("no key".into()))?;
+        Ok(Emit::Last(
+            msg,
+            HolderDecrypting {
+                session: self.session,
+                secret,
+                records,
+            },
+        ))
+    }
+}
+
+/// Values holder, step 4: decrypting the masked sums to group elements, with noise if the
+/// session requires it. What the holder sees is uniformly random.
+pub struct HolderDecrypting {
+    session: Session,
+    secret: SecretKey,
+    records: u64,
+}
+
+impl HolderDecrypting {
+    /// The reply for the learner, and the number of encrypted records this side sent.
+    pub fn absorb(self, msg: Message) -> Result<(Message, u64), PsiError> {
+        let k = self.session.kinds.len();
+        match msg {
+            Message::MaskedSums { sums } if sums.len() == k => {
+                let mut elements = Vec::with_capacity(k);
+                for c in &sums {
+                    let c = Ciphertext::from_bytes(c)?;
+                    let noise = Zeroizing::new(match &self.session.sum_noise {
+                        Some(n) => n.mechanism()?.release(0)?,
+                        None => 0,
+                    });
+                    elements.push(self.secret.decrypt_to_element(&c, *noise));
                 }
-                Ok(Absorb::Next((
-                    Message::SumResult {
-                        counts: counts.clone(),
-                        sums,
-                    },
-                    MatchCounts::new(counts, self.session.count_noise.is_some()),
-                )))
+                Ok((Message::DecryptedMaskedSums { elements }, self.records))
             }
-            other => Err(unexpected("encrypted records or end of stream", &other)),
+            other => Err(unexpected("the masked sums", &other)),
         }
     }
 }

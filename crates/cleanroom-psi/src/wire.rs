@@ -19,9 +19,13 @@ pub enum ProtocolKind {
     Cardinality,
     /// The receiver learns which of its own records match; the sender learns nothing.
     Intersection,
-    /// The receiver (who holds values) learns the sum of its values over matched records;
-    /// both learn the number of matched records (Private Join and Compute).
+    /// The receiver, who has no values, learns the number of matched records and the sum of
+    /// the sender's values over them; the sender, who holds the values, learns nothing but
+    /// the receiver's set sizes (masked decryption, `sum.rs`).
     Sum,
+    /// The receiver, who holds the values, learns the sum of its own values over matched
+    /// records; both learn the number of matched records (Private Join and Compute's paper).
+    SumToValuesHolder,
 }
 
 impl ProtocolKind {
@@ -30,7 +34,21 @@ impl ProtocolKind {
             ProtocolKind::Cardinality => "cardinality",
             ProtocolKind::Intersection => "intersection",
             ProtocolKind::Sum => "sum",
+            ProtocolKind::SumToValuesHolder => "sum-to-values-holder",
         }
+    }
+
+    /// Which role holds the values of a sum (and its ElGamal key).
+    pub fn values_holder(&self) -> Option<Role> {
+        match self {
+            ProtocolKind::Sum => Some(Role::Sender),
+            ProtocolKind::SumToValuesHolder => Some(Role::Receiver),
+            ProtocolKind::Cardinality | ProtocolKind::Intersection => None,
+        }
+    }
+
+    pub fn is_sum(&self) -> bool {
+        self.values_holder().is_some()
     }
 
     pub fn parse(s: &str) -> Result<Self, PsiError> {
@@ -38,8 +56,9 @@ impl ProtocolKind {
             "cardinality" => Ok(ProtocolKind::Cardinality),
             "intersection" => Ok(ProtocolKind::Intersection),
             "sum" => Ok(ProtocolKind::Sum),
+            "sum-to-values-holder" => Ok(ProtocolKind::SumToValuesHolder),
             other => Err(PsiError::InvalidParameter(format!(
-                "unknown protocol {other:?}: use cardinality, intersection or sum"
+                "unknown protocol {other:?}: use cardinality, intersection, sum or sum-to-values-holder"
             ))),
         }
     }
@@ -48,7 +67,8 @@ impl ProtocolKind {
         match self {
             ProtocolKind::Cardinality => 1,
             ProtocolKind::Intersection => 2,
-            ProtocolKind::Sum => 3,
+            ProtocolKind::SumToValuesHolder => 3,
+            ProtocolKind::Sum => 4,
         }
     }
 
@@ -56,7 +76,8 @@ impl ProtocolKind {
         match c {
             1 => Ok(ProtocolKind::Cardinality),
             2 => Ok(ProtocolKind::Intersection),
-            3 => Ok(ProtocolKind::Sum),
+            3 => Ok(ProtocolKind::SumToValuesHolder),
+            4 => Ok(ProtocolKind::Sum),
             _ => Err(PsiError::Malformed(format!("unknown protocol code {c}"))),
         }
     }
@@ -91,7 +112,7 @@ pub struct Hello {
     pub items: Vec<u64>,
     /// Entries per message this side would like; the session uses the smaller of the two.
     pub batch: u32,
-    /// Sum sessions: the receiver's clamp bound on each value (`0` otherwise).
+    /// Sum sessions: the values holder's clamp bound on each value (`0` otherwise).
     pub max_value: u64,
     /// Noise this side requires on released counts and sums (`None`: no requirement).
     pub count_epsilon: Option<f64>,
@@ -213,6 +234,12 @@ pub enum Message {
     },
     /// The receiver has what it needs; the session is over.
     Done,
+    /// Sum to the party without values: its encrypted sums, one per kind, each masked with a
+    /// uniformly random `Enc(r)` and re-randomised, for the values holder to decrypt.
+    MaskedSums { sums: Vec<[u8; 64]> },
+    /// Sum to the party without values: the values holder's decryptions of the masked sums as
+    /// group elements `(S + r + noise)·G`, one per kind, in the same order.
+    DecryptedMaskedSums { elements: Vec<Point> },
 }
 
 impl std::fmt::Debug for Message {
@@ -233,6 +260,8 @@ impl Message {
             Message::CardinalityResult { .. } => "cardinality result",
             Message::SumResult { .. } => "sum result",
             Message::Done => "done",
+            Message::MaskedSums { .. } => "masked sums",
+            Message::DecryptedMaskedSums { .. } => "decrypted masked sums",
         }
     }
 
@@ -314,6 +343,18 @@ impl Message {
                 sums.iter().for_each(|s| b.extend_from_slice(s));
             }
             Message::Done => b.push(9),
+            Message::MaskedSums { sums } => {
+                b.reserve(2 + 64 * sums.len());
+                b.push(10);
+                b.push(sums.len() as u8);
+                sums.iter().for_each(|s| b.extend_from_slice(s));
+            }
+            Message::DecryptedMaskedSums { elements } => {
+                b.reserve(2 + 32 * elements.len());
+                b.push(11);
+                b.push(elements.len() as u8);
+                elements.iter().for_each(|e| b.extend_from_slice(e));
+            }
         }
         b
     }
@@ -378,6 +419,16 @@ impl Message {
                 }
             }
             9 => Message::Done,
+            10 => {
+                let n = r.width()? as usize;
+                Message::MaskedSums { sums: r.arrays(n)? }
+            }
+            11 => {
+                let n = r.width()? as usize;
+                Message::DecryptedMaskedSums {
+                    elements: r.arrays(n)?,
+                }
+            }
             t => return Err(PsiError::Malformed(format!("unknown message type {t}"))),
         };
         r.end()?;
@@ -492,6 +543,12 @@ mod tests {
                 sums: vec![[4; 64]],
             },
             Message::Done,
+            Message::MaskedSums {
+                sums: vec![[5; 64], [6; 64]],
+            },
+            Message::DecryptedMaskedSums {
+                elements: vec![[7; 32]],
+            },
         ];
         for m in msgs {
             let b = m.encode();
@@ -511,7 +568,7 @@ mod tests {
     fn hello_checks_magic_then_version() {
         let h = Hello {
             version: PROTOCOL_VERSION,
-            protocol: ProtocolKind::Sum,
+            protocol: ProtocolKind::SumToValuesHolder,
             role: Role::Receiver,
             kinds: vec!["email".into(), "phone".into()],
             items: vec![10, 20],

@@ -296,8 +296,9 @@ fn two_processes_compute_the_intersection_and_the_sum_exactly() {
     }
     assert_eq!(std::fs::read_to_string(&matches).unwrap(), expected_csv);
 
-    // Sum: the listening side is the receiver and holds the values, with its identifier
-    // columns taken from a `cleanroom prepare` configuration; the sender reads Parquet.
+    // Sum to the values holder: the listening side is the receiver and holds the values, with
+    // its identifier columns taken from a `cleanroom prepare` configuration; the sender reads
+    // Parquet.
     let prep = tmp.path().join("prep.toml");
     std::fs::write(
         &prep,
@@ -312,6 +313,8 @@ fn two_processes_compute_the_intersection_and_the_sum_exactly() {
         "sum",
         &ra,
         &[
+            "--sum-to",
+            "values-holder",
             "--receiver",
             "--config",
             prep.to_str().unwrap(),
@@ -329,7 +332,14 @@ fn two_processes_compute_the_intersection_and_the_sum_exactly() {
         &addr,
         "sum",
         &sp,
-        &["--id", "email:mail", "--id", "phone:tel"],
+        &[
+            "--sum-to",
+            "values-holder",
+            "--id",
+            "email:mail",
+            "--id",
+            "phone:tel",
+        ],
     );
     let (ok_c, out_c, err_c) = client.wait(Duration::from_secs(60));
     let (ok_s, out_s, err_s) = server.wait(Duration::from_secs(10));
@@ -344,6 +354,128 @@ fn two_processes_compute_the_intersection_and_the_sum_exactly() {
         rc.get("sum").is_none(),
         "the sender does not learn the sum: {rc}"
     );
+}
+
+#[test]
+fn the_party_without_values_learns_the_sum_of_the_other_partys_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = parties(tmp.path());
+    let (values, ids) = (tmp.path().join("values.csv"), tmp.path().join("ids.csv"));
+    // B holds the customers with their spend; A holds identifiers only.
+    write_receiver(&values);
+    write_sender(&ids);
+    // A listens and learns (--receiver, no values); B connects with the values.
+    let (learner, addr) = serve(
+        &a,
+        &b,
+        "sum",
+        &ids,
+        &["--receiver", "--id", "email:mail", "--id", "phone:tel"],
+    );
+    let holder = connect(
+        &b,
+        &a,
+        &addr,
+        "sum",
+        &values,
+        &[
+            "--id",
+            "email:email",
+            "--id",
+            "phone:phone",
+            "--value-column",
+            "spend",
+            "--max-value",
+            "100000",
+        ],
+    );
+    let (ok_h, out_h, err_h) = holder.wait(Duration::from_secs(60));
+    let (ok_l, out_l, err_l) = learner.wait(Duration::from_secs(10));
+    assert!(ok_h && ok_l, "holder: {err_h}\nlearner: {err_l}");
+    let want = expected();
+    let sum: u64 = want.iter().map(|(i, _)| *i as u64 * 10).sum();
+    let on_email = want.iter().filter(|w| w.1 == "email").count() as u64;
+    let l: serde_json::Value = serde_json::from_str(&out_l).unwrap();
+    assert_eq!(l["protocol"], "sum");
+    assert_eq!(l["role"], "receiver");
+    assert_eq!(l["sum"], sum, "{l}");
+    assert_eq!(l["matched_total"], want.len() as u64);
+    assert_eq!(l["matched"]["email"], on_email);
+    assert_eq!(l["matched"]["phone"], want.len() as u64 - on_email);
+    // Three of B's 120 rows have neither identifier and are not sent.
+    assert_eq!(l["peer_items"], serde_json::json!([117]));
+    let h: serde_json::Value = serde_json::from_str(&out_h).unwrap();
+    assert!(
+        h.get("sum").is_none(),
+        "the values holder learns no sum: {h}"
+    );
+    assert!(
+        h.get("matched_total").is_none(),
+        "the values holder learns no count: {h}"
+    );
+    assert_eq!(h["records_sent"], 117);
+    assert_eq!(h["peer_items"], serde_json::json!([120, 40]));
+}
+
+#[test]
+fn the_sums_refuse_what_they_cannot_honour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = parties(tmp.path());
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "id,v\nx,1\ny,2\n").unwrap();
+    let refused = |protocol: &str, extra: &[&str]| {
+        let mut argv: Vec<String> = ["psi", "connect", "--peer", "127.0.0.1:9"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.extend(args(&a, &b, protocol, &input, extra));
+        let out = Command::new(BIN).args(&argv).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Count noise in the default sum could not protect the values holder.
+    let e = refused(
+        "sum",
+        &["--receiver", "--id", "opaque:id", "--epsilon-count", "1"],
+    );
+    assert!(e.contains("sees the number of matches exactly"), "{e}");
+    // Values belong to the sender in the default sum, to the receiver with --sum-to.
+    let e = refused(
+        "sum",
+        &[
+            "--receiver",
+            "--id",
+            "opaque:id",
+            "--value-column",
+            "v",
+            "--max-value",
+            "9",
+        ],
+    );
+    assert!(
+        e.contains("the sender (the side without --receiver)"),
+        "{e}"
+    );
+    let e = refused(
+        "sum",
+        &[
+            "--sum-to",
+            "values-holder",
+            "--id",
+            "opaque:id",
+            "--value-column",
+            "v",
+        ],
+    );
+    assert!(
+        e.contains("the receiver, with --sum-to values-holder"),
+        "{e}"
+    );
+    let e = refused(
+        "cardinality",
+        &["--sum-to", "values-holder", "--id", "opaque:id"],
+    );
+    assert!(e.contains("--sum-to only applies to --protocol sum"), "{e}");
 }
 
 #[test]

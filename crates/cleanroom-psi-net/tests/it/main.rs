@@ -10,7 +10,7 @@ use cleanroom_psi_net::{Identity, PeerPin, TlsSetup};
 
 pub fn input(protocol: ProtocolKind, role: Role, ids: std::ops::Range<u32>) -> PreparedInput {
     let kinds = Kinds::new(&["email"]).unwrap();
-    let max = (protocol == ProtocolKind::Sum && role == Role::Receiver).then_some(100);
+    let max = (protocol.values_holder() == Some(role)).then_some(100);
     let mut b = InputBuilder::new(kinds, protocol, role, max).unwrap();
     for i in ids {
         let id = format!("user{i}@example.com");

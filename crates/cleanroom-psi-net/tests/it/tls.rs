@@ -150,3 +150,71 @@ async fn a_silent_peer_times_out_and_a_vanished_one_is_noticed() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     server.abort();
 }
+
+/// Runs one session over TLS on 127.0.0.1: the listener with `(protocol, role, ids)`, the
+/// connecting side with the other triple; both reports (or errors) within a deadline.
+async fn pair(
+    listen: (ProtocolKind, Role, std::ops::Range<u32>),
+    dial: (ProtocolKind, Role, std::ops::Range<u32>),
+) -> (
+    Result<cleanroom_psi_net::Report, NetError>,
+    Result<cleanroom_psi_net::Report, NetError>,
+) {
+    let ((a, a_fp), (b, b_fp)) = identities();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (ta, tb) = (setup(a, &b_fp), setup(b, &a_fp));
+    let server = tokio::spawn(async move {
+        let conn = accept(&listener, ta, limits()).await?;
+        let (p, r, ids) = listen;
+        conn.run(&config(p, r), input(p, r, ids), &mut |_| {}).await
+    });
+    let client = async move {
+        let conn = connect(&addr, tb, limits(), Duration::from_secs(5)).await?;
+        let (p, r, ids) = dial;
+        conn.run(&config(p, r), input(p, r, ids), &mut |_| {}).await
+    };
+    let t0 = Instant::now();
+    let c = client.await;
+    let s = server.await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    (s, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sum_goes_to_the_party_without_values_and_the_other_sum_is_refused() {
+    // The listener holds values (i % 10 for ids 0..300); the connecting side learns.
+    let (s, c) = pair(
+        (ProtocolKind::Sum, Role::Sender, 0..300),
+        (ProtocolKind::Sum, Role::Receiver, 200..450),
+    )
+    .await;
+    let (s, c) = (s.unwrap(), c.unwrap());
+    let Outcome::Sum(out) = &c.outcome else {
+        panic!("{:?}", c.outcome)
+    };
+    assert_eq!(out.counts, MatchCounts::new(vec![100], false));
+    assert_eq!(out.total_sum, (200..300).map(|i| i % 10).sum::<i64>());
+    assert_eq!(s.outcome, Outcome::SumAnswered { records: 300 });
+    assert_eq!(s.peer_items, vec![250]);
+
+    // A peer running the sum to the values holder is refused by both sides, with the reason.
+    let (s, c) = pair(
+        (ProtocolKind::SumToValuesHolder, Role::Sender, 0..30),
+        (ProtocolKind::Sum, Role::Receiver, 0..30),
+    )
+    .await;
+    for e in [s.unwrap_err(), c.unwrap_err()] {
+        assert!(
+            e.code() == "incompatible_session" || e.code() == "peer_aborted",
+            "{e}"
+        );
+        if e.code() == "incompatible_session" {
+            assert!(e.to_string().contains("--sum-to values-holder"), "{e}");
+        }
+    }
+}

@@ -29,7 +29,8 @@ fn first_match(t: &Tuple, sets: &[HashSet<String>]) -> Option<usize> {
     (0..t.len()).find(|k| t[*k].as_ref().is_some_and(|id| sets[*k].contains(id)))
 }
 
-/// Distinct records of the receiver (rows without any identifier dropped), values summed.
+/// Distinct records of the values holder (rows without any identifier dropped), values
+/// clamped, summed over duplicate rows, and the record's total clamped again.
 fn distinct(r: &Records, max: i64) -> BTreeMap<Tuple, i64> {
     let mut m = BTreeMap::new();
     for (ids, v) in &r.rows {
@@ -38,6 +39,7 @@ fn distinct(r: &Records, max: i64) -> BTreeMap<Tuple, i64> {
         }
         *m.entry(ids.clone()).or_insert(0) += (*v).clamp(0, max);
     }
+    m.values_mut().for_each(|v| *v = (*v).min(max));
     m
 }
 
@@ -108,7 +110,7 @@ fn check_all(kinds: &[&'static str], r: &Records, s: &Records) {
         }
     );
 
-    let run_sum = Run::new(ProtocolKind::Sum, kinds);
+    let run_sum = Run::new(ProtocolKind::SumToValuesHolder, kinds);
     let (ro, so, _) = run(&run_sum, r, s);
     let (c, sums) = plain_sum(r, s, k, run_sum.max_value as i64);
     let Outcome::Sum(out) = ro else {
@@ -118,6 +120,30 @@ fn check_all(kinds: &[&'static str], r: &Records, s: &Records) {
     assert_eq!(out.sums, sums);
     assert_eq!(out.total_sum, sums.iter().sum::<i64>());
     assert_eq!(so, Outcome::SumCounts(MatchCounts::new(c, false)));
+
+    check_sum_to_the_party_without_values(kinds, r, s);
+}
+
+/// The default sum: `s` (identifiers only) is the receiver and learns the count and the sum of
+/// `r`'s values over the intersection; `r` holds the values and learns nothing.
+fn check_sum_to_the_party_without_values(kinds: &[&'static str], r: &Records, s: &Records) {
+    let k = kinds.len();
+    let run_sum = Run::new(ProtocolKind::Sum, kinds);
+    let (learner, holder, _) = run(&run_sum, s, r);
+    let (c, sums) = plain_sum(r, s, k, run_sum.max_value as i64);
+    let Outcome::Sum(out) = learner else {
+        panic!("{learner:?}")
+    };
+    assert_eq!(out.counts, MatchCounts::new(c, false));
+    assert_eq!(out.sums, sums);
+    assert_eq!(out.total_sum, sums.iter().sum::<i64>());
+    assert!(!out.noisy);
+    assert_eq!(
+        holder,
+        Outcome::SumAnswered {
+            records: distinct(r, 0).len() as u64
+        }
+    );
 }
 
 fn ids(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
@@ -224,10 +250,16 @@ fn cascade_counts_a_record_once_on_its_best_kind() {
         ],
     };
     check_all(kinds, &r, &s);
-    let (ro, _, _) = run(&Run::new(ProtocolKind::Sum, kinds), &r, &s);
+    let (ro, _, _) = run(&Run::new(ProtocolKind::SumToValuesHolder, kinds), &r, &s);
     let Outcome::Sum(out) = ro else { panic!() };
     assert_eq!(out.counts.per_kind, vec![1, 2]);
     assert_eq!(out.sums, vec![15, 60]);
+    // The same with the sum going to the party without values.
+    let (learner, _, _) = run(&Run::new(ProtocolKind::Sum, kinds), &s, &r);
+    let Outcome::Sum(out) = learner else { panic!() };
+    assert_eq!(out.counts.per_kind, vec![1, 2]);
+    assert_eq!(out.sums, vec![15, 60]);
+    assert_eq!(out.total_sum, 75);
     let (ro, _, _) = run(&Run::new(ProtocolKind::Intersection, kinds), &r, &s);
     let Outcome::Intersection(out) = ro else {
         panic!()
@@ -254,7 +286,7 @@ fn noise_is_applied_when_either_side_asks() {
     // Discrete Laplace with scale 2: beyond 60 in either direction has probability e^-30.
     assert!((a.total - 30).abs() < 60, "{a:?}");
 
-    let mut run_s = Run::new(ProtocolKind::Sum, &["email"]);
+    let mut run_s = Run::new(ProtocolKind::SumToValuesHolder, &["email"]);
     run_s.sum_epsilon = Some(1.0);
     run_s.max_value = 100;
     let (ro, _, _) = run(&run_s, &r, &s);
@@ -263,4 +295,30 @@ fn noise_is_applied_when_either_side_asks() {
     assert_eq!(out.counts.total, 30);
     // Each value is 1; noise scale 100: beyond 45 scales is below 1e-19.
     assert!((out.total_sum - 30).abs() <= 4500, "{out:?}");
+}
+
+#[test]
+fn sum_noise_to_the_party_without_values_is_added_by_the_values_holder() {
+    // The learner `s` has 60 identifiers, the values holder `r` 60 records of value 7, and 30
+    // of them match: the exact sum is 210.
+    let learner = Records::single(&ids("a", 30..90));
+    let mut holder = Records::single(&ids("a", 0..60));
+    holder.rows.iter_mut().for_each(|r| r.1 = 7);
+    let mut run_s = Run::new(ProtocolKind::Sum, &["email"]);
+    run_s.sum_epsilon = Some(1.0);
+    run_s.max_value = 10;
+    let mut released = Vec::new();
+    for _ in 0..8 {
+        let (lo, _, _) = run(&run_s, &learner, &holder);
+        let Outcome::Sum(out) = lo else { panic!() };
+        assert!(out.noisy && !out.counts.noisy);
+        // The learner finds the matches itself: its count is exact.
+        assert_eq!(out.counts.total, 30);
+        // Scale 10: beyond 45 scales (the decryption allowance) is below 1e-19.
+        assert!((out.total_sum - 210).abs() <= 450, "{out:?}");
+        released.push(out.total_sum);
+    }
+    // Eight draws of discrete Laplace with scale 10 are all equal with probability < 1e-6:
+    // the learner does not see the exact sum.
+    assert!(released.iter().any(|s| *s != 210), "{released:?}");
 }

@@ -67,8 +67,7 @@ impl Transcript {
 
 pub fn prepare(run: &Run, role: Role, records: &Records) -> cleanroom_psi::PreparedInput {
     let kinds = Kinds::new(&run.kinds).unwrap();
-    let max =
-        (run.protocol == ProtocolKind::Sum && role == Role::Receiver).then_some(run.max_value);
+    let max = (run.protocol.values_holder() == Some(role)).then_some(run.max_value);
     let mut b = InputBuilder::new(kinds, run.protocol, role, max).unwrap();
     for (ids, v) in &records.rows {
         let slots: Vec<Option<&[u8]>> = ids

@@ -122,3 +122,124 @@ fn invalid_points_and_out_of_order_messages_are_refused() {
     assert_eq!(e.code(), "protocol_violation");
     assert!(matches!(s.next_action().unwrap(), Action::Send(_)));
 }
+
+#[test]
+fn the_two_sums_do_not_run_against_each_other() {
+    // The listening side asks for the sum to go to the values holder, the other side runs the
+    // default: both hellos are well-formed, and the mismatch is named on both sides.
+    let default = Run::new(ProtocolKind::Sum, &["email"]);
+    let to_holder = Run::new(ProtocolKind::SumToValuesHolder, &["email"]);
+    let learner = config(&default, Role::Receiver);
+    let learner_hello = learner.hello(&prepare(&default, Role::Receiver, &small()));
+    let holder = config(&to_holder, Role::Sender);
+    let holder_hello = holder.hello(&prepare(&to_holder, Role::Sender, &small()));
+    let wire = |h: &Hello| Hello::decode(&h.encode()).unwrap();
+    let e = learner
+        .agree(&learner_hello, &wire(&holder_hello))
+        .unwrap_err();
+    assert_eq!(e.code(), "incompatible_session");
+    assert_eq!(
+        e.to_string(),
+        "the peer wants a different session: the peer runs sum-to-values-holder, we run sum \
+         (the sum goes to the party without values unless both sides pass --sum-to values-holder)"
+    );
+    let e = holder
+        .agree(&holder_hello, &wire(&learner_hello))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the peer runs sum, we run sum-to-values-holder"),
+        "{e}"
+    );
+}
+
+#[test]
+fn count_noise_is_refused_where_it_could_not_protect_anyone() {
+    // In the default sum the learner finds the matches itself and sees the count exactly.
+    let mut run = Run::new(ProtocolKind::Sum, &["email"]);
+    let (lh, hh) = hellos(&run, &small(), &small());
+    run.count_epsilon = Some(1.0);
+    let (lc, hc) = (config(&run, Role::Receiver), config(&run, Role::Sender));
+    let mut asking = hh.clone();
+    asking.count_epsilon = Some(1.0);
+    let e = config(&Run::new(ProtocolKind::Sum, &["email"]), Role::Receiver)
+        .agree(&lh, &asking)
+        .unwrap_err();
+    assert_eq!(e.code(), "incompatible_session");
+    assert!(
+        e.to_string().contains("sees the intersection size exactly"),
+        "{e}"
+    );
+    let mut own = lh.clone();
+    own.count_epsilon = Some(1.0);
+    assert_eq!(lc.agree(&own, &hh).unwrap_err().code(), "invalid_parameter");
+    assert_eq!(
+        hc.agree(&asking, &lh).unwrap_err().code(),
+        "invalid_parameter"
+    );
+    // Noise on the sum is fine: the values holder adds it.
+    let mut run = Run::new(ProtocolKind::Sum, &["email"]);
+    run.sum_epsilon = Some(0.5);
+    let (lh, hh) = hellos(&run, &small(), &small());
+    let s = config(&run, Role::Receiver).agree(&lh, &hh).unwrap();
+    assert_eq!(s.sum_epsilon(), Some(0.5));
+}
+
+#[test]
+fn a_sum_that_could_exceed_the_decryptable_range_is_refused_up_front() {
+    // Ten records of values up to 2^41 could add up past 2^44: the learner could not decrypt.
+    let mut run = Run::new(ProtocolKind::Sum, &["email"]);
+    run.max_value = 1 << 41;
+    let (lh, hh) = hellos(&run, &small(), &small());
+    for (c, ours, theirs) in [
+        (config(&run, Role::Receiver), &lh, &hh),
+        (config(&run, Role::Sender), &hh, &lh),
+    ] {
+        let e = c.agree(ours, theirs).unwrap_err();
+        assert_eq!(e.code(), "incompatible_session");
+        assert!(e.to_string().contains("lower --max-value"), "{e}");
+    }
+    run.max_value = 1 << 40;
+    let (lh, hh) = hellos(&run, &small(), &small());
+    assert!(config(&run, Role::Receiver).agree(&lh, &hh).is_ok());
+}
+
+#[test]
+fn the_values_holder_decrypts_only_the_masked_sums_it_expects() {
+    let run = Run::new(ProtocolKind::Sum, &["email"]);
+    let (mut learner, mut holder) = parties(&run, &small(), &small(), 0);
+    // Drive both until the learner has sent its masked sums; then replay them with one more.
+    let mut to_holder = std::collections::VecDeque::new();
+    let mut to_learner = std::collections::VecDeque::new();
+    let masked = loop {
+        match learner.next_action().unwrap() {
+            Action::Send(m @ Message::MaskedSums { .. }) => break m,
+            Action::Send(m) => to_holder.push_back(m),
+            Action::Receive => {
+                if let Some(m) = to_learner.pop_front() {
+                    learner.receive(m).unwrap();
+                }
+            }
+            Action::Finished => panic!("finished early"),
+        }
+        match holder.next_action().unwrap() {
+            Action::Send(m) => to_learner.push_back(m),
+            Action::Receive => {
+                if let Some(m) = to_holder.pop_front() {
+                    holder.receive(m).unwrap();
+                }
+            }
+            Action::Finished => panic!("finished early"),
+        }
+    };
+    while let Some(m) = to_holder.pop_front() {
+        holder.receive(m).unwrap();
+    }
+    let Message::MaskedSums { mut sums } = masked else {
+        unreachable!()
+    };
+    sums.push(sums[0]);
+    assert!(matches!(holder.next_action().unwrap(), Action::Receive));
+    let e = holder.receive(Message::MaskedSums { sums }).unwrap_err();
+    assert_eq!(e.code(), "protocol_violation");
+}
