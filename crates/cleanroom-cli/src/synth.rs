@@ -303,6 +303,229 @@ pub fn write_csv(
     Ok(rows)
 }
 
+/// A person's raw identifiers and exact age, as the parties' own systems hold them (the demo
+/// feeds these to `cleanroom prepare`; nothing raw is uploaded).
+pub struct RawIds {
+    /// UK mobile, national significant number (10 digits, 77… or 78…).
+    pub mobile: u64,
+    /// Mobile advertising id (lowercase UUID).
+    pub maid: String,
+    pub age: u32,
+}
+
+/// Raw identifiers of everyone in the universe, drawn from their own stream so they are the
+/// same whichever party holds them.
+pub fn raw_ids(people: &[Person], seed: u64) -> Vec<RawIds> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x01d5_0f7e_0b1e);
+    people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (lo, hi) = match p.age_band {
+                "18-24" => (18, 24),
+                "25-34" => (25, 34),
+                "35-44" => (35, 44),
+                "45-54" => (45, 54),
+                "55-64" => (55, 64),
+                _ => (65, 90),
+            };
+            let a: u128 = rng.random();
+            let mut hex = format!("{a:032x}");
+            hex.replace_range(12..13, "4"); // a version-4 UUID, as devices report
+            RawIds {
+                mobile: 7_700_000_000 + (i as u64 * 7_919) % 200_000_000,
+                maid: format!(
+                    "{}-{}-{}-{}-{}",
+                    &hex[..8],
+                    &hex[8..12],
+                    &hex[12..16],
+                    &hex[16..20],
+                    &hex[20..]
+                ),
+                age: rng.random_range(lo..=hi),
+            }
+        })
+        .collect()
+}
+
+/// Which identifiers each party collects, and how often: the brand's CRM has mostly emails,
+/// the publisher's logins are often by app (device id) or phone.
+pub struct Coverage {
+    pub email: f64,
+    pub phone: f64,
+    pub maid: f64,
+}
+
+pub const BRAND_COVERAGE: Coverage = Coverage {
+    email: 0.70,
+    phone: 0.55,
+    maid: 0.25,
+};
+pub const PUBLISHER_COVERAGE: Coverage = Coverage {
+    email: 0.55,
+    phone: 0.40,
+    maid: 0.70,
+};
+
+/// How a party holds one identifier of a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Absent,
+    Valid,
+    /// A placeholder such as `n/a` that `prepare` must count as invalid and never match.
+    Invalid,
+}
+
+/// How `party` holds each identifier of person `i`: [email, phone, device id]. Deterministic.
+pub fn holds(party: &str, i: u64, seed: u64) -> [Held; 3] {
+    let c = if party == "brand" {
+        &BRAND_COVERAGE
+    } else {
+        &PUBLISHER_COVERAGE
+    };
+    let salt = if party == "brand" { 0xb7a4d } else { 0x9b115 };
+    let mut rng =
+        Xoshiro256PlusPlus::seed_from_u64(seed ^ salt ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut held = [c.email, c.phone, c.maid].map(|p| {
+        if !rng.random_bool(p) {
+            Held::Absent
+        } else if rng.random_bool(0.01) {
+            Held::Invalid
+        } else {
+            Held::Valid
+        }
+    });
+    // Everyone is known by at least one identifier.
+    if held.iter().all(|h| *h == Held::Absent) {
+        held[0] = Held::Valid;
+    }
+    held
+}
+
+/// The identifier type a cascade (email, then phone, then device id) first matches person `i`
+/// on: 0, 1, 2, or `None`. The demo's ground truth.
+pub fn cascade_level(u: &Universe, i: u64, seed: u64) -> Option<usize> {
+    if !(u.in_brand(i) && u.in_publisher(i)) {
+        return None;
+    }
+    let b = holds("brand", i, seed);
+    let p = holds("publisher", i, seed);
+    (0..3).find(|k| b[*k] == Held::Valid && p[*k] == Held::Valid)
+}
+
+fn messy_email(rng: &mut Xoshiro256PlusPlus, email: &str) -> String {
+    let mut e = email.to_owned();
+    if rng.random_bool(0.3) {
+        e = e.to_uppercase();
+    } else if rng.random_bool(0.3) {
+        let mut c = e.chars();
+        e = c
+            .next()
+            .map(|f| f.to_uppercase().chain(c).collect())
+            .unwrap_or_default();
+    }
+    if e.to_ascii_lowercase().ends_with("@gmail.com") && rng.random_bool(0.3) {
+        // Gmail ignores dots and +tags: prepare's Gmail rules find the same person.
+        let (local, domain) = e.split_once('@').unwrap_or((&e, ""));
+        e = format!("{}+news@{domain}", local.replace('.', ""));
+    }
+    if rng.random_bool(0.2) {
+        e = format!("  {e} ");
+    }
+    e
+}
+
+fn messy_phone(rng: &mut Xoshiro256PlusPlus, n: u64) -> String {
+    let d = n.to_string();
+    match rng.random_range(0..4) {
+        0 => format!("0{} {}", &d[..4], &d[4..]),
+        1 => format!("+44 {} {} {}", &d[..4], &d[4..7], &d[7..]),
+        2 => format!("0044{d}"),
+        _ => format!("(0{}) {}-{}", &d[..4], &d[4..7], &d[7..]),
+    }
+}
+
+/// Writes one party's raw CSV (emails, phone numbers and device ids as its systems hold them,
+/// messy, a few invalid; exact ages) for `cleanroom prepare`. Returns the number of rows.
+pub fn write_raw_csv(
+    party: &str,
+    u: &Universe,
+    people: &[Person],
+    ids: &[RawIds],
+    seed: u64,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x005e_ed0f_da7a);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+    let mut rows = 0;
+    let brand = match party {
+        "brand" => true,
+        "publisher" => false,
+        other => bail!("--party must be brand or publisher, not {other:?}"),
+    };
+    if brand {
+        writeln!(
+            w,
+            "customer_id,email,mobile,device_id,age,region,purchases,revenue"
+        )?;
+    } else {
+        writeln!(w, "user_id,email,phone,maid,age,region,page_views,exposed")?;
+    }
+    for (i, p) in people.iter().enumerate() {
+        let i64_ = i as u64;
+        if (brand && !u.in_brand(i64_)) || (!brand && !u.in_publisher(i64_)) {
+            continue;
+        }
+        let held = holds(party, i64_, seed);
+        let id = &ids[i];
+        let email = match held[0] {
+            Held::Absent => String::new(),
+            Held::Invalid => "n/a".to_owned(),
+            Held::Valid => messy_email(&mut rng, &p.email),
+        };
+        let phone = match held[1] {
+            Held::Absent => String::new(),
+            Held::Invalid => "unknown".to_owned(),
+            Held::Valid => messy_phone(&mut rng, id.mobile),
+        };
+        let maid = match held[2] {
+            Held::Absent => String::new(),
+            Held::Invalid => "00000000-0000-0000-0000-000000000000".to_owned(), // opted out
+            Held::Valid if brand && rng.random_bool(0.5) => id.maid.to_uppercase(), // iOS style
+            Held::Valid => id.maid.clone(),
+        };
+        if brand {
+            let lam = if p.exposed && u.in_publisher(i64_) {
+                2.6
+            } else {
+                2.0
+            };
+            let purchases = poisson(&mut rng, lam);
+            let revenue = purchases as f64 * rng.random_range(18.0..72.0);
+            writeln!(
+                w,
+                "B{:08},{email},{phone},{maid},{},{},{purchases},{revenue:.2}",
+                i * 7 + 3,
+                id.age,
+                p.region,
+            )?;
+        } else {
+            writeln!(
+                w,
+                "U{:09},{email},{phone},{maid},{},{},{},{}",
+                i64_ * 13 + 11,
+                id.age,
+                p.region,
+                rng.random_range(1..400),
+                if p.exposed { "yes" } else { "no" },
+            )?;
+        }
+        rows += 1;
+    }
+    w.flush()?;
+    Ok(rows)
+}
+
 fn poisson(rng: &mut Xoshiro256PlusPlus, lambda: f64) -> u32 {
     // Knuth's method: fine for the small means used here.
     let l = (-lambda).exp();

@@ -61,11 +61,14 @@ pub struct QuasiSpec {
     pub below_minimum: BelowMinimum,
 }
 
-/// One `[[dimension]]`: kept as written (trimmed), not a quasi-identifier.
+/// One `[[dimension]]`: kept as written (trimmed), not a quasi-identifier; a `bool` dimension
+/// is read as a boolean (`true`/`false`, `yes`/`no`, `1`/`0`, any case).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DimensionSpec {
     pub column: String,
     pub output: String,
+    /// `String` (default) or `Bool`.
+    pub ty: ColumnType,
 }
 
 /// One `[[metric]]`: a number, `int64` or `float64`.
@@ -147,6 +150,8 @@ struct RawQuasi {
 struct RawColumn {
     column: Spanned<String>,
     name: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    ty: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -440,8 +445,16 @@ impl PrepareConfig {
         for r in &raw.dimension {
             let column = non_empty(&ctx, &r.column, "column")?;
             let output = ctx.output_name(&r.column, r.name.as_ref(), "")?;
+            let ty = match &r.ty {
+                None => ColumnType::String,
+                Some(t) => match t.get_ref().trim().to_ascii_lowercase().as_str() {
+                    "string" | "text" => ColumnType::String,
+                    "bool" | "boolean" => ColumnType::Bool,
+                    _ => return Err(ctx.err(t.span(), "a dimension's type is string or bool")),
+                },
+            };
             outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
-            dimensions.push(DimensionSpec { column, output });
+            dimensions.push(DimensionSpec { column, output, ty });
         }
 
         let mut metrics = Vec::new();

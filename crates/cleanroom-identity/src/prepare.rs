@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    Array, ArrayRef, Date32Builder, Float64Builder, Int64Builder, RecordBatch, StringArray,
-    StringBuilder,
+    Array, ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, RecordBatch,
+    StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use cleanroom_core::schema::{ColumnRole, ColumnSpec, ColumnType, DatasetSchema};
@@ -213,6 +213,16 @@ enum Cell {
     Int(i64),
     Float(f64),
     Day(i32),
+    Bool(bool),
+}
+
+/// `true`/`false`, `yes`/`no`, `1`/`0`, `t`/`f`, `y`/`n`, in any case.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "1" => Some(true),
+        "false" | "f" | "no" | "n" | "0" => Some(false),
+        _ => None,
+    }
 }
 
 enum Builder {
@@ -220,6 +230,7 @@ enum Builder {
     Int(Int64Builder),
     Float(Float64Builder),
     Day(Date32Builder),
+    Bool(BooleanBuilder),
 }
 
 impl Builder {
@@ -228,6 +239,7 @@ impl Builder {
             ColumnType::Int64 => Builder::Int(Int64Builder::with_capacity(BATCH_ROWS)),
             ColumnType::Float64 => Builder::Float(Float64Builder::with_capacity(BATCH_ROWS)),
             ColumnType::Date => Builder::Day(Date32Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Bool => Builder::Bool(BooleanBuilder::with_capacity(BATCH_ROWS)),
             _ => Builder::Text(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 64)),
         }
     }
@@ -238,10 +250,12 @@ impl Builder {
             (Builder::Int(b), Cell::Int(v)) => b.append_value(*v),
             (Builder::Float(b), Cell::Float(v)) => b.append_value(*v),
             (Builder::Day(b), Cell::Day(v)) => b.append_value(*v),
+            (Builder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
             (Builder::Text(b), _) => b.append_null(),
             (Builder::Int(b), _) => b.append_null(),
             (Builder::Float(b), _) => b.append_null(),
             (Builder::Day(b), _) => b.append_null(),
+            (Builder::Bool(b), _) => b.append_null(),
         }
     }
 
@@ -251,6 +265,7 @@ impl Builder {
             Builder::Int(b) => Arc::new(b.finish()),
             Builder::Float(b) => Arc::new(b.finish()),
             Builder::Day(b) => Arc::new(b.finish()),
+            Builder::Bool(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -275,6 +290,7 @@ enum Step {
         out: usize,
     },
     Dimension {
+        ty: ColumnType,
         out: usize,
     },
     Metric {
@@ -402,12 +418,7 @@ impl<'a> Plan<'a> {
         }
         let mut dim_outs = Vec::new();
         for d in config.dimensions() {
-            dim_outs.push(upload(
-                &mut outputs,
-                &d.output,
-                ColumnType::String,
-                ColumnRole::Dimension,
-            ));
+            dim_outs.push(upload(&mut outputs, &d.output, d.ty, ColumnRole::Dimension));
         }
         let mut metric_outs = Vec::new();
         for m in config.metrics() {
@@ -510,11 +521,15 @@ impl<'a> Plan<'a> {
             });
         }
         for (d, out) in config.dimensions().iter().zip(dim_outs) {
-            steps.push((input_of(&d.column), Step::Dimension { out }));
+            steps.push((input_of(&d.column), Step::Dimension { ty: d.ty, out }));
             stats.push(ColumnReport {
                 input: d.column.clone(),
                 output: d.output.clone(),
-                treatment: "dimension, kept as written".into(),
+                treatment: if d.ty == ColumnType::Bool {
+                    "dimension, read as a boolean".into()
+                } else {
+                    "dimension, kept as written".into()
+                },
                 valid: 0,
                 missing: 0,
                 invalid: BTreeMap::new(),
@@ -650,10 +665,18 @@ impl<'a> Plan<'a> {
                         Err(e) => Err(e),
                     }
                 }
-                Step::Dimension { out } => {
+                Step::Dimension { ty, out } => {
                     let v = raw.trim();
                     if v.is_empty() {
                         Err(Invalid::Empty)
+                    } else if *ty == ColumnType::Bool {
+                        match parse_bool(v) {
+                            Some(b) => {
+                                self.upload_cells[*out] = Cell::Bool(b);
+                                Ok(())
+                            }
+                            None => Err(Invalid::Malformed("not true or false")),
+                        }
                     } else {
                         self.upload_cells[*out] = Cell::Text(v.to_owned());
                         Ok(())
@@ -709,6 +732,7 @@ impl<'a> Plan<'a> {
             let qi: Vec<Option<&str>> = owned.iter().map(|v| v.as_deref()).collect();
             let sensitive = self.sensitive_out.and_then(|o| match &cells[o] {
                 Cell::Text(s) => Some(s.as_str()),
+                Cell::Bool(b) => Some(if *b { "true" } else { "false" }),
                 _ => None,
             });
             acc.add(&qi, sensitive);

@@ -346,3 +346,50 @@ fn malformed_input_names_line_and_column() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_bool_dimension_is_read_as_a_boolean_and_bad_values_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"
+collaboration = "pipeline-test"
+default_region = "GB"
+privacy_unit = "user_id"
+
+[[identifier]]
+column = "email"
+kind = "email"
+
+[[dimension]]
+column = "exposed"
+type = "bool"
+"#;
+    let input = write_csv(
+        dir.path(),
+        "in.csv",
+        "user_id,email,exposed\nU1,a@example.org,TRUE\nU2,b@example.org,no\nU3,c@example.org,maybe\nU4,d@example.org,1\n",
+    );
+    let report = run(dir.path(), config, &input).unwrap();
+    let b = read(&dir.path().join("out.parquet"));
+    assert_eq!(
+        b.schema().field_with_name("exposed").unwrap().data_type(),
+        &DataType::Boolean
+    );
+    let col = b
+        .column_by_name("exposed")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::BooleanArray>()
+        .unwrap()
+        .iter()
+        .collect::<Vec<_>>();
+    assert_eq!(col, vec![Some(true), Some(false), None, Some(true)]);
+    let text = format!("{report:?}");
+    assert!(text.contains("not true or false"), "{text}");
+    let schema = std::fs::read_to_string(dir.path().join("out.schema.toml")).unwrap();
+    assert!(
+        schema.contains("name = \"exposed\"\ntype = \"bool\"\nrole = \"dimension\""),
+        "{schema}"
+    );
+    let err = PrepareConfig::from_toml(&config.replace("\"bool\"", "\"date\"")).unwrap_err();
+    assert!(err.to_string().contains("string or bool"), "{err}");
+}
