@@ -26,7 +26,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             seed,
             out,
             schema_out,
-        } => crate::synth::write_party(&party, people, seed, &out, schema_out.as_deref()),
+            raw,
+        } => crate::synth::write_party(&party, people, seed, &out, schema_out.as_deref(), raw),
         Command::Whoami => {
             let w: WhoAmI = client(&g)?.get("/whoami").await?;
             if g.json {

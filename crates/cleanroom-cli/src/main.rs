@@ -94,9 +94,14 @@ pub enum Command {
         /// Output CSV file.
         #[arg(long)]
         out: PathBuf,
-        /// Also write the schema (TOML) to this file.
+        /// Also write the schema (TOML) to this file; with --raw, the `cleanroom prepare`
+        /// configuration for the file instead.
         #[arg(long)]
         schema_out: Option<PathBuf>,
+        /// Write raw first-party data (messy emails, phone numbers and device ids, exact ages)
+        /// for `cleanroom prepare`, instead of data already prepared for upload.
+        #[arg(long)]
+        raw: bool,
     },
     /// Who the token belongs to.
     Whoami,

@@ -545,6 +545,7 @@ pub fn write_party(
     seed: u64,
     out: &Path,
     schema_out: Option<&Path>,
+    raw: bool,
 ) -> Result<()> {
     if n < 10 {
         bail!("--people must be at least 10");
@@ -553,16 +554,25 @@ pub fn write_party(
     let ps = people(&u, seed);
     let mut f =
         std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let rows = write_csv(party, &u, &ps, seed, &mut f)?;
+    let rows = if raw {
+        write_raw_csv(party, &u, &ps, &raw_ids(&ps, seed), seed, &mut f)?
+    } else {
+        write_csv(party, &u, &ps, seed, &mut f)?
+    };
     if let Some(s) = schema_out {
-        let text = if party == "brand" {
-            BRAND_SCHEMA
-        } else {
-            PUBLISHER_SCHEMA
+        let text = match (party == "brand", raw) {
+            (true, false) => BRAND_SCHEMA,
+            (false, false) => PUBLISHER_SCHEMA,
+            (true, true) => crate::demo::BRAND_PREP,
+            (false, true) => crate::demo::PUBLISHER_PREP,
         };
         std::fs::write(s, text).with_context(|| format!("cannot write {}", s.display()))?;
     }
-    eprintln!("wrote {rows} {party} rows to {}", out.display());
+    eprintln!(
+        "wrote {rows} {}{party} rows to {}",
+        if raw { "raw " } else { "" },
+        out.display()
+    );
     Ok(())
 }
 
