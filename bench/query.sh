@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # An overlap-by-dimension query on two encrypted datasets, through the privacy layer (check,
 # bounding, exact thresholds, private group selection, noise) and as the same aggregate on plain
-# DataFusion over the same encrypted tables, side by side. Each run is its own process, so its
-# peak memory (VmHWM) is its own.
+# DataFusion over the same encrypted tables, side by side; the privacy layer both as served
+# (statistics skip bounding that cannot remove a row) and with bounding forced. Each run is its
+# own process, so its peak memory (VmHWM) is its own.
 #
 #   bash bench/query.sh [ROWS ...]          (default: 1000000 10000000; RUNS=3)
 #
@@ -27,7 +28,7 @@ for rows in "${SIZES[@]}"; do
     "$BIN" generate "$DIR" "$rows"
   fi
   for run in $(seq 1 "$RUNS"); do
-    for mode in private plain; do
+    for mode in private bounded plain; do
       line=$("$BIN" run "$DIR" "$mode")
       echo "$rows $line" | tee -a "$RESULTS" >&2
     done
@@ -40,13 +41,14 @@ for line in open(sys.argv[1]):
     rows, js = line.split(" ", 1)
     r = json.loads(js)
     runs[(int(rows), r["mode"])].append(r)
-print("| rows per dataset | privacy layer: median latency | plain DataFusion: median latency | ratio | privacy peak RSS | plain peak RSS | first-analysis statistics |")
-print("|---|---|---|---|---|---|---|")
+print("| rows per dataset | privacy layer (as served) | privacy layer, bounding forced | plain DataFusion | ratio served / plain | ratio forced / plain | peak RSS served / forced / plain | first-analysis statistics |")
+print("|---|---|---|---|---|---|---|---|")
+med = statistics.median
 for rows in sorted({k[0] for k in runs}):
-    p, q = runs[(rows, "private")], runs[(rows, "plain")]
-    mp = statistics.median(r["seconds"] for r in p)
-    mq = statistics.median(r["seconds"] for r in q)
-    print(f"| {rows:,} | {mp:.2f} s | {mq:.2f} s | {mp/mq:.2f}x | {statistics.median(r['peak_rss_mib'] for r in p):.0f} MiB | {statistics.median(r['peak_rss_mib'] for r in q):.0f} MiB | {statistics.median(r['stats_seconds'] for r in p):.2f} s |")
+    p, b, q = runs[(rows, "private")], runs[(rows, "bounded")], runs[(rows, "plain")]
+    mp, mb, mq = (med(r["seconds"] for r in x) for x in (p, b, q))
+    rss = " / ".join(f"{med(r['peak_rss_mib'] for r in x):.0f}" for x in (p, b, q))
+    print(f"| {rows:,} | {mp:.2f} s | {mb:.2f} s | {mq:.2f} s | {mp/mq:.2f}x | {mb/mq:.2f}x | {rss} MiB | {med(r['stats_seconds'] for r in p):.2f} s |")
 PY
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "date: $(date -u +%Y-%m-%d)"
