@@ -206,6 +206,8 @@ fn main() {
             .build()
             .unwrap()
             .block_on(run(Path::new(&args[2]), &args[3])),
-        _ => eprintln!("usage: overlap_bench generate <dir> <rows> | run <dir> private|bounded|plain"),
+        _ => eprintln!(
+            "usage: overlap_bench generate <dir> <rows> | run <dir> private|bounded|plain"
+        ),
     }
 }
