@@ -25,8 +25,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use crate::MetaError;
 use crate::store::{
-    ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant, LedgerRow, MetaStore, NewAudit,
-    StoredPolicy,
+    ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,
+    LedgerRow, MetaStore, NewAudit, StoredPolicy,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

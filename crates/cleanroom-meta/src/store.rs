@@ -325,8 +325,11 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Vec<ApprovalRow>, MetaError>;
 
     // --- activations ---
-    async fn create_activation(&self, row: &ActivationRow, audit: NewAudit)
-    -> Result<(), MetaError>;
+    async fn create_activation(
+        &self,
+        row: &ActivationRow,
+        audit: NewAudit,
+    ) -> Result<(), MetaError>;
     async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>, MetaError>;
     async fn list_activations(
         &self,

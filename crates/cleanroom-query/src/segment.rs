@@ -134,7 +134,11 @@ pub async fn matched_people(
             match a.data_type() {
                 DataType::Int64 if !a.is_null(0) => a.as_primitive::<Int64Type>().value(0),
                 DataType::Int64 => 0,
-                other => return Err(QueryError::Internal(format!("expected a count, got {other}"))),
+                other => {
+                    return Err(QueryError::Internal(format!(
+                        "expected a count, got {other}"
+                    )));
+                }
             }
         }
         None => 0,
@@ -161,7 +165,11 @@ pub async fn segment_ids(
     for b in collect(plan, partitions).await? {
         let a = arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(internal)?;
         let s = a.as_string::<i32>();
-        out.extend((0..s.len()).filter(|&i| !s.is_null(i)).map(|i| s.value(i).to_owned()));
+        out.extend(
+            (0..s.len())
+                .filter(|&i| !s.is_null(i))
+                .map(|i| s.value(i).to_owned()),
+        );
     }
     Ok(out)
 }

@@ -194,7 +194,11 @@ fn segment_response(seg: Segment, format: SegmentFormat) -> Response {
         ids,
     } = seg;
     let (media, ext, head) = match format {
-        SegmentFormat::Csv => ("text/csv; charset=utf-8", "csv", format!("{}\n", csv_field(&column))),
+        SegmentFormat::Csv => (
+            "text/csv; charset=utf-8",
+            "csv",
+            format!("{}\n", csv_field(&column)),
+        ),
         SegmentFormat::Jsonl => ("application/x-ndjson", "jsonl", String::new()),
     };
     let mut rest = ids.into_iter();

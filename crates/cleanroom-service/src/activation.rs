@@ -116,7 +116,11 @@ impl Stored {
                 .as_object()
                 .ok_or_else(bad)?
                 .iter()
-                .map(|(k, x)| x.as_str().map(|x| (k.clone(), x.to_owned())).ok_or_else(bad))
+                .map(|(k, x)| {
+                    x.as_str()
+                        .map(|x| (k.clone(), x.to_owned()))
+                        .ok_or_else(bad)
+                })
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -218,9 +222,7 @@ impl CleanRoom {
                 "a segment of your own dataset is not an activation",
             ));
         }
-        let Some((policy, rule)) =
-            policy.and_then(|p| p.activation.clone().map(|r| (p, r)))
-        else {
+        let Some((policy, rule)) = policy.and_then(|p| p.activation.clone().map(|r| (p, r))) else {
             return Err(refused(
                 "activation_not_allowed",
                 None,
@@ -260,8 +262,10 @@ impl CleanRoom {
                 ),
             ));
         }
-        for (col, what) in [(&req.target_key, "key_not_allowed"), (&req.output, "output_not_identifier")]
-        {
+        for (col, what) in [
+            (&req.target_key, "key_not_allowed"),
+            (&req.output, "output_not_identifier"),
+        ] {
             if tgt.schema.column(col).map(|c| c.role) != Some(ColumnRole::Identifier) {
                 return Err(refused(
                     what,

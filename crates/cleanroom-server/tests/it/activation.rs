@@ -10,7 +10,11 @@ use crate::*;
 fn crm(count: usize) -> String {
     let mut s = String::from("pid,email_hmac,city,n\n");
     for i in 0..count {
-        s.push_str(&format!("person-{i:06},secret-hash-{i:06},city{},{}\n", i % 3, i % 5));
+        s.push_str(&format!(
+            "person-{i:06},secret-hash-{i:06},city{},{}\n",
+            i % 3,
+            i % 5
+        ));
     }
     s
 }
@@ -157,7 +161,10 @@ async fn a_partner_downloads_its_own_identifiers_once_over_http() {
             None,
         )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let v = s
         .ok(
             Method::POST,
@@ -169,7 +176,10 @@ async fn a_partner_downloads_its_own_identifiers_once_over_http() {
     assert_eq!(v["status"], "approved");
     // The owner cannot download it.
     let (st, _, text) = s.segment(&brand, &id, &aid, "").await;
-    assert_eq!((st, code(&text).0.as_str()), (StatusCode::FORBIDDEN, "forbidden"));
+    assert_eq!(
+        (st, code(&text).0.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
     // The partner can, once: its own device ids, nothing of brand's.
     let (st, ct, text) = s.segment(&publisher, &id, &aid, "").await;
     assert_eq!(st, StatusCode::OK, "{text}");
@@ -207,7 +217,10 @@ async fn a_partner_downloads_its_own_identifiers_once_over_http() {
     )
     .await;
     let (st, _, text) = s.segment(&publisher, &id, &bid, "?format=xml").await;
-    assert_eq!((st, code(&text).0.as_str()), (StatusCode::BAD_REQUEST, "invalid_query"));
+    assert_eq!(
+        (st, code(&text).0.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_query")
+    );
     let (st, ct, text) = s.segment(&publisher, &id, &bid, "?format=jsonl").await;
     assert_eq!(st, StatusCode::OK, "{text}");
     assert_eq!(ct, "application/x-ndjson");
@@ -216,11 +229,26 @@ async fn a_partner_downloads_its_own_identifiers_once_over_http() {
     assert_eq!(first, json!({"maid": "maid-001000"}));
     // The audit log, readable by every member, has every step and no identifier.
     let entries = audit_after(&s, &brand, &id, 0).await;
-    for action in ["activation.request", "activation.approve", "activation.download", "activation.deliver"] {
+    for action in [
+        "activation.request",
+        "activation.approve",
+        "activation.download",
+        "activation.deliver",
+    ] {
         assert!(entries.iter().any(|e| e["action"] == action), "{action}");
     }
-    assert!(refused(&entries, "activation.download", "activation_consumed", "denied"));
-    assert!(refused(&entries, "activation.download", "activation_not_approved", "denied"));
+    assert!(refused(
+        &entries,
+        "activation.download",
+        "activation_consumed",
+        "denied"
+    ));
+    assert!(refused(
+        &entries,
+        "activation.download",
+        "activation_not_approved",
+        "denied"
+    ));
     let all = Value::Array(entries).to_string();
     assert!(!all.contains("maid-0") && !all.contains("secret-hash-"));
     // No GET of the API returns identifiers of either party, activations in place.
@@ -237,7 +265,10 @@ async fn a_partner_downloads_its_own_identifiers_once_over_http() {
         for token in [&brand, &publisher] {
             let (_, v) = s.call(Method::GET, &concrete, token, None).await;
             let text = v.to_string();
-            assert!(!text.contains("secret-hash-") && !text.contains("maid-0"), "{concrete}");
+            assert!(
+                !text.contains("secret-hash-") && !text.contains("maid-0"),
+                "{concrete}"
+            );
         }
     }
 }
@@ -248,7 +279,10 @@ async fn activation_denials_over_http() {
     let (s, brand, publisher, id) = setup(None).await;
     let (st, v) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    assert_eq!((v["code"].as_str(), v["rule"].as_str()), (Some("policy_violation"), Some("activation_not_allowed")));
+    assert_eq!(
+        (v["code"].as_str(), v["rule"].as_str()),
+        (Some("policy_violation"), Some("activation_not_allowed"))
+    );
     // A rule for someone else.
     s.ok(
         Method::PUT,
@@ -270,35 +304,56 @@ async fn activation_denials_over_http() {
                 Method::PUT,
                 &format!("/v1/collaborations/{id}/datasets/crm/policy"),
                 &brand,
-                Some(json!({"join_keys": ["email_hmac"], "dimensions": ["city"], "activation": bad})),
+                Some(
+                    json!({"join_keys": ["email_hmac"], "dimensions": ["city"], "activation": bad}),
+                ),
             )
             .await;
-        assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_input")), "{v}");
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_input")),
+            "{v}"
+        );
     }
     let v = s
         .ok(
             Method::PUT,
             &format!("/v1/collaborations/{id}/datasets/crm/policy"),
             &brand,
-            Some(json!({"join_keys": ["email_hmac"], "dimensions": ["city"], "activation": rule()})),
+            Some(
+                json!({"join_keys": ["email_hmac"], "dimensions": ["city"], "activation": rule()}),
+            ),
         )
         .await;
     assert_eq!(v["policy"]["activation"]["min_segment_size"], 500);
     let cases = [
-        (json!({"source": "crm", "target": "crm", "key": "email_hmac", "output": "email_hmac"}), "target_not_own"),
+        (
+            json!({"source": "crm", "target": "crm", "key": "email_hmac", "output": "email_hmac"}),
+            "target_not_own",
+        ),
         (ask(json!({}), "n"), "output_not_identifier"),
         (ask(json!({}), "uid"), "output_not_identifier"),
         (ask(json!({"n": "1"}), "maid"), "dimension_not_allowed"),
-        (json!({"source": "crm", "target": "audience", "key": "city:email_hmac", "output": "maid"}), "key_not_allowed"),
+        (
+            json!({"source": "crm", "target": "audience", "key": "city:email_hmac", "output": "maid"}),
+            "key_not_allowed",
+        ),
     ];
     for (body, rule) in cases {
         let (st, v) = s.activation(&publisher, &id, body).await;
-        assert_eq!((st, v["rule"].as_str()), (StatusCode::FORBIDDEN, Some(rule)), "{v}");
+        assert_eq!(
+            (st, v["rule"].as_str()),
+            (StatusCode::FORBIDDEN, Some(rule)),
+            "{v}"
+        );
     }
     let (st, v) = s
         .activation(&publisher, &id, json!({"source": "crm", "target": "audience", "key": "email_hmac", "output": "maid", "extra": 1}))
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_input")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_input"))
+    );
     // An outsider, and the operator, get not found.
     let outsider = s.org("outsider").await;
     for token in [&outsider, &s.op] {
@@ -319,9 +374,15 @@ async fn activation_denials_over_http() {
     .await;
     let (st, _, text) = s.segment(&publisher, &id, &aid, "").await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    assert_eq!(code(&text), ("policy_violation".into(), "segment_too_small".into()));
+    assert_eq!(
+        code(&text),
+        ("policy_violation".into(), "segment_too_small".into())
+    );
     let (st, _, text) = s.segment(&publisher, &id, &aid, "").await;
-    assert_eq!((st, code(&text).0.as_str()), (StatusCode::CONFLICT, "activation_consumed"));
+    assert_eq!(
+        (st, code(&text).0.as_str()),
+        (StatusCode::CONFLICT, "activation_consumed")
+    );
     // Rejected: not downloadable; deciding twice is a conflict.
     let (_, b) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
     let bid = b["id"].as_str().unwrap().to_owned();
@@ -342,9 +403,15 @@ async fn activation_denials_over_http() {
             None,
         )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
     let (st, _, text) = s.segment(&publisher, &id, &bid, "").await;
-    assert_eq!((st, code(&text).0.as_str()), (StatusCode::CONFLICT, "activation_not_approved"));
+    assert_eq!(
+        (st, code(&text).0.as_str()),
+        (StatusCode::CONFLICT, "activation_not_approved")
+    );
     // Approved, then the collaboration is closed: gone.
     let (_, c) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
     let cid = c["id"].as_str().unwrap().to_owned();
@@ -355,10 +422,18 @@ async fn activation_denials_over_http() {
         None,
     )
     .await;
-    s.ok(Method::POST, &format!("/v1/collaborations/{id}/close"), &brand, None)
-        .await;
+    s.ok(
+        Method::POST,
+        &format!("/v1/collaborations/{id}/close"),
+        &brand,
+        None,
+    )
+    .await;
     let (st, _, text) = s.segment(&publisher, &id, &cid, "").await;
-    assert_eq!((st, code(&text).0.as_str()), (StatusCode::GONE, "collaboration_closed"));
+    assert_eq!(
+        (st, code(&text).0.as_str()),
+        (StatusCode::GONE, "collaboration_closed")
+    );
     let entries = audit_after(&s, &brand, &id, 0).await;
     for c in ["policy_violation", "collaboration_closed"] {
         assert!(
@@ -368,5 +443,10 @@ async fn activation_denials_over_http() {
             "{c}"
         );
     }
-    assert!(refused(&entries, "activation.deliver", "policy_violation", "denied"));
+    assert!(refused(
+        &entries,
+        "activation.deliver",
+        "policy_violation",
+        "denied"
+    ));
 }

@@ -147,7 +147,10 @@ async fn a_partner_receives_its_own_identifiers_of_the_matched_segment_once() {
         .await
         .unwrap();
     assert_eq!(a.status, "pending");
-    assert_eq!((a.source_key.as_str(), a.target_key.as_str()), ("email_hmac", "email_hmac"));
+    assert_eq!(
+        (a.source_key.as_str(), a.target_key.as_str()),
+        ("email_hmac", "email_hmac")
+    );
     // Not before the owner approves.
     let e = f
         .room
@@ -198,7 +201,10 @@ async fn a_partner_receives_its_own_identifiers_of_the_matched_segment_once() {
         .unwrap_err();
     assert_eq!(e.code(), "activation_consumed");
     let v = f.room.get_activation(&f.brand, &id, &a.id).await.unwrap();
-    assert_eq!((v.status.as_str(), v.delivered), ("delivered", Some(want.len() as u64)));
+    assert_eq!(
+        (v.status.as_str(), v.delivered),
+        ("delivered", Some(want.len() as u64))
+    );
     // Everything is in the collaboration's chain; the filter value is not.
     let chain = f.chain(&f.brand, &id).await;
     for action in [
@@ -235,16 +241,19 @@ async fn a_partner_receives_its_own_identifiers_of_the_matched_segment_once() {
         .unwrap();
     assert_eq!(seg.ids.len(), 2000);
     // Both parties list both activations; nobody else sees them.
-    assert_eq!(f.room.list_activations(&f.brand, &id).await.unwrap().len(), 2);
     assert_eq!(
-        f.room.list_activations(&f.publisher, &id).await.unwrap().len(),
+        f.room.list_activations(&f.brand, &id).await.unwrap().len(),
         2
     );
-    let e = f
-        .room
-        .list_activations(&f.outsider, &id)
-        .await
-        .unwrap_err();
+    assert_eq!(
+        f.room
+            .list_activations(&f.publisher, &id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let e = f.room.list_activations(&f.outsider, &id).await.unwrap_err();
     assert_eq!(e.code(), "not_found");
 }
 
@@ -261,7 +270,12 @@ async fn requests_outside_the_owners_rule_are_refused_and_audited() {
     assert_eq!(rule_of(&e), Some("activation_not_allowed"));
     // A rule that lists another organisation.
     f.room
-        .set_policy(&f.brand, &id, "crm", owner_policy(Some(rule(&["outsider"]))))
+        .set_policy(
+            &f.brand,
+            &id,
+            "crm",
+            owner_policy(Some(rule(&["outsider"]))),
+        )
         .await
         .unwrap();
     let e = f
@@ -271,7 +285,12 @@ async fn requests_outside_the_owners_rule_are_refused_and_audited() {
         .unwrap_err();
     assert_eq!(rule_of(&e), Some("activation_not_allowed"));
     f.room
-        .set_policy(&f.brand, &id, "crm", owner_policy(Some(rule(&["publisher"]))))
+        .set_policy(
+            &f.brand,
+            &id,
+            "crm",
+            owner_policy(Some(rule(&["publisher"]))),
+        )
         .await
         .unwrap();
     let cases: Vec<(ActivationRequest, &str)> = vec![
@@ -340,7 +359,13 @@ async fn requests_outside_the_owners_rule_are_refused_and_audited() {
         .filter(|e| e.action == "activation.request" && e.outcome == Outcome::Denied)
         .count();
     assert_eq!(denied, 10);
-    assert!(f.room.list_activations(&f.publisher, &id).await.unwrap().is_empty());
+    assert!(
+        f.room
+            .list_activations(&f.publisher, &id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -375,7 +400,11 @@ async fn a_small_segment_is_refused_without_its_size_and_uses_the_approval() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), "activation_consumed");
-    let v = f.room.get_activation(&f.publisher, &id, &a.id).await.unwrap();
+    let v = f
+        .room
+        .get_activation(&f.publisher, &id, &a.id)
+        .await
+        .unwrap();
     assert_eq!((v.status.as_str(), v.delivered), ("too_small", None));
     let chain = f.chain(&f.brand, &id).await;
     assert!(chain.iter().any(|e| e.action == "activation.deliver"
@@ -463,7 +492,11 @@ async fn rejected_changed_and_closed_activations_deliver_nothing() {
         .await
         .unwrap_err();
     assert_eq!(rule_of(&e), Some("activation_not_allowed"));
-    let v = f.room.get_activation(&f.publisher, &id, &b.id).await.unwrap();
+    let v = f
+        .room
+        .get_activation(&f.publisher, &id, &b.id)
+        .await
+        .unwrap();
     assert_eq!(v.status, "approved");
     // Unknown and malformed ids look the same.
     for bad in ["not-an-id", "00000000-0000-4000-8000-000000000000"] {
@@ -476,7 +509,12 @@ async fn rejected_changed_and_closed_activations_deliver_nothing() {
     }
     // After the collaboration is closed, nothing is delivered.
     f.room
-        .set_policy(&f.brand, &id, "crm", owner_policy(Some(rule(&["publisher"]))))
+        .set_policy(
+            &f.brand,
+            &id,
+            "crm",
+            owner_policy(Some(rule(&["publisher"]))),
+        )
         .await
         .unwrap();
     f.room.close_collaboration(&f.brand, &id).await.unwrap();
