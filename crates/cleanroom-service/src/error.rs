@@ -72,7 +72,7 @@ impl ServiceError {
             ServiceError::Gone(_) => "collaboration_closed",
             ServiceError::PolicyRefused { .. } => "policy_violation",
             ServiceError::BudgetExhausted(_) => "budget_exhausted",
-            ServiceError::GrantState { code, .. } => *code,
+            ServiceError::GrantState { code, .. } => code,
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::Internal(_) => "internal",
         }
