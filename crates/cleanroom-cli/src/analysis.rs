@@ -171,6 +171,15 @@ column = "revenue"
 lower = 0
 upper = 2000
 precision = 2
+
+# Activation (optional; without it nobody can): partners that may receive the matched
+# segment of this dataset as THEIR OWN identifiers, once per approval by you, when it stands
+# for at least min_segment_size of your people (default 1000, at least min_group_size),
+# narrowed only by the dimensions listed. See `cleanroom activation`.
+# [activation]
+# partners = ["daily-planet"]
+# min_segment_size = 1000
+# dimensions = ["region"]
 "#;
 
 pub fn read_policy(path: &PathBuf) -> Result<PolicyWire> {
@@ -262,6 +271,17 @@ fn show_policy(p: &PolicyOut, json: bool) -> Result<()> {
                 ],
                 vec!["analysts".into(), w.analysts.join(", ")],
                 vec!["receivers".into(), w.receivers.join(", ")],
+                vec![
+                    "activation".into(),
+                    w.activation.as_ref().map_or("none".into(), |a| {
+                        format!(
+                            "partners {}; minimum segment {}; dimensions {}",
+                            a.partners.join(", "),
+                            a.min_segment_size.map_or("-".into(), |n| n.to_string()),
+                            a.dimensions.join(", ")
+                        )
+                    }),
+                ],
             ],
         )
     );

@@ -145,6 +145,54 @@ impl Client {
         self.send::<()>(self.request(Method::DELETE, path)).await
     }
 
+    /// POSTs to `path` and streams the answer's body into `dest` atomically: a temporary file
+    /// next to it (owner-only permissions), fsynced, then renamed over `dest`. A failure leaves
+    /// no partial file. Returns the number of bytes written.
+    pub async fn download_to(&self, path: &str, dest: &Path) -> Result<u64> {
+        use std::io::Write;
+        let resp = self
+            .request(Method::POST, path)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("request to {} failed: {e}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.context("reading the server's answer")?;
+            return Err(ApiFailure {
+                status,
+                problem: serde_json::from_str(&body).ok(),
+                body,
+            }
+            .into());
+        }
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        // NamedTempFile is created 0600 and deleted if we fail before persisting it.
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let mut written = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .context("the download was cut short; nothing was written")?
+        {
+            tmp.write_all(&chunk)
+                .with_context(|| format!("cannot write into {}", dir.display()))?;
+            written += chunk.len() as u64;
+        }
+        tmp.as_file().sync_all()?;
+        tmp.persist(dest)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        #[cfg(unix)]
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(written)
+    }
+
     /// Streams a CSV or Parquet file into a declared dataset, with a progress bar on stderr.
     /// Parquet is converted to an Arrow IPC stream on the fly so neither side holds it whole.
     pub async fn upload(

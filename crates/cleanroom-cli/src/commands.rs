@@ -61,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Query(a) => crate::analysis::query(&client(&g)?, g.json, a).await,
         Command::Analysis(c) => crate::analysis::analysis(&client(&g)?, g.json, c).await,
         Command::Template(c) => crate::analysis::template(&client(&g)?, g.json, c).await,
+        Command::Activation(c) => crate::activation::activation(&client(&g)?, g.json, c).await,
         Command::Prepare(_) => bail!("prepare runs before the async runtime starts"),
     }
 }

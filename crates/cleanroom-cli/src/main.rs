@@ -1,5 +1,6 @@
 //! `cleanroom`: the clean room's server and its command-line client in one binary.
 
+mod activation;
 mod analysis;
 mod client;
 mod commands;
@@ -137,6 +138,10 @@ pub enum Command {
     /// Ready-made analyses: list, approve, run.
     #[command(subcommand)]
     Template(analysis::TemplateCmd),
+    /// Activations: a partner receives a matched segment as its own identifiers, once per
+    /// approval by the data owner.
+    #[command(subcommand, alias = "activations")]
+    Activation(activation::ActivationCmd),
     /// Prepare a CSV or Parquet file on premises: normalise and pseudonymise identifiers,
     /// generalise quasi-identifiers, assess re-identification risk. Needs no server.
     Prepare(prepare::PrepareArgs),

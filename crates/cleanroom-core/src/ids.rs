@@ -75,6 +75,11 @@ id_type!(
     AnalysisId,
     "analysis id"
 );
+id_type!(
+    /// A partner's request to receive a matched segment as its own identifiers.
+    ActivationId,
+    "activation id"
+);
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,10 @@ pub const MAX_CONTRIBUTION_BOUND: u32 = 1000;
 pub const MAX_FIXED_POINT_BOUND: f64 = 1e9;
 /// Most decimal digits a metric keeps.
 pub const MAX_PRECISION: u8 = 6;
+/// Default minimum number of distinct people of the source dataset behind an activated segment.
+pub const DEFAULT_MIN_SEGMENT_SIZE: u32 = 1000;
+/// Largest minimum segment size an owner may set.
+pub const MAX_MIN_SEGMENT_SIZE: u32 = 100_000_000;
 
 /// An aggregate function a metric may be used with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,6 +117,39 @@ impl MetricRule {
     }
 }
 
+/// The owner's list rule: which partners may receive a matched segment of this dataset as
+/// their own record identifiers (an "activation"), how large it must be, and which dimensions
+/// may narrow it. Each activation still needs the owner's approval and is delivered once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationRule {
+    /// Organisations (never the owner itself) that may ask for segments.
+    pub partners: Vec<OrgName>,
+    /// A segment must stand for at least this many distinct people of this dataset (its
+    /// privacy unit); at least the policy's `min_group_size`.
+    pub min_segment_size: u32,
+    /// Dimensions of the policy a segment may be filtered by (each with one value).
+    pub dimensions: Vec<ColumnName>,
+}
+
+impl ActivationRule {
+    pub fn allows_partner(&self, org: &OrgName) -> bool {
+        self.partners.contains(org)
+    }
+
+    pub fn allows_dimension(&self, column: &str) -> bool {
+        self.dimensions.iter().any(|c| c.as_str() == column)
+    }
+}
+
+/// The activation rule as written by its owner.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActivationDraft {
+    pub partners: Vec<String>,
+    /// None: [`DEFAULT_MIN_SEGMENT_SIZE`] (or the policy's `min_group_size` if larger).
+    pub min_segment_size: Option<u32>,
+    pub dimensions: Vec<String>,
+}
+
 /// A validated analysis policy for one dataset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalysisPolicy {
@@ -136,6 +173,8 @@ pub struct AnalysisPolicy {
     pub analysts: Vec<OrgName>,
     /// Organisations (besides the owner) that may receive results touching this dataset.
     pub receivers: Vec<OrgName>,
+    /// Who may receive matched segments as their own identifiers (none without a rule).
+    pub activation: Option<ActivationRule>,
 }
 
 /// A metric rule as written by its owner.
@@ -163,6 +202,7 @@ pub struct PolicyDraft {
     pub allow_sql: Option<bool>,
     pub analysts: Vec<String>,
     pub receivers: Vec<String>,
+    pub activation: Option<ActivationDraft>,
 }
 
 fn column_with_role(
@@ -298,6 +338,11 @@ impl AnalysisPolicy {
         let receivers = orgs(&draft.receivers)?;
         unique("analyst", &analysts)?;
         unique("receiver", &receivers)?;
+        let activation = draft
+            .activation
+            .as_ref()
+            .map(|a| validate_activation(a, &dimensions, min_group_size))
+            .transpose()?;
         Ok(AnalysisPolicy {
             join_keys,
             dimensions,
@@ -309,6 +354,7 @@ impl AnalysisPolicy {
             allow_sql: draft.allow_sql.unwrap_or(true),
             analysts,
             receivers,
+            activation,
         })
     }
 
@@ -358,8 +404,68 @@ impl AnalysisPolicy {
             allow_sql: Some(self.allow_sql),
             analysts: self.analysts.iter().map(|o| o.to_string()).collect(),
             receivers: self.receivers.iter().map(|o| o.to_string()).collect(),
+            activation: self.activation.as_ref().map(|a| ActivationDraft {
+                partners: a.partners.iter().map(|o| o.to_string()).collect(),
+                min_segment_size: Some(a.min_segment_size),
+                dimensions: a.dimensions.iter().map(|c| c.to_string()).collect(),
+            }),
         }
     }
+}
+
+/// Partners must be named, at least one; the minimum segment size is at least the policy's
+/// minimum group size; dimensions must be dimensions of the policy. Whether a partner is a
+/// member with the receive ability is checked when it asks (membership changes over time).
+fn validate_activation(
+    a: &ActivationDraft,
+    policy_dimensions: &[ColumnName],
+    min_group_size: u32,
+) -> Result<ActivationRule, CoreError> {
+    let partners = a
+        .partners
+        .iter()
+        .map(|o| OrgName::parse(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    if partners.is_empty() {
+        return Err(CoreError::invalid(
+            "activation",
+            "name at least one partner (or leave the activation rule out)",
+        ));
+    }
+    unique("activation partner", &partners)?;
+    let min_segment_size = a
+        .min_segment_size
+        .unwrap_or(DEFAULT_MIN_SEGMENT_SIZE.max(min_group_size));
+    if min_segment_size < min_group_size || min_segment_size > MAX_MIN_SEGMENT_SIZE {
+        return Err(CoreError::invalid(
+            "activation",
+            format!(
+                "min_segment_size must be between the policy's min_group_size ({min_group_size}) and {MAX_MIN_SEGMENT_SIZE}"
+            ),
+        ));
+    }
+    let dimensions = a
+        .dimensions
+        .iter()
+        .map(|d| {
+            policy_dimensions
+                .iter()
+                .find(|c| c.as_str() == d)
+                .cloned()
+                .ok_or_else(|| {
+                    CoreError::invalid(
+                        "activation",
+                        format!("{d:?} is not a dimension of this policy"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    unique("activation dimension", &dimensions)?;
+    Ok(ActivationRule {
+        partners,
+        min_segment_size,
+        dimensions,
+    })
 }
 
 #[cfg(test)]
@@ -461,5 +567,64 @@ mod tests {
         assert!(bad(&|d| d.max_rows_per_key = Some(5000)).contains("between 1"));
         assert!(bad(&|d| d.receivers = vec!["../x".into()]).contains("organisation name"));
         assert!(bad(&|d| d.dimensions = vec!["region".into(), "region".into()]).contains("twice"));
+    }
+
+    #[test]
+    fn activation_rules_are_checked_against_the_policy() {
+        let with = |a: ActivationDraft| {
+            AnalysisPolicy::validate(
+                &PolicyDraft {
+                    activation: Some(a),
+                    ..draft()
+                },
+                &schema(),
+            )
+        };
+        let ok = with(ActivationDraft {
+            partners: vec!["publisher".into()],
+            dimensions: vec!["region".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let rule = ok.activation.clone().unwrap();
+        assert_eq!(rule.min_segment_size, DEFAULT_MIN_SEGMENT_SIZE);
+        assert!(rule.allows_partner(&OrgName::parse("publisher").unwrap()));
+        assert!(rule.allows_dimension("region") && !rule.allows_dimension("purchases"));
+        assert_eq!(
+            AnalysisPolicy::validate(&ok.to_draft(), &schema()).unwrap(),
+            ok
+        );
+        let err = |a: ActivationDraft| with(a).unwrap_err().to_string();
+        assert!(err(ActivationDraft::default()).contains("at least one partner"));
+        assert!(
+            err(ActivationDraft {
+                partners: vec!["publisher".into()],
+                min_segment_size: Some(10),
+                ..Default::default()
+            })
+            .contains("min_group_size (50)")
+        );
+        assert!(
+            err(ActivationDraft {
+                partners: vec!["publisher".into()],
+                dimensions: vec!["purchases".into()],
+                ..Default::default()
+            })
+            .contains("not a dimension")
+        );
+        assert!(
+            err(ActivationDraft {
+                partners: vec!["publisher".into(), "publisher".into()],
+                ..Default::default()
+            })
+            .contains("twice")
+        );
+        // Without a rule, nobody may activate.
+        assert!(
+            AnalysisPolicy::validate(&draft(), &schema())
+                .unwrap()
+                .activation
+                .is_none()
+        );
     }
 }

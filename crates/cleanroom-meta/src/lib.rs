@@ -12,6 +12,6 @@ mod store;
 pub use error::MetaError;
 pub use sqlite::{SqliteStore, now};
 pub use store::{
-    AnalysisRow, ApprovalRow, Authenticated, Charge, Grant, LedgerRow, MetaStore, NewAudit,
-    StoredPolicy,
+    ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,
+    LedgerRow, MetaStore, NewAudit, StoredPolicy,
 };

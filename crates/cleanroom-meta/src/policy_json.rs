@@ -1,13 +1,13 @@
 //! The stored form of a policy: JSON written and read by hand, so the domain types need no
 //! serde and the stored format changes only here.
 
-use cleanroom_core::policy::{MetricDraft, PolicyDraft};
+use cleanroom_core::policy::{ActivationDraft, MetricDraft, PolicyDraft};
 use serde_json::{Value, json};
 
 use crate::MetaError;
 
 pub fn encode(d: &PolicyDraft) -> String {
-    json!({
+    let mut v = json!({
         "join_keys": d.join_keys,
         "dimensions": d.dimensions,
         "metrics": d.metrics.iter().map(|m| json!({
@@ -21,8 +21,16 @@ pub fn encode(d: &PolicyDraft) -> String {
         "allow_sql": d.allow_sql,
         "analysts": d.analysts,
         "receivers": d.receivers,
-    })
-    .to_string()
+    });
+    // Versions stored before activation rules existed have no such key: absent means none.
+    if let Some(a) = &d.activation {
+        v["activation"] = json!({
+            "partners": a.partners,
+            "min_segment_size": a.min_segment_size,
+            "dimensions": a.dimensions,
+        });
+    }
+    v.to_string()
 }
 
 fn corrupt(key: &str) -> MetaError {
@@ -92,6 +100,14 @@ pub fn decode(s: &str) -> Result<PolicyDraft, MetaError> {
         allow_sql: opt_bool(&v, "allow_sql")?,
         analysts: strings(&v, "analysts")?,
         receivers: strings(&v, "receivers")?,
+        activation: match &v["activation"] {
+            Value::Null => None,
+            a => Some(ActivationDraft {
+                partners: strings(a, "partners")?,
+                min_segment_size: opt_u32(a, "min_segment_size")?,
+                dimensions: strings(a, "dimensions")?,
+            }),
+        },
     })
 }
 
@@ -118,8 +134,19 @@ mod tests {
             allow_sql: None,
             analysts: vec!["brand".into()],
             receivers: vec![],
+            activation: None,
         };
         assert_eq!(decode(&encode(&d)).unwrap(), d);
+        let with_rule = PolicyDraft {
+            activation: Some(ActivationDraft {
+                partners: vec!["publisher".into()],
+                min_segment_size: Some(2000),
+                dimensions: vec!["region".into()],
+            }),
+            ..d.clone()
+        };
+        assert_eq!(decode(&encode(&with_rule)).unwrap(), with_rule);
+        assert!(!encode(&d).contains("activation"));
         assert!(decode("{}").is_err());
         assert!(decode("not json").is_err());
     }

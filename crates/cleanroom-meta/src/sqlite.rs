@@ -25,8 +25,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use crate::MetaError;
 use crate::store::{
-    AnalysisRow, ApprovalRow, Authenticated, Charge, Grant, LedgerRow, MetaStore, NewAudit,
-    StoredPolicy,
+    ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,
+    LedgerRow, MetaStore, NewAudit, StoredPolicy,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1307,6 +1307,100 @@ impl MetaStore for SqliteStore {
             .collect()
     }
 
+    async fn create_activation(
+        &self,
+        row: &ActivationRow,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO activations (id, collaboration_id, org_id, actor, source_dataset_id,
+                 target_dataset_id, request, policy_version, status, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+        )
+        .bind(&row.id)
+        .bind(row.collaboration_id.to_string())
+        .bind(row.org_id.to_string())
+        .bind(&row.actor)
+        .bind(row.source_dataset_id.to_string())
+        .bind(row.target_dataset_id.to_string())
+        .bind(&row.request)
+        .bind(i64::from(row.policy_version))
+        .bind(&row.created_at)
+        .execute(&mut *tx)
+        .await?;
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ACTIVATION_SELECT} WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(activation_from)
+        .transpose()
+    }
+
+    async fn list_activations(
+        &self,
+        collab: CollaborationId,
+    ) -> Result<Vec<ActivationRow>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ACTIVATION_SELECT} WHERE collaboration_id = ? ORDER BY created_at, id"
+        )))
+        .bind(collab.to_string())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(activation_from)
+        .collect()
+    }
+
+    async fn move_activation(
+        &self,
+        id: &str,
+        mv: ActivationMove<'_>,
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        let at = now();
+        // Check and move in one statement: of two racing moves out of the same state, the
+        // single writer connection lets exactly one match.
+        let done = sqlx::query(
+            "UPDATE activations SET status = ?,
+                 decided_by = COALESCE(?, decided_by),
+                 decided_at = CASE WHEN ? IS NULL THEN decided_at ELSE ? END,
+                 delivered = COALESCE(?, delivered),
+                 finished_at = CASE WHEN ? THEN ? ELSE finished_at END
+             WHERE id = ? AND status = ?",
+        )
+        .bind(mv.to)
+        .bind(mv.decided_by)
+        .bind(mv.decided_by)
+        .bind(&at)
+        .bind(mv.delivered.map(|n| n as i64))
+        .bind(mv.finished)
+        .bind(&at)
+        .bind(id)
+        .bind(mv.from)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::Conflict(format!(
+                "activation {id} is not {}",
+                mv.from
+            )));
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError> {
         Ok(
             sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")
@@ -1436,6 +1530,39 @@ fn analysis_from(r: &SqliteRow) -> Result<AnalysisRow, MetaError> {
         result: r.try_get("result")?,
         error: r.try_get("error")?,
         reused_from: r.try_get("reused_from")?,
+        created_at: r.try_get("created_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+const ACTIVATION_SELECT: &str = "SELECT id, collaboration_id, org_id, actor, source_dataset_id,
+    target_dataset_id, request, policy_version, status, decided_by, decided_at, delivered,
+    created_at, finished_at FROM activations";
+
+fn activation_from(r: &SqliteRow) -> Result<ActivationRow, MetaError> {
+    let version: i64 = r.try_get("policy_version")?;
+    let delivered: Option<i64> = r.try_get("delivered")?;
+    Ok(ActivationRow {
+        id: r.try_get("id")?,
+        collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
+            .map_err(corrupt("activation collaboration"))?,
+        org_id: OrgId::parse(&r.try_get::<String, _>("org_id")?)
+            .map_err(corrupt("activation org"))?,
+        actor: r.try_get("actor")?,
+        source_dataset_id: DatasetId::parse(&r.try_get::<String, _>("source_dataset_id")?)
+            .map_err(corrupt("activation source"))?,
+        target_dataset_id: DatasetId::parse(&r.try_get::<String, _>("target_dataset_id")?)
+            .map_err(corrupt("activation target"))?,
+        request: r.try_get("request")?,
+        policy_version: u32::try_from(version)
+            .map_err(|_| MetaError::Corrupt("activation policy version".into()))?,
+        status: r.try_get("status")?,
+        decided_by: r.try_get("decided_by")?,
+        decided_at: r.try_get("decided_at")?,
+        delivered: delivered
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| MetaError::Corrupt("activation delivered is negative".into()))?,
         created_at: r.try_get("created_at")?,
         finished_at: r.try_get("finished_at")?,
     })

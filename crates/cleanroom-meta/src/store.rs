@@ -90,6 +90,41 @@ pub struct ApprovalRow {
     pub approved_at: String,
 }
 
+/// An activation as stored. `request` is JSON written by the service; the store does not
+/// interpret it. `delivered` is the number of identifiers delivered (set with `delivered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationRow {
+    pub id: String,
+    pub collaboration_id: CollaborationId,
+    /// The partner that asked.
+    pub org_id: OrgId,
+    pub actor: String,
+    pub source_dataset_id: DatasetId,
+    pub target_dataset_id: DatasetId,
+    pub request: String,
+    /// The source policy version the request was checked against.
+    pub policy_version: u32,
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    pub delivered: Option<u64>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// One forward move of an activation's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivationMove<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    /// Recorded as the decision's author (approve, reject).
+    pub decided_by: Option<&'a str>,
+    /// Recorded with a delivery.
+    pub delivered: Option<u64>,
+    /// Sets `finished_at`.
+    pub finished: bool,
+}
+
 /// What a token resolves to.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
@@ -288,6 +323,26 @@ pub trait MetaStore: Send + Sync + 'static {
         &self,
         collab: CollaborationId,
     ) -> Result<Vec<ApprovalRow>, MetaError>;
+
+    // --- activations ---
+    async fn create_activation(
+        &self,
+        row: &ActivationRow,
+        audit: NewAudit,
+    ) -> Result<(), MetaError>;
+    async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>, MetaError>;
+    async fn list_activations(
+        &self,
+        collab: CollaborationId,
+    ) -> Result<Vec<ActivationRow>, MetaError>;
+    /// Moves an activation from `mv.from` to `mv.to` in one conditional statement, with its
+    /// audit entry; `Conflict` (and nothing changes) unless it is in `mv.from`.
+    async fn move_activation(
+        &self,
+        id: &str,
+        mv: ActivationMove<'_>,
+        audit: NewAudit,
+    ) -> Result<(), MetaError>;
 
     // --- settings ---
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError>;

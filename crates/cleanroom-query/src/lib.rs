@@ -19,6 +19,7 @@ mod error;
 pub mod provider;
 pub mod release;
 pub mod rewrite;
+pub mod segment;
 pub mod spec;
 pub mod templates;
 

@@ -2,6 +2,7 @@
 //! problem details, and an OpenAPI document generated from the handlers at `/v1/openapi.json`.
 //! Only this crate knows JSON over HTTP.
 
+pub mod activation;
 pub mod analysis;
 mod auth;
 pub mod problem;
@@ -97,7 +98,7 @@ impl Modify for ProblemResponses {
 /// The OpenAPI document of `/v1`, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "cleanroom", description = "A self-hostable data clean room. Only protected aggregates leave the room; no endpoint returns dataset rows."),
+    info(title = "cleanroom", description = "A self-hostable data clean room. Only protected aggregates leave the room; no endpoint returns dataset rows, except a partner's own identifiers through an approved activation."),
     paths(
         v1::health, v1::whoami, v1::list_orgs, v1::create_org, v1::list_users, v1::create_user,
         v1::list_tokens, v1::create_token, v1::revoke_token,
@@ -108,6 +109,8 @@ impl Modify for ProblemResponses {
         analysis::set_policy, analysis::get_policy, analysis::budgets, analysis::grant,
         analysis::query, analysis::list_analyses, analysis::get_analysis, analysis::templates,
         analysis::approvals, analysis::approve, analysis::revoke, analysis::run_template,
+        activation::request, activation::list, activation::get, activation::approve,
+        activation::reject, activation::segment,
     ),
     modifiers(&BearerAuth, &ProblemResponses),
     tags(
@@ -115,6 +118,7 @@ impl Modify for ProblemResponses {
         (name = "collaborations"), (name = "datasets", description = "declared schemas and encrypted uploads; never rows"),
         (name = "audit", description = "hash-chained audit logs"),
         (name = "analyses", description = "policies, privacy budgets, SQL and template analyses; only thresholded, differentially private aggregates"),
+        (name = "activations", description = "a partner receives a matched segment as its own identifiers: allowed by the owner's policy, approved by the owner, delivered once"),
     )
 )]
 pub struct ApiDoc;
@@ -195,6 +199,26 @@ pub fn app(room: CleanRoom) -> Router {
         .route(
             "/collaborations/{id}/templates/{template}/runs",
             post(analysis::run_template),
+        )
+        .route(
+            "/collaborations/{id}/activations",
+            get(activation::list).post(activation::request),
+        )
+        .route(
+            "/collaborations/{id}/activations/{activation}",
+            get(activation::get),
+        )
+        .route(
+            "/collaborations/{id}/activations/{activation}/approve",
+            post(activation::approve),
+        )
+        .route(
+            "/collaborations/{id}/activations/{activation}/reject",
+            post(activation::reject),
+        )
+        .route(
+            "/collaborations/{id}/activations/{activation}/segment",
+            post(activation::segment),
         );
     Router::new()
         .nest("/v1", api)

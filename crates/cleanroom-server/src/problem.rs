@@ -38,7 +38,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Conflict(_) | ServiceError::GrantState { .. } => StatusCode::CONFLICT,
             ServiceError::InvalidInput(_) => StatusCode::BAD_REQUEST,
             ServiceError::InvalidData { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -31,7 +31,7 @@ type R<T> = Result<T, ApiError>;
 
 /// Answers a request refused here, before any use case, after reporting it to the service for
 /// the audit log. `rule` is what the log keeps: the broken rule, never the input.
-async fn rejected(
+pub(crate) async fn rejected(
     room: &CleanRoom,
     p: &Principal,
     action: &str,

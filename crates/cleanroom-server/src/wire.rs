@@ -452,6 +452,25 @@ pub struct PolicyWire {
     /// Organisations besides the owner that may receive results touching it.
     #[serde(default)]
     pub receivers: Vec<String>,
+    /// Who may receive matched segments as their own identifiers (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<ActivationRuleWire>,
+}
+
+/// An owner's activation (list) rule: partners that may receive the matched segment of the
+/// dataset as their own identifiers, once per approval.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationRuleWire {
+    /// Organisations that may ask for segments (at least one; never the owner).
+    pub partners: Vec<String>,
+    /// Distinct people of this dataset a segment must stand for (default 1000, at least
+    /// `min_group_size`).
+    #[serde(default)]
+    pub min_segment_size: Option<u32>,
+    /// Dimensions of the policy a segment may be narrowed by.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
 }
 
 impl PolicyWire {
@@ -477,6 +496,14 @@ impl PolicyWire {
             allow_sql: self.allow_sql,
             analysts: self.analysts.clone(),
             receivers: self.receivers.clone(),
+            activation: self
+                .activation
+                .as_ref()
+                .map(|a| cleanroom_core::policy::ActivationDraft {
+                    partners: a.partners.clone(),
+                    min_segment_size: a.min_segment_size,
+                    dimensions: a.dimensions.clone(),
+                }),
         }
     }
 
@@ -503,6 +530,11 @@ impl PolicyWire {
             allow_sql: d.allow_sql,
             analysts: d.analysts,
             receivers: d.receivers,
+            activation: d.activation.map(|a| ActivationRuleWire {
+                partners: a.partners,
+                min_segment_size: a.min_segment_size,
+                dimensions: a.dimensions,
+            }),
         }
     }
 }
@@ -807,6 +839,79 @@ impl From<&cleanroom_service::ApprovalView> for ApprovalOut {
             version: a.version,
             approved_by: a.approved_by.clone(),
             approved_at: a.approved_at.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- activations
+
+/// A partner asks for the matched segment of an owner's dataset as its own identifiers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationIn {
+    /// The owner's dataset (its policy must list you as an activation partner).
+    pub source: String,
+    /// Your own dataset, whose identifiers you receive.
+    pub target: String,
+    /// `column` (same name on both sides) or `source_column:target_column`: a join key of the
+    /// source's policy and an identifier column of your dataset.
+    pub key: String,
+    /// `dimension → value` conditions on the source, on dimensions the rule allows.
+    #[serde(default)]
+    pub filter: std::collections::BTreeMap<String, String>,
+    /// The identifier column of your dataset whose values are delivered.
+    pub output: String,
+}
+
+/// An activation, as its partner and the source's owner see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ActivationOut {
+    pub id: String,
+    pub partner: String,
+    pub requested_by: String,
+    pub source: String,
+    pub source_owner: String,
+    pub target: String,
+    pub source_key: String,
+    pub target_key: String,
+    pub filter: std::collections::BTreeMap<String, String>,
+    pub output: String,
+    /// The source policy version the request was checked against.
+    pub policy_version: u32,
+    /// `pending`, `approved`, `rejected`, `consumed`, `delivered`, `too_small` or `failed`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// Identifiers delivered (your own), once delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+impl From<&cleanroom_service::ActivationView> for ActivationOut {
+    fn from(a: &cleanroom_service::ActivationView) -> Self {
+        ActivationOut {
+            id: a.id.clone(),
+            partner: a.partner.to_string(),
+            requested_by: a.requested_by.clone(),
+            source: a.source.to_string(),
+            source_owner: a.source_owner.to_string(),
+            target: a.target.to_string(),
+            source_key: a.source_key.clone(),
+            target_key: a.target_key.clone(),
+            filter: a.filter.clone(),
+            output: a.output.clone(),
+            policy_version: a.policy_version,
+            status: a.status.clone(),
+            decided_by: a.decided_by.clone(),
+            decided_at: a.decided_at.clone(),
+            delivered: a.delivered,
+            created_at: a.created_at.clone(),
+            finished_at: a.finished_at.clone(),
         }
     }
 }

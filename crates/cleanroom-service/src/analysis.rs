@@ -142,7 +142,7 @@ pub struct ApprovalView {
     pub approved_at: String,
 }
 
-fn query_error(e: QueryError) -> ServiceError {
+pub(crate) fn query_error(e: QueryError) -> ServiceError {
     match e {
         QueryError::Invalid(m) => {
             ServiceError::InvalidInput(format!("the query is not valid SQL here: {m}"))
@@ -749,7 +749,7 @@ impl CleanRoom {
 
     /// The datasets of a collaboration that analyses may use: ready ones, with their policies
     /// (and their decryption handles when `with_data`).
-    async fn catalog(
+    pub(crate) async fn catalog(
         &self,
         c: &Collaboration,
         with_data: bool,

@@ -40,6 +40,10 @@ pub enum ServiceError {
         column: Option<String>,
         message: String,
     },
+    /// A one-time grant is not in a state that allows this: an activation not (yet) approved
+    /// (`activation_not_approved`) or already used (`activation_consumed`). `code` is stable.
+    #[error("{message}")]
+    GrantState { code: &'static str, message: String },
     /// A privacy budget cannot pay for an analysis (exhausted, or above the per-query cap).
     #[error("{0}")]
     BudgetExhausted(String),
@@ -68,6 +72,7 @@ impl ServiceError {
             ServiceError::Gone(_) => "collaboration_closed",
             ServiceError::PolicyRefused { .. } => "policy_violation",
             ServiceError::BudgetExhausted(_) => "budget_exhausted",
+            ServiceError::GrantState { code, .. } => code,
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::Internal(_) => "internal",
         }

@@ -5,12 +5,14 @@
 //! refusals included. The HTTP server is a thin adapter over this crate, and most behaviour is
 //! tested here.
 
+pub mod activation;
 pub mod analysis;
 mod error;
 pub mod results;
 mod room;
 pub mod token;
 
+pub use activation::{ActivationRequest, ActivationView, Segment};
 pub use analysis::{
     AnalysisView, ApprovalView, BudgetView, ChargeView, GrantRequest, PlanView, PolicyView,
     QueryRequest, TemplateRequest,

@@ -1,6 +1,7 @@
 //! The `cleanroom` binary as a user runs it: `init`, `serve` as a separate process, client
 //! subcommands, a kill in the middle of an upload, tampering with the audit log, and the demo.
 
+mod activation;
 mod analysis;
 mod audit;
 mod crash;

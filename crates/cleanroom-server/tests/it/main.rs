@@ -1,5 +1,6 @@
 //! The real server on 127.0.0.1 with a fresh data directory per test.
 
+mod activation;
 mod analysis;
 mod api;
 mod denials;

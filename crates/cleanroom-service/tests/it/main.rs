@@ -1,6 +1,7 @@
 //! Use cases through the plain Rust API: the happy path, and every denial.
 
 mod access;
+mod activation;
 mod analysis;
 mod datasets;
 
