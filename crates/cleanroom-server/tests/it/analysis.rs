@@ -157,7 +157,7 @@ async fn analyses_release_aggregates_and_never_rows() {
     let analysis = v["id"].as_str().unwrap().to_owned();
     // Templates are listed; an unapproved one is refused with its rule.
     let t = s.ok(Method::GET, "/v1/templates", &brand, None).await;
-    assert_eq!(t.as_array().unwrap().len(), 4);
+    assert_eq!(t.as_array().unwrap().len(), 5);
     let (st, v) = s
         .call(
             Method::POST,
