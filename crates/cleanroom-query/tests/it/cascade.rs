@@ -419,6 +419,36 @@ async fn noisy_cascade_is_close_to_the_truth_and_charges_both_owners() {
         );
         assert!((a as f64 - 7200.0).abs() < 8.0 * audience_sd, "{a}");
     }
+    // Fresh noise on every run (the same plan run again, as only a charged run may).
+    let again = templates::run(&plan, &cat, 2).await.unwrap();
+    assert_ne!(rows(&again.tables[0].1, false), got, "noise is drawn");
+    // Cells are selected privately: by region every cell holds at most about 600 people,
+    // and at epsilon 2 the selection (scale 144, from 72 matches per right person at
+    // epsilon 0.5) needs a noisy count above 3,000: a cell of 600 reaches it with probability
+    // about e^(-2400/144)/2 < 10^-7, so none appears although each clears the exact minimum
+    // of 50.
+    let mut by = kv.to_vec();
+    by.push(("by", "region"));
+    let low = PrivacyRequest {
+        epsilon: 2.0,
+        delta: 1e-7,
+    };
+    let (by_plan, by_out) = run_template(&cat, &by, low).await.unwrap();
+    let threshold = by_plan
+        .describe(&cat)
+        .iter()
+        .find_map(|l| l.strip_prefix("cascade: a cell is shown only if"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap();
+    assert!(threshold > 3000, "{threshold}");
+    let cells = plaintext(&left, &right, true);
+    assert!(
+        cells.values().all(|c| (50..700).contains(&c.0)),
+        "{cells:?}"
+    );
+    let t = &by_out.tables[0].1;
+    assert!(t.rows.is_empty(), "{t:?}");
     let total: f64 = want.values().map(|c| c.0 as f64).sum();
     let (t, _) = got[&(String::new(), "total".to_owned())];
     assert!(
