@@ -165,6 +165,9 @@ fn fixture(left: &[Person], right: &[Match]) -> Fixture {
     f
 }
 
+/// Distinct people.
+type Ids<'a> = BTreeSet<&'a str>;
+
 /// The cells of a plaintext cascade: (region or "", level) → (left people, right people).
 fn plaintext(left: &[Person], right: &[Match], by: bool) -> BTreeMap<(String, usize), (i64, i64)> {
     let mut values: [HashMap<&str, BTreeSet<&str>>; 3] = Default::default();
@@ -175,7 +178,7 @@ fn plaintext(left: &[Person], right: &[Match], by: bool) -> BTreeMap<(String, us
             }
         }
     }
-    let mut cells: BTreeMap<(String, usize), (BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
+    let mut cells: BTreeMap<(String, usize), (Ids, Ids)> = BTreeMap::new();
     for p in left {
         let level =
             (0..3).find(|k| !p.ids[*k].is_empty() && values[*k].contains_key(p.ids[*k].as_str()));
