@@ -13,6 +13,7 @@
 //! and the policies, never from the data.
 
 pub mod calibrate;
+pub mod cascade;
 pub mod catalog;
 pub mod check;
 mod error;

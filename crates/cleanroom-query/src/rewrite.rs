@@ -5,7 +5,7 @@
 //! 1. each dataset is scanned (only the columns the query needs), filtered by its own row
 //!    filters, then **bounded**: at most `max_rows_per_unit` rows per person, chosen at
 //!    random (`ROW_NUMBER() OVER (PARTITION BY person ORDER BY random())`), then at most
-//!    `max_rows_per_key` rows per value of every join key it is joined on;
+//!    `max_rows_per_key` rows per (non-null) value of every join key it is joined on;
 //! 2. the bounded tables are joined on their keys and filtered by cross-table filters;
 //! 3. metrics are clamped into their bounds and read as fixed-point integers;
 //! 4. per group: the number of distinct people of every dataset (for the owners' minimum
@@ -16,6 +16,7 @@
 //! rows one person can change is bounded whatever the uploaded data repeats (see
 //! [`crate::calibrate`]). Nothing here returns rows: the output has one row per group.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
@@ -185,61 +186,13 @@ fn table_plan(
 ) -> Result<LogicalPlan, QueryError> {
     let use_ = &spec.uses[u];
     let t = &catalog.tables[use_.table];
-    let data = t
-        .data
-        .clone()
-        .ok_or_else(|| QueryError::Internal(format!("no data for {}", t.name)))?;
-    let schema = t.arrow_schema();
-    let projection: Vec<usize> = use_
-        .columns
-        .iter()
-        .map(|c| schema.index_of(c).map_err(internal))
-        .collect::<Result<_, _>>()?;
-    let provider = Arc::new(EncryptedTable::new(schema.clone(), data));
     let name = qualifier(u);
-    let mut b = LogicalPlanBuilder::scan(
-        name.as_str(),
-        provider_as_source(provider),
-        Some(projection),
-    )
-    .map_err(internal)?;
+    let mut b = scan(t, &name, &use_.columns)?;
     if let Some(f) = conjunction(use_.filters.clone()) {
         b = b.filter(f).map_err(internal)?;
     }
     if opts.bound_contributions {
-        let columns: Vec<Expr> = use_.columns.iter().map(|c| qcol(u, c)).collect();
-        let mut bounds = vec![(t.unit_column().to_owned(), t.policy.max_rows_per_unit)];
-        bounds.extend(
-            use_.keys
-                .iter()
-                .map(|k| (k.clone(), t.policy.max_rows_per_key)),
-        );
-        for (column, keep) in bounds {
-            let known = t.stats.as_ref().and_then(|s| {
-                if column == t.unit_column() {
-                    Some(s.max_rows_per_unit)
-                } else {
-                    s.max_rows_per_key.get(&column).copied()
-                }
-            });
-            if known.is_some_and(|m| m <= u64::from(keep)) {
-                // Every value already has at most `keep` rows: the stage is the identity.
-                continue;
-            }
-            let rn = row_number()
-                .partition_by(vec![qcol(u, &column)])
-                .order_by(vec![random().sort(true, false)])
-                .build()
-                .map_err(internal)?
-                .alias(ROW_NUMBER);
-            b = b
-                .window(vec![rn])
-                .map_err(internal)?
-                .filter(col(ROW_NUMBER).lt_eq(lit(u64::from(keep))))
-                .map_err(internal)?
-                .project(columns.clone())
-                .map_err(internal)?;
-        }
+        b = bound_contributions(b, &name, t, &use_.columns, &use_.keys)?;
     }
     if let Some(f) = spec.frequency.filter(|f| f.table == u) {
         // Rows per person after bounding and filtering: the person's frequency.
@@ -265,6 +218,77 @@ fn table_plan(
         .map_err(internal)?
         .build()
         .map_err(internal)
+}
+
+/// A scan of `table`'s encrypted data under the qualifier `name`, reading only `columns`.
+pub(crate) fn scan(
+    table: &crate::catalog::QueryTable,
+    name: &str,
+    columns: &BTreeSet<String>,
+) -> Result<LogicalPlanBuilder, QueryError> {
+    let data = table
+        .data
+        .clone()
+        .ok_or_else(|| QueryError::Internal(format!("no data for {}", table.name)))?;
+    let schema = table.arrow_schema();
+    let projection: Vec<usize> = columns
+        .iter()
+        .map(|c| schema.index_of(c).map_err(internal))
+        .collect::<Result<_, _>>()?;
+    let provider = Arc::new(EncryptedTable::new(schema.clone(), data));
+    LogicalPlanBuilder::scan(name, provider_as_source(provider), Some(projection)).map_err(internal)
+}
+
+/// Bounds the contributions of the rows of `b` (a scan of `table` qualified as `name`, with
+/// `columns`): at most `max_rows_per_unit` rows per person, then at most `max_rows_per_key`
+/// rows per non-null value of every column of `keys`, each stage keeping rows chosen at random.
+/// Rows whose key is null pass a key stage untouched: a null never joins, so it needs no
+/// bound, and a person without (say) a phone number keeps its rows for its other keys.
+pub(crate) fn bound_contributions(
+    mut b: LogicalPlanBuilder,
+    name: &str,
+    table: &crate::catalog::QueryTable,
+    columns: &BTreeSet<String>,
+    keys: &BTreeSet<String>,
+) -> Result<LogicalPlanBuilder, QueryError> {
+    let t = table;
+    let q = |c: &str| Expr::Column(Column::new(Some(name), c));
+    let columns: Vec<Expr> = columns.iter().map(|c| q(c)).collect();
+    let mut bounds = vec![(t.unit_column().to_owned(), t.policy.max_rows_per_unit)];
+    bounds.extend(keys.iter().map(|k| (k.clone(), t.policy.max_rows_per_key)));
+    for (column, keep) in bounds {
+        let known = t.stats.as_ref().and_then(|s| {
+            if column == t.unit_column() {
+                Some(s.max_rows_per_unit)
+            } else {
+                s.max_rows_per_key.get(&column).copied()
+            }
+        });
+        if known.is_some_and(|m| m <= u64::from(keep)) {
+            // Every value already has at most `keep` rows: the stage is the identity.
+            continue;
+        }
+        let rn = row_number()
+            .partition_by(vec![q(&column)])
+            .order_by(vec![random().sort(true, false)])
+            .build()
+            .map_err(internal)?
+            .alias(ROW_NUMBER);
+        let keep_row = col(ROW_NUMBER).lt_eq(lit(u64::from(keep)));
+        let keep_row = if column == t.unit_column() {
+            keep_row
+        } else {
+            keep_row.or(q(&column).is_null())
+        };
+        b = b
+            .window(vec![rn])
+            .map_err(internal)?
+            .filter(keep_row)
+            .map_err(internal)?
+            .project(columns.clone())
+            .map_err(internal)?;
+    }
+    Ok(b)
 }
 
 /// Runs the plan of `spec` and reads its groups.

@@ -12,6 +12,7 @@
 //! | `reach` v1 | people reached and impressions, and how many people saw an ad 1, 2, … times |
 //! | `lift` v1 | conversion rates of exposed and unexposed people and the lift between them |
 //! | `benchmark` v1 | each party's own figure against the peers' aggregate, with enough peers |
+//! | `overlap_ids` v1 | overlap matched on several identifiers in priority order (a cascade), per identifier and in total |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -24,6 +25,7 @@ use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::Expr;
 use sha2::{Digest, Sha256};
 
+use crate::cascade::Cascade;
 use crate::catalog::Catalog;
 use crate::check::{CheckOptions, check_with};
 use crate::release::{Cell, ColumnKind, Released, ReleasedColumn};
@@ -78,6 +80,22 @@ const TEMPLATES: &[TemplateInfo] = &[
                 false,
                 "a dimension to break down by: `column` of left, or `right.column`",
             ),
+        ],
+    },
+    TemplateInfo {
+        name: "overlap_ids",
+        version: 1,
+        title: "Audience overlap on several identifiers",
+        description: "How many people of `left` are in `right`, matched on a priority cascade of identifiers (a person matched by a higher-priority one is not counted again): per identifier type and in total, optionally by a dimension of `left`, with `left`'s audience size and the match rates.",
+        params: &[
+            p("left", true, "the dataset whose people are counted"),
+            p("right", true, "the dataset matched against"),
+            p(
+                "keys",
+                true,
+                "comma-separated join keys in priority order (1 to 5), each `column` or `left_column:right_column`",
+            ),
+            p("by", false, "a dimension of left to break down by"),
         ],
     },
     TemplateInfo {
@@ -286,7 +304,7 @@ pub fn datasets(
     let p = Params::new(info, params)?;
     let mut out = BTreeSet::new();
     match info.name {
-        "overlap" => {
+        "overlap" | "overlap_ids" => {
             out.insert(p.dataset("left", catalog)?);
             out.insert(p.dataset("right", catalog)?);
         }
@@ -318,6 +336,8 @@ enum Part {
         analysis: Box<Analysis>,
     },
     Benchmark(Box<Benchmark>),
+    /// The identifier cascade of `overlap_ids`: a released table named `matched`.
+    Cascade(Box<Cascade>),
 }
 
 /// How the parts' releases become the template's tables.
@@ -335,6 +355,10 @@ enum Finish {
     },
     Lift,
     Benchmark,
+    Cascade {
+        by: bool,
+        labels: Vec<String>,
+    },
 }
 
 /// A planned template run (or a single SQL query): checked, calibrated, not yet run.
@@ -384,6 +408,7 @@ impl TemplatePlan {
                     }
                 }
                 Part::Benchmark(b) => out.extend(b.costs.iter().copied()),
+                Part::Cascade(c) => out.extend(c.costs().iter().copied()),
             }
         }
         out
@@ -402,6 +427,9 @@ impl TemplatePlan {
                 }
                 Part::Benchmark(b) => {
                     h.update(b.describe_for_fingerprint(catalog).as_bytes());
+                }
+                Part::Cascade(c) => {
+                    h.update(c.canonical(catalog).as_bytes());
                 }
             }
         }
@@ -448,6 +476,7 @@ impl TemplatePlan {
                     b.parties.len(),
                     b.min_parties
                 )),
+                Part::Cascade(c) => out.extend(c.describe(catalog)),
             }
         }
         out
@@ -545,6 +574,46 @@ pub async fn plan(
                 Finish::Overlap {
                     by: by.is_some(),
                     audience,
+                },
+            )
+        }
+        "overlap_ids" => {
+            let l = p.dataset("left", catalog)?;
+            let r = p.dataset("right", catalog)?;
+            let keys = p
+                .required("keys")?
+                .split(',')
+                .map(|k| key_pair(k.trim()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let by = p.get("by").map(column).transpose()?;
+            let req = split(request, 2);
+            let cascade = Cascade::plan(catalog, l, r, &keys, by.as_deref(), req)?;
+            let lt = &catalog.tables[l];
+            let (select, group) = match &by {
+                Some(c) => (
+                    format!("l.{} AS {}, ", quoted(c), quoted(c)),
+                    format!(" GROUP BY l.{}", quoted(c)),
+                ),
+                None => (String::new(), String::new()),
+            };
+            let audience = query(
+                "audience",
+                &format!(
+                    "SELECT {select}COUNT(DISTINCT l.{}) AS audience FROM {} l{group}",
+                    quoted(lt.unit_column()),
+                    quoted(&lt.name)
+                ),
+                catalog,
+                req,
+                opts,
+            )
+            .await?;
+            let labels = cascade.labels();
+            (
+                vec![Part::Cascade(Box::new(cascade)), audience],
+                Finish::Cascade {
+                    by: by.is_some(),
+                    labels,
                 },
             )
         }
@@ -743,6 +812,7 @@ pub async fn plan(
     let private = parts.iter().any(|p| match p {
         Part::Query { analysis, .. } => analysis.calibration.is_private(),
         Part::Benchmark(_) => true,
+        Part::Cascade(c) => c.is_private(),
     });
     Ok(TemplatePlan {
         label,
@@ -772,6 +842,9 @@ pub async fn run(
                 let out = b.run(catalog, partitions).await?;
                 output.tables.extend(out.tables);
                 output.notes.extend(out.notes);
+            }
+            Part::Cascade(c) => {
+                released.push(("matched".into(), c.run(catalog, partitions).await?));
             }
         }
     }
@@ -822,6 +895,19 @@ pub async fn run(
             output.notes.extend(notes);
         }
         Finish::Benchmark => {}
+        Finish::Cascade { by, labels } => {
+            let matched = take("matched");
+            let audience = take("audience");
+            output.tables.push((
+                "overlap_ids".into(),
+                cascade_table(matched, audience, *by),
+                None,
+            ));
+            output.notes.push(format!(
+                "each person is counted once, under the first identifier it matches on, in this order: {}; total = the sum of the identifier types shown (a type with too few people to show is left out of it); match_rate = matched / audience, all noisy",
+                labels.join(", ")
+            ));
+        }
     }
     Ok(output)
 }
@@ -875,6 +961,52 @@ fn overlap_table(matched: Released, audience: Option<Released>, by: bool) -> Rel
             Some(row)
         })
         .collect();
+    Released { columns, rows }
+}
+
+/// The cascade's table: per group, one row per identifier type shown and a total row, each
+/// with the group's audience and the match rate (post-processing of released values only).
+fn cascade_table(matched: Released, audience: Released, by: bool) -> Released {
+    let g = usize::from(by);
+    let mut columns = matched.columns.clone();
+    columns.push(
+        audience
+            .columns
+            .get(g)
+            .cloned()
+            .unwrap_or_else(|| value_col("audience")),
+    );
+    columns.push(value_col("match_rate"));
+    let key = |r: &[Cell]| -> String { r[..g].iter().map(|c| format!("{c:?}")).collect() };
+    let audiences: HashMap<String, Cell> = audience
+        .rows
+        .iter()
+        .map(|r| (key(r), r[g].clone()))
+        .collect();
+    let mut rows: Vec<Vec<Cell>> = Vec::new();
+    let mut i = 0;
+    while i < matched.rows.len() {
+        let k = key(&matched.rows[i]);
+        let aud = audiences.get(&k).cloned().unwrap_or(Cell::Null);
+        let mut total = 0i64;
+        while i < matched.rows.len() && key(&matched.rows[i]) == k {
+            let r = &matched.rows[i];
+            let m = num(&r[g + 2]);
+            total += m.unwrap_or(0.0) as i64;
+            let mut row = r.clone();
+            row.push(aud.clone());
+            row.push(ratio(m, num(&aud)));
+            rows.push(row);
+            i += 1;
+        }
+        let mut row: Vec<Cell> = matched.rows[i - 1][..g].to_vec();
+        row.push(Cell::Null);
+        row.push(Cell::Text("total".into()));
+        row.push(Cell::Int(total));
+        row.push(aud.clone());
+        row.push(ratio(Some(total as f64), num(&aud)));
+        rows.push(row);
+    }
     Released { columns, rows }
 }
 

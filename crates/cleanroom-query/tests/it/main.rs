@@ -2,6 +2,7 @@
 //! exact computations, and the privacy promises tested as an attacker would.
 
 mod attacks;
+mod cascade;
 mod checker;
 mod engine;
 

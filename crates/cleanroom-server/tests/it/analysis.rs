@@ -157,7 +157,7 @@ async fn analyses_release_aggregates_and_never_rows() {
     let analysis = v["id"].as_str().unwrap().to_owned();
     // Templates are listed; an unapproved one is refused with its rule.
     let t = s.ok(Method::GET, "/v1/templates", &brand, None).await;
-    assert_eq!(t.as_array().unwrap().len(), 4);
+    assert_eq!(t.as_array().unwrap().len(), 5);
     let (st, v) = s
         .call(
             Method::POST,
@@ -293,4 +293,58 @@ async fn an_analysis_cut_off_by_a_crash_is_failed_at_start_up_and_stays_charged(
                 .unwrap()
                 .contains("interrupted by a server restart")
     }));
+}
+
+#[tokio::test]
+async fn the_identifier_cascade_runs_end_to_end_and_charges_both_owners() {
+    let (s, brand, publisher, id) = setup().await;
+    let run = |params: serde_json::Value| {
+        let s = &s;
+        let brand = brand.clone();
+        let id = id.clone();
+        async move {
+            s.call(
+                Method::POST,
+                &format!("/v1/collaborations/{id}/templates/overlap_ids/runs"),
+                &brand,
+                Some(json!({"params": params, "epsilon": 1.0})),
+            )
+            .await
+        }
+    };
+    let (_, v) = run(json!({"left": "crm", "right": "aud", "keys": "email_hmac"})).await;
+    assert_eq!(v["rule"], "template_not_approved", "{v}");
+    s.ok(
+        Method::POST,
+        &format!("/v1/collaborations/{id}/templates/overlap_ids/approvals"),
+        &publisher,
+        Some(json!({"dataset": "aud"})),
+    )
+    .await;
+    // Refused from the policies, naming the rule and the column.
+    let (_, v) = run(json!({"left": "crm", "right": "aud", "keys": "email_hmac,city"})).await;
+    assert_eq!(v["rule"], "join_not_on_key", "{v}");
+    assert_eq!(v["column"], "city", "{v}");
+    let (st, v) = run(json!({"left": "crm", "right": "aud", "keys": "email_hmac"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let table = &v["result"]["tables"][0];
+    assert_eq!(table["name"], "overlap_ids", "{v}");
+    let rows = table["rows"].as_array().unwrap();
+    // 2,000 people in common: one identifier type and the total.
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(rows[0][1], "email_hmac");
+    assert_eq!(rows[1][1], "total");
+    let matched = rows[1][2].as_i64().unwrap();
+    assert!((1500..2500).contains(&matched), "{matched}");
+    let charged: Vec<&str> = v["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["org"].as_str().unwrap())
+        .collect();
+    assert!(
+        charged.contains(&"brand") && charged.contains(&"publisher"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("secret-hash-"), "no identifier out");
 }
