@@ -308,10 +308,10 @@ async fn scenario(
             truth.by_level[l] += 1;
         }
     }
-    analyses(&brand, &publisher, &cid, &truth).await?;
+    analyses(&brand, &publisher, &cid, &truth, tmp).await?;
 
     step(
-        13,
+        15,
         "The audit trail, hash-chained and verified on this side",
     );
     let (name, entries, head) = crate::commands::fetch_chain(&brand, &cid).await?;
@@ -446,6 +446,11 @@ fn brand_policy() -> PolicyWire {
         ],
         analysts: vec!["daily-planet".into()],
         receivers: vec!["daily-planet".into()],
+        activation: Some(ActivationRuleWire {
+            partners: vec!["daily-planet".into()],
+            min_segment_size: Some(1000),
+            dimensions: vec!["region".into(), "age_band".into()],
+        }),
         ..Default::default()
     }
 }
@@ -510,7 +515,13 @@ struct Truth {
     by_level: [u64; 3],
 }
 
-async fn analyses(brand: &Client, publisher: &Client, cid: &str, truth: &Truth) -> Result<()> {
+async fn analyses(
+    brand: &Client,
+    publisher: &Client,
+    cid: &str,
+    truth: &Truth,
+    tmp: &std::path::Path,
+) -> Result<()> {
     step(
         7,
         "Rules: each owner sets a policy for its data and grants a privacy budget",
@@ -554,7 +565,7 @@ async fn analyses(brand: &Client, publisher: &Client, cid: &str, truth: &Truth) 
             b.epsilon_total, b.epsilon_per_query
         );
     }
-    for t in ["overlap", "lift"] {
+    for t in ["overlap", "overlap_ids", "lift"] {
         let a: ApprovalOut = publisher
             .post(
                 &format!("/collaborations/{cid}/templates/{t}/approvals"),
@@ -604,6 +615,33 @@ async fn analyses(brand: &Client, publisher: &Client, cid: &str, truth: &Truth) 
 
     step(
         9,
+        "Match rates per identifier type: email, then phone, then device id (template overlap_ids v1, epsilon 1)",
+    );
+    let a = run_template(
+        brand,
+        cid,
+        "overlap_ids",
+        &[
+            ("left", "crm-customers"),
+            ("right", "logged-in-audience"),
+            ("keys", "email_hmac,phone_hmac,maid_hmac"),
+        ],
+        1.0,
+    )
+    .await?;
+    print_tables(&a);
+    let t = truth.by_level;
+    println!(
+        "truth: {} on email, {} more on phone, {} more on device id, {} in all; each person counts once, under its first match",
+        thousands(t[0]),
+        thousands(t[1]),
+        thousands(t[2]),
+        thousands(t.iter().sum())
+    );
+    println!("cost: {}", crate::analysis::charges(&a));
+
+    step(
+        10,
         "Campaign lift: did exposed people buy more? (template lift v1, epsilon 1)",
     );
     let a = run_template(
@@ -623,7 +661,7 @@ async fn analyses(brand: &Client, publisher: &Client, cid: &str, truth: &Truth) 
     print_tables(&a);
     println!("cost: {}", crate::analysis::charges(&a));
 
-    step(10, "An analyst's own SQL, and what the room refuses");
+    step(11, "An analyst's own SQL, and what the room refuses");
     let sql = "SELECT c.age_band, COUNT(DISTINCT c.customer_id) AS customers, AVG(c.revenue) AS avg_revenue \
                FROM \"crm-customers\" c GROUP BY c.age_band ORDER BY c.age_band";
     let a: AnalysisOut = brand
@@ -669,7 +707,7 @@ async fn analyses(brand: &Client, publisher: &Client, cid: &str, truth: &Truth) 
     }
 
     step(
-        11,
+        12,
         "Averaging does not work: a repeated analysis returns its stored result",
     );
     let again = run_template(
@@ -694,9 +732,70 @@ async fn analyses(brand: &Client, publisher: &Client, cid: &str, truth: &Truth) 
         }
     );
 
-    step(12, "Budgets left");
+    activation(brand, publisher, cid, tmp).await?;
+
+    step(14, "Budgets left");
     let b: Vec<BudgetOut> = brand.get(&format!("/collaborations/{cid}/budgets")).await?;
     println!("{}", crate::analysis::budgets_table(&b));
+    Ok(())
+}
+
+/// The publisher asks for the brand's customers it also knows, in one age band, as its own
+/// device ids to target them; the brand approves; the publisher downloads once.
+async fn activation(
+    brand: &Client,
+    publisher: &Client,
+    cid: &str,
+    tmp: &std::path::Path,
+) -> Result<()> {
+    step(
+        13,
+        "Activation: the publisher receives the matched segment as its own device ids",
+    );
+    let req: ActivationOut = publisher
+        .post(
+            &format!("/collaborations/{cid}/activations"),
+            &ActivationIn {
+                source: "crm-customers".into(),
+                target: "logged-in-audience".into(),
+                key: "email_hmac".into(),
+                filter: Default::default(),
+                output: "maid_hmac".into(),
+            },
+        )
+        .await?;
+    println!(
+        "daily-planet asks for northwind-retail's customers that it also knows (matched on email), as its own maid_hmac \
+         (the brand's rule allows daily-planet, filters on region or age band, at least 1,000 of the brand's people)"
+    );
+    let ok: ActivationOut = brand
+        .post(
+            &format!("/collaborations/{cid}/activations/{}/approve", req.id),
+            &serde_json::json!({}),
+        )
+        .await?;
+    println!(
+        "northwind-retail approved activation {} ({})",
+        ok.id, ok.status
+    );
+    let dest = tmp.join("segment-25-34.csv");
+    let path = format!("/collaborations/{cid}/activations/{}/segment", req.id);
+    match publisher.download_to(&path, &dest).await {
+        Ok(_) => {
+            let lines = std::fs::read_to_string(&dest)?
+                .lines()
+                .count()
+                .saturating_sub(1);
+            println!(
+                "daily-planet downloaded {} of its own device-id pseudonyms (never the brand's identifiers or attributes)",
+                thousands(lines as u64)
+            );
+        }
+        Err(e) => println!("the segment was refused:\n  {}", short(&e)),
+    }
+    if let Err(e) = publisher.download_to(&path, &dest).await {
+        println!("a second download is refused:\n  {}", short(&e));
+    }
     Ok(())
 }
 

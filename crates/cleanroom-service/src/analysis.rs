@@ -891,6 +891,14 @@ impl CleanRoom {
             .map(|d| (d.owner_org_name.clone(), d.owner_org_id))
             .collect();
         let ledgers = self.meta.ledgers(c.id).await?;
+        let fingerprint = planned.plan.fingerprint(&catalog);
+        // An identical analysis released before is answered from its release and spends
+        // nothing, so it needs no budget left.
+        let previous = if dry_run {
+            None
+        } else {
+            self.meta.find_release(c.id, &fingerprint).await?
+        };
         let mut charges = Vec::new();
         let mut charge_views = Vec::new();
         for (org, cost) in &costs {
@@ -908,7 +916,7 @@ impl CleanRoom {
                     .map(|_| ())
                     .map_err(|e| ServiceError::BudgetExhausted(format!("{org}'s budget: {e}"))),
             };
-            if !dry_run {
+            if !dry_run && previous.is_none() {
                 self.audited(check, &chain, &p.actor(), action, target)
                     .await?;
             }
@@ -923,7 +931,6 @@ impl CleanRoom {
                 delta: cost.delta.as_f64(),
             });
         }
-        let fingerprint = planned.plan.fingerprint(&catalog);
         let receiver_names: Vec<String> = receivers.iter().map(|o| o.to_string()).collect();
         let now = cleanroom_meta::now();
         if dry_run {
@@ -954,7 +961,7 @@ impl CleanRoom {
         }
         let id = cleanroom_core::ids::AnalysisId::new().to_string();
         // An identical analysis released before: answer from it, spend nothing.
-        if let Some(prev) = self.meta.find_release(c.id, &fingerprint).await? {
+        if let Some(prev) = previous {
             let row = AnalysisRow {
                 id: id.clone(),
                 collaboration_id: c.id,

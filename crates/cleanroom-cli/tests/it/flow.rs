@@ -244,10 +244,14 @@ fn the_demo_runs_end_to_end() {
         "line 2, column 5 (purchases)",
         "[forbidden]",
         "== 8. Audience overlap by region",
-        "== 9. Campaign lift",
+        "== 9. Match rates per identifier type",
+        "email_hmac",
+        "== 10. Campaign lift",
         "[policy_violation]",
         "no budget spent",
-        "== 12. Budgets left",
+        "== 13. Activation",
+        "[activation_consumed]",
+        "== 14. Budgets left",
         "chain verified",
     ] {
         assert!(
