@@ -461,6 +461,15 @@ async fn repeating_a_query_costs_nothing_and_variants_exhaust_the_budget() {
     for b in f.room.budgets(&f.brand, &id).await.unwrap() {
         assert!(b.epsilon_spent <= b.epsilon_total + 1e-9, "{b:?}");
     }
+    // With too little budget left for a new release, the first query is still answered from
+    // its stored release: it spends nothing, so it needs nothing.
+    let again = f
+        .room
+        .run_query(&f.publisher, &id, req.clone())
+        .await
+        .unwrap();
+    assert_eq!(again.reused_from.as_deref(), Some(first.id.as_str()));
+    assert_eq!(people_by_city(&again), people_by_city(&first));
     // Over the per-query cap is refused too, and a dry run spends nothing.
     let mut big = q(OVERLAP);
     big.epsilon = Some(1.5);
