@@ -24,8 +24,15 @@ pub struct ApiFailure {
 impl fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.problem {
-            // For invalid data the detail names line and column already.
-            Some(p) => write!(f, "{} [{}]", p.detail, p.code),
+            // For invalid data the detail names line and column already; a refusal also
+            // names the rule that refused, so scripts and people can tell rules apart.
+            Some(p) => {
+                write!(f, "{} [{}]", p.detail, p.code)?;
+                match &p.rule {
+                    Some(rule) => write!(f, " (rule {rule})"),
+                    None => Ok(()),
+                }
+            }
             None => write!(
                 f,
                 "the server answered {} {}",

@@ -9,48 +9,57 @@
 //!
 //! ## The computation (trusted internal plans, never analyst SQL)
 //!
-//! 1. Both datasets are scanned (unit, keys, dimension only) and **bounded** exactly as every
-//!    other analysis is ([`crate::rewrite::bound_contributions`]): at most `C` rows per person,
-//!    then at most `m` rows per non-null value of every key column used, rows chosen at random.
-//!    The bounded rows are kept in memory so the random choice is made once.
+//! 1. Both datasets are scanned (unit, keys, dimension only) and **bounded**: at most `C`
+//!    rows per person, chosen at random, as every other analysis does
+//!    ([`crate::rewrite::bound_contributions`]); then, on the left only, each key is capped
+//!    on its own: of the rows sharing one value of key `i`, at most `m` keep it and the others
+//!    have key `i` set to null (they can still match on other keys). The bounded rows are kept
+//!    in memory so the random choice is made once. The right side needs no key cap: only the
+//!    *set* of its values per key matters, and a value repeated by many right people is in
+//!    that set once.
 //! 2. A left row's level is the first key `i` whose value occurs among the right dataset's
 //!    bounded values of key `i`; a left person's level in a group is the least level of its
 //!    rows in that group (none: not matched).
 //! 3. Per cell (group, level): `n`, the distinct left people at that level, and `r`, the
 //!    distinct right people behind them (right rows whose key `i` equals key `i` of a row of
 //!    those people).
-//! 4. A cell is released only when `n` and `r` reach the owners' exact minimum group sizes
-//!    and, with differential privacy, when its noisy `min(n, r)` clears the private group
-//!    selection's threshold; its released value is `n` plus discrete Laplace noise.
+//! 4. Without differential privacy a cell is released when `n` and `r` reach the owners'
+//!    exact minimum group sizes `k_L` and `k_R`. With it, a cell is released when `n` reaches
+//!    the exact floor `F = max(k_L, C_R · m_L · k_R)` (which implies `r ≥ k_R`, below) and
+//!    its noisy `n` clears the private group selection's threshold; the released value is that
+//!    noisy `n` (discrete Laplace, one mechanism: OpenDP's `make_laplace_threshold`).
 //!
 //! ## Sensitivity
 //!
 //! Let `K` be the number of keys, `C_L`, `m_L` the left policy's `max_rows_per_unit` and
-//! `max_rows_per_key`, `C_R`, `m_R` the right one's. As in [`crate::calibrate`], each of the
-//! `K` key-bounding stages at most doubles a change, so one person changes at most
-//! `S_L = C_L · 2^K` bounded left rows, or `S_R = C_R · 2^K` bounded right rows.
+//! `max_rows_per_key`, `C_R` the right one's `max_rows_per_unit`. Couple the random choices
+//! of two neighbouring datasets by giving every row the same random tag in both.
 //!
-//! *Released counts `n`.* A left person is counted in exactly one cell per group it has rows
-//! in. Removing a **right** person changes which key values of the right dataset exist for at
-//! most `S_R` rows × `K` keys, and each such value is held by at most `m_L` bounded left rows:
-//! at most `D_R = S_R · K · m_L` left rows change their match, each moving one left person
-//! between two cells (or in or out of one). Removing a **left** person changes at most
-//! `D_L = S_L` bounded left rows, each moving one person likewise. So the vector of `n` over all
-//! cells has `l∞ ≤ D_u` and `l1 ≤ 2 · D_u`; the noise is calibrated on `2 · max D_u` over the
-//! datasets with differential privacy on.
+//! Removing a **left** person removes its at most `C_L` rows; per key, each removed row that
+//! kept its value lets at most one other row keep that value instead. So at most
+//! `D_L = C_L · (1 + K)` bounded left rows change (their own, and one per row and key), each
+//! moving one left person between two cells (or out of one).
 //!
-//! *Group selection on `min(n, r)`.* Both `n` and `r` of a cell are distinct counts over its
-//! matched pairs (left row, right row), so each changes by at most the number of pairs that
-//! change. A person whose level changes takes at most `C_L · m_R` pairs out of one cell and
-//! into another. Hence the pairs changed by one person are at most
-//! `J_R = S_R · K · m_L · (1 + 2 · C_L · m_R)` (right person: its own rows' pairs, and the moves
-//! it causes) and `J_L = S_L · m_R · (1 + 2 · C_L)` (left person), which bound `l0`, `l1` and
-//! `l∞` of the selection's counts. A cell's presence is decided as in
-//! [`cleanroom_privacy::partition::GroupSelection`] (exact minimum, noisy threshold raised by
-//! `k − 1`).
+//! Removing a **right** person removes its at most `C_R` rows (the person stage is per
+//! person: nobody else's rows change), hence at most `C_R` values from each key's set of
+//! right values; each such value is kept by at most `m_L` left rows. So at most
+//! `D_R = C_R · K · m_L` left rows change their match, each moving one left person between
+//! two cells (or in or out of one).
 //!
-//! The costs charged are what OpenDP's maps give for each dataset's own `(J_u, 2·D_u)`; the
-//! part's epsilon is split evenly between selection and noise.
+//! A left person is counted in exactly one cell per group it has rows in, so over all cells
+//! the vector of `n` changes by `l∞ ≤ D_u`, `l1 ≤ 2 · D_u` and in `l0 ≤ 2 · D_u` cells: the
+//! selection is calibrated on `(2·D, 2·D, D)` for the largest `D_u` of the datasets with
+//! differential privacy on, and each owner is charged what OpenDP's map gives for its own
+//! `D_u`. With the default bounds (`C = m = 1`) and three keys, `D_L = 4`, `D_R = 3`.
+//!
+//! *The right owner's minimum.* The released value counts left people, so the right owner's
+//! rule "a cell stands for at least `k_R` of my people" is enforced through `n`: a bounded
+//! right person has at most `C_R` rows, each of whose key values is kept by at most `m_L`
+//! left rows, so at most `C_R · m_L` left people stand behind one right person and
+//! `n ≤ C_R · m_L · r`. A cell with `n ≥ F` therefore has `r ≥ k_R`. Because the floor is on
+//! the selected count itself, [`cleanroom_privacy::partition::GroupSelection`]'s argument
+//! (noisy threshold raised by `F − 1`) covers it: no exact cut-off on a quantity the noise
+//! does not see is made. (The explicit `r ≥ k_R` check is kept as a defence and never binds.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -58,18 +67,19 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use cleanroom_core::schema::ColumnRole;
 use cleanroom_privacy::budget::{Epsilon, PrivacyCost};
-use cleanroom_privacy::noise::IntegerNoise;
 use cleanroom_privacy::partition::{GroupSelection, SelectionBounds};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::MemTable;
-use datafusion::logical_expr::{Expr, lit};
+use datafusion::functions::expr_fn::random;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlanBuilder, col, lit, when};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::calibrate::MAX_ROWS_CHANGED;
 use crate::catalog::{Catalog, QueryTable};
 use crate::error::internal;
 use crate::release::{Cell, ColumnKind, Released, ReleasedColumn, cell_of, noise_sd};
-use crate::rewrite::{RunOptions, bound_contributions, scan};
+use crate::rewrite::{ROW_NUMBER, RunOptions, bound_contributions, scan};
 use crate::{PrivacyRequest, QueryError};
 
 /// Most identifier types one cascade may match on.
@@ -80,8 +90,19 @@ pub const MAX_KEYS: usize = 5;
 pub struct CascadeBounds {
     /// `D_u`: left people whose cell one person of this dataset can change.
     pub moves: i64,
-    /// `J_u`: matched pairs one person of this dataset can change.
-    pub pairs: i64,
+}
+
+impl CascadeBounds {
+    /// What one person can change in the cells' counts `n`: `D` cells down by one and `D`
+    /// up by one.
+    fn selection(self) -> Result<SelectionBounds, QueryError> {
+        let cells = self.moves.checked_mul(2).ok_or_else(too_loose)?;
+        Ok(SelectionBounds {
+            l0: u32::try_from(cells).map_err(|_| too_loose())?,
+            l1: cells,
+            linf: self.moves,
+        })
+    }
 }
 
 /// A planned cascade: validated keys, calibrated noise and selection, costs.
@@ -96,7 +117,6 @@ pub struct Cascade {
     bounds: [CascadeBounds; 2],
     protected: [bool; 2],
     selection: Option<GroupSelection>,
-    noise: Option<IntegerNoise>,
     costs: Vec<(usize, PrivacyCost)>,
     request: Option<PrivacyRequest>,
 }
@@ -119,7 +139,7 @@ fn too_loose() -> QueryError {
         "contribution_bounds",
         None,
         format!(
-            "the datasets' contribution bounds let one person change more than {MAX_ROWS_CHANGED} matches; lower max_rows_per_unit or max_rows_per_key"
+            "the datasets' contribution bounds let one person move more than {MAX_ROWS_CHANGED} matched people; lower max_rows_per_unit or max_rows_per_key"
         ),
     )
 }
@@ -258,30 +278,25 @@ impl Cascade {
 
         // Sensitivities (module documentation).
         let k = keys.len() as i64;
-        let pow = 1i64 << keys.len();
         let (cl, ml) = (
             i64::from(lt.policy.max_rows_per_unit),
             i64::from(lt.policy.max_rows_per_key),
         );
-        let (cr, mr) = (
-            i64::from(rt.policy.max_rows_per_unit),
-            i64::from(rt.policy.max_rows_per_key),
-        );
-        let s_l = mul(cl, pow)?;
-        let s_r = mul(cr, pow)?;
-        let left_bounds = CascadeBounds {
-            moves: s_l,
-            pairs: mul(mul(s_l, mr)?, 1 + 2 * cl)?,
-        };
-        let d_r = mul(mul(s_r, k)?, ml)?;
-        let right_bounds = CascadeBounds {
-            moves: d_r,
-            pairs: mul(d_r, 1 + mul(2 * cl, mr)?)?,
-        };
-        let bounds = [left_bounds, right_bounds];
-        if bounds.iter().any(|b| b.pairs > MAX_ROWS_CHANGED) {
+        let cr = i64::from(rt.policy.max_rows_per_unit);
+        let bounds = [
+            CascadeBounds {
+                moves: mul(cl, 1 + k)?,
+            },
+            CascadeBounds {
+                moves: mul(mul(cr, k)?, ml)?,
+            },
+        ];
+        if bounds.iter().any(|b| b.moves > MAX_ROWS_CHANGED) {
             return Err(too_loose());
         }
+        // The exact floor on `n` that also guarantees the right owner's minimum.
+        let floor = i64::from(lt.policy.min_group_size)
+            .max(mul(mul(cr, ml)?, i64::from(rt.policy.min_group_size))?);
         let protected = [
             lt.policy.differential_privacy,
             rt.policy.differential_privacy,
@@ -295,7 +310,6 @@ impl Cascade {
             bounds,
             protected,
             selection: None,
-            noise: None,
             costs: tables.iter().map(|t| (*t, PrivacyCost::ZERO)).collect(),
             request: None,
         };
@@ -309,34 +323,26 @@ impl Cascade {
                 ),
             ));
         }
-        let each = Epsilon::grant(request.epsilon / 2.0)?;
-        let on = |f: fn(&CascadeBounds) -> i64| {
-            bounds
-                .iter()
-                .zip(protected)
-                .filter(|(_, p)| *p)
-                .map(|(b, _)| f(b))
-                .max()
-                .unwrap_or(1)
-        };
-        let min_group = i64::from(lt.policy.min_group_size.max(rt.policy.min_group_size));
+        let widest = bounds
+            .iter()
+            .zip(protected)
+            .filter(|(_, p)| *p)
+            .map(|(b, _)| *b)
+            .max_by_key(|b| b.moves)
+            .unwrap_or(CascadeBounds { moves: 1 });
         let selection = GroupSelection::calibrate(
-            each,
+            Epsilon::grant(request.epsilon)?,
             request.delta,
-            SelectionBounds::rows(on(|b| b.pairs))?,
-            min_group,
+            widest.selection()?,
+            floor,
         )?;
-        let noise = IntegerNoise::calibrate(each, 2 * on(|b| b.moves))?;
         for (i, (t, cost)) in cascade.costs.iter_mut().enumerate() {
             debug_assert_eq!(*t, tables[i]);
             if protected[i] {
-                *cost = selection
-                    .cost_for(SelectionBounds::rows(bounds[i].pairs)?)?
-                    .plus(noise.cost_for(2 * bounds[i].moves)?)?;
+                *cost = selection.cost_for(bounds[i].selection()?)?;
             }
         }
         cascade.selection = Some(selection);
-        cascade.noise = Some(noise);
         cascade.request = Some(request);
         Ok(cascade)
     }
@@ -396,12 +402,11 @@ impl Cascade {
             let t = &catalog.tables[t];
             let cost = self.costs[i].1;
             out.push(format!(
-                "cascade: {} (owner {}, policy v{}): one person moves at most {} matched people between cells and changes at most {} matches; minimum group size {}; {}",
+                "cascade: {} (owner {}, policy v{}): one person moves at most {} matched people between cells; minimum group size {}; {}",
                 t.name,
                 t.owner,
                 t.policy_version,
                 self.bounds[i].moves,
-                self.bounds[i].pairs,
                 t.policy.min_group_size,
                 if self.protected[i] {
                     format!(
@@ -416,8 +421,11 @@ impl Cascade {
         }
         if let Some(sel) = &self.selection {
             out.push(format!(
-                "cascade: a cell is shown only if at least {} people of each dataset are in it and its noisy count reaches {}",
+                "cascade: a cell is shown only if at least {} matched people of {} (and so at least {} of {}) are in it and its noisy count reaches {}",
                 sel.min_group_size(),
+                catalog.tables[self.left].name,
+                catalog.tables[self.right].policy.min_group_size,
+                catalog.tables[self.right].name,
                 sel.threshold()
             ));
         }
@@ -425,13 +433,15 @@ impl Cascade {
     }
 
     /// The bounded rows of one side, materialised once (the random choice of rows is made
-    /// once and shared by every later step), with internal column names.
+    /// once and shared by every later step), with internal column names: at most `C` rows
+    /// per person and, with `cap_keys`, each key's values capped (see [`cap_key_values`]).
     async fn bounded(
         &self,
         table: &QueryTable,
         prefix: &str,
         keys: &[&str],
         by: Option<&str>,
+        cap_keys: bool,
         opts: RunOptions,
     ) -> Result<MemTable, QueryError> {
         let name = format!("{prefix}t");
@@ -441,10 +451,13 @@ impl Cascade {
         if let Some(b) = by {
             columns.insert(b.to_owned());
         }
-        let key_set: BTreeSet<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         let mut b = scan(table, &name, &columns)?;
         if opts.bound_contributions {
-            b = bound_contributions(b, &name, table, &columns, &key_set)?;
+            // The person stage only: keys are capped per key, not by dropping rows.
+            b = bound_contributions(b, &name, table, &columns, &BTreeSet::new())?;
+            if cap_keys {
+                b = cap_key_values(b, &name, table, &columns, keys)?;
+            }
         }
         let q = |c: &str| Expr::Column(Column::new(Some(name.as_str()), c));
         let mut projection = vec![q(unit).alias(format!("{prefix}u"))];
@@ -484,9 +497,9 @@ impl Cascade {
         let lkeys: Vec<&str> = self.keys.iter().map(|(l, _)| l.as_str()).collect();
         let rkeys: Vec<&str> = self.keys.iter().map(|(_, r)| r.as_str()).collect();
         let l = self
-            .bounded(lt, "l", &lkeys, self.by.as_deref(), opts)
+            .bounded(lt, "l", &lkeys, self.by.as_deref(), true, opts)
             .await?;
-        let r = self.bounded(rt, "r", &rkeys, None, opts).await?;
+        let r = self.bounded(rt, "r", &rkeys, None, false, opts).await?;
         let ctx = session(opts);
         ctx.register_table("cascade_l", Arc::new(l))
             .map_err(internal)?;
@@ -535,22 +548,24 @@ impl Cascade {
             .iter()
             .filter(|c| c.left_people >= kl && c.right_people >= kr)
             .collect();
-        let (shown, values): (Vec<&CascadeCell>, Vec<i64>) = match (&self.selection, &self.noise) {
-            (Some(sel), Some(noise)) => {
+        let (shown, values): (Vec<&CascadeCell>, Vec<i64>) = match &self.selection {
+            Some(sel) => {
+                // Selection and noise in one: the noisy `n` of every cell that clears the
+                // floor and the threshold (module documentation).
                 let counts: HashMap<u64, i64> = eligible
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| (i as u64, c.left_people.min(c.right_people)))
+                    .map(|(i, c)| (i as u64, c.left_people))
                     .collect();
-                let mut kept: Vec<usize> =
-                    sel.release(&counts)?.keys().map(|k| *k as usize).collect();
+                let mut kept: Vec<(usize, i64)> = sel
+                    .release(&counts)?
+                    .into_iter()
+                    .map(|(k, v)| (k as usize, v.max(0)))
+                    .collect();
                 kept.sort_unstable();
-                let shown: Vec<&CascadeCell> = kept.iter().map(|i| eligible[*i]).collect();
-                let exact: Vec<i64> = shown.iter().map(|c| c.left_people).collect();
-                let noisy = noise.release_all(&exact)?;
-                (shown, noisy.into_iter().map(|v| v.max(0)).collect())
+                kept.into_iter().map(|(i, v)| (eligible[i], v)).unzip()
             }
-            _ => {
+            None => {
                 let values = eligible.iter().map(|c| c.left_people).collect();
                 (eligible, values)
             }
@@ -574,7 +589,7 @@ impl Cascade {
         columns.push(ReleasedColumn {
             name: "matched".into(),
             kind: ColumnKind::Count {
-                noise_sd: self.noise.as_ref().map(|n| noise_sd(n.scale())),
+                noise_sd: self.selection.as_ref().map(|s| noise_sd(s.scale())),
             },
         });
         let mut rows: Vec<(Cell, usize, i64)> = shown
@@ -602,6 +617,52 @@ impl Cascade {
             .collect();
         Ok(Released { columns, rows })
     }
+}
+
+/// Caps every key independently: of the rows sharing one value of key `k`, at most the
+/// policy's `max_rows_per_key` (chosen at random) keep the value; the others have `k` set to
+/// null, so they can still match on the other keys. Unlike dropping rows, this does not let a
+/// change in one key's rows ripple into the next key's choice: removing one row changes, per
+/// key, only which one other row keeps that value.
+fn cap_key_values(
+    mut b: LogicalPlanBuilder,
+    name: &str,
+    table: &QueryTable,
+    columns: &BTreeSet<String>,
+    keys: &[&str],
+) -> Result<LogicalPlanBuilder, QueryError> {
+    let q = |c: &str| Expr::Column(Column::new(Some(name), c));
+    let keep = u64::from(table.policy.max_rows_per_key);
+    for k in keys {
+        let known = table
+            .stats
+            .as_ref()
+            .and_then(|s| s.max_rows_per_key.get(*k).copied());
+        if known.is_some_and(|m| m <= keep) {
+            // Every value already has at most `keep` rows: the stage is the identity.
+            continue;
+        }
+        let rn = row_number()
+            .partition_by(vec![q(k)])
+            .order_by(vec![random().sort(true, false)])
+            .build()
+            .map_err(internal)?
+            .alias(ROW_NUMBER);
+        let capped = when(col(ROW_NUMBER).lt_eq(lit(keep)), q(k))
+            .end()
+            .map_err(internal)?
+            .alias_qualified(Some(name), *k);
+        let projection: Vec<Expr> = columns
+            .iter()
+            .map(|c| if c == k { capped.clone() } else { q(c) })
+            .collect();
+        b = b
+            .window(vec![rn])
+            .map_err(internal)?
+            .project(projection)
+            .map_err(internal)?;
+    }
+    Ok(b)
 }
 
 fn session(opts: RunOptions) -> SessionContext {

@@ -73,7 +73,7 @@ pub enum ExactValue {
     Extreme(Option<f64>),
 }
 
-const ROW_NUMBER: &str = "__cleanroom_rn";
+pub(crate) const ROW_NUMBER: &str = "__cleanroom_rn";
 
 /// Builds the plan of `spec` over the encrypted data of `catalog`'s tables.
 pub fn build_plan(

@@ -425,32 +425,76 @@ async fn noisy_cascade_is_close_to_the_truth_and_charges_both_owners() {
     // Fresh noise on every run (the same plan run again, as only a charged run may).
     let again = templates::run(&plan, &cat, 2).await.unwrap();
     assert_ne!(rows(&again.tables[0].1, false), got, "noise is drawn");
-    // Cells are selected privately: by region every cell holds at most about 600 people,
-    // and at epsilon 2 the selection (scale 144, from 72 matches per right person at
-    // epsilon 0.5) needs a noisy count above 3,000: a cell of 600 reaches it with probability
-    // about e^(-2400/144)/2 < 10^-7, so none appears although each clears the exact minimum
-    // of 50.
+    // Cells are selected privately. By region every cell holds 50 to 700 people. At
+    // epsilon 2 (1 for the cascade; default bounds and three keys: one person moves at most
+    // 4 left people, scale 8) the noisy threshold is about 200: every cell far above it is
+    // shown, within its noise of the truth.
     let mut by = kv.to_vec();
     by.push(("by", "region"));
-    let low = PrivacyRequest {
-        epsilon: 2.0,
-        delta: 1e-7,
+    let threshold_of = |plan: &templates::TemplatePlan| {
+        plan.describe(&cat)
+            .iter()
+            .find_map(|l| l.strip_prefix("cascade: a cell is shown only if"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap()
     };
-    let (by_plan, by_out) = run_template(&cat, &by, low).await.unwrap();
-    let threshold = by_plan
-        .describe(&cat)
-        .iter()
-        .find_map(|l| l.strip_prefix("cascade: a cell is shown only if"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|t| t.parse::<i64>().ok())
-        .unwrap();
-    assert!(threshold > 3000, "{threshold}");
     let cells = plaintext(&left, &right, true);
     assert!(
         cells.values().all(|c| (50..700).contains(&c.0)),
         "{cells:?}"
     );
+    let (by_plan, by_out) = run_template(
+        &cat,
+        &by,
+        PrivacyRequest {
+            epsilon: 2.0,
+            delta: 1e-7,
+        },
+    )
+    .await
+    .unwrap();
+    let threshold = threshold_of(&by_plan);
+    assert!((100..300).contains(&threshold), "{threshold}");
     let t = &by_out.tables[0].1;
+    let ColumnKind::Count {
+        noise_sd: Some(by_sd),
+    } = t.columns[3].kind
+    else {
+        panic!("{:?}", t.columns[3]);
+    };
+    let shown = rows(t, true);
+    let mut far_above = 0;
+    for ((g, k), (n, _)) in &cells {
+        let got = shown.get(&(g.clone(), LABELS[*k].to_owned()));
+        if (*n as f64) > threshold as f64 + 8.0 * by_sd {
+            far_above += 1;
+            let (m, _) = got.unwrap_or_else(|| panic!("{g} {k}: {n} people not shown"));
+            assert!(
+                (*m as f64 - *n as f64).abs() < 8.0 * by_sd,
+                "{g} {k}: {m} vs {n}"
+            );
+        }
+    }
+    assert!(far_above >= 8, "{far_above} of {cells:?}");
+    // At epsilon 0.1 the threshold is in the thousands: a cell of 700 reaches it with
+    // probability below 10^-7, so none appears although each clears the exact minimum of 50.
+    let (low_plan, low_out) = run_template(
+        &cat,
+        &by,
+        PrivacyRequest {
+            epsilon: 0.1,
+            delta: 1e-7,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        threshold_of(&low_plan) > 2000,
+        "{}",
+        threshold_of(&low_plan)
+    );
+    let t = &low_out.tables[0].1;
     assert!(t.rows.is_empty(), "{t:?}");
     let total: f64 = want.values().map(|c| c.0 as f64).sum();
     let (t, _) = got[&(String::new(), "total".to_owned())];
@@ -490,8 +534,10 @@ async fn a_key_repeated_a_thousand_times_counts_at_most_its_bound() {
         ("phone".to_owned(), "phone".to_owned()),
     ];
     let c = Cascade::plan(&cat, 0, 1, &keys, None, REQ).unwrap();
-    // Defaults (one row per person and per key value): C_R · 2^K · K · m_L = 1 · 4 · 2 · 1.
-    assert_eq!(c.bounds()[1].moves, 8);
+    // Defaults (one row per person and per key value): C_L · (1 + K) = 1 · 3 on the left,
+    // C_R · K · m_L = 1 · 2 · 1 on the right.
+    assert_eq!(c.bounds()[0].moves, 3);
+    assert_eq!(c.bounds()[1].moves, 2);
     let phone_cell = |bound: bool| {
         let c = c.clone();
         let cat = cat.clone();
@@ -524,7 +570,9 @@ async fn a_key_repeated_a_thousand_times_counts_at_most_its_bound() {
     let (n, r) = base[&(String::new(), 1)];
     let bounded = phone_cell(true).await;
     assert!(bounded.left_people <= n + 1, "{bounded:?} vs {n}");
-    assert!(bounded.right_people <= r + 1, "{bounded:?} vs {r}");
+    // The right side is only a set of values per key: the 1,000 right people repeating
+    // one phone are behind one left person, whom they match once.
+    assert!(bounded.right_people >= r + 1000, "{bounded:?} vs {r}");
     // Without bounding the made-up people count (the test has power).
     let unbounded = phone_cell(false).await;
     assert!(unbounded.left_people >= n + 1000, "{unbounded:?}");
@@ -701,4 +749,97 @@ async fn a_cell_below_either_owners_minimum_is_suppressed() {
             assert_eq!(t.0, shown);
         }
     }
+}
+
+#[tokio::test]
+async fn with_differential_privacy_the_right_owners_minimum_holds_through_a_floor_on_matched_people()
+ {
+    // 4,800 people as before, plus 60 left people sharing one device that a single right
+    // person holds.
+    let (mut left, mut right) = population(4800, 0);
+    left.extend((0..60).map(|j| Person {
+        id: format!("dev{j}"),
+        ids: [String::new(), String::new(), "shared-device".into()],
+        region: "north",
+    }));
+    right.push(Match {
+        id: "one".into(),
+        ids: [String::new(), String::new(), "shared-device".into()],
+    });
+    let f = fixture(&left, &right);
+    let mut tables = f.tables.clone();
+    // Left: minimum 30 people, 3 rows per key value; right: minimum 40 people, 2 rows per
+    // person. One right person stands behind at most 2 · 3 left people, so the floor on the
+    // matched left people is max(30, 2 · 3 · 40) = 240.
+    tables[0].policy.min_group_size = 30;
+    tables[0].policy.max_rows_per_key = 3;
+    tables[1].policy.min_group_size = 40;
+    tables[1].policy.max_rows_per_unit = 2;
+    let cat = Arc::new(Catalog::new(tables));
+    let keys: Vec<(String, String)> = KEYS
+        .split(',')
+        .map(|k| match k.split_once(':') {
+            Some((l, r)) => (l.to_owned(), r.to_owned()),
+            None => (k.to_owned(), k.to_owned()),
+        })
+        .collect();
+    let c = Cascade::plan(&cat, 0, 1, &keys, Some("region"), REQ).unwrap();
+    // The invariant the floor rests on, on the bounded rows: n ≤ C_R · m_L · r in every cell.
+    let bounded = c
+        .execute(
+            &cat,
+            RunOptions {
+                bound_contributions: true,
+                partitions: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!bounded.is_empty());
+    for cell in &bounded {
+        assert!(cell.left_people <= 6 * cell.right_people, "{cell:?}");
+    }
+    let shared = bounded
+        .iter()
+        .find(|c| c.group.to_string() == "north" && c.level == 2)
+        .unwrap();
+    // Without the cap the 60 people sharing a device would all count.
+    let want = plaintext(&left, &right, true);
+    assert_eq!(
+        shared.left_people,
+        want[&("north".to_owned(), 2)].0 - 57,
+        "3 of the 60 keep the shared device"
+    );
+
+    let by = [
+        ("left", "crm"),
+        ("right", "aud"),
+        ("keys", KEYS),
+        ("by", "region"),
+    ];
+    let req = PrivacyRequest {
+        epsilon: 50.0,
+        delta: 1e-7,
+    };
+    let (plan, out) = run_template(&cat, &by, req).await.unwrap();
+    assert!(
+        plan.describe(&cat)
+            .iter()
+            .any(|l| l.contains("at least 240 matched people of crm (and so at least 40 of aud)")),
+        "{:?}",
+        plan.describe(&cat)
+    );
+    let shown = rows(&out.tables[0].1, true);
+    let (mut below, mut above) = (0, 0);
+    for ((g, k), (n, _)) in &want {
+        let got = shown.get(&(g.clone(), LABELS[*k].to_owned()));
+        if *n < 240 {
+            below += 1;
+            assert!(got.is_none(), "{g} {k}: {n} people shown as {got:?}");
+        } else if *n >= 300 {
+            above += 1;
+            assert!(got.is_some(), "{g} {k}: {n} people not shown");
+        }
+    }
+    assert!(below >= 2 && above >= 2, "{want:?}");
 }
