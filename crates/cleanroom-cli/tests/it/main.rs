@@ -6,6 +6,7 @@ mod analysis;
 mod audit;
 mod crash;
 mod flow;
+mod identity;
 mod prepare;
 mod psi;
 
@@ -246,3 +247,35 @@ pub const COLUMNS: [&str; 8] = [
     "-c",
     "n:int64:metric",
 ];
+
+/// The columns of a Parquet file, every value cast to text (null stays `None`).
+pub fn string_values(path: &Path) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut names = Vec::new();
+    let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        if names.is_empty() {
+            names = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            columns = vec![Vec::new(); names.len()];
+        }
+        for (i, col) in batch.columns().iter().enumerate() {
+            let text = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
+            let text = text
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            columns[i].extend(text.iter().map(|v| v.map(str::to_owned)));
+        }
+    }
+    (names, columns)
+}

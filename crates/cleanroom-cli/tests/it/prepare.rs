@@ -7,7 +7,6 @@ use std::process::{Command, Output, Stdio};
 
 use cleanroom_identity::normalise::IdKind;
 use cleanroom_identity::pseudonym::PseudonymKey;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::*;
 
@@ -131,37 +130,6 @@ fn prepare(dir: &Path, cfg: &Path, input: &Path, extra: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("running cleanroom prepare")
-}
-
-fn string_values(path: &Path) -> (Vec<String>, Vec<Vec<Option<String>>>) {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut names = Vec::new();
-    let mut columns: Vec<Vec<Option<String>>> = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        if names.is_empty() {
-            names = batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect();
-            columns = vec![Vec::new(); names.len()];
-        }
-        for (i, col) in batch.columns().iter().enumerate() {
-            let text = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
-            let text = text
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            columns[i].extend(text.iter().map(|v| v.map(str::to_owned)));
-        }
-    }
-    (names, columns)
 }
 
 #[test]
