@@ -1361,6 +1361,17 @@ impl MetaStore for SqliteStore {
         .collect()
     }
 
+    async fn consumed_activations(&self) -> Result<Vec<ActivationRow>, MetaError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ACTIVATION_SELECT} WHERE status = 'consumed' ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(activation_from)
+        .collect()
+    }
+
     async fn move_activation(
         &self,
         id: &str,

@@ -335,6 +335,9 @@ pub trait MetaStore: Send + Sync + 'static {
         &self,
         collab: CollaborationId,
     ) -> Result<Vec<ActivationRow>, MetaError>;
+    /// Activations whose approval was used but whose delivery was never recorded (after a
+    /// crash), in every collaboration.
+    async fn consumed_activations(&self) -> Result<Vec<ActivationRow>, MetaError>;
     /// Moves an activation from `mv.from` to `mv.to` in one conditional statement, with its
     /// audit entry; `Conflict` (and nothing changes) unless it is in `mv.from`.
     async fn move_activation(

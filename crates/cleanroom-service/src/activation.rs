@@ -624,6 +624,36 @@ impl CleanRoom {
         })
     }
 
+    /// At start-up: an activation whose approval was used but whose outcome was never
+    /// recorded was cut off by a stop while matching. Its identifiers are sent only after
+    /// `delivered` is recorded, so nothing reached the partner: it is recorded as failed, in
+    /// its collaboration's chain, and the approval stays used (once per approval, even
+    /// across a crash); the partner asks again.
+    pub(crate) async fn recover_activations(&self) -> Result<(), ServiceError> {
+        for row in self.meta.consumed_activations().await? {
+            let audit = Self::audit(
+                &row.collaboration_id.to_string(),
+                "server",
+                "activation.deliver",
+                &row.id,
+                Outcome::Failed,
+                "interrupted by a server restart while matching; nothing was delivered and the approval stays used",
+            );
+            let mv = ActivationMove {
+                from: "consumed",
+                to: "failed",
+                decided_by: None,
+                delivered: None,
+                finished: true,
+            };
+            match self.meta.move_activation(&row.id, mv, audit).await {
+                Ok(()) | Err(MetaError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     async fn match_and_record(
         room: CleanRoom,
         c: Collaboration,
@@ -636,7 +666,10 @@ impl CleanRoom {
         let chain = c.id.to_string();
         let min = checked.rule.min_segment_size;
         let outcome = async {
-            let (catalog, _) = room.catalog(&c, true).await?;
+            let (source, target) = (checked.source.id, checked.target.id);
+            let (catalog, _) = room
+                .catalog_opening(&c, |d| d.id == source || d.id == target)
+                .await?;
             let table = |d: &Dataset| {
                 catalog
                     .tables

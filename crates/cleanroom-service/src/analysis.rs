@@ -754,6 +754,16 @@ impl CleanRoom {
         c: &Collaboration,
         with_data: bool,
     ) -> Result<(Arc<Catalog>, Vec<Dataset>), ServiceError> {
+        self.catalog_opening(c, |_| with_data).await
+    }
+
+    /// As [`Self::catalog`], with decryption handles only for the datasets `open` picks: a
+    /// dataset's key is derived only when its data is needed.
+    pub(crate) async fn catalog_opening(
+        &self,
+        c: &Collaboration,
+        open: impl Fn(&Dataset) -> bool,
+    ) -> Result<(Arc<Catalog>, Vec<Dataset>), ServiceError> {
         let datasets: Vec<Dataset> = self
             .meta
             .list_datasets(c.id)
@@ -778,7 +788,7 @@ impl CleanRoom {
                     0,
                 ),
             };
-            let data = if with_data {
+            let data = if open(d) {
                 let key = self.dataset_key(c.id, d.id).await?;
                 let files = self.files.clone();
                 let (cid, did) = (c.id, d.id);

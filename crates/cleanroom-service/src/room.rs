@@ -211,7 +211,7 @@ fn not_found_collab() -> ServiceError {
 impl CleanRoom {
     /// Opens the clean room in `config.data_dir` with the embedded SQLite store, and repairs
     /// whatever a crash left behind: unfinished uploads are dropped and their datasets return
-    /// to pending.
+    /// to pending; analyses and activations caught mid-run are recorded as failed.
     pub async fn open(config: Config) -> Result<Self, ServiceError> {
         let dir = &config.data_dir;
         if config.create {
@@ -295,6 +295,7 @@ impl CleanRoom {
 
     async fn recover(&self) -> Result<(), ServiceError> {
         self.recover_analyses().await?;
+        self.recover_activations().await?;
         // An upload under way when the server stopped never finished: record that it was
         // discarded, in its collaboration's chain, as the dataset returns to pending.
         for d in self.meta.uploading_datasets().await? {

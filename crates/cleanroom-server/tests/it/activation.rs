@@ -450,3 +450,79 @@ async fn activation_denials_over_http() {
         "denied"
     ));
 }
+
+/// A stop between using the approval and recording the delivery: at start-up the activation
+/// is recorded as failed (nothing was sent: identifiers leave only after `delivered` is
+/// recorded), the approval stays used, and the partner can ask again.
+#[tokio::test]
+async fn an_activation_cut_off_by_a_restart_is_failed_and_its_approval_stays_used() {
+    let (s, brand, publisher, id) = setup(Some(rule())).await;
+    let (st, a) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
+    assert_eq!(st, StatusCode::CREATED, "{a}");
+    let aid = a["id"].as_str().unwrap().to_owned();
+    s.ok(
+        Method::POST,
+        &format!("/v1/collaborations/{id}/activations/{aid}/approve"),
+        &brand,
+        None,
+    )
+    .await;
+    // Stage what a crash while matching leaves: the approval used, no outcome recorded.
+    let a = aid.clone();
+    let s = s
+        .restart_after(|data| async move {
+            let db = data.join("meta.sqlite");
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let done = sqlx::query(
+                "UPDATE activations SET status = 'consumed' WHERE id = ? AND status = 'approved'",
+            )
+            .bind(&a)
+            .execute(&pool)
+            .await
+            .unwrap();
+            assert_eq!(done.rows_affected(), 1);
+            pool.close().await;
+        })
+        .await;
+    let v = s
+        .ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/activations/{aid}"),
+            &publisher,
+            None,
+        )
+        .await;
+    assert_eq!(v["status"], "failed", "{v}");
+    let (st, _, text) = s.segment(&publisher, &id, &aid, "").await;
+    assert_eq!(st, StatusCode::CONFLICT, "{text}");
+    assert_eq!(code(&text).0, "activation_consumed");
+    let entries = audit_after(&s, &brand, &id, 0).await;
+    assert!(
+        entries.iter().any(|e| {
+            e["actor"] == "server"
+                && e["target"] == aid.as_str()
+                && e["outcome"] == "failed"
+                && e["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("interrupted by a server restart while matching")
+        }),
+        "{entries:?}"
+    );
+    // Asking again works end to end.
+    let (st, again) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
+    assert_eq!(st, StatusCode::CREATED, "{again}");
+    let again = again["id"].as_str().unwrap().to_owned();
+    s.ok(
+        Method::POST,
+        &format!("/v1/collaborations/{id}/activations/{again}/approve"),
+        &brand,
+        None,
+    )
+    .await;
+    let (st, _, text) = s.segment(&publisher, &id, &again, "").await;
+    assert_eq!(st, StatusCode::OK, "{text}");
+    assert!(text.lines().count() > 500, "{}", text.lines().count());
+}
