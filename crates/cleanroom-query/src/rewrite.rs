@@ -4,7 +4,8 @@
 //!
 //! 1. each dataset is scanned (only the columns the query needs), filtered by its own row
 //!    filters, then **bounded**: at most `max_rows_per_unit` rows per person, chosen at
-//!    random (`ROW_NUMBER() OVER (PARTITION BY person ORDER BY random())`), then at most
+//!    random (`ROW_NUMBER() OVER (PARTITION BY person ORDER BY random())`, or for a bound of
+//!    one a hash aggregation keeping the row with the smallest random tag), then at most
 //!    `max_rows_per_key` rows per (non-null) value of every join key it is joined on;
 //! 2. the bounded tables are joined on their keys and filtered by cross-table filters;
 //! 3. metrics are clamped into their bounds and read as fixed-point integers;
@@ -25,13 +26,13 @@ use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::functions::expr_fn::{greatest, least, random, round};
 use datafusion::functions_aggregate::count::count_udaf;
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, first_value, max, min, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::WindowFunctionDefinition;
 use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Cast, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit,
+    Cast, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit, when,
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -74,6 +75,12 @@ pub enum ExactValue {
 }
 
 pub(crate) const ROW_NUMBER: &str = "__cleanroom_rn";
+/// The random tag of a row in a keep-one bounding stage.
+const TAG: &str = "__cleanroom_tag";
+/// The extra group of a null key in a keep-one stage (its tag: one group per row).
+const NULL_GROUP: &str = "__cleanroom_null_group";
+/// Prefix of the columns a keep-one stage keeps.
+const KEPT: &str = "__cleanroom_kept_";
 
 /// Builds the plan of `spec` over the encrypted data of `catalog`'s tables.
 pub fn build_plan(
@@ -268,6 +275,10 @@ pub(crate) fn bound_contributions(
             // Every value already has at most `keep` rows: the stage is the identity.
             continue;
         }
+        if keep == 1 {
+            b = keep_one(b, name, &column, column != t.unit_column(), &columns)?;
+            continue;
+        }
         let rn = row_number()
             .partition_by(vec![q(&column)])
             .order_by(vec![random().sort(true, false)])
@@ -289,6 +300,59 @@ pub(crate) fn bound_contributions(
             .map_err(internal)?;
     }
     Ok(b)
+}
+
+/// One stage of [`bound_contributions`] with a bound of one row, as a hash aggregation instead
+/// of a sort: every row gets a random tag, and per value of `column` the row with the smallest
+/// tag is kept (`first_value(c ORDER BY tag)` for every other column, all ordered by the same
+/// tag, so the kept values come from one row). The same random choice as `ROW_NUMBER() OVER
+/// (PARTITION BY column ORDER BY random()) = 1`, without sorting the table. With `nulls_pass`,
+/// every row whose `column` is null is a group of its own (grouped also by its tag), so all of
+/// them are kept.
+fn keep_one(
+    b: LogicalPlanBuilder,
+    name: &str,
+    column: &str,
+    nulls_pass: bool,
+    columns: &[Expr],
+) -> Result<LogicalPlanBuilder, QueryError> {
+    let q = |c: &str| Expr::Column(Column::new(Some(name), c));
+    let mut with_tag = columns.to_vec();
+    with_tag.push(random().alias(TAG));
+    let mut groups = vec![q(column)];
+    if nulls_pass {
+        groups.push(
+            when(q(column).is_null(), col(TAG))
+                .end()
+                .map_err(internal)?
+                .alias(NULL_GROUP),
+        );
+    }
+    let mut aggregates = Vec::new();
+    let mut projection = Vec::new();
+    for c in columns {
+        let Expr::Column(c) = c else {
+            return Err(QueryError::Internal(
+                "bounding expects plain columns".into(),
+            ));
+        };
+        if c.name == column {
+            projection.push(q(column));
+        } else {
+            let alias = format!("{KEPT}{}", c.name);
+            aggregates.push(
+                first_value(Expr::Column(c.clone()), vec![col(TAG).sort(true, false)])
+                    .alias(&alias),
+            );
+            projection.push(col(alias).alias_qualified(Some(name), &c.name));
+        }
+    }
+    b.project(with_tag)
+        .map_err(internal)?
+        .aggregate(groups, aggregates)
+        .map_err(internal)?
+        .project(projection)
+        .map_err(internal)
 }
 
 /// Runs the plan of `spec` and reads its groups.

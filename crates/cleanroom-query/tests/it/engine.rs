@@ -336,10 +336,10 @@ async fn known_multiplicities_skip_bounding_without_changing_the_result() {
         partitions: 2,
     };
     let plan = cleanroom_query::rewrite::build_plan(&a.spec, &with_stats, opts).unwrap();
+    let text = format!("{}", plan.display_indent());
     assert!(
-        !format!("{}", plan.display_indent()).contains("row_number"),
-        "bounding should be skipped:\n{}",
-        plan.display_indent()
+        !text.contains("row_number") && !text.contains("first_value"),
+        "bounding should be skipped:\n{text}"
     );
     let mut fast = execute(&a.spec, &with_stats, opts).await.unwrap();
     let mut slow = execute(&a.spec, &f.catalog(), opts).await.unwrap();
@@ -371,10 +371,77 @@ async fn known_multiplicities_skip_bounding_without_changing_the_result() {
     let a = prepare("SELECT COUNT(*) AS n FROM brand", &cat, REQ)
         .await
         .unwrap();
+    let plan = cleanroom_query::rewrite::build_plan(&a.spec, &cat, opts).unwrap();
+    let text = format!("{}", plan.display_indent());
+    assert!(
+        text.contains("__cleanroom_tag"),
+        "a keep-one stage:\n{text}"
+    );
     let g = execute(&a.spec, &cat, opts).await.unwrap();
     assert_eq!(
         g[0].values[0],
         ExactValue::Count(104),
         "the heavy person keeps one row"
     );
+}
+
+/// A bound of one row per person is a hash aggregation (`first_value(… ORDER BY tag)` per
+/// column): the kept values must all come from one row, and the row must be chosen at random.
+#[tokio::test]
+async fn a_bound_of_one_keeps_a_whole_row_chosen_at_random() {
+    let mut f = Fixture::new();
+    // 100 people with one row; one person with 200 rows whose region and age band pair up
+    // (r{i} with a{i}); a mix of columns from two rows would pair r{i} with a{j}.
+    let mut rows: Vec<String> = (0..100)
+        .map(|i| format!("c{i},e{i},north,25-34,1,1.0,2025-01-01"))
+        .collect();
+    rows.extend((0..200).map(|i| format!("heavy,h{i},r{i},a{i},{},{i}.5,2025-01-01", i % 100)));
+    f.add(
+        "brand",
+        "brand",
+        BRAND_SCHEMA,
+        brand_policy(),
+        &csv(BRAND_HEADER, rows),
+    );
+    let mut tables = f.tables.clone();
+    tables[0].policy.min_group_size = 1;
+    tables[0].policy.differential_privacy = false;
+    let cat = cleanroom_query::Catalog::new(tables);
+    let a = prepare(
+        "SELECT region, age_band, COUNT(*) AS n, SUM(purchases) AS s FROM brand GROUP BY region, age_band",
+        &cat,
+        REQ,
+    )
+    .await
+    .unwrap();
+    let opts = RunOptions {
+        bound_contributions: true,
+        partitions: 2,
+    };
+    let mut picked = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let groups = execute(&a.spec, &cat, opts).await.unwrap();
+        let heavy: Vec<_> = groups
+            .iter()
+            .filter(|g| g.keys[0].to_string() != "north")
+            .collect();
+        assert_eq!(heavy.len(), 1, "one row of the heavy person: {groups:?}");
+        let region = heavy[0].keys[0].to_string();
+        let i: i64 = region.trim_start_matches('r').parse().unwrap();
+        assert_eq!(heavy[0].keys[1].to_string(), format!("a{i}"), "{heavy:?}");
+        assert_eq!(heavy[0].values[0], ExactValue::Count(1));
+        assert_eq!(
+            heavy[0].values[1],
+            ExactValue::Sum(i128::from(i % 100)),
+            "{heavy:?}"
+        );
+        let north = groups
+            .iter()
+            .find(|g| g.keys[0].to_string() == "north")
+            .unwrap();
+        assert_eq!(north.values[0], ExactValue::Count(100));
+        picked.insert(i);
+    }
+    // 20 draws among 200 rows: fewer than 10 distinct rows has probability below 10^-9.
+    assert!(picked.len() >= 10, "{picked:?}");
 }
