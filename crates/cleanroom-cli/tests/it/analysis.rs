@@ -51,19 +51,7 @@ fn policies_budgets_queries_and_templates_from_the_command_line() {
             token,
             &["policy", "set", &id, name, "--file", &p(&pol)],
         ));
-        ok(&cli(
-            &url,
-            token,
-            &[
-                "budget",
-                "grant",
-                &id,
-                "--epsilon",
-                "2",
-                "--per-query-epsilon",
-                "1",
-            ],
-        ));
+        grant(&url, token, &id, "2", "1");
     }
     // The example policy is a valid starting point.
     let example = ok(&run(Command::new(BIN).args(["policy", "example"])));

@@ -238,19 +238,7 @@ allow_sql = false
             token,
             &["policy", "set", &id, name, "--file", policy],
         ));
-        ok(&cli(
-            &url,
-            token,
-            &[
-                "budget",
-                "grant",
-                &id,
-                "--epsilon",
-                "6",
-                "--per-query-epsilon",
-                "2",
-            ],
-        ));
+        grant(&url, token, &id, "6", "2");
     }
 
     // 4. Overlap on three identifiers at once: refused until the publisher approves the

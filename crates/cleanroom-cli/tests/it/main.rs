@@ -229,6 +229,23 @@ pub fn two_parties(url: &str, op: &str) -> (String, String, String) {
     (brand, publisher, id)
 }
 
+/// `budget grant` for the caller's organisation: `total` ε, at most `per_query` per query.
+pub fn grant(url: &str, token: &str, collab: &str, total: &str, per_query: &str) {
+    ok(&cli(
+        url,
+        token,
+        &[
+            "budget",
+            "grant",
+            collab,
+            "--epsilon",
+            total,
+            "--per-query-epsilon",
+            per_query,
+        ],
+    ));
+}
+
 pub fn write_csv(path: &Path, rows: usize) {
     let mut s = String::from("pid,email_hmac,city,n\n");
     for i in 0..rows {

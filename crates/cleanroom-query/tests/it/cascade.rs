@@ -688,11 +688,10 @@ async fn refusals_are_decided_from_policies_before_any_data() {
     assert!(ok.request().is_some());
 }
 
-#[tokio::test]
-async fn a_cell_below_either_owners_minimum_is_suppressed() {
-    // 600 people as before, plus 60 left people sharing one device that a single right
-    // person holds: 60 left people, but 1 right person behind them.
-    let (mut left, mut right) = population(600, 0);
+/// `n` people as [`population`], plus 60 left people in the north sharing one device that a
+/// single right person holds.
+fn with_shared_device(n: usize) -> (Vec<Person>, Vec<Match>) {
+    let (mut left, mut right) = population(n, 0);
     left.extend((0..60).map(|j| Person {
         id: format!("dev{j}"),
         ids: [String::new(), String::new(), "shared-device".into()],
@@ -702,6 +701,14 @@ async fn a_cell_below_either_owners_minimum_is_suppressed() {
         id: "one".into(),
         ids: [String::new(), String::new(), "shared-device".into()],
     });
+    (left, right)
+}
+
+#[tokio::test]
+async fn a_cell_below_either_owners_minimum_is_suppressed() {
+    // 600 people as before, plus 60 left people sharing one device that a single right
+    // person holds: 60 left people, but 1 right person behind them.
+    let (left, right) = with_shared_device(600);
     let f = fixture(&left, &right);
     let mut tables = f.tables.clone();
     for t in &mut tables {
@@ -754,18 +761,7 @@ async fn a_cell_below_either_owners_minimum_is_suppressed() {
 #[tokio::test]
 async fn with_differential_privacy_the_right_owners_minimum_holds_through_a_floor_on_matched_people()
  {
-    // 4,800 people as before, plus 60 left people sharing one device that a single right
-    // person holds.
-    let (mut left, mut right) = population(4800, 0);
-    left.extend((0..60).map(|j| Person {
-        id: format!("dev{j}"),
-        ids: [String::new(), String::new(), "shared-device".into()],
-        region: "north",
-    }));
-    right.push(Match {
-        id: "one".into(),
-        ids: [String::new(), String::new(), "shared-device".into()],
-    });
+    let (left, right) = with_shared_device(4800);
     let f = fixture(&left, &right);
     let mut tables = f.tables.clone();
     // Left: minimum 30 people, 3 rows per key value; right: minimum 40 people, 2 rows per

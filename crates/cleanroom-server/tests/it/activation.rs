@@ -84,6 +84,17 @@ fn ask(filter: Value, output: &str) -> Value {
 }
 
 impl Server {
+    /// The owner approves an activation: the activation as it now stands.
+    async fn approve(&self, owner: &str, id: &str, activation: &str) -> Value {
+        self.ok(
+            Method::POST,
+            &format!("/v1/collaborations/{id}/activations/{activation}/approve"),
+            owner,
+            None,
+        )
+        .await
+    }
+
     async fn activation(&self, token: &str, id: &str, body: Value) -> (StatusCode, Value) {
         self.call(
             Method::POST,
@@ -165,14 +176,7 @@ async fn a_partner_downloads_its_own_identifiers_once_over_http() {
         (st, v["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("forbidden"))
     );
-    let v = s
-        .ok(
-            Method::POST,
-            &format!("/v1/collaborations/{id}/activations/{aid}/approve"),
-            &brand,
-            None,
-        )
-        .await;
+    let v = s.approve(&brand, &id, &aid).await;
     assert_eq!(v["status"], "approved");
     // The owner cannot download it.
     let (st, _, text) = s.segment(&brand, &id, &aid, "").await;
@@ -209,13 +213,7 @@ async fn a_partner_downloads_its_own_identifiers_once_over_http() {
     // JSON lines on request.
     let (_, b) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
     let bid = b["id"].as_str().unwrap().to_owned();
-    s.ok(
-        Method::POST,
-        &format!("/v1/collaborations/{id}/activations/{bid}/approve"),
-        &brand,
-        None,
-    )
-    .await;
+    s.approve(&brand, &id, &bid).await;
     let (st, _, text) = s.segment(&publisher, &id, &bid, "?format=xml").await;
     assert_eq!(
         (st, code(&text).0.as_str()),
@@ -365,13 +363,7 @@ async fn activation_denials_over_http() {
         .activation(&publisher, &id, ask(json!({"city": "atlantis"}), "maid"))
         .await;
     let aid = a["id"].as_str().unwrap().to_owned();
-    s.ok(
-        Method::POST,
-        &format!("/v1/collaborations/{id}/activations/{aid}/approve"),
-        &brand,
-        None,
-    )
-    .await;
+    s.approve(&brand, &id, &aid).await;
     let (st, _, text) = s.segment(&publisher, &id, &aid, "").await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     assert_eq!(
@@ -415,13 +407,7 @@ async fn activation_denials_over_http() {
     // Approved, then the collaboration is closed: gone.
     let (_, c) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
     let cid = c["id"].as_str().unwrap().to_owned();
-    s.ok(
-        Method::POST,
-        &format!("/v1/collaborations/{id}/activations/{cid}/approve"),
-        &brand,
-        None,
-    )
-    .await;
+    s.approve(&brand, &id, &cid).await;
     s.ok(
         Method::POST,
         &format!("/v1/collaborations/{id}/close"),
@@ -460,32 +446,15 @@ async fn an_activation_cut_off_by_a_restart_is_failed_and_its_approval_stays_use
     let (st, a) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
     assert_eq!(st, StatusCode::CREATED, "{a}");
     let aid = a["id"].as_str().unwrap().to_owned();
-    s.ok(
-        Method::POST,
-        &format!("/v1/collaborations/{id}/activations/{aid}/approve"),
-        &brand,
-        None,
-    )
-    .await;
+    s.approve(&brand, &id, &aid).await;
     // Stage what a crash while matching leaves: the approval used, no outcome recorded.
-    let a = aid.clone();
-    let s = s
-        .restart_after(|data| async move {
-            let db = data.join("meta.sqlite");
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            let done = sqlx::query(
-                "UPDATE activations SET status = 'consumed' WHERE id = ? AND status = 'approved'",
-            )
-            .bind(&a)
-            .execute(&pool)
-            .await
-            .unwrap();
-            assert_eq!(done.rows_affected(), 1);
-            pool.close().await;
-        })
+    let (s, changed) = s
+        .restart_editing(
+            "UPDATE activations SET status = 'consumed' WHERE id = ? AND status = 'approved'",
+            &[&aid],
+        )
         .await;
+    assert_eq!(changed, 1);
     let v = s
         .ok(
             Method::GET,
@@ -515,13 +484,7 @@ async fn an_activation_cut_off_by_a_restart_is_failed_and_its_approval_stays_use
     let (st, again) = s.activation(&publisher, &id, ask(json!({}), "maid")).await;
     assert_eq!(st, StatusCode::CREATED, "{again}");
     let again = again["id"].as_str().unwrap().to_owned();
-    s.ok(
-        Method::POST,
-        &format!("/v1/collaborations/{id}/activations/{again}/approve"),
-        &brand,
-        None,
-    )
-    .await;
+    s.approve(&brand, &id, &again).await;
     let (st, _, text) = s.segment(&publisher, &id, &again, "").await;
     assert_eq!(st, StatusCode::OK, "{text}");
     assert!(text.lines().count() > 500, "{}", text.lines().count());

@@ -249,21 +249,13 @@ async fn an_analysis_cut_off_by_a_crash_is_failed_at_start_up_and_stays_charged(
         .await,
     );
     // Stage what a crash during the run leaves: the analysis recorded and charged, not finished.
-    let a = analysis.clone();
-    let s = s
-        .restart_after(|data| async move {
-            let db = data.join("meta.sqlite");
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::query("UPDATE analyses SET status = 'running', result = NULL, finished_at = NULL WHERE id = ?")
-                .bind(&a)
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        })
+    let (s, changed) = s
+        .restart_editing(
+            "UPDATE analyses SET status = 'running', result = NULL, finished_at = NULL WHERE id = ?",
+            &[&analysis],
+        )
         .await;
+    assert_eq!(changed, 1);
     let v = s
         .ok(
             Method::GET,

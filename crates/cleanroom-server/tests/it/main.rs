@@ -81,6 +81,31 @@ impl Server {
         s
     }
 
+    /// Stops the server, runs one SQL statement on its metadata database (to stage what a
+    /// crash leaves), and starts a new one on it; returns it and the rows the statement changed.
+    pub async fn restart_editing(self, sql: &str, binds: &[&str]) -> (Self, u64) {
+        let sql = sql.to_owned();
+        let binds: Vec<String> = binds.iter().map(|b| (*b).to_owned()).collect();
+        let changed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let out = changed.clone();
+        let s = self
+            .restart_after(|data| async move {
+                let db = data.join("meta.sqlite");
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                    .await
+                    .unwrap();
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for b in binds {
+                    q = q.bind(b);
+                }
+                let done = q.execute(&pool).await.unwrap();
+                out.store(done.rows_affected(), std::sync::atomic::Ordering::SeqCst);
+                pool.close().await;
+            })
+            .await;
+        (s, changed.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     pub fn req(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{}", self.base, path));
         if token.is_empty() {

@@ -324,19 +324,10 @@ async fn an_upload_interrupted_by_a_crash_is_audited_at_start_up() {
     s.declare(&brand, &id, "crm").await;
     let before = head(&s, &brand, &id).await;
     // What a crash during the upload leaves in the metadata.
-    let s = s
-        .restart_after(|data| async move {
-            let db = data.join("meta.sqlite");
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::query("UPDATE datasets SET status = 'uploading'")
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        })
+    let (s, changed) = s
+        .restart_editing("UPDATE datasets SET status = 'uploading'", &[])
         .await;
+    assert_eq!(changed, 1);
     let entries = audit_after(&s, &brand, &id, before).await;
     assert_eq!(entries.len(), 1, "{entries:#?}");
     let e = &entries[0];
