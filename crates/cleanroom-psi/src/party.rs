@@ -108,11 +108,11 @@ impl Party {
                 2 * peer + own,
             ),
             (ProtocolKind::SumToValuesHolder, Role::Sender) => (
-                State::SumSSend(sum_to_holder::SenderSending::new(session, input)?),
+                State::SumSSend(sum_to_holder::sender(session, input)?),
                 2 * own + peer,
             ),
             (ProtocolKind::Sum, Role::Receiver) => (
-                State::SumLSend(sum::LearnerSending::new(session, input)?),
+                State::SumLSend(sum::learner(session, input)?),
                 2 * own + peer,
             ),
             (ProtocolKind::Sum, Role::Sender) => (
@@ -241,7 +241,7 @@ impl Party {
                 Absorb::More(s) => State::SumSCollect(s),
                 Absorb::Next(n) => State::SumSKey(n),
             },
-            State::SumSKey(s) => State::SumSMatch(s.absorb(msg)?),
+            State::SumSKey(s) => State::SumSMatch(s.absorb(msg)?.into()),
             State::SumSMatch(s) => match s.absorb(msg)? {
                 Absorb::More(s) => State::SumSMatch(s),
                 Absorb::Next((m, out)) => {
@@ -253,7 +253,7 @@ impl Party {
                 Absorb::More(s) => State::SumLCollect(s),
                 Absorb::Next(n) => State::SumLKey(n),
             },
-            State::SumLKey(s) => State::SumLMatch(s.absorb(msg)?),
+            State::SumLKey(s) => State::SumLMatch(s.absorb(msg)?.into()),
             State::SumLMatch(s) => match s.absorb(msg)? {
                 Absorb::More(s) => State::SumLMatch(s),
                 Absorb::Next((m, n)) => {

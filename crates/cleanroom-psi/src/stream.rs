@@ -4,10 +4,11 @@
 
 use rayon::prelude::*;
 
-use crate::PsiError;
 use crate::elgamal::{Ciphertext, PublicKey};
 use crate::group::{Point, SessionKey, Tag, TagSet};
+use crate::input::{Data, PreparedInput};
 use crate::wire::Message;
+use crate::{PsiError, Session};
 
 /// The result of a sending step: another message and the same phase, or the phase's last
 /// message and the next phase.
@@ -388,6 +389,109 @@ impl EncryptedSums {
     /// The encrypted sums per kind, not yet re-randomised: never send them as they are.
     pub(crate) fn sums(&self) -> &[Ciphertext] {
         &self.sums
+    }
+}
+
+// ------------------------------------------- the identifiers-only side of both sums, steps 1–4
+
+/// Both sums, identifiers-only side, step 1: sending its blinded set. Built by
+/// [`crate::sum::learner`] or [`crate::sum_to_holder::sender`], which check the session first.
+pub struct SetSending {
+    session: Session,
+    key: SessionKey,
+    stream: SetStream,
+    own: Vec<u64>,
+}
+
+impl SetSending {
+    /// For a session already checked for its protocol and this party's role.
+    pub(crate) fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
+        let own = input.announced_items();
+        let Data::Set(sets) = input.data else {
+            return Err(PsiError::InvalidParameter("input layout".into()));
+        };
+        Ok(SetSending {
+            stream: SetStream::new(sets, session.batch),
+            session,
+            key: input.key,
+            own,
+        })
+    }
+
+    pub fn emit(mut self) -> Result<Emit<Self, TagsCollecting>, PsiError> {
+        let (msg, last) = self.stream.next();
+        if !last {
+            return Ok(Emit::More(msg, self));
+        }
+        Ok(Emit::Last(
+            msg,
+            TagsCollecting {
+                sink: TagSink::new(self.own),
+                session: self.session,
+                key: self.key,
+            },
+        ))
+    }
+}
+
+/// Both sums, identifiers-only side, step 2: keeping its own set, re-blinded by the values
+/// holder and sorted.
+pub struct TagsCollecting {
+    session: Session,
+    key: SessionKey,
+    sink: TagSink,
+}
+
+impl TagsCollecting {
+    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, KeyAwaiting>, PsiError> {
+        if self.sink.absorb(msg)? {
+            Ok(Absorb::Next(KeyAwaiting {
+                session: self.session,
+                key: self.key,
+                sink: self.sink,
+            }))
+        } else {
+            Ok(Absorb::More(self))
+        }
+    }
+}
+
+/// Both sums, identifiers-only side, step 3: waiting for the values holder's public key.
+pub struct KeyAwaiting {
+    session: Session,
+    key: SessionKey,
+    sink: TagSink,
+}
+
+impl KeyAwaiting {
+    pub fn absorb(self, msg: Message) -> Result<RecordsMatching, PsiError> {
+        match msg {
+            Message::PublicKey(b) => Ok(RecordsMatching {
+                pk: PublicKey::from_bytes(&b)?,
+                sums: EncryptedSums::new(self.session.peer_items[0], self.session.kinds.len()),
+                session: self.session,
+                key: self.key,
+                sink: self.sink,
+            }),
+            other => Err(unexpected("the values holder's public key", &other)),
+        }
+    }
+}
+
+/// Both sums, identifiers-only side, step 4: matching the values holder's records and adding
+/// up their ciphertexts. What happens to the sums at the end is each protocol's own.
+pub struct RecordsMatching {
+    pub(crate) session: Session,
+    key: SessionKey,
+    sink: TagSink,
+    pub(crate) pk: PublicKey,
+    pub(crate) sums: EncryptedSums,
+}
+
+impl RecordsMatching {
+    /// Absorbs one message of the records; `true` once they have all arrived.
+    pub(crate) fn absorb(&mut self, msg: Message) -> Result<bool, PsiError> {
+        self.sums.absorb(&self.key, &self.sink.sets, msg)
     }
 }
 

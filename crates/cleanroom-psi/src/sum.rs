@@ -36,12 +36,12 @@
 
 use zeroize::Zeroizing;
 
-use crate::elgamal::{Ciphertext, Decryptor, Mask, PublicKey, SecretKey};
+use crate::elgamal::{Ciphertext, Decryptor, Mask, SecretKey};
 use crate::group::SessionKey;
 use crate::input::{Data, PreparedInput};
 use crate::stream::{
-    Absorb, Emit, EncryptedRecords, EncryptedSums, SetStream, SortedReturn, TagSink, TagStream,
-    unexpected,
+    Absorb, Emit, EncryptedRecords, KeyAwaiting, RecordsMatching, SetSending, SortedReturn,
+    TagStream, TagsCollecting, unexpected,
 };
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{MatchCounts, PsiError, Session, SumOutput};
@@ -57,96 +57,27 @@ fn check(session: &Session, input: &PreparedInput, role: Role) -> Result<(), Psi
 
 // ---------------------------------------------------------------- learner (receiver)
 
-/// Learner, step 1: sending its blinded set.
-pub struct LearnerSending {
-    session: Session,
-    key: SessionKey,
-    stream: SetStream,
-    own: Vec<u64>,
-}
-
-impl LearnerSending {
-    pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
-        check(&session, &input, Role::Receiver)?;
-        let own = input.announced_items();
-        let Data::Set(sets) = input.data else {
-            return Err(PsiError::InvalidParameter("input layout".into()));
-        };
-        Ok(LearnerSending {
-            stream: SetStream::new(sets, session.batch),
-            session,
-            key: input.key,
-            own,
-        })
-    }
-
-    pub fn emit(mut self) -> Result<Emit<Self, LearnerCollecting>, PsiError> {
-        let (msg, last) = self.stream.next();
-        if !last {
-            return Ok(Emit::More(msg, self));
-        }
-        Ok(Emit::Last(
-            msg,
-            LearnerCollecting {
-                sink: TagSink::new(self.own),
-                session: self.session,
-                key: self.key,
-            },
-        ))
-    }
-}
-
+/// Learner, step 1: sending its blinded set (shared with the other sum's sender).
+pub type LearnerSending = SetSending;
 /// Learner, step 2: keeping its own set, re-blinded by the values holder and sorted.
-pub struct LearnerCollecting {
-    session: Session,
-    key: SessionKey,
-    sink: TagSink,
-}
-
-impl LearnerCollecting {
-    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, LearnerAwaitingKey>, PsiError> {
-        if self.sink.absorb(msg)? {
-            Ok(Absorb::Next(LearnerAwaitingKey {
-                session: self.session,
-                key: self.key,
-                sink: self.sink,
-            }))
-        } else {
-            Ok(Absorb::More(self))
-        }
-    }
-}
-
+pub type LearnerCollecting = TagsCollecting;
 /// Learner, step 3: waiting for the values holder's public key.
-pub struct LearnerAwaitingKey {
-    session: Session,
-    key: SessionKey,
-    sink: TagSink,
-}
+pub type LearnerAwaitingKey = KeyAwaiting;
 
-impl LearnerAwaitingKey {
-    pub fn absorb(self, msg: Message) -> Result<LearnerMatching, PsiError> {
-        match msg {
-            Message::PublicKey(b) => Ok(LearnerMatching {
-                pk: PublicKey::from_bytes(&b)?,
-                sums: EncryptedSums::new(self.session.peer_items[0], self.session.kinds.len()),
-                session: self.session,
-                key: self.key,
-                sink: self.sink,
-            }),
-            other => Err(unexpected("the values holder's public key", &other)),
-        }
-    }
+/// Learner, step 1, for a session of this protocol in the receiver's role.
+pub fn learner(session: Session, input: PreparedInput) -> Result<LearnerSending, PsiError> {
+    check(&session, &input, Role::Receiver)?;
+    SetSending::new(session, input)
 }
 
 /// Learner, step 4: matching the values holder's records and adding up their ciphertexts;
 /// at the end, masking each sum.
-pub struct LearnerMatching {
-    session: Session,
-    key: SessionKey,
-    sink: TagSink,
-    pk: PublicKey,
-    sums: EncryptedSums,
+pub struct LearnerMatching(RecordsMatching);
+
+impl From<RecordsMatching> for LearnerMatching {
+    fn from(m: RecordsMatching) -> Self {
+        LearnerMatching(m)
+    }
 }
 
 impl LearnerMatching {
@@ -155,21 +86,22 @@ impl LearnerMatching {
         mut self,
         msg: Message,
     ) -> Result<Absorb<Self, (Message, LearnerUnmasking)>, PsiError> {
-        if !self.sums.absorb(&self.key, &self.sink.sets, msg)? {
+        if !self.0.absorb(msg)? {
             return Ok(Absorb::More(self));
         }
-        let mut masks = Vec::with_capacity(self.sums.sums().len());
+        let m = self.0;
+        let mut masks = Vec::with_capacity(m.sums.sums().len());
         let mut masked = Vec::with_capacity(masks.capacity());
-        for c in self.sums.sums() {
+        for c in m.sums.sums() {
             let mask = Mask::generate()?;
-            masked.push(self.pk.mask(c, &mask)?.to_bytes());
+            masked.push(m.pk.mask(c, &mask)?.to_bytes());
             masks.push(mask);
         }
         Ok(Absorb::Next((
             Message::MaskedSums { sums: masked },
             LearnerUnmasking {
-                counts: self.sums.counts().to_vec(),
-                session: self.session,
+                counts: m.sums.counts().to_vec(),
+                session: m.session,
                 masks,
             },
         )))

@@ -15,12 +15,12 @@
 //! 5. R decrypts each sum by baby-step giant-step over `[−allowance, total of its values +
 //!    allowance]`.
 
-use crate::elgamal::{Ciphertext, Decryptor, PublicKey, SecretKey};
+use crate::elgamal::{Ciphertext, Decryptor, SecretKey};
 use crate::group::SessionKey;
 use crate::input::{Data, PreparedInput};
 use crate::stream::{
-    Absorb, Emit, EncryptedRecords, EncryptedSums, SetStream, SortedReturn, TagSink, TagStream,
-    unexpected,
+    Absorb, Emit, EncryptedRecords, KeyAwaiting, RecordsMatching, SetSending, SortedReturn,
+    TagStream, TagsCollecting, unexpected,
 };
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{MatchCounts, PsiError, Session, SumOutput};
@@ -190,98 +190,26 @@ impl ReceiverAwaiting {
 
 // ---------------------------------------------------------------- sender
 
-/// Sender, step 1: sending its blinded set.
-pub struct SenderSending {
-    session: Session,
-    key: SessionKey,
-    stream: SetStream,
-    own: Vec<u64>,
-}
-
-impl SenderSending {
-    pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
-        check(&session, &input, Role::Sender)?;
-        let own = input.announced_items();
-        let Data::Set(sets) = input.data else {
-            return Err(PsiError::InvalidParameter("input layout".into()));
-        };
-        Ok(SenderSending {
-            stream: SetStream::new(sets, session.batch),
-            session,
-            key: input.key,
-            own,
-        })
-    }
-
-    pub fn emit(mut self) -> Result<Emit<Self, SenderCollecting>, PsiError> {
-        let (msg, last) = self.stream.next();
-        if !last {
-            return Ok(Emit::More(msg, self));
-        }
-        Ok(Emit::Last(
-            msg,
-            SenderCollecting {
-                sink: TagSink::new(self.own),
-                session: self.session,
-                key: self.key,
-            },
-        ))
-    }
-}
-
+/// Sender, step 1: sending its blinded set (shared with the other sum's learner).
+pub type SenderSending = SetSending;
 /// Sender, step 2: keeping its own set, re-blinded by the receiver.
-pub struct SenderCollecting {
-    session: Session,
-    key: SessionKey,
-    sink: TagSink,
-}
+pub type SenderCollecting = TagsCollecting;
+/// Sender, step 3: waiting for the receiver's (the values holder's) public key.
+pub type SenderAwaitingKey = KeyAwaiting;
 
-impl SenderCollecting {
-    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, SenderAwaitingKey>, PsiError> {
-        if self.sink.absorb(msg)? {
-            Ok(Absorb::Next(SenderAwaitingKey {
-                session: self.session,
-                key: self.key,
-                sink: self.sink,
-            }))
-        } else {
-            Ok(Absorb::More(self))
-        }
-    }
-}
-
-/// Sender, step 3: waiting for the receiver's public key.
-pub struct SenderAwaitingKey {
-    session: Session,
-    key: SessionKey,
-    sink: TagSink,
-}
-
-impl SenderAwaitingKey {
-    pub fn absorb(self, msg: Message) -> Result<SenderMatching, PsiError> {
-        match msg {
-            Message::PublicKey(b) => {
-                let k = self.session.kinds.len();
-                Ok(SenderMatching {
-                    pk: PublicKey::from_bytes(&b)?,
-                    sums: EncryptedSums::new(self.session.peer_items[0], k),
-                    session: self.session,
-                    key: self.key,
-                    sink: self.sink,
-                })
-            }
-            other => Err(unexpected("the receiver's public key", &other)),
-        }
-    }
+/// Sender, step 1, for a session of this protocol in the sender's role.
+pub fn sender(session: Session, input: PreparedInput) -> Result<SenderSending, PsiError> {
+    check(&session, &input, Role::Sender)?;
+    SetSending::new(session, input)
 }
 
 /// Sender, step 4: matching the receiver's records and adding up their ciphertexts.
-pub struct SenderMatching {
-    session: Session,
-    key: SessionKey,
-    sink: TagSink,
-    pk: PublicKey,
-    sums: EncryptedSums,
+pub struct SenderMatching(RecordsMatching);
+
+impl From<RecordsMatching> for SenderMatching {
+    fn from(m: RecordsMatching) -> Self {
+        SenderMatching(m)
+    }
 }
 
 impl SenderMatching {
@@ -290,24 +218,25 @@ impl SenderMatching {
         mut self,
         msg: Message,
     ) -> Result<Absorb<Self, (Message, MatchCounts)>, PsiError> {
-        if !self.sums.absorb(&self.key, &self.sink.sets, msg)? {
+        if !self.0.absorb(msg)? {
             return Ok(Absorb::More(self));
         }
-        let counts = self.session.release_counts(self.sums.counts())?;
+        let m = self.0;
+        let counts = m.session.release_counts(m.sums.counts())?;
         let mut sums = Vec::with_capacity(counts.len());
-        for s in self.sums.sums() {
-            let noisy = match &self.session.sum_noise {
-                Some(n) => s.add(&self.pk.encrypt(n.mechanism()?.release(0)?)?),
+        for s in m.sums.sums() {
+            let noisy = match &m.session.sum_noise {
+                Some(n) => s.add(&m.pk.encrypt(n.mechanism()?.release(0)?)?),
                 None => *s,
             };
-            sums.push(self.pk.rerandomise(&noisy)?.to_bytes());
+            sums.push(m.pk.rerandomise(&noisy)?.to_bytes());
         }
         Ok(Absorb::Next((
             Message::SumResult {
                 counts: counts.clone(),
                 sums,
             },
-            MatchCounts::new(counts, self.session.count_noise.is_some()),
+            MatchCounts::new(counts, m.session.count_noise.is_some()),
         )))
     }
 }
