@@ -70,7 +70,6 @@ use cleanroom_privacy::budget::{Epsilon, PrivacyCost};
 use cleanroom_privacy::partition::{GroupSelection, SelectionBounds};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::MemTable;
-use datafusion::functions::expr_fn::random;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlanBuilder, col, lit, when};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -79,7 +78,7 @@ use crate::calibrate::MAX_ROWS_CHANGED;
 use crate::catalog::{Catalog, QueryTable};
 use crate::error::internal;
 use crate::release::{Cell, ColumnKind, Released, ReleasedColumn, cell_of, noise_sd};
-use crate::rewrite::{ROW_NUMBER, RunOptions, bound_contributions, scan};
+use crate::rewrite::{ROW_NUMBER, RunOptions, bound_contributions, by_tag, scan, tagged};
 use crate::{PrivacyRequest, QueryError};
 
 /// Most identifier types one cascade may match on.
@@ -644,7 +643,7 @@ fn cap_key_values(
         }
         let rn = row_number()
             .partition_by(vec![q(k)])
-            .order_by(vec![random().sort(true, false)])
+            .order_by(by_tag())
             .build()
             .map_err(internal)?
             .alias(ROW_NUMBER);
@@ -656,7 +655,8 @@ fn cap_key_values(
             .iter()
             .map(|c| if c == k { capped.clone() } else { q(c) })
             .collect();
-        b = b
+        let plain: Vec<Expr> = columns.iter().map(|c| q(c)).collect();
+        b = tagged(b, &plain)?
             .window(vec![rn])
             .map_err(internal)?
             .project(projection)

@@ -75,10 +75,12 @@ pub enum ExactValue {
 }
 
 pub(crate) const ROW_NUMBER: &str = "__cleanroom_rn";
-/// The random tag of a row in a keep-one bounding stage.
+/// The random tag of a row in a bounding stage (two columns, see [`tagged`]).
 const TAG: &str = "__cleanroom_tag";
-/// The extra group of a null key in a keep-one stage (its tag: one group per row).
+const TAG2: &str = "__cleanroom_tag2";
+/// The extra groups of a null key in a keep-one stage (its tag: one group per row).
 const NULL_GROUP: &str = "__cleanroom_null_group";
+const NULL_GROUP2: &str = "__cleanroom_null_group2";
 /// Prefix of the columns a keep-one stage keeps.
 const KEPT: &str = "__cleanroom_kept_";
 
@@ -281,7 +283,7 @@ pub(crate) fn bound_contributions(
         }
         let rn = row_number()
             .partition_by(vec![q(&column)])
-            .order_by(vec![random().sort(true, false)])
+            .order_by(by_tag())
             .build()
             .map_err(internal)?
             .alias(ROW_NUMBER);
@@ -291,7 +293,7 @@ pub(crate) fn bound_contributions(
         } else {
             keep_row.or(q(&column).is_null())
         };
-        b = b
+        b = tagged(b, &columns)?
             .window(vec![rn])
             .map_err(internal)?
             .filter(keep_row)
@@ -302,13 +304,34 @@ pub(crate) fn bound_contributions(
     Ok(b)
 }
 
+/// `columns` and a random tag per row (two uniform doubles, 106 random bits: ties are
+/// negligible even among 10^9 rows), computed **once** in a projection. Sorting or ordering by
+/// the tag columns, never by `random()` itself, matters: DataFusion sorts large inputs in runs
+/// and merges them, and the merge evaluates the sort expressions again, so `ORDER BY random()`
+/// would be compared on fresh values at the merge and the kept rows would follow the batches
+/// instead of being uniform (test `a_bound_above_one_keeps_rows_uniformly_across_batches`).
+pub(crate) fn tagged(
+    b: LogicalPlanBuilder,
+    columns: &[Expr],
+) -> Result<LogicalPlanBuilder, QueryError> {
+    let mut with_tag = columns.to_vec();
+    with_tag.push(random().alias(TAG));
+    with_tag.push(random().alias(TAG2));
+    b.project(with_tag).map_err(internal)
+}
+
+/// Ascending by the tag of [`tagged`].
+pub(crate) fn by_tag() -> Vec<datafusion::logical_expr::SortExpr> {
+    vec![col(TAG).sort(true, false), col(TAG2).sort(true, false)]
+}
+
 /// One stage of [`bound_contributions`] with a bound of one row, as a hash aggregation instead
-/// of a sort: every row gets a random tag, and per value of `column` the row with the smallest
-/// tag is kept (`first_value(c ORDER BY tag)` for every other column, all ordered by the same
-/// tag, so the kept values come from one row). The same random choice as `ROW_NUMBER() OVER
-/// (PARTITION BY column ORDER BY random()) = 1`, without sorting the table. With `nulls_pass`,
-/// every row whose `column` is null is a group of its own (grouped also by its tag), so all of
-/// them are kept.
+/// of a sort: every row gets a random tag ([`tagged`]), and per value of `column` the row with
+/// the smallest tag is kept (`first_value(c ORDER BY tag)` for every other column, all ordered
+/// by the same tag, so the kept values come from one row): a uniformly random row, the same
+/// choice as the window stage with a bound of one, without sorting the table. With
+/// `nulls_pass`, every row whose `column` is null is a group of its own (grouped also by its
+/// tag, which no two rows share but with negligible probability), so all of them are kept.
 fn keep_one(
     b: LogicalPlanBuilder,
     name: &str,
@@ -317,16 +340,16 @@ fn keep_one(
     columns: &[Expr],
 ) -> Result<LogicalPlanBuilder, QueryError> {
     let q = |c: &str| Expr::Column(Column::new(Some(name), c));
-    let mut with_tag = columns.to_vec();
-    with_tag.push(random().alias(TAG));
     let mut groups = vec![q(column)];
     if nulls_pass {
-        groups.push(
-            when(q(column).is_null(), col(TAG))
-                .end()
-                .map_err(internal)?
-                .alias(NULL_GROUP),
-        );
+        for (tag, group) in [(TAG, NULL_GROUP), (TAG2, NULL_GROUP2)] {
+            groups.push(
+                when(q(column).is_null(), col(tag))
+                    .end()
+                    .map_err(internal)?
+                    .alias(group),
+            );
+        }
     }
     let mut aggregates = Vec::new();
     let mut projection = Vec::new();
@@ -340,15 +363,11 @@ fn keep_one(
             projection.push(q(column));
         } else {
             let alias = format!("{KEPT}{}", c.name);
-            aggregates.push(
-                first_value(Expr::Column(c.clone()), vec![col(TAG).sort(true, false)])
-                    .alias(&alias),
-            );
+            aggregates.push(first_value(Expr::Column(c.clone()), by_tag()).alias(&alias));
             projection.push(col(alias).alias_qualified(Some(name), &c.name));
         }
     }
-    b.project(with_tag)
-        .map_err(internal)?
+    tagged(b, columns)?
         .aggregate(groups, aggregates)
         .map_err(internal)?
         .project(projection)
