@@ -656,7 +656,7 @@ fn cap_key_values(
             .map(|c| if c == k { capped.clone() } else { q(c) })
             .collect();
         let plain: Vec<Expr> = columns.iter().map(|c| q(c)).collect();
-        b = tagged(b, &plain)?
+        b = tagged(b, &plain, false)?
             .window(vec![rn])
             .map_err(internal)?
             .project(projection)

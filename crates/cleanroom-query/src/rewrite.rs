@@ -75,7 +75,8 @@ pub enum ExactValue {
 }
 
 pub(crate) const ROW_NUMBER: &str = "__cleanroom_rn";
-/// The random tag of a row in a bounding stage (two columns, see [`tagged`]).
+/// The random tag of a row in a bounding stage, and the second one null keys are grouped by
+/// ([`tagged`]).
 const TAG: &str = "__cleanroom_tag";
 const TAG2: &str = "__cleanroom_tag2";
 /// The extra groups of a null key in a keep-one stage (its tag: one group per row).
@@ -293,7 +294,7 @@ pub(crate) fn bound_contributions(
         } else {
             keep_row.or(q(&column).is_null())
         };
-        b = tagged(b, &columns)?
+        b = tagged(b, &columns, false)?
             .window(vec![rn])
             .map_err(internal)?
             .filter(keep_row)
@@ -304,25 +305,30 @@ pub(crate) fn bound_contributions(
     Ok(b)
 }
 
-/// `columns` and a random tag per row (two uniform doubles, 106 random bits: ties are
-/// negligible even among 10^9 rows), computed **once** in a projection. Sorting or ordering by
-/// the tag columns, never by `random()` itself, matters: DataFusion sorts large inputs in runs
-/// and merges them, and the merge evaluates the sort expressions again, so `ORDER BY random()`
-/// would be compared on fresh values at the merge and the kept rows would follow the batches
-/// instead of being uniform (test `a_bound_above_one_keeps_rows_uniformly_across_batches`).
+/// `columns` and a random tag per row, computed **once** in a projection (with `second`, a
+/// second independent one). Ordering by the tag column, never by `random()` itself, matters:
+/// DataFusion sorts large inputs in runs and merges them, and the merge evaluates the sort
+/// expressions again, so `ORDER BY random()` would be compared on fresh values at the merge
+/// and the kept rows would follow the batches instead of being uniform (test
+/// `a_bound_above_one_keeps_rows_uniformly_across_batches`).
 pub(crate) fn tagged(
     b: LogicalPlanBuilder,
     columns: &[Expr],
+    second: bool,
 ) -> Result<LogicalPlanBuilder, QueryError> {
     let mut with_tag = columns.to_vec();
     with_tag.push(random().alias(TAG));
-    with_tag.push(random().alias(TAG2));
+    if second {
+        with_tag.push(random().alias(TAG2));
+    }
     b.project(with_tag).map_err(internal)
 }
 
-/// Ascending by the tag of [`tagged`].
+/// Ascending by the tag of [`tagged`]. (Two rows of one person or key value share a tag, a
+/// uniform double, with probability about 2^-53: the order between them is then arbitrary,
+/// which changes no bound.)
 pub(crate) fn by_tag() -> Vec<datafusion::logical_expr::SortExpr> {
-    vec![col(TAG).sort(true, false), col(TAG2).sort(true, false)]
+    vec![col(TAG).sort(true, false)]
 }
 
 /// One stage of [`bound_contributions`] with a bound of one row, as a hash aggregation instead
@@ -330,8 +336,10 @@ pub(crate) fn by_tag() -> Vec<datafusion::logical_expr::SortExpr> {
 /// the smallest tag is kept (`first_value(c ORDER BY tag)` for every other column, all ordered
 /// by the same tag, so the kept values come from one row): a uniformly random row, the same
 /// choice as the window stage with a bound of one, without sorting the table. With
-/// `nulls_pass`, every row whose `column` is null is a group of its own (grouped also by its
-/// tag, which no two rows share but with negligible probability), so all of them are kept.
+/// `nulls_pass`, every row whose `column` is null is a group of its own (grouped also by two
+/// independent tags, 106 random bits: two of 10^9 null rows share them with probability below
+/// 10^-14, where with one tag two of 10^8 would share it with probability about 40 % and be
+/// merged), so all of them are kept.
 fn keep_one(
     b: LogicalPlanBuilder,
     name: &str,
@@ -367,7 +375,7 @@ fn keep_one(
             projection.push(col(alias).alias_qualified(Some(name), &c.name));
         }
     }
-    tagged(b, columns)?
+    tagged(b, columns, nulls_pass)?
         .aggregate(groups, aggregates)
         .map_err(internal)?
         .project(projection)
