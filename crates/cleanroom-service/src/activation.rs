@@ -371,6 +371,33 @@ impl CleanRoom {
         })
     }
 
+    /// Checks a stored activation again, audited under `action`: what is approved or downloaded
+    /// is what the owner's policy and the memberships allow now, not when it was asked for.
+    async fn recheck(
+        &self,
+        c: &Collaboration,
+        p: &Principal,
+        action: &str,
+        id: &str,
+        row: &ActivationRow,
+        view: &ActivationView,
+    ) -> Result<(Stored, Checked), ServiceError> {
+        let stored = Stored::decode(&row.request)?;
+        let checked = self
+            .check_activation(
+                c,
+                &view.partner,
+                view.source.as_str(),
+                view.target.as_str(),
+                &stored,
+            )
+            .await;
+        let checked = self
+            .audited(checked, &c.id.to_string(), &p.actor(), action, id)
+            .await?;
+        Ok((stored, checked))
+    }
+
     /// A partner asks for the segment of an owner's dataset matched against its own dataset.
     /// The activation waits for the owner's approval.
     pub async fn request_activation(
@@ -481,23 +508,7 @@ impl CleanRoom {
         let mut detail = format!("{} for {}", view.source, view.partner);
         if approve {
             // The owner approves what its policy allows today.
-            let stored = Stored::decode(&row.request)?;
-            let checked = self
-                .audited(
-                    self.check_activation(
-                        &c,
-                        &view.partner,
-                        view.source.as_str(),
-                        view.target.as_str(),
-                        &stored,
-                    )
-                    .await,
-                    &chain,
-                    &p.actor(),
-                    action,
-                    id,
-                )
-                .await?;
+            let (_, checked) = self.recheck(&c, p, action, id, &row, &view).await?;
             detail = format!(
                 "{detail}; one download; minimum segment {} people",
                 checked.rule.min_segment_size
@@ -562,24 +573,8 @@ impl CleanRoom {
         }
         let members = self.meta.list_members(c.id).await?;
         let view = self.activation_view(&row, &datasets, &members)?;
-        let stored = Stored::decode(&row.request)?;
         // Policies and memberships may have changed since the approval: check again.
-        let checked = self
-            .audited(
-                self.check_activation(
-                    &c,
-                    &p.org.name,
-                    view.source.as_str(),
-                    view.target.as_str(),
-                    &stored,
-                )
-                .await,
-                &chain,
-                &p.actor(),
-                ACTION,
-                id,
-            )
-            .await?;
+        let (stored, checked) = self.recheck(&c, p, ACTION, id, &row, &view).await?;
         let claim = ActivationMove {
             from: "approved",
             to: "consumed",

@@ -10,14 +10,10 @@ use std::sync::Arc;
 use cleanroom_privacy::empirical::epsilon_lower_bound;
 use cleanroom_query::release::release;
 use cleanroom_query::rewrite::{ExactGroup, RunOptions, execute};
-use cleanroom_query::{Analysis, Catalog, Cell, PrivacyRequest, prepare, run};
+use cleanroom_query::{Analysis, Catalog, Cell, prepare, run};
 
 use crate::*;
 
-const REQ: PrivacyRequest = PrivacyRequest {
-    epsilon: 1.0,
-    delta: 1e-7,
-};
 const ALPHA: f64 = 1e-6;
 
 /// The brand: 1,000 customers in gotham. The partner: the same 1,000 people in gotham plus

@@ -216,21 +216,6 @@ async fn run_template(
     Ok((plan, out))
 }
 
-/// With all policies relaxed for exact checks: differential privacy off, minimum group size 1.
-fn exact(f: &Fixture) -> Arc<Catalog> {
-    let mut tables = f.tables.clone();
-    for t in &mut tables {
-        t.policy.differential_privacy = false;
-        t.policy.min_group_size = 1;
-    }
-    Catalog::new(tables)
-}
-
-const REQ: PrivacyRequest = PrivacyRequest {
-    epsilon: 1.0,
-    delta: 1e-7,
-};
-
 fn int(c: &Cell) -> i64 {
     match c {
         Cell::Int(v) => *v,
@@ -264,7 +249,7 @@ const LABELS: [&str; 3] = ["email:email_hash", "phone", "device"];
 async fn cascade_counts_each_person_once_under_its_first_matching_identifier() {
     let (left, right) = population(600, 50);
     let f = fixture(&left, &right);
-    let cat = exact(&f);
+    let cat = f.exact();
     for by in [false, true] {
         let mut kv = vec![("left", "crm"), ("right", "aud"), ("keys", KEYS)];
         if by {

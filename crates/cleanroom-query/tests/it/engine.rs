@@ -1,7 +1,7 @@
 //! The engine's results against exact computations.
 
 use cleanroom_query::rewrite::{ExactValue, RunOptions, execute};
-use cleanroom_query::{Cell, ColumnKind, PrivacyRequest, prepare, run};
+use cleanroom_query::{Cell, ColumnKind, prepare, run};
 
 use crate::*;
 
@@ -52,11 +52,6 @@ fn exact_off(f: &Fixture) -> std::sync::Arc<cleanroom_query::Catalog> {
     }
     cleanroom_query::Catalog::new(tables)
 }
-
-const REQ: PrivacyRequest = PrivacyRequest {
-    epsilon: 1.0,
-    delta: 1e-7,
-};
 
 fn int(c: &Cell) -> i64 {
     match c {
@@ -403,10 +398,7 @@ async fn a_bound_of_one_keeps_a_whole_row_chosen_at_random() {
         brand_policy(),
         &csv(BRAND_HEADER, rows),
     );
-    let mut tables = f.tables.clone();
-    tables[0].policy.min_group_size = 1;
-    tables[0].policy.differential_privacy = false;
-    let cat = cleanroom_query::Catalog::new(tables);
+    let cat = f.exact();
     let a = prepare(
         "SELECT region, age_band, COUNT(*) AS n, SUM(purchases) AS s FROM brand GROUP BY region, age_band",
         &cat,
@@ -477,12 +469,7 @@ async fn a_bound_above_one_keeps_rows_uniformly_across_batches() {
         publisher_policy(),
         &csv(PUBLISHER_HEADER, publisher),
     );
-    let mut tables = f.tables.clone();
-    for t in &mut tables {
-        t.policy.min_group_size = 1;
-        t.policy.differential_privacy = false;
-    }
-    let cat = cleanroom_query::Catalog::new(tables);
+    let cat = f.exact();
     let a = prepare(
         "SELECT b.region, COUNT(*) AS n FROM brand b JOIN publisher p ON b.email = p.email GROUP BY b.region",
         &cat,

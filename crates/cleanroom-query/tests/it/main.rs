@@ -138,6 +138,17 @@ impl Fixture {
         Catalog::new(self.tables.clone())
     }
 
+    /// The same datasets with every policy relaxed for exact checks: differential privacy off,
+    /// minimum group size 1.
+    pub fn exact(&self) -> Arc<Catalog> {
+        let mut tables = self.tables.clone();
+        for t in &mut tables {
+            t.policy.differential_privacy = false;
+            t.policy.min_group_size = 1;
+        }
+        Catalog::new(tables)
+    }
+
     /// The same datasets with a policy changed.
     pub fn with_policy(&self, name: &str, f: impl Fn(&mut PolicyDraft)) -> Arc<Catalog> {
         let mut tables = self.tables.clone();
@@ -152,6 +163,12 @@ impl Fixture {
         Catalog::new(tables)
     }
 }
+
+/// The privacy request of most tests.
+pub const REQ: cleanroom_query::PrivacyRequest = cleanroom_query::PrivacyRequest {
+    epsilon: 1.0,
+    delta: 1e-7,
+};
 
 /// Builds CSV text from a header and rows.
 pub fn csv(header: &str, rows: impl IntoIterator<Item = String>) -> String {

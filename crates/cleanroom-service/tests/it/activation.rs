@@ -125,6 +125,19 @@ fn rule_of(e: &ServiceError) -> Option<&str> {
     }
 }
 
+/// A download that must be refused: the error it gets.
+async fn refused_download(
+    f: &Fixture,
+    who: &Principal,
+    id: &str,
+    activation: &str,
+) -> ServiceError {
+    f.room
+        .download_segment(who, id, activation)
+        .await
+        .unwrap_err()
+}
+
 async fn approved(f: &Fixture, id: &str, req: ActivationRequest) -> ActivationView {
     let a = f
         .room
@@ -152,11 +165,7 @@ async fn a_partner_receives_its_own_identifiers_of_the_matched_segment_once() {
         ("email_hmac", "email_hmac")
     );
     // Not before the owner approves.
-    let e = f
-        .room
-        .download_segment(&f.publisher, &id, &a.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.publisher, &id, &a.id).await;
     assert_eq!(e.code(), "activation_not_approved");
     // Only the owner of the source decides; the partner cannot approve its own request.
     let e = f
@@ -173,11 +182,7 @@ async fn a_partner_receives_its_own_identifiers_of_the_matched_segment_once() {
     assert_eq!(v.status, "approved");
     assert_eq!(v.decided_by.as_deref(), Some("brand/admin"));
     // The owner cannot download the partner's segment.
-    let e = f
-        .room
-        .download_segment(&f.brand, &id, &a.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.brand, &id, &a.id).await;
     assert_eq!(e.code(), "forbidden");
     let seg = f
         .room
@@ -194,11 +199,7 @@ async fn a_partner_receives_its_own_identifiers_of_the_matched_segment_once() {
     assert_eq!(seg.ids, want);
     assert!(seg.ids.iter().all(|v| v.starts_with('m')));
     // Once per approval.
-    let e = f
-        .room
-        .download_segment(&f.publisher, &id, &a.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.publisher, &id, &a.id).await;
     assert_eq!(e.code(), "activation_consumed");
     let v = f.room.get_activation(&f.brand, &id, &a.id).await.unwrap();
     assert_eq!(
@@ -386,19 +387,11 @@ async fn a_small_segment_is_refused_without_its_size_and_uses_the_approval() {
     let id = setup(&f, Some(rule(&["publisher"]))).await;
     // No one lives in "nowhere": zero people, far below 500.
     let a = approved(&f, &id, ask(&[("city", "nowhere")], "maid")).await;
-    let e = f
-        .room
-        .download_segment(&f.publisher, &id, &a.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.publisher, &id, &a.id).await;
     assert_eq!(rule_of(&e), Some("segment_too_small"));
     assert!(e.to_string().contains("fewer than 500"));
     assert!(!e.to_string().contains(" 0 "));
-    let e = f
-        .room
-        .download_segment(&f.publisher, &id, &a.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.publisher, &id, &a.id).await;
     assert_eq!(e.code(), "activation_consumed");
     let v = f
         .room
@@ -443,11 +436,7 @@ async fn a_small_segment_is_refused_without_its_size_and_uses_the_approval() {
         },
     )
     .await;
-    let e = f
-        .room
-        .download_segment(&f.publisher, &id, &b.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.publisher, &id, &b.id).await;
     assert_eq!(rule_of(&e), Some("segment_too_small"));
 }
 
@@ -467,11 +456,7 @@ async fn rejected_changed_and_closed_activations_deliver_nothing() {
         .await
         .unwrap();
     assert_eq!(v.status, "rejected");
-    let e = f
-        .room
-        .download_segment(&f.publisher, &id, &a.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.publisher, &id, &a.id).await;
     assert_eq!(e.code(), "activation_not_approved");
     let e = f
         .room
@@ -486,11 +471,7 @@ async fn rejected_changed_and_closed_activations_deliver_nothing() {
         .set_policy(&f.brand, &id, "crm", owner_policy(None))
         .await
         .unwrap();
-    let e = f
-        .room
-        .download_segment(&f.publisher, &id, &b.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.publisher, &id, &b.id).await;
     assert_eq!(rule_of(&e), Some("activation_not_allowed"));
     let v = f
         .room
@@ -500,11 +481,7 @@ async fn rejected_changed_and_closed_activations_deliver_nothing() {
     assert_eq!(v.status, "approved");
     // Unknown and malformed ids look the same.
     for bad in ["not-an-id", "00000000-0000-4000-8000-000000000000"] {
-        let e = f
-            .room
-            .download_segment(&f.publisher, &id, bad)
-            .await
-            .unwrap_err();
+        let e = refused_download(&f, &f.publisher, &id, bad).await;
         assert_eq!(e.code(), "not_found");
     }
     // After the collaboration is closed, nothing is delivered.
@@ -518,11 +495,7 @@ async fn rejected_changed_and_closed_activations_deliver_nothing() {
         .await
         .unwrap();
     f.room.close_collaboration(&f.brand, &id).await.unwrap();
-    let e = f
-        .room
-        .download_segment(&f.publisher, &id, &b.id)
-        .await
-        .unwrap_err();
+    let e = refused_download(&f, &f.publisher, &id, &b.id).await;
     assert_eq!(e.code(), "collaboration_closed");
 }
 
