@@ -72,7 +72,6 @@ use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::MemTable;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlanBuilder, col, lit, when};
-use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::calibrate::MAX_ROWS_CHANGED;
 use crate::catalog::{Catalog, QueryTable};
@@ -472,15 +471,8 @@ impl Cascade {
             .map_err(internal)?
             .build()
             .map_err(internal)?;
-        let ctx = session(opts);
-        let df = ctx.execute_logical_plan(plan).await.map_err(internal)?;
-        let planned = Arc::clone(df.schema().inner());
-        let batches: Vec<RecordBatch> = df.collect().await.map_err(|e| match e {
-            datafusion::error::DataFusionError::External(inner) => {
-                QueryError::Unavailable(inner.to_string())
-            }
-            other => QueryError::Internal(other.to_string()),
-        })?;
+        let planned = Arc::new(plan.schema().as_arrow().clone());
+        let batches: Vec<RecordBatch> = crate::engine::collect(plan, opts.partitions).await?;
         let schema = batches.first().map_or(planned, |b| b.schema());
         MemTable::try_new(schema, vec![batches]).map_err(internal)
     }
@@ -499,16 +491,17 @@ impl Cascade {
             .bounded(lt, "l", &lkeys, self.by.as_deref(), true, opts)
             .await?;
         let r = self.bounded(rt, "r", &rkeys, None, false, opts).await?;
-        let ctx = session(opts);
+        let ctx = crate::engine::session(opts.partitions);
         ctx.register_table("cascade_l", Arc::new(l))
             .map_err(internal)?;
         ctx.register_table("cascade_r", Arc::new(r))
             .map_err(internal)?;
-        let df = ctx
-            .sql(&cascade_sql(self.keys.len()))
+        let plan = ctx
+            .state()
+            .create_logical_plan(&cascade_sql(self.keys.len()))
             .await
             .map_err(internal)?;
-        let batches = df.collect().await.map_err(internal)?;
+        let batches = crate::engine::collect_in(&ctx, plan).await?;
         let mut out = Vec::new();
         for batch in batches {
             for row in 0..batch.num_rows() {
@@ -663,13 +656,6 @@ fn cap_key_values(
             .map_err(internal)?;
     }
     Ok(b)
-}
-
-fn session(opts: RunOptions) -> SessionContext {
-    let config = SessionConfig::new()
-        .with_target_partitions(opts.partitions.max(1))
-        .with_information_schema(false);
-    SessionContext::new_with_config(config)
 }
 
 fn scalar_int(a: &dyn arrow::array::Array, row: usize) -> Result<i64, QueryError> {

@@ -41,6 +41,7 @@ use crate::spec::{
     AggregateSpec, Clamped, GroupKey, JoinTree, Measure, OrderKey, OutputColumn, Source, Spec,
     TableUse, qualifier,
 };
+use crate::total::make_total;
 
 /// Longest SQL text accepted.
 pub const MAX_SQL_BYTES: usize = 64 * 1024;
@@ -67,7 +68,22 @@ pub async fn check(sql: &str, catalog: &Catalog) -> Result<Spec, QueryError> {
     check_with(sql, catalog, CheckOptions::default()).await
 }
 
+/// Deepest nesting of expressions and sub-queries accepted (parentheses, operator chains,
+/// `CASE`, function calls, sub-queries all count): planning recurses once per level.
+pub const MAX_NESTING: usize = 100;
+/// Most expression nodes in one query.
+pub const MAX_EXPRESSIONS: usize = 20_000;
+/// Stack of the thread that parses, measures and plans a query. Parsing a 64 KiB operator
+/// chain builds a tree about 32,000 levels deep before it can be measured (and dropping it
+/// recurses as deep), which needs a few MiB in a debug build; planning a query within
+/// [`MAX_NESTING`] needs far less. The pages are reserved, not committed, until touched.
+const PLANNING_STACK: usize = 64 << 20;
+
 /// Checks `sql` with `options`.
+///
+/// Parsing, the nesting bound, planning and the walk run on a thread of their own with a
+/// [`PLANNING_STACK`] stack: no query text of at most [`MAX_SQL_BYTES`] can overflow it, and a
+/// query nested deeper than [`MAX_NESTING`] is refused before DataFusion plans it.
 pub async fn check_with(
     sql: &str,
     catalog: &Catalog,
@@ -78,12 +94,108 @@ pub async fn check_with(
             "the query is longer than {MAX_SQL_BYTES} bytes"
         )));
     }
+    let sql = sql.to_owned();
+    let catalog = catalog.clone();
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("cleanroom-check".into())
+        .stack_size(PLANNING_STACK)
+        .spawn(move || {
+            let result = handle.block_on(check_here(&sql, &catalog, options));
+            let _ = tx.send(result);
+        })
+        .map_err(|e| QueryError::Internal(format!("starting the planning thread: {e}")))?;
+    rx.await
+        .map_err(|_| QueryError::Internal("the planning thread stopped".into()))?
+}
+
+/// Counts nesting and nodes of a parsed statement, stopping at the first excess.
+struct Nesting {
+    depth: usize,
+    nodes: usize,
+}
+
+impl Nesting {
+    fn enter(&mut self) -> std::ops::ControlFlow<()> {
+        self.depth += 1;
+        self.nodes += 1;
+        if self.depth > MAX_NESTING || self.nodes > MAX_EXPRESSIONS {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    fn leave(&mut self) -> std::ops::ControlFlow<()> {
+        self.depth -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for Nesting {
+    type Break = ();
+    fn pre_visit_query(
+        &mut self,
+        _q: &datafusion::sql::sqlparser::ast::Query,
+    ) -> std::ops::ControlFlow<()> {
+        self.enter()
+    }
+    fn post_visit_query(
+        &mut self,
+        _q: &datafusion::sql::sqlparser::ast::Query,
+    ) -> std::ops::ControlFlow<()> {
+        self.leave()
+    }
+    fn pre_visit_expr(
+        &mut self,
+        _e: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<()> {
+        self.enter()
+    }
+    fn post_visit_expr(
+        &mut self,
+        _e: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<()> {
+        self.leave()
+    }
+}
+
+fn too_deep() -> QueryError {
+    QueryError::refused(
+        "query_too_complex",
+        None,
+        format!(
+            "the query nests expressions or sub-queries more than {MAX_NESTING} levels deep (parentheses, chains of              AND/OR or arithmetic, CASE, function calls) or has more than {MAX_EXPRESSIONS} expressions:              simplify it (a long OR of equalities is an IN list)"
+        ),
+    )
+}
+
+async fn check_here(
+    sql: &str,
+    catalog: &Catalog,
+    options: CheckOptions,
+) -> Result<Spec, QueryError> {
+    use datafusion::sql::sqlparser::ast::Visit;
     let ctx = schema_only_session(catalog)?;
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
-    let statement = state
-        .sql_to_statement(sql, &dialect)
-        .map_err(|e| QueryError::Invalid(clean(&e.to_string())))?;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(|e| match e {
+        datafusion::error::DataFusionError::SQL(p, _)
+            if matches!(
+                *p,
+                datafusion::sql::sqlparser::parser::ParserError::RecursionLimitExceeded
+            ) =>
+        {
+            too_deep()
+        }
+        other => QueryError::Invalid(clean(&other.to_string())),
+    })?;
+    if let DfStatement::Statement(s) = &statement {
+        let mut nesting = Nesting { depth: 0, nodes: 0 };
+        if s.visit(&mut nesting).is_break() {
+            return Err(too_deep());
+        }
+    }
     match &statement {
         DfStatement::Statement(s) if matches!(**s, sqlparser_query!()) => {}
         _ => {
@@ -283,18 +395,21 @@ impl<'a> Checker<'a> {
             .into_iter()
             .map(|(name, source)| OutputColumn { name, source })
             .collect();
-        Ok(Spec {
-            uses: self.uses,
-            tree,
-            cross_filters,
-            group_keys,
-            aggregates,
-            outputs,
-            order_by: order,
-            limit,
-            offset,
-            frequency: None,
-        })
+        totalise(
+            Spec {
+                uses: self.uses,
+                tree,
+                cross_filters,
+                group_keys,
+                aggregates,
+                outputs,
+                order_by: order,
+                limit,
+                offset,
+                frequency: None,
+            },
+            self.catalog,
+        )
     }
 
     /// Resolves the nodes above the aggregate into output columns (by their source among the
@@ -1408,6 +1523,36 @@ impl<'a> Checker<'a> {
             upper_fp: (upper * s).ceil() as i64,
         })
     }
+}
+
+/// Every row expression of `spec` in the coerced form that will run, proven total
+/// ([`crate::total`]): a query whose run could fail on some value is refused here, before it
+/// is priced or charged.
+fn totalise(mut spec: Spec, catalog: &Catalog) -> Result<Spec, QueryError> {
+    let mut schema = DFSchema::empty();
+    for (u, use_) in spec.uses.iter().enumerate() {
+        let arrow = catalog.tables[use_.table].arrow_schema();
+        let qualified = DFSchema::try_from_qualified_schema(qualifier(u), arrow.as_ref())
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        schema = schema
+            .join(&qualified)
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+    }
+    let total = |e: Expr| make_total(e, &schema);
+    for use_ in &mut spec.uses {
+        use_.filters = std::mem::take(&mut use_.filters)
+            .into_iter()
+            .map(total)
+            .collect::<Result<_, _>>()?;
+    }
+    spec.cross_filters = std::mem::take(&mut spec.cross_filters)
+        .into_iter()
+        .map(total)
+        .collect::<Result<_, _>>()?;
+    for g in &mut spec.group_keys {
+        g.expr = total(g.expr.clone())?;
+    }
+    Ok(spec)
 }
 
 fn is_comparison(op: Operator) -> bool {

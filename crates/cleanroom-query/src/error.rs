@@ -23,6 +23,12 @@ pub enum QueryError {
     /// Reading the data failed (disk, keys): the outside world's fault.
     #[error("reading the data failed: {0}")]
     Unavailable(String),
+    /// The analysis failed while running. Only the kind of failure is kept (for example
+    /// `arrow/cast`): the engine's own text can quote a row's value, so it is never passed on.
+    /// The checker proves every expression total, so this is a bug or a resource limit, not
+    /// something the data can cause on purpose.
+    #[error("the analysis failed while running ({0})")]
+    Execution(String),
     /// A bug: the engine rejected a plan this crate built.
     #[error("internal query error: {0}")]
     Internal(String),

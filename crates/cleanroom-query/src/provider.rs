@@ -104,6 +104,13 @@ struct RowGroupStream {
     schema: SchemaRef,
 }
 
+/// Reading an encrypted file failed while streaming it (decryption or decoding): the outside
+/// world's fault, reported as unavailable. Its text comes from the Parquet reader and names no
+/// value.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the encrypted data failed: {0}")]
+pub(crate) struct ReadFailure(pub String);
+
 impl PartitionStream for RowGroupStream {
     fn schema(&self) -> &SchemaRef {
         &self.schema
@@ -125,7 +132,9 @@ impl PartitionStream for RowGroupStream {
                 .read(row_groups, &columns, BATCH_ROWS)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             for batch in reader {
-                let batch = batch.map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+                // Decryption and decoding failures: the storage's, not the query's.
+                let batch = batch
+                    .map_err(|e| DataFusionError::External(Box::new(ReadFailure(e.to_string()))))?;
                 let arrays = order.iter().map(|i| Arc::clone(batch.column(*i))).collect();
                 let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)?;
                 if tx.blocking_send(Ok(batch)).is_err() {

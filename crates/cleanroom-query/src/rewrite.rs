@@ -389,17 +389,7 @@ pub async fn execute(
     opts: RunOptions,
 ) -> Result<Vec<ExactGroup>, QueryError> {
     let plan = build_plan(spec, catalog, opts)?;
-    let config = SessionConfig::new()
-        .with_target_partitions(opts.partitions.max(1))
-        .with_information_schema(false);
-    let ctx = SessionContext::new_with_config(config);
-    let df = ctx.execute_logical_plan(plan).await.map_err(internal)?;
-    let batches = df.collect().await.map_err(|e| match e {
-        datafusion::error::DataFusionError::External(inner) => {
-            QueryError::Unavailable(inner.to_string())
-        }
-        other => QueryError::Internal(other.to_string()),
-    })?;
+    let batches = crate::engine::collect(plan, opts.partitions).await?;
     let groups = spec.group_keys.len();
     let tables = spec.uses.len();
     let mut out = Vec::new();
@@ -495,8 +485,7 @@ pub async fn table_stats(
         .ok_or_else(|| QueryError::Internal(format!("no data for {}", table.name)))?;
     let schema = table.arrow_schema();
     let provider = provider_as_source(Arc::new(EncryptedTable::new(schema.clone(), data)));
-    let config = SessionConfig::new().with_target_partitions(partitions.max(1));
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = crate::engine::session(partitions);
     let mut stats = crate::catalog::TableStats::default();
     for c in table.schema.columns() {
         if !matches!(c.role, ColumnRole::PrivacyUnit | ColumnRole::Identifier) {
@@ -514,13 +503,7 @@ pub async fn table_stats(
             .map_err(internal)?
             .build()
             .map_err(internal)?;
-        let batches = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(internal)?
-            .collect()
-            .await
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        let batches = crate::engine::collect_in(&ctx, plan).await?;
         let m = batches
             .first()
             .filter(|b| b.num_rows() > 0)

@@ -24,7 +24,6 @@ use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::functions_aggregate::expr_fn::count_distinct;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Cast, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit};
-use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::QueryError;
 use crate::catalog::QueryTable;
@@ -104,14 +103,7 @@ async fn collect(
     plan: LogicalPlan,
     partitions: usize,
 ) -> Result<Vec<arrow::array::RecordBatch>, QueryError> {
-    let config = SessionConfig::new().with_target_partitions(partitions.max(1));
-    let ctx = SessionContext::new_with_config(config);
-    ctx.execute_logical_plan(plan)
-        .await
-        .map_err(internal)?
-        .collect()
-        .await
-        .map_err(|e| QueryError::Unavailable(e.to_string()))
+    crate::engine::collect(plan, partitions).await
 }
 
 /// How many distinct people of the source the segment stands for.

@@ -435,12 +435,22 @@ pub fn parse_bool(s: &str) -> Result<bool, &'static str> {
     }
 }
 
-/// Parses an ISO date `YYYY-MM-DD` into days since 1970-01-01.
+/// The first day a stored date may be: 0001-01-01, in days since 1970-01-01.
+pub const MIN_DATE_DAYS: i32 = -719_162;
+/// The last day a stored date may be: 9999-12-31, in days since 1970-01-01.
+pub const MAX_DATE_DAYS: i32 = 2_932_896;
+const DATE_RANGE: &str = "dates must lie between 0001-01-01 and 9999-12-31";
+
+/// Parses an ISO date `YYYY-MM-DD` (years 0001 to 9999) into days since 1970-01-01.
 pub fn parse_date(s: &str) -> Result<i32, &'static str> {
     const EXPECTED: &str = "expected a date in the form YYYY-MM-DD";
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     let d = time::Date::parse(s.trim(), &fmt).map_err(|_| EXPECTED)?;
-    Ok(d.to_julian_day() - time::macros::date!(1970 - 01 - 01).to_julian_day())
+    let days = d.to_julian_day() - time::macros::date!(1970 - 01 - 01).to_julian_day();
+    if !(MIN_DATE_DAYS..=MAX_DATE_DAYS).contains(&days) {
+        return Err(DATE_RANGE);
+    }
+    Ok(days)
 }
 
 /// Reads CSV (comma-separated, header line first, RFC 4180 quoting) and writes validated
@@ -701,6 +711,23 @@ fn conform_batch(
                 format!(
                     "the privacy_unit column has {} empty value(s) in rows {}..{}",
                     casted.null_count(),
+                    first_row,
+                    first_row + batch.num_rows() as u64 - 1
+                ),
+            ));
+        }
+        // Every stored date is one the query engine's date functions (and its text output)
+        // handle: an Arrow or Parquet upload can carry any 32-bit day count.
+        if let Some(d) = casted.as_any().downcast_ref::<arrow::array::Date32Array>()
+            && d.iter()
+                .flatten()
+                .any(|v| !(MIN_DATE_DAYS..=MAX_DATE_DAYS).contains(&v))
+        {
+            return Err(StorageError::invalid(
+                None,
+                Some(spec.name.to_string()),
+                format!(
+                    "{DATE_RANGE} (rows {}..{})",
                     first_row,
                     first_row + batch.num_rows() as u64 - 1
                 ),
@@ -1236,7 +1263,13 @@ mod tests {
         }
 
         #[test]
-        fn dates_round_trip(days in -100_000i32..100_000) {
+        fn dates_outside_years_1_to_9999_are_refused(y in -9999i32..=0) {
+            let s = format!("{y:05}-01-01");
+            prop_assert!(parse_date(&s).is_err());
+        }
+
+        #[test]
+        fn dates_round_trip(days in MIN_DATE_DAYS..=MAX_DATE_DAYS) {
             let d = time::macros::date!(1970 - 01 - 01) + time::Duration::days(days as i64);
             let s = format!("{:04}-{:02}-{:02}", d.year(), d.month() as u8, d.day());
             prop_assert_eq!(parse_date(&s), Ok(days));

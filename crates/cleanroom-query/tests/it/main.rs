@@ -5,6 +5,7 @@ mod attacks;
 mod cascade;
 mod checker;
 mod engine;
+mod totality;
 
 use std::sync::Arc;
 
