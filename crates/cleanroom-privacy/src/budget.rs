@@ -231,7 +231,9 @@ impl Ledger {
         if !cost.fits_within(self.budget.per_query) {
             return Err(PrivacyError::PerQueryCap {
                 cost_epsilon: cost.epsilon.as_f64(),
+                cost_delta: cost.delta.as_f64(),
                 cap_epsilon: self.budget.per_query.epsilon.as_f64(),
+                cap_delta: self.budget.per_query.delta.as_f64(),
             });
         }
         let after = self.spent.plus(cost)?;
@@ -296,7 +298,26 @@ mod tests {
         }
         let e = l.charge(c).unwrap_err();
         assert!(matches!(e, PrivacyError::BudgetExhausted { .. }), "{e}");
+        assert!(
+            e.to_string().contains("budget's epsilon is exhausted"),
+            "{e}"
+        );
         assert_eq!(l.remaining().epsilon.units(), 0);
+    }
+
+    #[test]
+    fn a_refusal_names_delta_when_delta_ran_out() {
+        let b = Budget::new(
+            PrivacyCost::granted(5.0, 1e-6).unwrap(),
+            PrivacyCost::granted(1.0, 1e-6).unwrap(),
+        )
+        .unwrap();
+        let mut l = Ledger::new(b);
+        let c = PrivacyCost::of(0.1, 4e-7).unwrap();
+        l = l.charge(c).unwrap();
+        l = l.charge(c).unwrap();
+        let e = l.charge(c).unwrap_err();
+        assert!(e.to_string().contains("budget's delta is exhausted"), "{e}");
     }
 
     #[test]
@@ -304,8 +325,10 @@ mod tests {
         let l = Ledger::new(budget(2.0, 0.5));
         let e = l.charge(PrivacyCost::of(0.6, 0.0).unwrap()).unwrap_err();
         assert!(matches!(e, PrivacyError::PerQueryCap { .. }), "{e}");
+        assert!(e.to_string().contains("at most epsilon"), "{e}");
         let e = l.charge(PrivacyCost::of(0.1, 2e-7).unwrap()).unwrap_err();
         assert!(matches!(e, PrivacyError::PerQueryCap { .. }), "{e}");
+        assert!(e.to_string().contains("at most delta"), "{e}");
         let mut l = l;
         for _ in 0..4 {
             l = l.charge(PrivacyCost::of(0.5, 0.0).unwrap()).unwrap();

@@ -7,9 +7,8 @@ pub enum PrivacyError {
     #[error("invalid privacy parameter: {0}")]
     InvalidParameter(String),
     /// The owner's budget cannot pay for this release (caller's fault; the owner may grant more).
-    #[error(
-        "the privacy budget is exhausted: this release costs epsilon {cost_epsilon} (delta {cost_delta:e}) but only epsilon {left_epsilon} (delta {left_delta:e}) is left"
-    )]
+    /// The message names what ran out: epsilon, delta, or both.
+    #[error("{}", exhausted(*cost_epsilon, *cost_delta, *left_epsilon, *left_delta))]
     BudgetExhausted {
         cost_epsilon: f64,
         cost_delta: f64,
@@ -17,10 +16,13 @@ pub enum PrivacyError {
         left_delta: f64,
     },
     /// A single release would cost more than the owner allows per query (caller's fault).
-    #[error(
-        "this release costs epsilon {cost_epsilon} but a single query may spend at most {cap_epsilon}"
-    )]
-    PerQueryCap { cost_epsilon: f64, cap_epsilon: f64 },
+    #[error("{}", over_cap(*cost_epsilon, *cost_delta, *cap_epsilon, *cap_delta))]
+    PerQueryCap {
+        cost_epsilon: f64,
+        cost_delta: f64,
+        cap_epsilon: f64,
+        cap_delta: f64,
+    },
     /// A bound or sensitivity computation would overflow (caller's fault: bounds too wide).
     #[error("overflow: {0}")]
     Overflow(String),
@@ -36,5 +38,32 @@ impl From<opendp::error::Error> for PrivacyError {
             e.variant,
             e.message.as_deref().unwrap_or("")
         ))
+    }
+}
+
+fn exhausted(cost_e: f64, cost_d: f64, left_e: f64, left_d: f64) -> String {
+    let (e, d) = (cost_e > left_e, cost_d > left_d);
+    let what = match (e, d) {
+        (true, true) => "epsilon and delta are",
+        (false, true) => "delta is",
+        _ => "epsilon is",
+    };
+    format!(
+        "the privacy budget's {what} exhausted: this release costs epsilon {cost_e} and delta {cost_d:e}, \
+         but only epsilon {left_e} and delta {left_d:e} are left (the owner may grant more)"
+    )
+}
+
+fn over_cap(cost_e: f64, cost_d: f64, cap_e: f64, cap_d: f64) -> String {
+    if cost_d > cap_d && cost_e <= cap_e {
+        format!(
+            "this release costs delta {cost_d:e} but a single query may spend at most delta {cap_d:e} \
+             (ask for a smaller delta, or the owner may raise the per-query cap)"
+        )
+    } else {
+        format!(
+            "this release costs epsilon {cost_e} but a single query may spend at most epsilon {cap_e} \
+             (ask for a smaller epsilon, or the owner may raise the per-query cap)"
+        )
     }
 }
