@@ -18,6 +18,10 @@ pub enum MetaError {
     /// A stored row does not parse: corruption or a bug (internal).
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
+    /// An audit chain holds entries past its recorded head, or entries without a head record:
+    /// something wrote to it outside the store. Nothing more is appended to it.
+    #[error("the audit chain {0} was changed outside the server")]
+    ChainBroken(String),
 }
 
 impl From<sqlx::Error> for MetaError {

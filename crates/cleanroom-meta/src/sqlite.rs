@@ -111,6 +111,18 @@ impl SqliteStore {
             ),
             None => (0, genesis_hash(&a.chain)),
         };
+        // The head must be the chain's last entry: an entry past it (or any entry without a
+        // head) was written outside the store. Refuse, naming that, rather than fail later on
+        // a sequence number clash.
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM audit_entries WHERE chain = ?")
+                .bind(&a.chain)
+                .fetch_one(&mut **tx)
+                .await?;
+        if last.unwrap_or(0) as u64 != prev_seq {
+            tracing::error!(chain = %a.chain, head = prev_seq, last = ?last, "audit chain has entries past its head");
+            return Err(MetaError::ChainBroken(a.chain.clone()));
+        }
         let e = AuditEntry::next(
             &a.chain,
             prev_seq + 1,
@@ -741,6 +753,22 @@ impl MetaStore for SqliteStore {
         audit: NewAudit,
     ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
+        // Another member's dataset of this name counts only once every member sees it.
+        let visible: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM datasets WHERE collaboration_id = ? AND name = ? AND owner_org_id <> ?
+               AND status IN ('ready', 'shredded') LIMIT 1",
+        )
+        .bind(d.collaboration_id.to_string())
+        .bind(d.name.as_str())
+        .bind(d.owner_org_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if visible.is_some() {
+            return Err(MetaError::Conflict(format!(
+                "a dataset named {} exists already in this collaboration",
+                d.name
+            )));
+        }
         sqlx::query(
             "INSERT INTO datasets (id, collaboration_id, owner_org_id, name, schema, status, wrapped_key,
                                    row_count, byte_size, created_at, ready_at)
@@ -762,20 +790,21 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    async fn find_dataset(
+    async fn find_datasets(
         &self,
         collab: CollaborationId,
         name: &DatasetName,
-    ) -> Result<Option<Dataset>, MetaError> {
+    ) -> Result<Vec<Dataset>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DATASET_SELECT} WHERE d.collaboration_id = ? AND d.name = ?"
+            "{DATASET_SELECT} WHERE d.collaboration_id = ? AND d.name = ? ORDER BY d.created_at"
         )))
         .bind(collab.to_string())
         .bind(name.as_str())
-        .fetch_optional(&self.reader)
+        .fetch_all(&self.reader)
         .await?
-        .map(|r| dataset_from(&r))
-        .transpose()
+        .iter()
+        .map(dataset_from)
+        .collect()
     }
 
     async fn list_datasets(&self, collab: CollaborationId) -> Result<Vec<Dataset>, MetaError> {
@@ -836,6 +865,23 @@ impl MetaStore for SqliteStore {
         audit: NewAudit,
     ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
+        // Names are unique among the datasets every member sees: another member's dataset of
+        // the same name may have become ready while this one was private.
+        let clash: Option<String> = sqlx::query_scalar(
+            "SELECT o.id FROM datasets o JOIN datasets d ON d.collaboration_id = o.collaboration_id
+               AND d.name = o.name AND d.id <> o.id
+             WHERE d.id = ? AND o.status IN ('ready', 'shredded') LIMIT 1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if clash.is_some() {
+            return Err(MetaError::Conflict(
+                "another member's dataset of the same name became available in this collaboration \
+                 while this one was uploading: declare yours under another name"
+                    .into(),
+            ));
+        }
         let done = sqlx::query(
             "UPDATE datasets SET status = 'ready', row_count = ?, byte_size = ?, ready_at = ?
              WHERE id = ? AND status = 'uploading'",
@@ -1461,6 +1507,40 @@ impl MetaStore for SqliteStore {
             .iter()
             .map(audit_from)
             .collect()
+    }
+
+    async fn audit_page(
+        &self,
+        chain: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, Option<ChainHead>), MetaError> {
+        // One read transaction: a snapshot of the WAL database, so entries and head agree.
+        let mut tx = self.reader.begin().await?;
+        let entries = sqlx::query(
+            "SELECT * FROM audit_entries WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(chain)
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(audit_from)
+        .collect::<Result<Vec<_>, _>>()?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
+            .bind(chain)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| {
+                Ok::<_, MetaError>(ChainHead {
+                    seq: r.try_get::<i64, _>("seq")? as u64,
+                    hash: hash32(r.try_get("hash")?, "audit head")?,
+                })
+            })
+            .transpose()?;
+        tx.commit().await?;
+        Ok((entries, head))
     }
 
     async fn audit_head(&self, chain: &str) -> Result<Option<ChainHead>, MetaError> {

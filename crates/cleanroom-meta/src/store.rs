@@ -223,11 +223,13 @@ pub trait MetaStore: Send + Sync + 'static {
         wrapped_key: &[u8],
         audit: NewAudit,
     ) -> Result<(), MetaError>;
-    async fn find_dataset(
+    /// Every dataset of the collaboration with this name: at most one per owner, and at most
+    /// one that is ready or shredded (the one every member sees).
+    async fn find_datasets(
         &self,
         collab: CollaborationId,
         name: &DatasetName,
-    ) -> Result<Option<Dataset>, MetaError>;
+    ) -> Result<Vec<Dataset>, MetaError>;
     async fn list_datasets(&self, collab: CollaborationId) -> Result<Vec<Dataset>, MetaError>;
     /// The wrapped dataset key; `None` once shredded.
     async fn dataset_key(&self, id: DatasetId) -> Result<Option<Vec<u8>>, MetaError>;
@@ -362,4 +364,12 @@ pub trait MetaStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<AuditEntry>, MetaError>;
     async fn audit_head(&self, chain: &str) -> Result<Option<ChainHead>, MetaError>;
+    /// Entries after `after` (at most `limit`) and the chain's head, read together in one
+    /// snapshot: no entry returned can be newer than the head returned with it.
+    async fn audit_page(
+        &self,
+        chain: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, Option<ChainHead>), MetaError>;
 }
