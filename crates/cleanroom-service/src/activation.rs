@@ -590,25 +590,23 @@ impl CleanRoom {
             Outcome::Allowed,
             "approval used; matching",
         );
-        match self.meta.move_activation(id, claim, audit).await {
-            Ok(()) => {}
-            Err(MetaError::Conflict(_)) => {
-                return Err(self
-                    .refuse(&chain, &p.actor(), ACTION, id, consumed())
-                    .await);
+        // Use the approval and match in a task of its own: a client that disconnects drops the
+        // request, not the claim, the match or the record of its outcome, so the activation is
+        // never left `consumed` without an outcome until a restart.
+        let room = self.clone();
+        let (actor, activation) = (p.actor(), id.to_owned());
+        let task = tokio::spawn(async move {
+            match room.meta.move_activation(&activation, claim, audit).await {
+                Ok(()) => {}
+                Err(MetaError::Conflict(_)) => {
+                    return Err(room
+                        .refuse(&chain, &actor, ACTION, &activation, consumed())
+                        .await);
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        }
-        // Match in a task of its own: a client that disconnects does not leave the activation
-        // half-recorded.
-        let task = tokio::spawn(Self::match_and_record(
-            self.clone(),
-            c,
-            checked,
-            stored,
-            id.to_owned(),
-            p.actor(),
-        ));
+            Self::match_and_record(room, c, checked, stored, activation, actor).await
+        });
         let ids = task
             .await
             .map_err(|e| ServiceError::Internal(format!("activation task: {e}")))??;

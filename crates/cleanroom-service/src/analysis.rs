@@ -142,6 +142,13 @@ pub struct ApprovalView {
     pub approved_at: String,
 }
 
+/// What the analyst, the receivers and the audit chain learn of an analysis that failed after
+/// its charge: this sentence and a stable code, never the cause's text.
+const ANALYSIS_FAILED: &str =
+    "the analysis failed while running; nothing was released and the charge stays";
+const ANALYSIS_UNAVAILABLE: &str =
+    "the data could not be read; nothing was released and the charge stays; try again later";
+
 pub(crate) fn query_error(e: QueryError) -> ServiceError {
     match e {
         QueryError::Invalid(m) => {
@@ -160,6 +167,10 @@ pub(crate) fn query_error(e: QueryError) -> ServiceError {
         QueryError::Unavailable(m) => {
             tracing::error!(error = %m, "reading a dataset for an analysis failed");
             ServiceError::Unavailable("reading the data failed; try again".into())
+        }
+        QueryError::Execution(kind) => {
+            tracing::error!(%kind, "an analysis failed while running");
+            ServiceError::AnalysisFailed(ANALYSIS_FAILED.into())
         }
         QueryError::Internal(m) => ServiceError::Internal(format!("query engine: {m}")),
     }
@@ -353,9 +364,16 @@ impl CleanRoom {
                 }
                 None => None,
             };
+            // By default delta is spread like epsilon: a query may spend the same share of
+            // each, so neither runs out long before the other.
             let cap_d = match grant.delta_per_query {
                 Some(v) => Some(Delta::grant(v).map_err(bad)?.units()),
-                None if existing.is_none() => Some(total_d),
+                None if existing.is_none() => Some(match cap_e {
+                    Some(ce) if total_e > 0 => {
+                        (u128::from(total_d) * u128::from(ce) / u128::from(total_e)) as u64
+                    }
+                    _ => total_d,
+                }),
                 None => None,
             };
             if total_e
@@ -843,8 +861,14 @@ impl CleanRoom {
             delta_cap = delta_cap.min(Delta::from_units(l.delta_per_query).as_f64());
         }
         let epsilon = epsilon.unwrap_or(if eps_cap.is_finite() { eps_cap } else { 1.0 });
+        // The default delta is the cap's share that matches the epsilon asked for: spending a
+        // fifth of the epsilon cap spends a fifth of the delta cap.
         let delta = delta.unwrap_or(if delta_cap.is_finite() {
-            delta_cap
+            if eps_cap.is_finite() && epsilon < eps_cap {
+                delta_cap * (epsilon / eps_cap)
+            } else {
+                delta_cap
+            }
         } else {
             DEFAULT_DELTA
         });
@@ -1040,36 +1064,43 @@ impl CleanRoom {
                 describe_charges(&charge_views)
             ),
         );
-        match self
-            .meta
-            .begin_analysis(&row, &charges, vec![charge_audit])
-            .await
-        {
-            Ok(()) => {}
-            Err(MetaError::BudgetExhausted(org)) => {
-                let who = owner_ids
-                    .iter()
-                    .find(|(_, id)| id.to_string() == org)
-                    .map(|(n, _)| n.to_string())
-                    .unwrap_or(org);
-                let e = ServiceError::BudgetExhausted(format!(
-                    "{who}'s privacy budget cannot pay for this analysis (spent by a concurrent analysis)"
-                ));
-                return Err(self.refuse(&chain, &p.actor(), action, target, e).await);
+        // The charge, the run and the record of its outcome happen in a task of their own: a
+        // client that disconnects (the request future is dropped) cancels none of them, so no
+        // analysis is left charged and `running`, and a failure after the charge keeps it.
+        let room = self.clone();
+        let (actor, action, target) = (p.actor(), action.to_owned(), target.to_owned());
+        let c = c.clone();
+        let task = tokio::spawn(async move {
+            match room
+                .meta
+                .begin_analysis(&row, &charges, vec![charge_audit])
+                .await
+            {
+                Ok(()) => {}
+                Err(MetaError::BudgetExhausted(org)) => {
+                    let who = owner_ids
+                        .iter()
+                        .find(|(_, id)| id.to_string() == org)
+                        .map(|(n, _)| n.to_string())
+                        .unwrap_or(org);
+                    let e = ServiceError::BudgetExhausted(format!(
+                        "{who}'s privacy budget cannot pay for this analysis (spent by a concurrent analysis)"
+                    ));
+                    return Err(room.refuse(&chain, &actor, &action, &target, e).await);
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        }
-        // Run with the data in a task of its own: a client that disconnects does not cancel
-        // it, and a failure after the charge keeps the charge.
-        let task = tokio::spawn(Self::run_and_record(
-            self.clone(),
-            c.clone(),
-            planned.plan,
-            planned.touched,
-            id.clone(),
-            p.actor(),
-            receiver_names,
-        ));
+            Self::run_and_record(
+                room,
+                c,
+                planned.plan,
+                planned.touched,
+                row.id,
+                actor,
+                receiver_names,
+            )
+            .await
+        });
         task.await
             .map_err(|e| ServiceError::Internal(format!("analysis task: {e}")))??;
         let row = self
@@ -1120,17 +1151,26 @@ impl CleanRoom {
                 Ok(())
             }
             Err(e) => {
-                let msg = e.to_string();
+                // The cause goes to the server log (engine failures are already reduced to their
+                // kind); everyone else gets a stable code and a fixed sentence.
+                tracing::error!(analysis = %id, code = e.code(), error = %e, "a charged analysis failed");
+                let public = match e {
+                    ServiceError::Unavailable(_) => {
+                        ServiceError::Unavailable(ANALYSIS_UNAVAILABLE.into())
+                    }
+                    _ => ServiceError::AnalysisFailed(ANALYSIS_FAILED.into()),
+                };
+                let stored = format!("{}: {public}", public.code());
                 let audit = Self::audit(
                     &chain,
                     &actor,
                     "analysis.release",
                     &id,
-                    e.audit_outcome(),
-                    format!("{}: {msg}; the charge stays", e.code()),
+                    public.audit_outcome(),
+                    stored.clone(),
                 );
-                room.meta.finish_analysis(&id, Err(&msg), audit).await?;
-                Err(e)
+                room.meta.finish_analysis(&id, Err(&stored), audit).await?;
+                Err(public)
             }
         }
     }

@@ -53,6 +53,15 @@ pub enum ServiceError {
     /// A dependency (disk, database) is unavailable; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
+    /// A charged analysis failed while running. The message is a fixed sentence, never the
+    /// engine's text (which can quote a row's value); the charge stays.
+    #[error("{0}")]
+    AnalysisFailed(String),
+    /// The audit chain of a collaboration (or the system chain) holds entries past its recorded
+    /// head, or entries without a head: it was changed outside the server. Nothing more is
+    /// written to it until the operator has investigated.
+    #[error("{0}")]
+    ChainBroken(String),
     /// A bug or corruption. The message is for logs; callers see a generic text.
     #[error("{0}")]
     Internal(String),
@@ -74,6 +83,8 @@ impl ServiceError {
             ServiceError::BudgetExhausted(_) => "budget_exhausted",
             ServiceError::GrantState { code, .. } => code,
             ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::AnalysisFailed(_) => "analysis_failed",
+            ServiceError::ChainBroken(_) => "audit_chain_broken",
             ServiceError::Internal(_) => "internal",
         }
     }
@@ -82,7 +93,10 @@ impl ServiceError {
     pub fn audit_outcome(&self) -> cleanroom_core::audit::Outcome {
         use cleanroom_core::audit::Outcome;
         match self {
-            ServiceError::Unavailable(_) | ServiceError::Internal(_) => Outcome::Failed,
+            ServiceError::Unavailable(_)
+            | ServiceError::Internal(_)
+            | ServiceError::AnalysisFailed(_)
+            | ServiceError::ChainBroken(_) => Outcome::Failed,
             _ => Outcome::Denied,
         }
     }
@@ -124,6 +138,9 @@ impl From<MetaError> for ServiceError {
                 ServiceError::Unavailable("the metadata store is unavailable; try again".into())
             }
             MetaError::Corrupt(m) => ServiceError::Internal(format!("metadata: {m}")),
+            MetaError::ChainBroken(chain) => ServiceError::ChainBroken(format!(
+                "the audit chain {chain} holds entries the server did not write (or has lost its head                  record): nothing more is recorded or changed in it until the operator has investigated                  (`cleanroom audit verify` shows where it breaks)"
+            )),
             MetaError::BudgetExhausted(m) => ServiceError::BudgetExhausted(format!(
                 "a privacy budget cannot pay for this analysis ({m})"
             )),

@@ -1232,6 +1232,24 @@ impl CleanRoom {
         input: UploadInput,
     ) -> Result<Dataset, ServiceError> {
         let (c, d) = self.upload_target(p, collab, name).await?;
+        // From here on the work runs in a task of its own: a client that disconnects drops
+        // the request future, not the upload, so the dataset always leaves `uploading` (ready,
+        // or back to pending with its file removed) and the body's idle timeout still applies.
+        let room = self.clone();
+        let (p, name) = (p.clone(), name.to_owned());
+        tokio::spawn(async move { room.upload_into(&p, c, d, &name, input).await })
+            .await
+            .map_err(|e| ServiceError::Internal(format!("upload task: {e}")))?
+    }
+
+    async fn upload_into(
+        &self,
+        p: &Principal,
+        c: Collaboration,
+        d: Dataset,
+        name: &str,
+        input: UploadInput,
+    ) -> Result<Dataset, ServiceError> {
         let chain = c.id.to_string();
         if let Err(e) = self.meta.begin_upload(d.id).await {
             return Err(self
@@ -1251,11 +1269,22 @@ impl CleanRoom {
                     format!("{rows} rows, {bytes} encrypted bytes, from {format}"),
                 );
                 if let Err(e) = self.meta.finish_upload(d.id, rows, bytes, audit).await {
-                    // Not recorded as ready: the file must not outlive this request.
+                    // Not recorded as ready: the file must not outlive this request, and the
+                    // dataset goes back to pending (never left `uploading`).
                     let _ = std::fs::remove_file(self.files.dataset_path(c.id, d.id));
-                    return Err(self
-                        .refuse(&chain, &p.actor(), "dataset.upload", name, e.into())
-                        .await);
+                    let e: ServiceError = e.into();
+                    let back = Self::audit(
+                        &chain,
+                        &p.actor(),
+                        "dataset.upload",
+                        name,
+                        e.audit_outcome(),
+                        e.audit_detail(),
+                    );
+                    if let Err(err) = self.meta.abort_upload(d.id, back).await {
+                        tracing::error!(error = %err, "could not return an unfinished upload to pending");
+                    }
+                    return Err(e);
                 }
                 self.find_dataset(&c, p, name, "dataset.upload").await
             }
@@ -1335,11 +1364,13 @@ impl CleanRoom {
                 "-",
             )
             .await?;
-        let found = self
-            .meta
-            .find_dataset(c.id, &parsed)
-            .await?
-            .filter(|d| visible_to(d, p));
+        // The caller's own dataset of that name first, else the one every member sees.
+        let candidates = self.meta.find_datasets(c.id, &parsed).await?;
+        let found = candidates
+            .iter()
+            .find(|d| d.owner_org_id == p.org.id)
+            .or_else(|| candidates.iter().find(|d| visible_to(d, p)))
+            .cloned();
         match found {
             Some(d) => Ok(d),
             None => {
@@ -1369,6 +1400,7 @@ impl CleanRoom {
             .await?
             .into_iter()
             .filter(|d| visible_to(d, p))
+            .map(|d| as_seen_by(d, p))
             .collect())
     }
 
@@ -1381,7 +1413,8 @@ impl CleanRoom {
         let (c, _) = self
             .active_member(p, collab, "dataset.show", name, None, false)
             .await?;
-        self.find_dataset(&c, p, name, "dataset.show").await
+        let d = self.find_dataset(&c, p, name, "dataset.show").await?;
+        Ok(as_seen_by(d, p))
     }
 
     /// Counts the rows of a stored dataset by decrypting it: the server's own integrity check,
@@ -1435,10 +1468,18 @@ impl CleanRoom {
             c.id.to_string()
         };
         let limit = limit.clamp(1, 10_000);
-        let entries = self.meta.audit_entries(&chain_id, after, limit).await?;
-        let head = self.meta.audit_head(&chain_id).await?;
-        Ok((entries, head))
+        Ok(self.meta.audit_page(&chain_id, after, limit).await?)
     }
+}
+
+/// A dataset as `p` may see it: the encrypted file's size only to its owner. The size is
+/// deterministic in the content (one person's city changes it), so other members see the
+/// schema, owner, status and row count only.
+fn as_seen_by(mut d: Dataset, p: &Principal) -> Dataset {
+    if d.owner_org_id != p.org.id {
+        d.byte_size = None;
+    }
+    d
 }
 
 fn visible_to(d: &Dataset, p: &Principal) -> bool {

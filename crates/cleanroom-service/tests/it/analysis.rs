@@ -936,3 +936,64 @@ async fn closing_a_collaboration_deletes_its_stored_results() {
         closing.detail
     );
 }
+
+/// The README's own grant (`--epsilon 5 --per-query-epsilon 1`, delta by default) pays for
+/// five analyses at the cap: delta is spread like epsilon, so it does not run out first, and
+/// the refusal after them names epsilon. Asking for half the epsilon cap spends half the
+/// delta cap.
+#[tokio::test]
+async fn default_delta_lasts_as_long_as_epsilon() {
+    let f = Fixture::new().await;
+    let id = two_party(&f).await;
+    f.room
+        .set_policy(&f.brand, &id, "crm", policy("publisher"))
+        .await
+        .unwrap();
+    let readme = |epsilon: f64, per_query: Option<f64>| GrantRequest {
+        epsilon,
+        delta: None,
+        epsilon_per_query: per_query,
+        delta_per_query: None,
+    };
+    let b = f
+        .room
+        .grant_budget(&f.brand, &id, readme(5.0, Some(1.0)))
+        .await
+        .unwrap();
+    assert!((b.delta_total - 1e-6).abs() < 1e-12, "{b:?}");
+    assert!((b.delta_per_query - 2e-7).abs() < 1e-12, "{b:?}");
+    let sql =
+        |i: usize| format!("SELECT city, COUNT(DISTINCT pid) AS people_{i} FROM crm GROUP BY city");
+    for i in 0..5 {
+        let v = f
+            .room
+            .run_query(&f.publisher, &id, q(&sql(i)))
+            .await
+            .unwrap_or_else(|e| panic!("analysis {i}: {e}"));
+        assert_eq!(v.status, "released", "{v:?}");
+    }
+    let e = f
+        .room
+        .run_query(&f.publisher, &id, q(&sql(5)))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("epsilon is exhausted") || text.contains("epsilon and delta are exhausted"),
+        "{e}"
+    );
+    // Half the epsilon cap: half the delta cap by default.
+    f.room
+        .grant_budget(&f.brand, &id, readme(1.0, None))
+        .await
+        .unwrap();
+    let mut half = q(&sql(6));
+    half.epsilon = Some(0.5);
+    let v = f.room.run_query(&f.publisher, &id, half).await.unwrap();
+    let charged = v
+        .charges
+        .iter()
+        .find(|c| c.org.as_str() == "brand")
+        .unwrap();
+    assert!(charged.delta <= 1e-7 + 1e-15, "{charged:?}");
+}
