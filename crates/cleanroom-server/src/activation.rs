@@ -9,7 +9,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use cleanroom_service::{ActivationRequest, CleanRoom, Segment};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::Authed;
+use crate::auth::{Authed, Path};
 use crate::problem::ApiError;
 use crate::v1::{ApiJson, json_body, rejected};
 use crate::wire::*;
@@ -138,6 +138,7 @@ pub enum SegmentFormat {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SegmentParams {
     /// `csv` (default) or `jsonl`.
     #[serde(default)]

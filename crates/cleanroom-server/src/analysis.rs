@@ -2,13 +2,13 @@
 //! As everywhere in the server, each handler converts, calls one use case and converts back.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use cleanroom_service::{CleanRoom, GrantRequest, QueryRequest, TemplateRequest};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::auth::Authed;
+use crate::auth::{Authed, Path};
 use crate::problem::ApiError;
 use crate::v1::{ApiJson, json_body};
 use crate::wire::*;
@@ -215,6 +215,7 @@ pub async fn approve(
 
 /// Which approval to revoke.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RevokeParams {
     /// The dataset the approval is for.
     pub dataset: String,

@@ -28,3 +28,46 @@ impl FromRequestParts<CleanRoom> for Authed {
         Ok(Authed(room.authenticate(bearer.as_deref()).await?))
     }
 }
+
+/// Path parameters, like axum's `Path`, but a path that does not decode (invalid UTF-8, a
+/// malformed percent escape) is refused as problem details (400 `invalid_path`) and, for an
+/// authenticated caller, audited: axum's own rejection is a `text/plain` answer that nobody
+/// records.
+pub struct Path<T>(pub T);
+
+impl<T> FromRequestParts<CleanRoom> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, room: &CleanRoom) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, room).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(_) => {
+                let e = ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_path",
+                    "a segment of the path is not valid (not UTF-8 once decoded, or a malformed percent escape)",
+                );
+                // Authenticated callers' refusals are audited like any other; an unauthenticated
+                // request is refused as such.
+                let Authed(p) = Authed::from_request_parts(parts, room).await?;
+                let collab = parts
+                    .uri
+                    .path()
+                    .strip_prefix("/v1/collaborations/")
+                    .and_then(|rest| rest.split('/').next());
+                room.record_rejection(
+                    &p,
+                    "request.path",
+                    collab,
+                    e.code,
+                    "the path does not decode",
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
+}

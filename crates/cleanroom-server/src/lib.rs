@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod analysis;
 mod auth;
+mod connections;
 pub mod problem;
 pub mod v1;
 pub mod wire;
@@ -112,6 +113,7 @@ impl Modify for ProblemResponses {
         activation::request, activation::list, activation::get, activation::approve,
         activation::reject, activation::segment,
     ),
+    components(schemas(activation::SegmentFormat)),
     modifiers(&BearerAuth, &ProblemResponses),
     tags(
         (name = "server"), (name = "parties", description = "organisations, users, API tokens"),
@@ -224,20 +226,25 @@ pub fn app(room: CleanRoom) -> Router {
         .nest("/v1", api)
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(connections::header_limits))
         .layer(TraceLayer::new_for_http())
         .with_state(room)
 }
 
-/// Serves `room` on `listener` until `shutdown` completes.
+/// Largest JSON request body; a larger one is refused with 413 `payload_too_large`.
+pub const MAX_JSON_BODY: usize = 2 << 20;
+
+/// Serves `room` on `listener` with the default [`ServeOptions`] until `shutdown` completes.
 pub async fn serve(
     room: CleanRoom,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(room))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(room, listener, ServeOptions::default(), shutdown).await
 }
+
+pub use connections::{ServeOptions, serve_with};
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener with its real address.
 pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {

@@ -47,7 +47,9 @@ impl From<ServiceError> for ApiError {
                 StatusCode::FORBIDDEN
             }
             ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Internal(_)
+            | ServiceError::AnalysisFailed(_)
+            | ServiceError::ChainBroken(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let code = e.code();
         if let ServiceError::Internal(msg) = &e {
@@ -82,6 +84,16 @@ impl From<ServiceError> for ApiError {
 /// description of what is wrong.
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is larger than the {} bytes a JSON request may have",
+                    crate::MAX_JSON_BODY
+                ),
+            );
+        }
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_input",

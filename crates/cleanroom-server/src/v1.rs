@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequest, Path, Query, State};
+use axum::extract::{FromRequest, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::{Bytes, BytesMut};
 use cleanroom_core::party::{Abilities, UserRole};
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use utoipa::IntoParams;
 
-use crate::auth::Authed;
+use crate::auth::{Authed, Path};
 use crate::problem::ApiError;
 use crate::wire::*;
 
@@ -549,6 +549,7 @@ async fn read_whole(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Return entries after this sequence number (default 0: from the start).
     #[serde(default)]

@@ -19,7 +19,7 @@ fn people(prefix: &str, count: usize, offset: usize) -> String {
     s
 }
 
-async fn setup() -> (Server, String, String, String) {
+pub(crate) async fn setup() -> (Server, String, String, String) {
     let s = Server::start().await;
     let brand = s.org("brand").await;
     let publisher = s.org("publisher").await;

@@ -4,9 +4,11 @@ mod activation;
 mod analysis;
 mod api;
 mod denials;
+mod hardening;
 mod refusals;
 mod uploads;
 
+use cleanroom_server::ServeOptions;
 use cleanroom_server::wire::*;
 use cleanroom_service::{CleanRoom, Config, Limits};
 use reqwest::{Method, StatusCode};
@@ -28,22 +30,31 @@ impl Server {
     }
 
     pub async fn start_with(limits: Limits) -> Self {
+        Self::start_serving(limits, ServeOptions::default()).await
+    }
+
+    pub async fn start_serving(limits: Limits, opts: ServeOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::new(dir.path().join("data"));
         cfg.limits = limits.clone();
         let room = CleanRoom::open(cfg).await.unwrap();
         let (_, _, t) = room.init_operator("operator", "admin").await.unwrap();
-        let mut s = Self::serve(dir, room, limits).await;
+        let mut s = Self::serve(dir, room, opts).await;
         s.op = t.expose().to_owned();
         s
     }
 
-    async fn serve(dir: tempfile::TempDir, room: CleanRoom, _limits: Limits) -> Self {
+    async fn serve(dir: tempfile::TempDir, room: CleanRoom, opts: ServeOptions) -> Self {
         let (listener, addr) = cleanroom_server::bind("127.0.0.1:0").await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(cleanroom_server::serve(room.clone(), listener, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(cleanroom_server::serve_with(
+            room.clone(),
+            listener,
+            opts,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Server {
             dir,
             base: format!("http://{addr}"),
@@ -76,7 +87,7 @@ impl Server {
             .unwrap();
         let op = std::mem::take(&mut self.op);
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let mut s = Self::serve(dir, room, Limits::default()).await;
+        let mut s = Self::serve(dir, room, ServeOptions::default()).await;
         s.op = op;
         s
     }
