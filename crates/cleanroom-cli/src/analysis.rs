@@ -43,7 +43,8 @@ pub enum BudgetCmd {
         /// Most epsilon one analysis may spend (default on the first grant: min(total, 1)).
         #[arg(long)]
         per_query_epsilon: Option<f64>,
-        /// Most delta one analysis may spend (default on the first grant: the total).
+        /// Most delta one analysis may spend (default on the first grant: the total delta
+        /// times per-query epsilon / total epsilon, so delta lasts as long as epsilon).
         #[arg(long)]
         per_query_delta: Option<f64>,
     },
@@ -57,7 +58,8 @@ pub struct RunArgs {
     /// Epsilon to spend (default: the smallest per-query cap of the owners touched).
     #[arg(long)]
     pub epsilon: Option<f64>,
-    /// Delta to spend (default: the smallest per-query delta cap).
+    /// Delta to spend (default: the smallest per-query delta cap, scaled by the share of the
+    /// epsilon cap asked for).
     #[arg(long)]
     pub delta: Option<f64>,
     /// Comma-separated organisations to deliver the result to (default: yours).
@@ -352,7 +354,9 @@ pub fn budgets_table(b: &[BudgetOut]) -> String {
             "spent",
             "left",
             "per query",
+            "delta granted",
             "delta left",
+            "per query",
         ],
         b.iter()
             .map(|b| {
@@ -362,7 +366,9 @@ pub fn budgets_table(b: &[BudgetOut]) -> String {
                     format!("{:.3}", b.epsilon_spent),
                     format!("{:.3}", b.epsilon_left),
                     format!("{:.3}", b.epsilon_per_query),
+                    format!("{:.1e}", b.delta_total),
                     format!("{:.1e}", b.delta_left),
+                    format!("{:.1e}", b.delta_per_query),
                 ]
             })
             .collect(),

@@ -71,6 +71,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The server's base URL, as given.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn new(server: &str, token: Option<String>) -> Result<Self> {
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {

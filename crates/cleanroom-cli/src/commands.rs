@@ -3,16 +3,13 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use cleanroom_core::audit::{ChainHead, verify_chain};
 use cleanroom_server::wire::*;
 use cleanroom_service::{CleanRoom, Config, MasterKeyHex};
 use serde::Deserialize;
 
 use crate::client::{ApiFailure, Client, seg};
 use crate::output::{self, opt, table};
-use crate::{
-    AuditCmd, Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd,
-};
+use crate::{Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd};
 
 pub async fn run(cli: Cli) -> Result<()> {
     let g = cli.global;
@@ -49,7 +46,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token(c) => token(&g, c).await,
         Command::Collab(c) => collab(&g, c).await,
         Command::Dataset(c) => dataset(&g, c).await,
-        Command::Audit(c) => audit(&g, c).await,
+        Command::Audit(c) => crate::audit::run(&client(&g)?, g.json, c).await,
         Command::Policy(c) => match c {
             crate::analysis::PolicyCmd::Example => {
                 print!("{}", crate::analysis::EXAMPLE_POLICY);
@@ -587,106 +584,6 @@ async fn declare_for_upload(
             describe_columns(&existing.columns),
             describe_columns(&wanted)
         );
-    }
-    Ok(())
-}
-
-/// Downloads a whole chain page by page.
-pub async fn fetch_chain(
-    cl: &Client,
-    chain: &str,
-) -> Result<(String, Vec<AuditEntryOut>, Option<HeadOut>)> {
-    let mut after = 0;
-    let mut all = Vec::new();
-    let mut head = None;
-    let mut name = None;
-    loop {
-        let page: AuditPage = cl
-            .get(&format!("/audit/{}?after={after}&limit=5000", seg(chain)?))
-            .await?;
-        if name.is_none() {
-            head = page.head.clone();
-            name = Some(page.chain.clone());
-        }
-        let Some(last) = page.entries.last() else {
-            break;
-        };
-        after = last.seq;
-        all.extend(page.entries);
-    }
-    Ok((name.unwrap_or_else(|| chain.to_owned()), all, head))
-}
-
-/// Verifies a downloaded chain against the head the server reported when the download began
-/// (entries appended meanwhile are left for the next run) and, optionally, a pinned head.
-pub fn verify_downloaded(
-    chain: &str,
-    entries: &[AuditEntryOut],
-    head: Option<&HeadOut>,
-    expect: Option<&str>,
-) -> Result<ChainHead> {
-    let head = head
-        .map(HeadOut::to_head)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let upto = head.map(|h| h.seq).unwrap_or(0);
-    let parsed = entries
-        .iter()
-        .filter(|e| e.seq <= upto || head.is_none())
-        .map(|e| e.to_entry())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let verified = verify_chain(chain, &parsed, head)?;
-    if let Some(pin) = expect {
-        let (seq, hash) = pin
-            .split_once(':')
-            .context("--expect-head takes SEQ:HASH")?;
-        let seq: u64 = seq.parse().context("--expect-head takes SEQ:HASH")?;
-        let e = parsed
-            .iter()
-            .find(|e| e.seq == seq)
-            .with_context(|| format!("the chain has no entry {seq}: history was cut"))?;
-        if hex::encode(e.hash) != hash.to_ascii_lowercase() {
-            bail!("entry {seq} differs from the pinned head: history was rewritten");
-        }
-    }
-    Ok(verified)
-}
-
-async fn audit(g: &Global, c: AuditCmd) -> Result<()> {
-    let cl = client(g)?;
-    match c {
-        AuditCmd::List {
-            chain,
-            after,
-            limit,
-        } => {
-            let r: AuditPage = cl
-                .get(&format!(
-                    "/audit/{}?after={after}&limit={limit}",
-                    seg(&chain)?
-                ))
-                .await?;
-            if g.json {
-                return output::json(&r);
-            }
-            println!("{}", output::audit(&r.entries));
-        }
-        AuditCmd::Verify { chain, expect_head } => {
-            let (name, entries, head) = fetch_chain(&cl, &chain).await?;
-            let h = verify_downloaded(&name, &entries, head.as_ref(), expect_head.as_deref())?;
-            if g.json {
-                return output::json(&serde_json::json!({
-                    "chain": name, "verified_entries": h.seq, "head": format!("{}:{}", h.seq, hex::encode(h.hash)),
-                }));
-            }
-            println!("audit chain {name}: {} entries verified, intact.", h.seq);
-            println!(
-                "head {}:{} (pin it with --expect-head to detect a rewrite later)",
-                h.seq,
-                hex::encode(h.hash)
-            );
-        }
     }
     Ok(())
 }

@@ -314,7 +314,7 @@ async fn scenario(
         15,
         "The audit trail, hash-chained and verified on this side",
     );
-    let (name, entries, head) = crate::commands::fetch_chain(&brand, &cid).await?;
+    let (name, entries, head) = crate::audit::fetch_chain(&brand, &cid).await?;
     let shown = entries.len().saturating_sub(16);
     println!(
         "{} entries; the last {} (`cleanroom audit list` shows all):",
@@ -322,7 +322,7 @@ async fn scenario(
         entries.len() - shown
     );
     println!("{}", output::audit(&entries[shown..]));
-    let h = crate::commands::verify_downloaded(&name, &entries, head.as_ref(), None)?;
+    let h = crate::audit::verify_downloaded(&name, &entries, head.as_ref(), &[])?;
     println!(
         "chain verified: {} entries intact, head {}:{}",
         h.seq,

@@ -2,6 +2,7 @@
 
 mod activation;
 mod analysis;
+mod audit;
 mod client;
 mod commands;
 mod demo;

@@ -156,3 +156,104 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     let verified = ok(&cli(&url, &brand, &["audit", "verify", &id]));
     assert!(verified.contains("intact"), "{verified}");
 }
+
+/// Killing the *client* in the middle of an upload: the server notices, the dataset goes back
+/// to pending at once (not after an idle timeout, not at the next restart), and the same
+/// command run again succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_does_not_wedge_its_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let server = ServeProcess::start(&data);
+    let url = server.url.clone();
+    let (brand, _publisher, id) = {
+        let (u, o) = (url.clone(), op.clone());
+        tokio::task::spawn_blocking(move || two_parties(&u, &o))
+            .await
+            .unwrap()
+    };
+    let mut args = vec!["dataset", "create", &id, "crm"];
+    args.extend(COLUMNS);
+    ok(&cli(&url, &brand, &args));
+    let file = tmp.path().join("crm.csv");
+    write_csv(&file, 1_500_000);
+    let status = |url: &str| -> String {
+        let v = json(&cli(
+            url,
+            &brand,
+            &["--json", "dataset", "show", &id, "crm"],
+        ));
+        v["status"].as_str().unwrap().to_owned()
+    };
+    let upload = |url: &str| {
+        Command::new(BIN)
+            .args(["dataset", "upload", &id, "crm", "--file"])
+            .arg(&file)
+            .env("CLEANROOM_SERVER", url)
+            .env("CLEANROOM_TOKEN", &brand)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut client = upload(&url);
+    let start = Instant::now();
+    while status(&url) != "uploading" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the upload never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&client),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = client.wait();
+    let start = Instant::now();
+    while status(&url) != "pending" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the dataset stayed uploading after its client was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut again = upload(&url);
+    let done = wait_bounded(&mut again, PROCESS_TIMEOUT, "the second upload");
+    assert!(done.success());
+    assert_eq!(status(&url), "ready");
+}
+
+/// A configuration file nested absurdly deep is a clear error with a non-zero exit, not a stack
+/// overflow (the `toml` crate bounds nesting).
+#[test]
+fn deeply_nested_toml_is_a_clean_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("deep.toml");
+    let depth = 200_000;
+    std::fs::write(
+        &cfg,
+        format!("x = {}1{}\n", "[".repeat(depth), "]".repeat(depth)),
+    )
+    .unwrap();
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "email\na@example.com\n").unwrap();
+    let out = run(Command::new(BIN)
+        .args(["prepare", "--config"])
+        .arg(&cfg)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(tmp.path().join("out.parquet"))
+        .env("CLEANROOM_PREP_SECRET", "0123456789abcdef0123456789abcdef"));
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deep.toml") || err.contains("config"), "{err}");
+}

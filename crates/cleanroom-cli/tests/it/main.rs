@@ -76,10 +76,20 @@ impl ServeProcess {
         Self::try_start(data_dir).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Starts `serve` again at the address (`http://host:port`) an earlier one had.
+    pub fn start_at(data_dir: &Path, url: &str) -> Self {
+        let listen = url.trim_start_matches("http://");
+        Self::try_start_on(data_dir, listen).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts `serve`; returns what it printed if it exits before listening.
     pub fn try_start(data_dir: &Path) -> Result<Self, String> {
+        Self::try_start_on(data_dir, "127.0.0.1:0")
+    }
+
+    fn try_start_on(data_dir: &Path, listen: &str) -> Result<Self, String> {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env_remove("CLEANROOM_MASTER_KEY")
             .env("CLEANROOM_LOG", "warn")
@@ -158,12 +168,20 @@ impl Drop for ServeProcess {
     }
 }
 
-/// Runs the binary with a server URL and token.
+/// Runs the binary with a server URL and token, and a configuration directory of its own (so
+/// that no audit head it remembers reaches another call).
 pub fn cli(url: &str, token: &str, args: &[&str]) -> Output {
+    let config = tempfile::tempdir().unwrap();
+    cli_in(config.path(), url, token, args)
+}
+
+/// Runs the binary with a server URL, a token and the configuration directory `config`.
+pub fn cli_in(config: &Path, url: &str, token: &str, args: &[&str]) -> Output {
     run(Command::new(BIN)
         .args(args)
         .env("CLEANROOM_SERVER", url)
         .env("CLEANROOM_TOKEN", token)
+        .env("CLEANROOM_CONFIG_DIR", config)
         .stdin(Stdio::null()))
 }
 
