@@ -300,7 +300,26 @@ impl<'a> Checker<'a> {
         let mut limit = None;
         let mut offset = 0;
         // Above the aggregate: projections of its outputs, sorts and limits (post-processing).
-        let (outputs, aggregate) = self.above(plan, &mut order, &mut limit, &mut offset)?;
+        let (outputs, aggregate) = match self.above(plan, &mut order, &mut limit, &mut offset) {
+            Err(QueryError::Refused {
+                rule: "non_aggregate_output",
+                column: None,
+                message,
+            }) => {
+                // Name the first row-level output column, so the analyst sees what to change.
+                let column = first_output_column(plan);
+                let message = match &column {
+                    Some(c) => format!("{c} would be output row by row: {message}"),
+                    None => message,
+                };
+                return Err(QueryError::Refused {
+                    rule: "non_aggregate_output",
+                    column,
+                    message,
+                });
+            }
+            other => other?,
+        };
         let LogicalPlan::Aggregate(agg) = aggregate else {
             return refuse(
                 "non_aggregate_output",
@@ -1600,6 +1619,20 @@ fn clamp_pattern(e: &Expr) -> Option<(Column, Option<f64>, Option<f64>)> {
                 _ => None,
             }
         }
+        _ => None,
+    }
+}
+
+/// The first output column of a plan that does not aggregate (`SELECT email FROM …`).
+fn first_output_column(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::Projection(p) => p.expr.iter().find_map(|e| match unalias(e).0 {
+            Expr::Column(c) => Some(c.name.clone()),
+            _ => None,
+        }),
+        LogicalPlan::Sort(s) => first_output_column(&s.input),
+        LogicalPlan::Limit(l) => first_output_column(&l.input),
+        LogicalPlan::Distinct(d) => first_output_column(d.input()),
         _ => None,
     }
 }

@@ -686,6 +686,16 @@ pub struct PlanOut {
     pub epsilon: Option<f64>,
     pub delta: Option<f64>,
     pub notes: Vec<String>,
+    /// Whether every owner's budget can pay for the analysis now.
+    #[serde(default = "yes")]
+    pub affordable: bool,
+    /// Why not: one sentence per owner whose budget cannot pay (naming epsilon or delta).
+    #[serde(default)]
+    pub budget_problems: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An analysis. `result` is present only for receivers.
@@ -768,6 +778,8 @@ impl From<&cleanroom_service::AnalysisView> for AnalysisOut {
                 epsilon: p.epsilon,
                 delta: p.delta,
                 notes: p.notes.clone(),
+                affordable: p.affordable,
+                budget_problems: p.budget_problems.clone(),
             }),
         }
     }

@@ -109,6 +109,10 @@ pub struct PlanView {
     pub epsilon: Option<f64>,
     pub delta: Option<f64>,
     pub notes: Vec<String>,
+    /// Whether every owner's budget can pay for the analysis now.
+    pub affordable: bool,
+    /// Why not, one sentence per owner that cannot pay (which budget, epsilon or delta).
+    pub budget_problems: Vec<String>,
 }
 
 /// An analysis as its requester or a receiver sees it.
@@ -616,7 +620,7 @@ impl CleanRoom {
         }
         let request = self
             .audited(
-                self.privacy_request(&c, &catalog, &touched, req.epsilon, req.delta)
+                self.privacy_request(&c, &catalog, &touched, req.epsilon, req.delta, req.dry_run)
                     .await,
                 &chain,
                 &p.actor(),
@@ -688,6 +692,18 @@ impl CleanRoom {
         let approvals = self.meta.template_approvals(c.id).await?;
         for &t in &touched {
             let table = &catalog.tables[t];
+            if !table.has_policy {
+                let e = refused(
+                    "no_policy",
+                    None,
+                    format!(
+                        "dataset {} has no analysis policy yet: its owner ({}) must set one \
+                         (`cleanroom policy set`) before anyone can analyse it",
+                        table.name, table.owner
+                    ),
+                );
+                return Err(self.refuse(&chain, &p.actor(), ACTION, &target, e).await);
+            }
             if table.owner == p.org.name {
                 continue;
             }
@@ -721,7 +737,7 @@ impl CleanRoom {
         }
         let request = self
             .audited(
-                self.privacy_request(&c, &catalog, &touched, req.epsilon, req.delta)
+                self.privacy_request(&c, &catalog, &touched, req.epsilon, req.delta, req.dry_run)
                     .await,
                 &chain,
                 &p.actor(),
@@ -842,6 +858,7 @@ impl CleanRoom {
         touched: &BTreeSet<usize>,
         epsilon: Option<f64>,
         delta: Option<f64>,
+        dry_run: bool,
     ) -> Result<PrivacyRequest, ServiceError> {
         let ledgers = self.meta.ledgers(c.id).await?;
         let mut eps_cap = f64::INFINITY;
@@ -852,6 +869,10 @@ impl CleanRoom {
                 continue;
             }
             let Some(l) = ledgers.iter().find(|l| l.org_name == table.owner) else {
+                // A dry run is priced at the defaults and says who has no budget yet.
+                if dry_run {
+                    continue;
+                }
                 return Err(ServiceError::BudgetExhausted(format!(
                     "{} has not granted a privacy budget in this collaboration: its data cannot be analysed until it does (`cleanroom budget grant`)",
                     table.owner
@@ -935,6 +956,7 @@ impl CleanRoom {
         };
         let mut charges = Vec::new();
         let mut charge_views = Vec::new();
+        let mut budget_problems = Vec::new();
         for (org, cost) in &costs {
             if *cost == PrivacyCost::ZERO {
                 continue;
@@ -950,7 +972,11 @@ impl CleanRoom {
                     .map(|_| ())
                     .map_err(|e| ServiceError::BudgetExhausted(format!("{org}'s budget: {e}"))),
             };
-            if !dry_run && previous.is_none() {
+            if dry_run {
+                if let Err(e) = check {
+                    budget_problems.push(e.to_string());
+                }
+            } else if previous.is_none() {
                 self.audited(check, &chain, &p.actor(), action, target)
                     .await?;
             }
@@ -990,7 +1016,11 @@ impl CleanRoom {
                 reused_from: None,
                 created_at: now,
                 finished_at: None,
-                plan: Some(plan_view(&planned.plan, &catalog)),
+                plan: Some(PlanView {
+                    affordable: budget_problems.is_empty(),
+                    budget_problems,
+                    ..plan_view(&planned.plan, &catalog)
+                }),
             });
         }
         let id = cleanroom_core::ids::AnalysisId::new().to_string();
@@ -1479,6 +1509,8 @@ fn plan_view(plan: &TemplatePlan, catalog: &Catalog) -> PlanView {
         epsilon: request.map(|r| r.epsilon),
         delta: request.map(|r| r.delta),
         notes: plan.describe(catalog),
+        affordable: true,
+        budget_problems: Vec::new(),
     }
 }
 

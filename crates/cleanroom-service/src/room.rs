@@ -226,9 +226,13 @@ impl CleanRoom {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
             }
-        } else if !dir.is_dir() {
+        } else if !dir.join(cleanroom_meta::sqlite::DB_FILE).is_file() {
+            // Never create a master key or a database behind the operator's back: a server
+            // pointed at the wrong directory must say so, not start an empty room.
             return Err(ServiceError::InvalidInput(format!(
-                "data directory {} does not exist (run `cleanroom init`)",
+                "the data directory {} was never initialised (no {}): run `cleanroom init --data-dir {}` first",
+                dir.display(),
+                cleanroom_meta::sqlite::DB_FILE,
                 dir.display()
             )));
         }
@@ -788,11 +792,9 @@ impl CleanRoom {
         collab: &str,
         action: &str,
     ) -> Result<(Collaboration, Membership), ServiceError> {
-        let Ok(id) = CollaborationId::parse(collab) else {
-            // The same answer as for an id that names nothing (the entry omits the input).
-            return Err(self
-                .refuse(SYSTEM_CHAIN, &p.actor(), action, "-", not_found_collab())
-                .await);
+        let id = match CollaborationId::parse(collab) {
+            Ok(id) => id,
+            Err(_) => self.collaboration_named(p, collab, action).await?,
         };
         let found = match self.meta.get_collaboration(id).await? {
             Some(c) => self
@@ -819,6 +821,43 @@ impl CleanRoom {
 
     /// Like [`membership_of`] but also requires an accepted membership, an open collaboration
     /// and, when given, an ability. Refusals go to the collaboration's own chain.
+    /// A collaboration named by its name rather than its id: among those the caller's
+    /// organisation is in or invited to (so a name reveals nothing about others), exactly one
+    /// must have it.
+    async fn collaboration_named(
+        &self,
+        p: &Principal,
+        name: &str,
+        action: &str,
+    ) -> Result<CollaborationId, ServiceError> {
+        let mine: Vec<Collaboration> = self
+            .list_collaborations(p)
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .filter(|c| c.name.as_str() == name)
+            .collect();
+        match mine.as_slice() {
+            [one] => Ok(one.id),
+            [] => Err(self
+                // The same answer as for an id that names nothing (the entry omits the input).
+                .refuse(SYSTEM_CHAIN, &p.actor(), action, "-", not_found_collab())
+                .await),
+            several => {
+                let e = ServiceError::InvalidInput(format!(
+                    "{} collaborations you are in are named {name}: use an id ({})",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(|c| c.id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                Err(self.refuse(SYSTEM_CHAIN, &p.actor(), action, "-", e).await)
+            }
+        }
+    }
+
     pub(crate) async fn active_member(
         &self,
         p: &Principal,

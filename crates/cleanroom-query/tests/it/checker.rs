@@ -242,6 +242,17 @@ async fn refusals_name_the_column_and_the_policy() {
         }
         other => panic!("{other:?}"),
     }
+    // Row-level output names the column that would be output.
+    let e = check("SELECT email FROM brand", &f.catalog())
+        .await
+        .unwrap_err();
+    assert_eq!(e.rule(), Some("non_aggregate_output"));
+    match &e {
+        cleanroom_query::QueryError::Refused { column, .. } => {
+            assert_eq!(column.as_deref(), Some("email"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
     // A dimension the owner did not list is refused with the owner's policy named.
     let cat = f.with_policy("brand", |d| d.dimensions.retain(|x| x != "age_band"));
     let e = check(
