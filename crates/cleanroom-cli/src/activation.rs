@@ -38,6 +38,9 @@ pub enum ActivationCmd {
         /// The identifier column of your dataset to receive.
         #[arg(long)]
         output: String,
+        /// Print only the activation's id (for scripts).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Approve a pending activation of one of your datasets (allows one download).
     Approve { collab: String, id: String },
@@ -116,6 +119,7 @@ pub async fn activation(c: &Client, json: bool, cmd: ActivationCmd) -> Result<()
             key,
             filter,
             output,
+            quiet,
         } => {
             let a: ActivationOut = c
                 .post(
@@ -129,6 +133,10 @@ pub async fn activation(c: &Client, json: bool, cmd: ActivationCmd) -> Result<()
                     },
                 )
                 .await?;
+            if quiet {
+                println!("{}", a.id);
+                return Ok(());
+            }
             one(a)
         }
         ActivationCmd::Approve { collab, id } => {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use cleanroom_server::wire::{
-    AnalysisOut, ApprovalIn, ApprovalOut, BudgetOut, GrantIn, PolicyOut, PolicyWire, QueryIn,
-    ResultTableOut, TemplateOut, TemplateRunIn,
+    AnalysisOut, ApprovalIn, ApprovalOut, BudgetOut, CollaborationDetail, ColumnOut, DatasetOut,
+    GrantIn, PolicyOut, PolicyWire, QueryIn, ResultTableOut, TemplateOut, TemplateRunIn,
 };
 
 use crate::client::{Client, seg};
@@ -24,8 +24,16 @@ pub enum PolicyCmd {
     },
     /// Show a dataset's current policy.
     Show { collab: String, dataset: String },
-    /// Print a commented example policy.
-    Example,
+    /// Print a commented example policy; given a collaboration and one of your datasets, one
+    /// written for that dataset's schema and the collaboration's other members.
+    Example {
+        collab: Option<String>,
+        dataset: Option<String>,
+        /// Turn on the activation rule (the other members may receive matched segments as
+        /// their own identifiers, once per approval).
+        #[arg(long, requires = "dataset")]
+        activation: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,6 +192,81 @@ precision = 2
 # dimensions = ["region"]
 "#;
 
+/// A policy for one dataset, from its schema and the collaboration's members: every
+/// identifier a join key, every dimension a dimension, every metric with a range to adjust,
+/// the other active members as analysts and receivers, and an activation rule (on only when
+/// asked for).
+pub fn policy_for(dataset: &DatasetOut, partners: &[String], activation: bool) -> Result<String> {
+    let of = |role: &str| -> Vec<&ColumnOut> {
+        dataset.columns.iter().filter(|c| c.role == role).collect()
+    };
+    let list = |xs: Vec<String>| -> String {
+        let quoted: Vec<String> = xs.iter().map(|x| format!("{x:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let names = |cs: &[&ColumnOut]| list(cs.iter().map(|c| c.name.clone()).collect());
+    let keys = of("identifier");
+    let dims = of("dimension");
+    let mut t = format!(
+        "# The analysis policy of {} (owner {}), written from its schema by `cleanroom policy example`.\n\
+         # Read every line before `cleanroom policy set`: this is what others may learn from it.\n\n\
+         # Identifier columns that may join (JOIN ... ON a.key = b.key); never output.\n\
+         join_keys = {}\n\
+         # Columns that may be grouped and filtered on.\n\
+         dimensions = {}\n\n\
+         # Every output row must stand for at least this many distinct people of this dataset.\n\
+         min_group_size = 50\n\
+         # Rows one person may contribute, and rows kept per join-key value.\n\
+         max_rows_per_unit = 1\n\
+         max_rows_per_key = 1\n\
+         # Calibrated noise on every result touching this dataset, charged to your budget.\n\
+         differential_privacy = true\n\
+         allow_sql = true\n\n\
+         # Organisations (besides yours) that may analyse this dataset, and receive results.\n\
+         analysts = {}\n\
+         receivers = {}\n",
+        dataset.name,
+        dataset.owner,
+        names(&keys),
+        names(&dims),
+        list(partners.to_vec()),
+        list(partners.to_vec()),
+    );
+    for m in of("metric") {
+        let (upper, precision) = if m.r#type == "float64" {
+            ("1000", "\nprecision = 2")
+        } else {
+            ("100", "")
+        };
+        t.push_str(&format!(
+            "\n# {}: values are clamped into [lower, upper] before they are summed; set the range\n\
+             # you expect (a wider range means more noise).\n\
+             [[metrics]]\ncolumn = {:?}\nlower = 0\nupper = {upper}{precision}\n",
+            m.name, m.name
+        ));
+    }
+    let rule = format!(
+        "[activation]\npartners = {}\nmin_segment_size = 1000\ndimensions = {}\n",
+        list(partners.to_vec()),
+        names(&dims)
+    );
+    t.push_str(
+        "\n# Activation: the partners may receive the matched segment of this dataset as THEIR OWN\n\
+         # identifiers, once per approval by you, when it stands for at least min_segment_size of\n\
+         # your people, narrowed only by the dimensions listed.\n",
+    );
+    if activation {
+        t.push_str(&rule);
+    } else {
+        for line in rule.lines() {
+            t.push_str(&format!("# {line}\n"));
+        }
+    }
+    // What we print must be a policy the server accepts as written.
+    toml::from_str::<PolicyWire>(&t).context("the generated policy does not parse (a bug)")?;
+    Ok(t)
+}
+
 pub fn read_policy(path: &PathBuf) -> Result<PolicyWire> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the policy file {}", path.display()))?;
@@ -198,9 +281,39 @@ pub fn read_policy(path: &PathBuf) -> Result<PolicyWire> {
 
 pub async fn policy(c: &Client, json: bool, cmd: PolicyCmd) -> Result<()> {
     match cmd {
-        PolicyCmd::Example => {
+        PolicyCmd::Example {
+            collab: Some(collab),
+            dataset: Some(dataset),
+            activation,
+        } => {
+            let d: DatasetOut = c
+                .get(&format!(
+                    "/collaborations/{}/datasets/{}",
+                    seg(&collab)?,
+                    seg(&dataset)?
+                ))
+                .await?;
+            let detail: CollaborationDetail =
+                c.get(&format!("/collaborations/{}", seg(&collab)?)).await?;
+            let partners: Vec<String> = detail
+                .members
+                .iter()
+                .filter(|m| m.org != d.owner && m.status == "active")
+                .map(|m| m.org.clone())
+                .collect();
+            print!("{}", policy_for(&d, &partners, activation)?);
+            Ok(())
+        }
+        PolicyCmd::Example {
+            collab: None,
+            dataset: None,
+            ..
+        } => {
             print!("{EXAMPLE_POLICY}");
             Ok(())
+        }
+        PolicyCmd::Example { .. } => {
+            bail!("give a collaboration and one of its datasets, or neither for a generic example")
         }
         PolicyCmd::Set {
             collab,
@@ -640,6 +753,14 @@ pub fn show_analysis(a: &AnalysisOut, json: bool) -> Result<()> {
                 }
                 for n in &p.notes {
                     println!("  {n}");
+                }
+                if p.affordable {
+                    println!("budgets: every owner's budget can pay for it now");
+                } else {
+                    println!("budgets: it cannot run now:");
+                    for b in &p.budget_problems {
+                        println!("  {b}");
+                    }
                 }
             }
             return Ok(());

@@ -15,7 +15,13 @@ pub async fn run(cli: Cli) -> Result<()> {
     let g = cli.global;
     match cli.command {
         Command::Serve { data, listen } => serve(&data.data_dir, &listen).await,
-        Command::Init { data, org, user } => init(&data.data_dir, &org, &user, g.json).await,
+        Command::Init {
+            data,
+            org,
+            user,
+            quiet,
+        } => init(&data.data_dir, &org, &user, g.json, quiet).await,
+        Command::Health { wait } => health(&g.server, wait, g.json).await,
         Command::Demo { people, seed } => crate::demo::run(people, seed).await,
         Command::Synth {
             party,
@@ -48,7 +54,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dataset(c) => dataset(&g, c).await,
         Command::Audit(c) => crate::audit::run(&client(&g)?, g.json, c).await,
         Command::Policy(c) => match c {
-            crate::analysis::PolicyCmd::Example => {
+            crate::analysis::PolicyCmd::Example { collab: None, .. } => {
                 print!("{}", crate::analysis::EXAMPLE_POLICY);
                 Ok(())
             }
@@ -85,7 +91,9 @@ fn cleanroom_storage_env() -> &'static str {
 }
 
 async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
-    let room = CleanRoom::open(room_config(data_dir))
+    let mut config = room_config(data_dir);
+    config.create = false;
+    let room = CleanRoom::open(config)
         .await
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
     let (listener, addr) = cleanroom_server::bind(listen)
@@ -119,12 +127,34 @@ async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
     Ok(())
 }
 
-async fn init(data_dir: &Path, org: &str, user: &str, json: bool) -> Result<()> {
+async fn health(server: &str, wait: f64, json: bool) -> Result<()> {
+    let cl = Client::new(server, None)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(wait.max(0.0));
+    loop {
+        match cl.get::<Health>("/health").await {
+            Ok(h) => {
+                if json {
+                    return output::json(&h);
+                }
+                println!("{server}: {} (version {})", h.status, h.version);
+                return Ok(());
+            }
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn init(data_dir: &Path, org: &str, user: &str, json: bool, quiet: bool) -> Result<()> {
     let room = CleanRoom::open(room_config(data_dir))
         .await
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
     let (o, u, token) = room.init_operator(org, user).await?;
     room.close().await;
+    if quiet {
+        println!("{}", token.expose());
+        return Ok(());
+    }
     if json {
         return output::json(&serde_json::json!({
             "data_dir": data_dir.display().to_string(),
@@ -153,8 +183,12 @@ async fn init(data_dir: &Path, org: &str, user: &str, json: bool) -> Result<()> 
 async fn org(g: &Global, c: OrgCmd) -> Result<()> {
     let cl = client(g)?;
     match c {
-        OrgCmd::Create { name, admin } => {
+        OrgCmd::Create { name, admin, quiet } => {
             let r: CreatedOrg = cl.post("/orgs", &CreateOrgRequest { name, admin }).await?;
+            if quiet {
+                println!("{}", r.token);
+                return Ok(());
+            }
             if g.json {
                 return output::json(&r);
             }
@@ -189,7 +223,7 @@ async fn org(g: &Global, c: OrgCmd) -> Result<()> {
 async fn user(g: &Global, c: UserCmd) -> Result<()> {
     let cl = client(g)?;
     match c {
-        UserCmd::Create { name, role } => {
+        UserCmd::Create { name, role, quiet } => {
             let r: CreatedUser = cl
                 .post(
                     "/users",
@@ -199,6 +233,10 @@ async fn user(g: &Global, c: UserCmd) -> Result<()> {
                     },
                 )
                 .await?;
+            if quiet {
+                println!("{}", r.token);
+                return Ok(());
+            }
             if g.json {
                 return output::json(&r);
             }
@@ -227,8 +265,12 @@ async fn user(g: &Global, c: UserCmd) -> Result<()> {
 async fn token(g: &Global, c: TokenCmd) -> Result<()> {
     let cl = client(g)?;
     match c {
-        TokenCmd::Create { label } => {
+        TokenCmd::Create { label, quiet } => {
             let r: CreatedToken = cl.post("/tokens", &CreateTokenRequest { label }).await?;
+            if quiet {
+                println!("{}", r.token);
+                return Ok(());
+            }
             if g.json {
                 return output::json(&r);
             }

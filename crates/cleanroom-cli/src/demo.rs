@@ -65,6 +65,13 @@ pub async fn run(people: u64, seed: u64) -> Result<()> {
     let _ = stop_tx.send(());
     let _ = server.await;
     room.close().await;
+    if result.is_ok() {
+        println!();
+        println!(
+            "Next: the README's tour runs the same story one command at a time with your own server \
+             (`bash docs/tour.sh` runs it as written)."
+        );
+    }
     result
 }
 

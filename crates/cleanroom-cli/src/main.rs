@@ -72,6 +72,15 @@ pub enum Command {
         /// Name of the operator's first admin user.
         #[arg(long, default_value = "admin")]
         user: String,
+        /// Print only the operator's token (for scripts: `TOKEN=$(cleanroom init -q)`).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Whether the server answers (no token needed).
+    Health {
+        /// Keep asking for up to this many seconds until it answers.
+        #[arg(long, default_value_t = 0.0)]
+        wait: f64,
     },
     /// Run the end-to-end demo: a brand and a publisher set up a collaboration on a temporary
     /// in-process server with embedded defaults.
@@ -158,6 +167,9 @@ pub enum OrgCmd {
         name: String,
         #[arg(long, default_value = "admin")]
         admin: String,
+        /// Print only the admin's token (for scripts).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// List organisations.
     List,
@@ -171,6 +183,9 @@ pub enum UserCmd {
         /// `admin` or `member`.
         #[arg(long, default_value = "member")]
         role: String,
+        /// Print only the user's token (for scripts).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// List your organisation's users.
     List,
@@ -182,6 +197,9 @@ pub enum TokenCmd {
     Create {
         #[arg(long, default_value = "")]
         label: String,
+        /// Print only the token (for scripts).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// List tokens (all of your organisation's if you are an admin).
     List,
@@ -283,11 +301,65 @@ pub enum AuditCmd {
     },
 }
 
+/// Parses the command line; flags that only client commands read are refused on `serve`,
+/// where they would be silently ignored.
+fn parse() -> Cli {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(("serve", sub)) = matches.subcommand() {
+        for flag in ["server", "token", "json"] {
+            if sub.value_source(flag) == Some(ValueSource::CommandLine) {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!(
+                            "--{flag} is for client commands; `serve` does not take it (the server's \
+                             settings are --data-dir and --listen)"
+                        ),
+                    )
+                    .exit();
+            }
+        }
+    }
+    cli
+}
+
+/// Prints an error to stderr: a sentence, or with `--json` a problem-details object (the
+/// server's own when the server refused).
+fn report(e: &anyhow::Error, json: bool) {
+    if !json {
+        eprintln!("error: {e:#}");
+        return;
+    }
+    let problem = match e.downcast_ref::<client::ApiFailure>() {
+        Some(client::ApiFailure {
+            problem: Some(p), ..
+        }) => serde_json::to_value(p).unwrap_or_default(),
+        Some(f) => serde_json::json!({
+            "type": "urn:cleanroom:problem:server_error",
+            "title": f.status.canonical_reason().unwrap_or("Error"),
+            "status": f.status.as_u16(),
+            "code": "server_error",
+            "detail": f.to_string(),
+        }),
+        None => serde_json::json!({
+            "type": "urn:cleanroom:problem:cli_error",
+            "title": "Command failed",
+            "code": "cli_error",
+            "detail": format!("{e:#}"),
+        }),
+    };
+    eprintln!("{problem}");
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     if let Command::Prepare(args) = &cli.command {
         return prepare::main(args, cli.global.json);
     }
+    let json = cli.global.json;
     let serving = matches!(cli.command, Command::Serve { .. });
     let default_level = if serving { "info" } else { "warn" };
     tracing_subscriber::fmt()
@@ -295,6 +367,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("CLEANROOM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -310,7 +383,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(commands::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report(&e, json);
             std::process::ExitCode::FAILURE
         }
     }

@@ -12,6 +12,11 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     for r in rows {
         t.add_row(r);
     }
+    // Off a terminal (a pipe, a log, CI) there is no width to wrap to: use 100 columns, so
+    // that output read later still fits a normal window.
+    if t.width().is_none() {
+        t.set_width(100);
+    }
     t.to_string()
 }
 
@@ -101,7 +106,8 @@ pub fn audit(es: &[cleanroom_server::wire::AuditEntryOut]) -> String {
             .map(|e| {
                 vec![
                     e.seq.to_string(),
-                    e.at.clone(),
+                    // To the second: the full precision is in `--json`.
+                    e.at.get(..19).unwrap_or(&e.at).replace('T', " "),
                     e.actor.clone(),
                     e.action.clone(),
                     e.target.clone(),
@@ -115,6 +121,26 @@ pub fn audit(es: &[cleanroom_server::wire::AuditEntryOut]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tables_fit_a_hundred_columns_off_a_terminal() {
+        let long = "a detail that goes on and on ".repeat(20);
+        let t = super::table(
+            &["#", "at", "actor", "action", "target", "outcome", "detail"],
+            vec![vec![
+                "1".into(),
+                "2026-12-03 10:00:00".into(),
+                "northwind-retail/maya".into(),
+                "analysis.release".into(),
+                "0b7e0c4e-1a6f-4a4e-9d7e-1f0c2a3b4c5d".into(),
+                "allowed".into(),
+                long,
+            ]],
+        );
+        for line in t.lines() {
+            assert!(line.chars().count() <= 100, "{line}");
+        }
+    }
+
     #[test]
     fn thousands_separators() {
         assert_eq!(super::thousands(0), "0");

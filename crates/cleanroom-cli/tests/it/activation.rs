@@ -100,9 +100,13 @@ fn a_partner_downloads_its_own_segment_once_from_the_command_line() {
     ));
     assert!(err.contains("activation_not_approved"), "{err}");
     assert!(!out.exists());
-    let listed = ok(&cli(&url, &brand, &["activation", "list", &id]));
+    let listed = json(&cli(&url, &brand, &["--json", "activation", "list", &id]));
     assert!(
-        listed.contains(&aid) && listed.contains("pending"),
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == aid.as_str() && a["status"] == "pending"),
         "{listed}"
     );
     ok(&cli(&url, &brand, &["activation", "approve", &id, &aid]));

@@ -189,7 +189,7 @@ fn policies_budgets_queries_and_templates_from_the_command_line() {
     let one = ok(&cli(&url, &brand, &["analysis", "show", &id, ids[0]]));
     assert!(one.contains("released"), "{one}");
     // The audit log has every step, and verifies.
-    let audit = ok(&cli(&url, &brand, &["audit", "list", &id]));
+    let audit = ok(&cli(&url, &brand, &["--json", "audit", "list", &id]));
     for action in [
         "policy.set",
         "budget.grant",

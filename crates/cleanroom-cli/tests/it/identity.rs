@@ -374,11 +374,11 @@ allow_sql = false
     let region_is = |r: &str| format!("region={r}");
     // Refused from the rules, before anything is matched.
     let err = failed(&request(&publisher, "age_band=25-34", "maid_hmac"));
-    assert!(err.contains("(rule dimension_not_allowed)"), "{err}");
+    assert!(err.contains(r#""rule":"dimension_not_allowed""#), "{err}");
     let err = failed(&request(&publisher, &region_is(big), "region"));
-    assert!(err.contains("(rule output_not_identifier)"), "{err}");
+    assert!(err.contains(r#""rule":"output_not_identifier""#), "{err}");
     let err = failed(&request(&brand, &region_is(big), "maid_hmac"));
-    assert!(err.contains("(rule activation_not_allowed)"), "{err}");
+    assert!(err.contains(r#""rule":"activation_not_allowed""#), "{err}");
 
     let a = json(&request(&publisher, &region_is(big), "maid_hmac"));
     assert_eq!(a["status"], "pending", "{a}");
@@ -446,7 +446,7 @@ allow_sql = false
     assert!(!out.exists(), "no file for a refused segment");
 
     // The delivery and the refusals are in the collaboration's audit chain, which verifies.
-    let log = ok(&cli(&url, &brand, &["audit", "list", &id]));
+    let log = ok(&cli(&url, &brand, &["--json", "audit", "list", &id]));
     for needle in [
         format!("delivered {} identifier(s) of aud.maid_hmac", want.len()),
         "activation_consumed".to_owned(),

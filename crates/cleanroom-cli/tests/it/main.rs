@@ -7,6 +7,7 @@ mod audit;
 mod crash;
 mod flow;
 mod identity;
+mod newcomer;
 mod prepare;
 mod psi;
 

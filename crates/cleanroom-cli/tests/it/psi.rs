@@ -502,7 +502,11 @@ fn a_wrong_pin_is_refused_by_both_processes() {
     let (ok_s, _, err_s) = server.wait(Duration::from_secs(10));
     assert!(!ok_c && !ok_s);
     assert!(err_s.contains("is not the pinned one"), "{err_s}");
-    assert!(err_c.contains("error:") && err_c.contains("TLS"), "{err_c}");
+    // With --json the error is problem details on stderr.
+    assert!(
+        err_c.contains(r#""code":"cli_error""#) && err_c.contains("TLS"),
+        "{err_c}"
+    );
 }
 
 #[test]
@@ -548,7 +552,7 @@ fn killing_one_process_mid_protocol_makes_the_other_exit_with_a_clear_error() {
         killed.elapsed()
     );
     assert!(
-        err.contains("error: the peer closed the connection"),
+        err.contains(r#""code":"cli_error""#) && err.contains("the peer closed the connection"),
         "{err}"
     );
 }

@@ -1,0 +1,226 @@
+//! What a newcomer meets in the first hour: the README's tour is the script CI runs, the server
+//! refuses a directory that was never initialised and flags it would ignore, collaborations
+//! answer to their names, a policy can be written from a dataset's schema, refusals name what
+//! is missing, and `--json` errors are problem details.
+
+use crate::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The README shows the tour script's text exactly, so following the README is running what CI
+/// runs.
+#[test]
+fn the_readme_tour_is_the_tour_script() {
+    let script = std::fs::read_to_string(repo().join("docs/tour.sh")).unwrap();
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let body = script
+        .split_once("# --- tour begins ---\n")
+        .and_then(|(_, rest)| rest.split_once("# --- tour ends ---\n"))
+        .map(|(b, _)| b)
+        .expect("the tour markers in docs/tour.sh");
+    let shown = readme
+        .split_once("<!-- tour:begin -->\n```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```\n<!-- tour:end -->"))
+        .map(|(b, _)| b)
+        .expect("the tour markers in README.md");
+    assert_eq!(
+        shown, body,
+        "README.md's tour and docs/tour.sh differ: copy the script's steps into the README"
+    );
+    assert!(body.lines().count() > 40);
+}
+
+#[test]
+fn serve_refuses_an_uninitialised_directory_and_client_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("never-initialised");
+    std::fs::create_dir_all(&data).unwrap();
+    let printed = ServeProcess::try_start(&data)
+        .err()
+        .expect("serve must refuse a directory that was never initialised");
+    assert!(
+        printed.contains("never initialised") && printed.contains("cleanroom init"),
+        "{printed}"
+    );
+    assert!(
+        !data.join("master.key").exists(),
+        "no master key may be created behind the operator's back"
+    );
+    // Client flags on `serve` would be silently ignored: they are a usage error.
+    for flag in [
+        ["--token", "crt_x"],
+        ["--server", "http://x"],
+        ["--json", ""],
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--data-dir"]).arg(&data).arg(flag[0]);
+        if !flag[1].is_empty() {
+            cmd.arg(flag[1]);
+        }
+        let out = run(&mut cmd);
+        assert_eq!(out.status.code(), Some(2), "{flag:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("client commands"), "{err}");
+    }
+}
+
+#[test]
+fn collaborations_by_name_policies_from_schemas_and_refusals_that_name_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let server = ServeProcess::start(&data);
+    let url = server.url.clone();
+    ok(&cli(&url, "", &["health", "--wait", "5"]));
+    let (brand, publisher, id) = two_parties(&url, &op);
+    // The collaboration answers to its name ("spring") as well as its id.
+    let by_name = json(&cli(&url, &brand, &["--json", "collab", "show", "spring"]));
+    assert_eq!(by_name["collaboration"]["id"], id.as_str());
+    let err = failed(&cli(&url, &brand, &["collab", "show", "autumn"]));
+    assert!(err.contains("not_found"), "{err}");
+    let file = tmp.path().join("crm.csv");
+    write_csv(&file, 3000);
+    for (token, name) in [(&brand, "crm"), (&publisher, "aud")] {
+        let mut args = vec!["dataset", "upload", "spring", name, "--quiet", "--file"];
+        args.push(file.to_str().unwrap());
+        args.extend(COLUMNS);
+        ok(&cli(&url, token, &args));
+    }
+    // A template over datasets without a policy: refused as such, not as "analyst not
+    // allowed", which sent people looking in the wrong place.
+    let err = failed(&cli(
+        &url,
+        &brand,
+        &[
+            "template",
+            "run",
+            "spring",
+            "overlap",
+            "-p",
+            "left=crm",
+            "-p",
+            "right=aud",
+            "-p",
+            "key=email_hmac",
+        ],
+    ));
+    assert!(err.contains("no_policy"), "{err}");
+    // The policy written from the dataset's schema is one the server accepts.
+    let policy = ok(&cli(
+        &url,
+        &brand,
+        &["policy", "example", "spring", "crm", "--activation"],
+    ));
+    assert!(policy.contains("join_keys = [\"email_hmac\"]"), "{policy}");
+    assert!(policy.contains("analysts = [\"publisher\"]"), "{policy}");
+    assert!(policy.contains("\n[activation]\n"), "{policy}");
+    let path = tmp.path().join("crm-policy.toml");
+    std::fs::write(&path, &policy).unwrap();
+    ok(&cli(
+        &url,
+        &brand,
+        &[
+            "policy",
+            "set",
+            "spring",
+            "crm",
+            "--file",
+            path.to_str().unwrap(),
+        ],
+    ));
+    // Without a budget, a dry run says the owner cannot pay now (and why), without failing.
+    let dry = ok(&cli(
+        &url,
+        &brand,
+        &[
+            "query",
+            "spring",
+            "SELECT city, COUNT(DISTINCT pid) AS n FROM crm GROUP BY city",
+            "--dry-run",
+        ],
+    ));
+    assert!(
+        dry.contains("cannot run now") && dry.contains("has not granted a privacy budget"),
+        "{dry}"
+    );
+    let err = failed(&cli(
+        &url,
+        &brand,
+        &[
+            "query",
+            "spring",
+            "SELECT city, COUNT(DISTINCT pid) AS n FROM crm GROUP BY city",
+        ],
+    ));
+    assert!(err.contains("budget"), "{err}");
+    ok(&cli(
+        &url,
+        &brand,
+        &[
+            "budget",
+            "grant",
+            "spring",
+            "--epsilon",
+            "1",
+            "--delta",
+            "1e-7",
+        ],
+    ));
+    let dry = ok(&cli(
+        &url,
+        &brand,
+        &[
+            "query",
+            "spring",
+            "SELECT city, COUNT(DISTINCT pid) AS n FROM crm GROUP BY city",
+            "--dry-run",
+            "--epsilon",
+            "0.5",
+            "--delta",
+            "5e-7",
+        ],
+    ));
+    assert!(
+        dry.contains("cannot run now") && dry.contains("delta"),
+        "{dry}"
+    );
+    let dry = ok(&cli(
+        &url,
+        &brand,
+        &[
+            "query",
+            "spring",
+            "SELECT city, COUNT(DISTINCT pid) AS n FROM crm GROUP BY city",
+            "--dry-run",
+        ],
+    ));
+    assert!(dry.contains("can pay for it now"), "{dry}");
+    // Row-level output names its column; with --json the error is problem details on stderr.
+    let out = cli(
+        &url,
+        &brand,
+        &["--json", "query", "spring", "SELECT email_hmac FROM crm"],
+    );
+    let err = failed(&out);
+    let problem: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(problem["code"], "policy_violation");
+    assert_eq!(problem["rule"], "non_aggregate_output");
+    assert_eq!(problem["column"], "email_hmac");
+    assert!(out.stdout.is_empty());
+    // A usage problem with --json is problem details too.
+    let out = cli(
+        &url,
+        &brand,
+        &[
+            "--json",
+            "audit",
+            "verify",
+            "spring",
+            "--expect-head",
+            "nope",
+        ],
+    );
+    let problem: serde_json::Value = serde_json::from_str(failed(&out).trim()).unwrap();
+    assert_eq!(problem["code"], "cli_error");
+}
