@@ -10,6 +10,7 @@ mod identity;
 mod newcomer;
 mod prepare;
 mod psi;
+mod tidy;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
