@@ -1,0 +1,407 @@
+//! Collaborations: create, invite, accept, decline, close; memberships and who may act.
+
+use cleanroom_core::audit::{Outcome, SYSTEM_CHAIN};
+use cleanroom_core::entities::{Collaboration, Membership};
+use cleanroom_core::ids::CollaborationId;
+use cleanroom_core::names::{CollaborationName, OrgName};
+use cleanroom_core::party::{Abilities, Ability, CollaborationStatus, MemberStatus};
+use cleanroom_meta::MetaError;
+use cleanroom_storage::SecretKey;
+
+use super::*;
+use crate::ServiceError;
+
+impl CleanRoom {
+    // ------------------------------------------------------------------ collaborations
+
+    /// Creates a collaboration; the caller's organisation joins it with `abilities`.
+    pub async fn create_collaboration(
+        &self,
+        p: &Principal,
+        name: &str,
+        description: &str,
+        abilities: Abilities,
+    ) -> Result<Collaboration, ServiceError> {
+        let actor = p.actor();
+        let action = "collaboration.create";
+        let name = self
+            .audited(
+                CollaborationName::parse(name),
+                SYSTEM_CHAIN,
+                &actor,
+                action,
+                "-",
+            )
+            .await?;
+        let description = self
+            .audited(
+                self.check_description(description),
+                SYSTEM_CHAIN,
+                &actor,
+                action,
+                name.as_str(),
+            )
+            .await?;
+        if abilities.is_empty() {
+            let e =
+                ServiceError::InvalidInput("give your organisation at least one ability".into());
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &actor, action, name.as_str(), e)
+                .await);
+        }
+        let c = Collaboration {
+            id: CollaborationId::new(),
+            name,
+            description,
+            creator_org_id: p.org.id,
+            status: CollaborationStatus::Open,
+            created_at: now(),
+            closed_at: None,
+        };
+        let key = SecretKey::generate()?;
+        let wrapped = self.master.wrap(&key, &collab_purpose(c.id))?;
+        let creator = Membership {
+            collaboration_id: c.id,
+            org_id: p.org.id,
+            org_name: p.org.name.clone(),
+            abilities,
+            status: MemberStatus::Active,
+            invited_at: c.created_at.clone(),
+            joined_at: Some(c.created_at.clone()),
+        };
+        let audit = Self::audit(
+            &c.id.to_string(),
+            &p.actor(),
+            "collaboration.create",
+            c.name.as_str(),
+            Outcome::Allowed,
+            format!("creator {} with abilities {}", p.org.name, abilities),
+        );
+        self.meta
+            .create_collaboration(&c, &wrapped, &creator, audit)
+            .await?;
+        Ok(c)
+    }
+
+    fn check_description(&self, d: &str) -> Result<String, ServiceError> {
+        let d = d.trim();
+        if d.chars().count() > self.limits.max_description_chars {
+            return Err(ServiceError::InvalidInput(format!(
+                "the description is longer than {} characters",
+                self.limits.max_description_chars
+            )));
+        }
+        if d.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(ServiceError::InvalidInput(
+                "the description contains control characters".into(),
+            ));
+        }
+        Ok(d.to_owned())
+    }
+
+    /// Collaborations the caller's organisation is in or invited to.
+    pub async fn list_collaborations(
+        &self,
+        p: &Principal,
+    ) -> Result<Vec<(Collaboration, Membership)>, ServiceError> {
+        Ok(self
+            .meta
+            .list_collaborations(p.org.id)
+            .await?
+            .into_iter()
+            .filter(|(_, m)| m.status != MemberStatus::Declined)
+            .collect())
+    }
+
+    /// Looks up a collaboration for the caller. Outsiders (and organisations that declined) get
+    /// the same answer as for a collaboration that does not exist, and the attempt is audited
+    /// in the system chain.
+    pub(crate) async fn membership_of(
+        &self,
+        p: &Principal,
+        collab: &str,
+        action: &str,
+    ) -> Result<(Collaboration, Membership), ServiceError> {
+        let id = match CollaborationId::parse(collab) {
+            Ok(id) => id,
+            Err(_) => self.collaboration_named(p, collab, action).await?,
+        };
+        let found = match self.meta.get_collaboration(id).await? {
+            Some(c) => self
+                .meta
+                .get_membership(id, p.org.id)
+                .await?
+                .filter(|m| m.status != MemberStatus::Declined)
+                .map(|m| (c, m)),
+            None => None,
+        };
+        match found {
+            Some(x) => Ok(x),
+            None => Err(self
+                .refuse(
+                    SYSTEM_CHAIN,
+                    &p.actor(),
+                    action,
+                    &id.to_string(),
+                    not_found_collab(),
+                )
+                .await),
+        }
+    }
+
+    /// Like [`membership_of`] but also requires an accepted membership, an open collaboration
+    /// and, when given, an ability. Refusals go to the collaboration's own chain.
+    /// A collaboration named by its name rather than its id: among those the caller's
+    /// organisation is in or invited to (so a name reveals nothing about others), exactly one
+    /// must have it.
+    async fn collaboration_named(
+        &self,
+        p: &Principal,
+        name: &str,
+        action: &str,
+    ) -> Result<CollaborationId, ServiceError> {
+        let mine: Vec<Collaboration> = self
+            .list_collaborations(p)
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .filter(|c| c.name.as_str() == name)
+            .collect();
+        match mine.as_slice() {
+            [one] => Ok(one.id),
+            [] => Err(self
+                // The same answer as for an id that names nothing (the entry omits the input).
+                .refuse(SYSTEM_CHAIN, &p.actor(), action, "-", not_found_collab())
+                .await),
+            several => {
+                let e = ServiceError::InvalidInput(format!(
+                    "{} collaborations you are in are named {name}: use an id ({})",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(|c| c.id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                Err(self.refuse(SYSTEM_CHAIN, &p.actor(), action, "-", e).await)
+            }
+        }
+    }
+
+    pub(crate) async fn active_member(
+        &self,
+        p: &Principal,
+        collab: &str,
+        action: &str,
+        target: &str,
+        ability: Option<Ability>,
+        must_be_open: bool,
+    ) -> Result<(Collaboration, Membership), ServiceError> {
+        let (c, m) = self.membership_of(p, collab, action).await?;
+        let chain = c.id.to_string();
+        let problem = if m.status != MemberStatus::Active {
+            Some(ServiceError::Forbidden(
+                "your organisation has not accepted the invitation to this collaboration".into(),
+            ))
+        } else if must_be_open && c.status == CollaborationStatus::Closed {
+            Some(ServiceError::Gone(
+                "the collaboration is closed and its data destroyed".into(),
+            ))
+        } else {
+            ability.filter(|a| !m.abilities.contains(*a)).map(|a| {
+                ServiceError::Forbidden(format!(
+                    "your organisation does not have the {} ability in this collaboration",
+                    a.as_str()
+                ))
+            })
+        };
+        match problem {
+            Some(e) => Err(self.refuse(&chain, &p.actor(), action, target, e).await),
+            None => Ok((c, m)),
+        }
+    }
+
+    /// A collaboration with its members, for a member or invitee.
+    pub async fn get_collaboration(
+        &self,
+        p: &Principal,
+        collab: &str,
+    ) -> Result<CollaborationView, ServiceError> {
+        let (c, you) = self.membership_of(p, collab, "collaboration.show").await?;
+        let members = self
+            .meta
+            .list_members(c.id)
+            .await?
+            .into_iter()
+            .filter(|m| you.is_active() || m.is_active() || m.org_id == p.org.id)
+            .collect::<Vec<_>>();
+        let creator = members
+            .iter()
+            .find(|m| m.org_id == c.creator_org_id)
+            .map(|m| m.org_name.clone())
+            .ok_or_else(|| ServiceError::Internal("collaboration without its creator".into()))?;
+        Ok(CollaborationView {
+            collaboration: c,
+            creator,
+            you,
+            members,
+        })
+    }
+
+    /// Invites an organisation. Only the creating organisation may invite.
+    pub async fn invite(
+        &self,
+        p: &Principal,
+        collab: &str,
+        org_name: &str,
+        abilities: Abilities,
+    ) -> Result<Membership, ServiceError> {
+        let (c, _) = self
+            .active_member(p, collab, "collaboration.invite", org_name, None, true)
+            .await?;
+        let chain = c.id.to_string();
+        if c.creator_org_id != p.org.id {
+            let e = ServiceError::Forbidden(
+                "only the organisation that created the collaboration may invite".into(),
+            );
+            return Err(self
+                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .await);
+        }
+        let name = self
+            .audited(
+                OrgName::parse(org_name),
+                &chain,
+                &p.actor(),
+                "collaboration.invite",
+                "-",
+            )
+            .await?;
+        let Some(org) = self.meta.find_org(&name).await? else {
+            let e = ServiceError::NotFound(format!("no organisation named {name}"));
+            return Err(self
+                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .await);
+        };
+        if abilities.is_empty() {
+            let e = ServiceError::InvalidInput("name at least one ability".into());
+            return Err(self
+                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .await);
+        }
+        let m = Membership {
+            collaboration_id: c.id,
+            org_id: org.id,
+            org_name: org.name.clone(),
+            abilities,
+            status: MemberStatus::Invited,
+            invited_at: now(),
+            joined_at: None,
+        };
+        let audit = Self::audit(
+            &chain,
+            &p.actor(),
+            "collaboration.invite",
+            org.name.as_str(),
+            Outcome::Allowed,
+            format!("abilities {abilities}"),
+        );
+        match self.meta.invite(&m, audit).await {
+            Ok(()) => Ok(m),
+            Err(MetaError::Conflict(msg)) => Err(self
+                .refuse(
+                    &chain,
+                    &p.actor(),
+                    "collaboration.invite",
+                    org_name,
+                    ServiceError::Conflict(msg),
+                )
+                .await),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Accepts (or declines) the caller's organisation's invitation.
+    pub async fn respond(
+        &self,
+        p: &Principal,
+        collab: &str,
+        accept: bool,
+    ) -> Result<(), ServiceError> {
+        let action = if accept {
+            "collaboration.accept"
+        } else {
+            "collaboration.decline"
+        };
+        let (c, m) = self.membership_of(p, collab, action).await?;
+        let chain = c.id.to_string();
+        if c.status == CollaborationStatus::Closed {
+            let e = ServiceError::Gone("the collaboration is closed".into());
+            return Err(self
+                .refuse(&chain, &p.actor(), action, p.org.name.as_str(), e)
+                .await);
+        }
+        if m.status != MemberStatus::Invited {
+            let e = ServiceError::Conflict(format!(
+                "your organisation is already {} in this collaboration",
+                m.status
+            ));
+            return Err(self
+                .refuse(&chain, &p.actor(), action, p.org.name.as_str(), e)
+                .await);
+        }
+        let audit = Self::audit(
+            &chain,
+            &p.actor(),
+            action,
+            p.org.name.as_str(),
+            Outcome::Allowed,
+            format!("abilities {}", m.abilities),
+        );
+        Ok(self
+            .meta
+            .respond_invitation(c.id, p.org.id, accept, audit)
+            .await?)
+    }
+
+    /// Closes a collaboration and crypto-shreds its data: the collaboration key and every
+    /// dataset key are destroyed in one transaction, then the ciphertext files are deleted.
+    /// Only the creating organisation's admins may close.
+    pub async fn close_collaboration(
+        &self,
+        p: &Principal,
+        collab: &str,
+    ) -> Result<u64, ServiceError> {
+        let (c, _) = self
+            .active_member(p, collab, "collaboration.close", "-", None, true)
+            .await?;
+        let chain = c.id.to_string();
+        if c.creator_org_id != p.org.id || !p.is_admin() {
+            let e = ServiceError::Forbidden(
+                "only an admin of the organisation that created the collaboration may close it"
+                    .into(),
+            );
+            return Err(self
+                .refuse(
+                    &chain,
+                    &p.actor(),
+                    "collaboration.close",
+                    c.name.as_str(),
+                    e,
+                )
+                .await);
+        }
+        let audit = Self::audit(
+            &chain,
+            &p.actor(),
+            "collaboration.close",
+            c.name.as_str(),
+            Outcome::Allowed,
+            "",
+        );
+        let shredded = self.meta.close_collaboration(c.id, audit).await?;
+        let files = self.files.remove_collaboration_files(c.id)?;
+        tracing::info!(collaboration = %c.id, keys = shredded, files, "collaboration closed and crypto-shredded");
+        Ok(shredded)
+    }
+}

@@ -1,0 +1,343 @@
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cleanroom_core::audit::Outcome;
+use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, User};
+use cleanroom_core::ids::{CollaborationId, DatasetId, TokenId};
+use cleanroom_core::names::OrgName;
+use cleanroom_core::party::{DatasetStatus, UserRole};
+use cleanroom_meta::{MetaStore, SqliteStore};
+use cleanroom_storage::{DatasetStore, MasterKeySource, SecretKey, load_master_key};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use zeroize::Zeroizing;
+
+use crate::ServiceError;
+
+mod audit;
+mod collaborations;
+mod datasets;
+mod parties;
+
+/// Limits that protect the server from oversized input.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest upload body, in bytes (CSV and Arrow streams are never held in memory whole).
+    pub max_upload_bytes: u64,
+    /// Largest Parquet upload, in bytes: Parquet must be held in memory to be read.
+    pub max_parquet_bytes: u64,
+    /// Parquet uploads read into memory at the same time. One more is refused at once with
+    /// `unavailable` (503) and a message to retry: waiting would hold the connection and its
+    /// body, and CSV and Arrow streams never need a slot.
+    pub max_parquet_uploads: usize,
+    /// An upload whose body sends nothing for this long fails; the dataset returns to pending.
+    pub upload_idle_timeout: Duration,
+    /// Longest description of a collaboration, in characters.
+    pub max_description_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_upload_bytes: 64 * 1024 * 1024 * 1024,
+            max_parquet_bytes: 512 * 1024 * 1024,
+            max_parquet_uploads: 2,
+            upload_idle_timeout: Duration::from_secs(5 * 60),
+            max_description_chars: 2000,
+        }
+    }
+}
+
+/// The master key as 64 hex digits, as the environment gives it. `Debug` never shows it and its
+/// memory is wiped on drop.
+#[derive(Clone)]
+pub struct MasterKeyHex(Zeroizing<String>);
+
+impl MasterKeyHex {
+    pub fn new(hex: String) -> Self {
+        MasterKeyHex(Zeroizing::new(hex))
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterKeyHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKeyHex([redacted])")
+    }
+}
+
+/// How to open a clean room.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// The master key, when given by the environment rather than the key file.
+    pub master_key_hex: Option<MasterKeyHex>,
+    /// Create the data directory and master key file when missing.
+    pub create: bool,
+    pub limits: Limits,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            master_key_hex: None,
+            create: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Who is acting: a user of an organisation, authenticated by a token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: User,
+    pub org: Organisation,
+    pub token_id: TokenId,
+}
+
+impl Principal {
+    /// How the actor appears in the audit log.
+    pub fn actor(&self) -> String {
+        format!("{}/{}", self.org.name, self.user.name)
+    }
+    pub(crate) fn is_admin(&self) -> bool {
+        self.user.role == UserRole::Admin
+    }
+}
+
+/// An upload body in one of the accepted forms.
+pub enum UploadInput {
+    /// CSV with a header line, streamed.
+    Csv(Box<dyn Read + Send>),
+    /// An Arrow IPC stream, streamed.
+    ArrowStream(Box<dyn Read + Send>),
+    /// A whole Parquet file in memory.
+    Parquet(bytes::Bytes),
+}
+
+/// Permission to hold one Parquet upload in memory; see [`CleanRoom::reserve_parquet_upload`].
+/// The slot is free again when this is dropped.
+pub struct ParquetSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl UploadInput {
+    fn format(&self) -> &'static str {
+        match self {
+            UploadInput::Csv(_) => "csv",
+            UploadInput::ArrowStream(_) => "arrow",
+            UploadInput::Parquet(_) => "parquet",
+        }
+    }
+}
+
+/// A collaboration as one of its members (or invitees) sees it.
+#[derive(Debug, Clone)]
+pub struct CollaborationView {
+    pub collaboration: Collaboration,
+    pub creator: OrgName,
+    pub you: Membership,
+    pub members: Vec<Membership>,
+}
+
+/// The clean room: metadata, encrypted files and the master key.
+#[derive(Clone)]
+pub struct CleanRoom {
+    pub(crate) meta: Arc<dyn MetaStore>,
+    sqlite: Option<SqliteStore>,
+    pub(crate) files: DatasetStore,
+    master: SecretKey,
+    limits: Limits,
+    master_key_source: MasterKeySource,
+    parquet_slots: Arc<Semaphore>,
+    /// `<data-dir>/.lock`, held exclusively while the room is open (released by `close`).
+    lock: Arc<Mutex<Option<std::fs::File>>>,
+}
+
+use cleanroom_meta::now;
+
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Takes `<data-dir>/.lock` exclusively, so a second process (a second `serve`, or an `init`
+/// whose start-up clean-up would delete a running server's unfinished uploads) cannot open the
+/// same data directory. The operating system releases the lock when the process ends.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServiceError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            ServiceError::Unavailable(format!("cannot open the lock file {}: {e}", path.display()))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServiceError::Conflict(format!(
+            "the data directory {} is in use by another cleanroom process (a server is running on \
+             it: {} is locked); stop that process first",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ServiceError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn collab_purpose(id: CollaborationId) -> String {
+    format!("collaboration:{id}")
+}
+
+fn dataset_purpose(id: DatasetId) -> String {
+    format!("dataset:{id}")
+}
+
+fn not_found_collab() -> ServiceError {
+    ServiceError::NotFound(
+        "no such collaboration, or your organisation is not a member of it".into(),
+    )
+}
+
+impl CleanRoom {
+    /// Opens the clean room in `config.data_dir` with the embedded SQLite store, and repairs
+    /// whatever a crash left behind: unfinished uploads are dropped and their datasets return
+    /// to pending; analyses and activations caught mid-run are recorded as failed.
+    pub async fn open(config: Config) -> Result<Self, ServiceError> {
+        let dir = &config.data_dir;
+        if config.create {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ServiceError::Unavailable(format!(
+                    "cannot create data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            }
+        } else if !dir.join(cleanroom_meta::sqlite::DB_FILE).is_file() {
+            // Never create a master key or a database behind the operator's back: a server
+            // pointed at the wrong directory must say so, not start an empty room.
+            return Err(ServiceError::InvalidInput(format!(
+                "the data directory {} was never initialised (no {}): run `cleanroom init --data-dir {}` first",
+                dir.display(),
+                cleanroom_meta::sqlite::DB_FILE,
+                dir.display()
+            )));
+        }
+        let lock = lock_data_dir(dir)?;
+        let (master, source) = load_master_key(
+            dir,
+            config.master_key_hex.as_ref().map(MasterKeyHex::expose),
+            config.create,
+        )
+        .map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
+        let sqlite = SqliteStore::open(dir).await?;
+        let files = DatasetStore::open(dir)?;
+        let room = CleanRoom {
+            meta: Arc::new(sqlite.clone()),
+            sqlite: Some(sqlite),
+            files,
+            master,
+            parquet_slots: Arc::new(Semaphore::new(config.limits.max_parquet_uploads)),
+            limits: config.limits,
+            master_key_source: source,
+            lock: Arc::new(Mutex::new(Some(lock))),
+        };
+        room.check_master_key().await?;
+        room.recover().await?;
+        Ok(room)
+    }
+
+    /// Where the master key came from (for the start-up message).
+    pub fn master_key_source(&self) -> MasterKeySource {
+        self.master_key_source
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Flushes and closes the metadata store and releases the data directory's lock.
+    pub async fn close(&self) {
+        if let Some(s) = &self.sqlite {
+            s.close().await;
+        }
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
+    }
+
+    /// Refuses to start with a master key other than the one the data directory was created
+    /// with: everything would open but no dataset would decrypt.
+    async fn check_master_key(&self) -> Result<(), ServiceError> {
+        const NAME: &str = "master_key_check";
+        let candidate = self.master.wrap(&SecretKey::generate()?, NAME)?;
+        let stored = self.meta.init_setting(NAME, &candidate).await?;
+        self.master
+            .unwrap_key(&stored, NAME)
+            .map(|_| ())
+            .map_err(|_| {
+                ServiceError::InvalidInput(
+                    "the master key does not match the one this data directory was created with \
+                 (check CLEANROOM_MASTER_KEY or master.key)"
+                        .into(),
+                )
+            })
+    }
+
+    async fn recover(&self) -> Result<(), ServiceError> {
+        self.recover_analyses().await?;
+        self.recover_activations().await?;
+        // An upload under way when the server stopped never finished: record that it was
+        // discarded, in its collaboration's chain, as the dataset returns to pending.
+        for d in self.meta.uploading_datasets().await? {
+            let audit = Self::audit(
+                &d.collaboration_id.to_string(),
+                "server",
+                "dataset.upload",
+                d.name.as_str(),
+                Outcome::Failed,
+                "interrupted upload discarded at start-up",
+            );
+            self.meta.abort_upload(d.id, audit).await?;
+        }
+        let committed: HashSet<(CollaborationId, DatasetId)> =
+            self.meta.recover_uploads().await?.into_iter().collect();
+        let tmp = self.files.remove_tmp_files()?;
+        let orphans = self.files.remove_orphans(&committed)?;
+        if tmp + orphans > 0 {
+            tracing::warn!(
+                unfinished_uploads = tmp,
+                orphan_files = orphans,
+                "removed files left by an interrupted upload"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A dataset as `p` may see it: the encrypted file's size only to its owner. The size is
+/// deterministic in the content (one person's city changes it), so other members see the
+/// schema, owner, status and row count only.
+fn as_seen_by(mut d: Dataset, p: &Principal) -> Dataset {
+    if d.owner_org_id != p.org.id {
+        d.byte_size = None;
+    }
+    d
+}
+
+fn visible_to(d: &Dataset, p: &Principal) -> bool {
+    d.owner_org_id == p.org.id || matches!(d.status, DatasetStatus::Ready | DatasetStatus::Shredded)
+}

@@ -1,0 +1,282 @@
+//! Authentication, organisations, users and tokens.
+
+use cleanroom_core::audit::{Outcome, SYSTEM_CHAIN};
+use cleanroom_core::entities::{Organisation, Token, User};
+use cleanroom_core::ids::{OrgId, TokenId, UserId};
+use cleanroom_core::names::{OrgName, UserName};
+use cleanroom_core::party::UserRole;
+
+use super::*;
+use crate::ServiceError;
+use crate::token::{IssuedToken, PresentedToken};
+
+impl CleanRoom {
+    // ------------------------------------------------------------------ authentication
+
+    /// Creates the operator organisation and its first admin. Works once per data directory.
+    pub async fn init_operator(
+        &self,
+        org_name: &str,
+        user_name: &str,
+    ) -> Result<(Organisation, User, IssuedToken), ServiceError> {
+        let org = Organisation {
+            id: OrgId::new(),
+            name: OrgName::parse(org_name)?,
+            is_operator: true,
+            created_at: now(),
+        };
+        let (user, issued, token) = self.new_user(org.id, user_name, UserRole::Admin, "init")?;
+        let audit = Self::audit(
+            SYSTEM_CHAIN,
+            &format!("{}/{}", org.name, user.name),
+            "server.init",
+            org.name.as_str(),
+            Outcome::Allowed,
+            format!(
+                "operator organisation and admin created; token {}",
+                issued.id
+            ),
+        );
+        self.meta
+            .bootstrap_operator(&org, &user, &token, audit)
+            .await?;
+        Ok((org, user, issued))
+    }
+
+    fn new_user(
+        &self,
+        org: OrgId,
+        name: &str,
+        role: UserRole,
+        label: &str,
+    ) -> Result<(User, IssuedToken, Token), ServiceError> {
+        let user = User {
+            id: UserId::new(),
+            org_id: org,
+            name: UserName::parse(name)?,
+            role,
+            created_at: now(),
+        };
+        let (issued, token) = Self::new_token(user.id, label)?;
+        Ok((user, issued, token))
+    }
+
+    fn new_token(user: UserId, label: &str) -> Result<(IssuedToken, Token), ServiceError> {
+        let label = label.trim();
+        if label.chars().count() > 100 || label.chars().any(char::is_control) {
+            return Err(ServiceError::InvalidInput(
+                "a token label is at most 100 printable characters".into(),
+            ));
+        }
+        let issued = IssuedToken::generate()?;
+        let token = Token {
+            id: issued.id,
+            user_id: user,
+            label: label.to_owned(),
+            secret_hash: issued.secret_hash(),
+            created_at: now(),
+            revoked_at: None,
+        };
+        Ok((issued, token))
+    }
+
+    /// Resolves a bearer token to a principal. Failures are audited in the system chain
+    /// without the token's secret.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, ServiceError> {
+        let Some(bearer) = bearer else {
+            let e = ServiceError::Unauthenticated(
+                "send an API token in the Authorization header: `Bearer crt_…`".into(),
+            );
+            return Err(self.refuse(SYSTEM_CHAIN, "anonymous", "auth", "-", e).await);
+        };
+        let presented = match PresentedToken::parse(bearer) {
+            Ok(p) => p,
+            Err(e) => return Err(self.refuse(SYSTEM_CHAIN, "anonymous", "auth", "-", e).await),
+        };
+        let found = self.meta.authenticate(presented.id).await?;
+        let target = presented.id.to_string();
+        match found {
+            Some(a) if presented.matches(&a.token.secret_hash) => {
+                if a.token.revoked_at.is_some() {
+                    let e = ServiceError::Unauthenticated("this token has been revoked".into());
+                    return Err(self
+                        .refuse(SYSTEM_CHAIN, "anonymous", "auth", &target, e)
+                        .await);
+                }
+                Ok(Principal {
+                    user: a.user,
+                    org: a.org,
+                    token_id: a.token.id,
+                })
+            }
+            _ => {
+                let e = ServiceError::Unauthenticated("unknown token".into());
+                Err(self
+                    .refuse(SYSTEM_CHAIN, "anonymous", "auth", &target, e)
+                    .await)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ organisations, users, tokens
+
+    /// Creates an organisation with its first admin. Operator only.
+    pub async fn create_org(
+        &self,
+        p: &Principal,
+        name: &str,
+        admin_name: &str,
+    ) -> Result<(Organisation, User, IssuedToken), ServiceError> {
+        if !(p.org.is_operator && p.is_admin()) {
+            let e = ServiceError::Forbidden(
+                "only the operator's admins may create organisations".into(),
+            );
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &p.actor(), "org.create", name, e)
+                .await);
+        }
+        let actor = p.actor();
+        let org_name = self
+            .audited(
+                OrgName::parse(name),
+                SYSTEM_CHAIN,
+                &actor,
+                "org.create",
+                "-",
+            )
+            .await?;
+        let org = Organisation {
+            id: OrgId::new(),
+            name: org_name,
+            is_operator: false,
+            created_at: now(),
+        };
+        let admin = self.new_user(org.id, admin_name, UserRole::Admin, "initial admin token");
+        let (user, issued, token) = self
+            .audited(admin, SYSTEM_CHAIN, &actor, "org.create", org.name.as_str())
+            .await?;
+        let audit = Self::audit(
+            SYSTEM_CHAIN,
+            &p.actor(),
+            "org.create",
+            org.name.as_str(),
+            Outcome::Allowed,
+            format!("admin {}; token {}", user.name, issued.id),
+        );
+        self.meta.create_org(&org, &user, &token, audit).await?;
+        Ok((org, user, issued))
+    }
+
+    /// Every organisation on the server (names only: a directory to invite from).
+    pub async fn list_orgs(&self, _p: &Principal) -> Result<Vec<Organisation>, ServiceError> {
+        Ok(self.meta.list_orgs().await?)
+    }
+
+    /// Adds a user to the caller's organisation. Admins only.
+    pub async fn create_user(
+        &self,
+        p: &Principal,
+        name: &str,
+        role: UserRole,
+    ) -> Result<(User, IssuedToken), ServiceError> {
+        if !p.is_admin() {
+            let e =
+                ServiceError::Forbidden("only admins of your organisation may add users".into());
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &p.actor(), "user.create", name, e)
+                .await);
+        }
+        let new = self.new_user(p.org.id, name, role, "initial token");
+        let (user, issued, token) = self
+            .audited(new, SYSTEM_CHAIN, &p.actor(), "user.create", "-")
+            .await?;
+        let audit = Self::audit(
+            SYSTEM_CHAIN,
+            &p.actor(),
+            "user.create",
+            &format!("{}/{}", p.org.name, user.name),
+            Outcome::Allowed,
+            format!("role {}; token {}", role.as_str(), issued.id),
+        );
+        self.meta.create_user(&user, &token, audit).await?;
+        Ok((user, issued))
+    }
+
+    pub async fn list_users(&self, p: &Principal) -> Result<Vec<User>, ServiceError> {
+        Ok(self.meta.list_users(p.org.id).await?)
+    }
+
+    /// Issues another token to the caller.
+    pub async fn create_token(
+        &self,
+        p: &Principal,
+        label: &str,
+    ) -> Result<IssuedToken, ServiceError> {
+        let (issued, token) = self
+            .audited(
+                Self::new_token(p.user.id, label),
+                SYSTEM_CHAIN,
+                &p.actor(),
+                "token.create",
+                "-",
+            )
+            .await?;
+        let audit = Self::audit(
+            SYSTEM_CHAIN,
+            &p.actor(),
+            "token.create",
+            &issued.id.to_string(),
+            Outcome::Allowed,
+            "",
+        );
+        self.meta.create_token(&token, audit).await?;
+        Ok(issued)
+    }
+
+    /// Tokens the caller may see: all of its organisation's for an admin, its own otherwise.
+    pub async fn list_tokens(&self, p: &Principal) -> Result<Vec<(Token, User)>, ServiceError> {
+        let all = self.meta.list_tokens(p.org.id).await?;
+        Ok(all
+            .into_iter()
+            .filter(|(_, u)| p.is_admin() || u.id == p.user.id)
+            .collect())
+    }
+
+    /// Revokes a token of the caller's (or, for an admin, of its organisation's users).
+    pub async fn revoke_token(&self, p: &Principal, id: &str) -> Result<(), ServiceError> {
+        let id = self
+            .audited(
+                TokenId::parse(id),
+                SYSTEM_CHAIN,
+                &p.actor(),
+                "token.revoke",
+                "-",
+            )
+            .await?;
+        let mine = self
+            .meta
+            .list_tokens(p.org.id)
+            .await?
+            .into_iter()
+            .find(|(t, _)| t.id == id);
+        let allowed = match &mine {
+            Some((_, holder)) => p.is_admin() || holder.id == p.user.id,
+            None => false,
+        };
+        if !allowed {
+            let e = ServiceError::NotFound(format!("no token {id} that you may revoke"));
+            return Err(self
+                .refuse(SYSTEM_CHAIN, &p.actor(), "token.revoke", &id.to_string(), e)
+                .await);
+        }
+        let audit = Self::audit(
+            SYSTEM_CHAIN,
+            &p.actor(),
+            "token.revoke",
+            &id.to_string(),
+            Outcome::Allowed,
+            "",
+        );
+        Ok(self.meta.revoke_token(id, p.org.id, audit).await?)
+    }
+}
