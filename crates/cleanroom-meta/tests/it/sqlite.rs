@@ -1,0 +1,83 @@
+//! The conformance suite on the embedded SQLite store, one fresh database per test.
+
+use std::sync::Arc;
+
+use cleanroom_meta::{MetaStore, SqliteStore};
+
+use crate::conformance;
+
+async fn store() -> (tempfile::TempDir, Arc<dyn MetaStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path()).await.unwrap();
+    (dir, Arc::new(s))
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (_dir, s) = store().await;
+                conformance::$name(s).await;
+            }
+        )*
+    };
+}
+
+conformance_tests!(
+    parties_and_tokens_round_trip,
+    collaborations_memberships_and_closing,
+    datasets_uploads_and_names,
+    policies_ledgers_analyses_and_approvals,
+    activations_move_forward_only,
+    concurrent_charges_never_overspend,
+    concurrent_appends_keep_one_chain,
+    racing_uploads_one_wins,
+    racing_moves_out_of_one_state_one_wins,
+);
+
+/// Runs raw SQL on the store's database file, as someone with write access to it would.
+async fn tamper(dir: &std::path::Path, sql: &str) {
+    let db = dir.join(cleanroom_meta::sqlite::DB_FILE);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// A chain with an entry past its head, or entries without a head, was changed outside the
+/// store: appending to it is refused as `ChainBroken`, not as a sequence-number conflict.
+#[tokio::test]
+async fn a_chain_changed_behind_its_head_is_refused() {
+    for forgery in [
+        "INSERT INTO audit_entries (chain, seq, at, actor, action, target, outcome, detail, prev_hash, hash)
+         SELECT chain, 4, at, actor, action, target, outcome, 'forged', hash, hash
+         FROM audit_entries WHERE chain = 'guarded' AND seq = 3",
+        "DELETE FROM audit_heads WHERE chain = 'guarded'",
+    ] {
+        let (dir, s) = store().await;
+        for _ in 0..3 {
+            s.append_audit(conformance_audit("guarded")).await.unwrap();
+        }
+        tamper(dir.path(), forgery).await;
+        let e = s.append_audit(conformance_audit("guarded")).await.unwrap_err();
+        assert!(matches!(e, cleanroom_meta::MetaError::ChainBroken(_)), "{e:?}");
+        // Other chains are unaffected.
+        s.append_audit(conformance_audit("other")).await.unwrap();
+    }
+}
+
+fn conformance_audit(chain: &str) -> cleanroom_meta::NewAudit {
+    cleanroom_meta::NewAudit {
+        chain: chain.into(),
+        actor: "test".into(),
+        action: "x".into(),
+        target: "-".into(),
+        outcome: cleanroom_core::audit::Outcome::Allowed,
+        detail: String::new(),
+    }
+}
