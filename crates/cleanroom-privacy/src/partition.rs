@@ -30,12 +30,44 @@ type Selection = Measurement<
 /// (`linf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SelectionBounds {
-    pub l0: u32,
-    pub l1: i64,
-    pub linf: i64,
+    l0: u32,
+    l1: i64,
+    linf: i64,
 }
 
 impl SelectionBounds {
+    /// Bounds of any shape, validated: every bound at least 1, no group changing by more than
+    /// the total (`linf ≤ l1`), and the total no more than every touched group changing by
+    /// the most (`l1 ≤ l0 × linf`). The only way to build bounds besides [`Self::rows`].
+    pub fn new(l0: u32, l1: i64, linf: i64) -> Result<Self, PrivacyError> {
+        if l0 == 0 || l1 <= 0 || linf <= 0 {
+            return Err(PrivacyError::InvalidParameter(
+                "contribution bounds must be at least 1".into(),
+            ));
+        }
+        if linf > l1 || l1 > i64::from(l0).saturating_mul(linf) {
+            return Err(PrivacyError::InvalidParameter(format!(
+                "inconsistent contribution bounds: l0 {l0}, l1 {l1}, linf {linf}"
+            )));
+        }
+        Ok(SelectionBounds { l0, l1, linf })
+    }
+
+    /// Groups one person can touch.
+    pub fn l0(self) -> u32 {
+        self.l0
+    }
+
+    /// Total change one person can make over all groups.
+    pub fn l1(self) -> i64 {
+        self.l1
+    }
+
+    /// Change one person can make in any one group.
+    pub fn linf(self) -> i64 {
+        self.linf
+    }
+
     /// A person who changes at most `rows` rows, each in one group and each moving that group's
     /// count by at most one: `(rows, rows, rows)`.
     pub fn rows(rows: i64) -> Result<Self, PrivacyError> {
@@ -245,6 +277,15 @@ mod tests {
 
     fn one() -> SelectionBounds {
         SelectionBounds::rows(1).unwrap()
+    }
+
+    #[test]
+    fn inconsistent_bounds_are_refused() {
+        assert!(SelectionBounds::new(0, 1, 1).is_err());
+        assert!(SelectionBounds::new(2, 1, 2).is_err(), "linf above l1");
+        assert!(SelectionBounds::new(2, 5, 2).is_err(), "l1 above l0 x linf");
+        let b = SelectionBounds::new(4, 4, 2).unwrap();
+        assert_eq!((b.l0(), b.l1(), b.linf()), (4, 4, 2));
     }
 
     #[test]

@@ -95,11 +95,11 @@ impl CascadeBounds {
     /// up by one.
     fn selection(self) -> Result<SelectionBounds, QueryError> {
         let cells = self.moves.checked_mul(2).ok_or_else(too_loose)?;
-        Ok(SelectionBounds {
-            l0: u32::try_from(cells).map_err(|_| too_loose())?,
-            l1: cells,
-            linf: self.moves,
-        })
+        Ok(SelectionBounds::new(
+            u32::try_from(cells).map_err(|_| too_loose())?,
+            cells,
+            self.moves,
+        )?)
     }
 }
 
@@ -166,31 +166,6 @@ fn check_key(t: &QueryTable, c: &str) -> Result<(), QueryError> {
         ));
     }
     Ok(())
-}
-
-/// Refuses a `by` column that is not an allowed dimension of `t`.
-fn check_dimension(t: &QueryTable, c: &str) -> Result<(), QueryError> {
-    let (rule, why) = match t.role(c) {
-        None => ("unknown_column", "is not a column of"),
-        Some(ColumnRole::Dimension) if t.policy.is_dimension(c) => return Ok(()),
-        Some(ColumnRole::Dimension) => {
-            ("column_not_allowed", "is not a dimension in the policy of")
-        }
-        Some(ColumnRole::Identifier) => (
-            "identifier_not_allowed",
-            "is an identifier (identifiers only match, they are never output) in",
-        ),
-        Some(ColumnRole::PrivacyUnit) => (
-            "privacy_unit_not_allowed",
-            "is the privacy unit (people are only counted) of",
-        ),
-        Some(ColumnRole::Metric) => ("metric_not_allowed", "is a metric (never grouped on) of"),
-    };
-    Err(QueryError::refused(
-        rule,
-        Some(c),
-        format!("{c} {why} {}", t.name),
-    ))
 }
 
 impl Cascade {
@@ -271,7 +246,7 @@ impl Cascade {
             }
         }
         if let Some(b) = by {
-            check_dimension(lt, b)?;
+            lt.may_group_on(b)?;
         }
 
         // Sensitivities (module documentation).

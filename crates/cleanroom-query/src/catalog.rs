@@ -60,6 +60,46 @@ impl QueryTable {
     pub fn role(&self, name: &str) -> Option<ColumnRole> {
         self.column(name).map(|c| c.role)
     }
+
+    /// Whether `name` may be grouped or filtered on: the one answer to that question, used by
+    /// the SQL checker and every template. Refused, naming the rule and the column, unless it
+    /// is a dimension its owner's policy lists.
+    pub fn may_group_on(&self, name: &str) -> Result<(), crate::QueryError> {
+        use crate::QueryError;
+        let (rule, message) = match self.role(name) {
+            Some(ColumnRole::Dimension) if self.policy.is_dimension(name) => return Ok(()),
+            Some(ColumnRole::Dimension) => (
+                "column_not_allowed",
+                format!(
+                    "{name} is not a dimension in the policy of {}: its owner has not allowed grouping or filtering on it",
+                    self.name
+                ),
+            ),
+            Some(ColumnRole::Identifier) => (
+                "identifier_not_allowed",
+                format!(
+                    "{name} is an identifier: it may only be used in JOIN … ON equalities and COUNT(DISTINCT …), never output, grouped or filtered on"
+                ),
+            ),
+            Some(ColumnRole::PrivacyUnit) => (
+                "privacy_unit_not_allowed",
+                format!(
+                    "{name} identifies the person: it may only be counted (COUNT(DISTINCT {name})), never output, grouped or filtered on"
+                ),
+            ),
+            Some(ColumnRole::Metric) => (
+                "metric_not_allowed",
+                format!(
+                    "{name} is a metric: it may only be aggregated (SUM, AVG, COUNT), not grouped or filtered on"
+                ),
+            ),
+            None => (
+                "unknown_column",
+                format!("{name} is not a column of {}", self.name),
+            ),
+        };
+        Err(QueryError::refused(rule, Some(name), message))
+    }
 }
 
 /// The datasets of one collaboration that a query may use.

@@ -849,42 +849,8 @@ impl<'a> Checker<'a> {
     /// A column used as a dimension (grouped on, filtered on).
     fn dimension(&mut self, c: &Column) -> Result<Expr, QueryError> {
         let (u, name) = self.resolve(c)?;
-        let t = &self.catalog.tables[self.uses[u].table];
-        match t.role(&name) {
-            Some(ColumnRole::Dimension) if t.policy.is_dimension(&name) => {
-                Ok(self.qualified(u, &name))
-            }
-            Some(ColumnRole::Dimension) => refuse(
-                "column_not_allowed",
-                Some(&name),
-                format!(
-                    "{name} is not a dimension in the policy of {}: its owner has not allowed grouping or filtering on it",
-                    t.name
-                ),
-            ),
-            Some(ColumnRole::Identifier) => refuse(
-                "identifier_not_allowed",
-                Some(&name),
-                format!(
-                    "{name} is an identifier: it may only be used in JOIN … ON equalities and COUNT(DISTINCT …), never output, grouped or filtered on"
-                ),
-            ),
-            Some(ColumnRole::PrivacyUnit) => refuse(
-                "privacy_unit_not_allowed",
-                Some(&name),
-                format!(
-                    "{name} identifies the person: it may only be counted (COUNT(DISTINCT {name})), never output, grouped or filtered on"
-                ),
-            ),
-            Some(ColumnRole::Metric) => refuse(
-                "metric_not_allowed",
-                Some(&name),
-                format!(
-                    "{name} is a metric: it may only be aggregated (SUM, AVG, COUNT), not grouped or filtered on"
-                ),
-            ),
-            None => refuse("unknown_column", Some(&name), format!("no column {name}")),
-        }
+        self.catalog.tables[self.uses[u].table].may_group_on(&name)?;
+        Ok(self.qualified(u, &name))
     }
 
     // ------------------------------------------------------------------ expressions
