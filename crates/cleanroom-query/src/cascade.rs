@@ -65,7 +65,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use cleanroom_core::schema::ColumnRole;
 use cleanroom_privacy::budget::{Epsilon, PrivacyCost};
 use cleanroom_privacy::partition::{GroupSelection, SelectionBounds};
 use datafusion::common::{Column, ScalarValue};
