@@ -1,113 +1,108 @@
-//! The stored form of a policy: JSON written and read by hand, so the domain types need no
-//! serde and the stored format changes only here.
+//! The stored form of a policy: private serde structs, so the domain types need no serde and
+//! the stored format changes only here. Fields are in alphabetical order, as the hand-built
+//! JSON of earlier versions had them, so stored policies keep their bytes (no migration).
 
 use cleanroom_core::policy::{ActivationDraft, MetricDraft, PolicyDraft};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::MetaError;
 
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredPolicy {
+    /// Versions stored before activation rules existed have no such key: absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    activation: Option<StoredActivation>,
+    allow_sql: Option<bool>,
+    analysts: Vec<String>,
+    differential_privacy: Option<bool>,
+    dimensions: Vec<String>,
+    join_keys: Vec<String>,
+    max_rows_per_key: Option<u32>,
+    max_rows_per_unit: Option<u32>,
+    metrics: Vec<StoredMetric>,
+    min_group_size: Option<u32>,
+    receivers: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredMetric {
+    aggregates: Vec<String>,
+    column: String,
+    lower: f64,
+    precision: Option<u8>,
+    upper: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredActivation {
+    dimensions: Vec<String>,
+    min_segment_size: Option<u32>,
+    partners: Vec<String>,
+}
+
 pub fn encode(d: &PolicyDraft) -> String {
-    let mut v = json!({
-        "join_keys": d.join_keys,
-        "dimensions": d.dimensions,
-        "metrics": d.metrics.iter().map(|m| json!({
-            "column": m.column, "aggregates": m.aggregates,
-            "lower": m.lower, "upper": m.upper, "precision": m.precision,
-        })).collect::<Vec<_>>(),
-        "min_group_size": d.min_group_size,
-        "max_rows_per_unit": d.max_rows_per_unit,
-        "max_rows_per_key": d.max_rows_per_key,
-        "differential_privacy": d.differential_privacy,
-        "allow_sql": d.allow_sql,
-        "analysts": d.analysts,
-        "receivers": d.receivers,
-    });
-    // Versions stored before activation rules existed have no such key: absent means none.
-    if let Some(a) = &d.activation {
-        v["activation"] = json!({
-            "partners": a.partners,
-            "min_segment_size": a.min_segment_size,
-            "dimensions": a.dimensions,
-        });
-    }
-    v.to_string()
-}
-
-fn corrupt(key: &str) -> MetaError {
-    MetaError::Corrupt(format!("stored policy: bad {key}"))
-}
-
-fn strings(v: &Value, key: &str) -> Result<Vec<String>, MetaError> {
-    v[key]
-        .as_array()
-        .ok_or_else(|| corrupt(key))?
-        .iter()
-        .map(|x| x.as_str().map(str::to_owned).ok_or_else(|| corrupt(key)))
-        .collect()
-}
-
-fn opt_u32(v: &Value, key: &str) -> Result<Option<u32>, MetaError> {
-    match &v[key] {
-        Value::Null => Ok(None),
-        x => x
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| corrupt(key)),
-    }
-}
-
-fn opt_bool(v: &Value, key: &str) -> Result<Option<bool>, MetaError> {
-    match &v[key] {
-        Value::Null => Ok(None),
-        x => x.as_bool().map(Some).ok_or_else(|| corrupt(key)),
-    }
-}
-
-fn f(v: &Value, key: &str) -> Result<f64, MetaError> {
-    v[key].as_f64().ok_or_else(|| corrupt(key))
+    let stored = StoredPolicy {
+        activation: d.activation.as_ref().map(|a| StoredActivation {
+            dimensions: a.dimensions.clone(),
+            min_segment_size: a.min_segment_size,
+            partners: a.partners.clone(),
+        }),
+        allow_sql: d.allow_sql,
+        analysts: d.analysts.clone(),
+        differential_privacy: d.differential_privacy,
+        dimensions: d.dimensions.clone(),
+        join_keys: d.join_keys.clone(),
+        max_rows_per_key: d.max_rows_per_key,
+        max_rows_per_unit: d.max_rows_per_unit,
+        metrics: d
+            .metrics
+            .iter()
+            .map(|m| StoredMetric {
+                aggregates: m.aggregates.clone(),
+                column: m.column.clone(),
+                lower: m.lower,
+                precision: m.precision,
+                upper: m.upper,
+            })
+            .collect(),
+        min_group_size: d.min_group_size,
+        receivers: d.receivers.clone(),
+    };
+    serde_json::to_string(&stored).expect("a policy serialises")
 }
 
 pub fn decode(s: &str) -> Result<PolicyDraft, MetaError> {
-    let v: Value = serde_json::from_str(s).map_err(|_| corrupt("json"))?;
-    let metrics = v["metrics"]
-        .as_array()
-        .ok_or_else(|| corrupt("metrics"))?
-        .iter()
-        .map(|m| {
-            Ok(MetricDraft {
-                column: m["column"]
-                    .as_str()
-                    .ok_or_else(|| corrupt("metric column"))?
-                    .to_owned(),
-                aggregates: strings(m, "aggregates")?,
-                lower: f(m, "lower")?,
-                upper: f(m, "upper")?,
-                precision: opt_u32(m, "precision")?
-                    .map(|p| u8::try_from(p).map_err(|_| corrupt("precision")))
-                    .transpose()?,
-            })
-        })
-        .collect::<Result<Vec<_>, MetaError>>()?;
+    let p: StoredPolicy =
+        serde_json::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored policy: {e}")))?;
     Ok(PolicyDraft {
-        join_keys: strings(&v, "join_keys")?,
-        dimensions: strings(&v, "dimensions")?,
-        metrics,
-        min_group_size: opt_u32(&v, "min_group_size")?,
-        max_rows_per_unit: opt_u32(&v, "max_rows_per_unit")?,
-        max_rows_per_key: opt_u32(&v, "max_rows_per_key")?,
-        differential_privacy: opt_bool(&v, "differential_privacy")?,
-        allow_sql: opt_bool(&v, "allow_sql")?,
-        analysts: strings(&v, "analysts")?,
-        receivers: strings(&v, "receivers")?,
-        activation: match &v["activation"] {
-            Value::Null => None,
-            a => Some(ActivationDraft {
-                partners: strings(a, "partners")?,
-                min_segment_size: opt_u32(a, "min_segment_size")?,
-                dimensions: strings(a, "dimensions")?,
-            }),
-        },
+        join_keys: p.join_keys,
+        dimensions: p.dimensions,
+        metrics: p
+            .metrics
+            .into_iter()
+            .map(|m| MetricDraft {
+                column: m.column,
+                aggregates: m.aggregates,
+                lower: m.lower,
+                upper: m.upper,
+                precision: m.precision,
+            })
+            .collect(),
+        min_group_size: p.min_group_size,
+        max_rows_per_unit: p.max_rows_per_unit,
+        max_rows_per_key: p.max_rows_per_key,
+        differential_privacy: p.differential_privacy,
+        allow_sql: p.allow_sql,
+        analysts: p.analysts,
+        receivers: p.receivers,
+        activation: p.activation.map(|a| ActivationDraft {
+            partners: a.partners,
+            min_segment_size: a.min_segment_size,
+            dimensions: a.dimensions,
+        }),
     })
 }
 
@@ -149,5 +144,9 @@ mod tests {
         assert!(!encode(&d).contains("activation"));
         assert!(decode("{}").is_err());
         assert!(decode("not json").is_err());
+        // The bytes the hand-built JSON of earlier versions stored decode, and encode back.
+        let old = r#"{"allow_sql":null,"analysts":["brand"],"differential_privacy":true,"dimensions":["region","age_band"],"join_keys":["email_hmac"],"max_rows_per_key":null,"max_rows_per_unit":2,"metrics":[{"aggregates":["sum"],"column":"purchases","lower":0.0,"precision":1,"upper":20.5}],"min_group_size":100,"receivers":[]}"#;
+        assert_eq!(decode(old).unwrap(), d);
+        assert_eq!(encode(&d), old);
     }
 }

@@ -2,6 +2,7 @@
 //! written by hand so the domain types need no serde.
 
 use cleanroom_query::{Cell, ColumnKind, Released};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// One column of a result table.
@@ -84,54 +85,81 @@ pub fn cell_from_json(v: &Value) -> Result<Cell, String> {
     })
 }
 
+/// The stored form of a result. Fields are in alphabetical order, as the hand-built JSON of
+/// earlier versions had them, so stored results keep their bytes (no migration).
+#[derive(Serialize, Deserialize)]
+struct StoredResult {
+    notes: Vec<String>,
+    tables: Vec<StoredTable>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredTable {
+    columns: Vec<StoredColumn>,
+    name: String,
+    rows: Vec<Vec<Value>>,
+    visible_to: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredColumn {
+    kind: String,
+    name: String,
+    noise_sd: Option<f64>,
+}
+
 pub fn encode(r: &AnalysisResult) -> String {
-    json!({
-        "tables": r.tables.iter().map(|t| json!({
-            "name": t.name,
-            "visible_to": t.visible_to,
-            "columns": t.columns.iter().map(|c| json!({
-                "name": c.name, "kind": c.kind, "noise_sd": c.noise_sd,
-            })).collect::<Vec<_>>(),
-            "rows": t.rows.iter().map(|row| row.iter().map(cell_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "notes": r.notes,
-    })
-    .to_string()
+    let stored = StoredResult {
+        notes: r.notes.clone(),
+        tables: r
+            .tables
+            .iter()
+            .map(|t| StoredTable {
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|c| StoredColumn {
+                        kind: c.kind.clone(),
+                        name: c.name.clone(),
+                        noise_sd: c.noise_sd,
+                    })
+                    .collect(),
+                name: t.name.clone(),
+                rows: t
+                    .rows
+                    .iter()
+                    .map(|row| row.iter().map(cell_json).collect())
+                    .collect(),
+                visible_to: t.visible_to.clone(),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&stored).expect("a result serialises")
 }
 
 pub fn decode(s: &str) -> Result<AnalysisResult, String> {
-    let v: Value = serde_json::from_str(s).map_err(|e| e.to_string())?;
-    let str_of = |v: &Value, k: &str| -> Result<String, String> {
-        v[k].as_str().map(str::to_owned).ok_or(format!("bad {k}"))
-    };
-    let tables = v["tables"]
-        .as_array()
-        .ok_or("bad tables")?
-        .iter()
+    let stored: StoredResult = serde_json::from_str(s).map_err(|e| e.to_string())?;
+    let tables = stored
+        .tables
+        .into_iter()
         .map(|t| {
             Ok(ResultTable {
-                name: str_of(t, "name")?,
-                visible_to: t["visible_to"].as_str().map(str::to_owned),
-                columns: t["columns"]
-                    .as_array()
-                    .ok_or("bad columns")?
-                    .iter()
-                    .map(|c| {
-                        Ok(ResultColumn {
-                            name: str_of(c, "name")?,
-                            kind: str_of(c, "kind")?,
-                            noise_sd: c["noise_sd"].as_f64(),
-                        })
+                name: t.name,
+                visible_to: t.visible_to,
+                columns: t
+                    .columns
+                    .into_iter()
+                    .map(|c| ResultColumn {
+                        name: c.name,
+                        kind: c.kind,
+                        noise_sd: c.noise_sd,
                     })
-                    .collect::<Result<_, String>>()?,
-                rows: t["rows"]
-                    .as_array()
-                    .ok_or("bad rows")?
+                    .collect(),
+                rows: t
+                    .rows
                     .iter()
                     .map(|r| {
-                        r.as_array()
-                            .ok_or("bad row")?
-                            .iter()
+                        r.iter()
                             .map(cell_from_json)
                             .collect::<Result<Vec<_>, String>>()
                     })
@@ -139,13 +167,10 @@ pub fn decode(s: &str) -> Result<AnalysisResult, String> {
             })
         })
         .collect::<Result<_, String>>()?;
-    let notes = v["notes"]
-        .as_array()
-        .ok_or("bad notes")?
-        .iter()
-        .map(|n| n.as_str().map(str::to_owned).ok_or("bad note".to_owned()))
-        .collect::<Result<_, String>>()?;
-    Ok(AnalysisResult { tables, notes })
+    Ok(AnalysisResult {
+        tables,
+        notes: stored.notes,
+    })
 }
 
 #[cfg(test)]
@@ -180,5 +205,10 @@ mod tests {
         };
         assert_eq!(decode(&encode(&r)).unwrap(), r);
         assert!(decode("{}").is_err());
+        // The bytes earlier versions stored (hand-built JSON, keys in order) still decode,
+        // and encoding gives them back unchanged.
+        let old = r#"{"notes":["groups under the threshold are not shown"],"tables":[{"columns":[{"kind":"group","name":"region","noise_sd":null},{"kind":"count","name":"people","noise_sd":2.5}],"name":"overlap","rows":[["north",1200],[null,3.5],[true,-1]],"visible_to":"brand"}]}"#;
+        assert_eq!(decode(old).unwrap(), r);
+        assert_eq!(encode(&r), old);
     }
 }
