@@ -19,7 +19,7 @@ use arrow::array::{
     StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use cleanroom_core::schema::{ColumnRole, ColumnType, DatasetSchema};
+use cleanroom_core::schema::{ColumnRole, ColumnSpec, ColumnType, DatasetSchema};
 
 use crate::StorageError;
 
@@ -453,191 +453,386 @@ pub fn parse_date(s: &str) -> Result<i32, &'static str> {
     Ok(days)
 }
 
+/// How many threads validate CSV records by default: every core the process may use.
+pub fn default_ingest_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Reads CSV (comma-separated, header line first, RFC 4180 quoting) and writes validated
-/// batches into `sink`. Returns the number of data rows.
-pub fn ingest_csv<R: Read>(
+/// batches into `sink`, using every core (see [`ingest_csv_threads`]). Returns the number of
+/// data rows.
+pub fn ingest_csv<R: Read + Send>(
     input: R,
     schema: &DatasetSchema,
     sink: &mut dyn BatchSink,
     progress: Progress<'_>,
 ) -> Result<u64, StorageError> {
-    let arrow = arrow_schema(schema);
+    ingest_csv_threads(input, schema, sink, progress, default_ingest_threads())
+}
+
+/// Parses a CSV upload with `threads` validating threads.
+///
+/// One thread splits the input into records (the CSV grammar is sequential: a quote may hide a
+/// newline), `threads` workers turn chunks of [`BATCH_ROWS`] records into typed Arrow batches,
+/// and the calling thread hands them to `sink` in input order. The batches, the error reported
+/// (always the first in file order, with its line and column) and the row count are exactly
+/// those of the single-threaded run (`threads <= 1`, which spawns nothing). Memory is bounded:
+/// at most `2 × threads + 1` chunks exist at once, raw or converted.
+pub fn ingest_csv_threads<R: Read + Send>(
+    input: R,
+    schema: &DatasetSchema,
+    sink: &mut dyn BatchSink,
+    progress: Progress<'_>,
+    threads: usize,
+) -> Result<u64, StorageError> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .buffer_capacity(256 * 1024)
         .from_reader(RecordLengthGuard::new(input, MAX_RECORD_BYTES));
-
-    // Header line.
-    let mut header = csv::ByteRecord::new();
-    let got = rdr
-        .read_byte_record(&mut header)
-        .map_err(|e| csv_error(e, None))?;
-    if !got {
-        return Err(StorageError::invalid(
-            None,
-            None,
-            "the file is empty: expected a header line naming the columns",
-        ));
-    }
-    // position in file -> for each declared column, which CSV field holds it
-    let mut names = Vec::with_capacity(header.len());
-    for (i, raw) in header.iter().enumerate() {
-        let name = std::str::from_utf8(raw).map_err(|_| {
-            StorageError::invalid(
-                Some(1),
-                Some(format!("{}", i + 1)),
-                "header is not valid UTF-8",
-            )
-        })?;
-        let name = name.trim().trim_start_matches('\u{feff}').trim();
-        names.push(name.to_owned());
-    }
-    let declared: Vec<&str> = schema.columns().iter().map(|c| c.name.as_str()).collect();
-    let missing: Vec<&str> = declared
-        .iter()
-        .copied()
-        .filter(|d| !names.iter().any(|n| n == d))
-        .collect();
-    let extra: Vec<&str> = names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| !declared.contains(n))
-        .collect();
-    if !missing.is_empty() || !extra.is_empty() {
-        let mut parts = Vec::new();
-        if !missing.is_empty() {
-            parts.push(format!(
-                "missing declared column(s): {}",
-                missing.join(", ")
-            ));
-        }
-        if !extra.is_empty() {
-            parts.push(format!(
-                "undeclared column(s): {} (declare them or drop them before upload)",
-                extra.join(", ")
-            ));
-        }
-        return Err(StorageError::invalid(Some(1), None, parts.join("; ")));
-    }
-    for (i, n) in names.iter().enumerate() {
-        if names[..i].contains(n) {
-            return Err(StorageError::invalid(
-                Some(1),
-                Some(n.clone()),
-                "column appears twice in the header",
-            ));
-        }
-    }
-    // For each CSV field position, the index of the declared column.
-    let field_to_col: Vec<usize> = names
-        .iter()
-        .map(|n| declared.iter().position(|d| d == n).expect("checked above"))
-        .collect();
-
-    let cols = schema.columns();
-    let mut builders: Vec<ColumnBuilder> = cols.iter().map(|c| ColumnBuilder::new(c.ty)).collect();
-    let mut record = csv::ByteRecord::new();
-    let mut rows: u64 = 0;
-    let mut in_batch = 0usize;
-    loop {
-        let more = rdr
-            .read_byte_record(&mut record)
-            .map_err(|e| csv_error(e, Some(rows + 2)))?;
-        if !more {
-            break;
-        }
-        let line = record.position().map(|p| p.line()).unwrap_or(rows + 2);
-        if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) && cols.len() > 1 {
-            // A blank line: skip, as spreadsheets often leave one at the end.
-            continue;
-        }
-        if record.len() != names.len() {
-            let hint = if record.iter().any(|f| f.contains(&b'\n')) {
-                " (a quoted field may be missing its closing quote)"
-            } else {
-                ""
-            };
-            return Err(StorageError::invalid(
-                Some(line),
-                None,
-                format!(
-                    "expected {} fields, found {}{hint}",
-                    names.len(),
-                    record.len()
-                ),
-            ));
-        }
-        for (pos, raw) in record.iter().enumerate() {
-            let ci = field_to_col[pos];
-            let spec = &cols[ci];
-            let colname = || Some(format!("{} ({})", pos + 1, spec.name));
-            if raw.len() > MAX_FIELD_BYTES {
-                return Err(StorageError::invalid(
-                    Some(line),
-                    colname(),
-                    format!(
-                        "field is {} bytes long; the limit is {} bytes",
-                        raw.len(),
-                        MAX_FIELD_BYTES
-                    ),
-                ));
+    let layout = CsvLayout::read_header(&mut rdr, schema)?;
+    let mut out = Collector {
+        sink,
+        progress,
+        rows: 0,
+    };
+    if threads <= 1 {
+        let mut chunk = RawChunk::default();
+        let mut seen = 0u64;
+        loop {
+            let read = chunk.fill(&mut rdr, &mut seen);
+            out.take(layout.convert(&chunk))?;
+            match read {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(e),
             }
-            let s = std::str::from_utf8(raw).map_err(|e| {
+        }
+    } else {
+        ingest_parallel(rdr, &layout, &mut out, threads)?;
+    }
+    out.finish()
+}
+
+/// Which declared column each CSV field holds, and the Arrow schema the batches get.
+struct CsvLayout<'s> {
+    cols: &'s [ColumnSpec],
+    arrow: SchemaRef,
+    /// For each CSV field position, the index of the declared column.
+    field_to_col: Vec<usize>,
+}
+
+impl<'s> CsvLayout<'s> {
+    /// Reads and checks the header line.
+    fn read_header<R: Read>(
+        rdr: &mut csv::Reader<R>,
+        schema: &'s DatasetSchema,
+    ) -> Result<Self, StorageError> {
+        let mut header = csv::ByteRecord::new();
+        let got = rdr
+            .read_byte_record(&mut header)
+            .map_err(|e| csv_error(e, None))?;
+        if !got {
+            return Err(StorageError::invalid(
+                None,
+                None,
+                "the file is empty: expected a header line naming the columns",
+            ));
+        }
+        let mut names = Vec::with_capacity(header.len());
+        for (i, raw) in header.iter().enumerate() {
+            let name = std::str::from_utf8(raw).map_err(|_| {
                 StorageError::invalid(
-                    Some(line),
-                    colname(),
-                    format!(
-                        "not valid UTF-8 (bad byte at offset {} of the field); re-export the file as UTF-8",
-                        e.valid_up_to()
-                    ),
+                    Some(1),
+                    Some(format!("{}", i + 1)),
+                    "header is not valid UTF-8",
                 )
             })?;
-            if s.trim().is_empty() {
-                if spec.role == ColumnRole::PrivacyUnit {
+            let name = name.trim().trim_start_matches('\u{feff}').trim();
+            names.push(name.to_owned());
+        }
+        let declared: Vec<&str> = schema.columns().iter().map(|c| c.name.as_str()).collect();
+        let missing: Vec<&str> = declared
+            .iter()
+            .copied()
+            .filter(|d| !names.iter().any(|n| n == d))
+            .collect();
+        let extra: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !declared.contains(n))
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() {
+            let mut parts = Vec::new();
+            if !missing.is_empty() {
+                parts.push(format!(
+                    "missing declared column(s): {}",
+                    missing.join(", ")
+                ));
+            }
+            if !extra.is_empty() {
+                parts.push(format!(
+                    "undeclared column(s): {} (declare them or drop them before upload)",
+                    extra.join(", ")
+                ));
+            }
+            return Err(StorageError::invalid(Some(1), None, parts.join("; ")));
+        }
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(StorageError::invalid(
+                    Some(1),
+                    Some(n.clone()),
+                    "column appears twice in the header",
+                ));
+            }
+        }
+        let field_to_col = names
+            .iter()
+            .map(|n| declared.iter().position(|d| d == n).expect("checked above"))
+            .collect();
+        Ok(CsvLayout {
+            cols: schema.columns(),
+            arrow: arrow_schema(schema),
+            field_to_col,
+        })
+    }
+
+    /// Validates a chunk of records into one batch (`None` when it held only blank lines).
+    /// Stops at the chunk's first bad field.
+    fn convert(&self, chunk: &RawChunk) -> Result<Option<RecordBatch>, StorageError> {
+        let cols = self.cols;
+        let width = self.field_to_col.len();
+        let mut builders: Vec<ColumnBuilder> =
+            cols.iter().map(|c| ColumnBuilder::new(c.ty)).collect();
+        let mut rows = 0usize;
+        for record in &chunk.records[..chunk.len] {
+            let line = record.position().map_or(0, |p| p.line());
+            if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) && cols.len() > 1 {
+                // A blank line: skip, as spreadsheets often leave one at the end.
+                continue;
+            }
+            if record.len() != width {
+                let hint = if record.iter().any(|f| f.contains(&b'\n')) {
+                    " (a quoted field may be missing its closing quote)"
+                } else {
+                    ""
+                };
+                return Err(StorageError::invalid(
+                    Some(line),
+                    None,
+                    format!("expected {width} fields, found {}{hint}", record.len()),
+                ));
+            }
+            for (pos, raw) in record.iter().enumerate() {
+                let ci = self.field_to_col[pos];
+                let spec = &cols[ci];
+                let colname = || Some(format!("{} ({})", pos + 1, spec.name));
+                if raw.len() > MAX_FIELD_BYTES {
                     return Err(StorageError::invalid(
                         Some(line),
                         colname(),
-                        "the privacy_unit column must not be empty: every row must say whose it is",
+                        format!(
+                            "field is {} bytes long; the limit is {} bytes",
+                            raw.len(),
+                            MAX_FIELD_BYTES
+                        ),
                     ));
                 }
-                builders[ci].append_null();
-                continue;
+                let s = std::str::from_utf8(raw).map_err(|e| {
+                    StorageError::invalid(
+                        Some(line),
+                        colname(),
+                        format!(
+                            "not valid UTF-8 (bad byte at offset {} of the field); re-export the file as UTF-8",
+                            e.valid_up_to()
+                        ),
+                    )
+                })?;
+                if s.trim().is_empty() {
+                    if spec.role == ColumnRole::PrivacyUnit {
+                        return Err(StorageError::invalid(
+                            Some(line),
+                            colname(),
+                            "the privacy_unit column must not be empty: every row must say whose it is",
+                        ));
+                    }
+                    builders[ci].append_null();
+                    continue;
+                }
+                builders[ci].append(s).map_err(|expected| {
+                    StorageError::invalid(Some(line), colname(), expected.to_owned())
+                })?;
             }
-            builders[ci].append(s).map_err(|expected| {
-                StorageError::invalid(Some(line), colname(), expected.to_owned())
-            })?;
+            rows += 1;
         }
-        rows += 1;
-        in_batch += 1;
-        if in_batch == BATCH_ROWS {
-            flush(&arrow, &mut builders, sink)?;
-            in_batch = 0;
-            progress(rows);
+        if rows == 0 {
+            return Ok(None);
         }
+        let arrays: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
+        Ok(Some(RecordBatch::try_new(self.arrow.clone(), arrays)?))
     }
-    if in_batch > 0 {
-        flush(&arrow, &mut builders, sink)?;
-        progress(rows);
-    }
-    if rows == 0 {
-        return Err(StorageError::invalid(
-            None,
-            None,
-            "the file has a header but no data rows",
-        ));
-    }
-    Ok(rows)
 }
 
-fn flush(
-    arrow: &SchemaRef,
-    builders: &mut [ColumnBuilder],
-    sink: &mut dyn BatchSink,
+/// Up to [`BATCH_ROWS`] raw records, their buffers reused from chunk to chunk.
+#[derive(Default)]
+struct RawChunk {
+    records: Vec<csv::ByteRecord>,
+    len: usize,
+}
+
+impl RawChunk {
+    /// Refills the chunk from `rdr`. `Ok(true)`: full, more may follow; `Ok(false)`: the input
+    /// ended. On `Err` the chunk holds the records read before the error, which come first in
+    /// file order and must still be checked (one of them may hold an earlier error).
+    fn fill<R: Read>(
+        &mut self,
+        rdr: &mut csv::Reader<R>,
+        seen: &mut u64,
+    ) -> Result<bool, StorageError> {
+        self.len = 0;
+        while self.len < BATCH_ROWS {
+            if self.records.len() == self.len {
+                self.records.push(csv::ByteRecord::new());
+            }
+            let more = rdr
+                .read_byte_record(&mut self.records[self.len])
+                .map_err(|e| csv_error(e, Some(*seen + 2)))?;
+            if !more {
+                return Ok(false);
+            }
+            self.len += 1;
+            *seen += 1;
+        }
+        Ok(true)
+    }
+}
+
+/// Hands batches to the sink in order and counts rows.
+struct Collector<'a, 'p> {
+    sink: &'a mut dyn BatchSink,
+    progress: Progress<'p>,
+    rows: u64,
+}
+
+impl Collector<'_, '_> {
+    fn take(
+        &mut self,
+        batch: Result<Option<RecordBatch>, StorageError>,
+    ) -> Result<(), StorageError> {
+        if let Some(batch) = batch? {
+            self.sink.write_batch(&batch)?;
+            self.rows += batch.num_rows() as u64;
+            (self.progress)(self.rows);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<u64, StorageError> {
+        if self.rows == 0 {
+            return Err(StorageError::invalid(
+                None,
+                None,
+                "the file has a header but no data rows",
+            ));
+        }
+        Ok(self.rows)
+    }
+}
+
+/// What the splitting thread sends the workers: a chunk to convert, or the error that ended the
+/// input (numbered after the chunks before it).
+enum Work {
+    Chunk(u64, RawChunk),
+    Failed(u64, StorageError),
+}
+
+/// A converted chunk (with its buffers, to be reused once the batch is written).
+type Converted = (
+    u64,
+    Result<Option<RecordBatch>, StorageError>,
+    Option<RawChunk>,
+);
+
+fn ingest_parallel<R: Read + Send>(
+    mut rdr: csv::Reader<R>,
+    layout: &CsvLayout<'_>,
+    out: &mut Collector<'_, '_>,
+    threads: usize,
 ) -> Result<(), StorageError> {
-    let arrays: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
-    let batch = RecordBatch::try_new(arrow.clone(), arrays)?;
-    sink.write_batch(&batch)
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, sync_channel};
+
+    let in_flight = 2 * threads + 1;
+    // Free chunk buffers: the splitter takes one per chunk, the collector returns it after the
+    // chunk's batch is written, so at most `in_flight` chunks exist at once.
+    let (free_tx, free_rx) = sync_channel::<RawChunk>(in_flight);
+    for _ in 0..in_flight {
+        free_tx.send(RawChunk::default()).expect("receiver alive");
+    }
+    let (work_tx, work_rx) = sync_channel::<Work>(in_flight);
+    let (done_tx, done_rx) = sync_channel::<Converted>(in_flight);
+    let work_rx: Arc<Mutex<Receiver<Work>>> = Arc::new(Mutex::new(work_rx));
+
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut seen = 0u64;
+            let mut seq = 0u64;
+            // Ends when the input does, or when the collector has stopped (a send fails).
+            while let Ok(mut chunk) = free_rx.recv() {
+                let read = chunk.fill(&mut rdr, &mut seen);
+                if chunk.len > 0 && work_tx.send(Work::Chunk(seq, chunk)).is_err() {
+                    return;
+                }
+                seq += 1;
+                match read {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        let _ = work_tx.send(Work::Failed(seq, e));
+                        return;
+                    }
+                }
+            }
+        });
+        for _ in 0..threads {
+            let work_rx = Arc::clone(&work_rx);
+            let done_tx = done_tx.clone();
+            s.spawn(move || {
+                loop {
+                    let next = work_rx.lock().map(|rx| rx.recv());
+                    let converted = match next {
+                        Ok(Ok(Work::Chunk(seq, chunk))) => {
+                            (seq, layout.convert(&chunk), Some(chunk))
+                        }
+                        Ok(Ok(Work::Failed(seq, e))) => (seq, Err(e), None),
+                        _ => return,
+                    };
+                    if done_tx.send(converted).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+
+        // Collect in input order; the first error in that order is the one to report. Returning
+        // drops `done_rx` and `free_tx`, which stops the other threads within one chunk.
+        let mut pending: BTreeMap<u64, Converted> = BTreeMap::new();
+        let mut next = 0u64;
+        for converted in done_rx {
+            pending.insert(converted.0, converted);
+            while let Some((_, batch, chunk)) = pending.remove(&next) {
+                out.take(batch)?;
+                if let Some(chunk) = chunk {
+                    let _ = free_tx.send(chunk);
+                }
+                next += 1;
+            }
+        }
+        Ok(())
+    })
 }
 
 fn csv_error(e: csv::Error, fallback_line: Option<u64>) -> StorageError {
@@ -901,6 +1096,99 @@ mod tests {
 
     const HEADER: &str = "pid,age_band,purchases,seen,spend,vip\n";
 
+    /// A file of `rows` rows across several chunks, with blank lines sprinkled in.
+    fn big_csv(rows: usize) -> String {
+        let mut csv = String::from(HEADER);
+        for i in 0..rows {
+            csv.push_str(&format!(
+                "p{i},{},{},2026-01-{:02},{}.5,{}\n",
+                ["18-24", "25-34", ""][i % 3],
+                i % 97,
+                1 + i % 28,
+                i % 13,
+                i % 2 == 0
+            ));
+            if i % 50_000 == 7 {
+                csv.push('\n');
+            }
+        }
+        csv
+    }
+
+    fn run_threads(csv: &str, threads: usize) -> Result<(u64, Vec<RecordBatch>, Vec<u64>), String> {
+        let mut out: Vec<RecordBatch> = Vec::new();
+        let mut seen = Vec::new();
+        let rows = ingest_csv_threads(
+            csv.as_bytes(),
+            &schema(),
+            &mut out,
+            &mut |n| seen.push(n),
+            threads,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((rows, out, seen))
+    }
+
+    /// Replaces the text of data row `row` (0-based) with `with`.
+    fn spoil(csv: &str, row: usize, with: &str) -> String {
+        let target = format!("p{row},");
+        let start = csv.find(&format!("\n{target}")).unwrap() + 1;
+        let end = start + csv[start..].find('\n').unwrap();
+        format!("{}{with}{}", &csv[..start], &csv[end..])
+    }
+
+    #[test]
+    fn parallel_ingest_matches_the_single_threaded_run_batch_for_batch_and_error_for_error() {
+        let rows = 3 * BATCH_ROWS + 1234;
+        let good = big_csv(rows);
+        let one = run_threads(&good, 1).unwrap();
+        assert_eq!(one.0, rows as u64);
+        assert!(one.1.len() >= 4, "several chunks");
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                run_threads(&good, threads).unwrap(),
+                one,
+                "{threads} threads"
+            );
+        }
+        // Errors: the first in file order wins, whichever chunk a worker finishes first.
+        let late = 2 * BATCH_ROWS + 10;
+        let cases = [
+            spoil(&good, late, "px,18-24,notanumber,2026-01-01,1,true"),
+            // an early bad field and a later malformed record: the early one is reported
+            spoil(
+                &spoil(&good, 5, "p5,18-24,1,2026-13-01,1,true"),
+                late,
+                "p,\"unterminated",
+            ),
+            // a later field error after a wrong field count in the first chunk
+            spoil(
+                &spoil(&good, 70_000, "p,a,b"),
+                late,
+                "px,18-24,x,2026-01-01,1,true",
+            ),
+            // the error sits in the last, partial chunk
+            spoil(&good, rows - 1, "p,18-24,1,2026-01-01,1,maybe"),
+            // the privacy unit is empty in the middle chunk
+            spoil(&good, BATCH_ROWS + 3, ",18-24,1,2026-01-01,1,true"),
+        ];
+        for (i, csv) in cases.iter().enumerate() {
+            let want = run_threads(csv, 1).unwrap_err();
+            for threads in [2, 3, 8] {
+                assert_eq!(
+                    run_threads(csv, threads).unwrap_err(),
+                    want,
+                    "case {i}, {threads} threads"
+                );
+            }
+        }
+        assert!(
+            run_threads(&cases[1], 1).unwrap_err().contains("line 7"),
+            "{}",
+            run_threads(&cases[1], 1).unwrap_err()
+        );
+    }
+
     #[test]
     fn good_csv_in_any_column_order() {
         let csv =
@@ -1037,20 +1325,21 @@ mod tests {
     /// Counts the bytes read through it.
     struct Counting<R> {
         inner: R,
-        read: std::rc::Rc<std::cell::Cell<u64>>,
+        read: Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl<R: Read> Read for Counting<R> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let n = self.inner.read(buf)?;
-            self.read.set(self.read.get() + n as u64);
+            self.read
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(n)
         }
     }
 
     #[test]
     fn an_unterminated_quote_is_refused_before_the_record_is_buffered() {
-        let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut start = HEADER.as_bytes().to_vec();
         start.extend_from_slice(b"p1,a,1,2026-01-01,1,true\np2,\"");
         let input = Counting {
@@ -1065,7 +1354,8 @@ mod tests {
         assert!(matches!(e, StorageError::InvalidData { line: Some(3), .. }));
         // The reader stopped within one buffer (256 KiB) of the cap, not at the end of the input.
         let limit = (start.len() + MAX_RECORD_BYTES + 512 * 1024) as u64;
-        assert!(read.get() <= limit, "read {} bytes", read.get());
+        let read = read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(read <= limit, "read {read} bytes");
     }
 
     #[test]

@@ -1,0 +1,122 @@
+//! Where an upload's time goes: parses a generated CSV shaped like the demo brand's CRM
+//! (customer id, 64-hex-digit email pseudonym, age band, region, purchases, revenue, date)
+//! with 1 and with all threads, once into memory only (parse and validate) and once into the
+//! encrypted Parquet writer (what the server does), and prints MB/s for each.
+//!
+//!   cargo run --release -p cleanroom-storage --example ingest_bench -- [ROWS] [RUNS]
+//!
+//! `bench/upload.sh` measures the whole path through the server; this splits it.
+
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use cleanroom_core::ids::{CollaborationId, DatasetId};
+use cleanroom_core::schema::{ColumnSpec, DatasetSchema};
+use cleanroom_storage::StorageError;
+use cleanroom_storage::dataset::DatasetStore;
+use cleanroom_storage::ingest::{BatchSink, default_ingest_threads, ingest_csv_threads};
+use cleanroom_storage::keys::SecretKey;
+
+/// Counts rows and drops the batches: the cost of parsing and validating alone.
+struct Discard(usize);
+
+impl BatchSink for Discard {
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+        self.0 += batch.num_rows();
+        Ok(())
+    }
+}
+
+fn schema() -> DatasetSchema {
+    DatasetSchema::new(
+        [
+            "customer_id:string:privacy_unit",
+            "email_hmac:string:identifier",
+            "age_band:string:dimension",
+            "region:string:dimension",
+            "purchases:int64:metric",
+            "revenue:float64:metric",
+            "first_purchase:date:dimension",
+        ]
+        .iter()
+        .map(|s| ColumnSpec::parse_compact(s).expect("column"))
+        .collect(),
+    )
+    .expect("schema")
+}
+
+fn csv(rows: usize) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut s =
+        String::from("customer_id,email_hmac,age_band,region,purchases,revenue,first_purchase\n");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..rows {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let _ = writeln!(
+            s,
+            "c{i:08},{x:016x}{:016x}{:016x}{:016x},{},{},{},{}.{:02},2025-{:02}-{:02}",
+            x.rotate_left(16),
+            x.rotate_left(32),
+            x.rotate_left(48),
+            ["18-24", "25-34", "35-44", "45-54", "55+"][(x % 5) as usize],
+            ["north", "south", "east", "west", "centre"][(x >> 8) as usize % 5],
+            x % 40,
+            x % 900,
+            x % 100,
+            1 + (x >> 16) % 12,
+            1 + (x >> 24) % 28,
+        );
+    }
+    s.into_bytes()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let rows: usize = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
+    let runs: usize = args.next().map_or(Ok(5), |a| a.parse())?;
+    let data = csv(rows);
+    let mb = data.len() as f64 / 1e6;
+    let all = default_ingest_threads();
+    let dir = tempfile::tempdir()?;
+    let store = DatasetStore::open(dir.path())?;
+    let key = SecretKey::generate()?;
+    let schema = schema();
+    println!("{rows} rows, {mb:.1} MB CSV, {runs} runs, medians; {all} cores");
+    let mut threads = vec![1];
+    if all > 1 {
+        threads.push(all);
+    }
+    for &t in &threads {
+        let mut parse = Vec::new();
+        let mut write = Vec::new();
+        for _ in 0..runs {
+            let t0 = Instant::now();
+            let mut sink = Discard(0);
+            ingest_csv_threads(&data[..], &schema, &mut sink, &mut |_| {}, t)?;
+            parse.push(t0.elapsed().as_secs_f64());
+            assert_eq!(sink.0, rows);
+
+            let t0 = Instant::now();
+            let (collab, id) = (CollaborationId::new(), DatasetId::new());
+            let mut w = store.begin_write(id, &schema, &key)?;
+            ingest_csv_threads(&data[..], &schema, &mut w, &mut |_| {}, t)?;
+            store.commit(w, collab, id)?;
+            std::fs::remove_file(store.dataset_path(collab, id))?;
+            write.push(t0.elapsed().as_secs_f64());
+        }
+        let (p, w) = (median(parse), median(write));
+        println!(
+            "threads {t}: parse+validate {p:.3} s ({:.0} MB/s); + encrypted Parquet {w:.3} s ({:.0} MB/s)",
+            mb / p,
+            mb / w
+        );
+    }
+    Ok(())
+}
