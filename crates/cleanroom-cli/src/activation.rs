@@ -85,7 +85,7 @@ fn show(list: &[ActivationOut]) -> String {
             .map(|a| {
                 vec![
                     a.id.clone(),
-                    a.status.clone(),
+                    a.status.to_string(),
                     a.partner.clone(),
                     format!("{} ({})", a.source, a.source_owner),
                     a.target.clone(),

@@ -528,7 +528,7 @@ pub async fn analysis(c: &Client, json: bool, cmd: AnalysisCmd) -> Result<()> {
                             a.id.clone(),
                             a.kind.clone(),
                             a.requested_by.clone(),
-                            a.status.clone(),
+                            a.status.to_string(),
                             charges(a),
                             a.receivers.join(","),
                             shorten(&a.request, 60),

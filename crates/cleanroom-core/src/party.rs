@@ -200,6 +200,68 @@ str_enum!(
     }
 );
 
+str_enum!(
+    /// The life cycle of an analysis. A dry run is never stored.
+    AnalysisStatus, "analysis status", {
+        /// Priced, not charged: only shown to the requester.
+        DryRun => "dry_run",
+        /// Charged (the budgets are debited) and running.
+        Running => "running",
+        /// Its release is stored for the receivers.
+        Released => "released",
+        /// It failed after its charge; the charge stays, nothing was released.
+        Failed => "failed",
+    }
+);
+
+impl AnalysisStatus {
+    /// Whether an analysis may move from `self` to `to`. A stored analysis starts `Running`
+    /// (or `Released` when answered from an identical earlier release) and ends once.
+    pub fn can_move_to(self, to: AnalysisStatus) -> bool {
+        use AnalysisStatus::*;
+        matches!((self, to), (Running, Released | Failed))
+    }
+
+    /// Released or failed: nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, AnalysisStatus::Released | AnalysisStatus::Failed)
+    }
+}
+
+str_enum!(
+    /// The life cycle of an activation (a segment handed to a partner).
+    ActivationStatus, "activation status", {
+        /// Requested by the partner, waiting for the owner's decision.
+        Pending => "pending",
+        /// Approved by the owner: the partner may download it once.
+        Approved => "approved",
+        /// Refused by the owner.
+        Rejected => "rejected",
+        /// The approval is used (once, by one conditional update); the segment is being matched.
+        Consumed => "consumed",
+        /// The segment was sent to the partner.
+        Delivered => "delivered",
+        /// The matched segment was below the owner's minimum: nothing was sent.
+        TooSmall => "too_small",
+        /// Matching failed after the approval was used (or a restart cut it off); nothing was
+        /// sent and the approval stays used.
+        Failed => "failed",
+    }
+);
+
+impl ActivationStatus {
+    /// Whether an activation may move from `self` to `to`.
+    pub fn can_move_to(self, to: ActivationStatus) -> bool {
+        use ActivationStatus::*;
+        matches!(
+            (self, to),
+            (Pending, Approved | Rejected)
+                | (Approved, Consumed)
+                | (Consumed, Delivered | TooSmall | Failed)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +284,56 @@ mod tests {
             assert_eq!(DatasetStatus::parse(s).unwrap().as_str(), s);
         }
         assert!(MemberStatus::parse("owner").is_err());
+        for s in ["dry_run", "running", "released", "failed"] {
+            assert_eq!(AnalysisStatus::parse(s).unwrap().as_str(), s);
+        }
+        for s in [
+            "pending",
+            "approved",
+            "rejected",
+            "consumed",
+            "delivered",
+            "too_small",
+            "failed",
+        ] {
+            assert_eq!(ActivationStatus::parse(s).unwrap().as_str(), s);
+        }
+    }
+
+    #[test]
+    fn only_legal_moves_are_allowed() {
+        use ActivationStatus as A;
+        use AnalysisStatus as S;
+        let all = [S::DryRun, S::Running, S::Released, S::Failed];
+        let moves: Vec<_> = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| a.can_move_to(*b))
+            .collect();
+        assert_eq!(moves, [(S::Running, S::Released), (S::Running, S::Failed)]);
+        assert!(
+            all.iter()
+                .all(|s| !s.is_final() || !all.iter().any(|t| s.can_move_to(*t)))
+        );
+        let all = [
+            A::Pending,
+            A::Approved,
+            A::Rejected,
+            A::Consumed,
+            A::Delivered,
+            A::TooSmall,
+            A::Failed,
+        ];
+        let moves = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| a.can_move_to(*b))
+            .count();
+        assert_eq!(moves, 6);
+        assert!(
+            !A::Consumed.can_move_to(A::Approved),
+            "a used approval is never restored"
+        );
+        assert!(!A::Rejected.can_move_to(A::Approved));
     }
 }

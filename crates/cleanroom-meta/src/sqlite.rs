@@ -15,7 +15,8 @@ use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation,
 use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
 use cleanroom_core::names::{CollaborationName, DatasetName, OrgName, UserName};
 use cleanroom_core::party::{
-    Abilities, CollaborationStatus, DatasetStatus, MemberStatus, UserRole,
+    Abilities, ActivationStatus, AnalysisStatus, CollaborationStatus, DatasetStatus, MemberStatus,
+    UserRole,
 };
 use cleanroom_core::schema::DatasetSchema;
 use sqlx::sqlite::{
@@ -88,7 +89,7 @@ impl SqliteStore {
     }
 
     /// Closes the pools, flushing the write-ahead log into the database file.
-    pub async fn close(&self) {
+    pub async fn close_pools(&self) {
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&self.writer)
             .await;
@@ -367,6 +368,10 @@ fn audit_from(r: &SqliteRow) -> Result<AuditEntry, MetaError> {
 
 #[async_trait]
 impl MetaStore for SqliteStore {
+    async fn close(&self) {
+        self.close_pools().await;
+    }
+
     async fn bootstrap_operator(
         &self,
         org: &Organisation,
@@ -1152,14 +1157,14 @@ impl MetaStore for SqliteStore {
     ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
         let (status, res, err) = match result {
-            Ok(r) => ("released", Some(r), None),
-            Err(e) => ("failed", None, Some(e)),
+            Ok(r) => (AnalysisStatus::Released, Some(r), None),
+            Err(e) => (AnalysisStatus::Failed, None, Some(e)),
         };
         let done = sqlx::query(
             "UPDATE analyses SET status = ?, result = ?, error = ?, finished_at = ?
              WHERE id = ? AND status = 'running'",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(res)
         .bind(err)
         .bind(now())
@@ -1424,6 +1429,12 @@ impl MetaStore for SqliteStore {
         mv: ActivationMove<'_>,
         audit: NewAudit,
     ) -> Result<(), MetaError> {
+        if !mv.from.can_move_to(mv.to) {
+            return Err(MetaError::Conflict(format!(
+                "an activation cannot move from {} to {}",
+                mv.from, mv.to
+            )));
+        }
         let mut tx = self.writer.begin().await?;
         let at = now();
         // Check and move in one statement: of two racing moves out of the same state, the
@@ -1436,7 +1447,7 @@ impl MetaStore for SqliteStore {
                  finished_at = CASE WHEN ? THEN ? ELSE finished_at END
              WHERE id = ? AND status = ?",
         )
-        .bind(mv.to)
+        .bind(mv.to.as_str())
         .bind(mv.decided_by)
         .bind(mv.decided_by)
         .bind(&at)
@@ -1444,7 +1455,7 @@ impl MetaStore for SqliteStore {
         .bind(mv.finished)
         .bind(&at)
         .bind(id)
-        .bind(mv.from)
+        .bind(mv.from.as_str())
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -1617,7 +1628,8 @@ fn analysis_from(r: &SqliteRow) -> Result<AnalysisRow, MetaError> {
         fingerprint: r.try_get("fingerprint")?,
         receivers: r.try_get("receivers")?,
         charges: r.try_get("charges")?,
-        status: r.try_get("status")?,
+        status: AnalysisStatus::parse(&r.try_get::<String, _>("status")?)
+            .map_err(corrupt("analysis status"))?,
         result: r.try_get("result")?,
         error: r.try_get("error")?,
         reused_from: r.try_get("reused_from")?,
@@ -1647,7 +1659,8 @@ fn activation_from(r: &SqliteRow) -> Result<ActivationRow, MetaError> {
         request: r.try_get("request")?,
         policy_version: u32::try_from(version)
             .map_err(|_| MetaError::Corrupt("activation policy version".into()))?,
-        status: r.try_get("status")?,
+        status: ActivationStatus::parse(&r.try_get::<String, _>("status")?)
+            .map_err(corrupt("activation status"))?,
         decided_by: r.try_get("decided_by")?,
         decided_at: r.try_get("decided_at")?,
         delivered: delivered

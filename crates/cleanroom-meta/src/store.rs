@@ -3,6 +3,7 @@ use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome};
 use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
 use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
 use cleanroom_core::names::{DatasetName, OrgName};
+use cleanroom_core::party::{ActivationStatus, AnalysisStatus};
 
 use crate::MetaError;
 
@@ -72,7 +73,7 @@ pub struct AnalysisRow {
     pub fingerprint: String,
     pub receivers: String,
     pub charges: String,
-    pub status: String,
+    pub status: AnalysisStatus,
     pub result: Option<String>,
     pub error: Option<String>,
     pub reused_from: Option<String>,
@@ -104,7 +105,7 @@ pub struct ActivationRow {
     pub request: String,
     /// The source policy version the request was checked against.
     pub policy_version: u32,
-    pub status: String,
+    pub status: ActivationStatus,
     pub decided_by: Option<String>,
     pub decided_at: Option<String>,
     pub delivered: Option<u64>,
@@ -115,8 +116,8 @@ pub struct ActivationRow {
 /// One forward move of an activation's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActivationMove<'a> {
-    pub from: &'a str,
-    pub to: &'a str,
+    pub from: ActivationStatus,
+    pub to: ActivationStatus,
     /// Recorded as the decision's author (approve, reject).
     pub decided_by: Option<&'a str>,
     /// Recorded with a delivery.
@@ -137,6 +138,9 @@ pub struct Authenticated {
 /// the same transaction as the change: either both happen or neither does.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
+    /// Flushes and closes the store; nothing may be called after it. The default does nothing.
+    async fn close(&self) {}
+
     // --- parties and tokens ---
     /// Creates the operator organisation, its first admin and token; fails with `Conflict` if
     /// an operator exists already.

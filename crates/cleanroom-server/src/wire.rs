@@ -3,7 +3,7 @@
 
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome};
 use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
-use cleanroom_core::party::Abilities;
+use cleanroom_core::party::{Abilities, ActivationStatus, AnalysisStatus};
 use cleanroom_core::schema::{ColumnSpec, DatasetSchema};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -706,8 +706,7 @@ pub struct AnalysisOut {
     pub kind: String,
     pub request: String,
     pub requested_by: String,
-    /// `running`, `released`, `failed` or `dry_run`.
-    pub status: String,
+    pub status: AnalysisStatusOut,
     pub receivers: Vec<String>,
     pub charges: Vec<ChargeOut>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -730,7 +729,7 @@ impl From<&cleanroom_service::AnalysisView> for AnalysisOut {
             kind: a.kind.clone(),
             request: a.request.clone(),
             requested_by: a.requested_by.clone(),
-            status: a.status.clone(),
+            status: a.status.into(),
             receivers: a.receivers.clone(),
             charges: a
                 .charges
@@ -890,8 +889,7 @@ pub struct ActivationOut {
     pub output: String,
     /// The source policy version the request was checked against.
     pub policy_version: u32,
-    /// `pending`, `approved`, `rejected`, `consumed`, `delivered`, `too_small` or `failed`.
-    pub status: String,
+    pub status: ActivationStatusOut,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -918,12 +916,155 @@ impl From<&cleanroom_service::ActivationView> for ActivationOut {
             filter: a.filter.clone(),
             output: a.output.clone(),
             policy_version: a.policy_version,
-            status: a.status.clone(),
+            status: a.status.into(),
             decided_by: a.decided_by.clone(),
             decided_at: a.decided_at.clone(),
             delivered: a.delivered,
             created_at: a.created_at.clone(),
             finished_at: a.finished_at.clone(),
+        }
+    }
+}
+
+/// Where an analysis stands: `dry_run` (priced only, never stored), `running` (charged),
+/// `released` or `failed` (the charge stays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalysisStatusOut {
+    DryRun,
+    Running,
+    Released,
+    Failed,
+}
+
+impl AnalysisStatusOut {
+    pub fn as_str(self) -> &'static str {
+        AnalysisStatus::from(self).as_str()
+    }
+}
+
+impl From<AnalysisStatusOut> for AnalysisStatus {
+    fn from(s: AnalysisStatusOut) -> Self {
+        match s {
+            AnalysisStatusOut::DryRun => AnalysisStatus::DryRun,
+            AnalysisStatusOut::Running => AnalysisStatus::Running,
+            AnalysisStatusOut::Released => AnalysisStatus::Released,
+            AnalysisStatusOut::Failed => AnalysisStatus::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for AnalysisStatusOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for AnalysisStatusOut {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<AnalysisStatus> for AnalysisStatusOut {
+    fn from(s: AnalysisStatus) -> Self {
+        match s {
+            AnalysisStatus::DryRun => AnalysisStatusOut::DryRun,
+            AnalysisStatus::Running => AnalysisStatusOut::Running,
+            AnalysisStatus::Released => AnalysisStatusOut::Released,
+            AnalysisStatus::Failed => AnalysisStatusOut::Failed,
+        }
+    }
+}
+
+/// Where an activation stands: `pending` (waiting for the owner), `approved` or `rejected`,
+/// `consumed` (the one download is under way), then `delivered`, `too_small` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationStatusOut {
+    Pending,
+    Approved,
+    Rejected,
+    Consumed,
+    Delivered,
+    TooSmall,
+    Failed,
+}
+
+impl ActivationStatusOut {
+    pub fn as_str(self) -> &'static str {
+        ActivationStatus::from(self).as_str()
+    }
+}
+
+impl From<ActivationStatusOut> for ActivationStatus {
+    fn from(s: ActivationStatusOut) -> Self {
+        match s {
+            ActivationStatusOut::Pending => ActivationStatus::Pending,
+            ActivationStatusOut::Approved => ActivationStatus::Approved,
+            ActivationStatusOut::Rejected => ActivationStatus::Rejected,
+            ActivationStatusOut::Consumed => ActivationStatus::Consumed,
+            ActivationStatusOut::Delivered => ActivationStatus::Delivered,
+            ActivationStatusOut::TooSmall => ActivationStatus::TooSmall,
+            ActivationStatusOut::Failed => ActivationStatus::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for ActivationStatusOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ActivationStatusOut {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<ActivationStatus> for ActivationStatusOut {
+    fn from(s: ActivationStatus) -> Self {
+        match s {
+            ActivationStatus::Pending => ActivationStatusOut::Pending,
+            ActivationStatus::Approved => ActivationStatusOut::Approved,
+            ActivationStatus::Rejected => ActivationStatusOut::Rejected,
+            ActivationStatus::Consumed => ActivationStatusOut::Consumed,
+            ActivationStatus::Delivered => ActivationStatusOut::Delivered,
+            ActivationStatus::TooSmall => ActivationStatusOut::TooSmall,
+            ActivationStatus::Failed => ActivationStatusOut::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod status_wire {
+    use super::*;
+
+    /// The wire spells every status as the core does (the CLI and stored rows use those words).
+    #[test]
+    fn statuses_serialise_as_their_core_names() {
+        for s in [
+            AnalysisStatus::DryRun,
+            AnalysisStatus::Running,
+            AnalysisStatus::Released,
+            AnalysisStatus::Failed,
+        ] {
+            let json = serde_json::to_string(&AnalysisStatusOut::from(s)).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+        for name in [
+            "pending",
+            "approved",
+            "rejected",
+            "consumed",
+            "delivered",
+            "too_small",
+            "failed",
+        ] {
+            let s = ActivationStatus::parse(name).unwrap();
+            let json = serde_json::to_string(&ActivationStatusOut::from(s)).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
         }
     }
 }

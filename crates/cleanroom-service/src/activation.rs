@@ -21,7 +21,7 @@ use cleanroom_core::audit::Outcome;
 use cleanroom_core::entities::{Collaboration, Dataset};
 use cleanroom_core::ids::ActivationId;
 use cleanroom_core::names::{DatasetName, OrgName};
-use cleanroom_core::party::{Ability, DatasetStatus, MemberStatus};
+use cleanroom_core::party::{Ability, ActivationStatus, DatasetStatus, MemberStatus};
 use cleanroom_core::policy::{ActivationRule, AnalysisPolicy};
 use cleanroom_core::schema::ColumnRole;
 use cleanroom_meta::{ActivationMove, ActivationRow, MetaError};
@@ -64,9 +64,7 @@ pub struct ActivationView {
     pub output: String,
     /// The source policy version the request was checked against when made.
     pub policy_version: u32,
-    /// `pending`, `approved`, `rejected`, `consumed` (download under way), `delivered`,
-    /// `too_small` or `failed`.
-    pub status: String,
+    pub status: ActivationStatus,
     pub decided_by: Option<String>,
     pub decided_at: Option<String>,
     /// How many of the partner's identifiers were delivered.
@@ -145,7 +143,7 @@ fn refused(rule: &str, column: Option<&str>, message: impl Into<String>) -> Serv
     }
 }
 
-fn not_approved(status: &str) -> ServiceError {
+fn not_approved(status: ActivationStatus) -> ServiceError {
     ServiceError::GrantState {
         code: "activation_not_approved",
         message: format!(
@@ -362,7 +360,7 @@ impl CleanRoom {
             filter: s.filter,
             output: s.output,
             policy_version: r.policy_version,
-            status: r.status.clone(),
+            status: r.status,
             decided_by: r.decided_by.clone(),
             decided_at: r.decided_at.clone(),
             delivered: r.delivered,
@@ -445,7 +443,7 @@ impl CleanRoom {
             target_dataset_id: checked.target.id,
             request: stored.encode(),
             policy_version: checked.policy_version,
-            status: "pending".into(),
+            status: ActivationStatus::Pending,
             decided_by: None,
             decided_at: None,
             delivered: None,
@@ -516,8 +514,12 @@ impl CleanRoom {
         }
         let actor = p.actor();
         let mv = ActivationMove {
-            from: "pending",
-            to: if approve { "approved" } else { "rejected" },
+            from: ActivationStatus::Pending,
+            to: if approve {
+                ActivationStatus::Approved
+            } else {
+                ActivationStatus::Rejected
+            },
             decided_by: Some(&actor),
             delivered: None,
             finished: !approve,
@@ -563,9 +565,9 @@ impl CleanRoom {
             );
             return Err(self.refuse(&chain, &p.actor(), ACTION, id, e).await);
         }
-        let state = match row.status.as_str() {
-            "approved" => None,
-            "pending" | "rejected" => Some(not_approved(&row.status)),
+        let state = match row.status {
+            ActivationStatus::Approved => None,
+            s @ (ActivationStatus::Pending | ActivationStatus::Rejected) => Some(not_approved(s)),
             _ => Some(consumed()),
         };
         if let Some(e) = state {
@@ -576,8 +578,8 @@ impl CleanRoom {
         // Policies and memberships may have changed since the approval: check again.
         let (stored, checked) = self.recheck(&c, p, ACTION, id, &row, &view).await?;
         let claim = ActivationMove {
-            from: "approved",
-            to: "consumed",
+            from: ActivationStatus::Approved,
+            to: ActivationStatus::Consumed,
             decided_by: None,
             delivered: None,
             finished: false,
@@ -633,8 +635,8 @@ impl CleanRoom {
                 "interrupted by a server restart while matching; nothing was delivered and the approval stays used",
             );
             let mv = ActivationMove {
-                from: "consumed",
-                to: "failed",
+                from: ActivationStatus::Consumed,
+                to: ActivationStatus::Failed,
                 decided_by: None,
                 delivered: None,
                 finished: true,
@@ -692,8 +694,8 @@ impl CleanRoom {
                 .map_err(crate::analysis::query_error)
         }
         .await;
-        let done = |to: &'static str, delivered: Option<u64>| ActivationMove {
-            from: "consumed",
+        let done = |to: ActivationStatus, delivered: Option<u64>| ActivationMove {
+            from: ActivationStatus::Consumed,
             to,
             decided_by: None,
             delivered,
@@ -714,7 +716,7 @@ impl CleanRoom {
                     ),
                 );
                 room.meta
-                    .move_activation(&id, done("delivered", Some(n)), audit)
+                    .move_activation(&id, done(ActivationStatus::Delivered, Some(n)), audit)
                     .await?;
                 Ok(ids)
             }
@@ -736,7 +738,7 @@ impl CleanRoom {
                     e.audit_detail(),
                 );
                 room.meta
-                    .move_activation(&id, done("too_small", None), audit)
+                    .move_activation(&id, done(ActivationStatus::TooSmall, None), audit)
                     .await?;
                 Err(e)
             }
@@ -750,7 +752,7 @@ impl CleanRoom {
                     format!("{}; the approval stays used", e.audit_detail()),
                 );
                 room.meta
-                    .move_activation(&id, done("failed", None), audit)
+                    .move_activation(&id, done(ActivationStatus::Failed, None), audit)
                     .await?;
                 Err(e)
             }

@@ -7,7 +7,8 @@ use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation,
 use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
 use cleanroom_core::names::{CollaborationName, DatasetName, OrgName, UserName};
 use cleanroom_core::party::{
-    Abilities, CollaborationStatus, DatasetStatus, MemberStatus, UserRole,
+    Abilities, ActivationStatus, AnalysisStatus, CollaborationStatus, DatasetStatus, MemberStatus,
+    UserRole,
 };
 use cleanroom_core::policy::PolicyDraft;
 use cleanroom_core::schema::{ColumnSpec, DatasetSchema};
@@ -150,7 +151,7 @@ fn analysis(c: &Collaboration, o: &Organisation, id: &str) -> AnalysisRow {
         fingerprint: format!("fp-{id}"),
         receivers: "[]".into(),
         charges: "[]".into(),
-        status: "running".into(),
+        status: AnalysisStatus::Running,
         result: None,
         error: None,
         reused_from: None,
@@ -454,14 +455,14 @@ pub async fn policies_ledgers_analyses_and_approvals(s: Store) {
     .await
     .unwrap();
     let a = s.get_analysis("a1").await.unwrap().unwrap();
-    assert_eq!(a.status, "released");
+    assert_eq!(a.status.as_str(), "released");
     assert!(a.finished_at.is_some());
     assert_eq!(
         s.find_release(c.id, "fp-a1").await.unwrap().map(|r| r.id),
         Some("a1".into())
     );
     let reuse = AnalysisRow {
-        status: "released".into(),
+        status: AnalysisStatus::Released,
         reused_from: Some("a1".into()),
         result: a.result.clone(),
         ..analysis(&c, &brand, "a2")
@@ -504,7 +505,7 @@ fn activation(
         target_dataset_id: dst.id,
         request: "{}".into(),
         policy_version: 1,
-        status: "pending".into(),
+        status: ActivationStatus::Pending,
         decided_by: None,
         decided_at: None,
         delivered: None,
@@ -513,10 +514,10 @@ fn activation(
     }
 }
 
-fn mv<'a>(from: &'a str, to: &'a str) -> ActivationMove<'a> {
+fn mv<'a>(from: &str, to: &str) -> ActivationMove<'a> {
     ActivationMove {
-        from,
-        to,
+        from: ActivationStatus::parse(from).unwrap(),
+        to: ActivationStatus::parse(to).unwrap(),
         decided_by: None,
         delivered: None,
         finished: false,
@@ -572,6 +573,18 @@ pub async fn activations_move_forward_only(s: Store) {
     assert_eq!(got.decided_by.as_deref(), Some("brand/admin"));
     assert!(got.finished_at.is_some());
     assert!(s.consumed_activations().await.unwrap().is_empty());
+    // A move the life cycle does not allow is refused before it reaches the store's rows.
+    assert!(matches!(
+        s.move_activation(
+            &a.id,
+            mv("delivered", "approved"),
+            audit(&chain, "activation.approve")
+        )
+        .await,
+        Err(MetaError::Conflict(_))
+    ));
+    let got = s.get_activation(&a.id).await.unwrap().unwrap();
+    assert_eq!(got.status.as_str(), "delivered");
 }
 
 /// 40 analyses race for a ledger that pays for 10: exactly 10 are recorded, and the ledger

@@ -151,7 +151,6 @@ pub struct CollaborationView {
 #[derive(Clone)]
 pub struct CleanRoom {
     pub(crate) meta: Arc<dyn MetaStore>,
-    sqlite: Option<SqliteStore>,
     pub(crate) files: DatasetStore,
     master: SecretKey,
     limits: Limits,
@@ -192,6 +191,16 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServiceError> {
             path.display()
         ))),
     }
+}
+
+/// The master key of `config.data_dir` (created with it when `config.create`).
+fn master_key(config: &Config) -> Result<(SecretKey, MasterKeySource), ServiceError> {
+    load_master_key(
+        &config.data_dir,
+        config.master_key_hex.as_ref().map(MasterKeyHex::expose),
+        config.create,
+    )
+    .map_err(|e| ServiceError::InvalidInput(e.to_string()))
 }
 
 fn collab_purpose(id: CollaborationId) -> String {
@@ -237,17 +246,37 @@ impl CleanRoom {
             )));
         }
         let lock = lock_data_dir(dir)?;
-        let (master, source) = load_master_key(
-            dir,
-            config.master_key_hex.as_ref().map(MasterKeyHex::expose),
-            config.create,
-        )
-        .map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
-        let sqlite = SqliteStore::open(dir).await?;
-        let files = DatasetStore::open(dir)?;
+        let key = master_key(&config)?;
+        let meta = Arc::new(SqliteStore::open(dir).await?);
+        Self::open_locked(config, meta, lock, key).await
+    }
+
+    /// Opens the clean room in `config.data_dir` on any metadata store (the conformance suite
+    /// of `cleanroom-meta` says what a store must do); the data directory holds the encrypted
+    /// files and the master key. Repairs as [`Self::open`] does.
+    pub async fn open_with(config: Config, meta: Arc<dyn MetaStore>) -> Result<Self, ServiceError> {
+        if config.create {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                ServiceError::Unavailable(format!(
+                    "cannot create data directory {}: {e}",
+                    config.data_dir.display()
+                ))
+            })?;
+        }
+        let lock = lock_data_dir(&config.data_dir)?;
+        let key = master_key(&config)?;
+        Self::open_locked(config, meta, lock, key).await
+    }
+
+    async fn open_locked(
+        config: Config,
+        meta: Arc<dyn MetaStore>,
+        lock: std::fs::File,
+        (master, source): (SecretKey, MasterKeySource),
+    ) -> Result<Self, ServiceError> {
+        let files = DatasetStore::open(&config.data_dir)?;
         let room = CleanRoom {
-            meta: Arc::new(sqlite.clone()),
-            sqlite: Some(sqlite),
+            meta,
             files,
             master,
             parquet_slots: Arc::new(Semaphore::new(config.limits.max_parquet_uploads)),
@@ -271,9 +300,7 @@ impl CleanRoom {
 
     /// Flushes and closes the metadata store and releases the data directory's lock.
     pub async fn close(&self) {
-        if let Some(s) = &self.sqlite {
-            s.close().await;
-        }
+        self.meta.close().await;
         if let Ok(mut lock) = self.lock.lock() {
             lock.take();
         }

@@ -159,7 +159,7 @@ async fn a_partner_receives_its_own_identifiers_of_the_matched_segment_once() {
         .request_activation(&f.publisher, &id, ask(&[("city", "city1")], "maid"))
         .await
         .unwrap();
-    assert_eq!(a.status, "pending");
+    assert_eq!(a.status.as_str(), "pending");
     assert_eq!(
         (a.source_key.as_str(), a.target_key.as_str()),
         ("email_hmac", "email_hmac")
@@ -179,7 +179,7 @@ async fn a_partner_receives_its_own_identifiers_of_the_matched_segment_once() {
         .decide_activation(&f.brand, &id, &a.id, true)
         .await
         .unwrap();
-    assert_eq!(v.status, "approved");
+    assert_eq!(v.status.as_str(), "approved");
     assert_eq!(v.decided_by.as_deref(), Some("brand/admin"));
     // The owner cannot download the partner's segment.
     let e = refused_download(&f, &f.brand, &id, &a.id).await;
@@ -455,7 +455,7 @@ async fn rejected_changed_and_closed_activations_deliver_nothing() {
         .decide_activation(&f.brand, &id, &a.id, false)
         .await
         .unwrap();
-    assert_eq!(v.status, "rejected");
+    assert_eq!(v.status.as_str(), "rejected");
     let e = refused_download(&f, &f.publisher, &id, &a.id).await;
     assert_eq!(e.code(), "activation_not_approved");
     let e = f
@@ -478,7 +478,7 @@ async fn rejected_changed_and_closed_activations_deliver_nothing() {
         .get_activation(&f.publisher, &id, &b.id)
         .await
         .unwrap();
-    assert_eq!(v.status, "approved");
+    assert_eq!(v.status.as_str(), "approved");
     // Unknown and malformed ids look the same.
     for bad in ["not-an-id", "00000000-0000-4000-8000-000000000000"] {
         let e = refused_download(&f, &f.publisher, &id, bad).await;

@@ -339,7 +339,7 @@ async fn a_query_is_charged_to_every_owner_released_to_receivers_and_audited() {
     req.epsilon = Some(0.5);
     req.receivers = vec!["publisher".into(), "brand".into()];
     let v = f.room.run_query(&f.publisher, &id, req).await.unwrap();
-    assert_eq!(v.status, "released");
+    assert_eq!(v.status.as_str(), "released");
     // 2,000 shared people over three cities, ≈ 667 each, noisy.
     let got = people_by_city(&v);
     assert_eq!(got.len(), 3, "{got:?}");
@@ -480,7 +480,7 @@ async fn repeating_a_query_costs_nothing_and_variants_exhaust_the_budget() {
     dry.dry_run = true;
     dry.epsilon = Some(0.1);
     let v = f.room.run_query(&f.brand, &id, dry).await.unwrap();
-    assert_eq!(v.status, "dry_run");
+    assert_eq!(v.status.as_str(), "dry_run");
     assert!(v.result.is_none() && !v.charges.is_empty());
     assert_eq!(f.room.budgets(&f.brand, &id).await.unwrap(), before);
     // More budget is an explicit, audited grant by the owner.
@@ -559,7 +559,7 @@ async fn a_failed_analysis_keeps_its_charge() {
     let after = f.room.budgets(&f.brand, &id).await.unwrap()[0].epsilon_spent;
     assert!(after > before, "the failed analysis must stay charged");
     let listed = f.room.list_analyses(&f.publisher, &id).await.unwrap();
-    assert_eq!(listed.last().unwrap().status, "failed");
+    assert_eq!(listed.last().unwrap().status.as_str(), "failed");
 }
 
 #[tokio::test]
@@ -970,7 +970,7 @@ async fn default_delta_lasts_as_long_as_epsilon() {
             .run_query(&f.publisher, &id, q(&sql(i)))
             .await
             .unwrap_or_else(|e| panic!("analysis {i}: {e}"));
-        assert_eq!(v.status, "released", "{v:?}");
+        assert_eq!(v.status.as_str(), "released", "{v:?}");
     }
     let e = f
         .room
