@@ -18,6 +18,7 @@ extension markers are not generated: cleanroom refuses vanity numbers on purpose
 
 import os
 import random
+import re
 import sys
 
 import phonenumbers as pn
@@ -65,10 +66,16 @@ def e164(s, region):
 
 
 def intl_prefix(region):
-    """The region's international dialling prefix when it is one plain digit string."""
+    """The region's international dialling prefix when it is one plain digit string that no
+    longer prefix extends (HK's `00` is not: `008` is also one, so `00 852…` is read as +52…)."""
     md = pn.PhoneMetadata.metadata_for_region(region)
     p = md.preferred_international_prefix or md.international_prefix
-    return p if p and p.isdigit() else None
+    if not p or not p.isdigit():
+        return None
+    pattern = re.compile(md.international_prefix)
+    if any(pattern.fullmatch(p + d) for d in "0123456789"):
+        return None
+    return p
 
 
 def group(rng, digits):

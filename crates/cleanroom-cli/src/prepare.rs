@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use cleanroom_identity::IdentityError;
 use cleanroom_identity::config::{EXAMPLE_CONFIG, PrepareConfig};
-use cleanroom_identity::prepare::{OutputPaths, Progress, ProgressUnit, prepare};
+use cleanroom_identity::prepare::{
+    OutputPaths, Progress, ProgressUnit, default_threads, prepare_with_threads,
+};
 use cleanroom_identity::pseudonym::{PseudonymKey, SECRET_ENV, read_secret_file, trim_secret};
 use cleanroom_identity::report::{OutputFile, PrepReport};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,6 +39,10 @@ pub struct PrepareArgs {
     /// secret is read from the CLEANROOM_PREP_SECRET environment variable.
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
+    /// Worker threads preparing batches in parallel (default: all cores). The outputs are the
+    /// same byte for byte whatever the number.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -108,7 +114,8 @@ fn run(args: &PrepareArgs, json: bool) -> Result<PrepReport> {
         }
         Progress::At(pos) => bar.set_position(pos),
     };
-    let report = prepare(&config, &key, input, &paths, &mut on_progress);
+    let threads = args.threads.map_or_else(default_threads, usize::from);
+    let report = prepare_with_threads(&config, &key, input, &paths, threads, &mut on_progress);
     bar.finish_and_clear();
     let report = report.map_err(anyhow::Error::from)?;
 

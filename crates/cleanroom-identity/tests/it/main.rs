@@ -2,5 +2,6 @@
 //! normaliser, and the prepare pipeline end to end on small files.
 
 mod corpus;
+mod phone_oracle;
 mod pipeline;
 mod properties;
