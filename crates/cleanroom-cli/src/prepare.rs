@@ -168,6 +168,7 @@ fn empty_report() -> PrepReport {
         columns: Vec::new(),
         outputs: Vec::new(),
         risk: None,
+        transforms: None,
         warnings: Vec::new(),
         refused: false,
         files: Vec::new(),

@@ -35,6 +35,7 @@ use crate::normalise::{IdKind, Invalid, email_base, gmail_canonical, normalise, 
 use crate::pseudonym::PseudonymKey;
 use crate::report::{ColumnReport, InputFormat, OutputColumn, OutputFile, PrepReport};
 use crate::risk::RiskAccumulator;
+use crate::transform::stage::Stage;
 
 /// Rows per output record batch (and per progress report).
 pub const BATCH_ROWS: usize = 64 * 1024;
@@ -140,17 +141,30 @@ pub fn prepare(
     };
     sink.flush(&mut plan)?;
 
-    let risk = plan.risk.as_ref().map(|acc| {
-        acc.assess(
-            config.risk(),
-            config
-                .quasi_identifiers()
-                .iter()
-                .map(|q| q.output.clone())
-                .collect(),
-        )
-    });
-    let refused = risk.as_ref().is_some_and(|r| r.refused());
+    let qi_names: Vec<String> = config
+        .quasi_identifiers()
+        .iter()
+        .map(|q| q.output.clone())
+        .collect();
+    let mut risk = plan
+        .risk
+        .as_ref()
+        .map(|acc| acc.assess(config.risk(), qi_names.clone()));
+    // ---- anonymisation transforms (crate::transform): the risk after them is the one judged.
+    let mut transforms = None;
+    if let Some(mut stage) = plan.transform.take() {
+        if let Some(table) = stage.finish(config.transforms())? {
+            plan.write_table(table, &mut sink)?;
+        }
+        let (report, after) = stage.report(risk.take(), config.risk(), qi_names);
+        risk = after;
+        transforms = Some(report);
+    }
+    let transform_breaches = transforms.as_ref().map_or(Vec::new(), |t| t.breaches());
+    let refused = risk.as_ref().is_some_and(|r| r.refused())
+        || (!transform_breaches.is_empty()
+            && config.risk().action == crate::risk::RiskAction::Refuse);
+    plan.drop_masked_outputs(config);
 
     let mut files = Vec::new();
     if !refused {
@@ -179,6 +193,12 @@ pub fn prepare(
         warnings
             .push("no quasi-identifiers configured: re-identification risk not assessed".into());
     }
+    for b in transform_breaches {
+        warnings.push(format!(
+            "transform target not met: {b}, action {}",
+            config.risk().action.as_str()
+        ));
+    }
     let configured: Vec<&str> = plan.inputs.iter().map(String::as_str).collect();
     let columns_dropped = header
         .into_iter()
@@ -198,6 +218,7 @@ pub fn prepare(
         columns: plan.stats.clone(),
         outputs: plan.outputs.clone(),
         risk,
+        transforms,
         warnings,
         refused,
         files: if refused { Vec::new() } else { files },
@@ -205,16 +226,8 @@ pub fn prepare(
     })
 }
 
-/// An output value of one row.
-#[derive(Debug, Clone, PartialEq)]
-enum Cell {
-    Null,
-    Text(String),
-    Int(i64),
-    Float(f64),
-    Day(i32),
-    Bool(bool),
-}
+/// An output value of one row (the transforms' value type).
+use crate::transform::Value as Cell;
 
 /// `true`/`false`, `yes`/`no`, `1`/`0`, `t`/`f`, `y`/`n`, in any case.
 fn parse_bool(v: &str) -> Option<bool> {
@@ -329,6 +342,10 @@ struct Plan<'a> {
     upload_builders: Vec<Builder>,
     activation_builders: Vec<Builder>,
     pending: usize,
+    /// The anonymisation transforms, when configured.
+    transform: Option<Stage>,
+    /// Upload columns left out of the file (masked with `drop`).
+    masked_out: Vec<bool>,
 }
 
 const DROP_UNIT: &str = "privacy unit missing or invalid";
@@ -562,7 +579,28 @@ impl<'a> Plan<'a> {
             .iter()
             .map(|o| Builder::new(o.ty))
             .collect();
+        let dropped = config.transforms().dropped_columns();
+        let masked_out = outputs[..upload_width]
+            .iter()
+            .map(|o| dropped.contains(&o.name.as_str()))
+            .collect();
+        let transform = if config.transforms().is_empty() {
+            None
+        } else {
+            Some(Stage::new(
+                config.transforms(),
+                outputs[..upload_width]
+                    .iter()
+                    .map(|o| o.name.clone())
+                    .collect(),
+                quasi_outs.clone(),
+                sensitive_out,
+                None,
+            )?)
+        };
         Ok(Plan {
+            transform,
+            masked_out,
             config,
             key,
             inputs,
@@ -587,7 +625,46 @@ impl<'a> Plan<'a> {
     }
 
     fn upload_schema(&self) -> SchemaRef {
-        arrow_schema(&self.outputs[..self.upload_width])
+        let written: Vec<OutputColumn> = self.outputs[..self.upload_width]
+            .iter()
+            .zip(&self.masked_out)
+            .filter(|(_, m)| !**m)
+            .map(|(o, _)| o.clone())
+            .collect();
+        arrow_schema(&written)
+    }
+
+    /// Writes the rows the transforms held, batch by batch.
+    fn write_table(
+        &mut self,
+        mut table: crate::transform::Table,
+        sink: &mut Sink,
+    ) -> Result<(), IdentityError> {
+        let mut row = vec![Cell::Null; self.upload_width];
+        for i in 0..table.rows() {
+            table.take_row(i, &mut row);
+            for (b, c) in self.upload_builders.iter_mut().zip(&row) {
+                b.append(c);
+            }
+            self.rows_written += 1;
+            self.pending += 1;
+            if self.pending == BATCH_ROWS {
+                sink.flush(self)?;
+            }
+        }
+        sink.flush(self)
+    }
+
+    /// Leaves the columns masked with `drop` out of the listed outputs.
+    fn drop_masked_outputs(&mut self, config: &PrepareConfig) {
+        let dropped = config.transforms().dropped_columns();
+        if dropped.is_empty() {
+            return;
+        }
+        let before = self.outputs.len();
+        self.outputs
+            .retain(|o| !(o.file == OutputFile::Upload && dropped.contains(&o.name.as_str())));
+        self.upload_width -= before - self.outputs.len();
     }
 
     fn activation_schema(&self) -> SchemaRef {
@@ -737,8 +814,16 @@ impl<'a> Plan<'a> {
             });
             acc.add(&qi, sensitive);
         }
-        for (b, c) in self.upload_builders.iter_mut().zip(&self.upload_cells) {
-            b.append(c);
+        // Transforms: applied now (streaming) or held until the input is read.
+        let ready = match &mut self.transform {
+            Some(stage) => stage.row(&mut self.upload_cells),
+            None => true,
+        };
+        if ready {
+            for (b, c) in self.upload_builders.iter_mut().zip(&self.upload_cells) {
+                b.append(c);
+            }
+            self.rows_written += 1;
         }
         for (b, c) in self
             .activation_builders
@@ -747,7 +832,6 @@ impl<'a> Plan<'a> {
         {
             b.append(c);
         }
-        self.rows_written += 1;
         self.pending += 1;
     }
 
@@ -755,7 +839,10 @@ impl<'a> Plan<'a> {
         let cols: Vec<ArrayRef> = self
             .upload_builders
             .iter_mut()
-            .map(Builder::finish)
+            .zip(&self.masked_out)
+            .map(|(b, masked)| (b.finish(), *masked))
+            .filter(|(_, masked)| !*masked)
+            .map(|(a, _)| a)
             .collect();
         let upload = RecordBatch::try_new(self.upload_schema(), cols)?;
         let activation = if self.has_activation {
@@ -914,7 +1001,9 @@ impl Sink {
             return Ok(());
         }
         let (u, a) = plan.take_batches()?;
-        if let Some((_, w)) = &mut self.upload {
+        if let Some((_, w)) = &mut self.upload
+            && u.num_rows() > 0
+        {
             w.write(&u)?;
         }
         if let (Some((_, w)), Some(a)) = (&mut self.activation, a) {

@@ -106,7 +106,7 @@ impl Noise {
         let step = format_number(self.step, 9);
         match self.distribution {
             Distribution::DiscreteLaplace { scale_steps } => format!(
-                "discrete Laplace, scale {} (P ∝ exp(−|y|/scale)), truncated to ±{bound}, on a grid of {step}; additive, per value, not differential privacy",
+                "discrete Laplace, scale {} (P ∝ exp(−abs(y)/scale)), truncated to ±{bound}, on a grid of {step}; additive, per value, not differential privacy",
                 format_number(scale_steps as f64 * self.step, 9)
             ),
             Distribution::Uniform => format!(

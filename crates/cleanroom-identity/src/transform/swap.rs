@@ -74,6 +74,7 @@ impl Swap {
             }
         };
         let column = table.column_mut(col);
+        let numeric = column.iter().any(|v| v.number().is_some());
         for (a, b) in pairs {
             if column[a] != column[b] {
                 o.changed += 2;
@@ -86,7 +87,7 @@ impl Swap {
             column.swap(a, b);
             o.swapped += 2;
         }
-        if o.abs_change_sum > 0.0 || o.swapped > 0 {
+        if numeric {
             // Mean change over every value seen, swapped or not.
             o.numbers = o.values;
         }
