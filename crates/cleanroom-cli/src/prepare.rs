@@ -1,7 +1,8 @@
 //! `cleanroom prepare`: on-premises preparation of a CSV or Parquet file for upload. Runs
 //! locally without a server or an async runtime; the work is in `cleanroom-identity`.
 //!
-//! Exit status: 0 prepared (warnings allowed), 1 error, 3 refused on re-identification risk.
+//! Exit status: 0 prepared (warnings allowed), 1 error, 3 refused (a re-identification risk
+//! limit breached or an anonymisation transform's target not met, with action `refuse`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +19,8 @@ use cleanroom_identity::report::{OutputFile, PrepReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use zeroize::Zeroizing;
 
-/// Exit status when a risk limit with action `refuse` is breached.
+/// Exit status when a risk limit or a transform target (e.g. suppression `max_share`) is not
+/// met and the action is `refuse`.
 pub const EXIT_REFUSED: u8 = 3;
 
 #[derive(Args, Clone, Debug)]
@@ -135,11 +137,31 @@ fn run(args: &PrepareArgs, json: bool) -> Result<PrepReport> {
     }
     if report.refused {
         eprintln!(
-            "error: refused: a re-identification risk limit was breached; nothing was written (see {})",
+            "error: refused: {}; nothing was written (see {})",
+            refusal_cause(&report),
             report_path.display()
         );
     }
     Ok(report)
+}
+
+/// Why a refused report was refused: a risk limit, a transform target, or both.
+fn refusal_cause(report: &PrepReport) -> String {
+    let mut causes = Vec::new();
+    if report.risk.as_ref().is_some_and(|r| r.refused()) {
+        causes.push("a re-identification risk limit was breached");
+    }
+    if report
+        .transforms
+        .as_ref()
+        .is_some_and(|t| !t.breaches().is_empty())
+    {
+        causes.push("an anonymisation transform's target was not met");
+    }
+    if causes.is_empty() {
+        causes.push("the risk check refused the output");
+    }
+    causes.join(" and ")
 }
 
 fn located(path: &Path, e: IdentityError) -> anyhow::Error {
@@ -175,6 +197,7 @@ fn empty_report() -> PrepReport {
         columns: Vec::new(),
         outputs: Vec::new(),
         risk: None,
+        transforms: None,
         warnings: Vec::new(),
         refused: false,
         files: Vec::new(),

@@ -2,8 +2,15 @@
 //! generalise row by row, write Parquet in batches, assess risk, then move the outputs into
 //! place atomically (or, when refused, write nothing).
 //!
-//! Memory is bounded by one input batch, one output row group and the risk class map (one
-//! entry per distinct quasi-identifier combination, not per row).
+//! Batches are prepared by worker threads, each on its own forked `Plan`, and written in
+//! input order by one writer thread on the main plan. The anonymisation transforms run there
+//! too, on every row in input order: with transforms configured, a worker keeps its prepared
+//! upload rows as cells (`BatchOut::held`) and the writer transforms them before they reach an
+//! upload batch, so no untransformed row is written.
+//!
+//! Memory is bounded by the batches in flight, one output row group and the risk class map
+//! (one entry per distinct quasi-identifier combination, not per row), unless a whole-column
+//! transform holds the prepared rows.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +42,7 @@ use crate::normalise::{IdKind, Invalid, email_base, gmail_canonical, normalise, 
 use crate::pseudonym::PseudonymKey;
 use crate::report::{ColumnReport, InputFormat, OutputColumn, OutputFile, PrepReport};
 use crate::risk::RiskAccumulator;
+use crate::transform::stage::Stage;
 
 /// Rows per output record batch (and per progress report).
 pub const BATCH_ROWS: usize = 64 * 1024;
@@ -151,7 +159,7 @@ pub fn prepare_with_threads(
             dir.display()
         )));
     }
-    let mut plan = Plan::new(config, key)?;
+    let mut plan = Plan::main(config, key)?;
     let mut sink = Sink::create(&plan, &dir)?;
 
     let header = match format {
@@ -161,17 +169,30 @@ pub fn prepare_with_threads(
         }
     };
 
-    let risk = plan.risk.as_ref().map(|acc| {
-        acc.assess(
-            config.risk(),
-            config
-                .quasi_identifiers()
-                .iter()
-                .map(|q| q.output.clone())
-                .collect(),
-        )
-    });
-    let refused = risk.as_ref().is_some_and(|r| r.refused());
+    let qi_names: Vec<String> = config
+        .quasi_identifiers()
+        .iter()
+        .map(|q| q.output.clone())
+        .collect();
+    let mut risk = plan
+        .risk
+        .as_ref()
+        .map(|acc| acc.assess(config.risk(), qi_names.clone()));
+    // ---- anonymisation transforms (crate::transform): the risk after them is the one judged.
+    let mut transforms = None;
+    if let Some(mut stage) = plan.transform.take() {
+        if let Some(table) = stage.finish(config.transforms())? {
+            plan.write_table(table, &mut sink)?;
+        }
+        let (report, after) = stage.report(risk.take(), config.risk(), qi_names);
+        risk = after;
+        transforms = Some(report);
+    }
+    let transform_breaches = transforms.as_ref().map_or(Vec::new(), |t| t.breaches());
+    let refused = risk.as_ref().is_some_and(|r| r.refused())
+        || (!transform_breaches.is_empty()
+            && config.risk().action == crate::risk::RiskAction::Refuse);
+    plan.drop_masked_outputs(config);
 
     let mut files = Vec::new();
     if !refused {
@@ -200,6 +221,12 @@ pub fn prepare_with_threads(
         warnings
             .push("no quasi-identifiers configured: re-identification risk not assessed".into());
     }
+    for b in transform_breaches {
+        warnings.push(format!(
+            "transform target not met: {b}, action {}",
+            config.risk().action.as_str()
+        ));
+    }
     let configured: Vec<&str> = plan.inputs.iter().map(String::as_str).collect();
     let columns_dropped = header
         .into_iter()
@@ -219,6 +246,7 @@ pub fn prepare_with_threads(
         columns: plan.stats.clone(),
         outputs: plan.outputs.clone(),
         risk,
+        transforms,
         warnings,
         refused,
         files: if refused { Vec::new() } else { files },
@@ -226,16 +254,8 @@ pub fn prepare_with_threads(
     })
 }
 
-/// An output value of one row.
-#[derive(Debug, Clone, PartialEq)]
-enum Cell {
-    Null,
-    Text(String),
-    Int(i64),
-    Float(f64),
-    Day(i32),
-    Bool(bool),
-}
+/// An output value of one row (the transforms' value type).
+use crate::transform::Value as Cell;
 
 /// `true`/`false`, `yes`/`no`, `1`/`0`, `t`/`f`, `y`/`n`, in any case.
 fn parse_bool(v: &str) -> Option<bool> {
@@ -350,6 +370,17 @@ struct Plan<'a> {
     upload_builders: Vec<Builder>,
     activation_builders: Vec<Builder>,
     pending: usize,
+    /// The anonymisation transforms, when configured: only on the main plan, whose writer
+    /// thread runs them on every row in input order (one random stream, maybe all rows held).
+    transform: Option<Stage>,
+    /// True on a worker's fork when transforms are configured: prepared upload rows are kept
+    /// in `held` for the writer's transforms instead of going to the upload builders, so no
+    /// untransformed row can reach the upload file.
+    hold_rows: bool,
+    /// Upload rows prepared but not yet transformed (a fork with `hold_rows`).
+    held: Vec<Vec<Cell>>,
+    /// Upload columns left out of the file (masked with `drop`).
+    masked_out: Vec<bool>,
 }
 
 const DROP_UNIT: &str = "privacy unit missing or invalid";
@@ -583,7 +614,16 @@ impl<'a> Plan<'a> {
             .iter()
             .map(|o| Builder::new(o.ty))
             .collect();
+        let dropped = config.transforms().dropped_columns();
+        let masked_out = outputs[..upload_width]
+            .iter()
+            .map(|o| dropped.contains(&o.name.as_str()))
+            .collect();
         Ok(Plan {
+            transform: None,
+            hold_rows: !config.transforms().is_empty(),
+            held: Vec::new(),
+            masked_out,
             config,
             key,
             inputs,
@@ -607,15 +647,98 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// The main plan: the one that absorbs the workers' batches and, when transforms are
+    /// configured, runs them (see `transform`).
+    fn main(config: &'a PrepareConfig, key: &'a PseudonymKey) -> Result<Self, IdentityError> {
+        let mut plan = Plan::new(config, key)?;
+        if !config.transforms().is_empty() {
+            plan.transform = Some(Stage::new(
+                config.transforms(),
+                plan.outputs[..plan.upload_width]
+                    .iter()
+                    .map(|o| o.name.clone())
+                    .collect(),
+                plan.quasi_outs.clone(),
+                plan.sensitive_out,
+                None,
+            )?);
+        }
+        Ok(plan)
+    }
+
     fn upload_schema(&self) -> SchemaRef {
-        arrow_schema(&self.outputs[..self.upload_width])
+        let written: Vec<OutputColumn> = self.outputs[..self.upload_width]
+            .iter()
+            .zip(&self.masked_out)
+            .filter(|(_, m)| !**m)
+            .map(|(o, _)| o.clone())
+            .collect();
+        arrow_schema(&written)
+    }
+
+    /// Runs the transforms on a worker's held rows (in input order, on the main plan) and
+    /// writes the rows they release.
+    fn transform_held(
+        &mut self,
+        held: Vec<Vec<Cell>>,
+        sink: &mut Sink,
+    ) -> Result<(), IdentityError> {
+        let Some(stage) = &mut self.transform else {
+            return Err(IdentityError::Internal(
+                "rows held for transforms but none configured".into(),
+            ));
+        };
+        for mut row in held {
+            if stage.row(&mut row) {
+                for (b, c) in self.upload_builders.iter_mut().zip(&row) {
+                    b.append(c);
+                }
+                self.rows_written += 1;
+                self.pending += 1;
+            }
+        }
+        sink.flush(self)
+    }
+
+    /// Writes the rows the transforms held, batch by batch.
+    fn write_table(
+        &mut self,
+        mut table: crate::transform::Table,
+        sink: &mut Sink,
+    ) -> Result<(), IdentityError> {
+        let mut row = vec![Cell::Null; self.upload_width];
+        for i in 0..table.rows() {
+            table.take_row(i, &mut row);
+            for (b, c) in self.upload_builders.iter_mut().zip(&row) {
+                b.append(c);
+            }
+            self.rows_written += 1;
+            self.pending += 1;
+            if self.pending == BATCH_ROWS {
+                sink.flush(self)?;
+            }
+        }
+        sink.flush(self)
+    }
+
+    /// Leaves the columns masked with `drop` out of the listed outputs.
+    fn drop_masked_outputs(&mut self, config: &PrepareConfig) {
+        let dropped = config.transforms().dropped_columns();
+        if dropped.is_empty() {
+            return;
+        }
+        let before = self.outputs.len();
+        self.outputs
+            .retain(|o| !(o.file == OutputFile::Upload && dropped.contains(&o.name.as_str())));
+        self.upload_width -= before - self.outputs.len();
     }
 
     fn activation_schema(&self) -> SchemaRef {
         arrow_schema(&self.outputs[self.upload_width..])
     }
 
-    /// Processes one input row (`fields` in the order of `inputs`, empty for NULL).
+    /// Processes one input row (`fields` in the order of `inputs`, empty for NULL). Runs on
+    /// workers' forks only.
     fn row(&mut self, fields: &[&str]) {
         self.rows_read += 1;
         for c in &mut self.upload_cells {
@@ -760,8 +883,15 @@ impl<'a> Plan<'a> {
             });
             acc.add(&qi, sensitive);
         }
-        for (b, c) in self.upload_builders.iter_mut().zip(&self.upload_cells) {
-            b.append(c);
+        // With transforms the row waits for them (on the writer thread); it is counted as
+        // written there, if the transforms keep it.
+        if self.hold_rows {
+            self.held.push(self.upload_cells.clone());
+        } else {
+            for (b, c) in self.upload_builders.iter_mut().zip(&self.upload_cells) {
+                b.append(c);
+            }
+            self.rows_written += 1;
         }
         for (b, c) in self
             .activation_builders
@@ -770,17 +900,11 @@ impl<'a> Plan<'a> {
         {
             b.append(c);
         }
-        self.rows_written += 1;
         self.pending += 1;
     }
 
     fn take_batches(&mut self) -> Result<(RecordBatch, Option<RecordBatch>), IdentityError> {
-        let cols: Vec<ArrayRef> = self
-            .upload_builders
-            .iter_mut()
-            .map(Builder::finish)
-            .collect();
-        let upload = RecordBatch::try_new(self.upload_schema(), cols)?;
+        let upload = self.take_upload_batch()?;
         let activation = if self.has_activation {
             let cols: Vec<ArrayRef> = self
                 .activation_builders
@@ -793,6 +917,20 @@ impl<'a> Plan<'a> {
         };
         self.pending = 0;
         Ok((upload, activation))
+    }
+
+    /// The upload rows appended so far (without the masked-out columns); resets `pending`.
+    fn take_upload_batch(&mut self) -> Result<RecordBatch, IdentityError> {
+        let cols: Vec<ArrayRef> = self
+            .upload_builders
+            .iter_mut()
+            .zip(&self.masked_out)
+            .map(|(b, masked)| (b.finish(), *masked))
+            .filter(|(_, masked)| !*masked)
+            .map(|(a, _)| a)
+            .collect();
+        self.pending = 0;
+        Ok(RecordBatch::try_new(self.upload_schema(), cols)?)
     }
 
     /// Moves the running counts out (a worker's, after one batch), leaving them at zero.
@@ -986,8 +1124,29 @@ impl Sink {
         if let Some((_, w)) = &mut self.upload {
             w.write(&batch.upload)?;
         }
+        self.write_activation(batch)
+    }
+
+    /// Writes a worker's activation rows (the transforms do not touch the activation file).
+    fn write_activation(&mut self, batch: &BatchOut) -> Result<(), IdentityError> {
+        if batch.pending == 0 {
+            return Ok(());
+        }
         if let (Some((_, w)), Some(a)) = (&mut self.activation, &batch.activation) {
             w.write(a)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the main plan's transformed upload rows, if any. The main plan holds no
+    /// activation rows: those come from the workers' batches.
+    fn flush(&mut self, plan: &mut Plan<'_>) -> Result<(), IdentityError> {
+        if plan.pending == 0 {
+            return Ok(());
+        }
+        let u = plan.take_upload_batch()?;
+        if let Some((_, w)) = &mut self.upload {
+            w.write(&u)?;
         }
         Ok(())
     }
@@ -1144,6 +1303,8 @@ struct BatchOut {
     activation: Option<RecordBatch>,
     /// Rows in the batch (kept rows of the input batch).
     pending: usize,
+    /// With transforms: the kept rows' upload cells, untransformed (`upload` is then empty).
+    held: Vec<Vec<Cell>>,
     counts: Counts,
 }
 
@@ -1201,6 +1362,7 @@ fn prepare_batch(
         upload,
         activation,
         pending,
+        held: std::mem::take(&mut plan.held),
         counts: plan.take_counts(),
     })
 }
@@ -1303,8 +1465,13 @@ fn write_in_order(
     for (seq, out, rows) in done {
         waiting.insert(seq, (out, rows));
         while let Some((out, rows)) = waiting.remove(&next) {
-            let out = out?;
-            sink.write(&out)?;
+            let mut out = out?;
+            if plan.transform.is_some() {
+                plan.transform_held(std::mem::take(&mut out.held), sink)?;
+                sink.write_activation(&out)?;
+            } else {
+                sink.write(&out)?;
+            }
             plan.absorb(out.counts);
             // The reader may have stopped: then nobody needs the buffer back.
             let _ = free.send(rows);

@@ -5,3 +5,4 @@ mod corpus;
 mod phone_oracle;
 mod pipeline;
 mod properties;
+mod transforms;
