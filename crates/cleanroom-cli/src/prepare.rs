@@ -1,7 +1,8 @@
 //! `cleanroom prepare`: on-premises preparation of a CSV or Parquet file for upload. Runs
 //! locally without a server or an async runtime; the work is in `cleanroom-identity`.
 //!
-//! Exit status: 0 prepared (warnings allowed), 1 error, 3 refused on re-identification risk.
+//! Exit status: 0 prepared (warnings allowed), 1 error, 3 refused (a re-identification risk
+//! limit breached or an anonymisation transform's target not met, with action `refuse`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,13 +11,16 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use cleanroom_identity::IdentityError;
 use cleanroom_identity::config::{EXAMPLE_CONFIG, PrepareConfig};
-use cleanroom_identity::prepare::{OutputPaths, Progress, ProgressUnit, prepare};
+use cleanroom_identity::prepare::{
+    OutputPaths, Progress, ProgressUnit, default_threads, prepare_with_threads,
+};
 use cleanroom_identity::pseudonym::{PseudonymKey, SECRET_ENV, read_secret_file, trim_secret};
 use cleanroom_identity::report::{OutputFile, PrepReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use zeroize::Zeroizing;
 
-/// Exit status when a risk limit with action `refuse` is breached.
+/// Exit status when a risk limit or a transform target (e.g. suppression `max_share`) is not
+/// met and the action is `refuse`.
 pub const EXIT_REFUSED: u8 = 3;
 
 #[derive(Args, Clone, Debug)]
@@ -37,6 +41,10 @@ pub struct PrepareArgs {
     /// secret is read from the CLEANROOM_PREP_SECRET environment variable.
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
+    /// Worker threads preparing batches in parallel (default: all cores). The outputs are the
+    /// same byte for byte whatever the number.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -108,7 +116,8 @@ fn run(args: &PrepareArgs, json: bool) -> Result<PrepReport> {
         }
         Progress::At(pos) => bar.set_position(pos),
     };
-    let report = prepare(&config, &key, input, &paths, &mut on_progress);
+    let threads = args.threads.map_or_else(default_threads, usize::from);
+    let report = prepare_with_threads(&config, &key, input, &paths, threads, &mut on_progress);
     bar.finish_and_clear();
     let report = report.map_err(anyhow::Error::from)?;
 
@@ -128,11 +137,31 @@ fn run(args: &PrepareArgs, json: bool) -> Result<PrepReport> {
     }
     if report.refused {
         eprintln!(
-            "error: refused: a re-identification risk limit was breached; nothing was written (see {})",
+            "error: refused: {}; nothing was written (see {})",
+            refusal_cause(&report),
             report_path.display()
         );
     }
     Ok(report)
+}
+
+/// Why a refused report was refused: a risk limit, a transform target, or both.
+fn refusal_cause(report: &PrepReport) -> String {
+    let mut causes = Vec::new();
+    if report.risk.as_ref().is_some_and(|r| r.refused()) {
+        causes.push("a re-identification risk limit was breached");
+    }
+    if report
+        .transforms
+        .as_ref()
+        .is_some_and(|t| !t.breaches().is_empty())
+    {
+        causes.push("an anonymisation transform's target was not met");
+    }
+    if causes.is_empty() {
+        causes.push("the risk check refused the output");
+    }
+    causes.join(" and ")
 }
 
 fn located(path: &Path, e: IdentityError) -> anyhow::Error {
@@ -168,6 +197,7 @@ fn empty_report() -> PrepReport {
         columns: Vec::new(),
         outputs: Vec::new(),
         risk: None,
+        transforms: None,
         warnings: Vec::new(),
         refused: false,
         files: Vec::new(),

@@ -6,7 +6,11 @@
 //!   segment, revenue, and a free-text column the configuration drops);
 //! - `prepare_bench hmac SECONDS`: the raw HMAC-SHA-256 rate of this machine on one core, with
 //!   the keyed state cloned per message exactly as `PseudonymKey` does, over 32-byte messages
-//!   and over the normalised emails the generator produces.
+//!   and over the normalised emails the generator produces;
+//! - `prepare_bench prepare CONFIG INPUT OUTPUT THREADS`: the prepare pipeline itself (what
+//!   `cleanroom prepare` runs, without building the whole CLI), printing rows and wall time;
+//! - `prepare_bench profile INPUT ROWS`: where a row's time goes, stage by stage, on one core
+//!   over the first ROWS rows of a generated CSV.
 
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
@@ -133,6 +137,96 @@ fn hmac_rate(seconds: f64) {
     }
 }
 
+fn prepare_run(config: &str, input: &str, output: &str, threads: usize) {
+    use cleanroom_identity::config::PrepareConfig;
+    use cleanroom_identity::prepare::{OutputPaths, prepare_with_threads};
+    let text = std::fs::read_to_string(config).unwrap_or_else(|e| fail(&e));
+    let cfg = PrepareConfig::from_toml(&text).unwrap_or_else(|e| fail(&e));
+    let key = PseudonymKey::derive(b"benchmark-secret-0123456789abcdef", cfg.collaboration())
+        .unwrap_or_else(|e| fail(&e));
+    let out = OutputPaths::next_to(std::path::Path::new(output));
+    let start = Instant::now();
+    let r = prepare_with_threads(&cfg, &key, input.as_ref(), &out, threads, &mut |_| {})
+        .unwrap_or_else(|e| fail(&e));
+    println!(
+        "prepare: {} rows read, {} written, {threads} threads, {:.3} s wall",
+        r.rows_read,
+        r.rows_written,
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Times each stage of a row separately over the same values, one core.
+fn profile(input: &str, rows: usize) {
+    use cleanroom_identity::normalise::{NormaliseOptions, normalise};
+    let time = |label: &str, n: usize, f: &mut dyn FnMut() -> usize| {
+        let start = Instant::now();
+        let sink = f();
+        let us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+        println!("{label:<44} {us:>8.3} us per row [{sink}]");
+    };
+    let bytes = std::fs::read(input).unwrap_or_else(|e| fail(&e));
+    let mut rdr = csv::ReaderBuilder::new().from_reader(&bytes[..]);
+    let mut rec = csv::StringRecord::new();
+    let mut records = Vec::new();
+    while records.len() < rows && rdr.read_record(&mut rec).unwrap_or(false) {
+        records.push(rec.clone());
+    }
+    let n = records.len();
+    time("csv: read and split into fields (UTF-8)", n, &mut || {
+        let mut rdr = csv::ReaderBuilder::new().from_reader(&bytes[..]);
+        let mut rec = csv::StringRecord::new();
+        let mut k = 0;
+        while k < n && rdr.read_record(&mut rec).unwrap_or(false) {
+            k += rec.len();
+        }
+        k
+    });
+    let opts = NormaliseOptions {
+        gmail_rules: true,
+        default_region: "GB".into(),
+    };
+    let key = PseudonymKey::derive(b"benchmark-secret-0123456789abcdef", "bench")
+        .unwrap_or_else(|e| fail(&e));
+    let emails: Vec<String> = records
+        .iter()
+        .filter_map(|r| normalise(IdKind::Email, &r[1], &opts).ok())
+        .collect();
+    let phones: Vec<String> = records
+        .iter()
+        .filter_map(|r| normalise(IdKind::Phone, &r[2], &opts).ok())
+        .collect();
+    time("email: normalise (base form + Gmail rules)", n, &mut || {
+        records
+            .iter()
+            .map(|r| normalise(IdKind::Email, &r[1], &opts).map_or(0, |v| v.len()))
+            .sum()
+    });
+    time("email: HMAC-SHA-256 + hex", n, &mut || {
+        emails
+            .iter()
+            .map(|e| key.pseudonymise(IdKind::Email, e).len())
+            .sum()
+    });
+    time("phone: parse, validate, E.164", n, &mut || {
+        records
+            .iter()
+            .map(|r| normalise(IdKind::Phone, &r[2], &opts).map_or(0, |v| v.len()))
+            .sum()
+    });
+    time("phone: HMAC-SHA-256 + hex", n, &mut || {
+        phones
+            .iter()
+            .map(|e| key.pseudonymise(IdKind::Phone, e).len())
+            .sum()
+    });
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("{e}");
+    std::process::exit(1)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -144,11 +238,22 @@ fn main() {
             }
         }
         Some("hmac") if args.len() == 3 => hmac_rate(args[2].parse().unwrap_or_else(|_| usage())),
+        Some("prepare") if args.len() == 6 => prepare_run(
+            &args[2],
+            &args[3],
+            &args[4],
+            args[5].parse().unwrap_or_else(|_| usage()),
+        ),
+        Some("profile") if args.len() == 4 => {
+            profile(&args[2], args[3].parse().unwrap_or_else(|_| usage()))
+        }
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: prepare_bench gen ROWS OUT.csv | prepare_bench hmac SECONDS");
+    eprintln!(
+        "usage: prepare_bench gen ROWS OUT.csv | hmac SECONDS | prepare CONFIG INPUT OUTPUT THREADS | profile INPUT ROWS"
+    );
     std::process::exit(2)
 }

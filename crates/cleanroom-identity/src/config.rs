@@ -14,6 +14,7 @@ use crate::activation::Destination;
 use crate::generalise::{AgeBands, DEFAULT_AGE_EDGES, DateGrain, Generalisation};
 use crate::normalise::{IdKind, NormaliseOptions, region_is_known};
 use crate::risk::{L_CAP, RiskAction, RiskLimits};
+use crate::transform::Transforms;
 
 /// A commented example, printed by `cleanroom prepare --example-config`.
 pub const EXAMPLE_CONFIG: &str = include_str!("example-config.toml");
@@ -100,6 +101,7 @@ pub struct PrepareConfig {
     dimensions: Vec<DimensionSpec>,
     metrics: Vec<MetricSpec>,
     risk: RiskLimits,
+    transforms: Transforms,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +122,9 @@ struct RawConfig {
     #[serde(default)]
     metric: Vec<RawMetric>,
     risk: Option<RawRisk>,
+    /// Anonymisation transforms, in order (see [`crate::transform`]).
+    #[serde(default)]
+    transform: Vec<crate::transform::parse::RawTransform>,
 }
 
 #[derive(Deserialize)]
@@ -513,6 +518,9 @@ impl PrepareConfig {
             Some(r) => risk_limits(&ctx, r, &quasi, &dimensions)?,
         };
 
+        let transforms = transforms(&raw.transform, &quasi, &dimensions, &metrics, risk.k)
+            .map_err(|(span, message)| ctx.err(span, message))?;
+
         Ok(PrepareConfig {
             collaboration,
             options,
@@ -523,6 +531,7 @@ impl PrepareConfig {
             dimensions,
             metrics,
             risk,
+            transforms,
         })
     }
 
@@ -595,10 +604,48 @@ impl PrepareConfig {
         &self.risk
     }
 
+    /// The anonymisation transforms, in the order they run.
+    pub fn transforms(&self) -> &Transforms {
+        &self.transforms
+    }
+
     /// True when any identifier asks for activation hashes.
     pub fn has_activation(&self) -> bool {
         self.identifiers.iter().any(|s| !s.activation.is_empty())
     }
+}
+
+/// The `[[transform]]` list, checked against the configured output columns.
+fn transforms(
+    raw: &[crate::transform::parse::RawTransform],
+    quasi: &[QuasiSpec],
+    dimensions: &[DimensionSpec],
+    metrics: &[MetricSpec],
+    default_k: u64,
+) -> Result<Transforms, crate::transform::parse::SpanError> {
+    use crate::transform::parse::{ColumnInfo, Role};
+    let columns: Vec<ColumnInfo> = quasi
+        .iter()
+        .map(|q| ColumnInfo {
+            input: q.column.clone(),
+            output: q.output.clone(),
+            role: Role::Quasi,
+            ty: q.generalisation.output_type(),
+        })
+        .chain(dimensions.iter().map(|d| ColumnInfo {
+            input: d.column.clone(),
+            output: d.output.clone(),
+            role: Role::Dimension,
+            ty: d.ty,
+        }))
+        .chain(metrics.iter().map(|m| ColumnInfo {
+            input: m.column.clone(),
+            output: m.output.clone(),
+            role: Role::Metric,
+            ty: m.ty,
+        }))
+        .collect();
+    crate::transform::parse::transforms(raw, &columns, default_k)
 }
 
 fn name_span(column: &Spanned<String>, name: Option<&Spanned<String>>) -> Range<usize> {

@@ -29,8 +29,9 @@ pub enum IdentityError {
     /// `refuse`; no output was written.
     #[error("refused: {0}")]
     RiskRefused(String),
-    /// The file system failed.
-    #[error("{context}: {source}")]
+    /// The file system failed. The OS message is the `source`, not repeated in the text: an
+    /// error chain printed whole (`{:#}` in the CLI) says it once.
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

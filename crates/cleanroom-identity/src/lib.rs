@@ -18,5 +18,6 @@ pub mod prepare;
 pub mod pseudonym;
 pub mod report;
 pub mod risk;
+pub mod transform;
 
 pub use error::IdentityError;

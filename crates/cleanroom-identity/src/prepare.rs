@@ -2,8 +2,15 @@
 //! generalise row by row, write Parquet in batches, assess risk, then move the outputs into
 //! place atomically (or, when refused, write nothing).
 //!
-//! Memory is bounded by one input batch, one output row group and the risk class map (one
-//! entry per distinct quasi-identifier combination, not per row).
+//! Batches are prepared by worker threads, each on its own forked `Plan`, and written in
+//! input order by one writer thread on the main plan. The anonymisation transforms run there
+//! too, on every row in input order: with transforms configured, a worker keeps its prepared
+//! upload rows as cells (`BatchOut::held`) and the writer transforms them before they reach an
+//! upload batch, so no untransformed row is written.
+//!
+//! Memory is bounded by the batches in flight, one output row group and the risk class map
+//! (one entry per distinct quasi-identifier combination, not per row), unless a whole-column
+//! transform holds the prepared rows.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +42,7 @@ use crate::normalise::{IdKind, Invalid, email_base, gmail_canonical, normalise, 
 use crate::pseudonym::PseudonymKey;
 use crate::report::{ColumnReport, InputFormat, OutputColumn, OutputFile, PrepReport};
 use crate::risk::RiskAccumulator;
+use crate::transform::stage::Stage;
 
 /// Rows per output record batch (and per progress report).
 pub const BATCH_ROWS: usize = 64 * 1024;
@@ -110,8 +118,8 @@ pub fn detect_format(path: &Path) -> Result<InputFormat, IdentityError> {
     })
 }
 
-/// Runs the whole preparation of `input` into `out`. On a refusal the report says so
-/// (`refused`) and nothing is written; every other failure is an error.
+/// Runs the whole preparation of `input` into `out` on all cores. On a refusal the report
+/// says so (`refused`) and nothing is written; every other failure is an error.
 pub fn prepare(
     config: &PrepareConfig,
     key: &PseudonymKey,
@@ -119,6 +127,26 @@ pub fn prepare(
     out: &OutputPaths,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PrepReport, IdentityError> {
+    prepare_with_threads(config, key, input, out, default_threads(), progress)
+}
+
+/// The number of cores this process may use (1 when it cannot be told).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// [`prepare`] with `threads` workers preparing batches in parallel (at least one). Batches
+/// are cut at the same input rows and written in input order whatever the number of threads,
+/// so the outputs and the report are the same byte for byte as with one thread.
+pub fn prepare_with_threads(
+    config: &PrepareConfig,
+    key: &PseudonymKey,
+    input: &Path,
+    out: &OutputPaths,
+    threads: usize,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PrepReport, IdentityError> {
+    let threads = threads.max(1);
     let started = Instant::now();
     let format = detect_format(input)?;
     let dir = match out.upload.parent() {
@@ -131,26 +159,40 @@ pub fn prepare(
             dir.display()
         )));
     }
-    let mut plan = Plan::new(config, key)?;
+    let mut plan = Plan::main(config, key)?;
     let mut sink = Sink::create(&plan, &dir)?;
 
     let header = match format {
-        InputFormat::Csv => run_csv(config, input, &mut plan, &mut sink, progress)?,
-        InputFormat::Parquet => run_parquet(input, &mut plan, &mut sink, progress)?,
+        InputFormat::Csv => run_csv(config, key, input, &mut plan, &mut sink, threads, progress)?,
+        InputFormat::Parquet => {
+            run_parquet(config, key, input, &mut plan, &mut sink, threads, progress)?
+        }
     };
-    sink.flush(&mut plan)?;
 
-    let risk = plan.risk.as_ref().map(|acc| {
-        acc.assess(
-            config.risk(),
-            config
-                .quasi_identifiers()
-                .iter()
-                .map(|q| q.output.clone())
-                .collect(),
-        )
-    });
-    let refused = risk.as_ref().is_some_and(|r| r.refused());
+    let qi_names: Vec<String> = config
+        .quasi_identifiers()
+        .iter()
+        .map(|q| q.output.clone())
+        .collect();
+    let mut risk = plan
+        .risk
+        .as_ref()
+        .map(|acc| acc.assess(config.risk(), qi_names.clone()));
+    // ---- anonymisation transforms (crate::transform): the risk after them is the one judged.
+    let mut transforms = None;
+    if let Some(mut stage) = plan.transform.take() {
+        if let Some(table) = stage.finish(config.transforms())? {
+            plan.write_table(table, &mut sink)?;
+        }
+        let (report, after) = stage.report(risk.take(), config.risk(), qi_names);
+        risk = after;
+        transforms = Some(report);
+    }
+    let transform_breaches = transforms.as_ref().map_or(Vec::new(), |t| t.breaches());
+    let refused = risk.as_ref().is_some_and(|r| r.refused())
+        || (!transform_breaches.is_empty()
+            && config.risk().action == crate::risk::RiskAction::Refuse);
+    plan.drop_masked_outputs(config);
 
     let mut files = Vec::new();
     if !refused {
@@ -179,6 +221,12 @@ pub fn prepare(
         warnings
             .push("no quasi-identifiers configured: re-identification risk not assessed".into());
     }
+    for b in transform_breaches {
+        warnings.push(format!(
+            "transform target not met: {b}, action {}",
+            config.risk().action.as_str()
+        ));
+    }
     let configured: Vec<&str> = plan.inputs.iter().map(String::as_str).collect();
     let columns_dropped = header
         .into_iter()
@@ -198,6 +246,7 @@ pub fn prepare(
         columns: plan.stats.clone(),
         outputs: plan.outputs.clone(),
         risk,
+        transforms,
         warnings,
         refused,
         files: if refused { Vec::new() } else { files },
@@ -205,16 +254,8 @@ pub fn prepare(
     })
 }
 
-/// An output value of one row.
-#[derive(Debug, Clone, PartialEq)]
-enum Cell {
-    Null,
-    Text(String),
-    Int(i64),
-    Float(f64),
-    Day(i32),
-    Bool(bool),
-}
+/// An output value of one row (the transforms' value type).
+use crate::transform::Value as Cell;
 
 /// `true`/`false`, `yes`/`no`, `1`/`0`, `t`/`f`, `y`/`n`, in any case.
 fn parse_bool(v: &str) -> Option<bool> {
@@ -329,6 +370,17 @@ struct Plan<'a> {
     upload_builders: Vec<Builder>,
     activation_builders: Vec<Builder>,
     pending: usize,
+    /// The anonymisation transforms, when configured: only on the main plan, whose writer
+    /// thread runs them on every row in input order (one random stream, maybe all rows held).
+    transform: Option<Stage>,
+    /// True on a worker's fork when transforms are configured: prepared upload rows are kept
+    /// in `held` for the writer's transforms instead of going to the upload builders, so no
+    /// untransformed row can reach the upload file.
+    hold_rows: bool,
+    /// Upload rows prepared but not yet transformed (a fork with `hold_rows`).
+    held: Vec<Vec<Cell>>,
+    /// Upload columns left out of the file (masked with `drop`).
+    masked_out: Vec<bool>,
 }
 
 const DROP_UNIT: &str = "privacy unit missing or invalid";
@@ -562,7 +614,16 @@ impl<'a> Plan<'a> {
             .iter()
             .map(|o| Builder::new(o.ty))
             .collect();
+        let dropped = config.transforms().dropped_columns();
+        let masked_out = outputs[..upload_width]
+            .iter()
+            .map(|o| dropped.contains(&o.name.as_str()))
+            .collect();
         Ok(Plan {
+            transform: None,
+            hold_rows: !config.transforms().is_empty(),
+            held: Vec::new(),
+            masked_out,
             config,
             key,
             inputs,
@@ -586,15 +647,98 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// The main plan: the one that absorbs the workers' batches and, when transforms are
+    /// configured, runs them (see `transform`).
+    fn main(config: &'a PrepareConfig, key: &'a PseudonymKey) -> Result<Self, IdentityError> {
+        let mut plan = Plan::new(config, key)?;
+        if !config.transforms().is_empty() {
+            plan.transform = Some(Stage::new(
+                config.transforms(),
+                plan.outputs[..plan.upload_width]
+                    .iter()
+                    .map(|o| o.name.clone())
+                    .collect(),
+                plan.quasi_outs.clone(),
+                plan.sensitive_out,
+                None,
+            )?);
+        }
+        Ok(plan)
+    }
+
     fn upload_schema(&self) -> SchemaRef {
-        arrow_schema(&self.outputs[..self.upload_width])
+        let written: Vec<OutputColumn> = self.outputs[..self.upload_width]
+            .iter()
+            .zip(&self.masked_out)
+            .filter(|(_, m)| !**m)
+            .map(|(o, _)| o.clone())
+            .collect();
+        arrow_schema(&written)
+    }
+
+    /// Runs the transforms on a worker's held rows (in input order, on the main plan) and
+    /// writes the rows they release.
+    fn transform_held(
+        &mut self,
+        held: Vec<Vec<Cell>>,
+        sink: &mut Sink,
+    ) -> Result<(), IdentityError> {
+        let Some(stage) = &mut self.transform else {
+            return Err(IdentityError::Internal(
+                "rows held for transforms but none configured".into(),
+            ));
+        };
+        for mut row in held {
+            if stage.row(&mut row) {
+                for (b, c) in self.upload_builders.iter_mut().zip(&row) {
+                    b.append(c);
+                }
+                self.rows_written += 1;
+                self.pending += 1;
+            }
+        }
+        sink.flush(self)
+    }
+
+    /// Writes the rows the transforms held, batch by batch.
+    fn write_table(
+        &mut self,
+        mut table: crate::transform::Table,
+        sink: &mut Sink,
+    ) -> Result<(), IdentityError> {
+        let mut row = vec![Cell::Null; self.upload_width];
+        for i in 0..table.rows() {
+            table.take_row(i, &mut row);
+            for (b, c) in self.upload_builders.iter_mut().zip(&row) {
+                b.append(c);
+            }
+            self.rows_written += 1;
+            self.pending += 1;
+            if self.pending == BATCH_ROWS {
+                sink.flush(self)?;
+            }
+        }
+        sink.flush(self)
+    }
+
+    /// Leaves the columns masked with `drop` out of the listed outputs.
+    fn drop_masked_outputs(&mut self, config: &PrepareConfig) {
+        let dropped = config.transforms().dropped_columns();
+        if dropped.is_empty() {
+            return;
+        }
+        let before = self.outputs.len();
+        self.outputs
+            .retain(|o| !(o.file == OutputFile::Upload && dropped.contains(&o.name.as_str())));
+        self.upload_width -= before - self.outputs.len();
     }
 
     fn activation_schema(&self) -> SchemaRef {
         arrow_schema(&self.outputs[self.upload_width..])
     }
 
-    /// Processes one input row (`fields` in the order of `inputs`, empty for NULL).
+    /// Processes one input row (`fields` in the order of `inputs`, empty for NULL). Runs on
+    /// workers' forks only.
     fn row(&mut self, fields: &[&str]) {
         self.rows_read += 1;
         for c in &mut self.upload_cells {
@@ -614,23 +758,25 @@ impl<'a> Plan<'a> {
                     out,
                     activation,
                     activation_key,
-                } => match identifier_forms(*kind, raw, opts, !activation.is_empty()) {
-                    Ok((matched, base)) => {
-                        let p = self.key.pseudonymise(*kind, &matched);
+                } => {
+                    let (matched, base) =
+                        identifier_forms(*kind, raw, opts, !activation.is_empty());
+                    if let Some(base) = &base {
                         for (dest, col) in activation {
-                            if let Ok(v) = activation_input_from_base(*dest, *kind, &base) {
+                            if let Ok(v) = activation_input_from_base(*dest, *kind, base) {
                                 self.activation_cells[*col] =
                                     Cell::Text(activation_hash(*dest, &v));
                             }
                         }
+                    }
+                    matched.map(|matched| {
+                        let p = self.key.pseudonymise(*kind, &matched);
                         if let Some(k) = activation_key {
                             self.activation_cells[*k] = Cell::Text(p.clone());
                         }
                         self.upload_cells[*out] = Cell::Text(p);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
+                    })
+                }
                 Step::Unit { out } => {
                     let v = raw.trim();
                     if v.is_empty() {
@@ -737,8 +883,15 @@ impl<'a> Plan<'a> {
             });
             acc.add(&qi, sensitive);
         }
-        for (b, c) in self.upload_builders.iter_mut().zip(&self.upload_cells) {
-            b.append(c);
+        // With transforms the row waits for them (on the writer thread); it is counted as
+        // written there, if the transforms keep it.
+        if self.hold_rows {
+            self.held.push(self.upload_cells.clone());
+        } else {
+            for (b, c) in self.upload_builders.iter_mut().zip(&self.upload_cells) {
+                b.append(c);
+            }
+            self.rows_written += 1;
         }
         for (b, c) in self
             .activation_builders
@@ -747,17 +900,11 @@ impl<'a> Plan<'a> {
         {
             b.append(c);
         }
-        self.rows_written += 1;
         self.pending += 1;
     }
 
     fn take_batches(&mut self) -> Result<(RecordBatch, Option<RecordBatch>), IdentityError> {
-        let cols: Vec<ArrayRef> = self
-            .upload_builders
-            .iter_mut()
-            .map(Builder::finish)
-            .collect();
-        let upload = RecordBatch::try_new(self.upload_schema(), cols)?;
+        let upload = self.take_upload_batch()?;
         let activation = if self.has_activation {
             let cols: Vec<ArrayRef> = self
                 .activation_builders
@@ -770,6 +917,64 @@ impl<'a> Plan<'a> {
         };
         self.pending = 0;
         Ok((upload, activation))
+    }
+
+    /// The upload rows appended so far (without the masked-out columns); resets `pending`.
+    fn take_upload_batch(&mut self) -> Result<RecordBatch, IdentityError> {
+        let cols: Vec<ArrayRef> = self
+            .upload_builders
+            .iter_mut()
+            .zip(&self.masked_out)
+            .map(|(b, masked)| (b.finish(), *masked))
+            .filter(|(_, masked)| !*masked)
+            .map(|(a, _)| a)
+            .collect();
+        self.pending = 0;
+        Ok(RecordBatch::try_new(self.upload_schema(), cols)?)
+    }
+
+    /// Moves the running counts out (a worker's, after one batch), leaving them at zero.
+    fn take_counts(&mut self) -> Counts {
+        let track_l = self.sensitive_out.is_some();
+        Counts {
+            rows_read: std::mem::take(&mut self.rows_read),
+            rows_written: std::mem::take(&mut self.rows_written),
+            dropped: std::mem::take(&mut self.dropped),
+            stats: self
+                .stats
+                .iter_mut()
+                .map(|c| {
+                    (
+                        std::mem::take(&mut c.valid),
+                        std::mem::take(&mut c.missing),
+                        std::mem::take(&mut c.invalid),
+                    )
+                })
+                .collect(),
+            risk: self
+                .risk
+                .as_mut()
+                .map(|r| std::mem::replace(r, RiskAccumulator::new(track_l))),
+        }
+    }
+
+    /// Adds a batch's counts (in input order).
+    fn absorb(&mut self, counts: Counts) {
+        self.rows_read += counts.rows_read;
+        self.rows_written += counts.rows_written;
+        for (why, n) in counts.dropped {
+            *self.dropped.entry(why).or_default() += n;
+        }
+        for (c, (valid, missing, invalid)) in self.stats.iter_mut().zip(counts.stats) {
+            c.valid += valid;
+            c.missing += missing;
+            for (e, n) in invalid {
+                *c.invalid.entry(e).or_default() += n;
+            }
+        }
+        if let (Some(acc), Some(r)) = (&mut self.risk, counts.risk) {
+            acc.merge(r);
+        }
     }
 
     fn warnings(&self, config: &PrepareConfig) -> Vec<String> {
@@ -798,31 +1003,34 @@ impl<'a> Plan<'a> {
 }
 
 /// The matching form (pseudonymised) and the base form (for activation hashes) of an
-/// identifier.
+/// identifier. The base form stands on its own: an address the Gmail rules refuse (nothing
+/// left of the user name) has no matching form but still has activation hashes.
 fn identifier_forms(
     kind: IdKind,
     raw: &str,
     opts: &crate::normalise::NormaliseOptions,
     want_base: bool,
-) -> Result<(String, String), Invalid> {
+) -> (Result<String, Invalid>, Option<String>) {
     if !want_base {
-        return normalise(kind, raw, opts).map(|v| (v, String::new()));
+        return (normalise(kind, raw, opts), None);
     }
     match kind {
-        IdKind::Email => {
-            let base = email_base(raw)?;
-            let matched = if opts.gmail_rules {
-                gmail_canonical(&base)?
-            } else {
-                base.clone()
-            };
-            Ok((matched, base))
-        }
-        IdKind::Phone => {
-            let e = phone_e164(raw, &opts.default_region)?;
-            Ok((e.clone(), e))
-        }
-        _ => normalise(kind, raw, opts).map(|v| (v, String::new())),
+        IdKind::Email => match email_base(raw) {
+            Ok(base) => {
+                let matched = if opts.gmail_rules {
+                    gmail_canonical(&base)
+                } else {
+                    Ok(base.clone())
+                };
+                (matched, Some(base))
+            }
+            Err(e) => (Err(e), None),
+        },
+        IdKind::Phone => match phone_e164(raw, &opts.default_region) {
+            Ok(e) => (Ok(e.clone()), Some(e)),
+            Err(e) => (Err(e), None),
+        },
+        _ => (normalise(kind, raw, opts), None),
     }
 }
 
@@ -909,16 +1117,36 @@ impl Sink {
         })
     }
 
+    fn write(&mut self, batch: &BatchOut) -> Result<(), IdentityError> {
+        if batch.pending == 0 {
+            return Ok(());
+        }
+        if let Some((_, w)) = &mut self.upload {
+            w.write(&batch.upload)?;
+        }
+        self.write_activation(batch)
+    }
+
+    /// Writes a worker's activation rows (the transforms do not touch the activation file).
+    fn write_activation(&mut self, batch: &BatchOut) -> Result<(), IdentityError> {
+        if batch.pending == 0 {
+            return Ok(());
+        }
+        if let (Some((_, w)), Some(a)) = (&mut self.activation, &batch.activation) {
+            w.write(a)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the main plan's transformed upload rows, if any. The main plan holds no
+    /// activation rows: those come from the workers' batches.
     fn flush(&mut self, plan: &mut Plan<'_>) -> Result<(), IdentityError> {
         if plan.pending == 0 {
             return Ok(());
         }
-        let (u, a) = plan.take_batches()?;
+        let u = plan.take_upload_batch()?;
         if let Some((_, w)) = &mut self.upload {
             w.write(&u)?;
-        }
-        if let (Some((_, w)), Some(a)) = (&mut self.activation, a) {
-            w.write(&a)?;
         }
         Ok(())
     }
@@ -1059,11 +1287,207 @@ fn csv_error(e: csv::Error, header: &[String]) -> IdentityError {
     }
 }
 
+/// The running counts of a plan, moved from a worker to the writer after each batch.
+struct Counts {
+    rows_read: u64,
+    rows_written: u64,
+    dropped: BTreeMap<String, u64>,
+    /// Per step: valid, missing, invalid by reason.
+    stats: Vec<(u64, u64, BTreeMap<Invalid, u64>)>,
+    risk: Option<RiskAccumulator>,
+}
+
+/// One batch of prepared rows.
+struct BatchOut {
+    upload: RecordBatch,
+    activation: Option<RecordBatch>,
+    /// Rows in the batch (kept rows of the input batch).
+    pending: usize,
+    /// With transforms: the kept rows' upload cells, untransformed (`upload` is then empty).
+    held: Vec<Vec<Cell>>,
+    counts: Counts,
+}
+
+/// One batch of input rows as read, reused from batch to batch.
+enum InputRows {
+    /// CSV records, the first `len` of them filled.
+    Csv {
+        records: Vec<csv::StringRecord>,
+        len: usize,
+    },
+    /// Parquet columns cast to text, in the order of the plan's inputs.
+    Parquet { columns: Vec<StringArray> },
+}
+
+impl InputRows {
+    fn is_empty(&self) -> bool {
+        match self {
+            InputRows::Csv { len, .. } => *len == 0,
+            InputRows::Parquet { columns } => columns.first().is_none_or(|c| c.is_empty()),
+        }
+    }
+}
+
+/// Prepares one batch on a worker's own plan: `idx` maps the plan's inputs to CSV fields.
+fn prepare_batch(
+    plan: &mut Plan<'_>,
+    idx: &[usize],
+    rows: &InputRows,
+) -> Result<BatchOut, IdentityError> {
+    let mut fields: Vec<&str> = Vec::with_capacity(plan.inputs.len());
+    match rows {
+        InputRows::Csv { records, len } => {
+            for r in &records[..*len] {
+                fields.clear();
+                fields.extend(idx.iter().map(|i| r.get(*i).unwrap_or("")));
+                plan.row(&fields);
+            }
+        }
+        InputRows::Parquet { columns } => {
+            let n = columns.first().map_or(0, |c| c.len());
+            for i in 0..n {
+                fields.clear();
+                fields.extend(
+                    columns
+                        .iter()
+                        .map(|a| if a.is_null(i) { "" } else { a.value(i) }),
+                );
+                plan.row(&fields);
+            }
+        }
+    }
+    let pending = plan.pending;
+    let (upload, activation) = plan.take_batches()?;
+    Ok(BatchOut {
+        upload,
+        activation,
+        pending,
+        held: std::mem::take(&mut plan.held),
+        counts: plan.take_counts(),
+    })
+}
+
+/// A prepared batch (or why it failed) with its input buffer, to be returned for reuse.
+type Done = (u64, Result<BatchOut, IdentityError>, InputRows);
+
+/// Reads batches on this thread (`read` fills one and says false at the end), prepares them
+/// on `threads` workers and writes them in input order on a writer thread. At most
+/// `threads + 2` batches are in flight, which bounds the memory.
+#[allow(clippy::too_many_arguments)]
+fn run_batches(
+    config: &PrepareConfig,
+    key: &PseudonymKey,
+    plan: &mut Plan<'_>,
+    sink: &mut Sink,
+    threads: usize,
+    idx: &[usize],
+    empty: impl Fn() -> InputRows,
+    mut read: impl FnMut(&mut InputRows) -> Result<bool, IdentityError>,
+) -> Result<(), IdentityError> {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{channel, sync_channel};
+
+    let (work_tx, work_rx) = sync_channel::<(u64, InputRows)>(threads);
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = channel::<Done>();
+    let (free_tx, free_rx) = channel::<InputRows>();
+    for _ in 0..threads + 2 {
+        let _ = free_tx.send(empty());
+    }
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || write_in_order(plan, sink, done_rx, free_tx));
+        for _ in 0..threads {
+            let done_tx = done_tx.clone();
+            let work_rx = &work_rx;
+            s.spawn(move || {
+                let mut fork = Plan::new(config, key);
+                loop {
+                    let job = match work_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok((seq, rows)) = job else { break };
+                    let out = match &mut fork {
+                        Ok(fork) => prepare_batch(fork, idx, &rows),
+                        Err(e) => Err(IdentityError::Internal(format!("worker plan: {e}"))),
+                    };
+                    if done_tx.send((seq, out, rows)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut read_error = None;
+        let mut seq = 0u64;
+        // A closed free list means the writer stopped: its error is returned below.
+        while let Ok(mut rows) = free_rx.recv() {
+            match read(&mut rows) {
+                Ok(more) => {
+                    let last = !more;
+                    if !rows.is_empty() {
+                        if work_tx.send((seq, rows)).is_err() {
+                            break;
+                        }
+                        seq += 1;
+                    }
+                    if last {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(work_tx);
+        drop(free_rx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(IdentityError::Internal("the writer panicked".into())));
+        match read_error {
+            Some(e) => Err(e),
+            None => written,
+        }
+    })
+}
+
+/// Writes prepared batches in input order and adds up their counts.
+fn write_in_order(
+    plan: &mut Plan<'_>,
+    sink: &mut Sink,
+    done: std::sync::mpsc::Receiver<Done>,
+    free: std::sync::mpsc::Sender<InputRows>,
+) -> Result<(), IdentityError> {
+    let mut waiting: BTreeMap<u64, (Result<BatchOut, IdentityError>, InputRows)> = BTreeMap::new();
+    let mut next = 0u64;
+    for (seq, out, rows) in done {
+        waiting.insert(seq, (out, rows));
+        while let Some((out, rows)) = waiting.remove(&next) {
+            let mut out = out?;
+            if plan.transform.is_some() {
+                plan.transform_held(std::mem::take(&mut out.held), sink)?;
+                sink.write_activation(&out)?;
+            } else {
+                sink.write(&out)?;
+            }
+            plan.absorb(out.counts);
+            // The reader may have stopped: then nobody needs the buffer back.
+            let _ = free.send(rows);
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
 fn run_csv(
     config: &PrepareConfig,
+    key: &PseudonymKey,
     input: &Path,
     plan: &mut Plan<'_>,
     sink: &mut Sink,
+    threads: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<String>, IdentityError> {
     let file = File::open(input).map_err(IdentityError::io(format!(
@@ -1105,35 +1529,42 @@ fn run_csv(
         })
         .collect();
     let idx = missing_columns(plan, &header)?;
-    // Reused between rows: emptied and re-collected in place to drop the borrow of `record`.
-    let mut spare: Vec<&str> = Vec::with_capacity(idx.len());
-    let mut buffered = 0usize;
-    loop {
-        match rdr.read_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => return Err(csv_error(e, &header)),
+    let empty = || InputRows::Csv {
+        records: Vec::new(),
+        len: 0,
+    };
+    let read = |rows: &mut InputRows| -> Result<bool, IdentityError> {
+        let InputRows::Csv { records, len } = rows else {
+            return Err(IdentityError::Internal("a Parquet buffer for CSV".into()));
+        };
+        *len = 0;
+        while *len < BATCH_ROWS {
+            if records.len() == *len {
+                records.push(csv::StringRecord::new());
+            }
+            match rdr.read_record(&mut records[*len]) {
+                Ok(true) => *len += 1,
+                Ok(false) => {
+                    progress(Progress::At(total));
+                    return Ok(false);
+                }
+                Err(e) => return Err(csv_error(e, &header)),
+            }
         }
-        let mut fields = std::mem::take(&mut spare);
-        fields.extend(idx.iter().map(|i| record.get(*i).unwrap_or("")));
-        plan.row(&fields);
-        fields.clear();
-        spare = fields.into_iter().map(|_| "").collect();
-        buffered += 1;
-        if buffered == BATCH_ROWS {
-            buffered = 0;
-            sink.flush(plan)?;
-            progress(Progress::At(rdr.position().byte()));
-        }
-    }
-    progress(Progress::At(total));
+        progress(Progress::At(rdr.position().byte()));
+        Ok(true)
+    };
+    run_batches(config, key, plan, sink, threads, &idx, empty, read)?;
     Ok(header)
 }
 
 fn run_parquet(
+    config: &PrepareConfig,
+    key: &PseudonymKey,
     input: &Path,
     plan: &mut Plan<'_>,
     sink: &mut Sink,
+    threads: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<String>, IdentityError> {
     let bad = |e: parquet::errors::ParquetError| {
@@ -1160,13 +1591,21 @@ fn run_parquet(
     roots.sort_unstable();
     roots.dedup();
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder
+    let mut reader = builder
         .with_projection(mask)
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(bad)?;
+    let inputs = plan.inputs.clone();
     let mut row_no = 0u64;
-    for batch in reader {
+    let read = |rows: &mut InputRows| -> Result<bool, IdentityError> {
+        let InputRows::Parquet { columns } = rows else {
+            return Err(IdentityError::Internal("a CSV buffer for Parquet".into()));
+        };
+        columns.clear();
+        let Some(batch) = reader.next() else {
+            return Ok(false);
+        };
         let batch = batch.map_err(|e| {
             IdentityError::data(
                 Some(row_no + 1),
@@ -1174,8 +1613,7 @@ fn run_parquet(
                 format!("not a readable Parquet file: {e}"),
             )
         })?;
-        let mut arrays: Vec<StringArray> = Vec::with_capacity(plan.inputs.len());
-        for name in &plan.inputs {
+        for name in &inputs {
             let col = batch.column_by_name(name).ok_or_else(|| {
                 IdentityError::Internal(format!("projected column {name} missing"))
             })?;
@@ -1194,21 +1632,16 @@ fn run_parquet(
                 .downcast_ref::<StringArray>()
                 .ok_or_else(|| IdentityError::Internal("cast to Utf8 gave another type".into()))?
                 .clone();
-            arrays.push(text);
-        }
-        let mut fields: Vec<&str> = Vec::with_capacity(arrays.len());
-        for i in 0..batch.num_rows() {
-            fields.clear();
-            fields.extend(
-                arrays
-                    .iter()
-                    .map(|a| if a.is_null(i) { "" } else { a.value(i) }),
-            );
-            plan.row(&fields);
+            columns.push(text);
         }
         row_no += batch.num_rows() as u64;
-        sink.flush(plan)?;
         progress(Progress::At(row_no));
-    }
+        Ok(true)
+    };
+    let identity: Vec<usize> = (0..inputs.len()).collect();
+    let empty = || InputRows::Parquet {
+        columns: Vec::new(),
+    };
+    run_batches(config, key, plan, sink, threads, &identity, empty, read)?;
     Ok(header)
 }

@@ -241,4 +241,22 @@ mod tests {
         std::fs::write(&p, vec![b'a'; MAX_SECRET_BYTES + 1]).unwrap();
         assert!(read_secret_file(&p).is_err());
     }
+
+    #[test]
+    fn a_missing_secret_file_says_the_os_reason_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-secret");
+        let e = read_secret_file(&path).unwrap_err();
+        // The whole chain, as the CLI prints it.
+        let mut chain = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            chain.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        let os = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        let os_text = std::fs::File::open(&path).unwrap_err().to_string();
+        assert_eq!(chain.matches(&os_text).count(), 1, "{chain} ({os})");
+        assert!(chain.starts_with("cannot open the secret file "), "{chain}");
+    }
 }

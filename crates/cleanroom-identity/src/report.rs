@@ -84,7 +84,11 @@ pub struct PrepReport {
     pub columns_dropped: Vec<String>,
     pub columns: Vec<ColumnReport>,
     pub outputs: Vec<OutputColumn>,
+    /// The risk after the anonymisation transforms, when there are any (the one the limits
+    /// judge); the risk before them is in `transforms`.
     pub risk: Option<RiskAssessment>,
+    /// What the anonymisation transforms did, when configured.
+    pub transforms: Option<crate::transform::stage::TransformReport>,
     pub warnings: Vec<String>,
     /// True when a risk limit with action `refuse` was breached: nothing was written.
     pub refused: bool,
@@ -251,6 +255,10 @@ impl PrepReport {
                     }
                 }
             }
+        }
+
+        if let Some(t) = &self.transforms {
+            t.to_markdown(self.risk.as_ref(), &mut s);
         }
 
         let _ = writeln!(s, "\n## Output\n");

@@ -131,6 +131,25 @@ impl RiskAccumulator {
         }
     }
 
+    /// Adds the records of another accumulator (of a later batch). Class counts add up; the
+    /// distinct sensitive values of a class are united up to the same cap, so the assessment
+    /// is the one a single accumulator over all records would give, whatever the batching.
+    pub fn merge(&mut self, other: RiskAccumulator) {
+        self.records += other.records;
+        for (key, c) in other.classes {
+            let class = self.classes.entry(key).or_default();
+            class.count += c.count;
+            for h in c.sensitive {
+                if (class.sensitive.len() as u64) >= L_CAP {
+                    break;
+                }
+                if !class.sensitive.contains(&h) {
+                    class.sensitive.push(h);
+                }
+            }
+        }
+    }
+
     /// Records added so far.
     pub fn records(&self) -> u64 {
         self.records

@@ -2,6 +2,7 @@
 //! Gmail rules.
 
 use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
 
 use super::{Invalid, clean};
 
@@ -95,10 +96,11 @@ fn validate(s: &str) -> Result<(), Invalid> {
     if !domain.contains('.') {
         return Err(Invalid::Malformed("the domain has no dot"));
     }
-    if !domain
-        .chars()
-        .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
-    {
+    // Internationalised labels: letters, digits and the combining marks many scripts need
+    // (Devanagari vowel signs and virama, Arabic harakat, Thai tone marks: `संपर्क.भारत`).
+    if !domain.chars().all(|c| {
+        c.is_alphanumeric() || c == '-' || c == '.' || (!c.is_ascii() && is_combining_mark(c))
+    }) {
         return Err(Invalid::BadCharacters(
             "characters not used in domain names",
         ));
@@ -198,5 +200,20 @@ mod tests {
         );
         assert_eq!(g("j.smith+x@outlook.com").unwrap(), "j.smith+x@outlook.com");
         assert_eq!(g("+only@gmail.com").unwrap_err().category(), "malformed");
+    }
+
+    #[test]
+    fn internationalised_domains_with_combining_marks_are_valid() {
+        for (raw, want) in [
+            ("info@संपर्क.भारत", "info@संपर्क.भारत"),
+            ("Info@संपर्क.भारत", "info@संपर्क.भारत"),
+            ("user@مثال.إختبار", "user@مثال.إختبار"),
+            ("a@ตัวอย่าง.ไทย", "a@ตัวอย่าง.ไทย"),
+            ("anna@bücher.de", "anna@bücher.de"),
+        ] {
+            assert_eq!(email_base(raw).as_deref(), Ok(want), "{raw}");
+        }
+        // A combining mark is not a licence for symbols.
+        assert!(email_base("a@ex\u{2603}mple.com").is_err());
     }
 }

@@ -17,7 +17,7 @@ use std::fmt;
 use crate::IdentityError;
 
 pub use email::{email_base, gmail_canonical, is_gmail_domain};
-pub use phone::{phone_e164, region_is_known};
+pub use phone::{PhoneRegion, phone_e164, phone_e164_into, region_is_known};
 pub use postal::{gb_outward, postal_code};
 
 /// The kind of an identifier column: decides how its values are normalised and which

@@ -2,5 +2,7 @@
 //! normaliser, and the prepare pipeline end to end on small files.
 
 mod corpus;
+mod phone_oracle;
 mod pipeline;
 mod properties;
+mod transforms;

@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use cleanroom_identity::IdentityError;
 use cleanroom_identity::config::PrepareConfig;
 use cleanroom_identity::normalise::IdKind;
-use cleanroom_identity::prepare::{OutputPaths, prepare};
+use cleanroom_identity::prepare::{BATCH_ROWS, OutputPaths, prepare, prepare_with_threads};
 use cleanroom_identity::pseudonym::PseudonymKey;
 use cleanroom_identity::report::{InputFormat, PrepReport};
 use parquet::arrow::ArrowWriter;
@@ -392,4 +392,127 @@ type = "bool"
     );
     let err = PrepareConfig::from_toml(&config.replace("\"bool\"", "\"date\"")).unwrap_err();
     assert!(err.to_string().contains("string or bool"), "{err}");
+}
+
+#[test]
+fn a_gmail_address_the_rules_refuse_still_gets_its_activation_hashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write_csv(tmp.path(), "in.csv", "cust,email\nc1,+promo@gmail.com\n");
+    let config = r#"
+collaboration = "x"
+default_region = "GB"
+gmail_rules = true
+privacy_unit = "cust"
+
+[[identifier]]
+column = "email"
+kind = "email"
+sha256 = ["meta"]
+"#;
+    let r = run(tmp.path(), config, &input).unwrap();
+    assert_eq!(r.rows_written, 1);
+    let email = r.columns.iter().find(|c| c.input == "email").unwrap();
+    assert_eq!(
+        email.invalid_total(),
+        1,
+        "no matching form under the Gmail rules"
+    );
+    let a = read(&tmp.path().join("out.activation.parquet"));
+    assert_eq!(strings(&a, "email_hmac"), vec![None]);
+    // printf '+promo@gmail.com' | sha256sum: the base form, as docs/identity.md promises.
+    use sha2::Digest;
+    let want = hex::encode(sha2::Sha256::digest(b"+promo@gmail.com"));
+    assert_eq!(strings(&a, "email_sha256_meta"), vec![Some(want)]);
+}
+
+/// Outputs of a run as bytes, and the report without its timing line.
+fn outputs_of(threads: usize, input: &Path, config: &str) -> Vec<Vec<u8>> {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = PrepareConfig::from_toml(config).unwrap();
+    let out = OutputPaths::next_to(&tmp.path().join("out.parquet"));
+    let r = prepare_with_threads(&cfg, &key(), input, &out, threads, &mut |_| {}).unwrap();
+    let report: String = r
+        .to_markdown()
+        .lines()
+        .filter(|l| !l.starts_with("- time:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(&tmp.path().display().to_string(), "<out>");
+    let mut v = vec![report.into_bytes()];
+    for p in [&out.upload, &out.schema, &out.activation] {
+        v.push(std::fs::read(p).unwrap());
+    }
+    v
+}
+
+#[test]
+fn parallel_output_is_identical_to_single_threaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Three batches and a bit, with invalid values, dropped rows and a sensitive column.
+    let rows = 2 * BATCH_ROWS + 1234;
+    let mut csv = String::from("email,phone,age,segment,orders\n");
+    for i in 0..rows {
+        let email = if i % 97 == 0 {
+            "not-an-email".to_owned()
+        } else {
+            format!("User.{i}@Example.com")
+        };
+        let phone = if i % 16 == 0 {
+            format!("07911 {:06}", i % 1_000_000)
+        } else {
+            String::new()
+        };
+        let unit_missing = i % 1013 == 0;
+        csv.push_str(&format!(
+            "{},{phone},{},{},{}\n",
+            if unit_missing { "" } else { email.as_str() },
+            17 + i % 70,
+            ["gold", "silver", "bronze"][i % 3],
+            i % 7
+        ));
+    }
+    let input = write_csv(tmp.path(), "in.csv", &csv);
+    let config = r#"
+collaboration = "parallel"
+default_region = "GB"
+gmail_rules = true
+privacy_unit = "email"
+
+[[identifier]]
+column = "email"
+kind = "email"
+sha256 = ["meta", "google"]
+
+[[identifier]]
+column = "phone"
+kind = "phone"
+sha256 = ["uid2"]
+
+[[quasi_identifier]]
+column = "age"
+generalise = "age_band"
+below_minimum = "null"
+
+[[dimension]]
+column = "segment"
+
+[[metric]]
+column = "orders"
+type = "int64"
+
+[risk]
+sensitive = "segment"
+"#;
+    let one = outputs_of(1, &input, config);
+    for threads in [2, 3] {
+        let many = outputs_of(threads, &input, config);
+        assert_eq!(
+            String::from_utf8_lossy(&one[0]),
+            String::from_utf8_lossy(&many[0]),
+            "the report differs with {threads} threads"
+        );
+        for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+            assert!(a == b, "output {i} differs with {threads} threads");
+        }
+    }
 }
