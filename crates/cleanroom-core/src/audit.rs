@@ -243,6 +243,165 @@ pub fn verify_chain(
     Ok(head)
 }
 
+/// Every action the audit chain records, by its stable name (`noun.verb`; `auth` for a failed
+/// authentication). Names are part of the audit format: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    ActivationApprove,
+    ActivationDeliver,
+    ActivationDownload,
+    ActivationList,
+    ActivationReject,
+    ActivationRequest,
+    ActivationShow,
+    AnalysisList,
+    AnalysisQuery,
+    AnalysisRelease,
+    AnalysisShow,
+    AnalysisTemplate,
+    AuditRead,
+    Auth,
+    BudgetGrant,
+    BudgetShow,
+    CollaborationAccept,
+    CollaborationClose,
+    CollaborationCreate,
+    CollaborationDecline,
+    CollaborationInvite,
+    CollaborationShow,
+    DatasetCreate,
+    DatasetList,
+    DatasetShow,
+    DatasetUpload,
+    OrgCreate,
+    PolicySet,
+    PolicyShow,
+    RequestPath,
+    ServerInit,
+    TemplateApprovals,
+    TemplateApprove,
+    TemplateRevoke,
+    TokenCreate,
+    TokenRevoke,
+    UserCreate,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 37] = [
+        Action::ActivationApprove,
+        Action::ActivationDeliver,
+        Action::ActivationDownload,
+        Action::ActivationList,
+        Action::ActivationReject,
+        Action::ActivationRequest,
+        Action::ActivationShow,
+        Action::AnalysisList,
+        Action::AnalysisQuery,
+        Action::AnalysisRelease,
+        Action::AnalysisShow,
+        Action::AnalysisTemplate,
+        Action::AuditRead,
+        Action::Auth,
+        Action::BudgetGrant,
+        Action::BudgetShow,
+        Action::CollaborationAccept,
+        Action::CollaborationClose,
+        Action::CollaborationCreate,
+        Action::CollaborationDecline,
+        Action::CollaborationInvite,
+        Action::CollaborationShow,
+        Action::DatasetCreate,
+        Action::DatasetList,
+        Action::DatasetShow,
+        Action::DatasetUpload,
+        Action::OrgCreate,
+        Action::PolicySet,
+        Action::PolicyShow,
+        Action::RequestPath,
+        Action::ServerInit,
+        Action::TemplateApprovals,
+        Action::TemplateApprove,
+        Action::TemplateRevoke,
+        Action::TokenCreate,
+        Action::TokenRevoke,
+        Action::UserCreate,
+    ];
+
+    /// The name written into audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::ActivationApprove => "activation.approve",
+            Action::ActivationDeliver => "activation.deliver",
+            Action::ActivationDownload => "activation.download",
+            Action::ActivationList => "activation.list",
+            Action::ActivationReject => "activation.reject",
+            Action::ActivationRequest => "activation.request",
+            Action::ActivationShow => "activation.show",
+            Action::AnalysisList => "analysis.list",
+            Action::AnalysisQuery => "analysis.query",
+            Action::AnalysisRelease => "analysis.release",
+            Action::AnalysisShow => "analysis.show",
+            Action::AnalysisTemplate => "analysis.template",
+            Action::AuditRead => "audit.read",
+            Action::Auth => "auth",
+            Action::BudgetGrant => "budget.grant",
+            Action::BudgetShow => "budget.show",
+            Action::CollaborationAccept => "collaboration.accept",
+            Action::CollaborationClose => "collaboration.close",
+            Action::CollaborationCreate => "collaboration.create",
+            Action::CollaborationDecline => "collaboration.decline",
+            Action::CollaborationInvite => "collaboration.invite",
+            Action::CollaborationShow => "collaboration.show",
+            Action::DatasetCreate => "dataset.create",
+            Action::DatasetList => "dataset.list",
+            Action::DatasetShow => "dataset.show",
+            Action::DatasetUpload => "dataset.upload",
+            Action::OrgCreate => "org.create",
+            Action::PolicySet => "policy.set",
+            Action::PolicyShow => "policy.show",
+            Action::RequestPath => "request.path",
+            Action::ServerInit => "server.init",
+            Action::TemplateApprovals => "template.approvals",
+            Action::TemplateApprove => "template.approve",
+            Action::TemplateRevoke => "template.revoke",
+            Action::TokenCreate => "token.create",
+            Action::TokenRevoke => "token.revoke",
+            Action::UserCreate => "user.create",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod action_names {
+    use super::Action;
+
+    #[test]
+    fn names_are_unique_and_shaped_noun_verb() {
+        let mut seen = std::collections::BTreeSet::new();
+        for a in Action::ALL {
+            let n = a.as_str();
+            assert!(seen.insert(n), "{n} twice");
+            assert!(
+                n == "auth"
+                    || n.split_once('.').is_some_and(|(noun, verb)| {
+                        !noun.is_empty()
+                            && !verb.is_empty()
+                            && n.chars()
+                                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+                    }),
+                "{n}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

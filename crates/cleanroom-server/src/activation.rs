@@ -5,6 +5,7 @@
 //! The download is a `POST`: it uses the approval up, so it is neither safe nor idempotent,
 //! and no `GET` of the API returns identifiers.
 
+use cleanroom_core::audit::Action;
 use std::convert::Infallible;
 
 use axum::Json;
@@ -41,7 +42,7 @@ pub async fn request(
     Path(id): Path<String>,
     body: Result<ApiJson<ActivationIn>, ApiError>,
 ) -> R<(StatusCode, Json<ActivationOut>)> {
-    let a = json_body(&room, &p, "activation.request", Some(&id), body).await?;
+    let a = json_body(&room, &p, Action::ActivationRequest, Some(&id), body).await?;
     let v = room
         .request_activation(
             &p,
@@ -168,7 +169,7 @@ pub async fn segment(
             return Err(rejected(
                 &room,
                 &p,
-                "activation.download",
+                Action::ActivationDownload,
                 Some(&id),
                 ApiError::from(e),
                 rule,

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use cleanroom_core::audit::Action;
 use cleanroom_service::{CleanRoom, GrantRequest, QueryRequest, TemplateRequest};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -29,7 +30,7 @@ pub async fn set_policy(
     Path((id, name)): Path<(String, String)>,
     body: Result<ApiJson<PolicyWire>, ApiError>,
 ) -> R<Json<PolicyOut>> {
-    let w = json_body(&room, &p, "policy.set", Some(&id), body).await?;
+    let w = json_body(&room, &p, Action::PolicySet, Some(&id), body).await?;
     let v = room.set_policy(&p, &id, &name, w.to_draft()).await?;
     Ok(Json(PolicyOut::from(&v)))
 }
@@ -82,7 +83,7 @@ pub async fn grant(
     Path(id): Path<String>,
     body: Result<ApiJson<GrantIn>, ApiError>,
 ) -> R<Json<BudgetOut>> {
-    let g = json_body(&room, &p, "budget.grant", Some(&id), body).await?;
+    let g = json_body(&room, &p, Action::BudgetGrant, Some(&id), body).await?;
     let v = room
         .grant_budget(
             &p,
@@ -112,7 +113,7 @@ pub async fn query(
     Path(id): Path<String>,
     body: Result<ApiJson<QueryIn>, ApiError>,
 ) -> R<Json<AnalysisOut>> {
-    let q = json_body(&room, &p, "analysis.query", Some(&id), body).await?;
+    let q = json_body(&room, &p, Action::AnalysisQuery, Some(&id), body).await?;
     let v = room
         .run_query(
             &p,
@@ -206,7 +207,7 @@ pub async fn approve(
     Path((id, template)): Path<(String, String)>,
     body: Result<ApiJson<ApprovalIn>, ApiError>,
 ) -> R<(StatusCode, Json<ApprovalOut>)> {
-    let a = json_body(&room, &p, "template.approve", Some(&id), body).await?;
+    let a = json_body(&room, &p, Action::TemplateApprove, Some(&id), body).await?;
     let v = room
         .approve_template(&p, &id, &a.dataset, &template, a.version, true)
         .await?;
@@ -255,7 +256,7 @@ pub async fn run_template(
     Path((id, template)): Path<(String, String)>,
     body: Result<ApiJson<TemplateRunIn>, ApiError>,
 ) -> R<Json<AnalysisOut>> {
-    let t = json_body(&room, &p, "analysis.template", Some(&id), body).await?;
+    let t = json_body(&room, &p, Action::AnalysisTemplate, Some(&id), body).await?;
     let v = room
         .run_template(
             &p,

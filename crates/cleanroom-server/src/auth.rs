@@ -4,6 +4,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use cleanroom_core::audit::Action;
 use cleanroom_service::{CleanRoom, Principal};
 
 use crate::problem::ApiError;
@@ -60,7 +61,7 @@ where
                     .and_then(|rest| rest.split('/').next());
                 room.record_rejection(
                     &p,
-                    "request.path",
+                    Action::RequestPath,
                     collab,
                     e.code,
                     "the path does not decode",

@@ -3,6 +3,7 @@
 //! even be converted (a body that is not the expected JSON, an unknown ability) is answered
 //! here and reported to the service, which records the refusal in the audit log.
 
+use cleanroom_core::audit::Action;
 use std::io;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ type R<T> = Result<T, ApiError>;
 pub(crate) async fn rejected(
     room: &CleanRoom,
     p: &Principal,
-    action: &str,
+    action: Action,
     collab: Option<&str>,
     e: ApiError,
     rule: &str,
@@ -47,7 +48,7 @@ pub(crate) async fn rejected(
 async fn invalid(
     room: &CleanRoom,
     p: &Principal,
-    action: &str,
+    action: Action,
     collab: Option<&str>,
     e: ServiceError,
 ) -> ApiError {
@@ -59,7 +60,7 @@ async fn invalid(
 pub(crate) async fn json_body<T>(
     room: &CleanRoom,
     p: &Principal,
-    action: &str,
+    action: Action,
     collab: Option<&str>,
     body: Result<ApiJson<T>, ApiError>,
 ) -> R<T> {
@@ -75,7 +76,7 @@ pub(crate) async fn json_body<T>(
 async fn abilities(
     room: &CleanRoom,
     p: &Principal,
-    action: &str,
+    action: Action,
     collab: Option<&str>,
     list: &[String],
 ) -> R<Abilities> {
@@ -127,7 +128,7 @@ pub async fn create_org(
     Authed(p): Authed,
     body: Result<ApiJson<CreateOrgRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CreatedOrg>)> {
-    let req = json_body(&room, &p, "org.create", None, body).await?;
+    let req = json_body(&room, &p, Action::OrgCreate, None, body).await?;
     let (org, admin, token) = room.create_org(&p, &req.name, &req.admin).await?;
     Ok((
         StatusCode::CREATED,
@@ -162,11 +163,11 @@ pub async fn create_user(
     Authed(p): Authed,
     body: Result<ApiJson<CreateUserRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CreatedUser>)> {
-    let req = json_body(&room, &p, "user.create", None, body).await?;
+    let req = json_body(&room, &p, Action::UserCreate, None, body).await?;
     let role = match req.role.as_deref().map(UserRole::parse) {
         None => UserRole::Member,
         Some(Ok(r)) => r,
-        Some(Err(e)) => return Err(invalid(&room, &p, "user.create", None, e.into()).await),
+        Some(Err(e)) => return Err(invalid(&room, &p, Action::UserCreate, None, e.into()).await),
     };
     let (user, token) = room.create_user(&p, &req.name, role).await?;
     Ok((
@@ -202,7 +203,7 @@ pub async fn create_token(
     Authed(p): Authed,
     body: Result<ApiJson<CreateTokenRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CreatedToken>)> {
-    let req = json_body(&room, &p, "token.create", None, body).await?;
+    let req = json_body(&room, &p, Action::TokenCreate, None, body).await?;
     let t = room.create_token(&p, &req.label).await?;
     Ok((
         StatusCode::CREATED,
@@ -252,7 +253,7 @@ pub async fn create_collaboration(
     Authed(p): Authed,
     body: Result<ApiJson<CreateCollaborationRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CollaborationDetail>)> {
-    let action = "collaboration.create";
+    let action = Action::CollaborationCreate;
     let req = json_body(&room, &p, action, None, body).await?;
     let a = match &req.abilities {
         None => Abilities::all(),
@@ -300,7 +301,7 @@ pub async fn invite(
     Path(id): Path<String>,
     body: Result<ApiJson<InviteRequest>, ApiError>,
 ) -> R<(StatusCode, Json<MemberOut>)> {
-    let action = "collaboration.invite";
+    let action = Action::CollaborationInvite;
     let req = json_body(&room, &p, action, Some(&id), body).await?;
     let a = abilities(&room, &p, action, Some(&id), &req.abilities).await?;
     let m = room.invite(&p, &id, &req.org, a).await?;
@@ -388,7 +389,7 @@ pub async fn create_dataset(
     Path(id): Path<String>,
     body: Result<ApiJson<CreateDatasetRequest>, ApiError>,
 ) -> R<(StatusCode, Json<DatasetOut>)> {
-    let action = "dataset.create";
+    let action = Action::DatasetCreate;
     let req = json_body(&room, &p, action, Some(&id), body).await?;
     let schema = match schema_from(&req.columns) {
         Ok(s) => s,
@@ -462,7 +463,9 @@ pub async fn upload(
             let bytes = match read_whole(body, cap, idle).await {
                 Ok(b) => b,
                 Err((e, rule)) => {
-                    return Err(rejected(&room, &p, "dataset.upload", Some(&id), e, rule).await);
+                    return Err(
+                        rejected(&room, &p, Action::DatasetUpload, Some(&id), e, rule).await,
+                    );
                 }
             };
             let d = room
@@ -479,7 +482,7 @@ pub async fn upload(
                 ),
             );
             let rule = "the Content-Type is not one of the accepted media types";
-            return Err(rejected(&room, &p, "dataset.upload", Some(&id), e, rule).await);
+            return Err(rejected(&room, &p, Action::DatasetUpload, Some(&id), e, rule).await);
         }
     };
     let d = room.upload(&p, &id, &name, input).await?;
@@ -575,7 +578,7 @@ pub async fn audit(
         Ok(Query(q)) => q,
         Err(r) => {
             let rule = "the query string is malformed";
-            return Err(rejected(&room, &p, "audit.read", Some(&chain), r.into(), rule).await);
+            return Err(rejected(&room, &p, Action::AuditRead, Some(&chain), r.into(), rule).await);
         }
     };
     let (entries, head) = room

@@ -15,6 +15,7 @@
 //! partner learns is which of its own identifiers match the (narrowed) segment, which is the
 //! purpose of an activation and what the owner approves.
 
+use cleanroom_core::audit::Action;
 use std::collections::BTreeMap;
 
 use cleanroom_core::audit::Outcome;
@@ -304,7 +305,7 @@ impl CleanRoom {
         p: &Principal,
         c: &Collaboration,
         id: &str,
-        action: &str,
+        action: Action,
     ) -> Result<(ActivationRow, Vec<Dataset>), ServiceError> {
         let datasets = self.meta.list_datasets(c.id).await?;
         let found = match ActivationId::parse(id) {
@@ -375,7 +376,7 @@ impl CleanRoom {
         &self,
         c: &Collaboration,
         p: &Principal,
-        action: &str,
+        action: Action,
         id: &str,
         row: &ActivationRow,
         view: &ActivationView,
@@ -404,7 +405,7 @@ impl CleanRoom {
         collab: &str,
         req: ActivationRequest,
     ) -> Result<ActivationView, ServiceError> {
-        const ACTION: &str = "activation.request";
+        const ACTION: Action = Action::ActivationRequest;
         let target = req.source.clone();
         let (c, _) = self
             .active_member(p, collab, ACTION, &target, Some(Ability::Receive), true)
@@ -481,9 +482,9 @@ impl CleanRoom {
         approve: bool,
     ) -> Result<ActivationView, ServiceError> {
         let action = if approve {
-            "activation.approve"
+            Action::ActivationApprove
         } else {
-            "activation.reject"
+            Action::ActivationReject
         };
         let (c, _) = self
             .active_member(p, collab, action, id, None, true)
@@ -553,7 +554,7 @@ impl CleanRoom {
         collab: &str,
         id: &str,
     ) -> Result<Segment, ServiceError> {
-        const ACTION: &str = "activation.download";
+        const ACTION: Action = Action::ActivationDownload;
         let (c, _) = self
             .active_member(p, collab, ACTION, id, Some(Ability::Receive), true)
             .await?;
@@ -629,7 +630,7 @@ impl CleanRoom {
             let audit = Self::audit(
                 &row.collaboration_id.to_string(),
                 "server",
-                "activation.deliver",
+                Action::ActivationDeliver,
                 &row.id,
                 Outcome::Failed,
                 "interrupted by a server restart while matching; nothing was delivered and the approval stays used",
@@ -657,7 +658,7 @@ impl CleanRoom {
         id: String,
         actor: String,
     ) -> Result<Vec<String>, ServiceError> {
-        const ACTION: &str = "activation.deliver";
+        const ACTION: Action = Action::ActivationDeliver;
         let chain = c.id.to_string();
         let min = checked.rule.min_segment_size;
         let outcome = async {
@@ -766,7 +767,7 @@ impl CleanRoom {
         collab: &str,
         id: &str,
     ) -> Result<ActivationView, ServiceError> {
-        const ACTION: &str = "activation.show";
+        const ACTION: Action = Action::ActivationShow;
         let (c, _) = self
             .active_member(p, collab, ACTION, id, None, false)
             .await?;
@@ -782,7 +783,7 @@ impl CleanRoom {
         collab: &str,
     ) -> Result<Vec<ActivationView>, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "activation.list", "-", None, false)
+            .active_member(p, collab, Action::ActivationList, "-", None, false)
             .await?;
         let datasets = self.meta.list_datasets(c.id).await?;
         let members = self.meta.list_members(c.id).await?;

@@ -1,6 +1,7 @@
 //! From a plan to a release: receivers, prices, the atomic charge, the run and its record.
 
 use super::*;
+use cleanroom_core::audit::Action;
 use cleanroom_meta::NewAudit;
 
 /// How an analysis was asked for, beyond its plan.
@@ -9,7 +10,7 @@ pub(super) struct Submission<'a> {
     pub receivers: &'a [String],
     pub dry_run: bool,
     /// The audit action of the request.
-    pub action: &'static str,
+    pub action: Action,
 }
 
 /// A checked plan with the catalog it was checked against.
@@ -137,7 +138,7 @@ impl CleanRoom {
             let audit = Self::audit(
                 &chain,
                 &p.actor(),
-                "analysis.release",
+                Action::AnalysisRelease,
                 &id,
                 Outcome::Allowed,
                 format!(
@@ -242,7 +243,7 @@ impl CleanRoom {
         catalog: &Catalog,
         priced: Priced,
         receivers: Vec<String>,
-        action: &str,
+        action: Action,
     ) -> Result<AnalysisView, ServiceError> {
         let audit = Self::audit(
             chain,
@@ -283,11 +284,11 @@ impl CleanRoom {
         c: &Collaboration,
         planned: Planned,
         charged: Charged,
-        action: &str,
+        action: Action,
     ) -> Result<(), ServiceError> {
         let room = self.clone();
         let chain = c.id.to_string();
-        let (actor, action, target) = (p.actor(), action.to_owned(), planned.kind.to_owned());
+        let (actor, action, target) = (p.actor(), action, planned.kind.to_owned());
         let c = c.clone();
         let task = tokio::spawn(async move {
             let Charged {
@@ -308,7 +309,7 @@ impl CleanRoom {
                     let e = ServiceError::BudgetExhausted(format!(
                         "{who}'s privacy budget cannot pay for this analysis (spent by a concurrent analysis)"
                     ));
-                    return Err(room.refuse(&chain, &actor, &action, &target, e).await);
+                    return Err(room.refuse(&chain, &actor, action, &target, e).await);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -354,7 +355,7 @@ impl CleanRoom {
                 let audit = Self::audit(
                     &chain,
                     &actor,
-                    "analysis.release",
+                    Action::AnalysisRelease,
                     &id,
                     Outcome::Allowed,
                     format!(
@@ -380,7 +381,7 @@ impl CleanRoom {
                 let audit = Self::audit(
                     &chain,
                     &actor,
-                    "analysis.release",
+                    Action::AnalysisRelease,
                     &id,
                     public.audit_outcome(),
                     stored.clone(),
@@ -398,7 +399,7 @@ impl CleanRoom {
             let audit = Self::audit(
                 &row.collaboration_id.to_string(),
                 "server",
-                "analysis.release",
+                Action::AnalysisRelease,
                 &row.id,
                 Outcome::Failed,
                 "interrupted by a server restart; nothing was released and the charge stays",

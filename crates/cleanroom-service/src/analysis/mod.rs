@@ -8,6 +8,7 @@
 //! stays) with its audit entry. Every step, refusals included, is in the collaboration's audit
 //! chain with its cost.
 
+use cleanroom_core::audit::Action;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -286,7 +287,7 @@ impl CleanRoom {
         id: &str,
     ) -> Result<AnalysisView, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "analysis.show", id, None, false)
+            .active_member(p, collab, Action::AnalysisShow, id, None, false)
             .await?;
         let found = self
             .meta
@@ -301,7 +302,7 @@ impl CleanRoom {
             None => {
                 let e = ServiceError::NotFound(format!("no analysis {id} that you may see"));
                 Err(self
-                    .refuse(&c.id.to_string(), &p.actor(), "analysis.show", id, e)
+                    .refuse(&c.id.to_string(), &p.actor(), Action::AnalysisShow, id, e)
                     .await)
             }
         }
@@ -314,7 +315,7 @@ impl CleanRoom {
         collab: &str,
     ) -> Result<Vec<AnalysisView>, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "analysis.list", "-", None, false)
+            .active_member(p, collab, Action::AnalysisList, "-", None, false)
             .await?;
         let quoted = format!("\"{}\"", p.org.name);
         self.meta

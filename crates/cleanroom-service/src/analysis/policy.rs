@@ -1,6 +1,7 @@
 //! Policies, budgets and template approvals: what data owners decide.
 
 use super::*;
+use cleanroom_core::audit::Action;
 
 impl CleanRoom {
     // ------------------------------------------------------------------ policies
@@ -13,7 +14,7 @@ impl CleanRoom {
         dataset: &str,
         draft: PolicyDraft,
     ) -> Result<PolicyView, ServiceError> {
-        const ACTION: &str = "policy.set";
+        const ACTION: Action = Action::PolicySet;
         let (c, _) = self
             .active_member(p, collab, ACTION, dataset, None, true)
             .await?;
@@ -58,7 +59,7 @@ impl CleanRoom {
         collab: &str,
         dataset: &str,
     ) -> Result<PolicyView, ServiceError> {
-        const ACTION: &str = "policy.show";
+        const ACTION: Action = Action::PolicyShow;
         let (c, _) = self
             .active_member(p, collab, ACTION, dataset, None, false)
             .await?;
@@ -92,7 +93,7 @@ impl CleanRoom {
         collab: &str,
         grant: GrantRequest,
     ) -> Result<BudgetView, ServiceError> {
-        const ACTION: &str = "budget.grant";
+        const ACTION: Action = Action::BudgetGrant;
         let (c, _) = self
             .active_member(p, collab, ACTION, p.org.name.as_str(), None, true)
             .await?;
@@ -210,7 +211,7 @@ impl CleanRoom {
         collab: &str,
     ) -> Result<Vec<BudgetView>, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "budget.show", "-", None, false)
+            .active_member(p, collab, Action::BudgetShow, "-", None, false)
             .await?;
         Ok(self
             .meta
@@ -239,9 +240,9 @@ impl CleanRoom {
         approve: bool,
     ) -> Result<ApprovalView, ServiceError> {
         let action = if approve {
-            "template.approve"
+            Action::TemplateApprove
         } else {
-            "template.revoke"
+            Action::TemplateRevoke
         };
         let (c, _) = self
             .active_member(p, collab, action, dataset, None, true)
@@ -309,7 +310,7 @@ impl CleanRoom {
         collab: &str,
     ) -> Result<Vec<ApprovalView>, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "template.approvals", "-", None, false)
+            .active_member(p, collab, Action::TemplateApprovals, "-", None, false)
             .await?;
         let datasets = self.meta.list_datasets(c.id).await?;
         Ok(self

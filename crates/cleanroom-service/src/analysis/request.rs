@@ -2,6 +2,7 @@
 
 use super::execute::{Checked, Submission};
 use super::*;
+use cleanroom_core::audit::Action;
 
 impl CleanRoom {
     /// Checks, prices and (unless a dry run) runs a SQL analysis.
@@ -11,7 +12,7 @@ impl CleanRoom {
         collab: &str,
         req: QueryRequest,
     ) -> Result<AnalysisView, ServiceError> {
-        const ACTION: &str = "analysis.query";
+        const ACTION: Action = Action::AnalysisQuery;
         let (c, _) = self
             .active_member(p, collab, ACTION, "sql", Some(Ability::Analyse), true)
             .await?;
@@ -100,7 +101,7 @@ impl CleanRoom {
         collab: &str,
         req: TemplateRequest,
     ) -> Result<AnalysisView, ServiceError> {
-        const ACTION: &str = "analysis.template";
+        const ACTION: Action = Action::AnalysisTemplate;
         let target = req.template.clone();
         let (c, _) = self
             .active_member(p, collab, ACTION, &target, Some(Ability::Analyse), true)

@@ -1,5 +1,6 @@
 //! Audit helpers of every use case (append, refuse, record a rejection) and reading a chain.
 
+use cleanroom_core::audit::Action;
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome, SYSTEM_CHAIN};
 use cleanroom_core::ids::CollaborationId;
 use cleanroom_core::party::MemberStatus;
@@ -14,7 +15,7 @@ impl CleanRoom {
     pub(crate) fn audit(
         chain: &str,
         actor: &str,
-        action: &str,
+        action: Action,
         target: &str,
         outcome: Outcome,
         detail: impl Into<String>,
@@ -22,7 +23,7 @@ impl CleanRoom {
         NewAudit {
             chain: chain.to_owned(),
             actor: actor.to_owned(),
-            action: action.to_owned(),
+            action: action.as_str().to_owned(),
             target: target.to_owned(),
             outcome,
             detail: detail.into(),
@@ -34,7 +35,7 @@ impl CleanRoom {
         &self,
         chain: &str,
         actor: &str,
-        action: &str,
+        action: Action,
         target: &str,
         err: ServiceError,
     ) -> ServiceError {
@@ -52,7 +53,7 @@ impl CleanRoom {
         r: Result<T, E>,
         chain: &str,
         actor: &str,
-        action: &str,
+        action: Action,
         target: &str,
     ) -> Result<T, ServiceError> {
         match r {
@@ -70,7 +71,7 @@ impl CleanRoom {
     pub async fn record_rejection(
         &self,
         p: &Principal,
-        action: &str,
+        action: Action,
         collab: Option<&str>,
         code: &str,
         rule: &str,
@@ -113,13 +114,13 @@ impl CleanRoom {
                     "only the operator's admins may read the system audit log".into(),
                 );
                 return Err(self
-                    .refuse(SYSTEM_CHAIN, &p.actor(), "audit.read", SYSTEM_CHAIN, e)
+                    .refuse(SYSTEM_CHAIN, &p.actor(), Action::AuditRead, SYSTEM_CHAIN, e)
                     .await);
             }
             SYSTEM_CHAIN.to_owned()
         } else {
             let (c, _) = self
-                .active_member(p, chain, "audit.read", "-", None, false)
+                .active_member(p, chain, Action::AuditRead, "-", None, false)
                 .await?;
             c.id.to_string()
         };

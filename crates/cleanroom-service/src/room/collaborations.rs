@@ -1,5 +1,6 @@
 //! Collaborations: create, invite, accept, decline, close; memberships and who may act.
 
+use cleanroom_core::audit::Action;
 use cleanroom_core::audit::{Outcome, SYSTEM_CHAIN};
 use cleanroom_core::entities::{Collaboration, Membership};
 use cleanroom_core::ids::CollaborationId;
@@ -23,7 +24,7 @@ impl CleanRoom {
         abilities: Abilities,
     ) -> Result<Collaboration, ServiceError> {
         let actor = p.actor();
-        let action = "collaboration.create";
+        let action = Action::CollaborationCreate;
         let name = self
             .audited(
                 CollaborationName::parse(name),
@@ -72,7 +73,7 @@ impl CleanRoom {
         let audit = Self::audit(
             &c.id.to_string(),
             &p.actor(),
-            "collaboration.create",
+            Action::CollaborationCreate,
             c.name.as_str(),
             Outcome::Allowed,
             format!("creator {} with abilities {}", p.org.name, abilities),
@@ -120,7 +121,7 @@ impl CleanRoom {
         &self,
         p: &Principal,
         collab: &str,
-        action: &str,
+        action: Action,
     ) -> Result<(Collaboration, Membership), ServiceError> {
         let id = match CollaborationId::parse(collab) {
             Ok(id) => id,
@@ -158,7 +159,7 @@ impl CleanRoom {
         &self,
         p: &Principal,
         name: &str,
-        action: &str,
+        action: Action,
     ) -> Result<CollaborationId, ServiceError> {
         let mine: Vec<Collaboration> = self
             .list_collaborations(p)
@@ -192,7 +193,7 @@ impl CleanRoom {
         &self,
         p: &Principal,
         collab: &str,
-        action: &str,
+        action: Action,
         target: &str,
         ability: Option<Ability>,
         must_be_open: bool,
@@ -227,7 +228,9 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<CollaborationView, ServiceError> {
-        let (c, you) = self.membership_of(p, collab, "collaboration.show").await?;
+        let (c, you) = self
+            .membership_of(p, collab, Action::CollaborationShow)
+            .await?;
         let members = self
             .meta
             .list_members(c.id)
@@ -257,7 +260,7 @@ impl CleanRoom {
         abilities: Abilities,
     ) -> Result<Membership, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "collaboration.invite", org_name, None, true)
+            .active_member(p, collab, Action::CollaborationInvite, org_name, None, true)
             .await?;
         let chain = c.id.to_string();
         if c.creator_org_id != p.org.id {
@@ -265,7 +268,7 @@ impl CleanRoom {
                 "only the organisation that created the collaboration may invite".into(),
             );
             return Err(self
-                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .refuse(&chain, &p.actor(), Action::CollaborationInvite, org_name, e)
                 .await);
         }
         let name = self
@@ -273,20 +276,20 @@ impl CleanRoom {
                 OrgName::parse(org_name),
                 &chain,
                 &p.actor(),
-                "collaboration.invite",
+                Action::CollaborationInvite,
                 "-",
             )
             .await?;
         let Some(org) = self.meta.find_org(&name).await? else {
             let e = ServiceError::NotFound(format!("no organisation named {name}"));
             return Err(self
-                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .refuse(&chain, &p.actor(), Action::CollaborationInvite, org_name, e)
                 .await);
         };
         if abilities.is_empty() {
             let e = ServiceError::InvalidInput("name at least one ability".into());
             return Err(self
-                .refuse(&chain, &p.actor(), "collaboration.invite", org_name, e)
+                .refuse(&chain, &p.actor(), Action::CollaborationInvite, org_name, e)
                 .await);
         }
         let m = Membership {
@@ -301,7 +304,7 @@ impl CleanRoom {
         let audit = Self::audit(
             &chain,
             &p.actor(),
-            "collaboration.invite",
+            Action::CollaborationInvite,
             org.name.as_str(),
             Outcome::Allowed,
             format!("abilities {abilities}"),
@@ -312,7 +315,7 @@ impl CleanRoom {
                 .refuse(
                     &chain,
                     &p.actor(),
-                    "collaboration.invite",
+                    Action::CollaborationInvite,
                     org_name,
                     ServiceError::Conflict(msg),
                 )
@@ -329,9 +332,9 @@ impl CleanRoom {
         accept: bool,
     ) -> Result<(), ServiceError> {
         let action = if accept {
-            "collaboration.accept"
+            Action::CollaborationAccept
         } else {
-            "collaboration.decline"
+            Action::CollaborationDecline
         };
         let (c, m) = self.membership_of(p, collab, action).await?;
         let chain = c.id.to_string();
@@ -373,7 +376,7 @@ impl CleanRoom {
         collab: &str,
     ) -> Result<u64, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "collaboration.close", "-", None, true)
+            .active_member(p, collab, Action::CollaborationClose, "-", None, true)
             .await?;
         let chain = c.id.to_string();
         if c.creator_org_id != p.org.id || !p.is_admin() {
@@ -385,7 +388,7 @@ impl CleanRoom {
                 .refuse(
                     &chain,
                     &p.actor(),
-                    "collaboration.close",
+                    Action::CollaborationClose,
                     c.name.as_str(),
                     e,
                 )
@@ -394,7 +397,7 @@ impl CleanRoom {
         let audit = Self::audit(
             &chain,
             &p.actor(),
-            "collaboration.close",
+            Action::CollaborationClose,
             c.name.as_str(),
             Outcome::Allowed,
             "",

@@ -1,5 +1,6 @@
 //! Datasets: declare, upload (in a task of its own), list, show, verify.
 
+use cleanroom_core::audit::Action;
 use cleanroom_core::audit::{Outcome, SYSTEM_CHAIN};
 use cleanroom_core::entities::{Collaboration, Dataset};
 use cleanroom_core::ids::{CollaborationId, DatasetId};
@@ -28,7 +29,7 @@ impl CleanRoom {
             .active_member(
                 p,
                 collab,
-                "dataset.create",
+                Action::DatasetCreate,
                 name,
                 Some(Ability::Contribute),
                 true,
@@ -39,7 +40,7 @@ impl CleanRoom {
                 DatasetName::parse(name),
                 &c.id.to_string(),
                 &p.actor(),
-                "dataset.create",
+                Action::DatasetCreate,
                 "-",
             )
             .await?;
@@ -63,7 +64,7 @@ impl CleanRoom {
         let audit = Self::audit(
             &chain,
             &p.actor(),
-            "dataset.create",
+            Action::DatasetCreate,
             d.name.as_str(),
             Outcome::Allowed,
             format!("{} column(s)", d.schema.columns().len()),
@@ -74,7 +75,7 @@ impl CleanRoom {
                 .refuse(
                     &chain,
                     &p.actor(),
-                    "dataset.create",
+                    Action::DatasetCreate,
                     d.name.as_str(),
                     ServiceError::Conflict(msg),
                 )
@@ -119,19 +120,27 @@ impl CleanRoom {
             .active_member(
                 p,
                 collab,
-                "dataset.upload",
+                Action::DatasetUpload,
                 name,
                 Some(Ability::Contribute),
                 true,
             )
             .await?;
-        let d = self.find_dataset(&c, p, name, "dataset.upload").await?;
+        let d = self
+            .find_dataset(&c, p, name, Action::DatasetUpload)
+            .await?;
         if d.owner_org_id != p.org.id {
             let e = ServiceError::Forbidden(
                 "only the organisation that owns a dataset may upload its data".into(),
             );
             return Err(self
-                .refuse(&c.id.to_string(), &p.actor(), "dataset.upload", name, e)
+                .refuse(
+                    &c.id.to_string(),
+                    &p.actor(),
+                    Action::DatasetUpload,
+                    name,
+                    e,
+                )
                 .await);
         }
         Ok((c, d))
@@ -162,7 +171,7 @@ impl CleanRoom {
             .refuse(
                 &c.id.to_string(),
                 &p.actor(),
-                "dataset.upload",
+                Action::DatasetUpload,
                 name,
                 ServiceError::Conflict(busy),
             )
@@ -193,7 +202,7 @@ impl CleanRoom {
                     .map(|id| id.to_string())
                     .unwrap_or_else(|_| SYSTEM_CHAIN.to_owned());
                 Err(self
-                    .refuse(&chain, &p.actor(), "dataset.upload", name, e)
+                    .refuse(&chain, &p.actor(), Action::DatasetUpload, name, e)
                     .await)
             }
         }
@@ -231,7 +240,7 @@ impl CleanRoom {
         let chain = c.id.to_string();
         if let Err(e) = self.meta.begin_upload(d.id).await {
             return Err(self
-                .refuse(&chain, &p.actor(), "dataset.upload", name, e.into())
+                .refuse(&chain, &p.actor(), Action::DatasetUpload, name, e.into())
                 .await);
         }
         let format = input.format();
@@ -241,7 +250,7 @@ impl CleanRoom {
                 let audit = Self::audit(
                     &chain,
                     &p.actor(),
-                    "dataset.upload",
+                    Action::DatasetUpload,
                     name,
                     Outcome::Allowed,
                     format!("{rows} rows, {bytes} encrypted bytes, from {format}"),
@@ -254,7 +263,7 @@ impl CleanRoom {
                     let back = Self::audit(
                         &chain,
                         &p.actor(),
-                        "dataset.upload",
+                        Action::DatasetUpload,
                         name,
                         e.audit_outcome(),
                         e.audit_detail(),
@@ -264,14 +273,14 @@ impl CleanRoom {
                     }
                     return Err(e);
                 }
-                self.find_dataset(&c, p, name, "dataset.upload").await
+                self.find_dataset(&c, p, name, Action::DatasetUpload).await
             }
             Err(err) => {
                 let detail = err.audit_detail();
                 let audit = Self::audit(
                     &chain,
                     &p.actor(),
-                    "dataset.upload",
+                    Action::DatasetUpload,
                     name,
                     err.audit_outcome(),
                     detail,
@@ -331,7 +340,7 @@ impl CleanRoom {
         c: &Collaboration,
         p: &Principal,
         name: &str,
-        action: &str,
+        action: Action,
     ) -> Result<Dataset, ServiceError> {
         let parsed = self
             .audited(
@@ -370,7 +379,7 @@ impl CleanRoom {
         collab: &str,
     ) -> Result<Vec<Dataset>, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "dataset.list", "-", None, false)
+            .active_member(p, collab, Action::DatasetList, "-", None, false)
             .await?;
         Ok(self
             .meta
@@ -389,9 +398,9 @@ impl CleanRoom {
         name: &str,
     ) -> Result<Dataset, ServiceError> {
         let (c, _) = self
-            .active_member(p, collab, "dataset.show", name, None, false)
+            .active_member(p, collab, Action::DatasetShow, name, None, false)
             .await?;
-        let d = self.find_dataset(&c, p, name, "dataset.show").await?;
+        let d = self.find_dataset(&c, p, name, Action::DatasetShow).await?;
         Ok(as_seen_by(d, p))
     }
 

@@ -1,3 +1,4 @@
+use cleanroom_core::audit::Action;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
@@ -333,7 +334,7 @@ impl CleanRoom {
             let audit = Self::audit(
                 &d.collaboration_id.to_string(),
                 "server",
-                "dataset.upload",
+                Action::DatasetUpload,
                 d.name.as_str(),
                 Outcome::Failed,
                 "interrupted upload discarded at start-up",

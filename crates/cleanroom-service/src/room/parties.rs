@@ -1,5 +1,6 @@
 //! Authentication, organisations, users and tokens.
 
+use cleanroom_core::audit::Action;
 use cleanroom_core::audit::{Outcome, SYSTEM_CHAIN};
 use cleanroom_core::entities::{Organisation, Token, User};
 use cleanroom_core::ids::{OrgId, TokenId, UserId};
@@ -29,7 +30,7 @@ impl CleanRoom {
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &format!("{}/{}", org.name, user.name),
-            "server.init",
+            Action::ServerInit,
             org.name.as_str(),
             Outcome::Allowed,
             format!(
@@ -87,11 +88,17 @@ impl CleanRoom {
             let e = ServiceError::Unauthenticated(
                 "send an API token in the Authorization header: `Bearer crt_…`".into(),
             );
-            return Err(self.refuse(SYSTEM_CHAIN, "anonymous", "auth", "-", e).await);
+            return Err(self
+                .refuse(SYSTEM_CHAIN, "anonymous", Action::Auth, "-", e)
+                .await);
         };
         let presented = match PresentedToken::parse(bearer) {
             Ok(p) => p,
-            Err(e) => return Err(self.refuse(SYSTEM_CHAIN, "anonymous", "auth", "-", e).await),
+            Err(e) => {
+                return Err(self
+                    .refuse(SYSTEM_CHAIN, "anonymous", Action::Auth, "-", e)
+                    .await);
+            }
         };
         let found = self.meta.authenticate(presented.id).await?;
         let target = presented.id.to_string();
@@ -100,7 +107,7 @@ impl CleanRoom {
                 if a.token.revoked_at.is_some() {
                     let e = ServiceError::Unauthenticated("this token has been revoked".into());
                     return Err(self
-                        .refuse(SYSTEM_CHAIN, "anonymous", "auth", &target, e)
+                        .refuse(SYSTEM_CHAIN, "anonymous", Action::Auth, &target, e)
                         .await);
                 }
                 Ok(Principal {
@@ -112,7 +119,7 @@ impl CleanRoom {
             _ => {
                 let e = ServiceError::Unauthenticated("unknown token".into());
                 Err(self
-                    .refuse(SYSTEM_CHAIN, "anonymous", "auth", &target, e)
+                    .refuse(SYSTEM_CHAIN, "anonymous", Action::Auth, &target, e)
                     .await)
             }
         }
@@ -132,7 +139,7 @@ impl CleanRoom {
                 "only the operator's admins may create organisations".into(),
             );
             return Err(self
-                .refuse(SYSTEM_CHAIN, &p.actor(), "org.create", name, e)
+                .refuse(SYSTEM_CHAIN, &p.actor(), Action::OrgCreate, name, e)
                 .await);
         }
         let actor = p.actor();
@@ -141,7 +148,7 @@ impl CleanRoom {
                 OrgName::parse(name),
                 SYSTEM_CHAIN,
                 &actor,
-                "org.create",
+                Action::OrgCreate,
                 "-",
             )
             .await?;
@@ -153,12 +160,18 @@ impl CleanRoom {
         };
         let admin = self.new_user(org.id, admin_name, UserRole::Admin, "initial admin token");
         let (user, issued, token) = self
-            .audited(admin, SYSTEM_CHAIN, &actor, "org.create", org.name.as_str())
+            .audited(
+                admin,
+                SYSTEM_CHAIN,
+                &actor,
+                Action::OrgCreate,
+                org.name.as_str(),
+            )
             .await?;
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &p.actor(),
-            "org.create",
+            Action::OrgCreate,
             org.name.as_str(),
             Outcome::Allowed,
             format!("admin {}; token {}", user.name, issued.id),
@@ -183,17 +196,17 @@ impl CleanRoom {
             let e =
                 ServiceError::Forbidden("only admins of your organisation may add users".into());
             return Err(self
-                .refuse(SYSTEM_CHAIN, &p.actor(), "user.create", name, e)
+                .refuse(SYSTEM_CHAIN, &p.actor(), Action::UserCreate, name, e)
                 .await);
         }
         let new = self.new_user(p.org.id, name, role, "initial token");
         let (user, issued, token) = self
-            .audited(new, SYSTEM_CHAIN, &p.actor(), "user.create", "-")
+            .audited(new, SYSTEM_CHAIN, &p.actor(), Action::UserCreate, "-")
             .await?;
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &p.actor(),
-            "user.create",
+            Action::UserCreate,
             &format!("{}/{}", p.org.name, user.name),
             Outcome::Allowed,
             format!("role {}; token {}", role.as_str(), issued.id),
@@ -217,14 +230,14 @@ impl CleanRoom {
                 Self::new_token(p.user.id, label),
                 SYSTEM_CHAIN,
                 &p.actor(),
-                "token.create",
+                Action::TokenCreate,
                 "-",
             )
             .await?;
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &p.actor(),
-            "token.create",
+            Action::TokenCreate,
             &issued.id.to_string(),
             Outcome::Allowed,
             "",
@@ -249,7 +262,7 @@ impl CleanRoom {
                 TokenId::parse(id),
                 SYSTEM_CHAIN,
                 &p.actor(),
-                "token.revoke",
+                Action::TokenRevoke,
                 "-",
             )
             .await?;
@@ -266,13 +279,19 @@ impl CleanRoom {
         if !allowed {
             let e = ServiceError::NotFound(format!("no token {id} that you may revoke"));
             return Err(self
-                .refuse(SYSTEM_CHAIN, &p.actor(), "token.revoke", &id.to_string(), e)
+                .refuse(
+                    SYSTEM_CHAIN,
+                    &p.actor(),
+                    Action::TokenRevoke,
+                    &id.to_string(),
+                    e,
+                )
                 .await);
         }
         let audit = Self::audit(
             SYSTEM_CHAIN,
             &p.actor(),
-            "token.revoke",
+            Action::TokenRevoke,
             &id.to_string(),
             Outcome::Allowed,
             "",
