@@ -10,7 +10,6 @@
 //! is immutable, and carries its cost.
 
 pub mod budget;
-pub mod empirical;
 mod error;
 pub mod noise;
 pub mod partition;

@@ -14,6 +14,7 @@ fn repo() -> PathBuf {
 /// The project's crates each crate may depend on directly (normal dependencies).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("cleanroom-core", &[]),
+    ("cleanroom-testkit", &[]),
     ("cleanroom-privacy", &[]),
     ("cleanroom-storage", &["cleanroom-core"]),
     ("cleanroom-identity", &["cleanroom-core"]),

@@ -7,7 +7,7 @@ use cleanroom_privacy::budget::Epsilon;
 use cleanroom_privacy::noise::IntegerNoise;
 use cleanroom_privacy::partition::{GroupSelection, SelectionBounds};
 
-use cleanroom_privacy::empirical::epsilon_lower_bound;
+use cleanroom_testkit::empirical::epsilon_lower_bound;
 
 const RUNS: u64 = 100_000;
 /// Confidence of each interval: a correct mechanism trips an assertion with probability < 1e-6.

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use cleanroom_privacy::empirical::epsilon_lower_bound;
 use cleanroom_query::release::release;
 use cleanroom_query::rewrite::{ExactGroup, RunOptions, execute};
 use cleanroom_query::{Analysis, Catalog, Cell, prepare, run};
+use cleanroom_testkit::empirical::epsilon_lower_bound;
 
 use crate::*;
 
