@@ -254,6 +254,58 @@ struct ReadStats {
 
 /// Parses the flags, loads the credentials, and reads and blinds the input.
 fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
+    let flags = check_flags(run)?;
+    if let Some(t) = run.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global()
+            .context("cannot start the worker threads")?;
+    }
+    let identity = Identity::load(&run.cert, &run.key)?;
+    let pin = PeerPin::parse(&run.peer_cert_sha256)?;
+    let tls = Arc::new(TlsSetup::new(identity, pin)?);
+    let mut config = SessionConfig::new(flags.protocol, flags.role);
+    config.batch = run.batch;
+    config.max_peer_items = run.max_peer_items;
+    config.count_epsilon = run.epsilon_count;
+    config.sum_epsilon = run.epsilon_sum;
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(run.idle_timeout.max(1)),
+        ..Limits::default()
+    };
+    let (input, record_ids, read) = read_input(run, &flags)?;
+    if !run.quiet {
+        report_read(run, &flags, &read, &input);
+    }
+    Ok((
+        Plan {
+            config,
+            tls,
+            limits,
+            kinds: flags.kinds,
+            output: run.output.clone(),
+            record_ids,
+            quiet: run.quiet,
+            read,
+        },
+        input,
+    ))
+}
+
+/// What the flags ask for, once checked against each other.
+struct Flags {
+    protocol: ProtocolKind,
+    role: Role,
+    id_kinds: Vec<IdKind>,
+    columns: Vec<String>,
+    options: Vec<NormaliseOptions>,
+    labels: Vec<String>,
+    kinds: Kinds,
+    max_value: Option<u64>,
+}
+
+/// Checks which flags apply to the protocol and to this side of it.
+fn check_flags(run: &RunArgs) -> Result<Flags> {
     let protocol = match (ProtocolKind::parse(&run.protocol)?, run.sum_to) {
         (ProtocolKind::Sum, Some(SumTo::ValuesHolder)) => ProtocolKind::SumToValuesHolder,
         (p, None) | (p @ ProtocolKind::Sum, Some(SumTo::OtherParty)) => p,
@@ -318,24 +370,26 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
             bail!("epsilon must be a positive number");
         }
     }
-    if let Some(t) = run.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
-            .build_global()
-            .context("cannot start the worker threads")?;
-    }
-    let identity = Identity::load(&run.cert, &run.key)?;
-    let pin = PeerPin::parse(&run.peer_cert_sha256)?;
-    let tls = Arc::new(TlsSetup::new(identity, pin)?);
-    let mut config = SessionConfig::new(protocol, role);
-    config.batch = run.batch;
-    config.max_peer_items = run.max_peer_items;
-    config.count_epsilon = run.epsilon_count;
-    config.sum_epsilon = run.epsilon_sum;
-    let limits = Limits {
-        idle_timeout: Duration::from_secs(run.idle_timeout.max(1)),
-        ..Limits::default()
-    };
+    Ok(Flags {
+        protocol,
+        role,
+        id_kinds,
+        columns,
+        options,
+        labels,
+        kinds,
+        max_value,
+    })
+}
+
+/// Reads the input, normalises its identifiers as `cleanroom prepare` does, and blinds them.
+fn read_input(
+    run: &RunArgs,
+    flags: &Flags,
+) -> Result<(PreparedInput, Option<Vec<String>>, ReadStats)> {
+    let (protocol, role, max_value) = (flags.protocol, flags.role, flags.max_value);
+    let (id_kinds, columns, options) = (&flags.id_kinds, &flags.columns, &flags.options);
+    let (labels, kinds) = (&flags.labels, &flags.kinds);
     let t0 = Instant::now();
     let mut builder = InputBuilder::new(kinds.clone(), protocol, role, max_value)?;
     let mut read = ReadStats {
@@ -392,47 +446,36 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
     })?;
     let input = tokio::task::block_in_place(|| builder.finish())?;
     read.seconds = t0.elapsed().as_secs_f64();
-    if !run.quiet {
-        eprintln!(
-            "psi: read {} rows from {} and blinded them in {:.1} s",
-            read.rows,
-            run.input.display(),
-            read.seconds
-        );
-        for (label, n) in labels.iter().zip(&read.invalid) {
-            if *n > 0 {
-                eprintln!(
-                    "psi: {n} {label} values are not valid {label}s and are treated as absent"
-                );
-            }
-        }
-        if input.rows_without_id() > 0 {
-            eprintln!(
-                "psi: {} rows have no identifier and cannot match",
-                input.rows_without_id()
-            );
-        }
-        if input.values_clamped() > 0 {
-            eprintln!(
-                "psi: {} values were clamped into [0, {}]",
-                input.values_clamped(),
-                max_value.unwrap_or(0)
-            );
+    Ok((input, record_ids, read))
+}
+
+/// Tells what reading found (on stderr).
+fn report_read(run: &RunArgs, flags: &Flags, read: &ReadStats, input: &PreparedInput) {
+    let (labels, max_value) = (&flags.labels, flags.max_value);
+    eprintln!(
+        "psi: read {} rows from {} and blinded them in {:.1} s",
+        read.rows,
+        run.input.display(),
+        read.seconds
+    );
+    for (label, n) in labels.iter().zip(&read.invalid) {
+        if *n > 0 {
+            eprintln!("psi: {n} {label} values are not valid {label}s and are treated as absent");
         }
     }
-    Ok((
-        Plan {
-            config,
-            tls,
-            limits,
-            kinds,
-            output: run.output.clone(),
-            record_ids,
-            quiet: run.quiet,
-            read,
-        },
-        input,
-    ))
+    if input.rows_without_id() > 0 {
+        eprintln!(
+            "psi: {} rows have no identifier and cannot match",
+            input.rows_without_id()
+        );
+    }
+    if input.values_clamped() > 0 {
+        eprintln!(
+            "psi: {} values were clamped into [0, {}]",
+            input.values_clamped(),
+            max_value.unwrap_or(0)
+        );
+    }
 }
 
 /// Runs the session and reports.

@@ -259,7 +259,31 @@ impl Benchmark {
         catalog: &Catalog,
         partitions: usize,
     ) -> Result<TemplateOutput, QueryError> {
-        // Exact groups of every party (bounded by its policy).
+        let figures = self.exact_figures(catalog, partitions).await?;
+        let totals = self.noisy_totals(&figures, catalog)?;
+        let mut out = TemplateOutput::default();
+        out.tables
+            .push(("peers".into(), self.peers_table(&figures, &totals), None));
+        // Each party's own figures against the peers without it, for that party only.
+        for (pi, p) in self.parties.iter().enumerate() {
+            let owner = catalog.tables[p.table].owner.clone();
+            let mine = self.own_table(pi, &figures, &totals);
+            out.tables
+                .push((format!("yours: {owner}"), mine, Some(owner)));
+        }
+        out.notes.push(format!(
+            "a group is shown when at least {} parties each have enough people in it (decided with noise); the peers' figures are noisy, yours are exact and shown to you only",
+            self.min_parties
+        ));
+        Ok(out)
+    }
+
+    /// Every party's exact groups (bounded by its policy), on a common numbering of group keys.
+    async fn exact_figures(
+        &self,
+        catalog: &Catalog,
+        partitions: usize,
+    ) -> Result<Figures, QueryError> {
         let mut per_party = Vec::new();
         for p in &self.parties {
             let groups = execute(
@@ -273,10 +297,9 @@ impl Benchmark {
             .await?;
             per_party.push(groups);
         }
-        // A common numbering of group keys.
         let mut keys: Vec<Vec<ScalarValue>> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
-        let mut figures: Vec<HashMap<usize, (i64, i128, i64)>> = Vec::new();
+        let mut parties = Vec::new();
         for groups in &per_party {
             let mut mine = HashMap::new();
             for g in groups {
@@ -290,12 +313,17 @@ impl Benchmark {
                 };
                 mine.insert(i, (g.units[0], s, n));
             }
-            figures.push(mine);
+            parties.push(mine);
         }
-        // Which parties privately qualify for each group.
-        let mut contributors: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
+        Ok(Figures { keys, parties })
+    }
+
+    /// Which parties privately qualify for each group, the groups shown (enough qualifying
+    /// parties) and their noisy totals over the qualifying parties.
+    fn noisy_totals(&self, figures: &Figures, catalog: &Catalog) -> Result<Totals, QueryError> {
+        let mut contributors: Vec<Vec<usize>> = vec![Vec::new(); figures.keys.len()];
         for (pi, p) in self.parties.iter().enumerate() {
-            let counts: HashMap<u64, i64> = figures[pi]
+            let counts: HashMap<u64, i64> = figures.parties[pi]
                 .iter()
                 .map(|(g, (units, _, _))| (*g as u64, *units))
                 .collect();
@@ -314,17 +342,16 @@ impl Benchmark {
                 contributors[g].push(pi);
             }
         }
-        let shown: Vec<usize> = (0..keys.len())
+        let shown: Vec<usize> = (0..figures.keys.len())
             .filter(|g| contributors[*g].len() >= self.min_parties)
             .collect();
-        // Noisy totals over the qualifying parties of the shown groups.
         let mut sums = Vec::new();
         let mut counts = Vec::new();
         for &g in &shown {
             let mut s: i128 = 0;
             let mut n: i64 = 0;
             for &pi in &contributors[g] {
-                if let Some((_, ps, pn)) = figures[pi].get(&g) {
+                if let Some((_, ps, pn)) = figures.parties[pi].get(&g) {
                     s += *ps * i128::from(self.parties[pi].rescale);
                     n += *pn;
                 }
@@ -332,31 +359,44 @@ impl Benchmark {
             sums.push(i64::try_from(s).unwrap_or(if s < 0 { i64::MIN } else { i64::MAX }));
             counts.push(n);
         }
-        let noisy_sums = self.sum.release_all(&sums)?;
-        let noisy_counts = self.count.release_all(&counts)?;
-        let scale = self.scale as f64;
-        let average = |s: f64, n: f64| -> Cell {
-            if n < 1.0 {
-                return Cell::Null;
-            }
-            let v = (s / scale / n).clamp(self.lower, self.upper);
-            Cell::Float((v * 100.0).round() / 100.0)
-        };
-        let group_col = self.by.as_ref().map(|b| ReleasedColumn {
+        Ok(Totals {
+            noisy_sums: self.sum.release_all(&sums)?,
+            noisy_counts: self.count.release_all(&counts)?,
+            shown,
+            contributors,
+        })
+    }
+
+    /// An average in the metric's unit, clamped to its bounds; `Null` below one value.
+    fn average(&self, s: f64, n: f64) -> Cell {
+        if n < 1.0 {
+            return Cell::Null;
+        }
+        let v = (s / self.scale as f64 / n).clamp(self.lower, self.upper);
+        Cell::Float((v * 100.0).round() / 100.0)
+    }
+
+    fn group_column(&self) -> Option<ReleasedColumn> {
+        self.by.as_ref().map(|b| ReleasedColumn {
             name: b.clone(),
             kind: ColumnKind::Group,
-        });
-        let key_cells = |g: usize| -> Vec<Cell> {
-            if self.by.is_some() {
-                vec![crate::release::cell_of(&keys[g][0])]
-            } else {
-                Vec::new()
-            }
-        };
+        })
+    }
+
+    fn key_cells(&self, figures: &Figures, g: usize) -> Vec<Cell> {
+        if self.by.is_some() {
+            vec![crate::release::cell_of(&figures.keys[g][0])]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The peers' table: per shown group, the parties, the noisy count and average.
+    fn peers_table(&self, figures: &Figures, totals: &Totals) -> Released {
         let mut peers = Released {
-            columns: group_col
-                .iter()
-                .cloned()
+            columns: self
+                .group_column()
+                .into_iter()
                 .chain([
                     value_col("parties"),
                     ReleasedColumn {
@@ -373,69 +413,76 @@ impl Benchmark {
                 .collect(),
             rows: Vec::new(),
         };
-        for (i, &g) in shown.iter().enumerate() {
-            let mut row = key_cells(g);
-            row.push(Cell::Int(contributors[g].len() as i64));
-            row.push(Cell::Int(noisy_counts[i].max(0)));
-            row.push(average(noisy_sums[i] as f64, noisy_counts[i] as f64));
+        for (i, &g) in totals.shown.iter().enumerate() {
+            let mut row = self.key_cells(figures, g);
+            row.push(Cell::Int(totals.contributors[g].len() as i64));
+            row.push(Cell::Int(totals.noisy_counts[i].max(0)));
+            row.push(self.average(totals.noisy_sums[i] as f64, totals.noisy_counts[i] as f64));
             peers.rows.push(row);
         }
         peers
             .rows
             .sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-        let mut out = TemplateOutput::default();
-        out.tables.push(("peers".into(), peers, None));
-        // Each party's own figures against the peers without it, for that party only.
-        for (pi, p) in self.parties.iter().enumerate() {
-            let owner = catalog.tables[p.table].owner.clone();
-            let mut mine = Released {
-                columns: group_col
-                    .iter()
-                    .cloned()
-                    .chain([
-                        value_col("your_values"),
-                        value_col("your_average"),
-                        value_col("peers_average"),
-                        value_col("difference"),
-                    ])
-                    .collect(),
-                rows: Vec::new(),
-            };
-            for (i, &g) in shown.iter().enumerate() {
-                let Some((_, ps, pn)) = figures[pi].get(&g) else {
-                    continue;
-                };
-                let own_sum = (*ps * i128::from(p.rescale)) as f64;
-                let own_n = *pn as f64;
-                let (peer_sum, peer_n) = if contributors[g].contains(&pi) {
-                    (
-                        noisy_sums[i] as f64 - own_sum,
-                        noisy_counts[i] as f64 - own_n,
-                    )
-                } else {
-                    (noisy_sums[i] as f64, noisy_counts[i] as f64)
-                };
-                let yours = average(own_sum, own_n);
-                let peers_avg = average(peer_sum, peer_n);
-                let diff = match (num(&yours), num(&peers_avg)) {
-                    (Some(a), Some(b)) => Cell::Float(((a - b) * 100.0).round() / 100.0),
-                    _ => Cell::Null,
-                };
-                let mut row = key_cells(g);
-                row.extend([Cell::Int(*pn), yours, peers_avg, diff]);
-                mine.rows.push(row);
-            }
-            mine.rows
-                .sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-            out.tables
-                .push((format!("yours: {owner}"), mine, Some(owner)));
-        }
-        out.notes.push(format!(
-            "a group is shown when at least {} parties each have enough people in it (decided with noise); the peers' figures are noisy, yours are exact and shown to you only",
-            self.min_parties
-        ));
-        Ok(out)
+        peers
     }
+
+    /// Party `pi`'s exact figures against the peers' (without its own contribution).
+    fn own_table(&self, pi: usize, figures: &Figures, totals: &Totals) -> Released {
+        let p = &self.parties[pi];
+        let mut mine = Released {
+            columns: self
+                .group_column()
+                .into_iter()
+                .chain([
+                    value_col("your_values"),
+                    value_col("your_average"),
+                    value_col("peers_average"),
+                    value_col("difference"),
+                ])
+                .collect(),
+            rows: Vec::new(),
+        };
+        for (i, &g) in totals.shown.iter().enumerate() {
+            let Some((_, ps, pn)) = figures.parties[pi].get(&g) else {
+                continue;
+            };
+            let own_sum = (*ps * i128::from(p.rescale)) as f64;
+            let own_n = *pn as f64;
+            let (noisy_sum, noisy_n) = (totals.noisy_sums[i] as f64, totals.noisy_counts[i] as f64);
+            let (peer_sum, peer_n) = if totals.contributors[g].contains(&pi) {
+                (noisy_sum - own_sum, noisy_n - own_n)
+            } else {
+                (noisy_sum, noisy_n)
+            };
+            let yours = self.average(own_sum, own_n);
+            let peers_avg = self.average(peer_sum, peer_n);
+            let diff = match (num(&yours), num(&peers_avg)) {
+                (Some(a), Some(b)) => Cell::Float(((a - b) * 100.0).round() / 100.0),
+                _ => Cell::Null,
+            };
+            let mut row = self.key_cells(figures, g);
+            row.extend([Cell::Int(*pn), yours, peers_avg, diff]);
+            mine.rows.push(row);
+        }
+        mine.rows
+            .sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        mine
+    }
+}
+
+/// Every party's exact figures per group: (people, fixed-point sum, values), keyed by the
+/// group's number in `keys`.
+struct Figures {
+    keys: Vec<Vec<ScalarValue>>,
+    parties: Vec<HashMap<usize, (i64, i128, i64)>>,
+}
+
+/// The shown groups, who qualifies for each group, and the noisy totals of the shown groups.
+struct Totals {
+    shown: Vec<usize>,
+    contributors: Vec<Vec<usize>>,
+    noisy_sums: Vec<i64>,
+    noisy_counts: Vec<i64>,
 }
 
 /// The catalog with one table's differential privacy off (its owner's own exact figures).
