@@ -777,78 +777,28 @@ impl<'a> Plan<'a> {
                         self.upload_cells[*out] = Cell::Text(p);
                     })
                 }
-                Step::Unit { out } => {
-                    let v = raw.trim();
-                    if v.is_empty() {
-                        Err(Invalid::Empty)
-                    } else if v.len() > MAX_UNIT_BYTES {
-                        Err(Invalid::TooLong)
-                    } else {
-                        self.upload_cells[*out] = Cell::Text(v.to_owned());
-                        if self.has_activation {
-                            self.activation_cells[0] = Cell::Text(v.to_owned());
-                        }
-                        Ok(())
+                Step::Unit { out } => unit_value(raw).map(|v| {
+                    self.upload_cells[*out] = Cell::Text(v.to_owned());
+                    if self.has_activation {
+                        self.activation_cells[0] = Cell::Text(v.to_owned());
                     }
-                }
+                }),
                 Step::Quasi { index, out } => {
                     let q = &self.config.quasi_identifiers()[*index];
-                    match q.generalisation.apply(raw, self.config.options()) {
-                        Ok(Generalised::Text(s)) => {
-                            self.upload_cells[*out] = Cell::Text(s);
-                            Ok(())
-                        }
-                        Ok(Generalised::Day(d)) => {
-                            self.upload_cells[*out] = Cell::Day(d);
-                            Ok(())
-                        }
-                        Err(Invalid::BelowMinimum) => {
-                            if q.below_minimum == BelowMinimum::DropRow && drop_reason.is_none() {
-                                drop_reason = Some(format!("{} below the minimum", q.column));
-                            }
-                            Err(Invalid::BelowMinimum)
-                        }
-                        Err(e) => Err(e),
+                    let cell = quasi_cell(q, raw, self.config.options());
+                    if matches!(cell, Err(Invalid::BelowMinimum))
+                        && q.below_minimum == BelowMinimum::DropRow
+                        && drop_reason.is_none()
+                    {
+                        drop_reason = Some(format!("{} below the minimum", q.column));
                     }
+                    cell.map(|c| self.upload_cells[*out] = c)
                 }
                 Step::Dimension { ty, out } => {
-                    let v = raw.trim();
-                    if v.is_empty() {
-                        Err(Invalid::Empty)
-                    } else if *ty == ColumnType::Bool {
-                        match parse_bool(v) {
-                            Some(b) => {
-                                self.upload_cells[*out] = Cell::Bool(b);
-                                Ok(())
-                            }
-                            None => Err(Invalid::Malformed("not true or false")),
-                        }
-                    } else {
-                        self.upload_cells[*out] = Cell::Text(v.to_owned());
-                        Ok(())
-                    }
+                    dimension_cell(*ty, raw).map(|c| self.upload_cells[*out] = c)
                 }
                 Step::Metric { ty, out } => {
-                    let v = raw.trim();
-                    if v.is_empty() {
-                        Err(Invalid::Empty)
-                    } else if *ty == ColumnType::Int64 {
-                        match v.parse::<i64>() {
-                            Ok(x) => {
-                                self.upload_cells[*out] = Cell::Int(x);
-                                Ok(())
-                            }
-                            Err(_) => Err(Invalid::Malformed("not a whole number")),
-                        }
-                    } else {
-                        match v.parse::<f64>() {
-                            Ok(x) if x.is_finite() => {
-                                self.upload_cells[*out] = Cell::Float(x);
-                                Ok(())
-                            }
-                            _ => Err(Invalid::Malformed("not a finite number")),
-                        }
-                    }
+                    metric_cell(*ty, raw).map(|c| self.upload_cells[*out] = c)
                 }
             };
             match outcome {
@@ -864,6 +814,12 @@ impl<'a> Plan<'a> {
             *self.dropped.entry(why).or_default() += 1;
             return;
         }
+        self.add_to_risk();
+        self.append_row();
+    }
+
+    /// Adds the prepared row's quasi-identifiers (and sensitive value) to the risk count.
+    fn add_to_risk(&mut self) {
         if let Some(acc) = &mut self.risk {
             let cells = &self.upload_cells;
             let owned: Vec<Option<Cow<'_, str>>> = self
@@ -883,6 +839,11 @@ impl<'a> Plan<'a> {
             });
             acc.add(&qi, sensitive);
         }
+    }
+
+    /// Appends the prepared row to the builders (the upload part held instead when
+    /// transforms are configured).
+    fn append_row(&mut self) {
         // With transforms the row waits for them (on the writer thread); it is counted as
         // written there, if the transforms keep it.
         if self.hold_rows {
@@ -999,6 +960,63 @@ impl<'a> Plan<'a> {
             w.push("the activation file holds plain SHA-256 hashes, reversible by dictionary: keep it on premises and do not upload it".into());
         }
         w
+    }
+}
+
+/// A privacy unit kept as written: trimmed, not empty, at most [`MAX_UNIT_BYTES`].
+fn unit_value(raw: &str) -> Result<&str, Invalid> {
+    let v = raw.trim();
+    if v.is_empty() {
+        Err(Invalid::Empty)
+    } else if v.len() > MAX_UNIT_BYTES {
+        Err(Invalid::TooLong)
+    } else {
+        Ok(v)
+    }
+}
+
+/// A quasi-identifier value, generalised.
+fn quasi_cell(
+    q: &crate::config::QuasiSpec,
+    raw: &str,
+    options: &crate::normalise::NormaliseOptions,
+) -> Result<Cell, Invalid> {
+    match q.generalisation.apply(raw, options)? {
+        Generalised::Text(s) => Ok(Cell::Text(s)),
+        Generalised::Day(d) => Ok(Cell::Day(d)),
+    }
+}
+
+/// A dimension value: text kept as written (trimmed), or a boolean.
+fn dimension_cell(ty: ColumnType, raw: &str) -> Result<Cell, Invalid> {
+    let v = raw.trim();
+    if v.is_empty() {
+        Err(Invalid::Empty)
+    } else if ty == ColumnType::Bool {
+        match parse_bool(v) {
+            Some(b) => Ok(Cell::Bool(b)),
+            None => Err(Invalid::Malformed("not true or false")),
+        }
+    } else {
+        Ok(Cell::Text(v.to_owned()))
+    }
+}
+
+/// A metric value: a whole number or a finite number.
+fn metric_cell(ty: ColumnType, raw: &str) -> Result<Cell, Invalid> {
+    let v = raw.trim();
+    if v.is_empty() {
+        Err(Invalid::Empty)
+    } else if ty == ColumnType::Int64 {
+        match v.parse::<i64>() {
+            Ok(x) => Ok(Cell::Int(x)),
+            Err(_) => Err(Invalid::Malformed("not a whole number")),
+        }
+    } else {
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(Cell::Float(x)),
+            _ => Err(Invalid::Malformed("not a finite number")),
+        }
     }
 }
 
