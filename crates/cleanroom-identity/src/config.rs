@@ -238,280 +238,39 @@ fn non_empty(ctx: &Ctx<'_>, s: &Spanned<String>, what: &str) -> Result<String, I
 impl PrepareConfig {
     /// Parses and validates a configuration; errors name the line and column.
     pub fn from_toml(src: &str) -> Result<Self, IdentityError> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let (line, column) = match e.span() {
-                Some(s) => {
-                    let (l, c) = line_col(src, s.start);
-                    (Some(l), Some(c))
-                }
-                None => (None, None),
-            };
-            IdentityError::Config {
-                line,
-                column,
-                message: e.message().trim().to_owned(),
-            }
-        })?;
+        let raw = parse_raw(src)?;
         let ctx = Ctx { src };
 
         let collaboration = non_empty(&ctx, &raw.collaboration, "collaboration")?;
-        let region = match &raw.default_region {
-            Some(r) => {
-                let v = r.get_ref().trim().to_ascii_uppercase();
-                if !region_is_known(&v) {
-                    return Err(ctx.err(
-                        r.span(),
-                        format!(
-                            "default_region {:?} is not an ISO 3166-1 alpha-2 code with a numbering plan (e.g. \"GB\", \"US\", \"DE\")",
-                            r.get_ref()
-                        ),
-                    ));
-                }
-                v
-            }
-            None => {
-                return Err(IdentityError::config(
-                    "default_region is missing: name the ISO 3166-1 alpha-2 region of national phone numbers and postal codes (e.g. default_region = \"GB\")",
-                ));
-            }
-        };
         let options = NormaliseOptions {
             gmail_rules: raw.gmail_rules,
-            default_region: region,
+            default_region: default_region(&ctx, raw.default_region.as_ref())?,
         };
-        let delimiter = match &raw.delimiter {
-            None => b',',
-            Some(d) => {
-                let v = d.get_ref();
-                let v = if v == "\\t" { "\t" } else { v.as_str() };
-                match v.as_bytes() {
-                    [b] if b.is_ascii() && *b != b'"' && *b != b'\n' && *b != b'\r' => *b,
-                    _ => {
-                        return Err(ctx.err(
-                            d.span(),
-                            "delimiter must be one ASCII character (e.g. \",\", \";\" or \"\\t\")",
-                        ));
-                    }
-                }
-            }
-        };
+        let delimiter = delimiter(&ctx, raw.delimiter.as_ref())?;
 
         let mut outputs: Vec<(String, Range<usize>)> = Vec::new();
 
-        // Identifiers.
         let mut identifiers = Vec::new();
         let mut priorities = HashSet::new();
         for (i, r) in raw.identifier.iter().enumerate() {
-            let column = non_empty(&ctx, &r.column, "column")?;
-            let kind = IdKind::parse(r.kind.get_ref())
-                .map_err(|e| ctx.err(r.kind.span(), e.to_string()))?;
-            let priority = match &r.priority {
-                Some(p) => {
-                    if *p.get_ref() == 0 {
-                        return Err(ctx.err(p.span(), "priority starts at 1 (matched first)"));
-                    }
-                    *p.get_ref()
-                }
-                None => u32::try_from(i + 1).unwrap_or(u32::MAX),
-            };
-            if !priorities.insert(priority) {
-                let span = r.priority.as_ref().map_or(r.column.span(), Spanned::span);
-                return Err(ctx.err(
-                    span,
-                    format!("priority {priority} is given to two identifiers"),
-                ));
-            }
-            let mut opts = options.clone();
-            if let Some(reg) = &r.region {
-                let v = reg.get_ref().trim().to_ascii_uppercase();
-                if !region_is_known(&v) {
-                    return Err(ctx.err(
-                        reg.span(),
-                        "region is not an ISO 3166-1 alpha-2 code with a numbering plan",
-                    ));
-                }
-                opts.default_region = v;
-            }
-            let output = ctx.output_name(&r.column, r.name.as_ref(), "_hmac")?;
-            outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
-            let mut activation = Vec::new();
-            for d in &r.sha256 {
-                let dest = Destination::parse(d.get_ref())
-                    .map_err(|e| ctx.err(d.span(), e.to_string()))?;
-                if !dest.supports(kind) {
-                    return Err(ctx.err(
-                        d.span(),
-                        format!(
-                            "activation hashes exist for email and phone identifiers, not {kind}"
-                        ),
-                    ));
-                }
-                if activation.iter().any(|(x, _)| *x == dest) {
-                    return Err(ctx.err(d.span(), format!("destination {dest} is listed twice")));
-                }
-                let col =
-                    ctx.output_name(&r.column, r.name.as_ref(), &format!("_sha256_{dest}"))?;
-                activation.push((dest, col));
-            }
-            identifiers.push(IdentifierSpec {
-                column,
-                kind,
-                priority,
-                output,
-                activation,
-                options: opts,
-            });
+            let spec = identifier(&ctx, i, r, &options, &mut priorities, &mut outputs)?;
+            identifiers.push(spec);
         }
-
-        // Quasi-identifiers.
         let mut quasi = Vec::new();
         for r in &raw.quasi_identifier {
-            let column = non_empty(&ctx, &r.column, "column")?;
-            let how = r.generalise.get_ref().trim().to_ascii_lowercase();
-            let generalisation = match how.as_str() {
-                "none" => Generalisation::None,
-                "age_band" | "age_bands" => {
-                    let edges = r
-                        .age_edges
-                        .as_ref()
-                        .map_or_else(|| DEFAULT_AGE_EDGES.to_vec(), |e| e.get_ref().clone());
-                    let bands = AgeBands::new(edges).map_err(|e| {
-                        let span = r
-                            .age_edges
-                            .as_ref()
-                            .map_or(r.generalise.span(), Spanned::span);
-                        ctx.err(span, e.to_string())
-                    })?;
-                    Generalisation::AgeBands(bands)
-                }
-                "postcode_prefix" => {
-                    let Some(len) = &r.length else {
-                        return Err(ctx.err(
-                            r.generalise.span(),
-                            "postcode_prefix needs length = N (characters kept)",
-                        ));
-                    };
-                    if !(1..=10).contains(len.get_ref()) {
-                        return Err(ctx.err(len.span(), "length must be 1 to 10"));
-                    }
-                    Generalisation::PostcodePrefix {
-                        chars: *len.get_ref(),
-                    }
-                }
-                "postcode_outward" => {
-                    if !matches!(options.default_region.as_str(), "GB" | "GG" | "JE" | "IM") {
-                        return Err(ctx.err(r.generalise.span(), "postcode_outward is for UK postcodes: set default_region = \"GB\" or use postcode_prefix"));
-                    }
-                    Generalisation::PostcodeOutward
-                }
-                "day" => Generalisation::Date(DateGrain::Day),
-                "week" => Generalisation::Date(DateGrain::Week),
-                "month" => Generalisation::Date(DateGrain::Month),
-                _ => {
-                    return Err(ctx.err(
-                        r.generalise.span(),
-                        "generalise must be one of none, age_band, postcode_prefix, postcode_outward, day, week, month",
-                    ));
-                }
-            };
-            if r.age_edges.is_some() && !matches!(generalisation, Generalisation::AgeBands(_)) {
-                let span = r.age_edges.as_ref().map_or(r.column.span(), Spanned::span);
-                return Err(ctx.err(span, "age_edges belongs to generalise = \"age_band\""));
-            }
-            if r.length.is_some()
-                && !matches!(generalisation, Generalisation::PostcodePrefix { .. })
-            {
-                let span = r.length.as_ref().map_or(r.column.span(), Spanned::span);
-                return Err(ctx.err(span, "length belongs to generalise = \"postcode_prefix\""));
-            }
-            let below_minimum = match &r.below_minimum {
-                None => BelowMinimum::DropRow,
-                Some(b) => match b.get_ref().trim() {
-                    "null" => BelowMinimum::Null,
-                    "drop_row" => BelowMinimum::DropRow,
-                    _ => {
-                        return Err(
-                            ctx.err(b.span(), "below_minimum must be \"drop_row\" or \"null\"")
-                        );
-                    }
-                },
-            };
-            let output = ctx.output_name(&r.column, r.name.as_ref(), "")?;
-            outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
-            quasi.push(QuasiSpec {
-                column,
-                output,
-                generalisation,
-                below_minimum,
-            });
+            quasi.push(quasi_identifier(&ctx, r, &options, &mut outputs)?);
         }
-
         let mut dimensions = Vec::new();
         for r in &raw.dimension {
-            let column = non_empty(&ctx, &r.column, "column")?;
-            let output = ctx.output_name(&r.column, r.name.as_ref(), "")?;
-            let ty = match &r.ty {
-                None => ColumnType::String,
-                Some(t) => match t.get_ref().trim().to_ascii_lowercase().as_str() {
-                    "string" | "text" => ColumnType::String,
-                    "bool" | "boolean" => ColumnType::Bool,
-                    _ => return Err(ctx.err(t.span(), "a dimension's type is string or bool")),
-                },
-            };
-            outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
-            dimensions.push(DimensionSpec { column, output, ty });
+            dimensions.push(dimension(&ctx, r, &mut outputs)?);
         }
-
         let mut metrics = Vec::new();
         for r in &raw.metric {
-            let column = non_empty(&ctx, &r.column, "column")?;
-            let ty = match r.ty.get_ref().trim().to_ascii_lowercase().as_str() {
-                "int64" | "int" | "integer" => ColumnType::Int64,
-                "float64" | "float" | "double" => ColumnType::Float64,
-                _ => return Err(ctx.err(r.ty.span(), "a metric's type is int64 or float64")),
-            };
-            let output = ctx.output_name(&r.column, r.name.as_ref(), "")?;
-            outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
-            metrics.push(MetricSpec { column, output, ty });
+            metrics.push(metric(&ctx, r, &mut outputs)?);
         }
 
-        // The privacy unit: an identifier (by input column or name) or another input column.
-        let unit_name = non_empty(&ctx, &raw.privacy_unit, "privacy_unit")?;
-        let privacy_unit = match identifiers
-            .iter()
-            .position(|id| id.column == unit_name || id.output == format!("{unit_name}_hmac"))
-        {
-            Some(i) => PrivacyUnit::Identifier(i),
-            None => {
-                let output = ctx.output_name(&raw.privacy_unit, None, "")?;
-                outputs.push((output.clone(), raw.privacy_unit.span()));
-                PrivacyUnit::Column {
-                    column: unit_name,
-                    output,
-                }
-            }
-        };
-
-        // Output names are unique (case-insensitively, as the server's schemas are).
-        let mut seen = HashSet::new();
-        for id in &identifiers {
-            for (_, col) in &id.activation {
-                seen.insert(col.to_ascii_lowercase());
-            }
-        }
-        for (name, span) in &outputs {
-            if !seen.insert(name.to_ascii_lowercase()) {
-                return Err(ctx.err(
-                    span.clone(),
-                    format!("output column {name} would be written twice"),
-                ));
-            }
-        }
-        if outputs.len() > MAX_COLUMNS {
-            return Err(IdentityError::config(format!(
-                "at most {MAX_COLUMNS} output columns"
-            )));
-        }
+        let privacy_unit = privacy_unit(&ctx, &raw.privacy_unit, &identifiers, &mut outputs)?;
+        check_outputs(&ctx, &identifiers, &outputs)?;
 
         let risk = match &raw.risk {
             None => RiskLimits::default(),
@@ -613,6 +372,325 @@ impl PrepareConfig {
     pub fn has_activation(&self) -> bool {
         self.identifiers.iter().any(|s| !s.activation.is_empty())
     }
+}
+
+/// The TOML as written; a syntax or shape error names the line and column when TOML knows it.
+fn parse_raw(src: &str) -> Result<RawConfig, IdentityError> {
+    toml::from_str(src).map_err(|e| {
+        let (line, column) = match e.span() {
+            Some(s) => {
+                let (l, c) = line_col(src, s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        IdentityError::Config {
+            line,
+            column,
+            message: e.message().trim().to_owned(),
+        }
+    })
+}
+
+/// `default_region`: required, an ISO 3166-1 alpha-2 code with a numbering plan.
+fn default_region(ctx: &Ctx<'_>, r: Option<&Spanned<String>>) -> Result<String, IdentityError> {
+    match r {
+        Some(r) => {
+            let v = r.get_ref().trim().to_ascii_uppercase();
+            if !region_is_known(&v) {
+                return Err(ctx.err(
+                    r.span(),
+                    format!(
+                        "default_region {:?} is not an ISO 3166-1 alpha-2 code with a numbering plan (e.g. \"GB\", \"US\", \"DE\")",
+                        r.get_ref()
+                    ),
+                ));
+            }
+            Ok(v)
+        }
+        None => Err(IdentityError::config(
+            "default_region is missing: name the ISO 3166-1 alpha-2 region of national phone numbers and postal codes (e.g. default_region = \"GB\")",
+        )),
+    }
+}
+
+/// `delimiter`: one ASCII character (`"\t"` written as an escape), `,` by default.
+fn delimiter(ctx: &Ctx<'_>, d: Option<&Spanned<String>>) -> Result<u8, IdentityError> {
+    match d {
+        None => Ok(b','),
+        Some(d) => {
+            let v = d.get_ref();
+            let v = if v == "\\t" { "\t" } else { v.as_str() };
+            match v.as_bytes() {
+                [b] if b.is_ascii() && *b != b'"' && *b != b'\n' && *b != b'\r' => Ok(*b),
+                _ => Err(ctx.err(
+                    d.span(),
+                    "delimiter must be one ASCII character (e.g. \",\", \";\" or \"\\t\")",
+                )),
+            }
+        }
+    }
+}
+
+/// The `i`th `[[identifier]]`. `priorities` holds those already taken; the output column is
+/// added to `outputs`.
+fn identifier(
+    ctx: &Ctx<'_>,
+    i: usize,
+    r: &RawIdentifier,
+    options: &NormaliseOptions,
+    priorities: &mut HashSet<u32>,
+    outputs: &mut Vec<(String, Range<usize>)>,
+) -> Result<IdentifierSpec, IdentityError> {
+    let column = non_empty(ctx, &r.column, "column")?;
+    let kind =
+        IdKind::parse(r.kind.get_ref()).map_err(|e| ctx.err(r.kind.span(), e.to_string()))?;
+    let priority = match &r.priority {
+        Some(p) => {
+            if *p.get_ref() == 0 {
+                return Err(ctx.err(p.span(), "priority starts at 1 (matched first)"));
+            }
+            *p.get_ref()
+        }
+        None => u32::try_from(i + 1).unwrap_or(u32::MAX),
+    };
+    if !priorities.insert(priority) {
+        let span = r.priority.as_ref().map_or(r.column.span(), Spanned::span);
+        return Err(ctx.err(
+            span,
+            format!("priority {priority} is given to two identifiers"),
+        ));
+    }
+    let mut opts = options.clone();
+    if let Some(reg) = &r.region {
+        let v = reg.get_ref().trim().to_ascii_uppercase();
+        if !region_is_known(&v) {
+            return Err(ctx.err(
+                reg.span(),
+                "region is not an ISO 3166-1 alpha-2 code with a numbering plan",
+            ));
+        }
+        opts.default_region = v;
+    }
+    let output = ctx.output_name(&r.column, r.name.as_ref(), "_hmac")?;
+    outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
+    let activation = activation(ctx, r, kind)?;
+    Ok(IdentifierSpec {
+        column,
+        kind,
+        priority,
+        output,
+        activation,
+        options: opts,
+    })
+}
+
+/// The activation-hash destinations of an identifier and their output columns.
+fn activation(
+    ctx: &Ctx<'_>,
+    r: &RawIdentifier,
+    kind: IdKind,
+) -> Result<Vec<(Destination, String)>, IdentityError> {
+    let mut activation = Vec::new();
+    for d in &r.sha256 {
+        let dest = Destination::parse(d.get_ref()).map_err(|e| ctx.err(d.span(), e.to_string()))?;
+        if !dest.supports(kind) {
+            return Err(ctx.err(
+                d.span(),
+                format!("activation hashes exist for email and phone identifiers, not {kind}"),
+            ));
+        }
+        if activation.iter().any(|(x, _)| *x == dest) {
+            return Err(ctx.err(d.span(), format!("destination {dest} is listed twice")));
+        }
+        let col = ctx.output_name(&r.column, r.name.as_ref(), &format!("_sha256_{dest}"))?;
+        activation.push((dest, col));
+    }
+    Ok(activation)
+}
+
+/// One `[[quasi_identifier]]`; the output column is added to `outputs`.
+fn quasi_identifier(
+    ctx: &Ctx<'_>,
+    r: &RawQuasi,
+    options: &NormaliseOptions,
+    outputs: &mut Vec<(String, Range<usize>)>,
+) -> Result<QuasiSpec, IdentityError> {
+    let column = non_empty(ctx, &r.column, "column")?;
+    let generalisation = generalisation(ctx, r, options)?;
+    if r.age_edges.is_some() && !matches!(generalisation, Generalisation::AgeBands(_)) {
+        let span = r.age_edges.as_ref().map_or(r.column.span(), Spanned::span);
+        return Err(ctx.err(span, "age_edges belongs to generalise = \"age_band\""));
+    }
+    if r.length.is_some() && !matches!(generalisation, Generalisation::PostcodePrefix { .. }) {
+        let span = r.length.as_ref().map_or(r.column.span(), Spanned::span);
+        return Err(ctx.err(span, "length belongs to generalise = \"postcode_prefix\""));
+    }
+    let below_minimum = match &r.below_minimum {
+        None => BelowMinimum::DropRow,
+        Some(b) => match b.get_ref().trim() {
+            "null" => BelowMinimum::Null,
+            "drop_row" => BelowMinimum::DropRow,
+            _ => {
+                return Err(ctx.err(b.span(), "below_minimum must be \"drop_row\" or \"null\""));
+            }
+        },
+    };
+    let output = ctx.output_name(&r.column, r.name.as_ref(), "")?;
+    outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
+    Ok(QuasiSpec {
+        column,
+        output,
+        generalisation,
+        below_minimum,
+    })
+}
+
+/// A quasi-identifier's `generalise` and the settings it takes.
+fn generalisation(
+    ctx: &Ctx<'_>,
+    r: &RawQuasi,
+    options: &NormaliseOptions,
+) -> Result<Generalisation, IdentityError> {
+    let how = r.generalise.get_ref().trim().to_ascii_lowercase();
+    Ok(match how.as_str() {
+        "none" => Generalisation::None,
+        "age_band" | "age_bands" => {
+            let edges = r
+                .age_edges
+                .as_ref()
+                .map_or_else(|| DEFAULT_AGE_EDGES.to_vec(), |e| e.get_ref().clone());
+            let bands = AgeBands::new(edges).map_err(|e| {
+                let span = r
+                    .age_edges
+                    .as_ref()
+                    .map_or(r.generalise.span(), Spanned::span);
+                ctx.err(span, e.to_string())
+            })?;
+            Generalisation::AgeBands(bands)
+        }
+        "postcode_prefix" => {
+            let Some(len) = &r.length else {
+                return Err(ctx.err(
+                    r.generalise.span(),
+                    "postcode_prefix needs length = N (characters kept)",
+                ));
+            };
+            if !(1..=10).contains(len.get_ref()) {
+                return Err(ctx.err(len.span(), "length must be 1 to 10"));
+            }
+            Generalisation::PostcodePrefix {
+                chars: *len.get_ref(),
+            }
+        }
+        "postcode_outward" => {
+            if !matches!(options.default_region.as_str(), "GB" | "GG" | "JE" | "IM") {
+                return Err(ctx.err(r.generalise.span(), "postcode_outward is for UK postcodes: set default_region = \"GB\" or use postcode_prefix"));
+            }
+            Generalisation::PostcodeOutward
+        }
+        "day" => Generalisation::Date(DateGrain::Day),
+        "week" => Generalisation::Date(DateGrain::Week),
+        "month" => Generalisation::Date(DateGrain::Month),
+        _ => {
+            return Err(ctx.err(
+                r.generalise.span(),
+                "generalise must be one of none, age_band, postcode_prefix, postcode_outward, day, week, month",
+            ));
+        }
+    })
+}
+
+/// One `[[dimension]]`; the output column is added to `outputs`.
+fn dimension(
+    ctx: &Ctx<'_>,
+    r: &RawColumn,
+    outputs: &mut Vec<(String, Range<usize>)>,
+) -> Result<DimensionSpec, IdentityError> {
+    let column = non_empty(ctx, &r.column, "column")?;
+    let output = ctx.output_name(&r.column, r.name.as_ref(), "")?;
+    let ty = match &r.ty {
+        None => ColumnType::String,
+        Some(t) => match t.get_ref().trim().to_ascii_lowercase().as_str() {
+            "string" | "text" => ColumnType::String,
+            "bool" | "boolean" => ColumnType::Bool,
+            _ => return Err(ctx.err(t.span(), "a dimension's type is string or bool")),
+        },
+    };
+    outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
+    Ok(DimensionSpec { column, output, ty })
+}
+
+/// One `[[metric]]`; the output column is added to `outputs`.
+fn metric(
+    ctx: &Ctx<'_>,
+    r: &RawMetric,
+    outputs: &mut Vec<(String, Range<usize>)>,
+) -> Result<MetricSpec, IdentityError> {
+    let column = non_empty(ctx, &r.column, "column")?;
+    let ty = match r.ty.get_ref().trim().to_ascii_lowercase().as_str() {
+        "int64" | "int" | "integer" => ColumnType::Int64,
+        "float64" | "float" | "double" => ColumnType::Float64,
+        _ => return Err(ctx.err(r.ty.span(), "a metric's type is int64 or float64")),
+    };
+    let output = ctx.output_name(&r.column, r.name.as_ref(), "")?;
+    outputs.push((output.clone(), name_span(&r.column, r.name.as_ref())));
+    Ok(MetricSpec { column, output, ty })
+}
+
+/// The privacy unit: an identifier (by input column or name) or another input column, whose
+/// output is then added to `outputs`.
+fn privacy_unit(
+    ctx: &Ctx<'_>,
+    raw: &Spanned<String>,
+    identifiers: &[IdentifierSpec],
+    outputs: &mut Vec<(String, Range<usize>)>,
+) -> Result<PrivacyUnit, IdentityError> {
+    let unit_name = non_empty(ctx, raw, "privacy_unit")?;
+    Ok(
+        match identifiers
+            .iter()
+            .position(|id| id.column == unit_name || id.output == format!("{unit_name}_hmac"))
+        {
+            Some(i) => PrivacyUnit::Identifier(i),
+            None => {
+                let output = ctx.output_name(raw, None, "")?;
+                outputs.push((output.clone(), raw.span()));
+                PrivacyUnit::Column {
+                    column: unit_name,
+                    output,
+                }
+            }
+        },
+    )
+}
+
+/// Output names are unique (case-insensitively, as the server's schemas are) and not too many.
+fn check_outputs(
+    ctx: &Ctx<'_>,
+    identifiers: &[IdentifierSpec],
+    outputs: &[(String, Range<usize>)],
+) -> Result<(), IdentityError> {
+    let mut seen = HashSet::new();
+    for id in identifiers {
+        for (_, col) in &id.activation {
+            seen.insert(col.to_ascii_lowercase());
+        }
+    }
+    for (name, span) in outputs {
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(ctx.err(
+                span.clone(),
+                format!("output column {name} would be written twice"),
+            ));
+        }
+    }
+    if outputs.len() > MAX_COLUMNS {
+        return Err(IdentityError::config(format!(
+            "at most {MAX_COLUMNS} output columns"
+        )));
+    }
+    Ok(())
 }
 
 /// The `[[transform]]` list, checked against the configured output columns.

@@ -383,104 +383,123 @@ struct Plan<'a> {
     masked_out: Vec<bool>,
 }
 
-const DROP_UNIT: &str = "privacy unit missing or invalid";
+/// Identifiers in output order: the unit's pseudonym first, then the others in file order.
+fn identifier_order(config: &PrepareConfig, unit_identifier: Option<usize>) -> Vec<usize> {
+    let mut id_order: Vec<usize> = (0..config.identifier_specs().len()).collect();
+    if let Some(u) = unit_identifier {
+        id_order.retain(|i| *i != u);
+        id_order.insert(0, u);
+    }
+    id_order
+}
 
-impl<'a> Plan<'a> {
-    fn new(config: &'a PrepareConfig, key: &'a PseudonymKey) -> Result<Self, IdentityError> {
-        let mut inputs: Vec<String> = Vec::new();
-        let mut input_of = |name: &str| -> usize {
-            match inputs.iter().position(|c| c == name) {
-                Some(i) => i,
-                None => {
-                    inputs.push(name.to_owned());
-                    inputs.len() - 1
-                }
-            }
-        };
-        let mut steps = Vec::new();
-        let mut outputs = Vec::new();
-        let mut stats = Vec::new();
-        fn upload(
-            outputs: &mut Vec<OutputColumn>,
-            name: &str,
-            ty: ColumnType,
-            role: ColumnRole,
-        ) -> usize {
-            outputs.push(OutputColumn {
-                name: name.to_owned(),
-                ty,
-                role,
-                file: OutputFile::Upload,
-            });
-            outputs.len() - 1
-        }
-        let unit_identifier = match config.privacy_unit() {
-            PrivacyUnit::Identifier(i) => Some(*i),
-            PrivacyUnit::Column { .. } => None,
-        };
+/// One empty column builder per output column.
+fn builders(outputs: &[OutputColumn]) -> Vec<Builder> {
+    outputs.iter().map(|o| Builder::new(o.ty)).collect()
+}
+
+/// Output indices of the upload file: identifiers (the unit's pseudonym first), the raw
+/// unit, quasi-identifiers, dimensions, metrics.
+struct UploadLayout {
+    /// Output index of the privacy unit.
+    unit_out: usize,
+    /// Output index of each identifier's pseudonym, by identifier.
+    id_outs: HashMap<usize, usize>,
+    quasi_outs: Vec<usize>,
+    dim_outs: Vec<usize>,
+    metric_outs: Vec<usize>,
+}
+
+/// Adds an upload-file output column; returns its index.
+fn push_upload(
+    outputs: &mut Vec<OutputColumn>,
+    name: &str,
+    ty: ColumnType,
+    role: ColumnRole,
+) -> usize {
+    outputs.push(OutputColumn {
+        name: name.to_owned(),
+        ty,
+        role,
+        file: OutputFile::Upload,
+    });
+    outputs.len() - 1
+}
+
+impl UploadLayout {
+    fn new(
+        config: &PrepareConfig,
+        id_order: &[usize],
+        unit_identifier: Option<usize>,
+        outputs: &mut Vec<OutputColumn>,
+    ) -> Self {
         let mut unit_out = 0;
-        // Upload file: identifiers (the unit's pseudonym first), raw unit, QIs, dimensions, metrics.
-        let mut id_order: Vec<usize> = (0..config.identifier_specs().len()).collect();
-        if let Some(u) = unit_identifier {
-            id_order.retain(|i| *i != u);
-            id_order.insert(0, u);
+        if let PrivacyUnit::Column { output, .. } = config.privacy_unit() {
+            unit_out = push_upload(outputs, output, ColumnType::String, ColumnRole::PrivacyUnit);
         }
         let mut id_outs = HashMap::new();
-        if let PrivacyUnit::Column { column, output } = config.privacy_unit() {
-            unit_out = upload(
-                &mut outputs,
-                output,
-                ColumnType::String,
-                ColumnRole::PrivacyUnit,
-            );
-            steps.push((input_of(column), Step::Unit { out: unit_out }));
-            stats.push(ColumnReport {
-                input: column.clone(),
-                output: output.clone(),
-                treatment: "privacy unit, kept as written".into(),
-                valid: 0,
-                missing: 0,
-                invalid: BTreeMap::new(),
-            });
-        }
-        for &i in &id_order {
+        for &i in id_order {
             let s = &config.identifier_specs()[i];
             let role = if Some(i) == unit_identifier {
                 ColumnRole::PrivacyUnit
             } else {
                 ColumnRole::Identifier
             };
-            let out = upload(&mut outputs, &s.output, ColumnType::String, role);
+            let out = push_upload(outputs, &s.output, ColumnType::String, role);
             if Some(i) == unit_identifier {
                 unit_out = out;
             }
             id_outs.insert(i, out);
         }
-        let mut quasi_outs = Vec::new();
-        let mut quasi_steps = Vec::new();
-        for (qi, q) in config.quasi_identifiers().iter().enumerate() {
-            let out = upload(
-                &mut outputs,
-                &q.output,
-                q.generalisation.output_type(),
-                ColumnRole::Dimension,
-            );
-            quasi_outs.push(out);
-            quasi_steps.push((qi, out));
+        let quasi_outs = config
+            .quasi_identifiers()
+            .iter()
+            .map(|q| {
+                push_upload(
+                    outputs,
+                    &q.output,
+                    q.generalisation.output_type(),
+                    ColumnRole::Dimension,
+                )
+            })
+            .collect();
+        let dim_outs = config
+            .dimensions()
+            .iter()
+            .map(|d| push_upload(outputs, &d.output, d.ty, ColumnRole::Dimension))
+            .collect();
+        let metric_outs = config
+            .metrics()
+            .iter()
+            .map(|m| push_upload(outputs, &m.output, m.ty, ColumnRole::Metric))
+            .collect();
+        UploadLayout {
+            unit_out,
+            id_outs,
+            quasi_outs,
+            dim_outs,
+            metric_outs,
         }
-        let mut dim_outs = Vec::new();
-        for d in config.dimensions() {
-            dim_outs.push(upload(&mut outputs, &d.output, d.ty, ColumnRole::Dimension));
-        }
-        let mut metric_outs = Vec::new();
-        for m in config.metrics() {
-            metric_outs.push(upload(&mut outputs, &m.output, m.ty, ColumnRole::Metric));
-        }
-        let upload_width = outputs.len();
+    }
+}
 
-        // Activation file: the privacy unit, then per activated identifier its pseudonym and hashes.
-        let has_activation = config.has_activation();
-        let mut activation_width = 0;
+/// Output indices of the activation file (counted from its first column): the privacy
+/// unit, then per activated identifier its pseudonym and hashes.
+#[derive(Default)]
+struct ActivationLayout {
+    width: usize,
+    unit: Option<usize>,
+    ids: HashMap<usize, ActivationOuts>,
+}
+
+impl ActivationLayout {
+    fn new(
+        config: &PrepareConfig,
+        id_order: &[usize],
+        unit_identifier: Option<usize>,
+        outputs: &mut Vec<OutputColumn>,
+    ) -> Self {
+        let mut width = 0;
         let mut act = |outputs: &mut Vec<OutputColumn>, name: &str, role| {
             outputs.push(OutputColumn {
                 name: name.to_owned(),
@@ -488,116 +507,195 @@ impl<'a> Plan<'a> {
                 role,
                 file: OutputFile::Activation,
             });
-            activation_width += 1;
-            activation_width - 1
+            width += 1;
+            width - 1
         };
-        let mut act_unit = None;
-        let mut act_ids: HashMap<usize, ActivationOuts> = HashMap::new();
-        if has_activation {
-            act_unit = Some(act(
-                &mut outputs,
-                config.privacy_unit_output(),
-                ColumnRole::PrivacyUnit,
-            ));
-            for &i in &id_order {
-                let s = &config.identifier_specs()[i];
-                if s.activation.is_empty() {
-                    continue;
-                }
-                let key_col = if Some(i) == unit_identifier {
-                    None
-                } else {
-                    Some(act(&mut outputs, &s.output, ColumnRole::Identifier))
-                };
-                let cols = s
-                    .activation
-                    .iter()
-                    .map(|(d, name)| (*d, act(&mut outputs, name, ColumnRole::Identifier)))
-                    .collect();
-                act_ids.insert(i, (key_col, cols));
-            }
-        }
-
-        // Steps in the order outputs are computed.
-        for &i in &id_order {
+        let unit = Some(act(
+            outputs,
+            config.privacy_unit_output(),
+            ColumnRole::PrivacyUnit,
+        ));
+        let mut ids: HashMap<usize, ActivationOuts> = HashMap::new();
+        for &i in id_order {
             let s = &config.identifier_specs()[i];
-            let (activation_key, activation) = act_ids.remove(&i).unwrap_or((None, Vec::new()));
-            let activation_key = if Some(i) == unit_identifier {
-                act_unit
+            if s.activation.is_empty() {
+                continue;
+            }
+            let key_col = if Some(i) == unit_identifier {
+                None
+            } else {
+                Some(act(outputs, &s.output, ColumnRole::Identifier))
+            };
+            let cols = s
+                .activation
+                .iter()
+                .map(|(d, name)| (*d, act(outputs, name, ColumnRole::Identifier)))
+                .collect();
+            ids.insert(i, (key_col, cols));
+        }
+        ActivationLayout { width, unit, ids }
+    }
+}
+
+/// The steps being resolved, the input columns they read and their report rows.
+#[derive(Default)]
+struct StepList {
+    inputs: Vec<String>,
+    steps: Vec<(usize, Step)>,
+    stats: Vec<ColumnReport>,
+}
+
+impl StepList {
+    /// Adds a step reading input `column` (listed once however many steps read it).
+    fn push(&mut self, column: &str, step: Step, output: &str, treatment: String) {
+        let input = match self.inputs.iter().position(|c| c == column) {
+            Some(i) => i,
+            None => {
+                self.inputs.push(column.to_owned());
+                self.inputs.len() - 1
+            }
+        };
+        self.steps.push((input, step));
+        self.stats.push(ColumnReport {
+            input: column.to_owned(),
+            output: output.to_owned(),
+            treatment,
+            valid: 0,
+            missing: 0,
+            invalid: BTreeMap::new(),
+        });
+    }
+
+    /// The identifier steps, in output order.
+    fn push_identifiers(
+        &mut self,
+        config: &PrepareConfig,
+        id_order: &[usize],
+        unit_identifier: Option<usize>,
+        id_outs: &HashMap<usize, usize>,
+        mut activation: ActivationLayout,
+    ) {
+        for &i in id_order {
+            let s = &config.identifier_specs()[i];
+            let is_unit = Some(i) == unit_identifier;
+            let (activation_key, act_cols) =
+                activation.ids.remove(&i).unwrap_or((None, Vec::new()));
+            let activation_key = if is_unit {
+                activation.unit
             } else {
                 activation_key
             };
-            steps.push((
-                input_of(&s.column),
-                Step::Identifier {
-                    kind: s.kind,
-                    opts: s.options.clone(),
-                    out: id_outs.get(&i).copied().unwrap_or_default(),
-                    activation,
-                    activation_key,
-                },
-            ));
-            let mut treatment = format!("{} identifier → HMAC-SHA-256", s.kind);
-            if Some(i) == unit_identifier {
-                treatment.push_str(" (privacy unit)");
-            }
-            if !s.activation.is_empty() {
-                treatment.push_str(&format!(
-                    "; SHA-256 for {}",
-                    s.activation
-                        .iter()
-                        .map(|(d, _)| d.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            stats.push(ColumnReport {
-                input: s.column.clone(),
-                output: s.output.clone(),
+            let step = Step::Identifier {
+                kind: s.kind,
+                opts: s.options.clone(),
+                out: id_outs.get(&i).copied().unwrap_or_default(),
+                activation: act_cols,
+                activation_key,
+            };
+            self.push(&s.column, step, &s.output, identifier_treatment(s, is_unit));
+        }
+    }
+
+    /// The quasi-identifier, dimension and metric steps.
+    fn push_columns(&mut self, config: &PrepareConfig, upload: &UploadLayout) {
+        for (qi, (q, &out)) in config
+            .quasi_identifiers()
+            .iter()
+            .zip(&upload.quasi_outs)
+            .enumerate()
+        {
+            let treatment = format!("quasi-identifier, {}", q.generalisation.describe());
+            self.push(
+                &q.column,
+                Step::Quasi { index: qi, out },
+                &q.output,
                 treatment,
-                valid: 0,
-                missing: 0,
-                invalid: BTreeMap::new(),
-            });
+            );
         }
-        for (qi, out) in quasi_steps {
-            let q = &config.quasi_identifiers()[qi];
-            steps.push((input_of(&q.column), Step::Quasi { index: qi, out }));
-            stats.push(ColumnReport {
-                input: q.column.clone(),
-                output: q.output.clone(),
-                treatment: format!("quasi-identifier, {}", q.generalisation.describe()),
-                valid: 0,
-                missing: 0,
-                invalid: BTreeMap::new(),
-            });
+        for (d, &out) in config.dimensions().iter().zip(&upload.dim_outs) {
+            let treatment = if d.ty == ColumnType::Bool {
+                "dimension, read as a boolean".into()
+            } else {
+                "dimension, kept as written".into()
+            };
+            self.push(
+                &d.column,
+                Step::Dimension { ty: d.ty, out },
+                &d.output,
+                treatment,
+            );
         }
-        for (d, out) in config.dimensions().iter().zip(dim_outs) {
-            steps.push((input_of(&d.column), Step::Dimension { ty: d.ty, out }));
-            stats.push(ColumnReport {
-                input: d.column.clone(),
-                output: d.output.clone(),
-                treatment: if d.ty == ColumnType::Bool {
-                    "dimension, read as a boolean".into()
-                } else {
-                    "dimension, kept as written".into()
+        for (m, &out) in config.metrics().iter().zip(&upload.metric_outs) {
+            let treatment = format!("metric, {}", m.ty);
+            self.push(
+                &m.column,
+                Step::Metric { ty: m.ty, out },
+                &m.output,
+                treatment,
+            );
+        }
+    }
+}
+
+/// The report's treatment line of an identifier.
+fn identifier_treatment(s: &crate::config::IdentifierSpec, is_unit: bool) -> String {
+    let mut treatment = format!("{} identifier → HMAC-SHA-256", s.kind);
+    if is_unit {
+        treatment.push_str(" (privacy unit)");
+    }
+    if !s.activation.is_empty() {
+        treatment.push_str(&format!(
+            "; SHA-256 for {}",
+            s.activation
+                .iter()
+                .map(|(d, _)| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    treatment
+}
+
+const DROP_UNIT: &str = "privacy unit missing or invalid";
+
+impl<'a> Plan<'a> {
+    fn new(config: &'a PrepareConfig, key: &'a PseudonymKey) -> Result<Self, IdentityError> {
+        let unit_identifier = match config.privacy_unit() {
+            PrivacyUnit::Identifier(i) => Some(*i),
+            PrivacyUnit::Column { .. } => None,
+        };
+        let id_order = identifier_order(config, unit_identifier);
+        let mut outputs = Vec::new();
+        let upload = UploadLayout::new(config, &id_order, unit_identifier, &mut outputs);
+        let upload_width = outputs.len();
+        let has_activation = config.has_activation();
+        let activation = if has_activation {
+            ActivationLayout::new(config, &id_order, unit_identifier, &mut outputs)
+        } else {
+            ActivationLayout::default()
+        };
+        let activation_width = activation.width;
+
+        // Steps in the order outputs are computed.
+        let mut steps = StepList::default();
+        if let PrivacyUnit::Column { column, output } = config.privacy_unit() {
+            steps.push(
+                column,
+                Step::Unit {
+                    out: upload.unit_out,
                 },
-                valid: 0,
-                missing: 0,
-                invalid: BTreeMap::new(),
-            });
+                output,
+                "privacy unit, kept as written".into(),
+            );
         }
-        for (m, out) in config.metrics().iter().zip(metric_outs) {
-            steps.push((input_of(&m.column), Step::Metric { ty: m.ty, out }));
-            stats.push(ColumnReport {
-                input: m.column.clone(),
-                output: m.output.clone(),
-                treatment: format!("metric, {}", m.ty),
-                valid: 0,
-                missing: 0,
-                invalid: BTreeMap::new(),
-            });
-        }
+        steps.push_identifiers(
+            config,
+            &id_order,
+            unit_identifier,
+            &upload.id_outs,
+            activation,
+        );
+        steps.push_columns(config, &upload);
 
         let sensitive_out = config
             .risk()
@@ -606,14 +704,8 @@ impl<'a> Plan<'a> {
             .and_then(|name| outputs[..upload_width].iter().position(|o| &o.name == name));
         let risk = (!config.quasi_identifiers().is_empty())
             .then(|| RiskAccumulator::new(sensitive_out.is_some()));
-        let upload_builders = outputs[..upload_width]
-            .iter()
-            .map(|o| Builder::new(o.ty))
-            .collect();
-        let activation_builders = outputs[upload_width..]
-            .iter()
-            .map(|o| Builder::new(o.ty))
-            .collect();
+        let upload_builders = builders(&outputs[..upload_width]);
+        let activation_builders = builders(&outputs[upload_width..]);
         let dropped = config.transforms().dropped_columns();
         let masked_out = outputs[..upload_width]
             .iter()
@@ -626,14 +718,14 @@ impl<'a> Plan<'a> {
             masked_out,
             config,
             key,
-            inputs,
-            steps,
+            inputs: steps.inputs,
+            steps: steps.steps,
             upload_width,
             has_activation,
-            unit_out,
+            unit_out: upload.unit_out,
             sensitive_out,
-            quasi_outs,
-            stats,
+            quasi_outs: upload.quasi_outs,
+            stats: steps.stats,
             risk,
             rows_read: 0,
             rows_written: 0,
@@ -777,78 +869,28 @@ impl<'a> Plan<'a> {
                         self.upload_cells[*out] = Cell::Text(p);
                     })
                 }
-                Step::Unit { out } => {
-                    let v = raw.trim();
-                    if v.is_empty() {
-                        Err(Invalid::Empty)
-                    } else if v.len() > MAX_UNIT_BYTES {
-                        Err(Invalid::TooLong)
-                    } else {
-                        self.upload_cells[*out] = Cell::Text(v.to_owned());
-                        if self.has_activation {
-                            self.activation_cells[0] = Cell::Text(v.to_owned());
-                        }
-                        Ok(())
+                Step::Unit { out } => unit_value(raw).map(|v| {
+                    self.upload_cells[*out] = Cell::Text(v.to_owned());
+                    if self.has_activation {
+                        self.activation_cells[0] = Cell::Text(v.to_owned());
                     }
-                }
+                }),
                 Step::Quasi { index, out } => {
                     let q = &self.config.quasi_identifiers()[*index];
-                    match q.generalisation.apply(raw, self.config.options()) {
-                        Ok(Generalised::Text(s)) => {
-                            self.upload_cells[*out] = Cell::Text(s);
-                            Ok(())
-                        }
-                        Ok(Generalised::Day(d)) => {
-                            self.upload_cells[*out] = Cell::Day(d);
-                            Ok(())
-                        }
-                        Err(Invalid::BelowMinimum) => {
-                            if q.below_minimum == BelowMinimum::DropRow && drop_reason.is_none() {
-                                drop_reason = Some(format!("{} below the minimum", q.column));
-                            }
-                            Err(Invalid::BelowMinimum)
-                        }
-                        Err(e) => Err(e),
+                    let cell = quasi_cell(q, raw, self.config.options());
+                    if matches!(cell, Err(Invalid::BelowMinimum))
+                        && q.below_minimum == BelowMinimum::DropRow
+                        && drop_reason.is_none()
+                    {
+                        drop_reason = Some(format!("{} below the minimum", q.column));
                     }
+                    cell.map(|c| self.upload_cells[*out] = c)
                 }
                 Step::Dimension { ty, out } => {
-                    let v = raw.trim();
-                    if v.is_empty() {
-                        Err(Invalid::Empty)
-                    } else if *ty == ColumnType::Bool {
-                        match parse_bool(v) {
-                            Some(b) => {
-                                self.upload_cells[*out] = Cell::Bool(b);
-                                Ok(())
-                            }
-                            None => Err(Invalid::Malformed("not true or false")),
-                        }
-                    } else {
-                        self.upload_cells[*out] = Cell::Text(v.to_owned());
-                        Ok(())
-                    }
+                    dimension_cell(*ty, raw).map(|c| self.upload_cells[*out] = c)
                 }
                 Step::Metric { ty, out } => {
-                    let v = raw.trim();
-                    if v.is_empty() {
-                        Err(Invalid::Empty)
-                    } else if *ty == ColumnType::Int64 {
-                        match v.parse::<i64>() {
-                            Ok(x) => {
-                                self.upload_cells[*out] = Cell::Int(x);
-                                Ok(())
-                            }
-                            Err(_) => Err(Invalid::Malformed("not a whole number")),
-                        }
-                    } else {
-                        match v.parse::<f64>() {
-                            Ok(x) if x.is_finite() => {
-                                self.upload_cells[*out] = Cell::Float(x);
-                                Ok(())
-                            }
-                            _ => Err(Invalid::Malformed("not a finite number")),
-                        }
-                    }
+                    metric_cell(*ty, raw).map(|c| self.upload_cells[*out] = c)
                 }
             };
             match outcome {
@@ -864,6 +906,12 @@ impl<'a> Plan<'a> {
             *self.dropped.entry(why).or_default() += 1;
             return;
         }
+        self.add_to_risk();
+        self.append_row();
+    }
+
+    /// Adds the prepared row's quasi-identifiers (and sensitive value) to the risk count.
+    fn add_to_risk(&mut self) {
         if let Some(acc) = &mut self.risk {
             let cells = &self.upload_cells;
             let owned: Vec<Option<Cow<'_, str>>> = self
@@ -883,6 +931,11 @@ impl<'a> Plan<'a> {
             });
             acc.add(&qi, sensitive);
         }
+    }
+
+    /// Appends the prepared row to the builders (the upload part held instead when
+    /// transforms are configured).
+    fn append_row(&mut self) {
         // With transforms the row waits for them (on the writer thread); it is counted as
         // written there, if the transforms keep it.
         if self.hold_rows {
@@ -999,6 +1052,63 @@ impl<'a> Plan<'a> {
             w.push("the activation file holds plain SHA-256 hashes, reversible by dictionary: keep it on premises and do not upload it".into());
         }
         w
+    }
+}
+
+/// A privacy unit kept as written: trimmed, not empty, at most [`MAX_UNIT_BYTES`].
+fn unit_value(raw: &str) -> Result<&str, Invalid> {
+    let v = raw.trim();
+    if v.is_empty() {
+        Err(Invalid::Empty)
+    } else if v.len() > MAX_UNIT_BYTES {
+        Err(Invalid::TooLong)
+    } else {
+        Ok(v)
+    }
+}
+
+/// A quasi-identifier value, generalised.
+fn quasi_cell(
+    q: &crate::config::QuasiSpec,
+    raw: &str,
+    options: &crate::normalise::NormaliseOptions,
+) -> Result<Cell, Invalid> {
+    match q.generalisation.apply(raw, options)? {
+        Generalised::Text(s) => Ok(Cell::Text(s)),
+        Generalised::Day(d) => Ok(Cell::Day(d)),
+    }
+}
+
+/// A dimension value: text kept as written (trimmed), or a boolean.
+fn dimension_cell(ty: ColumnType, raw: &str) -> Result<Cell, Invalid> {
+    let v = raw.trim();
+    if v.is_empty() {
+        Err(Invalid::Empty)
+    } else if ty == ColumnType::Bool {
+        match parse_bool(v) {
+            Some(b) => Ok(Cell::Bool(b)),
+            None => Err(Invalid::Malformed("not true or false")),
+        }
+    } else {
+        Ok(Cell::Text(v.to_owned()))
+    }
+}
+
+/// A metric value: a whole number or a finite number.
+fn metric_cell(ty: ColumnType, raw: &str) -> Result<Cell, Invalid> {
+    let v = raw.trim();
+    if v.is_empty() {
+        Err(Invalid::Empty)
+    } else if ty == ColumnType::Int64 {
+        match v.parse::<i64>() {
+            Ok(x) => Ok(Cell::Int(x)),
+            Err(_) => Err(Invalid::Malformed("not a whole number")),
+        }
+    } else {
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(Cell::Float(x)),
+            _ => Err(Invalid::Malformed("not a finite number")),
+        }
     }
 }
 

@@ -118,6 +118,28 @@ impl PrepReport {
     /// The report as Markdown.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
+        self.summary_markdown(&mut s);
+        self.warnings_markdown(&mut s);
+        self.columns_markdown(&mut s);
+        let _ = writeln!(s, "\n## Re-identification risk\n");
+        match &self.risk {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "Not assessed: the configuration names no quasi-identifiers."
+                );
+            }
+            Some(r) => risk_markdown(r, &mut s),
+        }
+        if let Some(t) = &self.transforms {
+            t.to_markdown(self.risk.as_ref(), &mut s);
+        }
+        self.output_markdown(&mut s);
+        s
+    }
+
+    /// The title, verdict and the run's facts.
+    fn summary_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "# Prep report\n");
         let verdict = if self.refused {
             "**REFUSED**: a re-identification risk limit was breached; no output was written."
@@ -160,14 +182,20 @@ impl PrepReport {
                     .join(", ")
             );
         }
+    }
 
+    /// The warnings section, when there are any.
+    fn warnings_markdown(&self, s: &mut String) {
         if !self.warnings.is_empty() {
             let _ = writeln!(s, "\n## Warnings\n");
             for w in &self.warnings {
                 let _ = writeln!(s, "- {w}");
             }
         }
+    }
 
+    /// The per-column table of valid, missing and invalid values.
+    fn columns_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "\n## Columns\n");
         let _ = writeln!(
             s,
@@ -197,70 +225,10 @@ impl PrepReport {
                 reasons
             );
         }
+    }
 
-        let _ = writeln!(s, "\n## Re-identification risk\n");
-        match &self.risk {
-            None => {
-                let _ = writeln!(
-                    s,
-                    "Not assessed: the configuration names no quasi-identifiers."
-                );
-            }
-            Some(r) => {
-                let _ = writeln!(
-                    s,
-                    "Over the generalised quasi-identifiers {} of the {} rows written (per record, not per person).\n",
-                    r.quasi_identifiers
-                        .iter()
-                        .map(|q| format!("`{q}`"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    n(r.records)
-                );
-                let _ = writeln!(s, "| metric | value |");
-                let _ = writeln!(s, "|---|---:|");
-                let _ = writeln!(s, "| equivalence classes | {} |", n(r.classes));
-                let _ = writeln!(s, "| k-anonymity (smallest class) | {} |", n(r.k_anonymity));
-                let _ = writeln!(
-                    s,
-                    "| unique records | {} ({}) |",
-                    n(r.unique_records),
-                    percent(r.unique_share)
-                );
-                let _ = writeln!(
-                    s,
-                    "| records in classes below k={} | {} ({}) |",
-                    r.k,
-                    n(r.below_k_records),
-                    percent(r.below_k_share)
-                );
-                if let (Some(l), Some(col)) = (r.l_diversity, &r.sensitive) {
-                    let _ = writeln!(s, "| l-diversity of `{col}` | {} |", display_l(l));
-                }
-                let _ = writeln!(s, "\n| class size | classes | records |");
-                let _ = writeln!(s, "|---|---:|---:|");
-                for b in &r.class_sizes {
-                    let _ = writeln!(s, "| {} | {} | {} |", b.sizes, n(b.classes), n(b.records));
-                }
-                if !r.findings.is_empty() {
-                    let _ = writeln!(s, "\n| limit | value | result |");
-                    let _ = writeln!(s, "|---|---:|---|");
-                    for f in &r.findings {
-                        let result = match (f.breached, r.action) {
-                            (false, _) => "ok",
-                            (true, crate::risk::RiskAction::Warn) => "**breached** (warn)",
-                            (true, crate::risk::RiskAction::Refuse) => "**breached** (refuse)",
-                        };
-                        let _ = writeln!(s, "| {} | {} | {result} |", f.limit, f.value);
-                    }
-                }
-            }
-        }
-
-        if let Some(t) = &self.transforms {
-            t.to_markdown(self.risk.as_ref(), &mut s);
-        }
-
+    /// The files written and their columns, or that nothing was.
+    fn output_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "\n## Output\n");
         if self.refused {
             let _ = writeln!(s, "Nothing was written.");
@@ -278,7 +246,57 @@ impl PrepReport {
                 let _ = writeln!(s, "| `{}` | {} | {} | {file} |", c.name, c.ty, c.role);
             }
         }
-        s
+    }
+}
+
+/// The body of the risk section for an assessment: metrics, class sizes and limits.
+fn risk_markdown(r: &RiskAssessment, s: &mut String) {
+    let _ = writeln!(
+        s,
+        "Over the generalised quasi-identifiers {} of the {} rows written (per record, not per person).\n",
+        r.quasi_identifiers
+            .iter()
+            .map(|q| format!("`{q}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        n(r.records)
+    );
+    let _ = writeln!(s, "| metric | value |");
+    let _ = writeln!(s, "|---|---:|");
+    let _ = writeln!(s, "| equivalence classes | {} |", n(r.classes));
+    let _ = writeln!(s, "| k-anonymity (smallest class) | {} |", n(r.k_anonymity));
+    let _ = writeln!(
+        s,
+        "| unique records | {} ({}) |",
+        n(r.unique_records),
+        percent(r.unique_share)
+    );
+    let _ = writeln!(
+        s,
+        "| records in classes below k={} | {} ({}) |",
+        r.k,
+        n(r.below_k_records),
+        percent(r.below_k_share)
+    );
+    if let (Some(l), Some(col)) = (r.l_diversity, &r.sensitive) {
+        let _ = writeln!(s, "| l-diversity of `{col}` | {} |", display_l(l));
+    }
+    let _ = writeln!(s, "\n| class size | classes | records |");
+    let _ = writeln!(s, "|---|---:|---:|");
+    for b in &r.class_sizes {
+        let _ = writeln!(s, "| {} | {} | {} |", b.sizes, n(b.classes), n(b.records));
+    }
+    if !r.findings.is_empty() {
+        let _ = writeln!(s, "\n| limit | value | result |");
+        let _ = writeln!(s, "|---|---:|---|");
+        for f in &r.findings {
+            let result = match (f.breached, r.action) {
+                (false, _) => "ok",
+                (true, crate::risk::RiskAction::Warn) => "**breached** (warn)",
+                (true, crate::risk::RiskAction::Refuse) => "**breached** (refuse)",
+            };
+            let _ = writeln!(s, "| {} | {} | {result} |", f.limit, f.value);
+        }
     }
 }
 

@@ -205,18 +205,38 @@ struct Node {
     prefix: Vec<Vec<u64>>,
 }
 
+impl Node {
+    fn new(len: usize) -> Self {
+        Node {
+            len,
+            parent: None,
+            children: Vec::new(),
+            own: Vec::new(),
+            depth: 0,
+            size: 0,
+            cap: 0,
+            sat: 0,
+            g: Vec::new(),
+            choice: Vec::new(),
+            prefix: Vec::new(),
+        }
+    }
+}
+
+/// Length of a tuple without its trailing NULLs.
+fn canonical_len(t: &[u32]) -> usize {
+    let mut len = t.len();
+    while len > 0 && t[len - 1] == 0 {
+        len -= 1;
+    }
+    len
+}
+
 /// The fewest values to blank, last position first, so that every class of the tuples has
 /// at least `k` records. `tuples[r][j]` is the value id of record `r` at position `j` (in
 /// order of importance), 0 for NULL.
 pub fn minimal_blanking(tuples: &[Vec<u32>], k: usize) -> Blanking {
     let n = tuples.len();
-    let strip = |t: &[u32]| -> usize {
-        let mut len = t.len();
-        while len > 0 && t[len - 1] == 0 {
-            len -= 1;
-        }
-        len
-    };
     if n == 0 || k <= 1 {
         return Blanking {
             keep: tuples.iter().map(Vec::len).collect(),
@@ -230,43 +250,57 @@ pub fn minimal_blanking(tuples: &[Vec<u32>], k: usize) -> Blanking {
         return Blanking {
             keep: vec![0; n],
             cost,
-            records_touched: tuples.iter().filter(|t| strip(t) > 0).count() as u64,
+            records_touched: tuples.iter().filter(|t| canonical_len(t) > 0).count() as u64,
             reached: false,
         };
     }
 
-    // The tree of canonical tuples.
+    let mut nodes = build_tree(tuples);
+    // Shallow first for depths, deep first for the programme.
+    let order = shallow_first(&mut nodes);
+    for &v in order.iter().rev() {
+        solve_node(&mut nodes, v, k);
+    }
+    let pass = passes(&nodes, &order);
+    let keep = assign(&nodes, &order, &pass, n);
+
+    let mut cost = 0u64;
+    let mut touched = 0u64;
+    for (t, &kp) in tuples.iter().zip(&keep) {
+        let c = t[kp.min(t.len())..].iter().filter(|v| **v != 0).count() as u64;
+        cost += c;
+        touched += u64::from(c > 0);
+    }
+    debug_assert_eq!(cost, nodes[0].g.first().copied().unwrap_or(0));
+    Blanking {
+        keep,
+        cost,
+        records_touched: touched,
+        reached: true,
+    }
+}
+
+/// The tree of canonical tuples: node 0 is the empty tuple, a node's parent is the tuple with
+/// its last non-NULL value blanked, and each record is owned by the node of its own tuple.
+fn build_tree(tuples: &[Vec<u32>]) -> Vec<Node> {
     let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
     let mut nodes: Vec<Node> = Vec::new();
-    let new_node = |len: usize| Node {
-        len,
-        parent: None,
-        children: Vec::new(),
-        own: Vec::new(),
-        depth: 0,
-        size: 0,
-        cap: 0,
-        sat: 0,
-        g: Vec::new(),
-        choice: Vec::new(),
-        prefix: Vec::new(),
-    };
     index.insert(Vec::new(), 0);
-    nodes.push(new_node(0));
+    nodes.push(Node::new(0));
     for (r, t) in tuples.iter().enumerate() {
-        let len = strip(t);
+        let len = canonical_len(t);
         let mut cur: Vec<u32> = t[..len].to_vec();
         let leaf = match index.get(&cur) {
             Some(&i) => i,
             None => {
                 let leaf = nodes.len();
                 index.insert(cur.clone(), leaf);
-                nodes.push(new_node(len));
+                nodes.push(Node::new(len));
                 // Create ancestors until one exists.
                 let mut child = leaf;
                 loop {
                     cur.pop();
-                    let l = strip(&cur);
+                    let l = canonical_len(&cur);
                     cur.truncate(l);
                     if let Some(&p) = index.get(&cur) {
                         nodes[child].parent = Some(p);
@@ -275,7 +309,7 @@ pub fn minimal_blanking(tuples: &[Vec<u32>], k: usize) -> Blanking {
                     }
                     let p = nodes.len();
                     index.insert(cur.clone(), p);
-                    nodes.push(new_node(l));
+                    nodes.push(Node::new(l));
                     nodes[child].parent = Some(p);
                     nodes[p].children.push(child);
                     child = p;
@@ -285,91 +319,104 @@ pub fn minimal_blanking(tuples: &[Vec<u32>], k: usize) -> Blanking {
         };
         nodes[leaf].own.push(r);
     }
-    drop(index);
+    nodes
+}
 
-    // Shallow first for depths, deep first for the programme.
+/// The nodes ordered shallow first (parents before children); sets each node's depth.
+fn shallow_first(nodes: &mut [Node]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..nodes.len()).collect();
     order.sort_by_key(|&i| nodes[i].len);
     for &v in &order {
         nodes[v].depth = nodes[v].parent.map_or(0, |p| nodes[p].depth + 1);
     }
-    for &v in order.iter().rev() {
-        let size = nodes[v].own.len()
-            + nodes[v]
-                .children
-                .iter()
-                .map(|&c| nodes[c].size)
-                .sum::<usize>();
-        let own = nodes[v].own.len();
-        let cap = size.min(nodes[v].depth.saturating_mul(2 * k - 2));
-        let sat = cap + k;
-        // Convolve the children's tables: h[x] = cheapest way to receive x (saturated at sat).
-        let mut h = vec![INF; sat + 1];
-        h[0] = 0;
-        let mut prefix = Vec::with_capacity(nodes[v].children.len() + 1);
-        for &c in &nodes[v].children {
-            let g = &nodes[c].g;
-            let mut next = vec![INF; sat + 1];
-            for (x, &hx) in h.iter().enumerate() {
-                if hx >= INF {
+    order
+}
+
+/// Fills node `v`'s table `g` (and what it was built from); its children are done.
+fn solve_node(nodes: &mut [Node], v: usize, k: usize) {
+    let size = nodes[v].own.len()
+        + nodes[v]
+            .children
+            .iter()
+            .map(|&c| nodes[c].size)
+            .sum::<usize>();
+    let own = nodes[v].own.len();
+    let cap = size.min(nodes[v].depth.saturating_mul(2 * k - 2));
+    let sat = cap + k;
+    let prefix = convolve_children(nodes, v, sat);
+    let h = prefix.last().map(Vec::as_slice).unwrap_or(&[]);
+    // Suffix minima of h and where they are.
+    let mut suffix = vec![(INF, 0usize); sat + 2];
+    for x in (0..=sat).rev() {
+        suffix[x] = if h[x] <= suffix[x + 1].0 {
+            (h[x], x)
+        } else {
+            suffix[x + 1]
+        };
+    }
+    let mut g = vec![INF; cap + 1];
+    let mut choice = vec![0; cap + 1];
+    for p in 0..=cap {
+        // Keep nothing here: everything received and owned goes up.
+        if p >= own && h[p - own] < g[p] {
+            g[p] = h[p - own];
+            choice[p] = p - own;
+        }
+        // Keep at least k here.
+        let from = (p + k).saturating_sub(own).min(sat + 1);
+        let (cost, x) = suffix[from];
+        if cost < g[p] {
+            g[p] = cost;
+            choice[p] = x;
+        }
+    }
+    let node = &mut nodes[v];
+    node.size = size;
+    node.cap = cap;
+    node.sat = sat;
+    node.g = g;
+    node.choice = choice;
+    node.prefix = prefix;
+}
+
+/// Convolves the children's tables of node `v`: `h[x]` = cheapest way to receive `x` records
+/// (saturated at `sat`). Returns the prefix convolutions, `[0]` = nothing received, the last
+/// over all children.
+fn convolve_children(nodes: &[Node], v: usize, sat: usize) -> Vec<Vec<u64>> {
+    let mut h = vec![INF; sat + 1];
+    h[0] = 0;
+    let mut prefix = Vec::with_capacity(nodes[v].children.len() + 1);
+    for &c in &nodes[v].children {
+        let g = &nodes[c].g;
+        let mut next = vec![INF; sat + 1];
+        for (x, &hx) in h.iter().enumerate() {
+            if hx >= INF {
+                continue;
+            }
+            for (m, &gm) in g.iter().enumerate() {
+                if gm >= INF {
                     continue;
                 }
-                for (m, &gm) in g.iter().enumerate() {
-                    if gm >= INF {
-                        continue;
-                    }
-                    let y = (x + m).min(sat);
-                    let cost = hx + gm + m as u64;
-                    if cost < next[y] {
-                        next[y] = cost;
-                    }
+                let y = (x + m).min(sat);
+                let cost = hx + gm + m as u64;
+                if cost < next[y] {
+                    next[y] = cost;
                 }
             }
-            prefix.push(std::mem::replace(&mut h, next));
         }
-        prefix.push(h);
-        let h = prefix.last().map(Vec::as_slice).unwrap_or(&[]);
-        // Suffix minima of h and where they are.
-        let mut suffix = vec![(INF, 0usize); sat + 2];
-        for x in (0..=sat).rev() {
-            suffix[x] = if h[x] <= suffix[x + 1].0 {
-                (h[x], x)
-            } else {
-                suffix[x + 1]
-            };
-        }
-        let mut g = vec![INF; cap + 1];
-        let mut choice = vec![0; cap + 1];
-        for p in 0..=cap {
-            // Keep nothing here: everything received and owned goes up.
-            if p >= own && h[p - own] < g[p] {
-                g[p] = h[p - own];
-                choice[p] = p - own;
-            }
-            // Keep at least k here.
-            let from = (p + k).saturating_sub(own).min(sat + 1);
-            let (cost, x) = suffix[from];
-            if cost < g[p] {
-                g[p] = cost;
-                choice[p] = x;
-            }
-        }
-        let node = &mut nodes[v];
-        node.size = size;
-        node.cap = cap;
-        node.sat = sat;
-        node.g = g;
-        node.choice = choice;
-        node.prefix = prefix;
+        prefix.push(std::mem::replace(&mut h, next));
     }
+    prefix.push(h);
+    prefix
+}
 
-    // Top-down: how many records each node passes up.
+/// Top-down: how many records each node passes up.
+fn passes(nodes: &[Node], order: &[usize]) -> Vec<usize> {
     let mut pass = vec![0usize; nodes.len()];
-    for &v in &order {
+    for &v in order {
         let x_total = nodes[v].choice[pass[v]];
         let mut x = x_total;
-        let children = nodes[v].children.clone();
-        for (j, &c) in children.iter().enumerate().rev() {
+        for (j, &c) in nodes[v].children.iter().enumerate().rev() {
             let target = nodes[v].prefix[j + 1][x];
             let before = &nodes[v].prefix[j];
             let g = &nodes[c].g;
@@ -390,8 +437,12 @@ pub fn minimal_blanking(tuples: &[Vec<u32>], k: usize) -> Blanking {
             x = xp;
         }
     }
+    pass
+}
 
-    // Bottom-up: move records.
+/// Bottom-up: moves records up as `pass` says; returns how many leading positions each of the
+/// `n` records keeps.
+fn assign(nodes: &[Node], order: &[usize], pass: &[usize], n: usize) -> Vec<usize> {
     let mut keep = vec![0usize; n];
     let mut received: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for &v in order.iter().rev() {
@@ -406,20 +457,7 @@ pub fn minimal_blanking(tuples: &[Vec<u32>], k: usize) -> Blanking {
             received[p].extend(leaving);
         }
     }
-    let mut cost = 0u64;
-    let mut touched = 0u64;
-    for (t, &kp) in tuples.iter().zip(&keep) {
-        let c = t[kp.min(t.len())..].iter().filter(|v| **v != 0).count() as u64;
-        cost += c;
-        touched += u64::from(c > 0);
-    }
-    debug_assert_eq!(cost, nodes[0].g.first().copied().unwrap_or(0));
-    Blanking {
-        keep,
-        cost,
-        records_touched: touched,
-        reached: true,
-    }
+    keep
 }
 
 #[cfg(test)]
