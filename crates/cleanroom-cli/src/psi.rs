@@ -15,6 +15,7 @@ use clap::{Args, Subcommand};
 use cleanroom_identity::config::PrepareConfig;
 use cleanroom_identity::normalise::{IdKind, Invalid, NormaliseOptions, normalise};
 use cleanroom_psi::group::Kinds;
+use cleanroom_psi::side::{SideInputs, SideRule, check_side};
 use cleanroom_psi::{InputBuilder, Outcome, PreparedInput, ProtocolKind, Role, SessionConfig};
 use cleanroom_psi_net::{Identity, Limits, PeerPin, Progress, Report, TlsSetup};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -320,56 +321,17 @@ fn check_flags(run: &RunArgs) -> Result<Flags> {
     let labels: Vec<String> = id_kinds.iter().map(|k| k.as_str().to_owned()).collect();
     let kinds = Kinds::new(&labels)?;
     let values_holder = protocol.values_holder() == Some(role);
-    let holder_is = match protocol {
-        ProtocolKind::SumToValuesHolder => "the receiver, with --sum-to values-holder",
-        _ => "the sender (the side without --receiver); the receiver learns the sum",
+    let side = SideInputs {
+        values: run.value_column.is_some(),
+        max_value: run.max_value,
+        matches_output: run.output.is_some() || run.record_id_column.is_some(),
+        epsilon_count: run.epsilon_count,
+        epsilon_sum: run.epsilon_sum,
     };
-    match (values_holder, &run.value_column) {
-        (true, None) => bail!(
-            "the side of a sum that holds the values ({holder_is}) needs --value-column \
-             (and --max-value)"
-        ),
-        (false, Some(_)) if protocol.is_sum() => {
-            bail!("--value-column is for the side of a sum that holds the values: {holder_is}")
-        }
-        (false, Some(_)) => bail!("--value-column is only for --protocol sum"),
-        _ => {}
+    if let Err(rule) = check_side(protocol, role, &side) {
+        bail!("{}", side_rule_message(rule, protocol));
     }
-    if !values_holder && run.max_value.is_some() {
-        bail!("--max-value is only for the side of a sum that holds the values");
-    }
-    let max_value = if values_holder {
-        Some(run.max_value.context(
-            "the side of a sum that holds the values needs --max-value, the largest value counted",
-        )?)
-    } else {
-        None
-    };
-    let psi_receiver = protocol == ProtocolKind::Intersection && role == Role::Receiver;
-    if !psi_receiver && (run.output.is_some() || run.record_id_column.is_some()) {
-        bail!("--output and --record-id-column are only for the receiver of an intersection");
-    }
-    if run.epsilon_sum.is_some() && !protocol.is_sum() {
-        bail!("--epsilon-sum only applies to --protocol sum");
-    }
-    if protocol == ProtocolKind::Sum && run.epsilon_count.is_some() {
-        bail!(
-            "--epsilon-count does not apply to --protocol sum: the receiver finds the matches \
-             itself and sees the number of matches exactly, so noise on it could not protect \
-             the values holder (--epsilon-sum does apply; with --sum-to values-holder the \
-             counts can be noised)"
-        );
-    }
-    if protocol == ProtocolKind::Intersection && run.epsilon_count.is_some() {
-        bail!(
-            "the intersection protocol releases rows, not a count: --epsilon-count does not apply"
-        );
-    }
-    for e in [run.epsilon_count, run.epsilon_sum].into_iter().flatten() {
-        if !(e.is_finite() && e > 0.0) {
-            bail!("epsilon must be a positive number");
-        }
-    }
+    let max_value = if values_holder { run.max_value } else { None };
     Ok(Flags {
         protocol,
         role,
@@ -380,6 +342,44 @@ fn check_flags(run: &RunArgs) -> Result<Flags> {
         kinds,
         max_value,
     })
+}
+
+/// A protocol rule a side's flags break, in the flags' words.
+fn side_rule_message(rule: SideRule, protocol: ProtocolKind) -> String {
+    let holder_is = match protocol {
+        ProtocolKind::SumToValuesHolder => "the receiver, with --sum-to values-holder",
+        _ => "the sender (the side without --receiver); the receiver learns the sum",
+    };
+    match rule {
+        SideRule::ValuesNeeded => format!(
+            "the side of a sum that holds the values ({holder_is}) needs --value-column \
+             (and --max-value)"
+        ),
+        SideRule::MaxValueNeeded => {
+            "the side of a sum that holds the values needs --max-value, the largest value counted"
+                .into()
+        }
+        SideRule::ValuesOnOtherSide => {
+            format!("--value-column is for the side of a sum that holds the values: {holder_is}")
+        }
+        SideRule::ValuesWithoutSum => "--value-column is only for --protocol sum".into(),
+        SideRule::MaxValueWithoutValues => {
+            "--max-value is only for the side of a sum that holds the values".into()
+        }
+        SideRule::MatchesOnlyForIntersectionReceiver => {
+            "--output and --record-id-column are only for the receiver of an intersection".into()
+        }
+        SideRule::EpsilonSumWithoutSum => "--epsilon-sum only applies to --protocol sum".into(),
+        SideRule::EpsilonCountInSum => "--epsilon-count does not apply to --protocol sum: the \
+             receiver finds the matches itself and sees the number of matches exactly, so noise \
+             on it could not protect the values holder (--epsilon-sum does apply; with --sum-to \
+             values-holder the counts can be noised)"
+            .into(),
+        SideRule::EpsilonCountInIntersection => "the intersection protocol releases rows, not a \
+             count: --epsilon-count does not apply"
+            .into(),
+        SideRule::EpsilonNotPositive => "epsilon must be a positive number".into(),
+    }
 }
 
 /// Reads the input, normalises its identifiers as `cleanroom prepare` does, and blinds them.

@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
+use crate::PROTOCOL_VERSION;
 use crate::PsiError;
-use crate::wire::PROTOCOL_VERSION;
 
 /// A compressed ristretto255 point as it travels on the wire.
 pub type Point = [u8; 32];

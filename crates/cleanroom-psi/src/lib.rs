@@ -6,6 +6,8 @@
 //! - [`wire`]: the hello and the typed messages, with exact-length decoding.
 //! - [`input`]: a party's records, blinded in parallel batches as they are read, deduplicated.
 //! - [`session`]: the comparison of both hellos and the agreed parameters (caps, noise).
+//! - [`side`]: what each side may bring to a protocol (values and their bound, a matches
+//!   file, noise), checked before any input is read.
 //! - [`cardinality`], [`intersection`], [`sum`] (to the party without values, masked
 //!   decryption), [`sum_to_holder`] (to the values holder): each role's steps as types that
 //!   consume themselves, so steps cannot run out of order; [`Party`] wraps them for a transport.
@@ -21,6 +23,7 @@ pub mod input;
 pub mod intersection;
 mod party;
 pub mod session;
+pub mod side;
 pub mod stream;
 pub mod sum;
 pub mod sum_to_holder;
@@ -32,6 +35,9 @@ pub use intersection::IntersectionOutput;
 pub use party::{Action, Outcome, Party};
 pub use session::{Session, SessionConfig};
 pub use wire::{Hello, Message, ProtocolKind, Role};
+
+/// Bumped whenever messages or their meaning change; part of the hash-to-group domain.
+pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Matched records per identifier kind (in cascade order: a record counts for the first kind
 /// it matched on) and in total.

@@ -7,8 +7,7 @@ use crate::group::{Point, Tag};
 
 /// The first bytes of every session: "cleanroom PSI".
 pub const MAGIC: [u8; 8] = *b"CLRMPSI\n";
-/// Bumped whenever messages or their meaning change.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub use crate::PROTOCOL_VERSION;
 /// The most entries one message may carry.
 pub const MAX_BATCH: usize = 1 << 16;
 
