@@ -563,8 +563,8 @@ pub fn write_party(
         let text = match (party == "brand", raw) {
             (true, false) => BRAND_SCHEMA,
             (false, false) => PUBLISHER_SCHEMA,
-            (true, true) => crate::demo::BRAND_PREP,
-            (false, true) => crate::demo::PUBLISHER_PREP,
+            (true, true) => BRAND_PREP,
+            (false, true) => PUBLISHER_PREP,
         };
         std::fs::write(s, text).with_context(|| format!("cannot write {}", s.display()))?;
     }
@@ -575,6 +575,98 @@ pub fn write_party(
     );
     Ok(())
 }
+
+/// The brand's `cleanroom prepare` configuration: what each column of its CRM extract is.
+pub const BRAND_PREP: &str = r#"
+collaboration = "spring-campaign"
+default_region = "GB"
+gmail_rules = true
+privacy_unit = "customer_id"        # the brand's own customer number, kept as written
+
+[[identifier]]
+column = "email"
+kind = "email"
+priority = 1
+
+[[identifier]]
+column = "mobile"
+name = "phone"                      # -> phone_hmac, as the publisher names it
+kind = "phone"
+priority = 2
+
+[[identifier]]
+column = "device_id"
+name = "maid"
+kind = "maid"
+priority = 3
+
+[[quasi_identifier]]
+column = "age"
+name = "age_band"
+generalise = "age_band"
+
+[[quasi_identifier]]
+column = "region"
+generalise = "none"
+
+[[metric]]
+column = "purchases"
+type = "int64"
+
+[[metric]]
+column = "revenue"
+type = "float64"
+
+[risk]
+k = 10
+max_unique_share = 0.01
+action = "refuse"
+"#;
+
+/// The publisher's `cleanroom prepare` configuration.
+pub const PUBLISHER_PREP: &str = r#"
+collaboration = "spring-campaign"
+default_region = "GB"
+gmail_rules = true
+privacy_unit = "user_id"
+
+[[identifier]]
+column = "email"
+kind = "email"
+priority = 1
+
+[[identifier]]
+column = "phone"
+kind = "phone"
+priority = 2
+
+[[identifier]]
+column = "maid"
+kind = "maid"
+priority = 3
+
+[[quasi_identifier]]
+column = "age"
+name = "age_band"
+generalise = "age_band"
+
+[[quasi_identifier]]
+column = "region"
+generalise = "none"
+
+[[dimension]]
+column = "exposed"
+type = "bool"
+
+[[metric]]
+column = "page_views"
+type = "int64"
+
+[risk]
+k = 10
+max_unique_share = 0.01
+action = "refuse"
+"#;
 
 #[cfg(test)]
 mod tests {
