@@ -328,7 +328,7 @@ fn parse() -> Cli {
 
 /// Prints an error to stderr: a sentence, or with `--json` a problem-details object (the
 /// server's own when the server refused).
-fn report(e: &anyhow::Error, json: bool) {
+pub(crate) fn report(e: &anyhow::Error, json: bool) {
     if !json {
         eprintln!("error: {e:#}");
         return;

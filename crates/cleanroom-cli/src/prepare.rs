@@ -59,7 +59,7 @@ pub fn main(args: &PrepareArgs, json: bool) -> ExitCode {
         Ok(report) if report.refused => ExitCode::from(EXIT_REFUSED),
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::report(&e, json);
             ExitCode::FAILURE
         }
     }

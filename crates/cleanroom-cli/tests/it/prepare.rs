@@ -349,6 +349,25 @@ fn prepare_errors_name_the_problem() {
         .unwrap();
     ok(&out);
 
+    // A secret file that is not there: the OS says why once, and with --json the error is
+    // problem details on stderr, as for every other command.
+    let out = prepare(
+        tmp.path(),
+        &cfg,
+        &input.csv,
+        &["--json", "--secret-file", "/nonexistent/secret"],
+    );
+    let err = failed(&out);
+    let problem: serde_json::Value = serde_json::from_str(err.trim()).expect(&err);
+    assert_eq!(problem["code"], "cli_error");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("/nonexistent/secret")
+            && detail.matches("No such file or directory").count() == 1,
+        "{detail}"
+    );
+    assert!(out.stdout.is_empty());
+
     // A configuration error names its line.
     let bad_cfg = tmp.path().join("bad.toml");
     let text = std::fs::read_to_string(&cfg)
