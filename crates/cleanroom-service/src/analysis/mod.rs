@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::ServiceError;
 use crate::results::{AnalysisResult, ResultTable};
-use crate::room::{CleanRoom, Principal};
+use crate::room::{AuditCtx, CleanRoom, Need, Principal};
 
 mod execute;
 mod policy;
@@ -286,9 +286,8 @@ impl CleanRoom {
         collab: &str,
         id: &str,
     ) -> Result<AnalysisView, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::AnalysisShow, id, None, false)
-            .await?;
+        let ctx = AuditCtx::by(p, Action::AnalysisShow, id);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::read()).await?;
         let found = self
             .meta
             .get_analysis(id)
@@ -301,9 +300,7 @@ impl CleanRoom {
             Some(row) => self.view(p, row),
             None => {
                 let e = ServiceError::NotFound(format!("no analysis {id} that you may see"));
-                Err(self
-                    .refuse(&c.id.to_string(), &p.actor(), Action::AnalysisShow, id, e)
-                    .await)
+                Err(self.refuse(&ctx, e).await)
             }
         }
     }
@@ -314,9 +311,8 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<Vec<AnalysisView>, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::AnalysisList, "-", None, false)
-            .await?;
+        let ctx = AuditCtx::by(p, Action::AnalysisList, "-");
+        let (c, _, _) = self.active_member(p, collab, ctx, Need::read()).await?;
         let quoted = format!("\"{}\"", p.org.name);
         self.meta
             .list_analyses(c.id)

@@ -23,6 +23,9 @@ mod collaborations;
 mod datasets;
 mod parties;
 
+pub(crate) use audit::AuditCtx;
+pub(crate) use collaborations::Need;
+
 /// Limits that protect the server from oversized input.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -331,14 +334,9 @@ impl CleanRoom {
         // An upload under way when the server stopped never finished: record that it was
         // discarded, in its collaboration's chain, as the dataset returns to pending.
         for d in self.meta.uploading_datasets().await? {
-            let audit = Self::audit(
-                &d.collaboration_id.to_string(),
-                "server",
-                Action::DatasetUpload,
-                d.name.as_str(),
-                Outcome::Failed,
-                "interrupted upload discarded at start-up",
-            );
+            let audit = AuditCtx::system("server", Action::DatasetUpload, d.name.as_str())
+                .in_chain(d.collaboration_id)
+                .entry(Outcome::Failed, "interrupted upload discarded at start-up");
             self.meta.abort_upload(d.id, audit).await?;
         }
         let committed: HashSet<(CollaborationId, DatasetId)> =
