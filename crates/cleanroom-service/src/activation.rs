@@ -30,7 +30,7 @@ use cleanroom_query::segment::{self, SegmentRequest};
 use serde_json::{Value, json};
 
 use crate::ServiceError;
-use crate::room::{AuditCtx, CleanRoom, Need, Principal};
+use crate::room::{AuditCtx, CleanRoom, Need, Principal, stored_id};
 
 /// Longest filter value accepted (a dimension value, not free text).
 pub const MAX_FILTER_VALUE_CHARS: usize = 256;
@@ -309,9 +309,9 @@ impl CleanRoom {
         ctx: &AuditCtx,
     ) -> Result<(ActivationRow, Vec<Dataset>), ServiceError> {
         let datasets = self.meta.list_datasets(c.id).await?;
-        let found = match ActivationId::parse(id) {
-            Ok(_) => self.meta.get_activation(id).await?,
-            Err(_) => None,
+        let found = match stored_id::<ActivationId>(id) {
+            Some(id) => self.meta.get_activation(id).await?,
+            None => None,
         }
         .filter(|r| r.collaboration_id == c.id)
         .filter(|r| {
@@ -349,7 +349,7 @@ impl CleanRoom {
             .unwrap_or_else(|| tgt.owner_org_name.clone());
         let s = Stored::decode(&r.request)?;
         Ok(ActivationView {
-            id: r.id.clone(),
+            id: r.id.to_string(),
             partner,
             requested_by: r.actor.clone(),
             source: src.name.clone(),
@@ -422,7 +422,7 @@ impl CleanRoom {
             .await;
         let checked = self.audited(&ctx, checked).await?;
         let row = ActivationRow {
-            id: ActivationId::new().to_string(),
+            id: ActivationId::new(),
             collaboration_id: c.id,
             org_id: p.org.id,
             actor: p.actor(),
@@ -437,7 +437,7 @@ impl CleanRoom {
             created_at: cleanroom_meta::now(),
             finished_at: None,
         };
-        let audit = ctx.on(row.id.as_str()).entry(
+        let audit = ctx.on(row.id.to_string()).entry(
             Outcome::Allowed,
             format!(
                 "segment of {} (policy v{}) as {}'s identifiers from {}; {}; waiting for {}",
@@ -506,7 +506,7 @@ impl CleanRoom {
             finished: !approve,
         };
         let audit = ctx.entry(Outcome::Allowed, detail);
-        match self.meta.move_activation(id, mv, audit).await {
+        match self.meta.move_activation(row.id, mv, audit).await {
             Ok(()) => {}
             Err(MetaError::Conflict(_)) => {
                 let e = ServiceError::Conflict(format!(
@@ -519,7 +519,7 @@ impl CleanRoom {
         }
         let row = self
             .meta
-            .get_activation(id)
+            .get_activation(row.id)
             .await?
             .ok_or_else(|| ServiceError::Internal("activation vanished".into()))?;
         self.activation_view(&row, &datasets, &members)
@@ -569,9 +569,9 @@ impl CleanRoom {
         // request, not the claim, the match or the record of its outcome, so the activation is
         // never left `consumed` without an outcome until a restart.
         let room = self.clone();
-        let activation = id.to_owned();
+        let activation = row.id;
         let task = tokio::spawn(async move {
-            match room.meta.move_activation(&activation, claim, audit).await {
+            match room.meta.move_activation(activation, claim, audit).await {
                 Ok(()) => {}
                 Err(MetaError::Conflict(_)) => return Err(room.refuse(&ctx, consumed()).await),
                 Err(e) => return Err(e.into()),
@@ -595,7 +595,7 @@ impl CleanRoom {
     /// across a crash); the partner asks again.
     pub(crate) async fn recover_activations(&self) -> Result<(), ServiceError> {
         for row in self.meta.consumed_activations().await? {
-            let audit = AuditCtx::system("server", Action::ActivationDeliver, row.id.as_str())
+            let audit = AuditCtx::system("server", Action::ActivationDeliver, row.id.to_string())
                 .in_chain(row.collaboration_id)
                 .entry(
                     Outcome::Failed,
@@ -608,7 +608,7 @@ impl CleanRoom {
                 delivered: None,
                 finished: true,
             };
-            match self.meta.move_activation(&row.id, mv, audit).await {
+            match self.meta.move_activation(row.id, mv, audit).await {
                 Ok(()) | Err(MetaError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -623,7 +623,7 @@ impl CleanRoom {
         c: Collaboration,
         checked: Checked,
         stored: Stored,
-        id: String,
+        id: ActivationId,
         deliver: AuditCtx,
     ) -> Result<Vec<String>, ServiceError> {
         let min = checked.rule.min_segment_size;
@@ -679,7 +679,7 @@ impl CleanRoom {
                     ),
                 );
                 room.meta
-                    .move_activation(&id, done(ActivationStatus::Delivered, Some(n)), audit)
+                    .move_activation(id, done(ActivationStatus::Delivered, Some(n)), audit)
                     .await?;
                 Ok(ids)
             }
@@ -694,7 +694,7 @@ impl CleanRoom {
                 );
                 let audit = deliver.entry(e.audit_outcome(), e.audit_detail());
                 room.meta
-                    .move_activation(&id, done(ActivationStatus::TooSmall, None), audit)
+                    .move_activation(id, done(ActivationStatus::TooSmall, None), audit)
                     .await?;
                 Err(e)
             }
@@ -704,7 +704,7 @@ impl CleanRoom {
                     format!("{}; the approval stays used", e.audit_detail()),
                 );
                 room.meta
-                    .move_activation(&id, done(ActivationStatus::Failed, None), audit)
+                    .move_activation(id, done(ActivationStatus::Failed, None), audit)
                     .await?;
                 Err(e)
             }

@@ -88,11 +88,11 @@ impl CleanRoom {
                 .dry_run(p, &ctx, &planned, &catalog, priced, receiver_names)
                 .await;
         }
-        let id = cleanroom_core::ids::AnalysisId::new().to_string();
+        let id = AnalysisId::new();
         let now = cleanroom_meta::now();
-        let release = AuditCtx::by(p, Action::AnalysisRelease, id.as_str()).in_chain(c.id);
+        let release = AuditCtx::by(p, Action::AnalysisRelease, id.to_string()).in_chain(c.id);
         let mut row = AnalysisRow {
-            id: id.clone(),
+            id,
             collaboration_id: c.id,
             org_id: p.org.id,
             actor: p.actor(),
@@ -113,7 +113,7 @@ impl CleanRoom {
             row.charges = "[]".into();
             row.status = AnalysisStatus::Released;
             row.result = prev.result.clone();
-            row.reused_from = Some(prev.id.clone());
+            row.reused_from = Some(prev.id);
             row.finished_at = Some(now);
             let audit = release.entry(
                 Outcome::Allowed,
@@ -127,7 +127,7 @@ impl CleanRoom {
             return self.view(p, row);
         }
         // Debit every ledger and record the analysis, atomically, before reading any data.
-        let charge_audit = ctx.on(id.as_str()).entry(
+        let charge_audit = ctx.on(id.to_string()).entry(
             Outcome::Allowed,
             format!(
                 "{} over {}; charged {}",
@@ -152,7 +152,7 @@ impl CleanRoom {
             .await?;
         let row = self
             .meta
-            .get_analysis(&id)
+            .get_analysis(id)
             .await?
             .ok_or_else(|| ServiceError::Internal("analysis vanished".into()))?;
         self.view(p, row)
@@ -294,7 +294,7 @@ impl CleanRoom {
         c: Collaboration,
         plan: TemplatePlan,
         touched: BTreeSet<usize>,
-        id: String,
+        id: AnalysisId,
         release: AuditCtx,
         receiver_names: Vec<String>,
     ) -> Result<(), ServiceError> {
@@ -319,7 +319,7 @@ impl CleanRoom {
                         receiver_names.join(",")
                     ),
                 );
-                room.meta.finish_analysis(&id, Ok(&encoded), audit).await?;
+                room.meta.finish_analysis(id, Ok(&encoded), audit).await?;
                 Ok(())
             }
             Err(e) => {
@@ -334,7 +334,7 @@ impl CleanRoom {
                 };
                 let stored = format!("{}: {public}", public.code());
                 let audit = release.entry(public.audit_outcome(), stored.clone());
-                room.meta.finish_analysis(&id, Err(&stored), audit).await?;
+                room.meta.finish_analysis(id, Err(&stored), audit).await?;
                 Err(public)
             }
         }
@@ -344,14 +344,14 @@ impl CleanRoom {
     /// charges stay) and the failure is recorded in their collaboration's chain.
     pub(crate) async fn recover_analyses(&self) -> Result<(), ServiceError> {
         for row in self.meta.running_analyses().await? {
-            let audit = AuditCtx::system("server", Action::AnalysisRelease, row.id.as_str())
+            let audit = AuditCtx::system("server", Action::AnalysisRelease, row.id.to_string())
                 .in_chain(row.collaboration_id)
                 .entry(
                     Outcome::Failed,
                     "interrupted by a server restart; nothing was released and the charge stays",
                 );
             self.meta
-                .finish_analysis(&row.id, Err("interrupted by a server restart"), audit)
+                .finish_analysis(row.id, Err("interrupted by a server restart"), audit)
                 .await?;
         }
         Ok(())

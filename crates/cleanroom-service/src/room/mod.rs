@@ -215,6 +215,12 @@ fn dataset_purpose(id: DatasetId) -> String {
     format!("dataset:{id}")
 }
 
+/// The id a caller named, if it is spelt as the room writes ids (lowercase, hyphenated): any
+/// other spelling names nothing, so the answer is the same as for an id that does not exist.
+pub(crate) fn stored_id<T: std::str::FromStr + fmt::Display>(s: &str) -> Option<T> {
+    s.parse::<T>().ok().filter(|id| id.to_string() == s)
+}
+
 fn not_found_collab() -> ServiceError {
     ServiceError::NotFound(
         "no such collaboration, or your organisation is not a member of it".into(),
@@ -366,4 +372,25 @@ fn as_seen_by(mut d: Dataset, p: &Principal) -> Dataset {
 
 fn visible_to(d: &Dataset, p: &Principal) -> bool {
     d.owner_org_id == p.org.id || matches!(d.status, DatasetStatus::Ready | DatasetStatus::Shredded)
+}
+
+#[cfg(test)]
+mod tests {
+    use cleanroom_core::ids::AnalysisId;
+
+    use super::stored_id;
+
+    #[test]
+    fn only_the_written_spelling_of_an_id_names_a_row() {
+        let id = AnalysisId::new();
+        assert_eq!(stored_id::<AnalysisId>(&id.to_string()), Some(id));
+        for other in [
+            id.to_string().to_uppercase(),
+            id.to_string().replace('-', ""),
+            format!("{{{id}}}"),
+            "not-an-id".to_owned(),
+        ] {
+            assert_eq!(stored_id::<AnalysisId>(&other), None, "{other}");
+        }
+    }
 }
