@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome, genesis_hash};
 use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
-use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
+use cleanroom_core::ids::{
+    ActivationId, AnalysisId, CollaborationId, DatasetId, OrgId, TokenId, UserId,
+};
 use cleanroom_core::names::{CollaborationName, DatasetName, OrgName, UserName};
 use cleanroom_core::party::{
     Abilities, ActivationStatus, AnalysisStatus, CollaborationStatus, DatasetStatus, MemberStatus,
@@ -1130,7 +1132,7 @@ impl MetaStore for SqliteStore {
                  receivers, charges, status, result, error, reused_from, created_at, finished_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
         )
-        .bind(&row.id)
+        .bind(row.id.to_string())
         .bind(row.collaboration_id.to_string())
         .bind(row.org_id.to_string())
         .bind(&row.actor)
@@ -1151,7 +1153,7 @@ impl MetaStore for SqliteStore {
 
     async fn finish_analysis(
         &self,
-        id: &str,
+        id: AnalysisId,
         result: Result<&str, &str>,
         audit: NewAudit,
     ) -> Result<(), MetaError> {
@@ -1168,7 +1170,7 @@ impl MetaStore for SqliteStore {
         .bind(res)
         .bind(err)
         .bind(now())
-        .bind(id)
+        .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -1186,7 +1188,7 @@ impl MetaStore for SqliteStore {
                  receivers, charges, status, result, error, reused_from, created_at, finished_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'released', ?, NULL, ?, ?, ?)",
         )
-        .bind(&row.id)
+        .bind(row.id.to_string())
         .bind(row.collaboration_id.to_string())
         .bind(row.org_id.to_string())
         .bind(&row.actor)
@@ -1196,7 +1198,7 @@ impl MetaStore for SqliteStore {
         .bind(&row.receivers)
         .bind(&row.charges)
         .bind(&row.result)
-        .bind(&row.reused_from)
+        .bind(row.reused_from.map(|id| id.to_string()))
         .bind(&row.created_at)
         .bind(&row.finished_at)
         .execute(&mut *tx)
@@ -1206,11 +1208,11 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    async fn get_analysis(&self, id: &str) -> Result<Option<AnalysisRow>, MetaError> {
+    async fn get_analysis(&self, id: AnalysisId) -> Result<Option<AnalysisRow>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "{ANALYSIS_SELECT} WHERE id = ?"
         )))
-        .bind(id)
+        .bind(id.to_string())
         .fetch_optional(&self.reader)
         .await?
         .as_ref()
@@ -1369,7 +1371,7 @@ impl MetaStore for SqliteStore {
                  target_dataset_id, request, policy_version, status, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
         )
-        .bind(&row.id)
+        .bind(row.id.to_string())
         .bind(row.collaboration_id.to_string())
         .bind(row.org_id.to_string())
         .bind(&row.actor)
@@ -1385,11 +1387,11 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>, MetaError> {
+    async fn get_activation(&self, id: ActivationId) -> Result<Option<ActivationRow>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "{ACTIVATION_SELECT} WHERE id = ?"
         )))
-        .bind(id)
+        .bind(id.to_string())
         .fetch_optional(&self.reader)
         .await?
         .as_ref()
@@ -1425,7 +1427,7 @@ impl MetaStore for SqliteStore {
 
     async fn move_activation(
         &self,
-        id: &str,
+        id: ActivationId,
         mv: ActivationMove<'_>,
         audit: NewAudit,
     ) -> Result<(), MetaError> {
@@ -1454,7 +1456,7 @@ impl MetaStore for SqliteStore {
         .bind(mv.delivered.map(|n| n as i64))
         .bind(mv.finished)
         .bind(&at)
-        .bind(id)
+        .bind(id.to_string())
         .bind(mv.from.as_str())
         .execute(&mut *tx)
         .await?;
@@ -1616,8 +1618,9 @@ const ANALYSIS_SELECT: &str = "SELECT id, collaboration_id, org_id, actor, kind,
     FROM analyses";
 
 fn analysis_from(r: &SqliteRow) -> Result<AnalysisRow, MetaError> {
+    let reused_from: Option<String> = r.try_get("reused_from")?;
     Ok(AnalysisRow {
-        id: r.try_get("id")?,
+        id: AnalysisId::parse(&r.try_get::<String, _>("id")?).map_err(corrupt("analysis id"))?,
         collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
             .map_err(corrupt("analysis collaboration"))?,
         org_id: OrgId::parse(&r.try_get::<String, _>("org_id")?)
@@ -1632,7 +1635,11 @@ fn analysis_from(r: &SqliteRow) -> Result<AnalysisRow, MetaError> {
             .map_err(corrupt("analysis status"))?,
         result: r.try_get("result")?,
         error: r.try_get("error")?,
-        reused_from: r.try_get("reused_from")?,
+        reused_from: reused_from
+            .as_deref()
+            .map(AnalysisId::parse)
+            .transpose()
+            .map_err(corrupt("analysis reused from"))?,
         created_at: r.try_get("created_at")?,
         finished_at: r.try_get("finished_at")?,
     })
@@ -1646,7 +1653,8 @@ fn activation_from(r: &SqliteRow) -> Result<ActivationRow, MetaError> {
     let version: i64 = r.try_get("policy_version")?;
     let delivered: Option<i64> = r.try_get("delivered")?;
     Ok(ActivationRow {
-        id: r.try_get("id")?,
+        id: ActivationId::parse(&r.try_get::<String, _>("id")?)
+            .map_err(corrupt("activation id"))?,
         collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
             .map_err(corrupt("activation collaboration"))?,
         org_id: OrgId::parse(&r.try_get::<String, _>("org_id")?)

@@ -1,7 +1,9 @@
 use async_trait::async_trait;
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome};
 use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
-use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
+use cleanroom_core::ids::{
+    ActivationId, AnalysisId, CollaborationId, DatasetId, OrgId, TokenId, UserId,
+};
 use cleanroom_core::names::{DatasetName, OrgName};
 use cleanroom_core::party::{ActivationStatus, AnalysisStatus};
 
@@ -64,7 +66,7 @@ pub struct Charge {
 /// the service; the store does not interpret them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnalysisRow {
-    pub id: String,
+    pub id: AnalysisId,
     pub collaboration_id: CollaborationId,
     pub org_id: OrgId,
     pub actor: String,
@@ -76,7 +78,7 @@ pub struct AnalysisRow {
     pub status: AnalysisStatus,
     pub result: Option<String>,
     pub error: Option<String>,
-    pub reused_from: Option<String>,
+    pub reused_from: Option<AnalysisId>,
     pub created_at: String,
     pub finished_at: Option<String>,
 }
@@ -95,7 +97,7 @@ pub struct ApprovalRow {
 /// interpret it. `delivered` is the number of identifiers delivered (set with `delivered`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivationRow {
-    pub id: String,
+    pub id: ActivationId,
     pub collaboration_id: CollaborationId,
     /// The partner that asked.
     pub org_id: OrgId,
@@ -295,13 +297,13 @@ pub trait MetaStore: Send + Sync + 'static {
     /// error (its charges stay debited).
     async fn finish_analysis(
         &self,
-        id: &str,
+        id: AnalysisId,
         result: Result<&str, &str>,
         audit: NewAudit,
     ) -> Result<(), MetaError>;
     /// Records an analysis answered from an earlier release (no charge).
     async fn record_reuse(&self, row: &AnalysisRow, audit: NewAudit) -> Result<(), MetaError>;
-    async fn get_analysis(&self, id: &str) -> Result<Option<AnalysisRow>, MetaError>;
+    async fn get_analysis(&self, id: AnalysisId) -> Result<Option<AnalysisRow>, MetaError>;
     /// Analyses still marked running (after a crash).
     async fn running_analyses(&self) -> Result<Vec<AnalysisRow>, MetaError>;
     async fn list_analyses(&self, collab: CollaborationId) -> Result<Vec<AnalysisRow>, MetaError>;
@@ -336,7 +338,7 @@ pub trait MetaStore: Send + Sync + 'static {
         row: &ActivationRow,
         audit: NewAudit,
     ) -> Result<(), MetaError>;
-    async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>, MetaError>;
+    async fn get_activation(&self, id: ActivationId) -> Result<Option<ActivationRow>, MetaError>;
     async fn list_activations(
         &self,
         collab: CollaborationId,
@@ -348,7 +350,7 @@ pub trait MetaStore: Send + Sync + 'static {
     /// audit entry; `Conflict` (and nothing changes) unless it is in `mv.from`.
     async fn move_activation(
         &self,
-        id: &str,
+        id: ActivationId,
         mv: ActivationMove<'_>,
         audit: NewAudit,
     ) -> Result<(), MetaError>;

@@ -30,7 +30,7 @@ use cleanroom_query::segment::{self, SegmentRequest};
 use serde_json::{Value, json};
 
 use crate::ServiceError;
-use crate::room::{CleanRoom, Principal};
+use crate::room::{AuditCtx, CleanRoom, Need, Principal, stored_id};
 
 /// Longest filter value accepted (a dimension value, not free text).
 pub const MAX_FILTER_VALUE_CHARS: usize = 256;
@@ -299,18 +299,19 @@ impl CleanRoom {
     }
 
     /// The activation `id` in `c`, if the caller's organisation is its partner or the owner of
-    /// its source; otherwise the same `not found` as for an id that names nothing.
+    /// its source; otherwise the same `not found` as for an id that names nothing, audited
+    /// under `ctx` without the id.
     async fn visible_activation(
         &self,
         p: &Principal,
         c: &Collaboration,
         id: &str,
-        action: Action,
+        ctx: &AuditCtx,
     ) -> Result<(ActivationRow, Vec<Dataset>), ServiceError> {
         let datasets = self.meta.list_datasets(c.id).await?;
-        let found = match ActivationId::parse(id) {
-            Ok(_) => self.meta.get_activation(id).await?,
-            Err(_) => None,
+        let found = match stored_id::<ActivationId>(id) {
+            Some(id) => self.meta.get_activation(id).await?,
+            None => None,
         }
         .filter(|r| r.collaboration_id == c.id)
         .filter(|r| {
@@ -323,9 +324,7 @@ impl CleanRoom {
             Some(r) => Ok((r, datasets)),
             None => {
                 let e = ServiceError::NotFound(format!("no activation {id} that you may see"));
-                Err(self
-                    .refuse(&c.id.to_string(), &p.actor(), action, "-", e)
-                    .await)
+                Err(self.refuse(&ctx.on("-"), e).await)
             }
         }
     }
@@ -350,7 +349,7 @@ impl CleanRoom {
             .unwrap_or_else(|| tgt.owner_org_name.clone());
         let s = Stored::decode(&r.request)?;
         Ok(ActivationView {
-            id: r.id.clone(),
+            id: r.id.to_string(),
             partner,
             requested_by: r.actor.clone(),
             source: src.name.clone(),
@@ -370,14 +369,12 @@ impl CleanRoom {
         })
     }
 
-    /// Checks a stored activation again, audited under `action`: what is approved or downloaded
+    /// Checks a stored activation again, audited under `ctx`: what is approved or downloaded
     /// is what the owner's policy and the memberships allow now, not when it was asked for.
     async fn recheck(
         &self,
         c: &Collaboration,
-        p: &Principal,
-        action: Action,
-        id: &str,
+        ctx: &AuditCtx,
         row: &ActivationRow,
         view: &ActivationView,
     ) -> Result<(Stored, Checked), ServiceError> {
@@ -391,9 +388,7 @@ impl CleanRoom {
                 &stored,
             )
             .await;
-        let checked = self
-            .audited(checked, &c.id.to_string(), &p.actor(), action, id)
-            .await?;
+        let checked = self.audited(ctx, checked).await?;
         Ok((stored, checked))
     }
 
@@ -405,12 +400,9 @@ impl CleanRoom {
         collab: &str,
         req: ActivationRequest,
     ) -> Result<ActivationView, ServiceError> {
-        const ACTION: Action = Action::ActivationRequest;
-        let target = req.source.clone();
-        let (c, _) = self
-            .active_member(p, collab, ACTION, &target, Some(Ability::Receive), true)
-            .await?;
-        let chain = c.id.to_string();
+        let ctx = AuditCtx::by(p, Action::ActivationRequest, req.source.as_str());
+        let need = Need::open_with(Ability::Receive);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, need).await?;
         let (source_key, target_key) = match req.key.split_once(':') {
             Some((s, t)) => (s.trim().to_owned(), t.trim().to_owned()),
             None => (req.key.trim().to_owned(), req.key.trim().to_owned()),
@@ -426,17 +418,11 @@ impl CleanRoom {
             output: req.output.trim().to_owned(),
         };
         let checked = self
-            .audited(
-                self.check_activation(&c, &p.org.name, &req.source, &req.target, &stored)
-                    .await,
-                &chain,
-                &p.actor(),
-                ACTION,
-                &target,
-            )
-            .await?;
+            .check_activation(&c, &p.org.name, &req.source, &req.target, &stored)
+            .await;
+        let checked = self.audited(&ctx, checked).await?;
         let row = ActivationRow {
-            id: ActivationId::new().to_string(),
+            id: ActivationId::new(),
             collaboration_id: c.id,
             org_id: p.org.id,
             actor: p.actor(),
@@ -451,11 +437,7 @@ impl CleanRoom {
             created_at: cleanroom_meta::now(),
             finished_at: None,
         };
-        let audit = Self::audit(
-            &chain,
-            &p.actor(),
-            ACTION,
-            &row.id,
+        let audit = ctx.on(row.id.to_string()).entry(
             Outcome::Allowed,
             format!(
                 "segment of {} (policy v{}) as {}'s identifiers from {}; {}; waiting for {}",
@@ -486,11 +468,9 @@ impl CleanRoom {
         } else {
             Action::ActivationReject
         };
-        let (c, _) = self
-            .active_member(p, collab, action, id, None, true)
-            .await?;
-        let chain = c.id.to_string();
-        let (row, datasets) = self.visible_activation(p, &c, id, action).await?;
+        let ctx = AuditCtx::by(p, action, id);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::open()).await?;
+        let (row, datasets) = self.visible_activation(p, &c, id, &ctx).await?;
         let src = datasets
             .iter()
             .find(|d| d.id == row.source_dataset_id)
@@ -500,14 +480,14 @@ impl CleanRoom {
                 "only the organisation that owns the source dataset may decide on an activation"
                     .into(),
             );
-            return Err(self.refuse(&chain, &p.actor(), action, id, e).await);
+            return Err(self.refuse(&ctx, e).await);
         }
         let members = self.meta.list_members(c.id).await?;
         let view = self.activation_view(&row, &datasets, &members)?;
         let mut detail = format!("{} for {}", view.source, view.partner);
         if approve {
             // The owner approves what its policy allows today.
-            let (_, checked) = self.recheck(&c, p, action, id, &row, &view).await?;
+            let (_, checked) = self.recheck(&c, &ctx, &row, &view).await?;
             detail = format!(
                 "{detail}; one download; minimum segment {} people",
                 checked.rule.min_segment_size
@@ -525,21 +505,21 @@ impl CleanRoom {
             delivered: None,
             finished: !approve,
         };
-        let audit = Self::audit(&chain, &p.actor(), action, id, Outcome::Allowed, detail);
-        match self.meta.move_activation(id, mv, audit).await {
+        let audit = ctx.entry(Outcome::Allowed, detail);
+        match self.meta.move_activation(row.id, mv, audit).await {
             Ok(()) => {}
             Err(MetaError::Conflict(_)) => {
                 let e = ServiceError::Conflict(format!(
                     "the activation is {}, not pending: it was decided already",
                     row.status
                 ));
-                return Err(self.refuse(&chain, &p.actor(), action, id, e).await);
+                return Err(self.refuse(&ctx, e).await);
             }
             Err(e) => return Err(e.into()),
         }
         let row = self
             .meta
-            .get_activation(id)
+            .get_activation(row.id)
             .await?
             .ok_or_else(|| ServiceError::Internal("activation vanished".into()))?;
         self.activation_view(&row, &datasets, &members)
@@ -554,17 +534,15 @@ impl CleanRoom {
         collab: &str,
         id: &str,
     ) -> Result<Segment, ServiceError> {
-        const ACTION: Action = Action::ActivationDownload;
-        let (c, _) = self
-            .active_member(p, collab, ACTION, id, Some(Ability::Receive), true)
-            .await?;
-        let chain = c.id.to_string();
-        let (row, datasets) = self.visible_activation(p, &c, id, ACTION).await?;
+        let ctx = AuditCtx::by(p, Action::ActivationDownload, id);
+        let need = Need::open_with(Ability::Receive);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, need).await?;
+        let (row, datasets) = self.visible_activation(p, &c, id, &ctx).await?;
         if row.org_id != p.org.id {
             let e = ServiceError::Forbidden(
                 "only the organisation that asked for an activation may download it".into(),
             );
-            return Err(self.refuse(&chain, &p.actor(), ACTION, id, e).await);
+            return Err(self.refuse(&ctx, e).await);
         }
         let state = match row.status {
             ActivationStatus::Approved => None,
@@ -572,12 +550,12 @@ impl CleanRoom {
             _ => Some(consumed()),
         };
         if let Some(e) = state {
-            return Err(self.refuse(&chain, &p.actor(), ACTION, id, e).await);
+            return Err(self.refuse(&ctx, e).await);
         }
         let members = self.meta.list_members(c.id).await?;
         let view = self.activation_view(&row, &datasets, &members)?;
         // Policies and memberships may have changed since the approval: check again.
-        let (stored, checked) = self.recheck(&c, p, ACTION, id, &row, &view).await?;
+        let (stored, checked) = self.recheck(&c, &ctx, &row, &view).await?;
         let claim = ActivationMove {
             from: ActivationStatus::Approved,
             to: ActivationStatus::Consumed,
@@ -585,30 +563,20 @@ impl CleanRoom {
             delivered: None,
             finished: false,
         };
-        let audit = Self::audit(
-            &chain,
-            &p.actor(),
-            ACTION,
-            id,
-            Outcome::Allowed,
-            "approval used; matching",
-        );
+        let audit = ctx.entry(Outcome::Allowed, "approval used; matching");
+        let deliver = AuditCtx::by(p, Action::ActivationDeliver, id).in_chain(c.id);
         // Use the approval and match in a task of its own: a client that disconnects drops the
         // request, not the claim, the match or the record of its outcome, so the activation is
         // never left `consumed` without an outcome until a restart.
         let room = self.clone();
-        let (actor, activation) = (p.actor(), id.to_owned());
+        let activation = row.id;
         let task = tokio::spawn(async move {
-            match room.meta.move_activation(&activation, claim, audit).await {
+            match room.meta.move_activation(activation, claim, audit).await {
                 Ok(()) => {}
-                Err(MetaError::Conflict(_)) => {
-                    return Err(room
-                        .refuse(&chain, &actor, ACTION, &activation, consumed())
-                        .await);
-                }
+                Err(MetaError::Conflict(_)) => return Err(room.refuse(&ctx, consumed()).await),
                 Err(e) => return Err(e.into()),
             }
-            Self::match_and_record(room, c, checked, stored, activation, actor).await
+            Self::match_and_record(room, c, checked, stored, activation, deliver).await
         });
         let ids = task
             .await
@@ -627,14 +595,12 @@ impl CleanRoom {
     /// across a crash); the partner asks again.
     pub(crate) async fn recover_activations(&self) -> Result<(), ServiceError> {
         for row in self.meta.consumed_activations().await? {
-            let audit = Self::audit(
-                &row.collaboration_id.to_string(),
-                "server",
-                Action::ActivationDeliver,
-                &row.id,
-                Outcome::Failed,
-                "interrupted by a server restart while matching; nothing was delivered and the approval stays used",
-            );
+            let audit = AuditCtx::system("server", Action::ActivationDeliver, row.id.to_string())
+                .in_chain(row.collaboration_id)
+                .entry(
+                    Outcome::Failed,
+                    "interrupted by a server restart while matching; nothing was delivered and the approval stays used",
+                );
             let mv = ActivationMove {
                 from: ActivationStatus::Consumed,
                 to: ActivationStatus::Failed,
@@ -642,7 +608,7 @@ impl CleanRoom {
                 delivered: None,
                 finished: true,
             };
-            match self.meta.move_activation(&row.id, mv, audit).await {
+            match self.meta.move_activation(row.id, mv, audit).await {
                 Ok(()) | Err(MetaError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -650,16 +616,16 @@ impl CleanRoom {
         Ok(())
     }
 
+    /// Matches a claimed activation and records its delivery, or why nothing was delivered,
+    /// under `deliver`.
     async fn match_and_record(
         room: CleanRoom,
         c: Collaboration,
         checked: Checked,
         stored: Stored,
-        id: String,
-        actor: String,
+        id: ActivationId,
+        deliver: AuditCtx,
     ) -> Result<Vec<String>, ServiceError> {
-        const ACTION: Action = Action::ActivationDeliver;
-        let chain = c.id.to_string();
         let min = checked.rule.min_segment_size;
         let outcome = async {
             let (source, target) = (checked.source.id, checked.target.id);
@@ -705,11 +671,7 @@ impl CleanRoom {
         match outcome {
             Ok(Some(ids)) => {
                 let n = ids.len() as u64;
-                let audit = Self::audit(
-                    &chain,
-                    &actor,
-                    ACTION,
-                    &id,
+                let audit = deliver.entry(
                     Outcome::Allowed,
                     format!(
                         "delivered {n} identifier(s) of {}.{}; the segment has at least {min} people of {}",
@@ -717,7 +679,7 @@ impl CleanRoom {
                     ),
                 );
                 room.meta
-                    .move_activation(&id, done(ActivationStatus::Delivered, Some(n)), audit)
+                    .move_activation(id, done(ActivationStatus::Delivered, Some(n)), audit)
                     .await?;
                 Ok(ids)
             }
@@ -730,30 +692,19 @@ impl CleanRoom {
                         checked.source.name
                     ),
                 );
-                let audit = Self::audit(
-                    &chain,
-                    &actor,
-                    ACTION,
-                    &id,
-                    e.audit_outcome(),
-                    e.audit_detail(),
-                );
+                let audit = deliver.entry(e.audit_outcome(), e.audit_detail());
                 room.meta
-                    .move_activation(&id, done(ActivationStatus::TooSmall, None), audit)
+                    .move_activation(id, done(ActivationStatus::TooSmall, None), audit)
                     .await?;
                 Err(e)
             }
             Err(e) => {
-                let audit = Self::audit(
-                    &chain,
-                    &actor,
-                    ACTION,
-                    &id,
+                let audit = deliver.entry(
                     e.audit_outcome(),
                     format!("{}; the approval stays used", e.audit_detail()),
                 );
                 room.meta
-                    .move_activation(&id, done(ActivationStatus::Failed, None), audit)
+                    .move_activation(id, done(ActivationStatus::Failed, None), audit)
                     .await?;
                 Err(e)
             }
@@ -767,11 +718,9 @@ impl CleanRoom {
         collab: &str,
         id: &str,
     ) -> Result<ActivationView, ServiceError> {
-        const ACTION: Action = Action::ActivationShow;
-        let (c, _) = self
-            .active_member(p, collab, ACTION, id, None, false)
-            .await?;
-        let (row, datasets) = self.visible_activation(p, &c, id, ACTION).await?;
+        let ctx = AuditCtx::by(p, Action::ActivationShow, id);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::read()).await?;
+        let (row, datasets) = self.visible_activation(p, &c, id, &ctx).await?;
         let members = self.meta.list_members(c.id).await?;
         self.activation_view(&row, &datasets, &members)
     }
@@ -782,9 +731,8 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<Vec<ActivationView>, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::ActivationList, "-", None, false)
-            .await?;
+        let ctx = AuditCtx::by(p, Action::ActivationList, "-");
+        let (c, _, _) = self.active_member(p, collab, ctx, Need::read()).await?;
         let datasets = self.meta.list_datasets(c.id).await?;
         let members = self.meta.list_members(c.id).await?;
         self.meta

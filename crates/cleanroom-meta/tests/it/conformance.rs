@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use cleanroom_core::audit::{Outcome, verify_chain};
 use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
-use cleanroom_core::ids::{CollaborationId, DatasetId, OrgId, TokenId, UserId};
+use cleanroom_core::ids::{
+    ActivationId, AnalysisId, CollaborationId, DatasetId, OrgId, TokenId, UserId,
+};
 use cleanroom_core::names::{CollaborationName, DatasetName, OrgName, UserName};
 use cleanroom_core::party::{
     Abilities, ActivationStatus, AnalysisStatus, CollaborationStatus, DatasetStatus, MemberStatus,
@@ -140,9 +142,9 @@ async fn dataset(s: &Store, c: &Collaboration, owner: &Organisation, name: &str)
     d
 }
 
-fn analysis(c: &Collaboration, o: &Organisation, id: &str) -> AnalysisRow {
+fn analysis(c: &Collaboration, o: &Organisation, id: AnalysisId) -> AnalysisRow {
     AnalysisRow {
-        id: id.to_owned(),
+        id,
         collaboration_id: c.id,
         org_id: o.id,
         actor: "test/admin".into(),
@@ -432,40 +434,40 @@ pub async fn policies_ledgers_analyses_and_approvals(s: Store) {
         epsilon: 11,
         delta: 0,
     }];
+    let (a0, a1, a2) = (AnalysisId::new(), AnalysisId::new(), AnalysisId::new());
     assert!(matches!(
-        s.begin_analysis(&analysis(&c, &brand, "a0"), &over, vec![audit(&chain, "q")])
+        s.begin_analysis(&analysis(&c, &brand, a0), &over, vec![audit(&chain, "q")])
             .await,
         Err(MetaError::BudgetExhausted(_))
     ));
-    assert!(s.get_analysis("a0").await.unwrap().is_none());
+    assert!(s.get_analysis(a0).await.unwrap().is_none());
     let ok = [Charge {
         org_id: brand.id,
         epsilon: 10,
         delta: 100,
     }];
-    s.begin_analysis(&analysis(&c, &brand, "a1"), &ok, vec![audit(&chain, "q")])
+    s.begin_analysis(&analysis(&c, &brand, a1), &ok, vec![audit(&chain, "q")])
         .await
         .unwrap();
     assert_eq!(s.running_analyses().await.unwrap().len(), 1);
-    s.finish_analysis(
-        "a1",
-        Ok("{\"tables\":[]}"),
-        audit(&chain, "analysis.release"),
-    )
-    .await
-    .unwrap();
-    let a = s.get_analysis("a1").await.unwrap().unwrap();
+    s.finish_analysis(a1, Ok("{\"tables\":[]}"), audit(&chain, "analysis.release"))
+        .await
+        .unwrap();
+    let a = s.get_analysis(a1).await.unwrap().unwrap();
     assert_eq!(a.status.as_str(), "released");
     assert!(a.finished_at.is_some());
     assert_eq!(
-        s.find_release(c.id, "fp-a1").await.unwrap().map(|r| r.id),
-        Some("a1".into())
+        s.find_release(c.id, &format!("fp-{a1}"))
+            .await
+            .unwrap()
+            .map(|r| r.id),
+        Some(a1)
     );
     let reuse = AnalysisRow {
         status: AnalysisStatus::Released,
-        reused_from: Some("a1".into()),
+        reused_from: Some(a1),
         result: a.result.clone(),
-        ..analysis(&c, &brand, "a2")
+        ..analysis(&c, &brand, a2)
     };
     s.record_reuse(&reuse, audit(&chain, "analysis.release"))
         .await
@@ -497,7 +499,7 @@ fn activation(
     dst: &Dataset,
 ) -> ActivationRow {
     ActivationRow {
-        id: format!("act-{}", DatasetId::new()),
+        id: ActivationId::new(),
         collaboration_id: c.id,
         org_id: partner.id,
         actor: "publisher/admin".into(),
@@ -540,17 +542,17 @@ pub async fn activations_move_forward_only(s: Store) {
         decided_by: Some("brand/admin"),
         ..mv("pending", "approved")
     };
-    s.move_activation(&a.id, approve, audit(&chain, "activation.approve"))
+    s.move_activation(a.id, approve, audit(&chain, "activation.approve"))
         .await
         .unwrap();
     // The same move again finds it no longer pending.
     assert!(matches!(
-        s.move_activation(&a.id, approve, audit(&chain, "activation.approve"))
+        s.move_activation(a.id, approve, audit(&chain, "activation.approve"))
             .await,
         Err(MetaError::Conflict(_))
     ));
     s.move_activation(
-        &a.id,
+        a.id,
         mv("approved", "consumed"),
         audit(&chain, "activation.download"),
     )
@@ -562,10 +564,10 @@ pub async fn activations_move_forward_only(s: Store) {
         finished: true,
         ..mv("consumed", "delivered")
     };
-    s.move_activation(&a.id, deliver, audit(&chain, "activation.download"))
+    s.move_activation(a.id, deliver, audit(&chain, "activation.download"))
         .await
         .unwrap();
-    let got = s.get_activation(&a.id).await.unwrap().unwrap();
+    let got = s.get_activation(a.id).await.unwrap().unwrap();
     assert_eq!(
         (got.status.as_str(), got.delivered),
         ("delivered", Some(42))
@@ -576,14 +578,14 @@ pub async fn activations_move_forward_only(s: Store) {
     // A move the life cycle does not allow is refused before it reaches the store's rows.
     assert!(matches!(
         s.move_activation(
-            &a.id,
+            a.id,
             mv("delivered", "approved"),
             audit(&chain, "activation.approve")
         )
         .await,
         Err(MetaError::Conflict(_))
     ));
-    let got = s.get_activation(&a.id).await.unwrap().unwrap();
+    let got = s.get_activation(a.id).await.unwrap().unwrap();
     assert_eq!(got.status.as_str(), "delivered");
 }
 
@@ -602,9 +604,9 @@ pub async fn concurrent_charges_never_overspend(s: Store) {
     .await
     .unwrap();
     let mut tasks = Vec::new();
-    for i in 0..40 {
+    for _ in 0..40 {
         let s = Arc::clone(&s);
-        let row = analysis(&c, &brand, &format!("race-{i}"));
+        let row = analysis(&c, &brand, AnalysisId::new());
         let chain = chain.clone();
         let org = brand.id;
         tasks.push(tokio::spawn(async move {
@@ -683,14 +685,14 @@ pub async fn racing_moves_out_of_one_state_one_wins(s: Store) {
     )
     .await
     .unwrap();
-    for round in 0..5 {
-        let id = format!("end-{round}");
-        s.begin_analysis(&analysis(&c, &brand, &id), &[], vec![audit(&chain, "q")])
+    for _ in 0..5 {
+        let id = AnalysisId::new();
+        s.begin_analysis(&analysis(&c, &brand, id), &[], vec![audit(&chain, "q")])
             .await
             .unwrap();
         let (a, b) = tokio::join!(
-            s.finish_analysis(&id, Ok("{}"), audit(&chain, "analysis.release")),
-            s.finish_analysis(&id, Err("failed"), audit(&chain, "analysis.release")),
+            s.finish_analysis(id, Ok("{}"), audit(&chain, "analysis.release")),
+            s.finish_analysis(id, Err("failed"), audit(&chain, "analysis.release")),
         );
         assert_eq!(
             [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count(),
@@ -705,12 +707,12 @@ pub async fn racing_moves_out_of_one_state_one_wins(s: Store) {
         s.create_activation(&act, audit(&chain, "activation.request"))
             .await
             .unwrap();
-        s.move_activation(&act.id, mv("pending", "approved"), audit(&chain, "a"))
+        s.move_activation(act.id, mv("pending", "approved"), audit(&chain, "a"))
             .await
             .unwrap();
         let (a, b) = tokio::join!(
-            s.move_activation(&act.id, mv("approved", "consumed"), audit(&chain, "d1")),
-            s.move_activation(&act.id, mv("approved", "consumed"), audit(&chain, "d2")),
+            s.move_activation(act.id, mv("approved", "consumed"), audit(&chain, "d1")),
+            s.move_activation(act.id, mv("approved", "consumed"), audit(&chain, "d2")),
         );
         assert_eq!(
             [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count(),

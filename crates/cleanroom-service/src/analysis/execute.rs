@@ -9,8 +9,8 @@ pub(super) struct Submission<'a> {
     /// Organisations named to receive the result (empty: the requester's).
     pub receivers: &'a [String],
     pub dry_run: bool,
-    /// The audit action of the request.
-    pub action: Action,
+    /// The audit context of the request, in the collaboration's chain.
+    pub ctx: AuditCtx,
 }
 
 /// A checked plan with the catalog it was checked against.
@@ -52,30 +52,17 @@ impl CleanRoom {
             datasets,
             planned,
         } = checked;
-        let chain = c.id.to_string();
-        let (action, target) = (sub.action, planned.kind);
+        // From here on refusals name the kind of analysis as their target.
+        let ctx = sub.ctx.on(planned.kind);
         // Receivers: named members with the receive ability, allowed by every owner touched.
         let receivers = self
-            .audited(
-                self.receivers(p, c, &catalog, &planned.touched, sub.receivers)
-                    .await,
-                &chain,
-                &p.actor(),
-                action,
-                target,
-            )
-            .await?;
+            .receivers(p, c, &catalog, &planned.touched, sub.receivers)
+            .await;
+        let receivers = self.audited(&ctx, receivers).await?;
         let receiver_names: Vec<String> = receivers.iter().map(|o| o.to_string()).collect();
         // What it costs each owner.
-        let costs = self
-            .audited(
-                owner_costs(&planned.plan, &catalog).map_err(query_error),
-                &chain,
-                &p.actor(),
-                action,
-                target,
-            )
-            .await?;
+        let costs = owner_costs(&planned.plan, &catalog).map_err(query_error);
+        let costs = self.audited(&ctx, costs).await?;
         let owner_ids: BTreeMap<OrgName, OrgId> = datasets
             .iter()
             .map(|d| (d.owner_org_name.clone(), d.owner_org_id))
@@ -94,25 +81,18 @@ impl CleanRoom {
             .map(|(org, cost)| (org.clone(), owner_ids[org], *cost))
             .collect();
         let priced = self
-            .price(p, c, target, &owed, &sub, previous.is_none())
+            .price(&ctx, c, &owed, sub.dry_run, previous.is_none())
             .await?;
         if sub.dry_run {
             return self
-                .dry_run(
-                    p,
-                    &chain,
-                    &planned,
-                    &catalog,
-                    priced,
-                    receiver_names,
-                    action,
-                )
+                .dry_run(p, &ctx, &planned, &catalog, priced, receiver_names)
                 .await;
         }
-        let id = cleanroom_core::ids::AnalysisId::new().to_string();
+        let id = AnalysisId::new();
         let now = cleanroom_meta::now();
+        let release = AuditCtx::by(p, Action::AnalysisRelease, id.to_string()).in_chain(c.id);
         let mut row = AnalysisRow {
-            id: id.clone(),
+            id,
             collaboration_id: c.id,
             org_id: p.org.id,
             actor: p.actor(),
@@ -133,13 +113,9 @@ impl CleanRoom {
             row.charges = "[]".into();
             row.status = AnalysisStatus::Released;
             row.result = prev.result.clone();
-            row.reused_from = Some(prev.id.clone());
+            row.reused_from = Some(prev.id);
             row.finished_at = Some(now);
-            let audit = Self::audit(
-                &chain,
-                &p.actor(),
-                Action::AnalysisRelease,
-                &id,
+            let audit = release.entry(
                 Outcome::Allowed,
                 format!(
                     "identical to analysis {}: its stored result, no budget spent; to {}",
@@ -151,11 +127,7 @@ impl CleanRoom {
             return self.view(p, row);
         }
         // Debit every ledger and record the analysis, atomically, before reading any data.
-        let charge_audit = Self::audit(
-            &chain,
-            &p.actor(),
-            action,
-            &id,
+        let charge_audit = ctx.on(id.to_string()).entry(
             Outcome::Allowed,
             format!(
                 "{} over {}; charged {}",
@@ -176,10 +148,11 @@ impl CleanRoom {
             owner_ids,
             receiver_names,
         };
-        self.charge_and_run(p, c, planned, charged, action).await?;
+        self.charge_and_run(c, planned, charged, ctx, release)
+            .await?;
         let row = self
             .meta
-            .get_analysis(&id)
+            .get_analysis(id)
             .await?
             .ok_or_else(|| ServiceError::Internal("analysis vanished".into()))?;
         self.view(p, row)
@@ -190,14 +163,12 @@ impl CleanRoom {
     /// collects the problems instead.
     async fn price(
         &self,
-        p: &Principal,
+        ctx: &AuditCtx,
         c: &Collaboration,
-        target: &str,
         owed: &[(OrgName, OrgId, PrivacyCost)],
-        sub: &Submission<'_>,
+        dry_run: bool,
         must_pay: bool,
     ) -> Result<Priced, ServiceError> {
-        let chain = c.id.to_string();
         let ledgers = self.meta.ledgers(c.id).await?;
         let mut priced = Priced::default();
         for (org, org_id, cost) in owed {
@@ -211,13 +182,12 @@ impl CleanRoom {
                     .map(|_| ())
                     .map_err(|e| ServiceError::BudgetExhausted(format!("{org}'s budget: {e}"))),
             };
-            if sub.dry_run {
+            if dry_run {
                 if let Err(e) = check {
                     priced.problems.push(e.to_string());
                 }
             } else if must_pay {
-                self.audited(check, &chain, &p.actor(), sub.action, target)
-                    .await?;
+                self.audited(ctx, check).await?;
             }
             priced.charges.push(Charge {
                 org_id,
@@ -234,26 +204,17 @@ impl CleanRoom {
     }
 
     /// A dry run's answer: what the analysis would cost and whether the budgets can pay.
-    #[allow(clippy::too_many_arguments)]
     async fn dry_run(
         &self,
         p: &Principal,
-        chain: &str,
+        ctx: &AuditCtx,
         planned: &Planned,
         catalog: &Catalog,
         priced: Priced,
         receivers: Vec<String>,
-        action: Action,
     ) -> Result<AnalysisView, ServiceError> {
-        let audit = Self::audit(
-            chain,
-            &p.actor(),
-            action,
-            planned.kind,
-            Outcome::Allowed,
-            format!("dry run; would cost {}", describe_charges(&priced.views)),
-        );
-        self.meta.append_audit(audit).await?;
+        let detail = format!("dry run; would cost {}", describe_charges(&priced.views));
+        self.record(ctx, Outcome::Allowed, detail).await?;
         Ok(AnalysisView {
             id: String::new(),
             kind: planned.kind.to_owned(),
@@ -277,18 +238,17 @@ impl CleanRoom {
 
     /// Charges and runs in a task of its own: a client that disconnects (the request future is
     /// dropped) cancels none of it, so no analysis is left charged and `running`, and a
-    /// failure after the charge keeps it.
+    /// failure after the charge keeps it. A refused charge is audited under `ctx`, the release
+    /// or failure under `release`.
     async fn charge_and_run(
         &self,
-        p: &Principal,
         c: &Collaboration,
         planned: Planned,
         charged: Charged,
-        action: Action,
+        ctx: AuditCtx,
+        release: AuditCtx,
     ) -> Result<(), ServiceError> {
         let room = self.clone();
-        let chain = c.id.to_string();
-        let (actor, action, target) = (p.actor(), action, planned.kind.to_owned());
         let c = c.clone();
         let task = tokio::spawn(async move {
             let Charged {
@@ -309,7 +269,7 @@ impl CleanRoom {
                     let e = ServiceError::BudgetExhausted(format!(
                         "{who}'s privacy budget cannot pay for this analysis (spent by a concurrent analysis)"
                     ));
-                    return Err(room.refuse(&chain, &actor, action, &target, e).await);
+                    return Err(room.refuse(&ctx, e).await);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -319,7 +279,7 @@ impl CleanRoom {
                 planned.plan,
                 planned.touched,
                 row.id,
-                actor,
+                release,
                 receiver_names,
             )
             .await
@@ -334,11 +294,10 @@ impl CleanRoom {
         c: Collaboration,
         plan: TemplatePlan,
         touched: BTreeSet<usize>,
-        id: String,
-        actor: String,
+        id: AnalysisId,
+        release: AuditCtx,
         receiver_names: Vec<String>,
     ) -> Result<(), ServiceError> {
-        let chain = c.id.to_string();
         let outcome = async {
             let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
             let (data_catalog, _) = room.catalog(&c, true).await?;
@@ -352,11 +311,7 @@ impl CleanRoom {
             Ok(output) => {
                 let result = to_result(output);
                 let encoded = crate::results::encode(&result);
-                let audit = Self::audit(
-                    &chain,
-                    &actor,
-                    Action::AnalysisRelease,
-                    &id,
+                let audit = release.entry(
                     Outcome::Allowed,
                     format!(
                         "released {} table(s) to {}",
@@ -364,7 +319,7 @@ impl CleanRoom {
                         receiver_names.join(",")
                     ),
                 );
-                room.meta.finish_analysis(&id, Ok(&encoded), audit).await?;
+                room.meta.finish_analysis(id, Ok(&encoded), audit).await?;
                 Ok(())
             }
             Err(e) => {
@@ -378,15 +333,8 @@ impl CleanRoom {
                     _ => ServiceError::AnalysisFailed(ANALYSIS_FAILED.into()),
                 };
                 let stored = format!("{}: {public}", public.code());
-                let audit = Self::audit(
-                    &chain,
-                    &actor,
-                    Action::AnalysisRelease,
-                    &id,
-                    public.audit_outcome(),
-                    stored.clone(),
-                );
-                room.meta.finish_analysis(&id, Err(&stored), audit).await?;
+                let audit = release.entry(public.audit_outcome(), stored.clone());
+                room.meta.finish_analysis(id, Err(&stored), audit).await?;
                 Err(public)
             }
         }
@@ -396,16 +344,14 @@ impl CleanRoom {
     /// charges stay) and the failure is recorded in their collaboration's chain.
     pub(crate) async fn recover_analyses(&self) -> Result<(), ServiceError> {
         for row in self.meta.running_analyses().await? {
-            let audit = Self::audit(
-                &row.collaboration_id.to_string(),
-                "server",
-                Action::AnalysisRelease,
-                &row.id,
-                Outcome::Failed,
-                "interrupted by a server restart; nothing was released and the charge stays",
-            );
+            let audit = AuditCtx::system("server", Action::AnalysisRelease, row.id.to_string())
+                .in_chain(row.collaboration_id)
+                .entry(
+                    Outcome::Failed,
+                    "interrupted by a server restart; nothing was released and the charge stays",
+                );
             self.meta
-                .finish_analysis(&row.id, Err("interrupted by a server restart"), audit)
+                .finish_analysis(row.id, Err("interrupted by a server restart"), audit)
                 .await?;
         }
         Ok(())

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use cleanroom_core::audit::Outcome;
 use cleanroom_core::entities::{Collaboration, Dataset};
-use cleanroom_core::ids::OrgId;
+use cleanroom_core::ids::{AnalysisId, OrgId};
 use cleanroom_core::names::{DatasetName, OrgName};
 use cleanroom_core::party::{Ability, AnalysisStatus, DatasetStatus, MemberStatus};
 use cleanroom_core::policy::{AnalysisPolicy, PolicyDraft};
@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::ServiceError;
 use crate::results::{AnalysisResult, ResultTable};
-use crate::room::{CleanRoom, Principal};
+use crate::room::{AuditCtx, CleanRoom, Need, Principal, stored_id};
 
 mod execute;
 mod policy;
@@ -263,7 +263,7 @@ impl CleanRoom {
             _ => None,
         };
         Ok(AnalysisView {
-            id: row.id,
+            id: row.id.to_string(),
             kind: row.kind,
             request: row.request,
             requested_by: row.actor,
@@ -272,7 +272,7 @@ impl CleanRoom {
             charges: parse_charges(&row.charges)?,
             result,
             error: row.error,
-            reused_from: row.reused_from,
+            reused_from: row.reused_from.map(|id| id.to_string()),
             created_at: row.created_at,
             finished_at: row.finished_at,
             plan: None,
@@ -286,24 +286,19 @@ impl CleanRoom {
         collab: &str,
         id: &str,
     ) -> Result<AnalysisView, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::AnalysisShow, id, None, false)
-            .await?;
-        let found = self
-            .meta
-            .get_analysis(id)
-            .await?
-            .filter(|r| r.collaboration_id == c.id)
-            .filter(|r| {
-                r.org_id == p.org.id || r.receivers.contains(&format!("\"{}\"", p.org.name))
-            });
+        let ctx = AuditCtx::by(p, Action::AnalysisShow, id);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::read()).await?;
+        let found = match stored_id::<AnalysisId>(id) {
+            Some(id) => self.meta.get_analysis(id).await?,
+            None => None,
+        }
+        .filter(|r| r.collaboration_id == c.id)
+        .filter(|r| r.org_id == p.org.id || r.receivers.contains(&format!("\"{}\"", p.org.name)));
         match found {
             Some(row) => self.view(p, row),
             None => {
                 let e = ServiceError::NotFound(format!("no analysis {id} that you may see"));
-                Err(self
-                    .refuse(&c.id.to_string(), &p.actor(), Action::AnalysisShow, id, e)
-                    .await)
+                Err(self.refuse(&ctx, e).await)
             }
         }
     }
@@ -314,9 +309,8 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<Vec<AnalysisView>, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::AnalysisList, "-", None, false)
-            .await?;
+        let ctx = AuditCtx::by(p, Action::AnalysisList, "-");
+        let (c, _, _) = self.active_member(p, collab, ctx, Need::read()).await?;
         let quoted = format!("\"{}\"", p.org.name);
         self.meta
             .list_analyses(c.id)

@@ -14,35 +14,19 @@ impl CleanRoom {
         dataset: &str,
         draft: PolicyDraft,
     ) -> Result<PolicyView, ServiceError> {
-        const ACTION: Action = Action::PolicySet;
-        let (c, _) = self
-            .active_member(p, collab, ACTION, dataset, None, true)
-            .await?;
-        let chain = c.id.to_string();
-        let d = self.find_dataset(&c, p, dataset, ACTION).await?;
+        let ctx = AuditCtx::by(p, Action::PolicySet, dataset);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::open()).await?;
+        let d = self.find_dataset(&c, p, dataset, &ctx).await?;
         if d.owner_org_id != p.org.id {
             let e = ServiceError::Forbidden(
                 "only the organisation that owns a dataset may set its policy".into(),
             );
-            return Err(self.refuse(&chain, &p.actor(), ACTION, dataset, e).await);
+            return Err(self.refuse(&ctx, e).await);
         }
         let policy = self
-            .audited(
-                AnalysisPolicy::validate(&draft, &d.schema),
-                &chain,
-                &p.actor(),
-                ACTION,
-                dataset,
-            )
+            .audited(&ctx, AnalysisPolicy::validate(&draft, &d.schema))
             .await?;
-        let audit = Self::audit(
-            &chain,
-            &p.actor(),
-            ACTION,
-            dataset,
-            Outcome::Allowed,
-            policy_summary(&policy),
-        );
+        let audit = ctx.entry(Outcome::Allowed, policy_summary(&policy));
         let version = self
             .meta
             .set_policy(d.id, &policy.to_draft(), &p.actor(), audit)
@@ -59,11 +43,9 @@ impl CleanRoom {
         collab: &str,
         dataset: &str,
     ) -> Result<PolicyView, ServiceError> {
-        const ACTION: Action = Action::PolicyShow;
-        let (c, _) = self
-            .active_member(p, collab, ACTION, dataset, None, false)
-            .await?;
-        let d = self.find_dataset(&c, p, dataset, ACTION).await?;
+        let ctx = AuditCtx::by(p, Action::PolicyShow, dataset);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::read()).await?;
+        let d = self.find_dataset(&c, p, dataset, &ctx).await?;
         let Some(stored) = self.meta.get_policy(d.id).await? else {
             return Err(ServiceError::NotFound(format!(
                 "dataset {} has no analysis policy yet",
@@ -93,17 +75,13 @@ impl CleanRoom {
         collab: &str,
         grant: GrantRequest,
     ) -> Result<BudgetView, ServiceError> {
-        const ACTION: Action = Action::BudgetGrant;
-        let (c, _) = self
-            .active_member(p, collab, ACTION, p.org.name.as_str(), None, true)
-            .await?;
-        let chain = c.id.to_string();
-        let target = p.org.name.as_str();
+        let ctx = AuditCtx::by(p, Action::BudgetGrant, p.org.name.as_str());
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::open()).await?;
         if !p.is_admin() {
             let e = ServiceError::Forbidden(
                 "only an admin of your organisation may grant privacy budget".into(),
             );
-            return Err(self.refuse(&chain, &p.actor(), ACTION, target, e).await);
+            return Err(self.refuse(&ctx, e).await);
         }
         let existing = self
             .meta
@@ -178,9 +156,7 @@ impl CleanRoom {
                 delta_per_query: cap_d,
             })
         })();
-        let g = self
-            .audited(parsed, &chain, &p.actor(), ACTION, target)
-            .await?;
+        let g = self.audited(&ctx, parsed).await?;
         let detail = format!(
             "granted epsilon {} and delta {:e}{}",
             Epsilon::from_units(g.add_epsilon).as_f64(),
@@ -199,7 +175,7 @@ impl CleanRoom {
                 ),
             }
         );
-        let audit = Self::audit(&chain, &p.actor(), ACTION, target, Outcome::Allowed, detail);
+        let audit = ctx.entry(Outcome::Allowed, detail);
         let row = self.meta.grant_budget(c.id, p.org.id, g, audit).await?;
         Ok(budget_view(&row))
     }
@@ -210,9 +186,8 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<Vec<BudgetView>, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::BudgetShow, "-", None, false)
-            .await?;
+        let ctx = AuditCtx::by(p, Action::BudgetShow, "-");
+        let (c, _, _) = self.active_member(p, collab, ctx, Need::read()).await?;
         Ok(self
             .meta
             .ledgers(c.id)
@@ -244,27 +219,18 @@ impl CleanRoom {
         } else {
             Action::TemplateRevoke
         };
-        let (c, _) = self
-            .active_member(p, collab, action, dataset, None, true)
-            .await?;
-        let chain = c.id.to_string();
-        let d = self.find_dataset(&c, p, dataset, action).await?;
-        let target = format!("{template} on {dataset}");
+        let ctx = AuditCtx::by(p, action, dataset);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::open()).await?;
+        let d = self.find_dataset(&c, p, dataset, &ctx).await?;
+        let ctx = ctx.on(format!("{template} on {dataset}"));
         if d.owner_org_id != p.org.id {
             let e = ServiceError::Forbidden(
                 "only the organisation that owns a dataset may approve templates on it".into(),
             );
-            return Err(self.refuse(&chain, &p.actor(), action, &target, e).await);
+            return Err(self.refuse(&ctx, e).await);
         }
-        let info = self
-            .audited(
-                templates::find(template, version).map_err(query_error),
-                &chain,
-                &p.actor(),
-                action,
-                &target,
-            )
-            .await?;
+        let info = templates::find(template, version).map_err(query_error);
+        let info = self.audited(&ctx, info).await?;
         let row = ApprovalRow {
             dataset_id: d.id,
             template: info.name.to_owned(),
@@ -272,11 +238,7 @@ impl CleanRoom {
             approved_by: p.actor(),
             approved_at: cleanroom_meta::now(),
         };
-        let audit = Self::audit(
-            &chain,
-            &p.actor(),
-            action,
-            &target,
+        let audit = ctx.entry(
             Outcome::Allowed,
             format!("{} version {}", info.name, info.version),
         );
@@ -296,9 +258,9 @@ impl CleanRoom {
                 approved_by: row.approved_by,
                 approved_at: row.approved_at,
             }),
-            Err(e @ (MetaError::Conflict(_) | MetaError::NotFound(_))) => Err(self
-                .refuse(&chain, &p.actor(), action, &target, e.into())
-                .await),
+            Err(e @ (MetaError::Conflict(_) | MetaError::NotFound(_))) => {
+                Err(self.refuse(&ctx, e.into()).await)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -309,9 +271,8 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<Vec<ApprovalView>, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::TemplateApprovals, "-", None, false)
-            .await?;
+        let ctx = AuditCtx::by(p, Action::TemplateApprovals, "-");
+        let (c, _, _) = self.active_member(p, collab, ctx, Need::read()).await?;
         let datasets = self.meta.list_datasets(c.id).await?;
         Ok(self
             .meta

@@ -12,23 +12,14 @@ impl CleanRoom {
         collab: &str,
         req: QueryRequest,
     ) -> Result<AnalysisView, ServiceError> {
-        const ACTION: Action = Action::AnalysisQuery;
-        let (c, _) = self
-            .active_member(p, collab, ACTION, "sql", Some(Ability::Analyse), true)
-            .await?;
-        let chain = c.id.to_string();
+        let ctx = AuditCtx::by(p, Action::AnalysisQuery, "sql");
+        let need = Need::open_with(Ability::Analyse);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, need).await?;
         let (catalog, datasets) = self.catalog(&c, false).await?;
-        let spec = self
-            .audited(
-                cleanroom_query::check::check(&req.sql, &catalog)
-                    .await
-                    .map_err(query_error),
-                &chain,
-                &p.actor(),
-                ACTION,
-                "sql",
-            )
-            .await?;
+        let spec = cleanroom_query::check::check(&req.sql, &catalog)
+            .await
+            .map_err(query_error);
+        let spec = self.audited(&ctx, spec).await?;
         let touched: BTreeSet<usize> = spec.uses.iter().map(|u| u.table).collect();
         // SQL needs every owner to allow this analyst and free SQL.
         for &t in &touched {
@@ -42,7 +33,7 @@ impl CleanRoom {
                         table.name
                     ),
                 );
-                return Err(self.refuse(&chain, &p.actor(), ACTION, "sql", e).await);
+                return Err(self.refuse(&ctx, e).await);
             }
             if !table.policy.allow_sql && table.owner != p.org.name {
                 let e = refused(
@@ -53,28 +44,15 @@ impl CleanRoom {
                         table.name
                     ),
                 );
-                return Err(self.refuse(&chain, &p.actor(), ACTION, "sql", e).await);
+                return Err(self.refuse(&ctx, e).await);
             }
         }
         let request = self
-            .audited(
-                self.privacy_request(&c, &catalog, &touched, req.epsilon, req.delta, req.dry_run)
-                    .await,
-                &chain,
-                &p.actor(),
-                ACTION,
-                "sql",
-            )
-            .await?;
-        let analysis = self
-            .audited(
-                cleanroom_query::prepare_spec(spec, &catalog, request).map_err(query_error),
-                &chain,
-                &p.actor(),
-                ACTION,
-                "sql",
-            )
-            .await?;
+            .privacy_request(&c, &catalog, &touched, req.epsilon, req.delta, req.dry_run)
+            .await;
+        let request = self.audited(&ctx, request).await?;
+        let analysis = cleanroom_query::prepare_spec(spec, &catalog, request).map_err(query_error);
+        let analysis = self.audited(&ctx, analysis).await?;
         let planned = Planned {
             kind: "sql",
             request: req.sql.clone(),
@@ -89,7 +67,7 @@ impl CleanRoom {
         let sub = Submission {
             receivers: &req.receivers,
             dry_run: req.dry_run,
-            action: ACTION,
+            ctx,
         };
         self.execute(p, &c, checked, sub).await
     }
@@ -101,32 +79,15 @@ impl CleanRoom {
         collab: &str,
         req: TemplateRequest,
     ) -> Result<AnalysisView, ServiceError> {
-        const ACTION: Action = Action::AnalysisTemplate;
-        let target = req.template.clone();
-        let (c, _) = self
-            .active_member(p, collab, ACTION, &target, Some(Ability::Analyse), true)
-            .await?;
-        let chain = c.id.to_string();
-        let info = self
-            .audited(
-                templates::find(&req.template, req.version).map_err(query_error),
-                &chain,
-                &p.actor(),
-                ACTION,
-                &target,
-            )
-            .await?;
+        let ctx = AuditCtx::by(p, Action::AnalysisTemplate, req.template.as_str());
+        let need = Need::open_with(Ability::Analyse);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, need).await?;
+        let info = templates::find(&req.template, req.version).map_err(query_error);
+        let info = self.audited(&ctx, info).await?;
         let (catalog, datasets) = self.catalog(&c, false).await?;
         // The datasets the template would touch, from its parameters.
-        let touched = self
-            .audited(
-                templates::datasets(&info, &req.params, &catalog).map_err(query_error),
-                &chain,
-                &p.actor(),
-                ACTION,
-                &target,
-            )
-            .await?;
+        let touched = templates::datasets(&info, &req.params, &catalog).map_err(query_error);
+        let touched = self.audited(&ctx, touched).await?;
         let approvals = self.meta.template_approvals(c.id).await?;
         for &t in &touched {
             let table = &catalog.tables[t];
@@ -140,7 +101,7 @@ impl CleanRoom {
                         table.name, table.owner
                     ),
                 );
-                return Err(self.refuse(&chain, &p.actor(), ACTION, &target, e).await);
+                return Err(self.refuse(&ctx, e).await);
             }
             if table.owner == p.org.name {
                 continue;
@@ -154,7 +115,7 @@ impl CleanRoom {
                         table.name
                     ),
                 );
-                return Err(self.refuse(&chain, &p.actor(), ACTION, &target, e).await);
+                return Err(self.refuse(&ctx, e).await);
             }
             let approved = approvals.iter().any(|a| {
                 a.dataset_id == table.dataset_id
@@ -170,30 +131,17 @@ impl CleanRoom {
                         table.owner, info.name, info.version, table.name
                     ),
                 );
-                return Err(self.refuse(&chain, &p.actor(), ACTION, &target, e).await);
+                return Err(self.refuse(&ctx, e).await);
             }
         }
         let request = self
-            .audited(
-                self.privacy_request(&c, &catalog, &touched, req.epsilon, req.delta, req.dry_run)
-                    .await,
-                &chain,
-                &p.actor(),
-                ACTION,
-                &target,
-            )
-            .await?;
-        let plan = self
-            .audited(
-                templates::plan(&info, &req.params, &catalog, request)
-                    .await
-                    .map_err(query_error),
-                &chain,
-                &p.actor(),
-                ACTION,
-                &target,
-            )
-            .await?;
+            .privacy_request(&c, &catalog, &touched, req.epsilon, req.delta, req.dry_run)
+            .await;
+        let request = self.audited(&ctx, request).await?;
+        let plan = templates::plan(&info, &req.params, &catalog, request)
+            .await
+            .map_err(query_error);
+        let plan = self.audited(&ctx, plan).await?;
         let request_text = json!({
             "template": info.name,
             "version": info.version,
@@ -214,7 +162,7 @@ impl CleanRoom {
         let sub = Submission {
             receivers: &req.receivers,
             dry_run: req.dry_run,
-            action: ACTION,
+            ctx,
         };
         self.execute(p, &c, checked, sub).await
     }

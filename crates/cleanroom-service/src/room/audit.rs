@@ -1,4 +1,5 @@
-//! Audit helpers of every use case (append, refuse, record a rejection) and reading a chain.
+//! The audit context of every use case, its helpers (append, refuse, record a rejection) and
+//! reading a chain.
 
 use cleanroom_core::audit::Action;
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome, SYSTEM_CHAIN};
@@ -9,39 +10,84 @@ use cleanroom_meta::NewAudit;
 use super::*;
 use crate::ServiceError;
 
-impl CleanRoom {
-    // ------------------------------------------------------------------ audit helpers
+/// Who does what to which target, and the audit chain it is recorded in: one per use case,
+/// shared by its refusals, its checks and its final entry.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditCtx {
+    chain: String,
+    actor: String,
+    action: Action,
+    target: String,
+}
 
-    pub(crate) fn audit(
-        chain: &str,
-        actor: &str,
+impl AuditCtx {
+    /// An act of someone who is not an authenticated principal (`anonymous`, `server`, the
+    /// operator being created), in the `system` chain.
+    pub(crate) fn system(
+        actor: impl Into<String>,
         action: Action,
-        target: &str,
-        outcome: Outcome,
-        detail: impl Into<String>,
-    ) -> NewAudit {
+        target: impl Into<String>,
+    ) -> Self {
+        AuditCtx {
+            chain: SYSTEM_CHAIN.to_owned(),
+            actor: actor.into(),
+            action,
+            target: target.into(),
+        }
+    }
+
+    /// An act of `p`, in the `system` chain until [`Self::in_chain`] moves it.
+    pub(crate) fn by(p: &Principal, action: Action, target: impl Into<String>) -> Self {
+        Self::system(p.actor(), action, target)
+    }
+
+    /// The same act, recorded in the chain of collaboration `id`.
+    pub(crate) fn in_chain(&self, id: CollaborationId) -> Self {
+        AuditCtx {
+            chain: id.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The same act, on another target.
+    pub(crate) fn on(&self, target: impl Into<String>) -> Self {
+        AuditCtx {
+            target: target.into(),
+            ..self.clone()
+        }
+    }
+
+    /// The entry that records this act with its outcome.
+    pub(crate) fn entry(&self, outcome: Outcome, detail: impl Into<String>) -> NewAudit {
         NewAudit {
-            chain: chain.to_owned(),
-            actor: actor.to_owned(),
-            action: action.as_str().to_owned(),
-            target: target.to_owned(),
+            chain: self.chain.clone(),
+            actor: self.actor.clone(),
+            action: self.action.as_str().to_owned(),
+            target: self.target.clone(),
             outcome,
             detail: detail.into(),
         }
     }
+}
+
+impl CleanRoom {
+    // ------------------------------------------------------------------ audit helpers
+
+    /// Appends the entry of `ctx` with its outcome.
+    pub(crate) async fn record(
+        &self,
+        ctx: &AuditCtx,
+        outcome: Outcome,
+        detail: impl Into<String>,
+    ) -> Result<(), ServiceError> {
+        self.meta.append_audit(ctx.entry(outcome, detail)).await?;
+        Ok(())
+    }
 
     /// Records a refusal and returns the error to give the caller.
-    pub(crate) async fn refuse(
-        &self,
-        chain: &str,
-        actor: &str,
-        action: Action,
-        target: &str,
-        err: ServiceError,
-    ) -> ServiceError {
+    pub(crate) async fn refuse(&self, ctx: &AuditCtx, err: ServiceError) -> ServiceError {
         let detail = err.audit_detail();
-        let entry = Self::audit(chain, actor, action, target, err.audit_outcome(), detail);
-        if let Err(e) = self.meta.append_audit(entry).await {
+        if let Err(e) = self.record(ctx, err.audit_outcome(), detail).await {
             tracing::error!(error = %e, "could not record a refusal in the audit log");
         }
         err
@@ -50,15 +96,12 @@ impl CleanRoom {
     /// Passes a value through, or records the refusal of the input it came from.
     pub(crate) async fn audited<T, E: Into<ServiceError>>(
         &self,
+        ctx: &AuditCtx,
         r: Result<T, E>,
-        chain: &str,
-        actor: &str,
-        action: Action,
-        target: &str,
     ) -> Result<T, ServiceError> {
         match r {
             Ok(v) => Ok(v),
-            Err(e) => Err(self.refuse(chain, actor, action, target, e.into()).await),
+            Err(e) => Err(self.refuse(ctx, e.into()).await),
         }
     }
 
@@ -76,22 +119,15 @@ impl CleanRoom {
         code: &str,
         rule: &str,
     ) {
-        let mut chain = SYSTEM_CHAIN.to_owned();
+        let mut ctx = AuditCtx::by(p, action, "-");
         if let Some(id) = collab.and_then(|c| CollaborationId::parse(c).ok())
             && let Ok(Some(m)) = self.meta.get_membership(id, p.org.id).await
             && m.status == MemberStatus::Active
         {
-            chain = id.to_string();
+            ctx = ctx.in_chain(id);
         }
-        let entry = Self::audit(
-            &chain,
-            &p.actor(),
-            action,
-            "-",
-            Outcome::Denied,
-            format!("{code}: {rule}"),
-        );
-        if let Err(e) = self.meta.append_audit(entry).await {
+        let detail = format!("{code}: {rule}");
+        if let Err(e) = self.record(&ctx, Outcome::Denied, detail).await {
             tracing::error!(error = %e, "could not record a refusal in the audit log");
         }
     }
@@ -108,20 +144,17 @@ impl CleanRoom {
         after: u64,
         limit: u32,
     ) -> Result<(Vec<AuditEntry>, Option<ChainHead>), ServiceError> {
+        let ctx = AuditCtx::by(p, Action::AuditRead, "-");
         let chain_id = if chain == SYSTEM_CHAIN {
             if !(p.org.is_operator && p.is_admin()) {
                 let e = ServiceError::Forbidden(
                     "only the operator's admins may read the system audit log".into(),
                 );
-                return Err(self
-                    .refuse(SYSTEM_CHAIN, &p.actor(), Action::AuditRead, SYSTEM_CHAIN, e)
-                    .await);
+                return Err(self.refuse(&ctx.on(SYSTEM_CHAIN), e).await);
             }
             SYSTEM_CHAIN.to_owned()
         } else {
-            let (c, _) = self
-                .active_member(p, chain, Action::AuditRead, "-", None, false)
-                .await?;
+            let (c, _, _) = self.active_member(p, chain, ctx, Need::read()).await?;
             c.id.to_string()
         };
         let limit = limit.clamp(1, 10_000);

@@ -1,7 +1,7 @@
 //! Collaborations: create, invite, accept, decline, close; memberships and who may act.
 
 use cleanroom_core::audit::Action;
-use cleanroom_core::audit::{Outcome, SYSTEM_CHAIN};
+use cleanroom_core::audit::Outcome;
 use cleanroom_core::entities::{Collaboration, Membership};
 use cleanroom_core::ids::CollaborationId;
 use cleanroom_core::names::{CollaborationName, OrgName};
@@ -11,6 +11,39 @@ use cleanroom_storage::SecretKey;
 
 use super::*;
 use crate::ServiceError;
+
+/// What a use case asks of the caller's membership beyond its acceptance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Need {
+    ability: Option<Ability>,
+    open: bool,
+}
+
+impl Need {
+    /// Reading: no ability, and a closed collaboration will do.
+    pub(crate) fn read() -> Self {
+        Need {
+            ability: None,
+            open: false,
+        }
+    }
+
+    /// Acting in an open collaboration.
+    pub(crate) fn open() -> Self {
+        Need {
+            ability: None,
+            open: true,
+        }
+    }
+
+    /// Acting with `ability` in an open collaboration.
+    pub(crate) fn open_with(ability: Ability) -> Self {
+        Need {
+            ability: Some(ability),
+            open: true,
+        }
+    }
+}
 
 impl CleanRoom {
     // ------------------------------------------------------------------ collaborations
@@ -23,32 +56,16 @@ impl CleanRoom {
         description: &str,
         abilities: Abilities,
     ) -> Result<Collaboration, ServiceError> {
-        let actor = p.actor();
-        let action = Action::CollaborationCreate;
-        let name = self
-            .audited(
-                CollaborationName::parse(name),
-                SYSTEM_CHAIN,
-                &actor,
-                action,
-                "-",
-            )
-            .await?;
+        let ctx = AuditCtx::by(p, Action::CollaborationCreate, "-");
+        let name = self.audited(&ctx, CollaborationName::parse(name)).await?;
+        let ctx = ctx.on(name.as_str());
         let description = self
-            .audited(
-                self.check_description(description),
-                SYSTEM_CHAIN,
-                &actor,
-                action,
-                name.as_str(),
-            )
+            .audited(&ctx, self.check_description(description))
             .await?;
         if abilities.is_empty() {
             let e =
                 ServiceError::InvalidInput("give your organisation at least one ability".into());
-            return Err(self
-                .refuse(SYSTEM_CHAIN, &actor, action, name.as_str(), e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
         let c = Collaboration {
             id: CollaborationId::new(),
@@ -70,11 +87,7 @@ impl CleanRoom {
             invited_at: c.created_at.clone(),
             joined_at: Some(c.created_at.clone()),
         };
-        let audit = Self::audit(
-            &c.id.to_string(),
-            &p.actor(),
-            Action::CollaborationCreate,
-            c.name.as_str(),
+        let audit = ctx.in_chain(c.id).entry(
             Outcome::Allowed,
             format!("creator {} with abilities {}", p.org.name, abilities),
         );
@@ -116,16 +129,16 @@ impl CleanRoom {
 
     /// Looks up a collaboration for the caller. Outsiders (and organisations that declined) get
     /// the same answer as for a collaboration that does not exist, and the attempt is audited
-    /// in the system chain.
+    /// under `ctx` (in the system chain) with the collaboration as its target.
     pub(crate) async fn membership_of(
         &self,
         p: &Principal,
         collab: &str,
-        action: Action,
+        ctx: &AuditCtx,
     ) -> Result<(Collaboration, Membership), ServiceError> {
         let id = match CollaborationId::parse(collab) {
             Ok(id) => id,
-            Err(_) => self.collaboration_named(p, collab, action).await?,
+            Err(_) => self.collaboration_named(p, collab, ctx).await?,
         };
         let found = match self.meta.get_collaboration(id).await? {
             Some(c) => self
@@ -139,19 +152,11 @@ impl CleanRoom {
         match found {
             Some(x) => Ok(x),
             None => Err(self
-                .refuse(
-                    SYSTEM_CHAIN,
-                    &p.actor(),
-                    action,
-                    &id.to_string(),
-                    not_found_collab(),
-                )
+                .refuse(&ctx.on(id.to_string()), not_found_collab())
                 .await),
         }
     }
 
-    /// Like [`membership_of`] but also requires an accepted membership, an open collaboration
-    /// and, when given, an ability. Refusals go to the collaboration's own chain.
     /// A collaboration named by its name rather than its id: among those the caller's
     /// organisation is in or invited to (so a name reveals nothing about others), exactly one
     /// must have it.
@@ -159,8 +164,10 @@ impl CleanRoom {
         &self,
         p: &Principal,
         name: &str,
-        action: Action,
+        ctx: &AuditCtx,
     ) -> Result<CollaborationId, ServiceError> {
+        // The entry omits the input: a name may be anything the caller typed.
+        let ctx = ctx.on("-");
         let mine: Vec<Collaboration> = self
             .list_collaborations(p)
             .await?
@@ -170,10 +177,8 @@ impl CleanRoom {
             .collect();
         match mine.as_slice() {
             [one] => Ok(one.id),
-            [] => Err(self
-                // The same answer as for an id that names nothing (the entry omits the input).
-                .refuse(SYSTEM_CHAIN, &p.actor(), action, "-", not_found_collab())
-                .await),
+            // The same answer as for an id that names nothing.
+            [] => Err(self.refuse(&ctx, not_found_collab()).await),
             several => {
                 let e = ServiceError::InvalidInput(format!(
                     "{} collaborations you are in are named {name}: use an id ({})",
@@ -184,32 +189,33 @@ impl CleanRoom {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
-                Err(self.refuse(SYSTEM_CHAIN, &p.actor(), action, "-", e).await)
+                Err(self.refuse(&ctx, e).await)
             }
         }
     }
 
+    /// Like [`Self::membership_of`] but also requires an accepted membership and what `need`
+    /// asks for. Returns `ctx` moved into the collaboration's chain, where refusals go from
+    /// here on.
     pub(crate) async fn active_member(
         &self,
         p: &Principal,
         collab: &str,
-        action: Action,
-        target: &str,
-        ability: Option<Ability>,
-        must_be_open: bool,
-    ) -> Result<(Collaboration, Membership), ServiceError> {
-        let (c, m) = self.membership_of(p, collab, action).await?;
-        let chain = c.id.to_string();
+        ctx: AuditCtx,
+        need: Need,
+    ) -> Result<(Collaboration, Membership, AuditCtx), ServiceError> {
+        let (c, m) = self.membership_of(p, collab, &ctx).await?;
+        let ctx = ctx.in_chain(c.id);
         let problem = if m.status != MemberStatus::Active {
             Some(ServiceError::Forbidden(
                 "your organisation has not accepted the invitation to this collaboration".into(),
             ))
-        } else if must_be_open && c.status == CollaborationStatus::Closed {
+        } else if need.open && c.status == CollaborationStatus::Closed {
             Some(ServiceError::Gone(
                 "the collaboration is closed and its data destroyed".into(),
             ))
         } else {
-            ability.filter(|a| !m.abilities.contains(*a)).map(|a| {
+            need.ability.filter(|a| !m.abilities.contains(*a)).map(|a| {
                 ServiceError::Forbidden(format!(
                     "your organisation does not have the {} ability in this collaboration",
                     a.as_str()
@@ -217,8 +223,8 @@ impl CleanRoom {
             })
         };
         match problem {
-            Some(e) => Err(self.refuse(&chain, &p.actor(), action, target, e).await),
-            None => Ok((c, m)),
+            Some(e) => Err(self.refuse(&ctx, e).await),
+            None => Ok((c, m, ctx)),
         }
     }
 
@@ -228,9 +234,8 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<CollaborationView, ServiceError> {
-        let (c, you) = self
-            .membership_of(p, collab, Action::CollaborationShow)
-            .await?;
+        let ctx = AuditCtx::by(p, Action::CollaborationShow, "-");
+        let (c, you) = self.membership_of(p, collab, &ctx).await?;
         let members = self
             .meta
             .list_members(c.id)
@@ -259,38 +264,22 @@ impl CleanRoom {
         org_name: &str,
         abilities: Abilities,
     ) -> Result<Membership, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::CollaborationInvite, org_name, None, true)
-            .await?;
-        let chain = c.id.to_string();
+        let ctx = AuditCtx::by(p, Action::CollaborationInvite, org_name);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::open()).await?;
         if c.creator_org_id != p.org.id {
             let e = ServiceError::Forbidden(
                 "only the organisation that created the collaboration may invite".into(),
             );
-            return Err(self
-                .refuse(&chain, &p.actor(), Action::CollaborationInvite, org_name, e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
-        let name = self
-            .audited(
-                OrgName::parse(org_name),
-                &chain,
-                &p.actor(),
-                Action::CollaborationInvite,
-                "-",
-            )
-            .await?;
+        let name = self.audited(&ctx.on("-"), OrgName::parse(org_name)).await?;
         let Some(org) = self.meta.find_org(&name).await? else {
             let e = ServiceError::NotFound(format!("no organisation named {name}"));
-            return Err(self
-                .refuse(&chain, &p.actor(), Action::CollaborationInvite, org_name, e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         };
         if abilities.is_empty() {
             let e = ServiceError::InvalidInput("name at least one ability".into());
-            return Err(self
-                .refuse(&chain, &p.actor(), Action::CollaborationInvite, org_name, e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
         let m = Membership {
             collaboration_id: c.id,
@@ -301,25 +290,14 @@ impl CleanRoom {
             invited_at: now(),
             joined_at: None,
         };
-        let audit = Self::audit(
-            &chain,
-            &p.actor(),
-            Action::CollaborationInvite,
-            org.name.as_str(),
-            Outcome::Allowed,
-            format!("abilities {abilities}"),
-        );
+        let audit = ctx
+            .on(org.name.as_str())
+            .entry(Outcome::Allowed, format!("abilities {abilities}"));
         match self.meta.invite(&m, audit).await {
             Ok(()) => Ok(m),
-            Err(MetaError::Conflict(msg)) => Err(self
-                .refuse(
-                    &chain,
-                    &p.actor(),
-                    Action::CollaborationInvite,
-                    org_name,
-                    ServiceError::Conflict(msg),
-                )
-                .await),
+            Err(MetaError::Conflict(msg)) => {
+                Err(self.refuse(&ctx, ServiceError::Conflict(msg)).await)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -336,31 +314,21 @@ impl CleanRoom {
         } else {
             Action::CollaborationDecline
         };
-        let (c, m) = self.membership_of(p, collab, action).await?;
-        let chain = c.id.to_string();
+        let ctx = AuditCtx::by(p, action, p.org.name.as_str());
+        let (c, m) = self.membership_of(p, collab, &ctx).await?;
+        let ctx = ctx.in_chain(c.id);
         if c.status == CollaborationStatus::Closed {
             let e = ServiceError::Gone("the collaboration is closed".into());
-            return Err(self
-                .refuse(&chain, &p.actor(), action, p.org.name.as_str(), e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
         if m.status != MemberStatus::Invited {
             let e = ServiceError::Conflict(format!(
                 "your organisation is already {} in this collaboration",
                 m.status
             ));
-            return Err(self
-                .refuse(&chain, &p.actor(), action, p.org.name.as_str(), e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
-        let audit = Self::audit(
-            &chain,
-            &p.actor(),
-            action,
-            p.org.name.as_str(),
-            Outcome::Allowed,
-            format!("abilities {}", m.abilities),
-        );
+        let audit = ctx.entry(Outcome::Allowed, format!("abilities {}", m.abilities));
         Ok(self
             .meta
             .respond_invitation(c.id, p.org.id, accept, audit)
@@ -375,33 +343,17 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<u64, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::CollaborationClose, "-", None, true)
-            .await?;
-        let chain = c.id.to_string();
+        let ctx = AuditCtx::by(p, Action::CollaborationClose, "-");
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::open()).await?;
+        let ctx = ctx.on(c.name.as_str());
         if c.creator_org_id != p.org.id || !p.is_admin() {
             let e = ServiceError::Forbidden(
                 "only an admin of the organisation that created the collaboration may close it"
                     .into(),
             );
-            return Err(self
-                .refuse(
-                    &chain,
-                    &p.actor(),
-                    Action::CollaborationClose,
-                    c.name.as_str(),
-                    e,
-                )
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
-        let audit = Self::audit(
-            &chain,
-            &p.actor(),
-            Action::CollaborationClose,
-            c.name.as_str(),
-            Outcome::Allowed,
-            "",
-        );
+        let audit = ctx.entry(Outcome::Allowed, "");
         let shredded = self.meta.close_collaboration(c.id, audit).await?;
         let files = self.files.remove_collaboration_files(c.id)?;
         tracing::info!(collaboration = %c.id, keys = shredded, files, "collaboration closed and crypto-shredded");

@@ -1,7 +1,7 @@
 //! Datasets: declare, upload (in a task of its own), list, show, verify.
 
 use cleanroom_core::audit::Action;
-use cleanroom_core::audit::{Outcome, SYSTEM_CHAIN};
+use cleanroom_core::audit::Outcome;
 use cleanroom_core::entities::{Collaboration, Dataset};
 use cleanroom_core::ids::{CollaborationId, DatasetId};
 use cleanroom_core::names::DatasetName;
@@ -25,25 +25,10 @@ impl CleanRoom {
         name: &str,
         schema: DatasetSchema,
     ) -> Result<Dataset, ServiceError> {
-        let (c, _) = self
-            .active_member(
-                p,
-                collab,
-                Action::DatasetCreate,
-                name,
-                Some(Ability::Contribute),
-                true,
-            )
-            .await?;
-        let name = self
-            .audited(
-                DatasetName::parse(name),
-                &c.id.to_string(),
-                &p.actor(),
-                Action::DatasetCreate,
-                "-",
-            )
-            .await?;
+        let ctx = AuditCtx::by(p, Action::DatasetCreate, name);
+        let need = Need::open_with(Ability::Contribute);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, need).await?;
+        let name = self.audited(&ctx.on("-"), DatasetName::parse(name)).await?;
         let d = Dataset {
             id: DatasetId::new(),
             collaboration_id: c.id,
@@ -60,26 +45,16 @@ impl CleanRoom {
         let collab_key = self.collaboration_key(c.id).await?;
         let data_key = SecretKey::generate()?;
         let wrapped = collab_key.wrap(&data_key, &dataset_purpose(d.id))?;
-        let chain = c.id.to_string();
-        let audit = Self::audit(
-            &chain,
-            &p.actor(),
-            Action::DatasetCreate,
-            d.name.as_str(),
+        let ctx = ctx.on(d.name.as_str());
+        let audit = ctx.entry(
             Outcome::Allowed,
             format!("{} column(s)", d.schema.columns().len()),
         );
         match self.meta.create_dataset(&d, &wrapped, audit).await {
             Ok(()) => Ok(d),
-            Err(MetaError::Conflict(msg)) => Err(self
-                .refuse(
-                    &chain,
-                    &p.actor(),
-                    Action::DatasetCreate,
-                    d.name.as_str(),
-                    ServiceError::Conflict(msg),
-                )
-                .await),
+            Err(MetaError::Conflict(msg)) => {
+                Err(self.refuse(&ctx, ServiceError::Conflict(msg)).await)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -109,41 +84,25 @@ impl CleanRoom {
     }
 
     /// Who may upload into which dataset: an active member with the contribute ability, in an
-    /// open collaboration, into a declared dataset its organisation owns. Refusals are audited.
+    /// open collaboration, into a declared dataset its organisation owns. Refusals are audited
+    /// under `ctx`, which is returned in the collaboration's chain.
     async fn upload_target(
         &self,
         p: &Principal,
         collab: &str,
         name: &str,
-    ) -> Result<(Collaboration, Dataset), ServiceError> {
-        let (c, _) = self
-            .active_member(
-                p,
-                collab,
-                Action::DatasetUpload,
-                name,
-                Some(Ability::Contribute),
-                true,
-            )
-            .await?;
-        let d = self
-            .find_dataset(&c, p, name, Action::DatasetUpload)
-            .await?;
+        ctx: AuditCtx,
+    ) -> Result<(Collaboration, Dataset, AuditCtx), ServiceError> {
+        let need = Need::open_with(Ability::Contribute);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, need).await?;
+        let d = self.find_dataset(&c, p, name, &ctx).await?;
         if d.owner_org_id != p.org.id {
             let e = ServiceError::Forbidden(
                 "only the organisation that owns a dataset may upload its data".into(),
             );
-            return Err(self
-                .refuse(
-                    &c.id.to_string(),
-                    &p.actor(),
-                    Action::DatasetUpload,
-                    name,
-                    e,
-                )
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
-        Ok((c, d))
+        Ok((c, d, ctx))
     }
 
     /// Checks, without reading any data, that `p` may upload into dataset `name` now: the same
@@ -156,7 +115,8 @@ impl CleanRoom {
         collab: &str,
         name: &str,
     ) -> Result<(), ServiceError> {
-        let (c, d) = self.upload_target(p, collab, name).await?;
+        let ctx = AuditCtx::by(p, Action::DatasetUpload, name);
+        let (_, d, ctx) = self.upload_target(p, collab, name, ctx).await?;
         let busy = match d.status {
             DatasetStatus::Pending => return Ok(()),
             DatasetStatus::Uploading => {
@@ -167,15 +127,7 @@ impl CleanRoom {
             }
             other => format!("the dataset is {other}"),
         };
-        Err(self
-            .refuse(
-                &c.id.to_string(),
-                &p.actor(),
-                Action::DatasetUpload,
-                name,
-                ServiceError::Conflict(busy),
-            )
-            .await)
+        Err(self.refuse(&ctx, ServiceError::Conflict(busy)).await)
     }
 
     /// For a Parquet upload, which must be read into memory whole: checks the upload as
@@ -188,6 +140,7 @@ impl CleanRoom {
         collab: &str,
         name: &str,
     ) -> Result<ParquetSlot, ServiceError> {
+        let ctx = AuditCtx::by(p, Action::DatasetUpload, name);
         self.check_upload(p, collab, name).await?;
         match self.parquet_slots.clone().try_acquire_owned() {
             Ok(permit) => Ok(ParquetSlot { _permit: permit }),
@@ -198,12 +151,11 @@ impl CleanRoom {
                      for you)",
                     self.limits.max_parquet_uploads
                 ));
-                let chain = CollaborationId::parse(collab)
-                    .map(|id| id.to_string())
-                    .unwrap_or_else(|_| SYSTEM_CHAIN.to_owned());
-                Err(self
-                    .refuse(&chain, &p.actor(), Action::DatasetUpload, name, e)
-                    .await)
+                let ctx = match CollaborationId::parse(collab) {
+                    Ok(id) => ctx.in_chain(id),
+                    Err(_) => ctx,
+                };
+                Err(self.refuse(&ctx, e).await)
             }
         }
     }
@@ -218,13 +170,14 @@ impl CleanRoom {
         name: &str,
         input: UploadInput,
     ) -> Result<Dataset, ServiceError> {
-        let (c, d) = self.upload_target(p, collab, name).await?;
+        let ctx = AuditCtx::by(p, Action::DatasetUpload, name);
+        let (c, d, ctx) = self.upload_target(p, collab, name, ctx).await?;
         // From here on the work runs in a task of its own: a client that disconnects drops
         // the request future, not the upload, so the dataset always leaves `uploading` (ready,
         // or back to pending with its file removed) and the body's idle timeout still applies.
         let room = self.clone();
         let (p, name) = (p.clone(), name.to_owned());
-        tokio::spawn(async move { room.upload_into(&p, c, d, &name, input).await })
+        tokio::spawn(async move { room.upload_into(&p, &ctx, c, d, &name, input).await })
             .await
             .map_err(|e| ServiceError::Internal(format!("upload task: {e}")))?
     }
@@ -232,26 +185,20 @@ impl CleanRoom {
     async fn upload_into(
         &self,
         p: &Principal,
+        ctx: &AuditCtx,
         c: Collaboration,
         d: Dataset,
         name: &str,
         input: UploadInput,
     ) -> Result<Dataset, ServiceError> {
-        let chain = c.id.to_string();
         if let Err(e) = self.meta.begin_upload(d.id).await {
-            return Err(self
-                .refuse(&chain, &p.actor(), Action::DatasetUpload, name, e.into())
-                .await);
+            return Err(self.refuse(ctx, e.into()).await);
         }
         let format = input.format();
         let result = self.write_upload(&c, &d, input).await;
         match result {
             Ok((rows, bytes)) => {
-                let audit = Self::audit(
-                    &chain,
-                    &p.actor(),
-                    Action::DatasetUpload,
-                    name,
+                let audit = ctx.entry(
                     Outcome::Allowed,
                     format!("{rows} rows, {bytes} encrypted bytes, from {format}"),
                 );
@@ -260,31 +207,16 @@ impl CleanRoom {
                     // dataset goes back to pending (never left `uploading`).
                     let _ = std::fs::remove_file(self.files.dataset_path(c.id, d.id));
                     let e: ServiceError = e.into();
-                    let back = Self::audit(
-                        &chain,
-                        &p.actor(),
-                        Action::DatasetUpload,
-                        name,
-                        e.audit_outcome(),
-                        e.audit_detail(),
-                    );
+                    let back = ctx.entry(e.audit_outcome(), e.audit_detail());
                     if let Err(err) = self.meta.abort_upload(d.id, back).await {
                         tracing::error!(error = %err, "could not return an unfinished upload to pending");
                     }
                     return Err(e);
                 }
-                self.find_dataset(&c, p, name, Action::DatasetUpload).await
+                self.find_dataset(&c, p, name, ctx).await
             }
             Err(err) => {
-                let detail = err.audit_detail();
-                let audit = Self::audit(
-                    &chain,
-                    &p.actor(),
-                    Action::DatasetUpload,
-                    name,
-                    err.audit_outcome(),
-                    detail,
-                );
+                let audit = ctx.entry(err.audit_outcome(), err.audit_detail());
                 if let Err(e) = self.meta.abort_upload(d.id, audit).await {
                     tracing::error!(error = %e, "could not return a failed upload to pending");
                 }
@@ -335,22 +267,16 @@ impl CleanRoom {
         .map_err(|e| ServiceError::Internal(format!("upload task failed: {e}")))?
     }
 
+    /// The dataset `name` of `c` as `p` may see it: its own of that name first, else the one
+    /// every member sees. Refusals are audited under `ctx` with the name as their target.
     pub(crate) async fn find_dataset(
         &self,
         c: &Collaboration,
         p: &Principal,
         name: &str,
-        action: Action,
+        ctx: &AuditCtx,
     ) -> Result<Dataset, ServiceError> {
-        let parsed = self
-            .audited(
-                DatasetName::parse(name),
-                &c.id.to_string(),
-                &p.actor(),
-                action,
-                "-",
-            )
-            .await?;
+        let parsed = self.audited(&ctx.on("-"), DatasetName::parse(name)).await?;
         // The caller's own dataset of that name first, else the one every member sees.
         let candidates = self.meta.find_datasets(c.id, &parsed).await?;
         let found = candidates
@@ -364,9 +290,7 @@ impl CleanRoom {
                 let e = ServiceError::NotFound(format!(
                     "no dataset named {parsed} in this collaboration"
                 ));
-                Err(self
-                    .refuse(&c.id.to_string(), &p.actor(), action, name, e)
-                    .await)
+                Err(self.refuse(&ctx.on(name), e).await)
             }
         }
     }
@@ -378,9 +302,8 @@ impl CleanRoom {
         p: &Principal,
         collab: &str,
     ) -> Result<Vec<Dataset>, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::DatasetList, "-", None, false)
-            .await?;
+        let ctx = AuditCtx::by(p, Action::DatasetList, "-");
+        let (c, _, _) = self.active_member(p, collab, ctx, Need::read()).await?;
         Ok(self
             .meta
             .list_datasets(c.id)
@@ -397,10 +320,9 @@ impl CleanRoom {
         collab: &str,
         name: &str,
     ) -> Result<Dataset, ServiceError> {
-        let (c, _) = self
-            .active_member(p, collab, Action::DatasetShow, name, None, false)
-            .await?;
-        let d = self.find_dataset(&c, p, name, Action::DatasetShow).await?;
+        let ctx = AuditCtx::by(p, Action::DatasetShow, name);
+        let (c, _, ctx) = self.active_member(p, collab, ctx, Need::read()).await?;
+        let d = self.find_dataset(&c, p, name, &ctx).await?;
         Ok(as_seen_by(d, p))
     }
 

@@ -23,6 +23,9 @@ mod collaborations;
 mod datasets;
 mod parties;
 
+pub(crate) use audit::AuditCtx;
+pub(crate) use collaborations::Need;
+
 /// Limits that protect the server from oversized input.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -212,6 +215,12 @@ fn dataset_purpose(id: DatasetId) -> String {
     format!("dataset:{id}")
 }
 
+/// The id a caller named, if it is spelt as the room writes ids (lowercase, hyphenated): any
+/// other spelling names nothing, so the answer is the same as for an id that does not exist.
+pub(crate) fn stored_id<T: std::str::FromStr + fmt::Display>(s: &str) -> Option<T> {
+    s.parse::<T>().ok().filter(|id| id.to_string() == s)
+}
+
 fn not_found_collab() -> ServiceError {
     ServiceError::NotFound(
         "no such collaboration, or your organisation is not a member of it".into(),
@@ -331,14 +340,9 @@ impl CleanRoom {
         // An upload under way when the server stopped never finished: record that it was
         // discarded, in its collaboration's chain, as the dataset returns to pending.
         for d in self.meta.uploading_datasets().await? {
-            let audit = Self::audit(
-                &d.collaboration_id.to_string(),
-                "server",
-                Action::DatasetUpload,
-                d.name.as_str(),
-                Outcome::Failed,
-                "interrupted upload discarded at start-up",
-            );
+            let audit = AuditCtx::system("server", Action::DatasetUpload, d.name.as_str())
+                .in_chain(d.collaboration_id)
+                .entry(Outcome::Failed, "interrupted upload discarded at start-up");
             self.meta.abort_upload(d.id, audit).await?;
         }
         let committed: HashSet<(CollaborationId, DatasetId)> =
@@ -368,4 +372,25 @@ fn as_seen_by(mut d: Dataset, p: &Principal) -> Dataset {
 
 fn visible_to(d: &Dataset, p: &Principal) -> bool {
     d.owner_org_id == p.org.id || matches!(d.status, DatasetStatus::Ready | DatasetStatus::Shredded)
+}
+
+#[cfg(test)]
+mod tests {
+    use cleanroom_core::ids::AnalysisId;
+
+    use super::stored_id;
+
+    #[test]
+    fn only_the_written_spelling_of_an_id_names_a_row() {
+        let id = AnalysisId::new();
+        assert_eq!(stored_id::<AnalysisId>(&id.to_string()), Some(id));
+        for other in [
+            id.to_string().to_uppercase(),
+            id.to_string().replace('-', ""),
+            format!("{{{id}}}"),
+            "not-an-id".to_owned(),
+        ] {
+            assert_eq!(stored_id::<AnalysisId>(&other), None, "{other}");
+        }
+    }
 }

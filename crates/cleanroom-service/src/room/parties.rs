@@ -1,7 +1,7 @@
 //! Authentication, organisations, users and tokens.
 
 use cleanroom_core::audit::Action;
-use cleanroom_core::audit::{Outcome, SYSTEM_CHAIN};
+use cleanroom_core::audit::Outcome;
 use cleanroom_core::entities::{Organisation, Token, User};
 use cleanroom_core::ids::{OrgId, TokenId, UserId};
 use cleanroom_core::names::{OrgName, UserName};
@@ -27,11 +27,12 @@ impl CleanRoom {
             created_at: now(),
         };
         let (user, issued, token) = self.new_user(org.id, user_name, UserRole::Admin, "init")?;
-        let audit = Self::audit(
-            SYSTEM_CHAIN,
-            &format!("{}/{}", org.name, user.name),
+        let ctx = AuditCtx::system(
+            format!("{}/{}", org.name, user.name),
             Action::ServerInit,
             org.name.as_str(),
+        );
+        let audit = ctx.entry(
             Outcome::Allowed,
             format!(
                 "operator organisation and admin created; token {}",
@@ -84,31 +85,21 @@ impl CleanRoom {
     /// Resolves a bearer token to a principal. Failures are audited in the system chain
     /// without the token's secret.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, ServiceError> {
+        let ctx = AuditCtx::system("anonymous", Action::Auth, "-");
         let Some(bearer) = bearer else {
             let e = ServiceError::Unauthenticated(
                 "send an API token in the Authorization header: `Bearer crt_…`".into(),
             );
-            return Err(self
-                .refuse(SYSTEM_CHAIN, "anonymous", Action::Auth, "-", e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         };
-        let presented = match PresentedToken::parse(bearer) {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(self
-                    .refuse(SYSTEM_CHAIN, "anonymous", Action::Auth, "-", e)
-                    .await);
-            }
-        };
+        let presented = self.audited(&ctx, PresentedToken::parse(bearer)).await?;
         let found = self.meta.authenticate(presented.id).await?;
-        let target = presented.id.to_string();
+        let ctx = ctx.on(presented.id.to_string());
         match found {
             Some(a) if presented.matches(&a.token.secret_hash) => {
                 if a.token.revoked_at.is_some() {
                     let e = ServiceError::Unauthenticated("this token has been revoked".into());
-                    return Err(self
-                        .refuse(SYSTEM_CHAIN, "anonymous", Action::Auth, &target, e)
-                        .await);
+                    return Err(self.refuse(&ctx, e).await);
                 }
                 Ok(Principal {
                     user: a.user,
@@ -118,9 +109,7 @@ impl CleanRoom {
             }
             _ => {
                 let e = ServiceError::Unauthenticated("unknown token".into());
-                Err(self
-                    .refuse(SYSTEM_CHAIN, "anonymous", Action::Auth, &target, e)
-                    .await)
+                Err(self.refuse(&ctx, e).await)
             }
         }
     }
@@ -134,24 +123,14 @@ impl CleanRoom {
         name: &str,
         admin_name: &str,
     ) -> Result<(Organisation, User, IssuedToken), ServiceError> {
+        let ctx = AuditCtx::by(p, Action::OrgCreate, name);
         if !(p.org.is_operator && p.is_admin()) {
             let e = ServiceError::Forbidden(
                 "only the operator's admins may create organisations".into(),
             );
-            return Err(self
-                .refuse(SYSTEM_CHAIN, &p.actor(), Action::OrgCreate, name, e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
-        let actor = p.actor();
-        let org_name = self
-            .audited(
-                OrgName::parse(name),
-                SYSTEM_CHAIN,
-                &actor,
-                Action::OrgCreate,
-                "-",
-            )
-            .await?;
+        let org_name = self.audited(&ctx.on("-"), OrgName::parse(name)).await?;
         let org = Organisation {
             id: OrgId::new(),
             name: org_name,
@@ -159,20 +138,9 @@ impl CleanRoom {
             created_at: now(),
         };
         let admin = self.new_user(org.id, admin_name, UserRole::Admin, "initial admin token");
-        let (user, issued, token) = self
-            .audited(
-                admin,
-                SYSTEM_CHAIN,
-                &actor,
-                Action::OrgCreate,
-                org.name.as_str(),
-            )
-            .await?;
-        let audit = Self::audit(
-            SYSTEM_CHAIN,
-            &p.actor(),
-            Action::OrgCreate,
-            org.name.as_str(),
+        let ctx = ctx.on(org.name.as_str());
+        let (user, issued, token) = self.audited(&ctx, admin).await?;
+        let audit = ctx.entry(
             Outcome::Allowed,
             format!("admin {}; token {}", user.name, issued.id),
         );
@@ -192,22 +160,15 @@ impl CleanRoom {
         name: &str,
         role: UserRole,
     ) -> Result<(User, IssuedToken), ServiceError> {
+        let ctx = AuditCtx::by(p, Action::UserCreate, name);
         if !p.is_admin() {
             let e =
                 ServiceError::Forbidden("only admins of your organisation may add users".into());
-            return Err(self
-                .refuse(SYSTEM_CHAIN, &p.actor(), Action::UserCreate, name, e)
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
         let new = self.new_user(p.org.id, name, role, "initial token");
-        let (user, issued, token) = self
-            .audited(new, SYSTEM_CHAIN, &p.actor(), Action::UserCreate, "-")
-            .await?;
-        let audit = Self::audit(
-            SYSTEM_CHAIN,
-            &p.actor(),
-            Action::UserCreate,
-            &format!("{}/{}", p.org.name, user.name),
+        let (user, issued, token) = self.audited(&ctx.on("-"), new).await?;
+        let audit = ctx.on(format!("{}/{}", p.org.name, user.name)).entry(
             Outcome::Allowed,
             format!("role {}; token {}", role.as_str(), issued.id),
         );
@@ -225,23 +186,11 @@ impl CleanRoom {
         p: &Principal,
         label: &str,
     ) -> Result<IssuedToken, ServiceError> {
+        let ctx = AuditCtx::by(p, Action::TokenCreate, "-");
         let (issued, token) = self
-            .audited(
-                Self::new_token(p.user.id, label),
-                SYSTEM_CHAIN,
-                &p.actor(),
-                Action::TokenCreate,
-                "-",
-            )
+            .audited(&ctx, Self::new_token(p.user.id, label))
             .await?;
-        let audit = Self::audit(
-            SYSTEM_CHAIN,
-            &p.actor(),
-            Action::TokenCreate,
-            &issued.id.to_string(),
-            Outcome::Allowed,
-            "",
-        );
+        let audit = ctx.on(issued.id.to_string()).entry(Outcome::Allowed, "");
         self.meta.create_token(&token, audit).await?;
         Ok(issued)
     }
@@ -257,15 +206,9 @@ impl CleanRoom {
 
     /// Revokes a token of the caller's (or, for an admin, of its organisation's users).
     pub async fn revoke_token(&self, p: &Principal, id: &str) -> Result<(), ServiceError> {
-        let id = self
-            .audited(
-                TokenId::parse(id),
-                SYSTEM_CHAIN,
-                &p.actor(),
-                Action::TokenRevoke,
-                "-",
-            )
-            .await?;
+        let ctx = AuditCtx::by(p, Action::TokenRevoke, "-");
+        let id = self.audited(&ctx, TokenId::parse(id)).await?;
+        let ctx = ctx.on(id.to_string());
         let mine = self
             .meta
             .list_tokens(p.org.id)
@@ -278,24 +221,9 @@ impl CleanRoom {
         };
         if !allowed {
             let e = ServiceError::NotFound(format!("no token {id} that you may revoke"));
-            return Err(self
-                .refuse(
-                    SYSTEM_CHAIN,
-                    &p.actor(),
-                    Action::TokenRevoke,
-                    &id.to_string(),
-                    e,
-                )
-                .await);
+            return Err(self.refuse(&ctx, e).await);
         }
-        let audit = Self::audit(
-            SYSTEM_CHAIN,
-            &p.actor(),
-            Action::TokenRevoke,
-            &id.to_string(),
-            Outcome::Allowed,
-            "",
-        );
+        let audit = ctx.entry(Outcome::Allowed, "");
         Ok(self.meta.revoke_token(id, p.org.id, audit).await?)
     }
 }
