@@ -14,6 +14,9 @@ pub enum UserRole {
 }
 
 impl UserRole {
+    /// Every role (the API document lists them).
+    pub const ALL: &'static [UserRole] = &[UserRole::Admin, UserRole::Member];
+
     pub fn as_str(self) -> &'static str {
         match self {
             UserRole::Admin => "admin",
@@ -145,6 +148,9 @@ macro_rules! str_enum {
         pub enum $name { $($(#[$vdoc])* $variant),+ }
 
         impl $name {
+            /// Every value, in declaration order (the API document lists them).
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $s),+ }
             }

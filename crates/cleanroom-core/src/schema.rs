@@ -25,6 +25,15 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
+    /// Every type (the API document lists them).
+    pub const ALL: &'static [ColumnType] = &[
+        ColumnType::String,
+        ColumnType::Int64,
+        ColumnType::Float64,
+        ColumnType::Bool,
+        ColumnType::Date,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ColumnType::String => "string",
@@ -69,6 +78,14 @@ pub enum ColumnRole {
 }
 
 impl ColumnRole {
+    /// Every role (the API document lists them).
+    pub const ALL: &'static [ColumnRole] = &[
+        ColumnRole::Identifier,
+        ColumnRole::Dimension,
+        ColumnRole::Metric,
+        ColumnRole::PrivacyUnit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ColumnRole::Identifier => "identifier",

@@ -204,13 +204,11 @@ pub async fn create_token(
     body: Result<ApiJson<CreateTokenRequest>, ApiError>,
 ) -> R<(StatusCode, Json<CreatedToken>)> {
     let req = json_body(&room, &p, Action::TokenCreate, None, body).await?;
-    let t = room.create_token(&p, &req.label).await?;
+    let (issued, token) = room.create_token(&p, &req.label).await?;
+    let listed = TokenOut::from(&(token, p.user.clone()));
     Ok((
         StatusCode::CREATED,
-        Json(CreatedToken {
-            id: t.id.to_string(),
-            token: t.expose().to_owned(),
-        }),
+        Json(CreatedToken::new(listed, issued.expose().to_owned())),
     ))
 }
 

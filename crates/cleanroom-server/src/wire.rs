@@ -3,10 +3,53 @@
 
 use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome};
 use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
-use cleanroom_core::party::{Abilities, ActivationStatus, AnalysisStatus};
-use cleanroom_core::schema::{ColumnSpec, DatasetSchema};
+use cleanroom_core::party::{
+    Abilities, ActivationStatus, AnalysisStatus, CollaborationStatus, DatasetStatus, MemberStatus,
+    UserRole,
+};
+use cleanroom_core::schema::{ColumnRole, ColumnSpec, ColumnType, DatasetSchema};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// A string the API document lists the values of, taken from the domain's own list of them
+/// (`ALL`), so the document cannot drift from what the server sends. The Rust field stays a
+/// `String` (the CLI prints it as it comes); generated clients and the console get an enum.
+macro_rules! listed_strings {
+    ($($(#[$doc:meta])* $marker:ident = $values:expr;)+) => {
+        $(
+            $(#[$doc])*
+            pub struct $marker;
+
+            impl utoipa::PartialSchema for $marker {
+                fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::String)
+                        .enum_values(Some($values))
+                        .into()
+                }
+            }
+
+            impl ToSchema for $marker {}
+        )+
+    };
+}
+
+listed_strings! {
+    /// What a user may do within its organisation.
+    UserRoleName = UserRole::ALL.iter().map(|v| v.as_str());
+    /// One thing a member may do in a collaboration.
+    AbilityName = Abilities::all().iter().map(|v| v.as_str());
+    /// Where a collaboration stands.
+    CollaborationStatusName = CollaborationStatus::ALL.iter().map(|v| v.as_str());
+    /// Where a member organisation stands in a collaboration.
+    MemberStatusName = MemberStatus::ALL.iter().map(|v| v.as_str());
+    /// Where a dataset stands.
+    DatasetStatusName = DatasetStatus::ALL.iter().map(|v| v.as_str());
+    /// A column's type.
+    ColumnTypeName = ColumnType::ALL.iter().map(|v| v.as_str());
+    /// A column's role.
+    ColumnRoleName = ColumnRole::ALL.iter().map(|v| v.as_str());
+}
 
 /// An error (RFC 9457 problem details). `code` is stable; `detail` says what to do.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -40,6 +83,7 @@ pub struct Health {
 pub struct WhoAmI {
     pub user: String,
     pub user_id: String,
+    #[schema(value_type = UserRoleName)]
     pub role: String,
     pub org: String,
     pub org_id: String,
@@ -70,6 +114,7 @@ impl From<&Organisation> for OrgOut {
 pub struct UserOut {
     pub id: String,
     pub name: String,
+    #[schema(value_type = UserRoleName)]
     pub role: String,
     pub created_at: String,
 }
@@ -106,6 +151,7 @@ pub struct CreateUserRequest {
     pub name: String,
     /// `admin` or `member` (default).
     #[serde(default)]
+    #[schema(value_type = Option<UserRoleName>)]
     pub role: Option<String>,
 }
 
@@ -122,11 +168,36 @@ pub struct CreateTokenRequest {
     pub label: String,
 }
 
-/// A new token, shown only this once.
+/// A new token: the same fields as an item of `GET /v1/tokens`, plus the secret, shown only
+/// this once.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
     pub id: String,
+    pub user: String,
+    pub label: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
     pub token: String,
+}
+
+impl CreatedToken {
+    pub fn new(listed: TokenOut, secret: String) -> Self {
+        let TokenOut {
+            id,
+            user,
+            label,
+            created_at,
+            revoked_at,
+        } = listed;
+        CreatedToken {
+            id,
+            user,
+            label,
+            created_at,
+            revoked_at,
+            token: secret,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -162,6 +233,7 @@ pub struct CreateCollaborationRequest {
     /// Abilities of the creating organisation; default all of
     /// `contribute`, `analyse`, `receive`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<AbilityName>>)]
     pub abilities: Option<Vec<String>>,
 }
 
@@ -171,11 +243,14 @@ pub struct CollaborationOut {
     pub name: String,
     pub description: String,
     /// `open` or `closed`.
+    #[schema(value_type = CollaborationStatusName)]
     pub status: String,
     pub created_at: String,
     pub closed_at: Option<String>,
     /// Your organisation's standing: `active` or `invited`.
+    #[schema(value_type = MemberStatusName)]
     pub your_status: String,
+    #[schema(value_type = Vec<AbilityName>)]
     pub your_abilities: Vec<String>,
 }
 
@@ -197,8 +272,10 @@ impl CollaborationOut {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MemberOut {
     pub org: String,
+    #[schema(value_type = Vec<AbilityName>)]
     pub abilities: Vec<String>,
     /// `active`, `invited` or `declined`.
+    #[schema(value_type = MemberStatusName)]
     pub status: String,
     pub invited_at: String,
     pub joined_at: Option<String>,
@@ -228,6 +305,7 @@ pub struct InviteRequest {
     /// The invited organisation's name.
     pub org: String,
     /// Any of `contribute`, `analyse`, `receive`.
+    #[schema(value_type = Vec<AbilityName>)]
     pub abilities: Vec<String>,
 }
 
@@ -242,7 +320,9 @@ pub struct Closed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ColumnOut {
     pub name: String,
+    #[schema(value_type = ColumnTypeName)]
     pub r#type: String,
+    #[schema(value_type = ColumnRoleName)]
     pub role: String,
 }
 
@@ -285,6 +365,7 @@ pub struct DatasetOut {
     pub name: String,
     pub owner: String,
     /// `pending`, `uploading`, `ready` or `shredded`.
+    #[schema(value_type = DatasetStatusName)]
     pub status: String,
     pub columns: Vec<ColumnOut>,
     pub row_count: Option<u64>,

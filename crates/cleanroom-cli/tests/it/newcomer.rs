@@ -224,3 +224,84 @@ fn collaborations_by_name_policies_from_schemas_and_refusals_that_name_what_is_m
     let problem: serde_json::Value = serde_json::from_str(failed(&out).trim()).unwrap();
     assert_eq!(problem["code"], "cli_error");
 }
+
+/// `--json` gives one object shape per thing: what `create` (or `upload`) prints is, field for
+/// field, the item `list` prints and the object `show` prints (plus, for a token, the secret
+/// shown once; a collaboration's `create` and `show` add its members beside it).
+#[test]
+fn create_show_and_list_print_the_same_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let server = ServeProcess::start(&data);
+    let url = server.url.clone();
+    ok(&cli(&url, "", &["health", "--wait", "5"]));
+    let listed = |token: &str, args: &[&str], id: &serde_json::Value| {
+        let all = json(&cli(&url, token, args));
+        let items = all.as_array().expect("a list is a JSON array");
+        items
+            .iter()
+            .find(|x| &x["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {all}"))
+            .clone()
+    };
+
+    let created = json(&cli(&url, &op, &["--json", "org", "create", "brand"]));
+    let org = &created["org"];
+    assert_eq!(*org, listed(&op, &["--json", "org", "list"], &org["id"]));
+    let brand = created["token"].as_str().unwrap().to_owned();
+
+    let created = json(&cli(&url, &brand, &["--json", "user", "create", "maya"]));
+    let user = &created["user"];
+    assert_eq!(
+        *user,
+        listed(&brand, &["--json", "user", "list"], &user["id"])
+    );
+
+    let mut token = json(&cli(
+        &url,
+        &brand,
+        &["--json", "token", "create", "--label", "laptop"],
+    ));
+    let secret = token.as_object_mut().unwrap().remove("token").unwrap();
+    assert!(secret.as_str().unwrap().starts_with("crt_"), "{secret}");
+    assert_eq!(token["label"], "laptop");
+    assert_eq!(
+        token,
+        listed(&brand, &["--json", "token", "list"], &token["id"])
+    );
+
+    let created = json(&cli(
+        &url,
+        &brand,
+        &["--json", "collab", "create", "spring"],
+    ));
+    let collab = &created["collaboration"];
+    assert_eq!(
+        *collab,
+        listed(&brand, &["--json", "collab", "list"], &collab["id"])
+    );
+    let shown = json(&cli(&url, &brand, &["--json", "collab", "show", "spring"]));
+    assert_eq!(shown["collaboration"], *collab);
+    assert_eq!(shown["members"], created["members"]);
+
+    let file = tmp.path().join("crm.csv");
+    write_csv(&file, 200);
+    let mut args = vec!["--json", "dataset", "upload", "spring", "crm", "--file"];
+    args.push(file.to_str().unwrap());
+    args.extend(COLUMNS);
+    let uploaded = json(&cli(&url, &brand, &args));
+    assert_eq!(
+        uploaded,
+        listed(
+            &brand,
+            &["--json", "dataset", "list", "spring"],
+            &uploaded["id"]
+        )
+    );
+    let shown = json(&cli(
+        &url,
+        &brand,
+        &["--json", "dataset", "show", "spring", "crm"],
+    ));
+    assert_eq!(shown, uploaded);
+}

@@ -455,3 +455,53 @@ async fn openapi_references_resolve_and_parameters_are_where_the_router_reads_th
             .any(|p| p["name"] == "after" && p["in"] == "query")
     );
 }
+
+/// Statuses, roles, abilities and column kinds are enums in the document, with exactly the
+/// values the server sends (a console and generated clients switch on them).
+#[tokio::test]
+async fn openapi_lists_the_values_of_every_status_role_and_kind() {
+    let s = Server::start().await;
+    let doc = s.ok(Method::GET, "/v1/openapi.json", "", None).await;
+    let resolve = |schema: &Value| -> Value {
+        match schema["$ref"].as_str() {
+            Some(r) => doc.pointer(r.strip_prefix('#').unwrap()).unwrap().clone(),
+            None => schema.clone(),
+        }
+    };
+    let values = |object: &str, field: &str| -> Vec<String> {
+        let o = &doc["components"]["schemas"][object];
+        let mut f = resolve(&o["properties"][field]);
+        if f["type"] == "array" {
+            f = resolve(&f["items"]);
+        }
+        f["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{object}.{field} lists no values: {f}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(values("CollaborationOut", "status"), ["open", "closed"]);
+    assert_eq!(
+        values("CollaborationOut", "your_status"),
+        ["invited", "active", "declined"]
+    );
+    assert_eq!(
+        values("MemberOut", "abilities"),
+        ["contribute", "analyse", "receive"]
+    );
+    assert_eq!(
+        values("DatasetOut", "status"),
+        ["pending", "uploading", "ready", "shredded"]
+    );
+    assert_eq!(values("UserOut", "role"), ["admin", "member"]);
+    assert_eq!(
+        values("ColumnOut", "type"),
+        ["string", "int64", "float64", "bool", "date"]
+    );
+    assert_eq!(
+        values("ColumnOut", "role"),
+        ["identifier", "dimension", "metric", "privacy_unit"]
+    );
+    assert!(values("AnalysisOut", "status").contains(&"released".to_owned()));
+}

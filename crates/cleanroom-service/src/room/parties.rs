@@ -185,14 +185,14 @@ impl CleanRoom {
         &self,
         p: &Principal,
         label: &str,
-    ) -> Result<IssuedToken, ServiceError> {
+    ) -> Result<(IssuedToken, Token), ServiceError> {
         let ctx = AuditCtx::by(p, Action::TokenCreate, "-");
         let (issued, token) = self
             .audited(&ctx, Self::new_token(p.user.id, label))
             .await?;
         let audit = ctx.on(issued.id.to_string()).entry(Outcome::Allowed, "");
         self.meta.create_token(&token, audit).await?;
-        Ok(issued)
+        Ok((issued, token))
     }
 
     /// Tokens the caller may see: all of its organisation's for an admin, its own otherwise.

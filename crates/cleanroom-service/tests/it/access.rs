@@ -24,7 +24,9 @@ async fn unknown_malformed_and_revoked_tokens_are_refused_and_audited() {
     ));
 
     // A second token, revoked, stops working; the first keeps working.
-    let t = f.room.create_token(&f.brand, "laptop").await.unwrap();
+    let (t, stored) = f.room.create_token(&f.brand, "laptop").await.unwrap();
+    assert_eq!(stored.label, "laptop");
+    assert_eq!(stored.id, t.id);
     let p = f.room.authenticate(Some(t.expose())).await.unwrap();
     assert_eq!(p.org.name.as_str(), "brand");
     f.room
@@ -316,7 +318,7 @@ async fn an_admin_replaces_the_initial_token_it_was_given() {
         .await
         .unwrap();
     let admin = f.room.authenticate(Some(initial.expose())).await.unwrap();
-    let own = f.room.create_token(&admin, "maya's laptop").await.unwrap();
+    let (own, _) = f.room.create_token(&admin, "maya's laptop").await.unwrap();
     let admin = f.room.authenticate(Some(own.expose())).await.unwrap();
     let tokens = f.room.list_tokens(&admin).await.unwrap();
     let (first, _) = tokens

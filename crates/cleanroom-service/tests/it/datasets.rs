@@ -319,7 +319,7 @@ async fn a_restart_keeps_everything() {
         .upload(&f.brand, &id, "crm", csv_input(csv(77)))
         .await
         .unwrap();
-    let token = f
+    let (token, _) = f
         .room
         .create_token(&f.brand, "after-restart")
         .await
