@@ -261,6 +261,7 @@ pub enum Action {
     AnalysisTemplate,
     AuditRead,
     Auth,
+    AuthThrottle,
     BudgetGrant,
     BudgetShow,
     CollaborationAccept,
@@ -288,7 +289,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 37] = [
+    pub const ALL: [Action; 38] = [
         Action::ActivationApprove,
         Action::ActivationDeliver,
         Action::ActivationDownload,
@@ -303,6 +304,7 @@ impl Action {
         Action::AnalysisTemplate,
         Action::AuditRead,
         Action::Auth,
+        Action::AuthThrottle,
         Action::BudgetGrant,
         Action::BudgetShow,
         Action::CollaborationAccept,
@@ -345,6 +347,7 @@ impl Action {
             Action::AnalysisTemplate => "analysis.template",
             Action::AuditRead => "audit.read",
             Action::Auth => "auth",
+            Action::AuthThrottle => "auth.throttle",
             Action::BudgetGrant => "budget.grant",
             Action::BudgetShow => "budget.show",
             Action::CollaborationAccept => "collaboration.accept",

@@ -5,9 +5,10 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use cleanroom_core::audit::Action;
-use cleanroom_service::{CleanRoom, Principal};
+use cleanroom_service::{CleanRoom, Principal, ServiceError};
 
 use crate::problem::ApiError;
+use crate::throttle::{AfterFailure, ClientSource};
 
 pub struct Authed(pub Principal);
 
@@ -26,7 +27,28 @@ impl FromRequestParts<CleanRoom> for Authed {
                 Some(token.trim().to_owned())
             }
         };
-        Ok(Authed(room.authenticate(bearer.as_deref()).await?))
+        // Throttled sources are refused before their token is looked at (and not audited one by
+        // one: the moment they were throttled is).
+        let source = parts.extensions.get::<ClientSource>().cloned();
+        if let Some(s) = &source
+            && let Err(wait) = s.throttle.check(s.key())
+        {
+            return Err(ApiError::throttled(wait));
+        }
+        match room.authenticate(bearer.as_deref()).await {
+            Ok(p) => Ok(Authed(p)),
+            Err(e) => {
+                if let (ServiceError::Unauthenticated(_), Some(s)) = (&e, &source)
+                    && s.throttle.failed(s.key()) == AfterFailure::Throttled
+                {
+                    let o = s.throttle.options();
+                    tracing::warn!(source = %s.key(), failures = o.max_failures, "authentication throttled");
+                    room.record_auth_throttle(&s.key().to_string(), o.max_failures, o.window)
+                        .await;
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 

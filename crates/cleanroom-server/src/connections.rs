@@ -8,6 +8,8 @@
 //!   closes a kept-alive connection that stays idle that long between requests.
 //! - A JSON request body that sends nothing for [`ServeOptions::body_idle_timeout`] fails (an
 //!   upload has its own, longer, idle timeout in its handler).
+//! - Failed authentications are throttled per source ([`crate::throttle`]); every request
+//!   carries its [`ClientSource`].
 //! - More than [`MAX_HEADERS`] headers or [`MAX_HEADER_BYTES`] of them: `431` problem details.
 //!   Beyond [`HARD_MAX_HEADERS`] headers or [`HARD_MAX_HEAD_BYTES`] of request head, hyper
 //!   itself answers a bare `431` before any of our code runs: those limits are what bounds the
@@ -31,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::problem::ApiError;
+use crate::throttle::{AuthThrottle, ClientSource, ThrottleOptions};
 
 /// Most headers a request may carry (problem details beyond).
 pub const MAX_HEADERS: usize = 100;
@@ -50,6 +53,8 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// Longest pause in a (non-upload) request body.
     pub body_idle_timeout: Duration,
+    /// How failed authentications are throttled per source.
+    pub auth_throttle: ThrottleOptions,
 }
 
 impl Default for ServeOptions {
@@ -58,6 +63,7 @@ impl Default for ServeOptions {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
+            auth_throttle: ThrottleOptions::default(),
         }
     }
 }
@@ -74,10 +80,11 @@ pub async fn serve_with(
         move |req: Request, next: Next| body_timeout(idle, req, next),
     ));
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let throttle = Arc::new(AuthThrottle::new(opts.auth_throttle.clone()));
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(e) => {
@@ -94,7 +101,17 @@ pub async fn serve_with(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let source = ClientSource {
+            addr: peer,
+            throttle: Arc::clone(&throttle),
+        };
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(source.clone());
+                req
+            },
+        ));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(opts.header_read_timeout)

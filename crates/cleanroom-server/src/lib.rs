@@ -7,6 +7,7 @@ pub mod analysis;
 mod auth;
 mod connections;
 pub mod problem;
+pub mod throttle;
 pub mod v1;
 pub mod wire;
 

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub line: Option<u64>,
     pub column: Option<String>,
     pub rule: Option<String>,
+    /// Seconds after which a retry may succeed (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,23 @@ impl ApiError {
             line: None,
             column: None,
             rule: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 `too_many_failures`: the caller's source failed authentication too often.
+    pub fn throttled(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError {
+            retry_after: Some(secs.max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!(
+                    "too many failed authentications from your address; retry in {} s with a valid token",
+                    secs.max(1)
+                ),
+            )
         }
     }
 }
@@ -75,6 +94,7 @@ impl From<ServiceError> for ApiError {
             line,
             column,
             rule,
+            retry_after: None,
         }
     }
 }
@@ -129,6 +149,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         resp
     }
 }

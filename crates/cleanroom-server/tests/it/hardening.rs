@@ -225,6 +225,7 @@ async fn half_sent_requests_time_out_and_a_full_server_refuses_cleanly() {
         max_connections: 8,
         header_read_timeout: Duration::from_millis(800),
         body_idle_timeout: Duration::from_millis(800),
+        ..crate::serve_options()
     };
     let s = Server::start_serving(cleanroom_service::Limits::default(), opts).await;
     // Eight connections that send half a head and stop.
@@ -480,4 +481,63 @@ async fn members_see_neither_file_sizes_nor_pending_names_of_others() {
     assert_eq!(st, StatusCode::OK, "{v}");
     let (st, v) = s.declare(&brand, &id, "aud").await;
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
+}
+
+/// Guessing tokens is throttled per source: after the limit of failed authentications within
+/// the window, every request that needs a token from that address is refused with 429 and a
+/// `Retry-After` (a valid token included), without reaching the token check; the moment of
+/// throttling is audited once, the refused attempts are not each recorded, and requests that
+/// need no token still work.
+#[tokio::test]
+async fn failed_authentications_are_throttled_per_source_and_audited_once() {
+    let mut opts = crate::serve_options();
+    opts.auth_throttle.max_failures = 5;
+    opts.auth_throttle.window = Duration::from_secs(120);
+    let s = Server::start_serving(cleanroom_service::Limits::default(), opts).await;
+    let before = head(&s, &s.op, "system").await;
+    let wrong = "crt_00000000-0000-4000-8000-000000000000_00";
+    for i in 0..5 {
+        let token = if i % 2 == 0 { wrong } else { "" };
+        let (st, v) = s.call(Method::GET, "/v1/whoami", token, None).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "attempt {i}: {v}");
+    }
+    for token in [wrong, "", s.op.as_str()] {
+        let resp = s
+            .req(Method::GET, "/v1/whoami", token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=120).contains(&wait), "{wait}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["code"], "too_many_failures");
+        assert!(!v.to_string().contains(wrong));
+    }
+    let (st, _) = s.call(Method::GET, "/v1/health", "", None).await;
+    assert_eq!(st, StatusCode::OK);
+    // The chain, read in-process (the operator's token is refused over HTTP from here now).
+    let (entries, _) = s
+        .room
+        .audit_log(
+            &s.room.authenticate(Some(&s.op)).await.unwrap(),
+            "system",
+            before,
+            10_000,
+        )
+        .await
+        .unwrap();
+    let denied_auth = entries.iter().filter(|e| e.action == "auth").count();
+    let throttles: Vec<_> = entries
+        .iter()
+        .filter(|e| e.action == "auth.throttle")
+        .collect();
+    assert_eq!(denied_auth, 5, "{entries:#?}");
+    assert_eq!(throttles.len(), 1, "{entries:#?}");
+    assert_eq!(throttles[0].target, "127.0.0.1");
+    assert!(!throttles[0].detail.contains(wrong));
 }

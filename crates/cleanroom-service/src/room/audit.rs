@@ -105,6 +105,27 @@ impl CleanRoom {
         }
     }
 
+    /// Records, in the `system` chain, that the HTTP adapter started refusing authentication
+    /// from `source` (an address or network) after `failures` failed attempts within `window`:
+    /// its further attempts in that window are refused without reaching [`Self::authenticate`],
+    /// so they are not each recorded. No token material is recorded.
+    pub async fn record_auth_throttle(
+        &self,
+        source: &str,
+        failures: u32,
+        window: std::time::Duration,
+    ) {
+        let ctx = AuditCtx::system("anonymous", Action::AuthThrottle, source);
+        let detail = format!(
+            "{failures} failed authentications within {} s; further attempts from this source \
+             are refused until the window ends",
+            window.as_secs()
+        );
+        if let Err(e) = self.record(&ctx, Outcome::Denied, detail).await {
+            tracing::error!(error = %e, "could not record an authentication throttle in the audit log");
+        }
+    }
+
     /// Records a request that the HTTP adapter refused before it reached a use case (a body
     /// that is not the expected JSON, an unknown ability, a schema that does not parse, an
     /// unsupported media type, a body over a size limit) with the `code` it answered and the
