@@ -76,15 +76,32 @@ impl Client {
         &self.base
     }
 
-    pub fn new(server: &str, token: Option<String>) -> Result<Self> {
+    /// A client of `server` (`http://` or `https://`); an `https://` server's certificate is
+    /// checked against the system's roots and, when given, the PEM certificates in `ca_cert`.
+    pub fn new(server: &str, token: Option<String>, ca_cert: Option<&Path>) -> Result<Self> {
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            anyhow::bail!("--server must be an http:// URL, got {server:?}");
+            anyhow::bail!("--server must be an http:// or https:// URL, got {server:?}");
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("cleanroom-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
+        install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("cleanroom-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --ca-cert {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-cert {} is not PEM certificates", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!(
+                    "--ca-cert {} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+                    path.display()
+                );
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Client { http, base, token })
     }
 
@@ -107,7 +124,22 @@ impl Client {
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T> {
         let resp = req.send().await.map_err(|e| {
-            if e.is_connect() {
+            if let Some(tls) = tls_failure(&e) {
+                if tls.contains("CaUsedAsEndEntity") {
+                    return anyhow::anyhow!(
+                        "the server at {} presents a CA certificate as its own ({tls}); a bare \
+                         `openssl req -x509` makes one: give the server a certificate with \
+                         basicConstraints CA:FALSE (`-addext basicConstraints=critical,CA:FALSE`), \
+                         or one signed by a CA that you pass with --ca-cert",
+                        self.base
+                    );
+                }
+                anyhow::anyhow!(
+                    "the server at {} is not trusted: {tls}; if it uses a private CA or a self-signed \
+                     certificate, pass that certificate with --ca-cert (or CLEANROOM_CA_CERT)",
+                    self.base
+                )
+            } else if e.is_connect() {
                 anyhow::anyhow!(
                     "cannot reach the server at {}: is `cleanroom serve` running there? (set --server or CLEANROOM_SERVER)",
                     self.base
@@ -313,4 +345,34 @@ fn parquet_as_arrow_stream(file: &Path) -> Result<(ChunkStream, u64)> {
         rx.recv().await.map(|item| (item, rx))
     });
     Ok((Box::pin(stream), rows))
+}
+
+/// The TLS error (an untrusted or invalid certificate, a failed handshake) behind a failed
+/// request, if that is why it failed.
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = at {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        // An I/O error's `source` skips the error it wraps (which may be another I/O error
+        // around the TLS one): follow what it wraps instead.
+        at = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// Makes *ring* the process's TLS crypto provider (the one the server and PSI use; the HTTP
+/// client is built without one of its own). Idempotent.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

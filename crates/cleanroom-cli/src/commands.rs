@@ -14,14 +14,25 @@ use crate::{Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, Tok
 pub async fn run(cli: Cli) -> Result<()> {
     let g = cli.global;
     match cli.command {
-        Command::Serve { data, listen } => serve(&data.data_dir, &listen).await,
+        Command::Serve {
+            data,
+            listen,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(cleanroom_server::tls::server_config(&cert, &key)?),
+                _ => None,
+            };
+            serve(&data.data_dir, &listen, tls).await
+        }
         Command::Init {
             data,
             org,
             user,
             quiet,
         } => init(&data.data_dir, &org, &user, g.json, quiet).await,
-        Command::Health { wait } => health(&g.server, wait, g.json).await,
+        Command::Health { wait } => health(&g, wait).await,
         Command::Demo { people, seed } => crate::demo::run(people, seed).await,
         Command::Synth {
             party,
@@ -75,7 +86,7 @@ fn client(g: &Global) -> Result<Client> {
             "no API token: pass --token or set CLEANROOM_TOKEN (the operator's token is printed by `cleanroom init`)"
         );
     }
-    Client::new(&g.server, g.token.clone())
+    Client::new(&g.server, g.token.clone(), g.ca_cert.as_deref())
 }
 
 fn room_config(data_dir: &Path) -> Config {
@@ -90,7 +101,11 @@ fn cleanroom_storage_env() -> &'static str {
     "CLEANROOM_MASTER_KEY"
 }
 
-async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
+async fn serve(
+    data_dir: &Path,
+    listen: &str,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> Result<()> {
     let mut config = room_config(data_dir);
     config.create = false;
     let room = CleanRoom::open(config)
@@ -99,16 +114,24 @@ async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
     let (listener, addr) = cleanroom_server::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         %addr,
         data_dir = %data_dir.display(),
         master_key = ?room.master_key_source(),
-        "cleanroom serving on http://{addr}"
+        "cleanroom serving on {scheme}://{addr}"
     );
     eprintln!(
-        "cleanroom listening on http://{addr} (data in {})",
+        "cleanroom listening on {scheme}://{addr} (data in {})",
         data_dir.display()
     );
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "serving plain HTTP beyond loopback: tokens and results cross the network unencrypted; \
+             pass --tls-cert and --tls-key"
+        );
+    }
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -122,13 +145,18 @@ async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
         let _ = ctrl_c.await;
         tracing::info!("shutting down");
     };
-    cleanroom_server::serve(room.clone(), listener, shutdown).await?;
+    let opts = cleanroom_server::ServeOptions {
+        tls,
+        ..Default::default()
+    };
+    cleanroom_server::serve_with(room.clone(), listener, opts, shutdown).await?;
     room.close().await;
     Ok(())
 }
 
-async fn health(server: &str, wait: f64, json: bool) -> Result<()> {
-    let cl = Client::new(server, None)?;
+async fn health(g: &Global, wait: f64) -> Result<()> {
+    let (server, json) = (&g.server, g.json);
+    let cl = Client::new(server, None, g.ca_cert.as_deref())?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(wait.max(0.0));
     loop {
         match cl.get::<Health>("/health").await {

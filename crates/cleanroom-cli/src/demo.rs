@@ -82,7 +82,7 @@ async fn scenario(
     seed: u64,
     tmp: &std::path::Path,
 ) -> Result<()> {
-    let operator = Client::new(base, Some(op_token.to_owned()))?;
+    let operator = Client::new(base, Some(op_token.to_owned()), None)?;
 
     step(2, "Parties");
     let brand_org: CreatedOrg = operator

@@ -42,6 +42,10 @@ pub struct Global {
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM certificate(s) to trust for an https:// server besides the system's (a private CA,
+    /// or a server's self-signed certificate).
+    #[arg(long, global = true, env = "CLEANROOM_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -60,6 +64,12 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long, env = "CLEANROOM_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+        #[arg(long, env = "CLEANROOM_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "CLEANROOM_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Create the data directory, its master key and the operator account; prints the
     /// operator's token once.
@@ -309,14 +319,15 @@ fn parse() -> Cli {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(("serve", sub)) = matches.subcommand() {
-        for flag in ["server", "token", "json"] {
+        for flag in ["server", "token", "json", "ca_cert"] {
             if sub.value_source(flag) == Some(ValueSource::CommandLine) {
                 Cli::command()
                     .error(
                         clap::error::ErrorKind::ArgumentConflict,
                         format!(
-                            "--{flag} is for client commands; `serve` does not take it (the server's \
-                             settings are --data-dir and --listen)"
+                            "--{} is for client commands; `serve` does not take it (the server's \
+                             settings are --data-dir, --listen, --tls-cert and --tls-key)",
+                            flag.replace('_', "-")
                         ),
                     )
                     .exit();
@@ -361,7 +372,13 @@ fn main() -> std::process::ExitCode {
     }
     let json = cli.global.json;
     let serving = matches!(cli.command, Command::Serve { .. });
-    let default_level = if serving { "info" } else { "warn" };
+    // The certificate verifier logs its refusals itself; the client says the same, with what
+    // to do about it, once.
+    let default_level = if serving {
+        "info"
+    } else {
+        "warn,rustls_platform_verifier=off"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLEANROOM_LOG")

@@ -55,6 +55,9 @@ pub struct ServeOptions {
     pub body_idle_timeout: Duration,
     /// How failed authentications are throttled per source.
     pub auth_throttle: ThrottleOptions,
+    /// TLS ([`crate::tls::server_config`]); plain HTTP when `None`. The handshake must finish
+    /// within `header_read_timeout`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServeOptions {
@@ -64,6 +67,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
             auth_throttle: ThrottleOptions::default(),
+            tls: None,
         }
     }
 }
@@ -97,7 +101,10 @@ pub async fn serve_with(
             () = &mut shutdown => break,
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tokio::spawn(refuse_full(stream));
+            if opts.tls.is_none() {
+                tokio::spawn(refuse_full(stream));
+            }
+            // Over TLS a plain answer would be noise to the client: the connection is closed.
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -117,9 +124,35 @@ pub async fn serve_with(
             .header_read_timeout(opts.header_read_timeout)
             .max_headers(HARD_MAX_HEADERS)
             .max_buf_size(HARD_MAX_HEAD_BYTES);
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let watcher = graceful.watcher();
+        let tls = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let handshake_timeout = opts.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => {
+                    // A client that connects and never finishes its handshake holds a permit
+                    // only until the head timeout.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = http.serve_connection(TokioIo::new(tls_stream), service);
+                            watcher.watch(conn).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -8,6 +8,7 @@ mod auth;
 mod connections;
 pub mod problem;
 pub mod throttle;
+pub mod tls;
 pub mod v1;
 pub mod wire;
 

@@ -50,6 +50,8 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>))
         .chain(futures_util::stream::pending());
     use futures_util::StreamExt;
+    // The HTTP client has no TLS provider of its own (the CLI installs ring's, as here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let upload = reqwest::Client::new()
         .put(format!("{url}/v1/collaborations/{id}/datasets/crm/data"))
         .bearer_auth(&brand)

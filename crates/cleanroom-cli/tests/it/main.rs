@@ -11,6 +11,7 @@ mod newcomer;
 mod prepare;
 mod psi;
 mod tidy;
+mod tls;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -90,9 +91,19 @@ impl ServeProcess {
     }
 
     fn try_start_on(data_dir: &Path, listen: &str) -> Result<Self, String> {
+        Self::try_start_with(data_dir, listen, &[])
+    }
+
+    /// Starts `serve` with more arguments (`--tls-cert …`); the URL it prints is returned.
+    pub fn try_start_with(
+        data_dir: &Path,
+        listen: &str,
+        more: &[&std::ffi::OsStr],
+    ) -> Result<Self, String> {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(more)
             .env_remove("CLEANROOM_MASTER_KEY")
             .env("CLEANROOM_LOG", "warn")
             .stdout(Stdio::null())

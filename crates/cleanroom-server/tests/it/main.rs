@@ -6,6 +6,7 @@ mod api;
 mod denials;
 mod hardening;
 mod refusals;
+mod tls;
 mod uploads;
 
 use cleanroom_server::ServeOptions;
@@ -22,6 +23,13 @@ pub struct Server {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     pub room: CleanRoom,
+}
+
+/// Builds an HTTP client with *ring* as the process's TLS provider (the client has none of
+/// its own).
+pub fn http_client(b: reqwest::ClientBuilder) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    b.build().unwrap()
 }
 
 /// The default options, but a throttle on failed authentication that the tests, which fail
@@ -67,7 +75,7 @@ impl Server {
         Server {
             dir,
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: http_client(reqwest::Client::builder()),
             op: String::new(),
             stop: Some(tx),
             task: Some(task),
