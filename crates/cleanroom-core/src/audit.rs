@@ -274,6 +274,7 @@ pub enum Action {
     DatasetList,
     DatasetShow,
     DatasetUpload,
+    MetricsRead,
     OrgCreate,
     PolicySet,
     PolicyShow,
@@ -289,7 +290,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 38] = [
+    pub const ALL: [Action; 39] = [
         Action::ActivationApprove,
         Action::ActivationDeliver,
         Action::ActivationDownload,
@@ -317,6 +318,7 @@ impl Action {
         Action::DatasetList,
         Action::DatasetShow,
         Action::DatasetUpload,
+        Action::MetricsRead,
         Action::OrgCreate,
         Action::PolicySet,
         Action::PolicyShow,
@@ -360,6 +362,7 @@ impl Action {
             Action::DatasetList => "dataset.list",
             Action::DatasetShow => "dataset.show",
             Action::DatasetUpload => "dataset.upload",
+            Action::MetricsRead => "metrics.read",
             Action::OrgCreate => "org.create",
             Action::PolicySet => "policy.set",
             Action::PolicyShow => "policy.show",

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::auth::{Authed, Path};
+use crate::metrics::AnalysisMark;
 use crate::problem::ApiError;
 use crate::v1::{ApiJson, json_body};
 use crate::wire::*;
@@ -112,7 +113,7 @@ pub async fn query(
     Authed(p): Authed,
     Path(id): Path<String>,
     body: Result<ApiJson<QueryIn>, ApiError>,
-) -> R<Json<AnalysisOut>> {
+) -> R<Marked> {
     let q = json_body(&room, &p, Action::AnalysisQuery, Some(&id), body).await?;
     let v = room
         .run_query(
@@ -127,7 +128,7 @@ pub async fn query(
             },
         )
         .await?;
-    Ok(Json(AnalysisOut::from(&v)))
+    Ok(marked(AnalysisOut::from(&v)))
 }
 
 #[utoipa::path(get, path = "/v1/collaborations/{id}/analyses", tag = "analyses", security(("bearer" = [])),
@@ -255,7 +256,7 @@ pub async fn run_template(
     Authed(p): Authed,
     Path((id, template)): Path<(String, String)>,
     body: Result<ApiJson<TemplateRunIn>, ApiError>,
-) -> R<Json<AnalysisOut>> {
+) -> R<Marked> {
     let t = json_body(&room, &p, Action::AnalysisTemplate, Some(&id), body).await?;
     let v = room
         .run_template(
@@ -272,5 +273,15 @@ pub async fn run_template(
             },
         )
         .await?;
-    Ok(Json(AnalysisOut::from(&v)))
+    Ok(marked(AnalysisOut::from(&v)))
+}
+
+/// An analysis answer, marked with what became of it for the metrics.
+type Marked = (axum::Extension<AnalysisMark>, Json<AnalysisOut>);
+
+fn marked(out: AnalysisOut) -> Marked {
+    (
+        axum::Extension(AnalysisMark(out.status.as_str())),
+        Json(out),
+    )
 }

@@ -80,7 +80,8 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let idle = opts.body_idle_timeout;
-    let app: Router = crate::app(room).layer(axum::middleware::from_fn(
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let app: Router = crate::app_with(room, Arc::clone(&metrics)).layer(axum::middleware::from_fn(
         move |req: Request, next: Next| body_timeout(idle, req, next),
     ));
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
@@ -101,6 +102,7 @@ pub async fn serve_with(
             () = &mut shutdown => break,
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics.connections_refused.inc();
             if opts.tls.is_none() {
                 tokio::spawn(refuse_full(stream));
             }
@@ -127,6 +129,8 @@ pub async fn serve_with(
         let watcher = graceful.watcher();
         let tls = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let handshake_timeout = opts.header_read_timeout;
+        let open = metrics.connections_open.clone();
+        open.inc();
         tokio::spawn(async move {
             let served = match tls {
                 None => {
@@ -155,6 +159,7 @@ pub async fn serve_with(
             if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            open.dec();
             drop(permit);
         });
     }

@@ -6,6 +6,7 @@ pub mod activation;
 pub mod analysis;
 mod auth;
 mod connections;
+pub mod metrics;
 pub mod problem;
 pub mod throttle;
 pub mod tls;
@@ -149,6 +150,11 @@ async fn bad_method() -> ApiError {
 
 /// The whole HTTP application.
 pub fn app(room: CleanRoom) -> Router {
+    app_with(room, std::sync::Arc::new(metrics::Metrics::default()))
+}
+
+/// [`app`] counting into `metrics` (which the connection loop counts into too).
+pub fn app_with(room: CleanRoom, metrics: std::sync::Arc<metrics::Metrics>) -> Router {
     use v1::*;
     let api = Router::new()
         .route("/health", get(health))
@@ -224,12 +230,18 @@ pub fn app(room: CleanRoom) -> Router {
             "/collaborations/{id}/activations/{activation}/segment",
             post(activation::segment),
         );
+    let counted = std::sync::Arc::clone(&metrics);
     Router::new()
         .nest("/v1", api)
+        .route("/metrics", get(metrics::scrape))
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn(connections::header_limits))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            metrics::track(std::sync::Arc::clone(&counted), req, next)
+        }))
+        .layer(axum::Extension(metrics))
         .layer(TraceLayer::new_for_http())
         .with_state(room)
 }

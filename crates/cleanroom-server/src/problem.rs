@@ -145,6 +145,8 @@ impl IntoResponse for ApiError {
             rule: self.rule,
         };
         let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut()
+            .insert(crate::metrics::ProblemCode(self.code));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),

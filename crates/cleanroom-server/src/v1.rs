@@ -87,12 +87,36 @@ async fn abilities(
 }
 
 #[utoipa::path(get, path = "/v1/health", tag = "server",
-    responses((status = 200, body = Health)))]
-pub async fn health() -> Json<Health> {
-    Json(Health {
+    responses((status = 200, body = Health, description = "ready: the metadata store answers and data files can be written"),
+        (status = 503, body = Problem, description = "not ready (`not_ready`): the detail says which check failed; the reason is in the server's log")))]
+pub async fn health(State(room): State<CleanRoom>) -> Result<Json<Health>, ApiError> {
+    let r = room.readiness().await;
+    let word = |c: &Result<(), String>, what: &str| match c {
+        Ok(()) => "ok",
+        Err(e) => {
+            tracing::warn!(check = what, error = %e, "readiness check failed");
+            "unavailable"
+        }
+    };
+    let checks = HealthChecks {
+        metadata: word(&r.metadata, "metadata").to_owned(),
+        data: word(&r.data, "data").to_owned(),
+    };
+    if !r.is_ready() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "the server is not ready (metadata: {}, data: {}); its log says why",
+                checks.metadata, checks.data
+            ),
+        ));
+    }
+    Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-    })
+        checks,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "parties", security(("bearer" = [])),

@@ -73,10 +73,22 @@ pub struct Problem {
     pub rule: Option<String>,
 }
 
+/// The server is ready: its metadata store answers and its data files can be written (a 503
+/// `not_ready` problem otherwise).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
+    /// `ok`.
     pub status: String,
     pub version: String,
+    #[serde(default)]
+    pub checks: HealthChecks,
+}
+
+/// Each readiness check: `ok` or `unavailable`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct HealthChecks {
+    pub metadata: String,
+    pub data: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

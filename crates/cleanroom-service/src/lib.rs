@@ -23,6 +23,6 @@ pub use error::ServiceError;
 pub use results::{AnalysisResult, ResultColumn, ResultTable};
 pub use room::{
     CleanRoom, CollaborationView, Config, LOCK_FILE, Limits, MasterKeyHex, ParquetSlot, Principal,
-    UploadInput,
+    Readiness, UploadInput,
 };
 pub use token::IssuedToken;

@@ -79,6 +79,30 @@ impl DatasetStore {
             .join(format!("{dataset}.parquet"))
     }
 
+    /// Whether files can be written where uploads are written: creates, syncs and removes a
+    /// small file in `tmp/`. For readiness checks.
+    pub fn probe(&self) -> Result<(), StorageError> {
+        use std::io::Write;
+        let path = self
+            .tmp_dir()
+            .join(format!(".probe-{}", uuid::Uuid::new_v4()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(b"probe")?;
+                f.sync_all()
+            });
+        let removed = std::fs::remove_file(&path);
+        written.map_err(StorageError::io(
+            "writing a probe file in the data directory",
+        ))?;
+        removed.map_err(StorageError::io(
+            "removing a probe file from the data directory",
+        ))
+    }
+
     /// Starts writing an encrypted file for `dataset` into `tmp/`.
     pub fn begin_write(
         &self,

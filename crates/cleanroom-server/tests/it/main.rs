@@ -5,6 +5,7 @@ mod analysis;
 mod api;
 mod denials;
 mod hardening;
+mod ops;
 mod refusals;
 mod tls;
 mod uploads;

@@ -21,6 +21,9 @@ use crate::ServiceError;
 mod audit;
 mod collaborations;
 mod datasets;
+mod health;
+
+pub use health::Readiness;
 mod parties;
 
 pub(crate) use audit::AuditCtx;
