@@ -19,11 +19,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             listen,
             tls_cert,
             tls_key,
+            max_memory,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(cleanroom_server::tls::server_config(&cert, &key)?),
                 _ => None,
             };
+            let max_memory = max_memory.resolve();
+            cleanroom_service::limit_analysis_memory(max_memory)?;
+            match max_memory {
+                Some(b) => tracing::info!(
+                    max_memory_mib = b >> 20,
+                    "analyses share a memory limit; nothing spills to disk"
+                ),
+                None => tracing::info!("analyses have no memory limit; nothing spills to disk"),
+            }
             serve(&data.data_dir, &listen, tls).await
         }
         Command::Init {

@@ -6,6 +6,7 @@ mod audit;
 mod client;
 mod commands;
 mod demo;
+mod memory;
 mod output;
 mod prepare;
 mod psi;
@@ -70,6 +71,10 @@ pub enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, env = "CLEANROOM_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Memory all analyses may hold together (`4G`, `512M`, `unlimited`; default: half of
+        /// this machine's memory). An analysis that needs more fails; nothing spills to disk.
+        #[arg(long, env = "CLEANROOM_MAX_MEMORY", default_value = "auto", value_parser = memory::parse_limit)]
+        max_memory: memory::Limit,
     },
     /// Create the data directory, its master key and the operator account; prints the
     /// operator's token once.

@@ -7,19 +7,62 @@
 //! failure while running is reduced here to its kind ([`failure_kind`]: the error variants,
 //! never their text), and only that kind travels on.
 
+use std::sync::{Arc, OnceLock};
+
 use arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::QueryError;
 
-/// A session with `partitions` target partitions and nothing registered.
+/// The runtime every analysis of this process shares, with its memory limit (`None`: none).
+static RUNTIME: OnceLock<(Arc<RuntimeEnv>, Option<usize>)> = OnceLock::new();
+
+/// A runtime that never writes to disk (so no operator can spill rows in the clear), with a
+/// memory pool of `max_bytes` shared by every analysis when given.
+fn build_runtime(max_bytes: Option<usize>) -> Result<Arc<RuntimeEnv>, QueryError> {
+    let no_disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
+    let mut b = RuntimeEnvBuilder::new().with_disk_manager_builder(no_disk);
+    if let Some(max) = max_bytes {
+        b = b.with_memory_limit(max, 1.0);
+    }
+    b.build_arc()
+        .map_err(|e| QueryError::Internal(format!("building the query runtime: {e}")))
+}
+
+fn runtime() -> &'static (Arc<RuntimeEnv>, Option<usize>) {
+    RUNTIME.get_or_init(|| {
+        let rt = build_runtime(None).unwrap_or_else(|_| {
+            // Building a runtime without a memory pool or disk cannot fail; should it, the
+            // engine's own default (which does not spill without memory pressure) serves.
+            Arc::new(RuntimeEnv::default())
+        });
+        (rt, None)
+    })
+}
+
+/// Sets how much memory all analyses of this process may hold together (`None`: no limit),
+/// once, before the first analysis runs. An analysis that needs more fails with
+/// [`QueryError::OutOfMemory`]; nothing ever spills to disk.
+pub fn limit_memory(max_bytes: Option<usize>) -> Result<(), QueryError> {
+    let rt = build_runtime(max_bytes)?;
+    RUNTIME.set((rt, max_bytes)).map_err(|_| {
+        QueryError::Internal(
+            "the analysis memory limit is set once, before the first analysis".into(),
+        )
+    })
+}
+
+/// A session with `partitions` target partitions and nothing registered, on the shared
+/// runtime.
 pub(crate) fn session(partitions: usize) -> SessionContext {
     let config = SessionConfig::new()
         .with_target_partitions(partitions.max(1))
         .with_information_schema(false);
-    SessionContext::new_with_config(config)
+    SessionContext::new_with_config_rt(config, Arc::clone(&runtime().0))
 }
 
 /// Analyzes `plan` as DataFusion will, checks it, and returns the analyzed plan.
@@ -61,6 +104,10 @@ pub(crate) fn run_failure(e: DataFusionError) -> QueryError {
         DataFusionError::External(inner) if is_storage(inner.as_ref()) => {
             QueryError::Unavailable(inner.to_string())
         }
+        DataFusionError::ResourcesExhausted(_) => {
+            tracing::warn!(limit = ?runtime().1, "an analysis needed more memory than the limit");
+            QueryError::OutOfMemory { limit: runtime().1 }
+        }
         _ => {
             let kind = failure_kind(&e);
             tracing::error!(%kind, "an analysis failed while running (engine text withheld: it may quote values)");
@@ -80,6 +127,20 @@ fn root(e: &DataFusionError) -> &DataFusionError {
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => root(inner),
         DataFusionError::Shared(inner) => root(inner),
         DataFusionError::Collection(v) if !v.is_empty() => root(&v[0]),
+        // An engine error carried through Arrow or an external boundary (a stream adapter).
+        DataFusionError::External(inner) => match inner.downcast_ref::<DataFusionError>() {
+            Some(df) => root(df),
+            None => e,
+        },
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            arrow::error::ArrowError::ExternalError(inner) => {
+                match inner.downcast_ref::<DataFusionError>() {
+                    Some(df) => root(df),
+                    None => e,
+                }
+            }
+            _ => e,
+        },
         other => other,
     }
 }

@@ -29,6 +29,10 @@ pub enum QueryError {
     /// something the data can cause on purpose.
     #[error("the analysis failed while running ({0})")]
     Execution(String),
+    /// The analysis needed more memory than the process's limit allows
+    /// ([`crate::limit_memory`]); nothing spills to disk.
+    #[error("the analysis needs more memory than the limit allows")]
+    OutOfMemory { limit: Option<usize> },
     /// A bug: the engine rejected a plan this crate built.
     #[error("internal query error: {0}")]
     Internal(String),

@@ -28,7 +28,7 @@ pub mod total;
 
 pub use calibrate::{Calibration, PrivacyRequest};
 pub use catalog::{Catalog, QueryTable};
-pub use engine::failure_kind;
+pub use engine::{failure_kind, limit_memory};
 pub use error::QueryError;
 pub use release::{Cell, ColumnKind, Released, ReleasedColumn};
 pub use rewrite::RunOptions;

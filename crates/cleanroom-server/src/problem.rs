@@ -65,7 +65,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::PolicyRefused { .. } | ServiceError::BudgetExhausted(_) => {
                 StatusCode::FORBIDDEN
             }
-            ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Unavailable(_) | ServiceError::MemoryLimit(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ServiceError::Internal(_)
             | ServiceError::AnalysisFailed(_)
             | ServiceError::ChainBroken(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -57,6 +57,10 @@ pub enum ServiceError {
     /// engine's text (which can quote a row's value); the charge stays.
     #[error("{0}")]
     AnalysisFailed(String),
+    /// A charged analysis needed more memory than the server's limit (`--max-memory`) allows.
+    /// The message names the limit, nothing of the data; the charge stays.
+    #[error("{0}")]
+    MemoryLimit(String),
     /// The audit chain of a collaboration (or the system chain) holds entries past its recorded
     /// head, or entries without a head: it was changed outside the server. Nothing more is
     /// written to it until the operator has investigated.
@@ -84,6 +88,7 @@ impl ServiceError {
             ServiceError::GrantState { code, .. } => code,
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::AnalysisFailed(_) => "analysis_failed",
+            ServiceError::MemoryLimit(_) => "memory_limit",
             ServiceError::ChainBroken(_) => "audit_chain_broken",
             ServiceError::Internal(_) => "internal",
         }
@@ -96,6 +101,7 @@ impl ServiceError {
             ServiceError::Unavailable(_)
             | ServiceError::Internal(_)
             | ServiceError::AnalysisFailed(_)
+            | ServiceError::MemoryLimit(_)
             | ServiceError::ChainBroken(_) => Outcome::Failed,
             _ => Outcome::Denied,
         }

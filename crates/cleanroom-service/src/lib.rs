@@ -18,6 +18,8 @@ pub use analysis::{
     QueryRequest, TemplateRequest,
 };
 pub use cleanroom_query::Cell;
+/// How much memory all analyses of this process may hold together; set once, at start.
+pub use cleanroom_query::limit_memory as limit_analysis_memory;
 pub use cleanroom_query::templates::{ParamInfo, TemplateInfo};
 pub use error::ServiceError;
 pub use results::{AnalysisResult, ResultColumn, ResultTable};

@@ -305,3 +305,67 @@ fn create_show_and_list_print_the_same_object() {
     ));
     assert_eq!(shown, uploaded);
 }
+
+/// `serve --max-memory`: an analysis that needs more memory than the limit fails with an error
+/// naming the limit (nothing spills to disk), is recorded as failed with its charge kept, and
+/// the server goes on answering; a malformed limit is a usage error.
+#[test]
+fn an_analysis_beyond_the_memory_limit_fails_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let out = run(Command::new(BIN)
+        .args(["serve", "--max-memory", "12X", "--data-dir"])
+        .arg(&data));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+    let args: [&std::ffi::OsStr; 2] = ["--max-memory".as_ref(), "1M".as_ref()];
+    let server = ServeProcess::try_start_with(&data, "127.0.0.1:0", &args).unwrap();
+    let url = server.url.clone();
+    let (brand, _publisher, _id) = two_parties(&url, &op);
+    let file = tmp.path().join("crm.csv");
+    write_csv(&file, 60_000);
+    let mut args = vec!["dataset", "upload", "spring", "crm", "--quiet", "--file"];
+    args.push(file.to_str().unwrap());
+    args.extend(COLUMNS);
+    ok(&cli(&url, &brand, &args));
+    let policy = ok(&cli(&url, &brand, &["policy", "example", "spring", "crm"]));
+    let path = tmp.path().join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let set = [
+        "policy",
+        "set",
+        "spring",
+        "crm",
+        "--file",
+        path.to_str().unwrap(),
+    ];
+    ok(&cli(&url, &brand, &set));
+    let grant = [
+        "budget",
+        "grant",
+        "spring",
+        "--epsilon",
+        "2",
+        "--delta",
+        "1e-6",
+    ];
+    ok(&cli(&url, &brand, &grant));
+    let sql = "SELECT city, COUNT(DISTINCT pid) AS n, SUM(n) AS total FROM crm GROUP BY city";
+    let out = cli(&url, &brand, &["--json", "query", "spring", sql]);
+    let problem: serde_json::Value = serde_json::from_str(failed(&out).trim()).unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("more memory than the server's limit of 1 MiB (--max-memory)"),
+        "{problem}"
+    );
+    // Recorded as failed, charged, and the server still answers.
+    let list = json(&cli(
+        &url,
+        &brand,
+        &["--json", "analysis", "list", "spring"],
+    ));
+    let analyses = list.as_array().unwrap();
+    assert_eq!(analyses.len(), 1, "{list}");
+    assert_eq!(analyses[0]["status"], "failed");
+    ok(&cli(&url, "", &["health"]));
+}

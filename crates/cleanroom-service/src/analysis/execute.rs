@@ -330,6 +330,8 @@ impl CleanRoom {
                     ServiceError::Unavailable(_) => {
                         ServiceError::Unavailable(ANALYSIS_UNAVAILABLE.into())
                     }
+                    // Names the configured limit only.
+                    ServiceError::MemoryLimit(m) => ServiceError::MemoryLimit(m),
                     _ => ServiceError::AnalysisFailed(ANALYSIS_FAILED.into()),
                 };
                 let stored = format!("{}: {public}", public.code());

@@ -183,6 +183,16 @@ pub(crate) fn query_error(e: QueryError) -> ServiceError {
             tracing::error!(%kind, "an analysis failed while running");
             ServiceError::AnalysisFailed(ANALYSIS_FAILED.into())
         }
+        QueryError::OutOfMemory { limit } => {
+            let limit = match limit {
+                Some(b) => format!("the server's limit of {} MiB (--max-memory)", b >> 20),
+                None => "the memory this machine has".to_owned(),
+            };
+            ServiceError::MemoryLimit(format!(
+                "the analysis needs more memory than {limit}; nothing was released and the \
+                 charge stays; ask the operator for a higher limit, or narrow the analysis"
+            ))
+        }
         QueryError::Internal(m) => ServiceError::Internal(format!("query engine: {m}")),
     }
 }
