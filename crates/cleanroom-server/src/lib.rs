@@ -242,6 +242,9 @@ pub fn app_with(room: CleanRoom, metrics: std::sync::Arc<metrics::Metrics>) -> R
             metrics::track(std::sync::Arc::clone(&counted), req, next)
         }))
         .layer(axum::Extension(metrics))
+        .layer(axum::Extension(std::sync::Arc::new(
+            v1::ReadinessCache::default(),
+        )))
         .layer(TraceLayer::new_for_http())
         .with_state(room)
 }

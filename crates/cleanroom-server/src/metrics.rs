@@ -215,6 +215,18 @@ pub(crate) async fn track(metrics: Arc<Metrics>, req: Request, next: Next) -> Re
     };
     let resp = next.run(req).await;
     let status = resp.status();
+    // A client may send any method name: only the standard ones become label values, so
+    // that no client can grow the number of series.
+    let method = match method {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD
+        | Method::OPTIONS => method,
+        _ => Method::from_bytes(b"OTHER").unwrap_or(Method::GET),
+    };
     let code = resp.extensions().get::<ProblemCode>().map(|c| c.0);
     metrics
         .requests

@@ -5,6 +5,7 @@
 
 use cleanroom_core::audit::Action;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -86,11 +87,35 @@ async fn abilities(
     }
 }
 
+/// The last readiness check, reused for a second: the check writes and syncs a file, and
+/// anyone may ask for it, so asking often must not make the server write often.
+#[derive(Debug, Default)]
+pub struct ReadinessCache(
+    tokio::sync::Mutex<Option<(std::time::Instant, cleanroom_service::Readiness)>>,
+);
+
+impl ReadinessCache {
+    async fn get(&self, room: &CleanRoom) -> cleanroom_service::Readiness {
+        let mut last = self.0.lock().await;
+        if let Some((at, r)) = last.as_ref()
+            && at.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return r.clone();
+        }
+        let r = room.readiness().await;
+        *last = Some((std::time::Instant::now(), r.clone()));
+        r
+    }
+}
+
 #[utoipa::path(get, path = "/v1/health", tag = "server",
     responses((status = 200, body = Health, description = "ready: the metadata store answers and data files can be written"),
         (status = 503, body = Problem, description = "not ready (`not_ready`): the detail says which check failed; the reason is in the server's log")))]
-pub async fn health(State(room): State<CleanRoom>) -> Result<Json<Health>, ApiError> {
-    let r = room.readiness().await;
+pub async fn health(
+    State(room): State<CleanRoom>,
+    axum::Extension(cache): axum::Extension<Arc<ReadinessCache>>,
+) -> Result<Json<Health>, ApiError> {
+    let r = cache.get(&room).await;
     let word = |c: &Result<(), String>, what: &str| match c {
         Ok(()) => "ok",
         Err(e) => {
