@@ -43,6 +43,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             quiet,
         } => init(&data.data_dir, &org, &user, g.json, quiet).await,
         Command::Health { wait } => health(&g, wait).await,
+        Command::RotateMasterKey { data, new_key_out } => {
+            rotate_master_key(&data.data_dir, new_key_out.as_deref(), g.json).await
+        }
         Command::Demo { people, seed } => crate::demo::run(people, seed).await,
         Command::Synth {
             party,
@@ -161,6 +164,30 @@ async fn serve(
     };
     cleanroom_server::serve_with(room.clone(), listener, opts, shutdown).await?;
     room.close().await;
+    Ok(())
+}
+
+async fn rotate_master_key(data_dir: &Path, new_key_out: Option<&Path>, json: bool) -> Result<()> {
+    let mut config = room_config(data_dir);
+    config.create = false;
+    let room = CleanRoom::open(config)
+        .await
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    let done = room.rotate_master_key(data_dir, new_key_out).await?;
+    if json {
+        return output::json(&serde_json::json!({
+            "collaboration_keys": done.collaboration_keys,
+            "new_key_at": done.new_key_at.display().to_string(),
+        }));
+    }
+    println!(
+        "Re-wrapped {} collaboration key(s) under a new master key, now in {}; no data file changed.",
+        done.collaboration_keys,
+        done.new_key_at.display()
+    );
+    if new_key_out.is_some() {
+        println!("Set CLEANROOM_MASTER_KEY to its contents before starting the server.");
+    }
     Ok(())
 }
 

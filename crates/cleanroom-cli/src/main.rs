@@ -91,6 +91,16 @@ pub enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Replace the master key: every collaboration key is re-wrapped under a new one, in one
+    /// audited transaction, without touching data files. Stop the server first.
+    RotateMasterKey {
+        #[command(flatten)]
+        data: DataDir,
+        /// Where to write the new key when the current one comes from CLEANROOM_MASTER_KEY
+        /// (a new file, readable by its owner only).
+        #[arg(long)]
+        new_key_out: Option<PathBuf>,
+    },
     /// Whether the server answers (no token needed).
     Health {
         /// Keep asking for up to this many seconds until it answers.

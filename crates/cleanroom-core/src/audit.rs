@@ -274,6 +274,7 @@ pub enum Action {
     DatasetList,
     DatasetShow,
     DatasetUpload,
+    MasterKeyRotate,
     MetricsRead,
     OrgCreate,
     PolicySet,
@@ -290,7 +291,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 39] = [
+    pub const ALL: [Action; 40] = [
         Action::ActivationApprove,
         Action::ActivationDeliver,
         Action::ActivationDownload,
@@ -318,6 +319,7 @@ impl Action {
         Action::DatasetList,
         Action::DatasetShow,
         Action::DatasetUpload,
+        Action::MasterKeyRotate,
         Action::MetricsRead,
         Action::OrgCreate,
         Action::PolicySet,
@@ -362,6 +364,7 @@ impl Action {
             Action::DatasetList => "dataset.list",
             Action::DatasetShow => "dataset.show",
             Action::DatasetUpload => "dataset.upload",
+            Action::MasterKeyRotate => "master_key.rotate",
             Action::MetricsRead => "metrics.read",
             Action::OrgCreate => "org.create",
             Action::PolicySet => "policy.set",

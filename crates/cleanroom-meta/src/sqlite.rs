@@ -1471,6 +1471,61 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    async fn collaboration_keys(&self) -> Result<Vec<(CollaborationId, Vec<u8>)>, MetaError> {
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, wrapped_key FROM collaborations WHERE wrapped_key IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(id, key)| {
+                let id = CollaborationId::parse(&id)
+                    .map_err(|e| MetaError::Corrupt(format!("collaboration id: {e}")))?;
+                Ok((id, key))
+            })
+            .collect()
+    }
+
+    async fn rewrap_keys(
+        &self,
+        collaborations: &[(CollaborationId, Vec<u8>)],
+        settings: &[(&str, Vec<u8>)],
+        audit: NewAudit,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin().await?;
+        for (id, key) in collaborations {
+            let done = sqlx::query(
+                "UPDATE collaborations SET wrapped_key = ? WHERE id = ? AND wrapped_key IS NOT NULL",
+            )
+            .bind(key)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(MetaError::Conflict(format!(
+                    "collaboration {id} has no key to re-wrap"
+                )));
+            }
+        }
+        for (name, value) in settings {
+            let done = sqlx::query("UPDATE server_settings SET value = ? WHERE name = ?")
+                .bind(value)
+                .bind(*name)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                return Err(MetaError::Conflict(format!("no setting {name} to re-wrap")));
+            }
+        }
+        Self::append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        // The old wrapped keys must not linger in the write-ahead log.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError> {
         Ok(
             sqlx::query_scalar("SELECT value FROM server_settings WHERE name = ?")

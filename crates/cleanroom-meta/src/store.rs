@@ -355,6 +355,19 @@ pub trait MetaStore: Send + Sync + 'static {
         audit: NewAudit,
     ) -> Result<(), MetaError>;
 
+    // --- master key rotation ---
+    /// The wrapped key of every collaboration that still has one (the open ones).
+    async fn collaboration_keys(&self) -> Result<Vec<(CollaborationId, Vec<u8>)>, MetaError>;
+    /// Replaces, in one transaction with `audit`, the wrapped key of each listed collaboration
+    /// and the value of each listed setting. Fails with a conflict, changing nothing, when a
+    /// listed collaboration has no key any more or a listed setting does not exist.
+    async fn rewrap_keys(
+        &self,
+        collaborations: &[(CollaborationId, Vec<u8>)],
+        settings: &[(&str, Vec<u8>)],
+        audit: NewAudit,
+    ) -> Result<(), MetaError>;
+
     // --- settings ---
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError>;
     /// Stores `value` unless the setting exists; returns the value now stored.

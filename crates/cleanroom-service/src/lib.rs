@@ -25,6 +25,6 @@ pub use error::ServiceError;
 pub use results::{AnalysisResult, ResultColumn, ResultTable};
 pub use room::{
     CleanRoom, CollaborationView, Config, LOCK_FILE, Limits, MasterKeyHex, ParquetSlot, Principal,
-    Readiness, UploadInput,
+    Readiness, Rotated, UploadInput,
 };
 pub use token::IssuedToken;

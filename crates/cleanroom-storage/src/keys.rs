@@ -27,6 +27,9 @@ use crate::StorageError;
 pub const MASTER_KEY_ENV: &str = "CLEANROOM_MASTER_KEY";
 /// File name of the master key inside the data directory when the environment gives none.
 pub const MASTER_KEY_FILE: &str = "master.key";
+/// The next master key during a rotation: written before the wrapped keys change, moved over
+/// [`MASTER_KEY_FILE`] after they have (see `cleanroom-service`'s rotation).
+pub const NEXT_MASTER_KEY_FILE: &str = "master.key.next";
 
 const NONCE_LEN: usize = 12;
 
@@ -176,6 +179,32 @@ fn check_owner_only(path: &Path) -> Result<(), StorageError> {
 #[cfg(not(unix))]
 fn check_owner_only(_path: &Path) -> Result<(), StorageError> {
     Ok(())
+}
+
+/// Writes `key` as hex to a new file readable by its owner only, synced with its directory.
+/// Refuses to overwrite an existing file.
+pub fn write_key_file(path: &Path, key: &SecretKey) -> Result<(), StorageError> {
+    write_owner_only(path, key.to_hex().as_bytes())
+}
+
+/// Reads a key file written by [`write_key_file`] (or `init`), refusing one others may read.
+pub fn read_key_file(path: &Path) -> Result<SecretKey, StorageError> {
+    let s = std::fs::read_to_string(path)
+        .map_err(StorageError::io(format!("reading {}", path.display())))?;
+    check_owner_only(path)?;
+    SecretKey::from_hex(&s)
+}
+
+/// Moves the next master key over the current one (atomically, synced).
+pub fn install_next_master_key(data_dir: &Path) -> Result<(), StorageError> {
+    let next = data_dir.join(NEXT_MASTER_KEY_FILE);
+    let current = data_dir.join(MASTER_KEY_FILE);
+    std::fs::rename(&next, &current).map_err(StorageError::io(format!(
+        "moving {} over {}",
+        next.display(),
+        current.display()
+    )))?;
+    crate::atomic::sync_dir(data_dir)
 }
 
 fn write_owner_only(path: &Path, contents: &[u8]) -> Result<(), StorageError> {

@@ -369,3 +369,28 @@ fn an_analysis_beyond_the_memory_limit_fails_clearly() {
     assert_eq!(analyses[0]["status"], "failed");
     ok(&cli(&url, "", &["health"]));
 }
+
+/// `cleanroom rotate-master-key`: refused while a server holds the data directory, then
+/// replaces `master.key`, and the server starts on the new key.
+#[test]
+fn rotate_master_key_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _op) = init(tmp.path());
+    let before = std::fs::read_to_string(data.join("master.key")).unwrap();
+    let mut server = ServeProcess::start(&data);
+    let rotate = || {
+        run(Command::new(BIN)
+            .args(["rotate-master-key", "--data-dir"])
+            .arg(&data)
+            .env_remove("CLEANROOM_MASTER_KEY"))
+    };
+    let err = failed(&rotate());
+    assert!(err.contains("in use") || err.contains("lock"), "{err}");
+    server.stop();
+    let out = ok(&rotate());
+    assert!(out.contains("Re-wrapped 0 collaboration key(s)"), "{out}");
+    let after = std::fs::read_to_string(data.join("master.key")).unwrap();
+    assert_ne!(before, after);
+    let server = ServeProcess::start(&data);
+    ok(&cli(&server.url, "", &["health"]));
+}

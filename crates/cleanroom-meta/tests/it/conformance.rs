@@ -723,3 +723,75 @@ pub async fn racing_moves_out_of_one_state_one_wins(s: Store) {
     let (entries, head) = s.audit_page(&chain, 0, 1000).await.unwrap();
     verify_chain(&chain, &entries, head).unwrap();
 }
+
+/// Master-key rotation's one transaction: every open collaboration's wrapped key and the listed
+/// settings replaced with the audit entry, or nothing at all.
+pub async fn rewrapping_keys_is_all_or_nothing(s: Store) {
+    let (brand, _, _) = org(&s, "brand", false).await;
+    let (publisher, _, _) = org(&s, "publisher", false).await;
+    let open = collab(&s, &brand).await;
+    let closed = collab(&s, &publisher).await;
+    s.close_collaboration(
+        closed.id,
+        audit(&closed.id.to_string(), "collaboration.close"),
+    )
+    .await
+    .unwrap();
+    s.init_setting("check", b"old-check").await.unwrap();
+    // Closed collaborations have no key to re-wrap.
+    assert_eq!(
+        s.collaboration_keys().await.unwrap(),
+        vec![(open.id, b"wrapped".to_vec())]
+    );
+    let head = s.audit_head("system").await.unwrap().map_or(0, |h| h.seq);
+    // A listed collaboration without a key: nothing changes, nothing is recorded.
+    let refused = s
+        .rewrap_keys(
+            &[(open.id, b"new".to_vec()), (closed.id, b"new".to_vec())],
+            &[("check", b"new-check".to_vec())],
+            audit("system", "master_key.rotate"),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(MetaError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.collaboration_key(open.id).await.unwrap().unwrap(),
+        b"wrapped"
+    );
+    assert_eq!(s.get_setting("check").await.unwrap().unwrap(), b"old-check");
+    assert_eq!(
+        s.audit_head("system").await.unwrap().map_or(0, |h| h.seq),
+        head
+    );
+    // A setting that does not exist: the same.
+    let refused = s
+        .rewrap_keys(
+            &[(open.id, b"new".to_vec())],
+            &[("missing", b"x".to_vec())],
+            audit("system", "master_key.rotate"),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(MetaError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.collaboration_key(open.id).await.unwrap().unwrap(),
+        b"wrapped"
+    );
+    // The real thing.
+    s.rewrap_keys(
+        &[(open.id, b"new".to_vec())],
+        &[("check", b"new-check".to_vec())],
+        audit("system", "master_key.rotate"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.collaboration_key(open.id).await.unwrap().unwrap(), b"new");
+    assert_eq!(s.get_setting("check").await.unwrap().unwrap(), b"new-check");
+    let entries = s.audit_entries("system", head, 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].action, "master_key.rotate");
+}

@@ -34,6 +34,7 @@ conformance_tests!(
     concurrent_appends_keep_one_chain,
     racing_uploads_one_wins,
     racing_moves_out_of_one_state_one_wins,
+    rewrapping_keys_is_all_or_nothing,
 );
 
 /// Runs raw SQL on the store's database file, as someone with write access to it would.

@@ -22,8 +22,10 @@ mod audit;
 mod collaborations;
 mod datasets;
 mod health;
+mod rotation;
 
 pub use health::Readiness;
+pub use rotation::Rotated;
 mod parties;
 
 pub(crate) use audit::AuditCtx;
@@ -288,6 +290,8 @@ impl CleanRoom {
         (master, source): (SecretKey, MasterKeySource),
     ) -> Result<Self, ServiceError> {
         let files = DatasetStore::open(&config.data_dir)?;
+        let master =
+            rotation::settle_rotation(&config.data_dir, meta.as_ref(), master, source).await?;
         let room = CleanRoom {
             meta,
             files,
@@ -322,7 +326,7 @@ impl CleanRoom {
     /// Refuses to start with a master key other than the one the data directory was created
     /// with: everything would open but no dataset would decrypt.
     async fn check_master_key(&self) -> Result<(), ServiceError> {
-        const NAME: &str = "master_key_check";
+        const NAME: &str = rotation::KEY_CHECK;
         let candidate = self.master.wrap(&SecretKey::generate()?, NAME)?;
         let stored = self.meta.init_setting(NAME, &candidate).await?;
         self.master

@@ -997,3 +997,138 @@ async fn default_delta_lasts_as_long_as_epsilon() {
         .unwrap();
     assert!(charged.delta <= 1e-7 + 1e-15, "{charged:?}");
 }
+
+/// The bytes of every dataset file under `data`, by path.
+fn data_files(data: &std::path::Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![data.join("datasets")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn write_key(path: &std::path::Path, hex: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(hex.as_bytes()).unwrap();
+}
+
+/// Rotating the master key re-wraps the collaboration keys in one audited step without touching
+/// a data file; the data stays readable under the new key only; a rotation cut off by a crash
+/// before or after its transaction is undone or finished when the room opens next.
+#[tokio::test]
+async fn master_key_rotation_rewraps_keys_and_survives_a_crash() {
+    use cleanroom_service::{CleanRoom, Config, MasterKeyHex};
+    let f = Fixture::new().await;
+    let id = two_party(&f).await;
+    ready(&f, &id).await;
+    let data = f.dir.path().join("data");
+    let key_file = data.join("master.key");
+    let next_file = data.join("master.key.next");
+    let old_key = std::fs::read_to_string(&key_file).unwrap();
+    let files = data_files(&data);
+    assert_eq!(files.len(), 2);
+    let Fixture {
+        dir: _dir,
+        room,
+        operator,
+        publisher,
+        ..
+    } = f;
+    // The key file's room refuses a separate output file: it replaces master.key itself.
+    let out = data.join("elsewhere.key");
+    let room2 = room.clone();
+    let e = room2
+        .rotate_master_key(&data, Some(&out))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::InvalidInput(_)), "{e:?}");
+    drop(room);
+    let room = CleanRoom::open(Config::new(&data)).await.unwrap();
+    let done = room.rotate_master_key(&data, None).await.unwrap();
+    assert_eq!(done.collaboration_keys, 1);
+    assert_eq!(done.new_key_at, key_file);
+    let new_key = std::fs::read_to_string(&key_file).unwrap();
+    assert_ne!(old_key, new_key);
+    assert!(!next_file.exists());
+    assert_eq!(data_files(&data), files, "a data file changed");
+
+    let room = CleanRoom::open(Config::new(&data)).await.unwrap();
+    let v = room.run_query(&publisher, &id, q(OVERLAP)).await.unwrap();
+    assert_eq!(v.status.as_str(), "released");
+    let sys = room
+        .audit_log(&operator, "system", 0, 10_000)
+        .await
+        .unwrap()
+        .0;
+    let rotated: Vec<_> = sys
+        .iter()
+        .filter(|e| e.action == "master_key.rotate")
+        .collect();
+    assert_eq!(rotated.len(), 1);
+    assert!(
+        rotated[0].detail.contains("1 collaboration key"),
+        "{rotated:?}"
+    );
+    assert!(!rotated[0].detail.contains(new_key.trim()));
+    room.close().await;
+    // The old key opens nothing any more.
+    let mut old = Config::new(&data);
+    old.master_key_hex = Some(MasterKeyHex::new(old_key.trim().to_owned()));
+    assert!(CleanRoom::open(old).await.is_err());
+
+    // A crash after the transaction, before the key file moved: finished at the next open.
+    write_key(&key_file, &old_key);
+    write_key(&next_file, &new_key);
+    let room = CleanRoom::open(Config::new(&data)).await.unwrap();
+    assert!(!next_file.exists());
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), new_key);
+    let v = room.run_query(&publisher, &id, q(OVERLAP)).await.unwrap();
+    assert_eq!(v.status.as_str(), "released");
+    room.close().await;
+
+    // A crash before the transaction: the staged key is dropped, the current one stays.
+    write_key(&next_file, &"ab".repeat(32));
+    let room = CleanRoom::open(Config::new(&data)).await.unwrap();
+    assert!(!next_file.exists());
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), new_key);
+    room.close().await;
+
+    // A key from the environment: the new key goes to the file the operator names.
+    let mut env = Config::new(&data);
+    env.master_key_hex = Some(MasterKeyHex::new(new_key.trim().to_owned()));
+    let room = CleanRoom::open(env).await.unwrap();
+    let e = room
+        .clone()
+        .rotate_master_key(&data, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--new-key-out"), "{e}");
+    let mut env = Config::new(&data);
+    env.master_key_hex = Some(MasterKeyHex::new(new_key.trim().to_owned()));
+    let room = CleanRoom::open(env).await.unwrap();
+    let done = room.rotate_master_key(&data, Some(&out)).await.unwrap();
+    assert_eq!(done.new_key_at, out);
+    let third = std::fs::read_to_string(&out).unwrap();
+    let mut env = Config::new(&data);
+    env.master_key_hex = Some(MasterKeyHex::new(third.trim().to_owned()));
+    let room = CleanRoom::open(env).await.unwrap();
+    let v = room.run_query(&publisher, &id, q(OVERLAP)).await.unwrap();
+    assert_eq!(v.status.as_str(), "released");
+    room.close().await;
+}
