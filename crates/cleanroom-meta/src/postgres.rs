@@ -4,11 +4,11 @@
 //! and without retry loops; what SQLite's single writer connection guaranteed is made explicit:
 //!
 //! - Every write that records an audit entry first takes a transaction-scoped advisory lock
-//!   on its chain (`pg_advisory_xact_lock`), then makes its change and appends the entry in the
-//!   same transaction. Appends to one chain are therefore serialised (no gap, no fork), and so
-//!   are the read-then-write steps of one collaboration (invitations, dataset names, policy
-//!   versions), whose audit entries go to the collaboration's chain. Locks are taken in one
-//!   order (chains sorted, before any row lock), so these transactions do not deadlock.
+//!   on its chain (`pg_advisory_xact_lock`), then makes its change and appends the entry in
+//!   the same transaction. Appends to one chain are therefore serialised (no gap, no fork), and
+//!   so are the read-then-write steps of one collaboration (invitations, dataset names, policy
+//!   versions), whose audit entries go to the collaboration's chain. Chain locks are taken in
+//!   one order (by lock key, before any row lock), so these transactions do not deadlock.
 //! - Budget charges are one conditional `UPDATE … WHERE spent + x <= total` each: under READ
 //!   COMMITTED a waiting update re-checks its condition on the row as the winner left it, so
 //!   concurrent charges never overspend, whatever chain their audit entries go to. Ledgers are
@@ -45,7 +45,7 @@ use crate::store::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The first key of the store's advisory locks (the second is the chain's hash), so that they
+/// The first key of the store's advisory locks (the second is [`chain_lock_key`]), so that they
 /// do not meet other applications' advisory locks in a shared database. "clr1" in ASCII.
 const CHAIN_LOCK_CLASS: i32 = 0x636c_7231;
 
@@ -83,18 +83,19 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    /// Begins a write transaction holding the lock of every chain in `chains` (taken in sorted
-    /// order, so two transactions never wait on each other's chains).
+    /// Begins a write transaction holding the lock of every chain in `chains`, taken in the
+    /// order of their lock keys (not their names: two chains may share a key), so two
+    /// transactions never wait on each other's chains.
     async fn begin_on<'a>(
         &self,
         chains: impl IntoIterator<Item = &'a str>,
     ) -> Result<Transaction<'static, Postgres>, MetaError> {
-        let mut chains: Vec<&str> = chains.into_iter().collect();
-        chains.sort_unstable();
-        chains.dedup();
+        let mut keys: Vec<i32> = chains.into_iter().map(chain_lock_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
         let mut tx = self.pool.begin().await?;
-        for chain in chains {
-            lock_chain(&mut tx, chain).await?;
+        for key in keys {
+            lock_key(&mut tx, key).await?;
         }
         Ok(tx)
     }
@@ -1434,13 +1435,28 @@ async fn insert_membership(
     Ok(())
 }
 
+/// The second key of a chain's advisory lock: FNV-1a of its name, computed here (stable across
+/// versions, and known before any lock is taken, so locks can be taken in key order). Chains
+/// that hash alike share a lock, which only serialises more.
+fn chain_lock_key(chain: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in chain.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as i32
+}
+
 /// Takes the transaction-scoped lock of an audit chain: until the transaction ends, no other
-/// transaction appends to the chain. Chains that hash alike share a lock, which only
-/// serialises more.
+/// transaction appends to the chain.
 async fn lock_chain(tx: &mut Transaction<'static, Postgres>, chain: &str) -> Result<(), MetaError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+    lock_key(tx, chain_lock_key(chain)).await
+}
+
+async fn lock_key(tx: &mut Transaction<'static, Postgres>, key: i32) -> Result<(), MetaError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(CHAIN_LOCK_CLASS)
-        .bind(chain)
+        .bind(key)
         .execute(&mut **tx)
         .await?;
     Ok(())
