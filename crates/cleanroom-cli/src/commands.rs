@@ -3,24 +3,27 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use cleanroom_meta::MetaSpec;
 use cleanroom_server::wire::*;
 use cleanroom_service::{CleanRoom, Config, MasterKeyHex};
 use serde::Deserialize;
 
 use crate::client::{ApiFailure, Client, seg};
 use crate::output::{self, opt, table};
-use crate::{Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd};
+use crate::{
+    Cli, CollabCmd, Command, DataDir, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd,
+};
 
 pub async fn run(cli: Cli) -> Result<()> {
     let g = cli.global;
     match cli.command {
-        Command::Serve { data, listen } => serve(&data.data_dir, &listen).await,
+        Command::Serve { data, listen } => serve(&data, &listen).await,
         Command::Init {
             data,
             org,
             user,
             quiet,
-        } => init(&data.data_dir, &org, &user, g.json, quiet).await,
+        } => init(&data, &org, &user, g.json, quiet).await,
         Command::Health { wait } => health(&g.server, wait, g.json).await,
         Command::Demo { people, seed } => crate::demo::run(people, seed).await,
         Command::Synth {
@@ -90,12 +93,29 @@ fn cleanroom_storage_env() -> &'static str {
     "CLEANROOM_MASTER_KEY"
 }
 
-async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
+/// Opens the room of `data` (creating it when `create`): on the embedded SQLite file in the
+/// data directory, or on the PostgreSQL database `--metadata` names.
+async fn open_room(data: &DataDir, create: bool) -> Result<CleanRoom> {
+    let data_dir = &data.data_dir;
     let mut config = room_config(data_dir);
-    config.create = false;
-    let room = CleanRoom::open(config)
-        .await
-        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    config.create = create;
+    let room = match data.metadata.as_deref() {
+        None => CleanRoom::open(config).await,
+        Some(url) => {
+            let spec = MetaSpec::resolve(Some(url), data_dir)
+                .context("--metadata (CLEANROOM_METADATA) is not a postgres:// URL")?;
+            let meta = cleanroom_meta::open(&spec)
+                .await
+                .with_context(|| format!("opening the metadata store {spec:?}"))?;
+            CleanRoom::open_with(config, meta).await
+        }
+    };
+    room.with_context(|| format!("opening the data directory {}", data_dir.display()))
+}
+
+async fn serve(data: &DataDir, listen: &str) -> Result<()> {
+    let data_dir = &data.data_dir;
+    let room = open_room(data, false).await?;
     let (listener, addr) = cleanroom_server::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -145,10 +165,9 @@ async fn health(server: &str, wait: f64, json: bool) -> Result<()> {
     }
 }
 
-async fn init(data_dir: &Path, org: &str, user: &str, json: bool, quiet: bool) -> Result<()> {
-    let room = CleanRoom::open(room_config(data_dir))
-        .await
-        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+async fn init(data: &DataDir, org: &str, user: &str, json: bool, quiet: bool) -> Result<()> {
+    let data_dir = &data.data_dir;
+    let room = open_room(data, true).await?;
     let (o, u, token) = room.init_operator(org, user).await?;
     room.close().await;
     if quiet {
@@ -175,7 +194,15 @@ async fn init(data_dir: &Path, org: &str, user: &str, json: bool, quiet: bool) -
     println!();
     println!("  {}", token.expose());
     println!();
-    println!("Next: cleanroom serve --data-dir {}", data_dir.display());
+    println!(
+        "Next: cleanroom serve --data-dir {}{}",
+        data_dir.display(),
+        if data.metadata.is_some() {
+            " (with the same --metadata or CLEANROOM_METADATA)"
+        } else {
+            ""
+        }
+    );
     println!("      export CLEANROOM_TOKEN=<the token above>; cleanroom org create <name>");
     Ok(())
 }

@@ -166,6 +166,9 @@ pub struct CleanRoom {
 
 use cleanroom_meta::now;
 
+/// The setting that proves the master key (written when a room is created).
+const MASTER_KEY_CHECK: &str = "master_key_check";
+
 /// Name of the lock file in the data directory.
 pub const LOCK_FILE: &str = ".lock";
 
@@ -265,6 +268,15 @@ impl CleanRoom {
     /// of `cleanroom-meta` says what a store must do); the data directory holds the encrypted
     /// files and the master key. Repairs as [`Self::open`] does.
     pub async fn open_with(config: Config, meta: Arc<dyn MetaStore>) -> Result<Self, ServiceError> {
+        // As `open` refuses a data directory without its database: a room that is not being
+        // created must find the metadata its `init` wrote, not start an empty one.
+        if !config.create && meta.get_setting(MASTER_KEY_CHECK).await?.is_none() {
+            return Err(ServiceError::InvalidInput(
+                "the metadata store was never initialised (it holds no room): run `cleanroom init` \
+                 with the same --metadata first"
+                    .into(),
+            ));
+        }
         if config.create {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
                 ServiceError::Unavailable(format!(
@@ -319,7 +331,7 @@ impl CleanRoom {
     /// Refuses to start with a master key other than the one the data directory was created
     /// with: everything would open but no dataset would decrypt.
     async fn check_master_key(&self) -> Result<(), ServiceError> {
-        const NAME: &str = "master_key_check";
+        const NAME: &str = MASTER_KEY_CHECK;
         let candidate = self.master.wrap(&SecretKey::generate()?, NAME)?;
         let stored = self.meta.init_setting(NAME, &candidate).await?;
         self.master
