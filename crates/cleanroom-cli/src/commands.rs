@@ -3,9 +3,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use cleanroom_meta::MetaSpec;
 use cleanroom_server::wire::*;
-use cleanroom_service::{CleanRoom, Config, MasterKeyHex};
+use cleanroom_service::{CleanRoom, Config, MasterKeyHex, MetadataUrl};
 use serde::Deserialize;
 
 use crate::client::{ApiFailure, Client, seg};
@@ -99,18 +98,15 @@ async fn open_room(data: &DataDir, create: bool) -> Result<CleanRoom> {
     let data_dir = &data.data_dir;
     let mut config = room_config(data_dir);
     config.create = create;
-    let room = match data.metadata.as_deref() {
-        None => CleanRoom::open(config).await,
-        Some(url) => {
-            let spec = MetaSpec::resolve(Some(url), data_dir)
-                .context("--metadata (CLEANROOM_METADATA) is not a postgres:// URL")?;
-            let meta = cleanroom_meta::open(&spec)
-                .await
-                .with_context(|| format!("opening the metadata store {spec:?}"))?;
-            CleanRoom::open_with(config, meta).await
-        }
-    };
-    room.with_context(|| format!("opening the data directory {}", data_dir.display()))
+    config.metadata = data
+        .metadata
+        .as_deref()
+        .map(MetadataUrl::parse)
+        .transpose()
+        .context("--metadata (CLEANROOM_METADATA) is not a postgres:// URL")?;
+    CleanRoom::open(config)
+        .await
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))
 }
 
 async fn serve(data: &DataDir, listen: &str) -> Result<()> {

@@ -22,7 +22,7 @@ pub use cleanroom_query::templates::{ParamInfo, TemplateInfo};
 pub use error::ServiceError;
 pub use results::{AnalysisResult, ResultColumn, ResultTable};
 pub use room::{
-    CleanRoom, CollaborationView, Config, LOCK_FILE, Limits, MasterKeyHex, ParquetSlot, Principal,
-    UploadInput,
+    CleanRoom, CollaborationView, Config, LOCK_FILE, Limits, MasterKeyHex, MetadataUrl,
+    ParquetSlot, Principal, UploadInput,
 };
 pub use token::IssuedToken;

@@ -85,7 +85,14 @@ pub struct Config {
     /// Create the data directory and master key file when missing.
     pub create: bool,
     pub limits: Limits,
+    /// Keep the metadata in this PostgreSQL database rather than in the data directory's
+    /// embedded SQLite file (the default).
+    pub metadata: Option<MetadataUrl>,
 }
+
+/// A `postgres://` (or `postgresql://`) URL of a metadata database; its `Debug` shows no
+/// password.
+pub use cleanroom_meta::PgUrl as MetadataUrl;
 
 impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -94,6 +101,7 @@ impl Config {
             master_key_hex: None,
             create: true,
             limits: Limits::default(),
+            metadata: None,
         }
     }
 }
@@ -231,10 +239,15 @@ fn not_found_collab() -> ServiceError {
 }
 
 impl CleanRoom {
-    /// Opens the clean room in `config.data_dir` with the embedded SQLite store, and repairs
-    /// whatever a crash left behind: unfinished uploads are dropped and their datasets return
-    /// to pending; analyses and activations caught mid-run are recorded as failed.
+    /// Opens the clean room in `config.data_dir` with the embedded SQLite store (or the
+    /// database `config.metadata` names), and repairs whatever a crash left behind:
+    /// unfinished uploads are dropped and their datasets return to pending; analyses and
+    /// activations caught mid-run are recorded as failed.
     pub async fn open(config: Config) -> Result<Self, ServiceError> {
+        if let Some(url) = config.metadata.clone() {
+            let meta = cleanroom_meta::open(&cleanroom_meta::MetaSpec::Postgres(url)).await?;
+            return Self::open_with(config, meta).await;
+        }
         let dir = &config.data_dir;
         if config.create {
             std::fs::create_dir_all(dir).map_err(|e| {
