@@ -4,12 +4,14 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use cleanroom_server::wire::*;
-use cleanroom_service::{CleanRoom, Config, MasterKeyHex};
+use cleanroom_service::{CleanRoom, Config, MasterKeyHex, MetadataUrl};
 use serde::Deserialize;
 
 use crate::client::{ApiFailure, Client, seg};
 use crate::output::{self, opt, table};
-use crate::{Cli, CollabCmd, Command, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd};
+use crate::{
+    Cli, CollabCmd, Command, DataDir, DatasetCmd, Global, OrgCmd, SchemaArgs, TokenCmd, UserCmd,
+};
 
 pub async fn run(cli: Cli) -> Result<()> {
     let g = cli.global;
@@ -34,17 +36,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                 ),
                 None => tracing::info!("analyses have no memory limit; nothing spills to disk"),
             }
-            serve(&data.data_dir, &listen, tls).await
+            serve(&data, &listen, tls).await
         }
         Command::Init {
             data,
             org,
             user,
             quiet,
-        } => init(&data.data_dir, &org, &user, g.json, quiet).await,
+        } => init(&data, &org, &user, g.json, quiet).await,
         Command::Health { wait } => health(&g, wait).await,
         Command::RotateMasterKey { data, new_key_out } => {
-            rotate_master_key(&data.data_dir, new_key_out.as_deref(), g.json).await
+            rotate_master_key(&data, new_key_out.as_deref(), g.json).await
         }
         Command::Demo { people, seed } => crate::demo::run(people, seed).await,
         Command::Synth {
@@ -114,16 +116,30 @@ fn cleanroom_storage_env() -> &'static str {
     "CLEANROOM_MASTER_KEY"
 }
 
+/// Opens the room of `data` (creating it when `create`): on the embedded SQLite file in the
+/// data directory, or on the PostgreSQL database `--metadata` names.
+async fn open_room(data: &DataDir, create: bool) -> Result<CleanRoom> {
+    let data_dir = &data.data_dir;
+    let mut config = room_config(data_dir);
+    config.create = create;
+    config.metadata = data
+        .metadata
+        .as_deref()
+        .map(MetadataUrl::parse)
+        .transpose()
+        .context("--metadata (CLEANROOM_METADATA) is not a postgres:// URL")?;
+    CleanRoom::open(config)
+        .await
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))
+}
+
 async fn serve(
-    data_dir: &Path,
+    data: &DataDir,
     listen: &str,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> Result<()> {
-    let mut config = room_config(data_dir);
-    config.create = false;
-    let room = CleanRoom::open(config)
-        .await
-        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    let data_dir = &data.data_dir;
+    let room = open_room(data, false).await?;
     let (listener, addr) = cleanroom_server::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -167,13 +183,9 @@ async fn serve(
     Ok(())
 }
 
-async fn rotate_master_key(data_dir: &Path, new_key_out: Option<&Path>, json: bool) -> Result<()> {
-    let mut config = room_config(data_dir);
-    config.create = false;
-    let room = CleanRoom::open(config)
-        .await
-        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
-    let done = room.rotate_master_key(data_dir, new_key_out).await?;
+async fn rotate_master_key(data: &DataDir, new_key_out: Option<&Path>, json: bool) -> Result<()> {
+    let room = open_room(data, false).await?;
+    let done = room.rotate_master_key(&data.data_dir, new_key_out).await?;
     if json {
         return output::json(&serde_json::json!({
             "collaboration_keys": done.collaboration_keys,
@@ -210,10 +222,9 @@ async fn health(g: &Global, wait: f64) -> Result<()> {
     }
 }
 
-async fn init(data_dir: &Path, org: &str, user: &str, json: bool, quiet: bool) -> Result<()> {
-    let room = CleanRoom::open(room_config(data_dir))
-        .await
-        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+async fn init(data: &DataDir, org: &str, user: &str, json: bool, quiet: bool) -> Result<()> {
+    let data_dir = &data.data_dir;
+    let room = open_room(data, true).await?;
     let (o, u, token) = room.init_operator(org, user).await?;
     room.close().await;
     if quiet {
@@ -240,7 +251,15 @@ async fn init(data_dir: &Path, org: &str, user: &str, json: bool, quiet: bool) -
     println!();
     println!("  {}", token.expose());
     println!();
-    println!("Next: cleanroom serve --data-dir {}", data_dir.display());
+    println!(
+        "Next: cleanroom serve --data-dir {}{}",
+        data_dir.display(),
+        if data.metadata.is_some() {
+            " (with the same --metadata or CLEANROOM_METADATA)"
+        } else {
+            ""
+        }
+    );
     println!("      export CLEANROOM_TOKEN=<the token above>; cleanroom org create <name>");
     Ok(())
 }

@@ -54,6 +54,11 @@ pub struct DataDir {
     /// Directory of the server's metadata, encrypted datasets and master key.
     #[arg(long, env = "CLEANROOM_DATA_DIR", default_value = "./cleanroom-data")]
     pub data_dir: PathBuf,
+    /// Keep the metadata in PostgreSQL: a postgres:// URL (TLS per its sslmode, e.g.
+    /// ?sslmode=verify-full). Prefer the environment variable: a password in the URL would
+    /// show in the process list. Default: an embedded SQLite file in the data directory.
+    #[arg(long, env = "CLEANROOM_METADATA", hide_env_values = true)]
+    pub metadata: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -1,16 +1,23 @@
 //! The metadata store.
 //!
 //! [`MetaStore`] is the only way the service reaches metadata; [`SqliteStore`] implements it on
-//! an embedded SQLite file. A PostgreSQL implementation adds a module here and a migrations
-//! folder, and touches neither the domain nor the service. Only this crate knows SQL.
+//! an embedded SQLite file and [`PgStore`] on PostgreSQL, each with its own migrations folder;
+//! [`open`] picks one from a [`MetaSpec`]. Only this crate knows SQL.
 
+mod chain;
 pub mod error;
+mod open;
 mod policy_json;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 mod store;
 
 pub use error::MetaError;
-pub use sqlite::{SqliteStore, now};
+pub use open::{MetaSpec, PgUrl, open};
+pub use postgres::PgStore;
+pub use rows::now;
+pub use sqlite::SqliteStore;
 pub use store::{
     ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,
     LedgerRow, MetaStore, NewAudit, StoredPolicy,

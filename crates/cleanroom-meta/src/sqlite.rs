@@ -10,23 +10,19 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cleanroom_core::audit::{AuditEntry, ChainHead, Outcome, genesis_hash};
+use cleanroom_core::audit::{AuditEntry, ChainHead};
 use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation, Token, User};
 use cleanroom_core::ids::{
     ActivationId, AnalysisId, CollaborationId, DatasetId, OrgId, TokenId, UserId,
 };
-use cleanroom_core::names::{CollaborationName, DatasetName, OrgName, UserName};
-use cleanroom_core::party::{
-    Abilities, ActivationStatus, AnalysisStatus, CollaborationStatus, DatasetStatus, MemberStatus,
-    UserRole,
-};
-use cleanroom_core::schema::DatasetSchema;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use cleanroom_core::names::{DatasetName, OrgName};
+use cleanroom_core::party::AnalysisStatus;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use crate::MetaError;
+use crate::chain::next_entry;
+use crate::rows::*;
 use crate::store::{
     ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,
     LedgerRow, MetaStore, NewAudit, StoredPolicy,
@@ -41,25 +37,6 @@ pub const DB_FILE: &str = "meta.sqlite";
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-}
-
-/// The current UTC time as RFC 3339 with milliseconds, the form every stored time takes.
-pub fn now() -> String {
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&fmt)
-        .expect("formatting the current time")
-}
-
-fn corrupt(what: &str) -> impl Fn(cleanroom_core::CoreError) -> MetaError + '_ {
-    move |e| MetaError::Corrupt(format!("{what}: {e}"))
-}
-
-fn hash32(v: Vec<u8>, what: &str) -> Result<[u8; 32], MetaError> {
-    v.try_into()
-        .map_err(|_| MetaError::Corrupt(format!("{what}: hash is not 32 bytes")))
 }
 
 impl SqliteStore {
@@ -106,37 +83,16 @@ impl SqliteStore {
         let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
             .bind(&a.chain)
             .fetch_optional(&mut **tx)
-            .await?;
-        let (prev_seq, prev_hash) = match head {
-            Some(r) => (
-                r.try_get::<i64, _>("seq")? as u64,
-                hash32(r.try_get("hash")?, "audit head")?,
-            ),
-            None => (0, genesis_hash(&a.chain)),
-        };
-        // The head must be the chain's last entry: an entry past it (or any entry without a
-        // head) was written outside the store. Refuse, naming that, rather than fail later on
-        // a sequence number clash.
+            .await?
+            .as_ref()
+            .map(head_from)
+            .transpose()?;
         let last: Option<i64> =
             sqlx::query_scalar("SELECT MAX(seq) FROM audit_entries WHERE chain = ?")
                 .bind(&a.chain)
                 .fetch_one(&mut **tx)
                 .await?;
-        if last.unwrap_or(0) as u64 != prev_seq {
-            tracing::error!(chain = %a.chain, head = prev_seq, last = ?last, "audit chain has entries past its head");
-            return Err(MetaError::ChainBroken(a.chain.clone()));
-        }
-        let e = AuditEntry::next(
-            &a.chain,
-            prev_seq + 1,
-            now(),
-            a.actor,
-            a.action,
-            a.target,
-            a.outcome,
-            a.detail,
-            prev_hash,
-        );
+        let e = next_entry(a, head, last)?;
         sqlx::query(
             "INSERT INTO audit_entries (chain, seq, at, actor, action, target, outcome, detail, prev_hash, hash)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -237,135 +193,6 @@ fn conflict_as(e: sqlx::Error, msg: String) -> MetaError {
         MetaError::Conflict(_) => MetaError::Conflict(msg),
         other => other,
     }
-}
-
-// ----- row decoding -----
-
-fn org_from(r: &SqliteRow, prefix: &str) -> Result<Organisation, MetaError> {
-    let col = |c: &str| format!("{prefix}{c}");
-    Ok(Organisation {
-        id: OrgId::parse(&r.try_get::<String, _>(col("id").as_str())?)
-            .map_err(corrupt("org id"))?,
-        name: OrgName::parse(&r.try_get::<String, _>(col("name").as_str())?)
-            .map_err(corrupt("org name"))?,
-        is_operator: r.try_get(col("is_operator").as_str())?,
-        created_at: r.try_get(col("created_at").as_str())?,
-    })
-}
-
-fn user_from(r: &SqliteRow, prefix: &str) -> Result<User, MetaError> {
-    let col = |c: &str| format!("{prefix}{c}");
-    Ok(User {
-        id: UserId::parse(&r.try_get::<String, _>(col("id").as_str())?)
-            .map_err(corrupt("user id"))?,
-        org_id: OrgId::parse(&r.try_get::<String, _>(col("org_id").as_str())?)
-            .map_err(corrupt("user org"))?,
-        name: UserName::parse(&r.try_get::<String, _>(col("name").as_str())?)
-            .map_err(corrupt("user name"))?,
-        role: UserRole::parse(&r.try_get::<String, _>(col("role").as_str())?)
-            .map_err(corrupt("user role"))?,
-        created_at: r.try_get(col("created_at").as_str())?,
-    })
-}
-
-fn token_from(r: &SqliteRow, prefix: &str) -> Result<Token, MetaError> {
-    let col = |c: &str| format!("{prefix}{c}");
-    Ok(Token {
-        id: TokenId::parse(&r.try_get::<String, _>(col("id").as_str())?)
-            .map_err(corrupt("token id"))?,
-        user_id: UserId::parse(&r.try_get::<String, _>(col("user_id").as_str())?)
-            .map_err(corrupt("token user"))?,
-        label: r.try_get(col("label").as_str())?,
-        secret_hash: hash32(r.try_get(col("secret_hash").as_str())?, "token")?,
-        created_at: r.try_get(col("created_at").as_str())?,
-        revoked_at: r.try_get(col("revoked_at").as_str())?,
-    })
-}
-
-fn collab_from(r: &SqliteRow) -> Result<Collaboration, MetaError> {
-    Ok(Collaboration {
-        id: CollaborationId::parse(&r.try_get::<String, _>("c_id")?)
-            .map_err(corrupt("collaboration id"))?,
-        name: CollaborationName::parse(&r.try_get::<String, _>("c_name")?)
-            .map_err(corrupt("collaboration name"))?,
-        description: r.try_get("c_description")?,
-        creator_org_id: OrgId::parse(&r.try_get::<String, _>("c_creator_org_id")?)
-            .map_err(corrupt("collaboration creator"))?,
-        status: CollaborationStatus::parse(&r.try_get::<String, _>("c_status")?)
-            .map_err(corrupt("collaboration status"))?,
-        created_at: r.try_get("c_created_at")?,
-        closed_at: r.try_get("c_closed_at")?,
-    })
-}
-
-const COLLAB_COLS: &str = "c.id AS c_id, c.name AS c_name, c.description AS c_description, \
-    c.creator_org_id AS c_creator_org_id, c.status AS c_status, c.created_at AS c_created_at, \
-    c.closed_at AS c_closed_at";
-
-fn membership_from(r: &SqliteRow) -> Result<Membership, MetaError> {
-    Ok(Membership {
-        collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("m_collaboration_id")?)
-            .map_err(corrupt("membership collaboration"))?,
-        org_id: OrgId::parse(&r.try_get::<String, _>("m_org_id")?)
-            .map_err(corrupt("membership org"))?,
-        org_name: OrgName::parse(&r.try_get::<String, _>("m_org_name")?)
-            .map_err(corrupt("membership org name"))?,
-        abilities: Abilities::from_bits(r.try_get("m_abilities")?).map_err(corrupt("abilities"))?,
-        status: MemberStatus::parse(&r.try_get::<String, _>("m_status")?)
-            .map_err(corrupt("membership status"))?,
-        invited_at: r.try_get("m_invited_at")?,
-        joined_at: r.try_get("m_joined_at")?,
-    })
-}
-
-const MEMBER_COLS: &str = "m.collaboration_id AS m_collaboration_id, m.org_id AS m_org_id, \
-    mo.name AS m_org_name, m.abilities AS m_abilities, m.status AS m_status, \
-    m.invited_at AS m_invited_at, m.joined_at AS m_joined_at";
-
-fn dataset_from(r: &SqliteRow) -> Result<Dataset, MetaError> {
-    let opt_u64 = |c: &str| -> Result<Option<u64>, MetaError> {
-        Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v as u64))
-    };
-    Ok(Dataset {
-        id: DatasetId::parse(&r.try_get::<String, _>("id")?).map_err(corrupt("dataset id"))?,
-        collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
-            .map_err(corrupt("dataset collaboration"))?,
-        owner_org_id: OrgId::parse(&r.try_get::<String, _>("owner_org_id")?)
-            .map_err(corrupt("dataset owner"))?,
-        owner_org_name: OrgName::parse(&r.try_get::<String, _>("owner_name")?)
-            .map_err(corrupt("dataset owner name"))?,
-        name: DatasetName::parse(&r.try_get::<String, _>("name")?)
-            .map_err(corrupt("dataset name"))?,
-        schema: DatasetSchema::from_compact(&r.try_get::<String, _>("schema")?)
-            .map_err(corrupt("dataset schema"))?,
-        status: DatasetStatus::parse(&r.try_get::<String, _>("status")?)
-            .map_err(corrupt("dataset status"))?,
-        row_count: opt_u64("row_count")?,
-        byte_size: opt_u64("byte_size")?,
-        created_at: r.try_get("created_at")?,
-        ready_at: r.try_get("ready_at")?,
-    })
-}
-
-const DATASET_SELECT: &str = "SELECT d.id, d.collaboration_id, d.owner_org_id, o.name AS owner_name, \
-    d.name, d.schema, d.status, d.row_count, d.byte_size, d.created_at, d.ready_at \
-    FROM datasets d JOIN organisations o ON o.id = d.owner_org_id";
-
-fn audit_from(r: &SqliteRow) -> Result<AuditEntry, MetaError> {
-    let outcome: String = r.try_get("outcome")?;
-    Ok(AuditEntry {
-        chain: r.try_get("chain")?,
-        seq: r.try_get::<i64, _>("seq")? as u64,
-        at: r.try_get("at")?,
-        actor: r.try_get("actor")?,
-        action: r.try_get("action")?,
-        target: r.try_get("target")?,
-        outcome: Outcome::parse(&outcome)
-            .ok_or_else(|| MetaError::Corrupt(format!("audit outcome {outcome:?}")))?,
-        detail: r.try_get("detail")?,
-        prev_hash: hash32(r.try_get("prev_hash")?, "audit prev_hash")?,
-        hash: hash32(r.try_get("hash")?, "audit hash")?,
-    })
 }
 
 #[async_trait]
@@ -470,13 +297,10 @@ impl MetaStore for SqliteStore {
     }
 
     async fn list_tokens(&self, org: OrgId) -> Result<Vec<(Token, User)>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT t.id AS t_id, t.user_id AS t_user_id, t.label AS t_label, t.secret_hash AS t_secret_hash,
-                    t.created_at AS t_created_at, t.revoked_at AS t_revoked_at,
-                    u.id AS u_id, u.org_id AS u_org_id, u.name AS u_name, u.role AS u_role, u.created_at AS u_created_at
-             FROM tokens t JOIN users u ON u.id = t.user_id
-             WHERE u.org_id = ? ORDER BY u.name, t.created_at",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_USER_COLS} FROM tokens t JOIN users u ON u.id = t.user_id
+             WHERE u.org_id = ? ORDER BY u.name, t.created_at"
+        )))
         .bind(org.to_string())
         .fetch_all(&self.reader)
         .await?;
@@ -513,14 +337,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn authenticate(&self, id: TokenId) -> Result<Option<Authenticated>, MetaError> {
-        let row = sqlx::query(
-            "SELECT t.id AS t_id, t.user_id AS t_user_id, t.label AS t_label, t.secret_hash AS t_secret_hash,
-                    t.created_at AS t_created_at, t.revoked_at AS t_revoked_at,
-                    u.id AS u_id, u.org_id AS u_org_id, u.name AS u_name, u.role AS u_role, u.created_at AS u_created_at,
-                    o.id AS o_id, o.name AS o_name, o.is_operator AS o_is_operator, o.created_at AS o_created_at
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_USER_ORG_COLS}
              FROM tokens t JOIN users u ON u.id = t.user_id JOIN organisations o ON o.id = u.org_id
-             WHERE t.id = ?",
-        )
+             WHERE t.id = ?"
+        )))
         .bind(id.to_string())
         .fetch_optional(&self.reader)
         .await?;
@@ -938,16 +759,7 @@ impl MetaStore for SqliteStore {
         let rows = sqlx::query("SELECT collaboration_id, id FROM datasets WHERE status = 'ready'")
             .fetch_all(&self.writer)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
-                        .map_err(corrupt("dataset collaboration"))?,
-                    DatasetId::parse(&r.try_get::<String, _>("id")?)
-                        .map_err(corrupt("dataset id"))?,
-                ))
-            })
-            .collect()
+        rows.iter().map(dataset_ids_from).collect()
     }
 
     async fn set_policy(
@@ -1338,26 +1150,15 @@ impl MetaStore for SqliteStore {
         &self,
         collab: CollaborationId,
     ) -> Result<Vec<ApprovalRow>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT a.dataset_id, a.template, a.version, a.approved_by, a.approved_at
-             FROM template_approvals a JOIN datasets d ON d.id = a.dataset_id
-             WHERE d.collaboration_id = ? ORDER BY a.approved_at",
-        )
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{APPROVAL_SELECT} WHERE d.collaboration_id = ? ORDER BY a.approved_at"
+        )))
         .bind(collab.to_string())
         .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ApprovalRow {
-                    dataset_id: DatasetId::parse(&r.try_get::<String, _>("dataset_id")?)
-                        .map_err(corrupt("approval dataset"))?,
-                    template: r.try_get("template")?,
-                    version: r.try_get::<i64, _>("version")? as u32,
-                    approved_by: r.try_get("approved_by")?,
-                    approved_at: r.try_get("approved_at")?,
-                })
-            })
-            .collect()
+        .await?
+        .iter()
+        .map(approval_from)
+        .collect()
     }
 
     async fn create_activation(
@@ -1566,7 +1367,9 @@ impl MetaStore for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, MetaError> {
-        sqlx::query("SELECT * FROM audit_entries WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?")
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLS} FROM audit_entries WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?"
+        )))
             .bind(chain)
             .bind(after as i64)
             .bind(i64::from(limit))
@@ -1585,9 +1388,9 @@ impl MetaStore for SqliteStore {
     ) -> Result<(Vec<AuditEntry>, Option<ChainHead>), MetaError> {
         // One read transaction: a snapshot of the WAL database, so entries and head agree.
         let mut tx = self.reader.begin().await?;
-        let entries = sqlx::query(
-            "SELECT * FROM audit_entries WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
+        let entries = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLS} FROM audit_entries WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?"
+        )))
         .bind(chain)
         .bind(after as i64)
         .bind(i64::from(limit))
@@ -1600,12 +1403,8 @@ impl MetaStore for SqliteStore {
             .bind(chain)
             .fetch_optional(&mut *tx)
             .await?
-            .map(|r| {
-                Ok::<_, MetaError>(ChainHead {
-                    seq: r.try_get::<i64, _>("seq")? as u64,
-                    hash: hash32(r.try_get("hash")?, "audit head")?,
-                })
-            })
+            .as_ref()
+            .map(head_from)
             .transpose()?;
         tx.commit().await?;
         Ok((entries, head))
@@ -1616,12 +1415,8 @@ impl MetaStore for SqliteStore {
             .bind(chain)
             .fetch_optional(&self.reader)
             .await?
-            .map(|r| {
-                Ok(ChainHead {
-                    seq: r.try_get::<i64, _>("seq")? as u64,
-                    hash: hash32(r.try_get("hash")?, "audit head")?,
-                })
-            })
+            .as_ref()
+            .map(head_from)
             .transpose()
     }
 }
@@ -1643,94 +1438,4 @@ async fn insert_membership(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-const LEDGER_SELECT: &str = "SELECT l.org_id, o.name AS org_name, l.epsilon_total, l.delta_total,
-    l.epsilon_per_query, l.delta_per_query, l.epsilon_spent, l.delta_spent, l.updated_at
-    FROM privacy_ledgers l JOIN organisations o ON o.id = l.org_id";
-
-fn ledger_from(r: &SqliteRow) -> Result<LedgerRow, MetaError> {
-    let u = |k: &str| -> Result<u64, MetaError> {
-        let v: i64 = r.try_get(k)?;
-        u64::try_from(v).map_err(|_| MetaError::Corrupt(format!("ledger {k} is negative")))
-    };
-    Ok(LedgerRow {
-        org_id: OrgId::parse(&r.try_get::<String, _>("org_id")?).map_err(corrupt("ledger org"))?,
-        org_name: OrgName::parse(&r.try_get::<String, _>("org_name")?)
-            .map_err(corrupt("ledger org name"))?,
-        epsilon_total: u("epsilon_total")?,
-        delta_total: u("delta_total")?,
-        epsilon_per_query: u("epsilon_per_query")?,
-        delta_per_query: u("delta_per_query")?,
-        epsilon_spent: u("epsilon_spent")?,
-        delta_spent: u("delta_spent")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
-const ANALYSIS_SELECT: &str = "SELECT id, collaboration_id, org_id, actor, kind, request,
-    fingerprint, receivers, charges, status, result, error, reused_from, created_at, finished_at
-    FROM analyses";
-
-fn analysis_from(r: &SqliteRow) -> Result<AnalysisRow, MetaError> {
-    let reused_from: Option<String> = r.try_get("reused_from")?;
-    Ok(AnalysisRow {
-        id: AnalysisId::parse(&r.try_get::<String, _>("id")?).map_err(corrupt("analysis id"))?,
-        collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
-            .map_err(corrupt("analysis collaboration"))?,
-        org_id: OrgId::parse(&r.try_get::<String, _>("org_id")?)
-            .map_err(corrupt("analysis org"))?,
-        actor: r.try_get("actor")?,
-        kind: r.try_get("kind")?,
-        request: r.try_get("request")?,
-        fingerprint: r.try_get("fingerprint")?,
-        receivers: r.try_get("receivers")?,
-        charges: r.try_get("charges")?,
-        status: AnalysisStatus::parse(&r.try_get::<String, _>("status")?)
-            .map_err(corrupt("analysis status"))?,
-        result: r.try_get("result")?,
-        error: r.try_get("error")?,
-        reused_from: reused_from
-            .as_deref()
-            .map(AnalysisId::parse)
-            .transpose()
-            .map_err(corrupt("analysis reused from"))?,
-        created_at: r.try_get("created_at")?,
-        finished_at: r.try_get("finished_at")?,
-    })
-}
-
-const ACTIVATION_SELECT: &str = "SELECT id, collaboration_id, org_id, actor, source_dataset_id,
-    target_dataset_id, request, policy_version, status, decided_by, decided_at, delivered,
-    created_at, finished_at FROM activations";
-
-fn activation_from(r: &SqliteRow) -> Result<ActivationRow, MetaError> {
-    let version: i64 = r.try_get("policy_version")?;
-    let delivered: Option<i64> = r.try_get("delivered")?;
-    Ok(ActivationRow {
-        id: ActivationId::parse(&r.try_get::<String, _>("id")?)
-            .map_err(corrupt("activation id"))?,
-        collaboration_id: CollaborationId::parse(&r.try_get::<String, _>("collaboration_id")?)
-            .map_err(corrupt("activation collaboration"))?,
-        org_id: OrgId::parse(&r.try_get::<String, _>("org_id")?)
-            .map_err(corrupt("activation org"))?,
-        actor: r.try_get("actor")?,
-        source_dataset_id: DatasetId::parse(&r.try_get::<String, _>("source_dataset_id")?)
-            .map_err(corrupt("activation source"))?,
-        target_dataset_id: DatasetId::parse(&r.try_get::<String, _>("target_dataset_id")?)
-            .map_err(corrupt("activation target"))?,
-        request: r.try_get("request")?,
-        policy_version: u32::try_from(version)
-            .map_err(|_| MetaError::Corrupt("activation policy version".into()))?,
-        status: ActivationStatus::parse(&r.try_get::<String, _>("status")?)
-            .map_err(corrupt("activation status"))?,
-        decided_by: r.try_get("decided_by")?,
-        decided_at: r.try_get("decided_at")?,
-        delivered: delivered
-            .map(u64::try_from)
-            .transpose()
-            .map_err(|_| MetaError::Corrupt("activation delivered is negative".into()))?,
-        created_at: r.try_get("created_at")?,
-        finished_at: r.try_get("finished_at")?,
-    })
 }

@@ -1,5 +1,6 @@
 //! The `cleanroom` binary as a user runs it: `init`, `serve` as a separate process, client
-//! subcommands, a kill in the middle of an upload, tampering with the audit log, and the demo.
+//! subcommands, a kill in the middle of an upload, tampering with the audit log, the demo, and
+//! a room whose metadata lives in PostgreSQL.
 
 mod activation;
 mod analysis;
@@ -8,6 +9,7 @@ mod crash;
 mod flow;
 mod identity;
 mod newcomer;
+mod postgres;
 mod prepare;
 mod psi;
 mod tidy;
@@ -100,11 +102,31 @@ impl ServeProcess {
         listen: &str,
         more: &[&std::ffi::OsStr],
     ) -> Result<Self, String> {
+        Self::try_start_full(data_dir, listen, more, &[])
+    }
+
+    /// Starts `serve` with extra environment variables (`CLEANROOM_METADATA`, say).
+    pub fn try_start_env(
+        data_dir: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        Self::try_start_full(data_dir, listen, &[], env)
+    }
+
+    fn try_start_full(
+        data_dir: &Path,
+        listen: &str,
+        more: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(more)
             .env_remove("CLEANROOM_MASTER_KEY")
+            .env_remove("CLEANROOM_METADATA")
+            .envs(env.iter().copied())
             .env("CLEANROOM_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -227,7 +249,8 @@ pub fn init(tmp: &Path) -> (PathBuf, String) {
     let out = run(Command::new(BIN)
         .args(["init", "--json", "--data-dir"])
         .arg(&data)
-        .env_remove("CLEANROOM_MASTER_KEY"));
+        .env_remove("CLEANROOM_MASTER_KEY")
+        .env_remove("CLEANROOM_METADATA"));
     let v = json(&out);
     (data, v["token"].as_str().unwrap().to_owned())
 }

@@ -23,7 +23,7 @@ type Store = Arc<dyn MetaStore>;
 
 const AT: &str = "2026-12-03T00:00:00.000Z";
 
-fn audit(chain: &str, action: &str) -> NewAudit {
+pub fn audit(chain: &str, action: &str) -> NewAudit {
     NewAudit {
         chain: chain.to_owned(),
         actor: "test/admin".into(),
@@ -633,6 +633,59 @@ pub async fn concurrent_charges_never_overspend(s: Store) {
     assert_eq!(s.list_analyses(c.id).await.unwrap().len(), 10);
 }
 
+/// 30 analyses race, each charging two ledgers (in alternating order) and auditing to two
+/// chains (in alternating order): no deadlock, exactly 10 are recorded, both ledgers are
+/// spent exactly, and both chains verify.
+pub async fn concurrent_charges_across_ledgers_and_chains(s: Store) {
+    let (brand, _, _) = org(&s, "brand", false).await;
+    let (publisher, _, _) = org(&s, "publisher", false).await;
+    let c = collab(&s, &brand).await;
+    let chain = c.id.to_string();
+    for o in [&brand, &publisher] {
+        s.grant_budget(c.id, o.id, grant(100, 10), audit(&chain, "budget.grant"))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let s = Arc::clone(&s);
+        let row = analysis(&c, &brand, AnalysisId::new());
+        let mut charges = [brand.id, publisher.id].map(|org_id| Charge {
+            org_id,
+            epsilon: 10,
+            delta: 1,
+        });
+        let mut audits = vec![
+            audit(&chain, "analysis.query"),
+            audit("system", "analysis.query"),
+        ];
+        if i % 2 == 1 {
+            charges.reverse();
+            audits.reverse();
+        }
+        tasks.push(tokio::spawn(async move {
+            s.begin_analysis(&row, &charges, audits).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(MetaError::BudgetExhausted(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(won, 10);
+    for l in s.ledgers(c.id).await.unwrap() {
+        assert_eq!(l.epsilon_spent, 100, "{l:?}");
+    }
+    assert_eq!(s.list_analyses(c.id).await.unwrap().len(), 10);
+    for ch in [chain.as_str(), "system"] {
+        let (entries, head) = s.audit_page(ch, 0, 1000).await.unwrap();
+        verify_chain(ch, &entries, head).unwrap();
+    }
+}
+
 /// 60 concurrent appends to one chain: sequence numbers 1..=60 (plus what was there), each
 /// linked to the one before, the head at the last.
 pub async fn concurrent_appends_keep_one_chain(s: Store) {
@@ -722,6 +775,96 @@ pub async fn racing_moves_out_of_one_state_one_wins(s: Store) {
     }
     let (entries, head) = s.audit_page(&chain, 0, 1000).await.unwrap();
     verify_chain(&chain, &entries, head).unwrap();
+}
+
+/// Given a chain that refuses appends (`broken`, changed outside the store), every write whose
+/// audit entry goes to it fails with `ChainBroken` and leaves nothing behind: the change and
+/// its entry are one transaction. Backends call this after breaking the chain their own way.
+pub async fn a_failed_append_changes_nothing(s: Store, broken: &str) {
+    let (brand, _, _) = org(&s, "brand", false).await;
+    let c = collab(&s, &brand).await;
+    let chain = c.id.to_string();
+
+    let o = Organisation {
+        id: OrgId::new(),
+        name: OrgName::parse("ghost").unwrap(),
+        is_operator: false,
+        created_at: AT.into(),
+    };
+    let u = User {
+        id: UserId::new(),
+        org_id: o.id,
+        name: UserName::parse("admin").unwrap(),
+        role: UserRole::Admin,
+        created_at: AT.into(),
+    };
+    let e = s
+        .create_org(&o, &u, &token(u.id, 9), audit(broken, "org.create"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MetaError::ChainBroken(_)), "{e:?}");
+    assert!(s.find_org(&o.name).await.unwrap().is_none());
+    assert!(s.get_user(u.id).await.unwrap().is_none());
+
+    let e = s
+        .grant_budget(
+            c.id,
+            brand.id,
+            grant(100, 10),
+            audit(broken, "budget.grant"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MetaError::ChainBroken(_)), "{e:?}");
+    assert!(s.ledgers(c.id).await.unwrap().is_empty());
+
+    s.grant_budget(
+        c.id,
+        brand.id,
+        grant(100, 10),
+        audit(&chain, "budget.grant"),
+    )
+    .await
+    .unwrap();
+    let id = AnalysisId::new();
+    let charge = [Charge {
+        org_id: brand.id,
+        epsilon: 10,
+        delta: 1,
+    }];
+    // The first entry goes to a sound chain, the second to the broken one: neither is kept.
+    let e = s
+        .begin_analysis(
+            &analysis(&c, &brand, id),
+            &charge,
+            vec![
+                audit(&chain, "analysis.query"),
+                audit(broken, "analysis.query"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MetaError::ChainBroken(_)), "{e:?}");
+    assert_eq!(s.ledgers(c.id).await.unwrap()[0].epsilon_spent, 0);
+    assert!(s.get_analysis(id).await.unwrap().is_none());
+    let (entries, head) = s.audit_page(&chain, 0, 1000).await.unwrap();
+    assert_eq!(
+        head.unwrap().seq,
+        2,
+        "collaboration.create and budget.grant only"
+    );
+    verify_chain(&chain, &entries, head).unwrap();
+
+    let e = s
+        .close_collaboration(c.id, audit(broken, "collaboration.close"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MetaError::ChainBroken(_)), "{e:?}");
+    assert_eq!(
+        s.get_collaboration(c.id).await.unwrap().unwrap().status,
+        CollaborationStatus::Open
+    );
+    assert!(s.collaboration_key(c.id).await.unwrap().is_some());
 }
 
 /// Master-key rotation's one transaction: every open collaboration's wrapped key and the listed

@@ -31,6 +31,7 @@ conformance_tests!(
     policies_ledgers_analyses_and_approvals,
     activations_move_forward_only,
     concurrent_charges_never_overspend,
+    concurrent_charges_across_ledgers_and_chains,
     concurrent_appends_keep_one_chain,
     racing_uploads_one_wins,
     racing_moves_out_of_one_state_one_wins,
@@ -70,6 +71,15 @@ async fn a_chain_changed_behind_its_head_is_refused() {
         // Other chains are unaffected.
         s.append_audit(conformance_audit("other")).await.unwrap();
     }
+}
+
+/// The SQLite side of [`conformance::a_failed_append_changes_nothing`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_append_rolls_back_its_change() {
+    let (dir, s) = store().await;
+    s.append_audit(conformance_audit("broken")).await.unwrap();
+    tamper(dir.path(), "DELETE FROM audit_heads WHERE chain = 'broken'").await;
+    conformance::a_failed_append_changes_nothing(s, "broken").await;
 }
 
 fn conformance_audit(chain: &str) -> cleanroom_meta::NewAudit {

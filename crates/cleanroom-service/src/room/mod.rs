@@ -90,7 +90,14 @@ pub struct Config {
     /// Create the data directory and master key file when missing.
     pub create: bool,
     pub limits: Limits,
+    /// Keep the metadata in this PostgreSQL database rather than in the data directory's
+    /// embedded SQLite file (the default).
+    pub metadata: Option<MetadataUrl>,
 }
+
+/// A `postgres://` (or `postgresql://`) URL of a metadata database; its `Debug` shows no
+/// password.
+pub use cleanroom_meta::PgUrl as MetadataUrl;
 
 impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -99,6 +106,7 @@ impl Config {
             master_key_hex: None,
             create: true,
             limits: Limits::default(),
+            metadata: None,
         }
     }
 }
@@ -171,6 +179,9 @@ pub struct CleanRoom {
 
 use cleanroom_meta::now;
 
+/// The setting that proves the master key (written when a room is created).
+const MASTER_KEY_CHECK: &str = "master_key_check";
+
 /// Name of the lock file in the data directory.
 pub const LOCK_FILE: &str = ".lock";
 
@@ -233,10 +244,15 @@ fn not_found_collab() -> ServiceError {
 }
 
 impl CleanRoom {
-    /// Opens the clean room in `config.data_dir` with the embedded SQLite store, and repairs
-    /// whatever a crash left behind: unfinished uploads are dropped and their datasets return
-    /// to pending; analyses and activations caught mid-run are recorded as failed.
+    /// Opens the clean room in `config.data_dir` with the embedded SQLite store (or the
+    /// database `config.metadata` names), and repairs whatever a crash left behind:
+    /// unfinished uploads are dropped and their datasets return to pending; analyses and
+    /// activations caught mid-run are recorded as failed.
     pub async fn open(config: Config) -> Result<Self, ServiceError> {
+        if let Some(url) = config.metadata.clone() {
+            let meta = cleanroom_meta::open(&cleanroom_meta::MetaSpec::Postgres(url)).await?;
+            return Self::open_with(config, meta).await;
+        }
         let dir = &config.data_dir;
         if config.create {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -270,6 +286,15 @@ impl CleanRoom {
     /// of `cleanroom-meta` says what a store must do); the data directory holds the encrypted
     /// files and the master key. Repairs as [`Self::open`] does.
     pub async fn open_with(config: Config, meta: Arc<dyn MetaStore>) -> Result<Self, ServiceError> {
+        // As `open` refuses a data directory without its database: a room that is not being
+        // created must find the metadata its `init` wrote, not start an empty one.
+        if !config.create && meta.get_setting(MASTER_KEY_CHECK).await?.is_none() {
+            return Err(ServiceError::InvalidInput(
+                "the metadata store was never initialised (it holds no room): run `cleanroom init` \
+                 with the same --metadata first"
+                    .into(),
+            ));
+        }
         if config.create {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
                 ServiceError::Unavailable(format!(
@@ -326,7 +351,7 @@ impl CleanRoom {
     /// Refuses to start with a master key other than the one the data directory was created
     /// with: everything would open but no dataset would decrypt.
     async fn check_master_key(&self) -> Result<(), ServiceError> {
-        const NAME: &str = rotation::KEY_CHECK;
+        const NAME: &str = MASTER_KEY_CHECK;
         let candidate = self.master.wrap(&SecretKey::generate()?, NAME)?;
         let stored = self.meta.init_setting(NAME, &candidate).await?;
         self.master

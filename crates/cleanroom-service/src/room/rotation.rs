@@ -27,7 +27,7 @@ use super::{AuditCtx, CleanRoom, collab_purpose};
 use crate::ServiceError;
 
 /// The setting holding a key wrapped by the master key, to tell the right master key.
-pub(super) const KEY_CHECK: &str = "master_key_check";
+use super::MASTER_KEY_CHECK as KEY_CHECK;
 
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
