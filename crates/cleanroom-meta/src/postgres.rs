@@ -752,8 +752,8 @@ impl MetaStore for PgStore {
             "UPDATE datasets SET status = 'ready', row_count = $1, byte_size = $2, ready_at = $3
              WHERE id = $4 AND status = 'uploading'",
         )
-        .bind(rows as i64)
-        .bind(bytes as i64)
+        .bind(db_int(rows, "a row count")?)
+        .bind(db_int(bytes, "a file size")?)
         .bind(now())
         .bind(id.to_string())
         .execute(&mut *tx)
@@ -960,7 +960,10 @@ impl MetaStore for PgStore {
         let mut charges: Vec<&Charge> = charges.iter().collect();
         charges.sort_by_key(|c| c.org_id.to_string());
         for c in charges {
-            let (e, d) = (c.epsilon as i64, c.delta as i64);
+            let (e, d) = (
+                db_int(c.epsilon, "an epsilon charge")?,
+                db_int(c.delta, "a delta charge")?,
+            );
             // Check and debit in one statement: a concurrent charge of the same ledger waits
             // for this transaction, then re-checks the condition on the row as it left it
             // (READ COMMITTED), so concurrent analyses cannot overspend.

@@ -326,3 +326,21 @@ pub(crate) fn activation_from(r: &impl Cols) -> Result<ActivationRow, MetaError>
         finished_at: r.opt_text("finished_at")?,
     })
 }
+
+/// `n` as the signed 64-bit integer both databases store, refused (never wrapped: a wrapped
+/// charge would be negative and credit a ledger) when it does not fit.
+pub(crate) fn db_int(n: u64, what: &str) -> Result<i64, MetaError> {
+    i64::try_from(n)
+        .map_err(|_| MetaError::Conflict(format!("{what} of {n} is larger than the store holds")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn integers_that_do_not_fit_are_refused_not_wrapped() {
+        assert_eq!(super::db_int(7, "x").unwrap(), 7);
+        assert_eq!(super::db_int(i64::MAX as u64, "x").unwrap(), i64::MAX);
+        assert!(super::db_int(i64::MAX as u64 + 1, "an epsilon charge").is_err());
+        assert!(super::db_int(u64::MAX, "x").is_err());
+    }
+}

@@ -714,8 +714,8 @@ impl MetaStore for SqliteStore {
             "UPDATE datasets SET status = 'ready', row_count = ?, byte_size = ?, ready_at = ?
              WHERE id = ? AND status = 'uploading'",
         )
-        .bind(rows as i64)
-        .bind(bytes as i64)
+        .bind(db_int(rows, "a row count")?)
+        .bind(db_int(bytes, "a file size")?)
         .bind(now())
         .bind(id.to_string())
         .execute(&mut *tx)
@@ -914,7 +914,10 @@ impl MetaStore for SqliteStore {
     ) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
         for c in charges {
-            let (e, d) = (c.epsilon as i64, c.delta as i64);
+            let (e, d) = (
+                db_int(c.epsilon, "an epsilon charge")?,
+                db_int(c.delta, "a delta charge")?,
+            );
             // Check and debit in one statement: the single writer connection serialises it
             // with every other charge, so concurrent analyses cannot overspend.
             let done = sqlx::query(
