@@ -121,19 +121,7 @@ macro_rules! conformance_tests {
     };
 }
 
-conformance_tests!(
-    parties_and_tokens_round_trip,
-    collaborations_memberships_and_closing,
-    datasets_uploads_and_names,
-    policies_ledgers_analyses_and_approvals,
-    activations_move_forward_only,
-    concurrent_charges_never_overspend,
-    concurrent_charges_across_ledgers_and_chains,
-    concurrent_appends_keep_one_chain,
-    racing_uploads_one_wins,
-    racing_moves_out_of_one_state_one_wins,
-    rewrapping_keys_is_all_or_nothing,
-);
+every_conformance_test!(conformance_tests);
 
 /// A chain with an entry past its head, or entries without a head, was changed outside the
 /// store: appending to it is refused as `ChainBroken`, not as a sequence-number conflict.
