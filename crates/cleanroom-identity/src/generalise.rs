@@ -1,6 +1,8 @@
 //! Generalisation of quasi-identifiers: coarser values that many people share, so that a
 //! combination of them points at a crowd rather than at one person.
 
+use std::borrow::Cow;
+
 use cleanroom_core::schema::ColumnType;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -118,8 +120,9 @@ pub enum Generalisation {
 
 /// A generalised value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Generalised {
-    Text(String),
+pub enum Generalised<'a> {
+    /// Borrowed from the input or the configuration where it can be (no allocation).
+    Text(Cow<'a, str>),
     /// Days since 1970-01-01.
     Day(i32),
 }
@@ -155,25 +158,31 @@ impl Generalisation {
         }
     }
 
-    pub fn apply(&self, raw: &str, opts: &NormaliseOptions) -> Result<Generalised, Invalid> {
+    pub fn apply<'a>(
+        &'a self,
+        raw: &'a str,
+        opts: &NormaliseOptions,
+    ) -> Result<Generalised<'a>, Invalid> {
         match self {
             Generalisation::None => {
                 let s = raw.trim();
                 if s.is_empty() {
                     Err(Invalid::Empty)
                 } else {
-                    Ok(Generalised::Text(s.to_owned()))
+                    Ok(Generalised::Text(Cow::Borrowed(s)))
                 }
             }
-            Generalisation::AgeBands(b) => b.band(raw).map(|s| Generalised::Text(s.to_owned())),
+            Generalisation::AgeBands(b) => b.band(raw).map(|s| Generalised::Text(Cow::Borrowed(s))),
             Generalisation::PostcodePrefix { chars } => {
                 let code = postal_code(raw, &opts.default_region)?;
-                Ok(Generalised::Text(code.chars().take(*chars).collect()))
+                Ok(Generalised::Text(Cow::Owned(
+                    code.chars().take(*chars).collect(),
+                )))
             }
             Generalisation::PostcodeOutward => {
                 let code = postal_code(raw, "GB")?;
                 crate::normalise::gb_outward(&code)
-                    .map(|o| Generalised::Text(o.to_owned()))
+                    .map(|o| Generalised::Text(Cow::Owned(o.to_owned())))
                     .ok_or(Invalid::Malformed("not a UK postcode"))
             }
             Generalisation::Date(grain) => {
@@ -182,11 +191,13 @@ impl Generalisation {
                     DateGrain::Day => Generalised::Day(days_since_epoch(d)),
                     DateGrain::Week => {
                         let (y, w, _) = d.to_iso_week_date();
-                        Generalised::Text(format!("{y:04}-W{w:02}"))
+                        Generalised::Text(Cow::Owned(format!("{y:04}-W{w:02}")))
                     }
-                    DateGrain::Month => {
-                        Generalised::Text(format!("{:04}-{:02}", d.year(), u8::from(d.month())))
-                    }
+                    DateGrain::Month => Generalised::Text(Cow::Owned(format!(
+                        "{:04}-{:02}",
+                        d.year(),
+                        u8::from(d.month())
+                    ))),
                 })
             }
         }
@@ -251,11 +262,11 @@ fn date_part(s: &str) -> Option<Date> {
 mod tests {
     use super::*;
 
-    fn apply(g: &Generalisation, s: &str) -> Result<Generalised, Invalid> {
+    fn apply<'a>(g: &'a Generalisation, s: &'a str) -> Result<Generalised<'a>, Invalid> {
         g.apply(s, &NormaliseOptions::default())
     }
-    fn text(s: &str) -> Result<Generalised, Invalid> {
-        Ok(Generalised::Text(s.to_owned()))
+    fn text(s: &str) -> Result<Generalised<'_>, Invalid> {
+        Ok(Generalised::Text(Cow::Borrowed(s)))
     }
 
     #[test]

@@ -30,7 +30,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tempfile::NamedTempFile;
 
@@ -367,6 +367,8 @@ struct Plan<'a> {
     dropped: BTreeMap<String, u64>,
     upload_cells: Vec<Cell>,
     activation_cells: Vec<Cell>,
+    /// The strings of the previous row's cells, reused for the next row's.
+    pool: TextPool,
     upload_builders: Vec<Builder>,
     activation_builders: Vec<Builder>,
     pending: usize,
@@ -732,6 +734,7 @@ impl<'a> Plan<'a> {
             dropped: BTreeMap::new(),
             upload_cells: vec![Cell::Null; upload_width],
             activation_cells: vec![Cell::Null; activation_width],
+            pool: TextPool::default(),
             upload_builders,
             activation_builders,
             pending: 0,
@@ -833,12 +836,9 @@ impl<'a> Plan<'a> {
     /// workers' forks only.
     fn row(&mut self, fields: &[&str]) {
         self.rows_read += 1;
-        for c in &mut self.upload_cells {
-            *c = Cell::Null;
-        }
-        for c in &mut self.activation_cells {
-            *c = Cell::Null;
-        }
+        self.pool.recycle(&mut self.upload_cells);
+        self.pool.recycle(&mut self.activation_cells);
+        let pool = &mut self.pool;
         let mut drop_reason: Option<String> = None;
         for (si, (input, step)) in self.steps.iter().enumerate() {
             let raw = fields[*input];
@@ -862,22 +862,22 @@ impl<'a> Plan<'a> {
                         }
                     }
                     matched.map(|matched| {
-                        let p = self.key.pseudonymise(*kind, &matched);
+                        let p = self.key.pseudonym_hex(*kind, &matched);
                         if let Some(k) = activation_key {
-                            self.activation_cells[*k] = Cell::Text(p.clone());
+                            self.activation_cells[*k] = pool.text(p.as_str());
                         }
-                        self.upload_cells[*out] = Cell::Text(p);
+                        self.upload_cells[*out] = pool.text(p.as_str());
                     })
                 }
                 Step::Unit { out } => unit_value(raw).map(|v| {
-                    self.upload_cells[*out] = Cell::Text(v.to_owned());
+                    self.upload_cells[*out] = pool.text(v);
                     if self.has_activation {
-                        self.activation_cells[0] = Cell::Text(v.to_owned());
+                        self.activation_cells[0] = pool.text(v);
                     }
                 }),
                 Step::Quasi { index, out } => {
                     let q = &self.config.quasi_identifiers()[*index];
-                    let cell = quasi_cell(q, raw, self.config.options());
+                    let cell = quasi_cell(q, raw, self.config.options(), pool);
                     if matches!(cell, Err(Invalid::BelowMinimum))
                         && q.below_minimum == BelowMinimum::DropRow
                         && drop_reason.is_none()
@@ -887,7 +887,7 @@ impl<'a> Plan<'a> {
                     cell.map(|c| self.upload_cells[*out] = c)
                 }
                 Step::Dimension { ty, out } => {
-                    dimension_cell(*ty, raw).map(|c| self.upload_cells[*out] = c)
+                    dimension_cell(*ty, raw, pool).map(|c| self.upload_cells[*out] = c)
                 }
                 Step::Metric { ty, out } => {
                     metric_cell(*ty, raw).map(|c| self.upload_cells[*out] = c)
@@ -914,22 +914,23 @@ impl<'a> Plan<'a> {
     fn add_to_risk(&mut self) {
         if let Some(acc) = &mut self.risk {
             let cells = &self.upload_cells;
-            let owned: Vec<Option<Cow<'_, str>>> = self
-                .quasi_outs
-                .iter()
-                .map(|o| match &cells[*o] {
-                    Cell::Text(s) => Some(Cow::Borrowed(s.as_str())),
-                    Cell::Day(d) => Some(Cow::Owned(d.to_string())),
-                    _ => None,
-                })
-                .collect();
-            let qi: Vec<Option<&str>> = owned.iter().map(|v| v.as_deref()).collect();
             let sensitive = self.sensitive_out.and_then(|o| match &cells[o] {
                 Cell::Text(s) => Some(s.as_str()),
                 Cell::Bool(b) => Some(if *b { "true" } else { "false" }),
                 _ => None,
             });
-            acc.add(&qi, sensitive);
+            acc.add_with(
+                |key| {
+                    for o in &self.quasi_outs {
+                        match &cells[*o] {
+                            Cell::Text(s) => key.text(Some(s)),
+                            Cell::Day(d) => key.day(*d),
+                            _ => key.text(None),
+                        }
+                    }
+                },
+                sensitive,
+            );
         }
     }
 
@@ -1055,6 +1056,36 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// Strings taken back from a row's text cells when the next row starts, so that preparing a
+/// row does not allocate once the pool is warm (at most one string per output cell is kept).
+#[derive(Default)]
+struct TextPool(Vec<String>);
+
+/// Strings kept at most: cells filled with strings made elsewhere (generalisations, hashes)
+/// give more back than the row took, and the surplus is freed.
+const TEXT_POOL_MAX: usize = 256;
+
+impl TextPool {
+    /// Empties the cells (all NULL), keeping their strings for reuse.
+    fn recycle(&mut self, cells: &mut [Cell]) {
+        for c in cells {
+            if let Cell::Text(s) = std::mem::take(c)
+                && self.0.len() < TEXT_POOL_MAX
+            {
+                self.0.push(s);
+            }
+        }
+    }
+
+    /// A text cell holding a copy of `s`, in a reused string when one is free.
+    fn text(&mut self, s: &str) -> Cell {
+        let mut t = self.0.pop().unwrap_or_default();
+        t.clear();
+        t.push_str(s);
+        Cell::Text(t)
+    }
+}
+
 /// A privacy unit kept as written: trimmed, not empty, at most [`MAX_UNIT_BYTES`].
 fn unit_value(raw: &str) -> Result<&str, Invalid> {
     let v = raw.trim();
@@ -1072,15 +1103,17 @@ fn quasi_cell(
     q: &crate::config::QuasiSpec,
     raw: &str,
     options: &crate::normalise::NormaliseOptions,
+    pool: &mut TextPool,
 ) -> Result<Cell, Invalid> {
     match q.generalisation.apply(raw, options)? {
-        Generalised::Text(s) => Ok(Cell::Text(s)),
+        Generalised::Text(Cow::Owned(s)) => Ok(Cell::Text(s)),
+        Generalised::Text(Cow::Borrowed(s)) => Ok(pool.text(s)),
         Generalised::Day(d) => Ok(Cell::Day(d)),
     }
 }
 
 /// A dimension value: text kept as written (trimmed), or a boolean.
-fn dimension_cell(ty: ColumnType, raw: &str) -> Result<Cell, Invalid> {
+fn dimension_cell(ty: ColumnType, raw: &str, pool: &mut TextPool) -> Result<Cell, Invalid> {
     let v = raw.trim();
     if v.is_empty() {
         Err(Invalid::Empty)
@@ -1090,7 +1123,7 @@ fn dimension_cell(ty: ColumnType, raw: &str) -> Result<Cell, Invalid> {
             None => Err(Invalid::Malformed("not true or false")),
         }
     } else {
-        Ok(Cell::Text(v.to_owned()))
+        Ok(pool.text(v))
     }
 }
 
@@ -1192,9 +1225,12 @@ fn writer_for(
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("cleanroom prepare".into());
-    // Pseudonyms and hashes are all distinct: a dictionary only costs time.
+    // Pseudonyms and hashes are all distinct: a dictionary only costs time, and min/max
+    // statistics over them prune nothing (the server re-encodes the file on upload anyway).
     for name in plain {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(*name), false);
+        props = props
+            .set_column_dictionary_enabled(ColumnPath::from(*name), false)
+            .set_column_statistics_enabled(ColumnPath::from(*name), EnabledStatistics::None);
     }
     Ok(ArrowWriter::try_new(
         BufWriter::with_capacity(1 << 20, file),

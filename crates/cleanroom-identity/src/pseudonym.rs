@@ -128,7 +128,27 @@ impl PseudonymKey {
 
     /// The pseudonym of an already normalised value, as 64 lowercase hex digits.
     pub fn pseudonymise(&self, kind: IdKind, normalised: &str) -> String {
-        hex::encode(self.pseudonym_bytes(kind, normalised))
+        self.pseudonym_hex(kind, normalised).as_str().to_owned()
+    }
+
+    /// The pseudonym as 64 lowercase hex digits on the stack: the hot path of `prepare`
+    /// appends it to an output column without allocating.
+    pub fn pseudonym_hex(&self, kind: IdKind, normalised: &str) -> PseudonymHex {
+        let mut out = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(self.pseudonym_bytes(kind, normalised), &mut out);
+        PseudonymHex(out)
+    }
+}
+
+/// A pseudonym written as 64 lowercase hex digits.
+#[derive(Clone, Copy)]
+pub struct PseudonymHex([u8; 64]);
+
+impl PseudonymHex {
+    pub fn as_str(&self) -> &str {
+        // Hex digits are ASCII, so this never fails; the fallback is unreachable.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 

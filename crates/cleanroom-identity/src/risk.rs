@@ -78,10 +78,36 @@ struct Class {
     sensitive: Vec<u64>,
 }
 
+/// The class key of one record being written: each quasi-identifier value, length-prefixed
+/// and tagged (NULL, text, day), so no two different value lists give the same key.
+pub struct ClassKey<'k>(&'k mut Vec<u8>);
+
+impl ClassKey<'_> {
+    /// A text value, or NULL.
+    pub fn text(&mut self, v: Option<&str>) {
+        match v {
+            None => self.0.push(0),
+            Some(s) => {
+                self.0.push(1);
+                self.0.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                self.0.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+
+    /// A day (days since 1970-01-01).
+    pub fn day(&mut self, d: i32) {
+        self.0.push(2);
+        self.0.extend_from_slice(&d.to_le_bytes());
+    }
+}
+
 /// Collects equivalence classes one record at a time.
 #[derive(Debug)]
 pub struct RiskAccumulator {
-    classes: HashMap<Box<[u8]>, Class>,
+    /// foldhash rather than SipHash: the keys are the owner's own generalised values on
+    /// its own machine, and hashing them is on the hot path of every prepared row.
+    classes: HashMap<Box<[u8]>, Class, foldhash::fast::RandomState>,
     records: u64,
     track_l: bool,
     key: Vec<u8>,
@@ -93,7 +119,7 @@ impl RiskAccumulator {
     /// `track_l`: whether a sensitive value comes with each record.
     pub fn new(track_l: bool) -> Self {
         RiskAccumulator {
-            classes: HashMap::new(),
+            classes: HashMap::default(),
             records: 0,
             track_l,
             key: Vec::with_capacity(64),
@@ -103,17 +129,21 @@ impl RiskAccumulator {
     /// Adds one record: its generalised quasi-identifier values (NULL as `None`) and its
     /// sensitive value.
     pub fn add(&mut self, qi: &[Option<&str>], sensitive: Option<&str>) {
-        self.key.clear();
-        for v in qi {
-            match v {
-                None => self.key.push(0),
-                Some(s) => {
-                    self.key.push(1);
-                    self.key.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                    self.key.extend_from_slice(s.as_bytes());
+        self.add_with(
+            |key| {
+                for v in qi {
+                    key.text(*v);
                 }
-            }
-        }
+            },
+            sensitive,
+        );
+    }
+
+    /// Adds one record whose class key `fill` writes value by value, in quasi-identifier
+    /// order: the hot path of `prepare`, which allocates nothing per record this way.
+    pub fn add_with(&mut self, fill: impl FnOnce(&mut ClassKey<'_>), sensitive: Option<&str>) {
+        self.key.clear();
+        fill(&mut ClassKey(&mut self.key));
         self.records += 1;
         let class = match self.classes.get_mut(self.key.as_slice()) {
             Some(c) => c,

@@ -61,12 +61,7 @@ fn validate(s: &str) -> Result<(), Invalid> {
     if s.len() > MAX_EMAIL_BYTES {
         return Err(Invalid::TooLong);
     }
-    if s.chars().any(|c| c.is_whitespace()) {
-        return Err(Invalid::BadCharacters("spaces inside the address"));
-    }
-    if s.chars().any(|c| c.is_control() || super::is_invisible(c)) {
-        return Err(Invalid::BadCharacters("control characters"));
-    }
+    no_spaces_or_controls(s)?;
     let mut parts = s.split('@');
     let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Invalid::Malformed("needs exactly one @"));
@@ -120,9 +115,42 @@ fn validate(s: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Refuses whitespace and control or invisible characters.
+fn no_spaces_or_controls(s: &str) -> Result<(), Invalid> {
+    if !s.is_ascii() {
+        return no_spaces_or_controls_by_char(s);
+    }
+    // The same two checks a byte at a time (the common case): ASCII whitespace as
+    // `char::is_whitespace` defines it, then ASCII controls; no invisible character is ASCII.
+    let b = s.as_bytes();
+    if b.iter().any(|c| matches!(c, b' ' | b'\t'..=b'\r')) {
+        return Err(Invalid::BadCharacters("spaces inside the address"));
+    }
+    if b.iter().any(u8::is_ascii_control) {
+        return Err(Invalid::BadCharacters("control characters"));
+    }
+    Ok(())
+}
+
+fn no_spaces_or_controls_by_char(s: &str) -> Result<(), Invalid> {
+    if s.chars().any(|c| c.is_whitespace()) {
+        return Err(Invalid::BadCharacters("spaces inside the address"));
+    }
+    if s.chars().any(|c| c.is_control() || super::is_invisible(c)) {
+        return Err(Invalid::BadCharacters("control characters"));
+    }
+    Ok(())
+}
+
 /// True for the domains the Gmail rules apply to.
 pub fn is_gmail_domain(domain: &str) -> bool {
     domain == "gmail.com" || domain == "googlemail.com"
+}
+
+/// True when a base form's domain is one the Gmail rules apply to.
+pub(crate) fn has_gmail_domain(base: &str) -> bool {
+    base.rsplit_once('@')
+        .is_some_and(|(_, domain)| is_gmail_domain(domain))
 }
 
 /// The Gmail rules over a base form: for gmail.com and googlemail.com, remove the dots and
@@ -155,6 +183,18 @@ pub fn gmail_canonical(base: &str) -> Result<String, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The byte-at-a-time check agrees with the per-character one on every ASCII string.
+        #[test]
+        fn ascii_fast_path_agrees(s in "[\\x00-\\x7f]{0,12}") {
+            proptest::prop_assert_eq!(no_spaces_or_controls(&s), no_spaces_or_controls_by_char(&s));
+            proptest::prop_assert_eq!(
+                crate::normalise::clean(&s).into_owned(),
+                s.trim_matches(|c: char| c.is_whitespace()).to_owned()
+            );
+        }
+    }
 
     #[test]
     fn base_form() {

@@ -166,9 +166,10 @@ pub fn normalise(kind: IdKind, raw: &str, opts: &NormaliseOptions) -> Result<Str
     match kind {
         IdKind::Email => {
             let base = email::email_base(raw)?;
-            if opts.gmail_rules {
+            if opts.gmail_rules && email::has_gmail_domain(&base) {
                 email::gmail_canonical(&base)
             } else {
+                // Not Gmail: the base form is the matching form (no second copy).
                 Ok(base)
             }
         }
@@ -205,6 +206,10 @@ pub(crate) fn is_invisible(c: char) -> bool {
 
 /// Trims whitespace and removes invisible characters.
 pub(crate) fn clean(raw: &str) -> std::borrow::Cow<'_, str> {
+    if raw.is_ascii() {
+        // No invisible character is ASCII, and `trim` removes exactly the whitespace.
+        return std::borrow::Cow::Borrowed(raw.trim());
+    }
     let t = raw.trim_matches(|c: char| c.is_whitespace() || is_invisible(c));
     if t.chars().any(is_invisible) {
         std::borrow::Cow::Owned(t.chars().filter(|c| !is_invisible(*c)).collect())
