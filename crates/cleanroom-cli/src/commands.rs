@@ -128,6 +128,14 @@ async fn open_room(data: &DataDir, create: bool) -> Result<CleanRoom> {
         .map(MetadataUrl::parse)
         .transpose()
         .context("--metadata (CLEANROOM_METADATA) is not a postgres:// URL")?;
+    if let Some(url) = &data.data_store {
+        let url = cleanroom_objstore::S3Url::parse(url)
+            .map_err(anyhow::Error::msg)
+            .context("--data-store (CLEANROOM_DATA_STORE)")?;
+        let files = cleanroom_objstore::S3Files::from_env(&url, tokio::runtime::Handle::current())
+            .with_context(|| format!("--data-store {url}"))?;
+        config.data_store = Some(std::sync::Arc::new(files));
+    }
     CleanRoom::open(config)
         .await
         .with_context(|| format!("opening the data directory {}", data_dir.display()))
@@ -254,10 +262,11 @@ async fn init(data: &DataDir, org: &str, user: &str, json: bool, quiet: bool) ->
     println!(
         "Next: cleanroom serve --data-dir {}{}",
         data_dir.display(),
-        if data.metadata.is_some() {
-            " (with the same --metadata or CLEANROOM_METADATA)"
-        } else {
-            ""
+        match (data.metadata.is_some(), data.data_store.is_some()) {
+            (false, false) => "",
+            (true, false) => " (with the same --metadata or CLEANROOM_METADATA)",
+            (false, true) => " (with the same --data-store or CLEANROOM_DATA_STORE)",
+            (true, true) => " (with the same --metadata and --data-store)",
         }
     );
     println!("      export CLEANROOM_TOKEN=<the token above>; cleanroom org create <name>");

@@ -59,6 +59,12 @@ pub struct DataDir {
     /// show in the process list. Default: an embedded SQLite file in the data directory.
     #[arg(long, env = "CLEANROOM_METADATA", hide_env_values = true)]
     pub metadata: Option<String>,
+    /// Keep the encrypted dataset files in S3-compatible object storage: s3://bucket/prefix
+    /// (endpoint, region and credentials from AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, …). Only ciphertext reaches the bucket. Default: the data
+    /// directory.
+    #[arg(long, env = "CLEANROOM_DATA_STORE")]
+    pub data_store: Option<String>,
 }
 
 #[derive(Subcommand)]

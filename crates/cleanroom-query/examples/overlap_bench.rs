@@ -72,7 +72,7 @@ fn generate(dir: &Path, rows: usize) {
     let schema = schema();
     let overlap = rows * 35 / 100;
     for (d, offset, prefix) in [(left, 0usize, "L"), (right, rows - overlap, "R")] {
-        let mut w = store.begin_write(d, &schema, &key).unwrap();
+        let mut w = store.begin_write(collab, d, &schema, &key).unwrap();
         let mut start = 0;
         while start < rows {
             let end = (start + BATCH).min(rows);
@@ -100,7 +100,7 @@ fn generate(dir: &Path, rows: usize) {
             w.write_batch(&batch).unwrap();
             start = end;
         }
-        store.commit(w, collab, d).unwrap();
+        store.commit(w).unwrap();
     }
     std::fs::write(
         dir.join("ids"),

@@ -182,6 +182,12 @@ impl From<StorageError> for ServiceError {
                 tracing::error!(%context, error = %source, "storage I/O failed");
                 ServiceError::Unavailable(format!("storage failed while {context}; try again"))
             }
+            StorageError::Remote { context, message } => {
+                tracing::error!(%context, error = %message, "object storage failed");
+                ServiceError::Unavailable(format!(
+                    "object storage failed while {context}; try again"
+                ))
+            }
             other => ServiceError::Internal(other.to_string()),
         }
     }

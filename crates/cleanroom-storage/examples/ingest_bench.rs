@@ -105,10 +105,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
             let t0 = Instant::now();
             let (collab, id) = (CollaborationId::new(), DatasetId::new());
-            let mut w = store.begin_write(id, &schema, &key)?;
+            let mut w = store.begin_write(collab, id, &schema, &key)?;
             ingest_csv_threads(&data[..], &schema, &mut w, &mut |_| {}, t)?;
-            store.commit(w, collab, id)?;
-            std::fs::remove_file(store.dataset_path(collab, id))?;
+            store.commit(w)?;
+            store.remove(collab, id)?;
             write.push(t0.elapsed().as_secs_f64());
         }
         let (p, w) = (median(parse), median(write));

@@ -1,18 +1,14 @@
-//! Encrypted Parquet datasets on disk.
+//! Encrypted Parquet datasets, on any [`DatasetFiles`] backend.
 //!
-//! Layout under the data directory:
-//! ```text
-//! tmp/<random>.parquet.tmp               uploads in progress (ciphertext only)
-//! datasets/<collaboration>/<dataset>.parquet   committed datasets (ciphertext only)
-//! ```
 //! Files use Parquet modular encryption (AES-GCM) with the dataset key as footer key and every
 //! column encrypted, and the dataset id as AAD prefix so a file renamed to another dataset does
 //! not open. Plaintext rows exist only in memory, one record batch (or one row group) at a time,
-//! so neither a finished file nor one left behind by a crash holds plaintext.
+//! so neither a finished file nor one left behind by a crash holds plaintext, and a backend
+//! (the local directory, an S3 bucket) only ever receives ciphertext.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use cleanroom_core::ids::{CollaborationId, DatasetId};
@@ -27,6 +23,7 @@ use parquet::encryption::encrypt::FileEncryptionProperties;
 use parquet::file::properties::WriterProperties;
 
 use crate::StorageError;
+use crate::files::{ChunkSource, DatasetFiles, FileWrite, LocalFiles};
 use crate::ingest::{BatchSink, arrow_schema};
 use crate::keys::SecretKey;
 
@@ -35,10 +32,10 @@ pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 /// Flush a row group early once this many bytes are buffered (wide rows).
 const FLUSH_BYTES: usize = 64 * 1024 * 1024;
 
-/// The data directory's dataset files.
+/// The room's dataset files: encryption over a [`DatasetFiles`] backend.
 #[derive(Debug, Clone)]
 pub struct DatasetStore {
-    root: PathBuf,
+    files: Arc<dyn DatasetFiles>,
 }
 
 /// What a committed dataset file holds.
@@ -49,75 +46,36 @@ pub struct StoredDataset {
 }
 
 impl DatasetStore {
-    /// Opens (creating if needed) the dataset area of `data_dir`.
+    /// The dataset area of a local data directory (created if needed).
     pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
-        let store = DatasetStore {
-            root: data_dir.to_path_buf(),
-        };
-        for d in [store.tmp_dir(), store.datasets_dir()] {
-            std::fs::create_dir_all(&d)
-                .map_err(StorageError::io(format!("creating {}", d.display())))?;
-        }
-        Ok(store)
+        Ok(Self::new(Arc::new(LocalFiles::open(data_dir)?)))
     }
 
-    fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+    /// Dataset files on any backend.
+    pub fn new(files: Arc<dyn DatasetFiles>) -> Self {
+        DatasetStore { files }
     }
 
-    fn datasets_dir(&self) -> PathBuf {
-        self.root.join("datasets")
+    /// The backend.
+    pub fn files(&self) -> &Arc<dyn DatasetFiles> {
+        &self.files
     }
 
-    fn collaboration_dir(&self, collab: CollaborationId) -> PathBuf {
-        self.datasets_dir().join(collab.to_string())
-    }
-
-    /// Where a committed dataset lives. Ids are UUIDs, so the path cannot escape the store.
-    pub fn dataset_path(&self, collab: CollaborationId, dataset: DatasetId) -> PathBuf {
-        self.collaboration_dir(collab)
-            .join(format!("{dataset}.parquet"))
-    }
-
-    /// Whether files can be written where uploads are written: creates, syncs and removes a
-    /// small file in `tmp/`. For readiness checks.
+    /// Whether files can be written where uploads are written. For readiness checks.
     pub fn probe(&self) -> Result<(), StorageError> {
-        use std::io::Write;
-        let path = self
-            .tmp_dir()
-            .join(format!(".probe-{}", uuid::Uuid::new_v4()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .and_then(|mut f| {
-                f.write_all(b"probe")?;
-                f.sync_all()
-            });
-        let removed = std::fs::remove_file(&path);
-        written.map_err(StorageError::io(
-            "writing a probe file in the data directory",
-        ))?;
-        removed.map_err(StorageError::io(
-            "removing a probe file from the data directory",
-        ))
+        self.files.probe()
     }
 
-    /// Starts writing an encrypted file for `dataset` into `tmp/`.
+    /// Starts writing the encrypted file of `dataset`; nothing is visible until
+    /// [`DatasetStore::commit`].
     pub fn begin_write(
         &self,
+        collab: CollaborationId,
         dataset: DatasetId,
         schema: &DatasetSchema,
         key: &SecretKey,
     ) -> Result<EncryptedWriter, StorageError> {
-        let tmp = self
-            .tmp_dir()
-            .join(format!("{}.parquet.tmp", uuid::Uuid::new_v4()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(StorageError::io("creating upload file"))?;
+        let out = self.files.begin_write(collab, dataset)?;
         let enc = FileEncryptionProperties::builder(key.expose().to_vec())
             .with_aad_prefix(aad(dataset))
             .build()?;
@@ -126,37 +84,27 @@ impl DatasetStore {
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
-        let writer = ArrowWriter::try_new(file, arrow_schema(schema), Some(props))?;
+        let writer = ArrowWriter::try_new(out, arrow_schema(schema), Some(props))?;
         Ok(EncryptedWriter {
             writer: Some(writer),
-            tmp: Some(tmp),
+            rows: 0,
         })
     }
 
-    /// Finishes `writer` and moves its file into place durably. Until this returns, no file
-    /// exists at the dataset's path.
-    pub fn commit(
-        &self,
-        mut writer: EncryptedWriter,
-        collab: CollaborationId,
-        dataset: DatasetId,
-    ) -> Result<StoredDataset, StorageError> {
-        let w = writer.writer.take().expect("writer present until commit");
-        let meta = w.close()?;
-        let rows = meta.file_metadata().num_rows() as u64;
-        let tmp = writer.tmp.take().expect("tmp present until commit");
-        let guard = TmpGuard(Some(tmp.clone()));
-        let f = File::open(&tmp).map_err(StorageError::io("reopening upload file"))?;
-        f.sync_all()
-            .map_err(StorageError::io("syncing upload file"))?;
-        let bytes = f
-            .metadata()
-            .map_err(StorageError::io("reading upload file size"))?
-            .len();
-        let dest = self.dataset_path(collab, dataset);
-        crate::atomic::rename_durably(&tmp, &dest)?;
-        std::mem::forget(guard);
-        Ok(StoredDataset { rows, bytes })
+    /// Finishes `writer` and makes its file visible durably, in one step. Until this returns,
+    /// no file exists at the dataset's location.
+    pub fn commit(&self, mut writer: EncryptedWriter) -> Result<StoredDataset, StorageError> {
+        let w = writer
+            .writer
+            .take()
+            .ok_or_else(|| StorageError::Internal("commit of a finished writer".into()))?;
+        // Writes the footer and hands back the backend's write, still uncommitted.
+        let out = w.into_inner()?;
+        let bytes = out.commit()?;
+        Ok(StoredDataset {
+            rows: writer.rows,
+            bytes,
+        })
     }
 
     /// Opens a committed dataset for reading, decrypting with `key`.
@@ -166,13 +114,12 @@ impl DatasetStore {
         dataset: DatasetId,
         key: &SecretKey,
     ) -> Result<ParquetRecordBatchReader, StorageError> {
-        let path = self.dataset_path(collab, dataset);
-        let file = File::open(&path).map_err(StorageError::io("opening dataset"))?;
+        let source = ChunkSource(self.files.open_read(collab, dataset)?);
         let dec = FileDecryptionProperties::builder(key.expose().to_vec())
             .with_aad_prefix(aad(dataset))
             .build()?;
         let opts = ArrowReaderOptions::new().with_file_decryption_properties(dec);
-        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, opts)
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(source, opts)
             .map_err(|_| StorageError::Decrypt)?
             .build()?;
         Ok(reader)
@@ -186,9 +133,8 @@ impl DatasetStore {
         dataset: DatasetId,
         key: SecretKey,
     ) -> Result<EncryptedDataset, StorageError> {
-        let path = self.dataset_path(collab, dataset);
         let handle = EncryptedDataset {
-            path,
+            source: ChunkSource(self.files.open_read(collab, dataset)?),
             dataset,
             key,
             row_groups: 0,
@@ -203,47 +149,32 @@ impl DatasetStore {
         })
     }
 
+    /// Removes one dataset's file; `Ok(false)` when there was none.
+    pub fn remove(
+        &self,
+        collab: CollaborationId,
+        dataset: DatasetId,
+    ) -> Result<bool, StorageError> {
+        self.files.remove(collab, dataset)
+    }
+
     /// Deletes every unfinished upload (called at start-up: a crash may leave some behind).
     pub fn remove_tmp_files(&self) -> Result<usize, StorageError> {
-        let mut n = 0;
-        for entry in std::fs::read_dir(self.tmp_dir()).map_err(StorageError::io("listing tmp"))? {
-            let entry = entry.map_err(StorageError::io("listing tmp"))?;
-            std::fs::remove_file(entry.path()).map_err(StorageError::io("removing tmp file"))?;
-            n += 1;
-        }
-        Ok(n)
+        self.files.remove_unfinished()
     }
 
     /// Deletes dataset files that the metadata store does not list as committed (a crash
-    /// between the rename and the metadata commit leaves such a file).
+    /// between the commit and the metadata commit leaves such a file).
     pub fn remove_orphans(
         &self,
         committed: &HashSet<(CollaborationId, DatasetId)>,
     ) -> Result<usize, StorageError> {
         let mut n = 0;
-        let dir = self.datasets_dir();
-        for c in std::fs::read_dir(&dir).map_err(StorageError::io("listing datasets"))? {
-            let c = c.map_err(StorageError::io("listing datasets"))?;
-            let Some(collab) = c
-                .file_name()
-                .to_str()
-                .and_then(|s| CollaborationId::parse(s).ok())
-            else {
-                continue;
-            };
-            for f in std::fs::read_dir(c.path()).map_err(StorageError::io("listing datasets"))? {
-                let f = f.map_err(StorageError::io("listing datasets"))?;
-                let keep = f
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.strip_suffix(".parquet"))
-                    .and_then(|s| DatasetId::parse(s).ok())
-                    .is_some_and(|d| committed.contains(&(collab, d)));
-                if !keep {
-                    std::fs::remove_file(f.path())
-                        .map_err(StorageError::io("removing orphan dataset"))?;
-                    n += 1;
-                }
+        for f in self.files.list()? {
+            if !committed.contains(&(f.collab, f.dataset))
+                && self.files.remove(f.collab, f.dataset)?
+            {
+                n += 1;
             }
         }
         Ok(n)
@@ -255,16 +186,7 @@ impl DatasetStore {
         &self,
         collab: CollaborationId,
     ) -> Result<usize, StorageError> {
-        let dir = self.collaboration_dir(collab);
-        if !dir.exists() {
-            return Ok(0);
-        }
-        let n = std::fs::read_dir(&dir)
-            .map_err(StorageError::io("listing collaboration files"))?
-            .count();
-        std::fs::remove_dir_all(&dir).map_err(StorageError::io("removing collaboration files"))?;
-        crate::atomic::sync_dir(&self.datasets_dir())?;
-        Ok(n)
+        self.files.remove_collaboration(collab)
     }
 }
 
@@ -272,7 +194,7 @@ impl DatasetStore {
 /// when dropped); plaintext exists only in the record batches it returns.
 #[derive(Clone)]
 pub struct EncryptedDataset {
-    path: PathBuf,
+    source: ChunkSource,
     dataset: DatasetId,
     key: SecretKey,
     row_groups: usize,
@@ -290,13 +212,12 @@ impl std::fmt::Debug for EncryptedDataset {
 }
 
 impl EncryptedDataset {
-    fn builder(&self) -> Result<ParquetRecordBatchReaderBuilder<File>, StorageError> {
-        let file = File::open(&self.path).map_err(StorageError::io("opening dataset"))?;
+    fn builder(&self) -> Result<ParquetRecordBatchReaderBuilder<ChunkSource>, StorageError> {
         let dec = FileDecryptionProperties::builder(self.key.expose().to_vec())
             .with_aad_prefix(aad(self.dataset))
             .build()?;
         let opts = ArrowReaderOptions::new().with_file_decryption_properties(dec);
-        ParquetRecordBatchReaderBuilder::try_new_with_options(file, opts)
+        ParquetRecordBatchReaderBuilder::try_new_with_options(self.source.clone(), opts)
             .map_err(|_| StorageError::Decrypt)
     }
 
@@ -333,37 +254,25 @@ fn aad(dataset: DatasetId) -> Vec<u8> {
     format!("cleanroom-dataset:{dataset}").into_bytes()
 }
 
-/// An upload being written. Dropping it without [`DatasetStore::commit`] deletes its file.
+/// An upload being written. Dropping it without [`DatasetStore::commit`] aborts the backend's
+/// write, so nothing becomes visible.
 pub struct EncryptedWriter {
-    writer: Option<ArrowWriter<File>>,
-    tmp: Option<PathBuf>,
+    writer: Option<ArrowWriter<Box<dyn FileWrite>>>,
+    rows: u64,
 }
 
 impl BatchSink for EncryptedWriter {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
-        let w = self.writer.as_mut().expect("writer present until commit");
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| StorageError::Internal("write after commit".into()))?;
         w.write(batch)?;
+        self.rows += batch.num_rows() as u64;
         if w.in_progress_size() > FLUSH_BYTES {
             w.flush()?;
         }
         Ok(())
-    }
-}
-
-impl Drop for EncryptedWriter {
-    fn drop(&mut self) {
-        drop(self.writer.take());
-        drop(TmpGuard(self.tmp.take()));
-    }
-}
-
-struct TmpGuard(Option<PathBuf>);
-
-impl Drop for TmpGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 
@@ -398,7 +307,7 @@ mod tests {
         out
     }
 
-    fn walk(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
@@ -411,6 +320,10 @@ mod tests {
         v
     }
 
+    fn path_of(root: &Path, c: CollaborationId, d: DatasetId) -> std::path::PathBuf {
+        root.join(crate::files::dataset_key(c, d))
+    }
+
     fn contains(hay: &[u8], needle: &[u8]) -> bool {
         hay.windows(needle.len()).any(|w| w == needle)
     }
@@ -421,9 +334,9 @@ mod tests {
         let store = DatasetStore::open(dir.path()).unwrap();
         let key = SecretKey::generate().unwrap();
         let (c, d) = (CollaborationId::new(), DatasetId::new());
-        let mut w = store.begin_write(d, &schema(), &key).unwrap();
+        let mut w = store.begin_write(c, d, &schema(), &key).unwrap();
         let rows = ingest_csv(csv(1000).as_bytes(), &schema(), &mut w, &mut |_| {}).unwrap();
-        let stored = store.commit(w, c, d).unwrap();
+        let stored = store.commit(w).unwrap();
         assert_eq!((rows, stored.rows), (1000, 1000));
         assert!(stored.bytes > 0);
 
@@ -457,7 +370,7 @@ mod tests {
         assert_eq!(cols[0].schema().field(0).name(), "n");
         // A file moved under another dataset's name does not open with that dataset's AAD.
         let other = DatasetId::new();
-        std::fs::rename(store.dataset_path(c, d), store.dataset_path(c, other)).unwrap();
+        std::fs::rename(path_of(dir.path(), c, d), path_of(dir.path(), c, other)).unwrap();
         assert!(store.open_reader(c, other, &key).is_err());
     }
 
@@ -467,7 +380,9 @@ mod tests {
         let store = DatasetStore::open(dir.path()).unwrap();
         let key = SecretKey::generate().unwrap();
         let d = DatasetId::new();
-        let mut w = store.begin_write(d, &schema(), &key).unwrap();
+        let mut w = store
+            .begin_write(CollaborationId::new(), d, &schema(), &key)
+            .unwrap();
         let bad = format!("{}person-x,Gotham,notanumber\n", csv(10));
         assert!(ingest_csv(bad.as_bytes(), &schema(), &mut w, &mut |_| {}).is_err());
         drop(w);
@@ -482,17 +397,17 @@ mod tests {
         let c = CollaborationId::new();
         let (keep, orphan) = (DatasetId::new(), DatasetId::new());
         for d in [keep, orphan] {
-            let mut w = store.begin_write(d, &schema(), &key).unwrap();
+            let mut w = store.begin_write(c, d, &schema(), &key).unwrap();
             ingest_csv(csv(5).as_bytes(), &schema(), &mut w, &mut |_| {}).unwrap();
-            store.commit(w, c, d).unwrap();
+            store.commit(w).unwrap();
         }
         std::fs::write(dir.path().join("tmp/x.parquet.tmp"), b"junk").unwrap();
         assert_eq!(store.remove_tmp_files().unwrap(), 1);
         let committed = HashSet::from([(c, keep)]);
         assert_eq!(store.remove_orphans(&committed).unwrap(), 1);
-        assert!(store.dataset_path(c, keep).exists());
-        assert!(!store.dataset_path(c, orphan).exists());
+        assert!(path_of(dir.path(), c, keep).exists());
+        assert!(!path_of(dir.path(), c, orphan).exists());
         assert_eq!(store.remove_collaboration_files(c).unwrap(), 1);
-        assert!(!store.dataset_path(c, keep).exists());
+        assert!(!path_of(dir.path(), c, keep).exists());
     }
 }

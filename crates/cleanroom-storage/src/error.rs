@@ -33,6 +33,9 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The object store (S3-compatible) failed or could not be reached.
+    #[error("object storage: {context}: {message}")]
+    Remote { context: String, message: String },
     /// Parquet or Arrow failed while writing or reading our own files (a bug or corruption).
     #[error("internal storage error: {0}")]
     Internal(String),

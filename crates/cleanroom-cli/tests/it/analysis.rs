@@ -2,7 +2,7 @@
 
 use crate::*;
 
-fn write_people(path: &std::path::Path, prefix: &str, count: usize, offset: usize) {
+pub fn write_people(path: &std::path::Path, prefix: &str, count: usize, offset: usize) {
     let mut s = String::from("pid,email_hmac,city,n\n");
     for i in 0..count {
         s.push_str(&format!(
@@ -15,7 +15,7 @@ fn write_people(path: &std::path::Path, prefix: &str, count: usize, offset: usiz
     std::fs::write(path, s).unwrap();
 }
 
-const POLICY: &str = r#"
+pub const POLICY: &str = r#"
 join_keys = ["email_hmac"]
 dimensions = ["city"]
 analysts = ["publisher", "brand"]

@@ -18,6 +18,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cleanroom-privacy", &[]),
     ("cleanroom-storage", &["cleanroom-core"]),
     ("cleanroom-identity", &["cleanroom-core"]),
+    (
+        "cleanroom-objstore",
+        &["cleanroom-core", "cleanroom-storage"],
+    ),
     ("cleanroom-meta", &["cleanroom-core"]),
     ("cleanroom-psi", &["cleanroom-privacy"]),
     ("cleanroom-psi-net", &["cleanroom-psi"]),
@@ -41,6 +45,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "cleanroom-core",
             "cleanroom-identity",
+            "cleanroom-objstore",
             "cleanroom-psi",
             "cleanroom-psi-net",
             "cleanroom-server",

@@ -117,9 +117,12 @@ impl Fixture {
         let policy = AnalysisPolicy::validate(&policy, &schema).unwrap();
         let id = DatasetId::new();
         let key = SecretKey::generate().unwrap();
-        let mut w = self.store.begin_write(id, &schema, &key).unwrap();
+        let mut w = self
+            .store
+            .begin_write(self.collab, id, &schema, &key)
+            .unwrap();
         ingest_csv(csv.as_bytes(), &schema, &mut w, &mut |_| {}).unwrap();
-        self.store.commit(w, self.collab, id).unwrap();
+        self.store.commit(w).unwrap();
         let data = self.store.open_dataset(self.collab, id, key).unwrap();
         self.tables.push(QueryTable {
             name: name.into(),

@@ -355,7 +355,11 @@ impl CleanRoom {
         }
         let audit = ctx.entry(Outcome::Allowed, "");
         let shredded = self.meta.close_collaboration(c.id, audit).await?;
-        let files = self.files.remove_collaboration_files(c.id)?;
+        let store = self.files.clone();
+        let cid = c.id;
+        let files = tokio::task::spawn_blocking(move || store.remove_collaboration_files(cid))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("removing files failed: {e}")))??;
         tracing::info!(collaboration = %c.id, keys = shredded, files, "collaboration closed and crypto-shredded");
         Ok(shredded)
     }

@@ -205,7 +205,10 @@ impl CleanRoom {
                 if let Err(e) = self.meta.finish_upload(d.id, rows, bytes, audit).await {
                     // Not recorded as ready: the file must not outlive this request, and the
                     // dataset goes back to pending (never left `uploading`).
-                    let _ = std::fs::remove_file(self.files.dataset_path(c.id, d.id));
+                    let files = self.files.clone();
+                    let cid = c.id;
+                    let did = d.id;
+                    let _ = tokio::task::spawn_blocking(move || files.remove(cid, did)).await;
                     let e: ServiceError = e.into();
                     let back = ctx.entry(e.audit_outcome(), e.audit_detail());
                     if let Err(err) = self.meta.abort_upload(d.id, back).await {
@@ -238,7 +241,7 @@ impl CleanRoom {
         let max_parquet = self.limits.max_parquet_bytes;
         let max_upload = self.limits.max_upload_bytes;
         tokio::task::spawn_blocking(move || -> Result<(u64, u64), ServiceError> {
-            let mut writer = files.begin_write(did, &schema, &key)?;
+            let mut writer = files.begin_write(cid, did, &schema, &key)?;
             let mut progress = |_rows: u64| {};
             let rows = match input {
                 UploadInput::Csv(r) => {
@@ -259,7 +262,7 @@ impl CleanRoom {
                     ingest_parquet(b, &schema, &mut writer, &mut progress)?
                 }
             };
-            let stored = files.commit(writer, cid, did)?;
+            let stored = files.commit(writer)?;
             debug_assert_eq!(stored.rows, rows);
             Ok((rows, stored.bytes))
         })

@@ -12,7 +12,7 @@ use cleanroom_core::ids::{CollaborationId, DatasetId, TokenId};
 use cleanroom_core::names::OrgName;
 use cleanroom_core::party::{DatasetStatus, UserRole};
 use cleanroom_meta::{MetaStore, SqliteStore};
-use cleanroom_storage::{DatasetStore, MasterKeySource, SecretKey, load_master_key};
+use cleanroom_storage::{DatasetFiles, DatasetStore, MasterKeySource, SecretKey, load_master_key};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
@@ -93,6 +93,9 @@ pub struct Config {
     /// Keep the metadata in this PostgreSQL database rather than in the data directory's
     /// embedded SQLite file (the default).
     pub metadata: Option<MetadataUrl>,
+    /// Keep the encrypted dataset files here (an S3 bucket) rather than in the data
+    /// directory (the default).
+    pub data_store: Option<Arc<dyn DatasetFiles>>,
 }
 
 /// A `postgres://` (or `postgresql://`) URL of a metadata database; its `Debug` shows no
@@ -107,6 +110,7 @@ impl Config {
             create: true,
             limits: Limits::default(),
             metadata: None,
+            data_store: None,
         }
     }
 }
@@ -181,6 +185,8 @@ use cleanroom_meta::now;
 
 /// The setting that proves the master key (written when a room is created).
 const MASTER_KEY_CHECK: &str = "master_key_check";
+/// The setting naming the data store the room was first started on ([`DatasetFiles::identity`]).
+const DATA_STORE: &str = "data_store";
 
 /// Name of the lock file in the data directory.
 pub const LOCK_FILE: &str = ".lock";
@@ -314,7 +320,10 @@ impl CleanRoom {
         lock: std::fs::File,
         (master, source): (SecretKey, MasterKeySource),
     ) -> Result<Self, ServiceError> {
-        let files = DatasetStore::open(&config.data_dir)?;
+        let files = match &config.data_store {
+            Some(store) => DatasetStore::new(store.clone()),
+            None => DatasetStore::open(&config.data_dir)?,
+        };
         let master =
             rotation::settle_rotation(&config.data_dir, meta.as_ref(), master, source).await?;
         let room = CleanRoom {
@@ -327,6 +336,7 @@ impl CleanRoom {
             lock: Arc::new(Mutex::new(Some(lock))),
         };
         room.check_master_key().await?;
+        room.check_data_store().await?;
         room.recover().await?;
         Ok(room)
     }
@@ -366,6 +376,28 @@ impl CleanRoom {
             })
     }
 
+    /// Refuses to start on another data store than the one the room's datasets were written
+    /// to: the metadata would list datasets whose files are elsewhere, and start-up clean-up
+    /// would treat the other store's files as orphans.
+    async fn check_data_store(&self) -> Result<(), ServiceError> {
+        let files = self.files.files();
+        let mine = files.identity();
+        let stored = self.meta.init_setting(DATA_STORE, mine.as_bytes()).await?;
+        if stored != mine.as_bytes() {
+            let recorded = String::from_utf8_lossy(&stored);
+            let hint = if recorded == "local" {
+                "the data directory (leave out --data-store)".to_owned()
+            } else {
+                format!("--data-store {recorded}")
+            };
+            return Err(ServiceError::InvalidInput(format!(
+                "this room keeps its datasets in {recorded}, not in {}: start it with {hint}",
+                files.describe()
+            )));
+        }
+        Ok(())
+    }
+
     async fn recover(&self) -> Result<(), ServiceError> {
         self.recover_analyses().await?;
         self.recover_activations().await?;
@@ -379,8 +411,15 @@ impl CleanRoom {
         }
         let committed: HashSet<(CollaborationId, DatasetId)> =
             self.meta.recover_uploads().await?.into_iter().collect();
-        let tmp = self.files.remove_tmp_files()?;
-        let orphans = self.files.remove_orphans(&committed)?;
+        let files = self.files.clone();
+        let (tmp, orphans) = tokio::task::spawn_blocking(move || {
+            Ok::<_, cleanroom_storage::StorageError>((
+                files.remove_tmp_files()?,
+                files.remove_orphans(&committed)?,
+            ))
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("start-up clean-up task failed: {e}")))??;
         if tmp + orphans > 0 {
             tracing::warn!(
                 unfinished_uploads = tmp,
