@@ -24,16 +24,19 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use cleanroom_core::ids::{CollaborationId, DatasetId};
 use cleanroom_storage::files::{FileRead, FileWrite, StoredFile, dataset_key, parse_dataset_key};
 use cleanroom_storage::{DatasetFiles, StorageError};
 use futures_util::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, RetryConfig, WriteMultipart,
+};
 use tokio::runtime::Handle;
 
 /// Bytes per multipart part (S3 wants at least 5 MiB for every part but the last).
@@ -123,6 +126,17 @@ impl S3Files {
     pub fn from_env(url: &S3Url, rt: Handle) -> Result<S3Files, StorageError> {
         let s3 = AmazonS3Builder::from_env()
             .with_bucket_name(&url.bucket)
+            // Fail within seconds, not minutes, when the store is down or unreachable: a
+            // readiness probe or a start-up must say so while the operator is watching.
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "5s",
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(20),
+            })
             .build()
             .map_err(remote("configuring the S3 client"))?;
         Ok(Self::with_store(Arc::new(s3), url.clone(), rt))

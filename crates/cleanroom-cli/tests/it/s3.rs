@@ -148,3 +148,86 @@ fn a_room_on_s3_keeps_only_ciphertext_in_the_bucket_and_analyses_from_there() {
         assert!(left.is_empty(), "objects left after close: {left:?}");
     }
 }
+
+/// `init` against a store it cannot write stops before creating anything, with the store's
+/// reason, and quickly (no minutes of retries).
+fn init_is_refused(tmp: &Path, store: &str, env: &[(&str, &str)]) -> String {
+    let data = tmp.join("data");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["init", "--data-dir"])
+        .arg(&data)
+        .args(["--data-store", store])
+        .env_remove("CLEANROOM_MASTER_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let started = std::time::Instant::now();
+    let printed = failed(&run(&mut cmd));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        printed.contains(&format!("the data store {store} cannot be used")),
+        "{printed}"
+    );
+    assert!(
+        !data.join("master.key").exists() && !data.join("meta.sqlite").exists(),
+        "a refused init left a room behind"
+    );
+    printed
+}
+
+#[test]
+fn an_unreachable_store_stops_init_before_anything_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: nothing listens there.
+    let printed = init_is_refused(
+        tmp.path(),
+        "s3://nowhere-bucket/room",
+        &[
+            ("AWS_ENDPOINT", "http://127.0.0.1:1"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "someone"),
+            ("AWS_SECRET_ACCESS_KEY", "not-a-real-secret"),
+        ],
+    );
+    assert!(
+        !printed.contains("not-a-real-secret"),
+        "secret in an error: {printed}"
+    );
+    // Not an S3 URL at all: said as such.
+    let out = failed(&run(Command::new(BIN)
+        .args(["init", "--data-dir"])
+        .arg(tmp.path().join("d2"))
+        .args(["--data-store", "/mnt/bucket"])));
+    assert!(out.contains("not an S3 location"), "{out}");
+}
+
+#[test]
+fn wrong_credentials_stop_init_with_the_stores_answer() {
+    if std::env::var(ENV).ok().filter(|u| !u.is_empty()).is_none() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {ENV} not set — wrong S3 credentials not tried \
+             (run `eval \"$(bash .ci/services)\"` first)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = format!(
+        "{}/wrongcreds",
+        std::env::var(ENV).unwrap().trim_end_matches('/')
+    );
+    let printed = init_is_refused(
+        tmp.path(),
+        &store,
+        &[("AWS_SECRET_ACCESS_KEY", "a-wrong-secret-value")],
+    );
+    assert!(
+        !printed.contains("a-wrong-secret-value"),
+        "secret in an error: {printed}"
+    );
+}

@@ -98,6 +98,21 @@ pub struct Config {
     pub data_store: Option<Arc<dyn DatasetFiles>>,
 }
 
+/// Writes and removes a probe object in a data store given in the configuration, so that a
+/// wrong endpoint, bucket or credential stops `init` and `serve` at once with the store's
+/// answer.
+async fn probe_data_store(store: Arc<dyn DatasetFiles>) -> Result<(), ServiceError> {
+    let place = store.describe();
+    tokio::task::spawn_blocking(move || store.probe())
+        .await
+        .map_err(|e| ServiceError::Internal(format!("data store probe failed: {e}")))?
+        .map_err(|e| {
+            ServiceError::Unavailable(format!(
+                "the data store {place} cannot be used: {e} (check the bucket, the endpoint and the AWS_* credentials)"
+            ))
+        })
+}
+
 /// A `postgres://` (or `postgresql://`) URL of a metadata database; its `Debug` shows no
 /// password.
 pub use cleanroom_meta::PgUrl as MetadataUrl;
@@ -255,6 +270,10 @@ impl CleanRoom {
     /// unfinished uploads are dropped and their datasets return to pending; analyses and
     /// activations caught mid-run are recorded as failed.
     pub async fn open(config: Config) -> Result<Self, ServiceError> {
+        // A data store that cannot be written is said first, before anything is created.
+        if let Some(store) = config.data_store.clone() {
+            probe_data_store(store).await?;
+        }
         if let Some(url) = config.metadata.clone() {
             let meta = cleanroom_meta::open(&cleanroom_meta::MetaSpec::Postgres(url)).await?;
             return Self::open_with(config, meta).await;
