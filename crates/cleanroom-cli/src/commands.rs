@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             quiet,
         } => init(&data, &org, &user, g.json, quiet).await,
         Command::Health { wait } => health(&g, wait).await,
+        Command::Migrate { data_dir, to } => migrate(&data_dir, &to, g.json).await,
         Command::RotateMasterKey { data, new_key_out } => {
             rotate_master_key(&data, new_key_out.as_deref(), g.json).await
         }
@@ -208,6 +209,37 @@ async fn rotate_master_key(data: &DataDir, new_key_out: Option<&Path>, json: boo
     if new_key_out.is_some() {
         println!("Set CLEANROOM_MASTER_KEY to its contents before starting the server.");
     }
+    Ok(())
+}
+
+async fn migrate(data_dir: &Path, to: &str, json: bool) -> Result<()> {
+    let url =
+        MetadataUrl::parse(to).context("--to (CLEANROOM_METADATA) is not a postgres:// URL")?;
+    let done = cleanroom_service::migrate_metadata(room_config(data_dir), &url)
+        .await
+        .with_context(|| format!("migrating the metadata of {}", data_dir.display()))?;
+    let entries = done
+        .rows
+        .iter()
+        .find(|(t, _)| t == "audit_entries")
+        .map_or(0, |(_, n)| *n);
+    if json {
+        return output::json(&serde_json::json!({
+            "rows": done.rows.iter().map(|(t, n)| (t.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "chains": done.chains.iter().map(|(c, h)| (c.clone(), h.seq)).collect::<std::collections::BTreeMap<_, _>>(),
+            "sqlite_set_aside_as": done.set_aside.display().to_string(),
+        }));
+    }
+    let total: u64 = done.rows.iter().map(|(_, n)| n).sum();
+    println!(
+        "Moved {total} rows in {} tables to PostgreSQL; {} audit chain(s) with {entries} entries verify there.",
+        done.rows.len(),
+        done.chains.len()
+    );
+    println!(
+        "The SQLite file is kept as {}. Start the server with --metadata (CLEANROOM_METADATA) set to the same URL.",
+        done.set_aside.display()
+    );
     Ok(())
 }
 

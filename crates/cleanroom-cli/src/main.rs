@@ -112,6 +112,19 @@ pub enum Command {
         #[arg(long)]
         new_key_out: Option<PathBuf>,
     },
+    /// Move the room's metadata from the data directory's SQLite file into an empty
+    /// PostgreSQL database: every row and audit entry, every chain verified there afterwards.
+    /// Stop the server first; then serve with --metadata (CLEANROOM_METADATA) set to the same
+    /// URL. The SQLite file is kept, set aside as meta.sqlite.migrated.
+    Migrate {
+        /// Directory of the room (its master key and meta.sqlite).
+        #[arg(long, env = "CLEANROOM_DATA_DIR", default_value = "./cleanroom-data")]
+        data_dir: PathBuf,
+        /// The PostgreSQL database to move to: a postgres:// URL. Prefer the environment
+        /// variable: a password in the URL would show in the process list.
+        #[arg(long, env = "CLEANROOM_METADATA", hide_env_values = true)]
+        to: String,
+    },
     /// Whether the server answers (no token needed).
     Health {
         /// Keep asking for up to this many seconds until it answers.

@@ -275,6 +275,7 @@ pub enum Action {
     DatasetShow,
     DatasetUpload,
     MasterKeyRotate,
+    MetadataMigrate,
     MetricsRead,
     OrgCreate,
     PolicySet,
@@ -291,7 +292,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 40] = [
+    pub const ALL: [Action; 41] = [
         Action::ActivationApprove,
         Action::ActivationDeliver,
         Action::ActivationDownload,
@@ -320,6 +321,7 @@ impl Action {
         Action::DatasetShow,
         Action::DatasetUpload,
         Action::MasterKeyRotate,
+        Action::MetadataMigrate,
         Action::MetricsRead,
         Action::OrgCreate,
         Action::PolicySet,
@@ -365,6 +367,7 @@ impl Action {
             Action::DatasetShow => "dataset.show",
             Action::DatasetUpload => "dataset.upload",
             Action::MasterKeyRotate => "master_key.rotate",
+            Action::MetadataMigrate => "metadata.migrate",
             Action::MetricsRead => "metrics.read",
             Action::OrgCreate => "org.create",
             Action::PolicySet => "policy.set",

@@ -6,6 +6,7 @@
 
 mod chain;
 pub mod error;
+pub mod migrate;
 mod open;
 mod policy_json;
 pub mod postgres;

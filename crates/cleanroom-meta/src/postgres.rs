@@ -85,6 +85,11 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
+    /// The connection pool (for the migration from SQLite).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Begins a write transaction holding the lock of every chain in `chains`, taken in the
     /// order of their lock keys (not their names: two chains may share a key), so two
     /// transactions never wait on each other's chains.

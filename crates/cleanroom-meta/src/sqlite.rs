@@ -67,6 +67,11 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
+    /// The read-only pool (for the migration to PostgreSQL).
+    pub(crate) fn reader_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+
     /// Closes the pools, flushing the write-ahead log into the database file.
     pub async fn close_pools(&self) {
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")

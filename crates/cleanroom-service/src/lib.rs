@@ -24,7 +24,7 @@ pub use cleanroom_query::templates::{ParamInfo, TemplateInfo};
 pub use error::ServiceError;
 pub use results::{AnalysisResult, ResultColumn, ResultTable};
 pub use room::{
-    CleanRoom, CollaborationView, Config, LOCK_FILE, Limits, MasterKeyHex, MetadataUrl,
-    ParquetSlot, Principal, Readiness, Rotated, UploadInput,
+    CleanRoom, CollaborationView, Config, LOCK_FILE, Limits, MasterKeyHex, MetadataUrl, Migrated,
+    ParquetSlot, Principal, Readiness, Rotated, UploadInput, migrate_metadata,
 };
 pub use token::IssuedToken;

@@ -94,3 +94,141 @@ fn a_room_on_postgres_inits_serves_and_keeps_its_metadata_there() {
     admin(&base, format!("DROP SCHEMA \"{schema}\" CASCADE"));
     admin(&base, format!("DROP SCHEMA \"{empty}\" CASCADE"));
 }
+
+/// A room that ran on SQLite moves to PostgreSQL with `cleanroom migrate`: every audit chain
+/// still verifies (through the server, as a member checks it), the datasets still open with
+/// their keys, the old SQLite file is set aside so the directory cannot be served without
+/// `--metadata`, and a database that already holds a room is refused.
+#[test]
+fn migrate_moves_a_sqlite_room_to_postgres_without_losing_an_audit_entry() {
+    let Some(base) = std::env::var(ENV).ok().filter(|u| !u.is_empty()) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {ENV} not set — cleanroom migrate to PostgreSQL not run \
+             (run `eval \"$(bash .ci/services)\"` first)"
+        );
+        return;
+    };
+    let schema = format!("mig_{}_{}", std::process::id(), rand::random::<u32>());
+    admin(&base, format!("CREATE SCHEMA \"{schema}\""));
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options[search_path]={schema}");
+
+    // A room with history on SQLite: parties, a collaboration, uploads, policies, a query.
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let mut server = ServeProcess::start(&data);
+    let (brand, publisher, id) = two_parties(&server.url, &op);
+    let (crm, aud, pol) = (
+        tmp.path().join("crm.csv"),
+        tmp.path().join("aud.csv"),
+        tmp.path().join("policy.toml"),
+    );
+    crate::analysis::write_people(&crm, "c", 2000, 0);
+    crate::analysis::write_people(&aud, "u", 2000, 500);
+    std::fs::write(&pol, crate::analysis::POLICY).unwrap();
+    let p = |s: &std::path::Path| s.to_str().unwrap().to_owned();
+    for (token, name, file) in [(&brand, "crm", p(&crm)), (&publisher, "aud", p(&aud))] {
+        let mut args = vec!["dataset", "upload", &id, name, "--file", &file, "--quiet"];
+        args.extend(COLUMNS);
+        ok(&cli(&server.url, token, &args));
+        ok(&cli(
+            &server.url,
+            token,
+            &["policy", "set", &id, name, "--file", &p(&pol)],
+        ));
+        grant(&server.url, token, &id, "3", "1");
+    }
+    let sql = "SELECT COUNT(DISTINCT c.pid) AS people FROM crm c JOIN aud a ON c.email_hmac = a.email_hmac";
+    ok(&cli(
+        &server.url,
+        &brand,
+        &["query", &id, sql, "--epsilon", "0.5"],
+    ));
+    let before = json(&cli(
+        &server.url,
+        &brand,
+        &["--json", "audit", "verify", &id],
+    ));
+    // The data directory is locked while a server runs on it.
+    let busy = failed(&run(Command::new(BIN)
+        .args(["migrate", "--data-dir"])
+        .arg(&data)
+        .env("CLEANROOM_METADATA", &url)));
+    assert!(
+        busy.contains("in use by another cleanroom process"),
+        "{busy}"
+    );
+    server.stop();
+
+    // A wrong master key moves nothing.
+    let wrong = failed(&run(Command::new(BIN)
+        .args(["migrate", "--data-dir"])
+        .arg(&data)
+        .env("CLEANROOM_METADATA", &url)
+        .env("CLEANROOM_MASTER_KEY", "11".repeat(32))));
+    assert!(wrong.contains("master key does not match"), "{wrong}");
+
+    let moved = json(&run(Command::new(BIN)
+        .args(["--json", "migrate", "--data-dir"])
+        .arg(&data)
+        .env("CLEANROOM_METADATA", &url)
+        .env_remove("CLEANROOM_MASTER_KEY")));
+    assert!(
+        moved["rows"]["audit_entries"].as_u64().unwrap() > 10,
+        "{moved}"
+    );
+    assert_eq!(moved["rows"]["datasets"].as_u64(), Some(2), "{moved}");
+    assert!(moved["chains"][&id].as_u64().is_some(), "{moved}");
+    assert!(!data.join("meta.sqlite").exists() && data.join("meta.sqlite.migrated").exists());
+
+    // Without --metadata the directory is refused; with it, the room goes on where it was.
+    let printed = ServeProcess::try_start(&data)
+        .err()
+        .expect("serve must refuse");
+    assert!(printed.contains("never initialised"), "{printed}");
+    let server = ServeProcess::try_start_env(&data, "127.0.0.1:0", &[("CLEANROOM_METADATA", &url)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The chain verifies on PostgreSQL and extends the head verified on SQLite: not an entry
+    // lost or changed.
+    let head = before["head"].as_str().unwrap().to_owned();
+    ok(&cli(
+        &server.url,
+        &brand,
+        &["audit", "verify", &id, "--expect-head", &head],
+    ));
+    // The datasets' keys came along: a new analysis reads the encrypted files.
+    let v = json(&cli(
+        &server.url,
+        &brand,
+        &[
+            "--json",
+            "query",
+            &id,
+            "SELECT COUNT(*) AS n FROM aud",
+            "--epsilon",
+            "0.5",
+        ],
+    ));
+    assert!(v.to_string().contains("\"n\""), "{v}");
+    // The system chain records the migration.
+    let sys = ok(&cli(&server.url, &op, &["audit", "list", "system"]));
+    assert!(sys.contains("metadata.migrate"), "{sys}");
+    drop(server);
+
+    // A second room into the same database: refused, nothing written.
+    let other = tempfile::tempdir().unwrap();
+    let (data2, _) = init(other.path());
+    let refused = failed(&run(Command::new(BIN)
+        .args(["migrate", "--data-dir"])
+        .arg(&data2)
+        .env("CLEANROOM_METADATA", &url)
+        .env_remove("CLEANROOM_MASTER_KEY")));
+    assert!(refused.contains("already holds a room"), "{refused}");
+    assert!(
+        data2.join("meta.sqlite").exists(),
+        "a refused migration set the file aside"
+    );
+
+    admin(&base, format!("DROP SCHEMA \"{schema}\" CASCADE"));
+}

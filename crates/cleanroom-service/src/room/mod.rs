@@ -22,9 +22,11 @@ mod audit;
 mod collaborations;
 mod datasets;
 mod health;
+mod migrate;
 mod rotation;
 
 pub use health::Readiness;
+pub use migrate::{Migrated, migrate_metadata};
 pub use rotation::Rotated;
 mod parties;
 
