@@ -21,5 +21,5 @@ pub use rows::now;
 pub use sqlite::SqliteStore;
 pub use store::{
     ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,
-    LedgerRow, MetaStore, NewAudit, StoredPolicy,
+    LedgerRow, MetaStore, NewAudit, Orphaned, StoredPolicy,
 };

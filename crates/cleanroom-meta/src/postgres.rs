@@ -40,7 +40,7 @@ use crate::chain::next_entry;
 use crate::rows::*;
 use crate::store::{
     ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,
-    LedgerRow, MetaStore, NewAudit, StoredPolicy,
+    LedgerRow, MetaStore, NewAudit, Orphaned, StoredPolicy,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -55,6 +55,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// This process's replica id ([`MetaStore::replica`]).
+    replica: String,
 }
 
 impl PgStore {
@@ -82,7 +84,10 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| MetaError::Corrupt(format!("applying migrations: {e}")))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            replica: uuid::Uuid::new_v4().to_string(),
+        })
     }
 
     /// The connection pool (for the migration from SQLite).
@@ -706,8 +711,10 @@ impl MetaStore for PgStore {
 
     async fn begin_upload(&self, id: DatasetId) -> Result<(), MetaError> {
         let done = sqlx::query(
-            "UPDATE datasets SET status = 'uploading' WHERE id = $1 AND status = 'pending'",
+            "UPDATE datasets SET status = 'uploading', upload_replica = $1
+             WHERE id = $2 AND status = 'pending'",
         )
+        .bind(&self.replica)
         .bind(id.to_string())
         .execute(&self.pool)
         .await?;
@@ -776,21 +783,30 @@ impl MetaStore for PgStore {
 
     async fn abort_upload(&self, id: DatasetId, audit: NewAudit) -> Result<(), MetaError> {
         let mut tx = self.begin(&audit.chain).await?;
-        sqlx::query(
-            "UPDATE datasets SET status = 'pending' WHERE id = $1 AND status = 'uploading'",
+        let done = sqlx::query(
+            "UPDATE datasets SET status = 'pending', upload_replica = NULL
+             WHERE id = $1 AND status = 'uploading'",
         )
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::Conflict(
+                "the dataset is not being uploaded".into(),
+            ));
+        }
         Self::append_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn uploading_datasets(&self) -> Result<Vec<Dataset>, MetaError> {
+    async fn uploading_datasets(&self, orphaned: Orphaned) -> Result<Vec<Dataset>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DATASET_SELECT} WHERE d.status = 'uploading' ORDER BY d.created_at, d.name"
+            "{DATASET_SELECT} WHERE d.status = 'uploading' AND {} ORDER BY d.created_at, d.name",
+            gone("d.upload_replica")
         )))
+        .bind(&self.replica)
+        .bind(orphan_cutoff(orphaned))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -799,12 +815,11 @@ impl MetaStore for PgStore {
     }
 
     async fn recover_uploads(&self) -> Result<Vec<(CollaborationId, DatasetId)>, MetaError> {
-        sqlx::query("UPDATE datasets SET status = 'pending' WHERE status = 'uploading'")
-            .execute(&self.pool)
-            .await?;
-        let rows = sqlx::query("SELECT collaboration_id, id FROM datasets WHERE status = 'ready'")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT collaboration_id, id FROM datasets WHERE status IN ('ready', 'uploading')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(dataset_ids_from).collect()
     }
 
@@ -996,8 +1011,10 @@ impl MetaStore for PgStore {
         }
         sqlx::query(
             "INSERT INTO analyses (id, collaboration_id, org_id, actor, kind, request, fingerprint,
-                 receivers, charges, status, result, error, reused_from, created_at, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running', NULL, NULL, NULL, $10, NULL)",
+                 receivers, charges, status, result, error, reused_from, created_at, finished_at,
+                 replica)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running', NULL, NULL, NULL, $10, NULL,
+                 $11)",
         )
         .bind(row.id.to_string())
         .bind(row.collaboration_id.to_string())
@@ -1009,6 +1026,7 @@ impl MetaStore for PgStore {
         .bind(&row.receivers)
         .bind(&row.charges)
         .bind(&row.created_at)
+        .bind(&self.replica)
         .execute(&mut *tx)
         .await?;
         for a in audits {
@@ -1087,10 +1105,13 @@ impl MetaStore for PgStore {
         .transpose()
     }
 
-    async fn running_analyses(&self) -> Result<Vec<AnalysisRow>, MetaError> {
+    async fn running_analyses(&self, orphaned: Orphaned) -> Result<Vec<AnalysisRow>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{ANALYSIS_SELECT} WHERE status = 'running' ORDER BY created_at"
+            "{ANALYSIS_SELECT} WHERE status = 'running' AND {} ORDER BY created_at",
+            gone("replica")
         )))
+        .bind(&self.replica)
+        .bind(orphan_cutoff(orphaned))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -1270,10 +1291,16 @@ impl MetaStore for PgStore {
         .collect()
     }
 
-    async fn consumed_activations(&self) -> Result<Vec<ActivationRow>, MetaError> {
+    async fn consumed_activations(
+        &self,
+        orphaned: Orphaned,
+    ) -> Result<Vec<ActivationRow>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{ACTIVATION_SELECT} WHERE status = 'consumed' ORDER BY created_at, id"
+            "{ACTIVATION_SELECT} WHERE status = 'consumed' AND {} ORDER BY created_at, id",
+            gone("replica")
         )))
+        .bind(&self.replica)
+        .bind(orphan_cutoff(orphaned))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -1302,7 +1329,8 @@ impl MetaStore for PgStore {
                  decided_by = COALESCE($2, decided_by),
                  decided_at = CASE WHEN $3 IS NULL THEN decided_at ELSE $4 END,
                  delivered = COALESCE($5, delivered),
-                 finished_at = CASE WHEN $6 THEN $7 ELSE finished_at END
+                 finished_at = CASE WHEN $6 THEN $7 ELSE finished_at END,
+                 replica = CASE WHEN $1 = 'consumed' THEN $10 ELSE replica END
              WHERE id = $8 AND status = $9",
         )
         .bind(mv.to.as_str())
@@ -1314,6 +1342,7 @@ impl MetaStore for PgStore {
         .bind(&at)
         .bind(id.to_string())
         .bind(mv.from.as_str())
+        .bind(&self.replica)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -1375,6 +1404,32 @@ impl MetaStore for PgStore {
         }
         Self::append_in(&mut tx, audit).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    async fn heartbeat(&self) -> Result<(), MetaError> {
+        let at = now();
+        sqlx::query(
+            "INSERT INTO server_replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&self.replica)
+        .bind(&at)
+        .bind(&at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn retire(&self) -> Result<(), MetaError> {
+        sqlx::query("DELETE FROM server_replicas WHERE id = $1")
+            .bind(&self.replica)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -1521,4 +1576,14 @@ async fn lock_key(tx: &mut Transaction<'static, Postgres>, key: i32) -> Result<(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// The condition on a row's replica column `col` for work whose replica is gone: none
+/// recorded, or not this one and without a heartbeat since the cutoff. Binds `$1` this
+/// replica's id and `$2` the cutoff ([`orphan_cutoff`]); the query must have no other binds.
+fn gone(col: &str) -> String {
+    format!(
+        "({col} IS NULL OR ({col} <> $1 AND {col} NOT IN \
+         (SELECT id FROM server_replicas WHERE heartbeat_at >= $2)))"
+    )
 }

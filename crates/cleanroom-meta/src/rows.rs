@@ -24,12 +24,32 @@ use crate::store::{ActivationRow, AnalysisRow, ApprovalRow, LedgerRow};
 /// The current UTC time as RFC 3339 with milliseconds, the form every stored time takes (so
 /// times sort as text in every backend).
 pub fn now() -> String {
+    at(time::OffsetDateTime::now_utc())
+}
+
+/// The stored form of the moment `ago` before now (for comparisons with stored times).
+pub(crate) fn before_now(ago: std::time::Duration) -> String {
+    let ago = time::Duration::try_from(ago).unwrap_or(time::Duration::MAX);
+    at(time::OffsetDateTime::now_utc()
+        .checked_sub(ago)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH))
+}
+
+/// The heartbeat cutoff of [`Orphaned`]: a replica whose last heartbeat is before it is gone
+/// (for `AllButMine`, a moment after every heartbeat, so every other replica is gone).
+pub(crate) fn orphan_cutoff(o: crate::Orphaned) -> String {
+    match o {
+        crate::Orphaned::AllButMine => "9999-12-31T23:59:59.999Z".to_owned(),
+        crate::Orphaned::SilentFor(d) => before_now(d),
+    }
+}
+
+/// A moment in the stored form: RFC 3339, UTC, milliseconds (so text order is time order).
+fn at(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    time::OffsetDateTime::now_utc()
-        .format(&fmt)
-        .expect("formatting the current time")
+    t.format(&fmt).expect("formatting a time")
 }
 
 /// The column types the metadata store uses, read by name from a row of any backend: text,

@@ -25,7 +25,7 @@ use crate::chain::next_entry;
 use crate::rows::*;
 use crate::store::{
     ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,
-    LedgerRow, MetaStore, NewAudit, StoredPolicy,
+    LedgerRow, MetaStore, NewAudit, Orphaned, StoredPolicy,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -37,6 +37,8 @@ pub const DB_FILE: &str = "meta.sqlite";
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// This process's replica id ([`MetaStore::replica`]).
+    replica: String,
 }
 
 impl SqliteStore {
@@ -64,7 +66,11 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            replica: uuid::Uuid::new_v4().to_string(),
+        })
     }
 
     /// The read-only pool (for the migration to PostgreSQL).
@@ -664,8 +670,10 @@ impl MetaStore for SqliteStore {
 
     async fn begin_upload(&self, id: DatasetId) -> Result<(), MetaError> {
         let done = sqlx::query(
-            "UPDATE datasets SET status = 'uploading' WHERE id = ? AND status = 'pending'",
+            "UPDATE datasets SET status = 'uploading', upload_replica = ?
+             WHERE id = ? AND status = 'pending'",
         )
+        .bind(&self.replica)
         .bind(id.to_string())
         .execute(&self.writer)
         .await?;
@@ -737,19 +745,30 @@ impl MetaStore for SqliteStore {
 
     async fn abort_upload(&self, id: DatasetId, audit: NewAudit) -> Result<(), MetaError> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query("UPDATE datasets SET status = 'pending' WHERE id = ? AND status = 'uploading'")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE datasets SET status = 'pending', upload_replica = NULL
+             WHERE id = ? AND status = 'uploading'",
+        )
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(MetaError::Conflict(
+                "the dataset is not being uploaded".into(),
+            ));
+        }
         Self::append_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn uploading_datasets(&self) -> Result<Vec<Dataset>, MetaError> {
+    async fn uploading_datasets(&self, orphaned: Orphaned) -> Result<Vec<Dataset>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DATASET_SELECT} WHERE d.status = 'uploading' ORDER BY d.created_at, d.name"
+            "{DATASET_SELECT} WHERE d.status = 'uploading' AND {} ORDER BY d.created_at, d.name",
+            gone("d.upload_replica")
         )))
+        .bind(&self.replica)
+        .bind(orphan_cutoff(orphaned))
         .fetch_all(&self.writer)
         .await?
         .iter()
@@ -758,12 +777,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn recover_uploads(&self) -> Result<Vec<(CollaborationId, DatasetId)>, MetaError> {
-        sqlx::query("UPDATE datasets SET status = 'pending' WHERE status = 'uploading'")
-            .execute(&self.writer)
-            .await?;
-        let rows = sqlx::query("SELECT collaboration_id, id FROM datasets WHERE status = 'ready'")
-            .fetch_all(&self.writer)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT collaboration_id, id FROM datasets WHERE status IN ('ready', 'uploading')",
+        )
+        .fetch_all(&self.writer)
+        .await?;
         rows.iter().map(dataset_ids_from).collect()
     }
 
@@ -949,8 +967,9 @@ impl MetaStore for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO analyses (id, collaboration_id, org_id, actor, kind, request, fingerprint,
-                 receivers, charges, status, result, error, reused_from, created_at, finished_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
+                 receivers, charges, status, result, error, reused_from, created_at, finished_at,
+                 replica)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL, ?)",
         )
         .bind(row.id.to_string())
         .bind(row.collaboration_id.to_string())
@@ -962,6 +981,7 @@ impl MetaStore for SqliteStore {
         .bind(&row.receivers)
         .bind(&row.charges)
         .bind(&row.created_at)
+        .bind(&self.replica)
         .execute(&mut *tx)
         .await?;
         for a in audits {
@@ -1040,10 +1060,13 @@ impl MetaStore for SqliteStore {
         .transpose()
     }
 
-    async fn running_analyses(&self) -> Result<Vec<AnalysisRow>, MetaError> {
+    async fn running_analyses(&self, orphaned: Orphaned) -> Result<Vec<AnalysisRow>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{ANALYSIS_SELECT} WHERE status = 'running' ORDER BY created_at"
+            "{ANALYSIS_SELECT} WHERE status = 'running' AND {} ORDER BY created_at",
+            gone("replica")
         )))
+        .bind(&self.replica)
+        .bind(orphan_cutoff(orphaned))
         .fetch_all(&self.reader)
         .await?
         .iter()
@@ -1223,10 +1246,16 @@ impl MetaStore for SqliteStore {
         .collect()
     }
 
-    async fn consumed_activations(&self) -> Result<Vec<ActivationRow>, MetaError> {
+    async fn consumed_activations(
+        &self,
+        orphaned: Orphaned,
+    ) -> Result<Vec<ActivationRow>, MetaError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{ACTIVATION_SELECT} WHERE status = 'consumed' ORDER BY created_at, id"
+            "{ACTIVATION_SELECT} WHERE status = 'consumed' AND {} ORDER BY created_at, id",
+            gone("replica")
         )))
+        .bind(&self.replica)
+        .bind(orphan_cutoff(orphaned))
         .fetch_all(&self.reader)
         .await?
         .iter()
@@ -1255,7 +1284,8 @@ impl MetaStore for SqliteStore {
                  decided_by = COALESCE(?, decided_by),
                  decided_at = CASE WHEN ? IS NULL THEN decided_at ELSE ? END,
                  delivered = COALESCE(?, delivered),
-                 finished_at = CASE WHEN ? THEN ? ELSE finished_at END
+                 finished_at = CASE WHEN ? THEN ? ELSE finished_at END,
+                 replica = CASE WHEN ? = 'consumed' THEN ? ELSE replica END
              WHERE id = ? AND status = ?",
         )
         .bind(mv.to.as_str())
@@ -1265,6 +1295,8 @@ impl MetaStore for SqliteStore {
         .bind(mv.delivered.map(|n| n as i64))
         .bind(mv.finished)
         .bind(&at)
+        .bind(mv.to.as_str())
+        .bind(&self.replica)
         .bind(id.to_string())
         .bind(mv.from.as_str())
         .execute(&mut *tx)
@@ -1330,6 +1362,32 @@ impl MetaStore for SqliteStore {
         tx.commit().await?;
         // The old wrapped keys must not linger in the write-ahead log.
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    async fn heartbeat(&self) -> Result<(), MetaError> {
+        let at = now();
+        sqlx::query(
+            "INSERT INTO server_replicas (id, started_at, heartbeat_at) VALUES (?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&self.replica)
+        .bind(&at)
+        .bind(&at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn retire(&self) -> Result<(), MetaError> {
+        sqlx::query("DELETE FROM server_replicas WHERE id = ?")
+            .bind(&self.replica)
             .execute(&self.writer)
             .await?;
         Ok(())
@@ -1446,4 +1504,14 @@ async fn insert_membership(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The condition on a row's replica column `col` for work whose replica is gone: none
+/// recorded, or not this one and without a heartbeat since the cutoff. Binds this replica's
+/// id then the cutoff ([`orphan_cutoff`]), in that order.
+fn gone(col: &str) -> String {
+    format!(
+        "({col} IS NULL OR ({col} <> ? AND {col} NOT IN \
+         (SELECT id FROM server_replicas WHERE heartbeat_at >= ?)))"
+    )
 }

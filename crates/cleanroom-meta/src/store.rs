@@ -9,6 +9,17 @@ use cleanroom_core::party::{ActivationStatus, AnalysisStatus};
 
 use crate::MetaError;
 
+/// Which replicas count as gone when looking for work left unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphaned {
+    /// Every replica but this handle's: the room has one server at a time (SQLite, under the
+    /// data directory's lock), so work of any other replica died with it.
+    AllButMine,
+    /// Replicas whose last heartbeat is older than this (or that retired), never this
+    /// handle's: several servers share the store.
+    SilentFor(std::time::Duration),
+}
+
 /// An audit entry to append; the store adds sequence number, time and hashes.
 #[derive(Debug, Clone)]
 pub struct NewAudit {
@@ -250,12 +261,14 @@ pub trait MetaStore: Send + Sync + 'static {
         bytes: u64,
         audit: NewAudit,
     ) -> Result<(), MetaError>;
-    /// Returns an uploading dataset to pending after a failed upload, with its audit entry.
+    /// Returns an uploading dataset to pending after a failed upload, with its audit entry;
+    /// `Conflict` (and no entry) if it is not uploading any more.
     async fn abort_upload(&self, id: DatasetId, audit: NewAudit) -> Result<(), MetaError>;
-    /// Datasets whose upload was under way (after a restart: interrupted by the crash).
-    async fn uploading_datasets(&self) -> Result<Vec<Dataset>, MetaError>;
-    /// After a restart: uploads that were in progress go back to pending. Returns every
-    /// dataset whose file must exist (ready ones).
+    /// Datasets being uploaded by a replica that is gone (`orphaned` says which), whose
+    /// upload will never finish.
+    async fn uploading_datasets(&self, orphaned: Orphaned) -> Result<Vec<Dataset>, MetaError>;
+    /// Every dataset whose file must be kept: ready ones, and those some replica is
+    /// uploading (its file may be complete a moment before its metadata).
     async fn recover_uploads(&self) -> Result<Vec<(CollaborationId, DatasetId)>, MetaError>;
 
     // --- analysis policies ---
@@ -304,8 +317,8 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Records an analysis answered from an earlier release (no charge).
     async fn record_reuse(&self, row: &AnalysisRow, audit: NewAudit) -> Result<(), MetaError>;
     async fn get_analysis(&self, id: AnalysisId) -> Result<Option<AnalysisRow>, MetaError>;
-    /// Analyses still marked running (after a crash).
-    async fn running_analyses(&self) -> Result<Vec<AnalysisRow>, MetaError>;
+    /// Analyses still marked running by a replica that is gone (`orphaned` says which).
+    async fn running_analyses(&self, orphaned: Orphaned) -> Result<Vec<AnalysisRow>, MetaError>;
     async fn list_analyses(&self, collab: CollaborationId) -> Result<Vec<AnalysisRow>, MetaError>;
     /// The latest released analysis with this fingerprint in the collaboration.
     async fn find_release(
@@ -343,9 +356,12 @@ pub trait MetaStore: Send + Sync + 'static {
         &self,
         collab: CollaborationId,
     ) -> Result<Vec<ActivationRow>, MetaError>;
-    /// Activations whose approval was used but whose delivery was never recorded (after a
-    /// crash), in every collaboration.
-    async fn consumed_activations(&self) -> Result<Vec<ActivationRow>, MetaError>;
+    /// Activations whose approval was used but whose delivery was never recorded, claimed by
+    /// a replica that is gone (`orphaned` says which), in every collaboration.
+    async fn consumed_activations(
+        &self,
+        orphaned: Orphaned,
+    ) -> Result<Vec<ActivationRow>, MetaError>;
     /// Moves an activation from `mv.from` to `mv.to` in one conditional statement, with its
     /// audit entry; `Conflict` (and nothing changes) unless it is in `mv.from`.
     async fn move_activation(
@@ -367,6 +383,15 @@ pub trait MetaStore: Send + Sync + 'static {
         settings: &[(&str, Vec<u8>)],
         audit: NewAudit,
     ) -> Result<(), MetaError>;
+
+    // --- replicas ---
+    /// This handle's replica id: one per process. Uploads begun, analyses recorded and
+    /// activations claimed through this handle are marked with it.
+    fn replica(&self) -> &str;
+    /// Records that this replica is alive (now).
+    async fn heartbeat(&self) -> Result<(), MetaError>;
+    /// Records that this replica stopped: its unfinished work is orphaned at once.
+    async fn retire(&self) -> Result<(), MetaError>;
 
     // --- settings ---
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError>;

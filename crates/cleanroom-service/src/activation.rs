@@ -593,13 +593,16 @@ impl CleanRoom {
     /// `delivered` is recorded, so nothing reached the partner: it is recorded as failed, in
     /// its collaboration's chain, and the approval stays used (once per approval, even
     /// across a crash); the partner asks again.
-    pub(crate) async fn recover_activations(&self) -> Result<(), ServiceError> {
-        for row in self.meta.consumed_activations().await? {
+    pub(crate) async fn recover_activations(
+        &self,
+        orphaned: cleanroom_meta::Orphaned,
+    ) -> Result<(), ServiceError> {
+        for row in self.meta.consumed_activations(orphaned).await? {
             let audit = AuditCtx::system("server", Action::ActivationDeliver, row.id.to_string())
                 .in_chain(row.collaboration_id)
                 .entry(
                     Outcome::Failed,
-                    "interrupted by a server restart while matching; nothing was delivered and the approval stays used",
+                    "interrupted while matching: its server stopped; nothing was delivered and the approval stays used",
                 );
             let mv = ActivationMove {
                 from: ActivationStatus::Consumed,

@@ -6,7 +6,6 @@
 //! so neither a finished file nor one left behind by a crash holds plaintext, and a backend
 //! (the local directory, an S3 bucket) only ever receives ciphertext.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -163,23 +162,6 @@ impl DatasetStore {
         self.files.remove_unfinished()
     }
 
-    /// Deletes dataset files that the metadata store does not list as committed (a crash
-    /// between the commit and the metadata commit leaves such a file).
-    pub fn remove_orphans(
-        &self,
-        committed: &HashSet<(CollaborationId, DatasetId)>,
-    ) -> Result<usize, StorageError> {
-        let mut n = 0;
-        for f in self.files.list()? {
-            if !committed.contains(&(f.collab, f.dataset))
-                && self.files.remove(f.collab, f.dataset)?
-            {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
     /// Deletes a collaboration's files. Called after its keys are destroyed: the files are
     /// already unreadable, this only frees the space.
     pub fn remove_collaboration_files(
@@ -281,6 +263,7 @@ mod tests {
     use super::*;
     use crate::ingest::ingest_csv;
     use cleanroom_core::schema::ColumnSpec;
+    use std::collections::HashSet;
 
     fn schema() -> DatasetSchema {
         DatasetSchema::new(vec![
@@ -403,8 +386,17 @@ mod tests {
         }
         std::fs::write(dir.path().join("tmp/x.parquet.tmp"), b"junk").unwrap();
         assert_eq!(store.remove_tmp_files().unwrap(), 1);
+        // What start-up does: list the files, remove those the metadata does not keep.
         let committed = HashSet::from([(c, keep)]);
-        assert_eq!(store.remove_orphans(&committed).unwrap(), 1);
+        let mut removed = 0;
+        for f in store.files().list().unwrap() {
+            if !committed.contains(&(f.collab, f.dataset))
+                && store.remove(f.collab, f.dataset).unwrap()
+            {
+                removed += 1;
+            }
+        }
+        assert_eq!(removed, 1);
         assert!(path_of(dir.path(), c, keep).exists());
         assert!(!path_of(dir.path(), c, orphan).exists());
         assert_eq!(store.remove_collaboration_files(c).unwrap(), 1);

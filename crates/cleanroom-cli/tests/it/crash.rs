@@ -127,7 +127,7 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
                 && e["action"] == "dataset.upload"
                 && e["target"] == "crm"
                 && e["outcome"] == "failed"
-                && e["detail"] == "interrupted upload discarded at start-up"),
+                && e["detail"] == "interrupted upload discarded: the server receiving it stopped"),
         "{log:#}"
     );
     assert!(

@@ -16,7 +16,7 @@ use cleanroom_core::policy::PolicyDraft;
 use cleanroom_core::schema::{ColumnSpec, DatasetSchema};
 use cleanroom_meta::{
     ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Charge, Grant, MetaError, MetaStore,
-    NewAudit,
+    NewAudit, Orphaned,
 };
 
 type Store = Arc<dyn MetaStore>;
@@ -344,7 +344,13 @@ pub async fn datasets_uploads_and_names(s: Store) {
         "one per owner"
     );
     s.begin_upload(d.id).await.unwrap();
-    assert_eq!(s.uploading_datasets().await.unwrap().len(), 1);
+    assert!(
+        s.uploading_datasets(Orphaned::AllButMine)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a replica's own upload is never orphaned for it"
+    );
     s.abort_upload(d.id, audit(&chain, "dataset.upload"))
         .await
         .unwrap();
@@ -449,7 +455,12 @@ pub async fn policies_ledgers_analyses_and_approvals(s: Store) {
     s.begin_analysis(&analysis(&c, &brand, a1), &ok, vec![audit(&chain, "q")])
         .await
         .unwrap();
-    assert_eq!(s.running_analyses().await.unwrap().len(), 1);
+    assert!(
+        s.running_analyses(Orphaned::AllButMine)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     s.finish_analysis(a1, Ok("{\"tables\":[]}"), audit(&chain, "analysis.release"))
         .await
         .unwrap();
@@ -558,7 +569,12 @@ pub async fn activations_move_forward_only(s: Store) {
     )
     .await
     .unwrap();
-    assert_eq!(s.consumed_activations().await.unwrap().len(), 1);
+    assert!(
+        s.consumed_activations(Orphaned::AllButMine)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let deliver = ActivationMove {
         delivered: Some(42),
         finished: true,
@@ -574,7 +590,12 @@ pub async fn activations_move_forward_only(s: Store) {
     );
     assert_eq!(got.decided_by.as_deref(), Some("brand/admin"));
     assert!(got.finished_at.is_some());
-    assert!(s.consumed_activations().await.unwrap().is_empty());
+    assert!(
+        s.consumed_activations(Orphaned::AllButMine)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A move the life cycle does not allow is refused before it reaches the store's rows.
     assert!(matches!(
         s.move_activation(
@@ -937,4 +958,136 @@ pub async fn rewrapping_keys_is_all_or_nothing(s: Store) {
     let entries = s.audit_entries("system", head, 10).await.unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].action, "master_key.rotate");
+}
+
+/// Two replicas (`a`, `b`: two handles on one database). Work a replica began is orphaned for
+/// the other only once that replica is gone (silent past the lease, or retired), never for
+/// itself, and taking it over succeeds once: a second recovery, or the late owner finishing,
+/// meets `Conflict`. The files of uploads under way are kept whoever runs them.
+pub async fn work_of_a_gone_replica_is_orphaned_once(a: Store, b: Store) {
+    use std::time::Duration;
+    const LEASE: Orphaned = Orphaned::SilentFor(Duration::from_secs(60));
+    assert_ne!(a.replica(), b.replica());
+    a.heartbeat().await.unwrap();
+    b.heartbeat().await.unwrap();
+    let (brand, _, _) = org(&a, "brand", false).await;
+    let (publisher, _, _) = org(&a, "publisher", false).await;
+    let c = collab(&a, &brand).await;
+    let chain = c.id.to_string();
+    let src = dataset(&a, &c, &brand, "crm").await;
+    let dst = dataset(&a, &c, &publisher, "aud").await;
+    let other = dataset(&a, &c, &brand, "other").await;
+    a.grant_budget(
+        c.id,
+        brand.id,
+        grant(100, 10),
+        audit(&chain, "budget.grant"),
+    )
+    .await
+    .unwrap();
+    // `a` starts an upload, an analysis and an activation's delivery.
+    a.begin_upload(src.id).await.unwrap();
+    let an = AnalysisId::new();
+    a.begin_analysis(&analysis(&c, &brand, an), &[], vec![audit(&chain, "q")])
+        .await
+        .unwrap();
+    let act = activation(&c, &publisher, &src, &dst);
+    a.create_activation(&act, audit(&chain, "activation.request"))
+        .await
+        .unwrap();
+    for (from, to) in [("pending", "approved"), ("approved", "consumed")] {
+        a.move_activation(act.id, mv(from, to), audit(&chain, "activation"))
+            .await
+            .unwrap();
+    }
+    // `b` uploads too.
+    b.begin_upload(other.id).await.unwrap();
+
+    // While `a` beats, nothing of it is orphaned for `b`; nor is `b`'s own work.
+    assert!(b.uploading_datasets(LEASE).await.unwrap().is_empty());
+    assert!(b.running_analyses(LEASE).await.unwrap().is_empty());
+    assert!(b.consumed_activations(LEASE).await.unwrap().is_empty());
+    assert!(a.uploading_datasets(LEASE).await.unwrap().is_empty());
+    // One server at a time (SQLite's rule): everything not mine is orphaned.
+    let ids = |v: Vec<Dataset>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(b.uploading_datasets(Orphaned::AllButMine).await.unwrap()),
+        vec![src.id]
+    );
+    assert_eq!(
+        ids(a.uploading_datasets(Orphaned::AllButMine).await.unwrap()),
+        vec![other.id]
+    );
+    // The files of both uploads under way are kept, with the ready ones.
+    let mut keep = b.recover_uploads().await.unwrap();
+    keep.sort();
+    let mut want = vec![(c.id, src.id), (c.id, other.id)];
+    want.sort();
+    assert_eq!(keep, want);
+
+    // `a` falls silent: past a short lease its work is orphaned for `b`, not for itself.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    b.heartbeat().await.unwrap();
+    let short = Orphaned::SilentFor(Duration::from_millis(20));
+    assert_eq!(
+        ids(b.uploading_datasets(short).await.unwrap()),
+        vec![src.id]
+    );
+    // `a` beats again: alive again, nothing orphaned.
+    a.heartbeat().await.unwrap();
+    assert!(b.uploading_datasets(LEASE).await.unwrap().is_empty());
+    // `a` retires: orphaned at once, whatever the lease.
+    a.retire().await.unwrap();
+    assert_eq!(
+        ids(b.uploading_datasets(LEASE).await.unwrap()),
+        vec![src.id]
+    );
+    let running = b.running_analyses(LEASE).await.unwrap();
+    assert_eq!(running.iter().map(|r| r.id).collect::<Vec<_>>(), vec![an]);
+    let consumed = b.consumed_activations(LEASE).await.unwrap();
+    assert_eq!(
+        consumed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![act.id]
+    );
+
+    // `b` takes each over once; a second recovery and the late owner both meet Conflict.
+    b.abort_upload(src.id, audit(&chain, "dataset.upload"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.abort_upload(src.id, audit(&chain, "dataset.upload"))
+            .await,
+        Err(MetaError::Conflict(_))
+    ));
+    assert!(matches!(
+        a.finish_upload(src.id, 1, 1, audit(&chain, "dataset.upload"))
+            .await,
+        Err(MetaError::Conflict(_))
+    ));
+    b.finish_analysis(an, Err("interrupted"), audit(&chain, "analysis.release"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.finish_analysis(an, Ok("{}"), audit(&chain, "analysis.release"))
+            .await,
+        Err(MetaError::Conflict(_))
+    ));
+    let fail = ActivationMove {
+        finished: true,
+        ..mv("consumed", "failed")
+    };
+    b.move_activation(act.id, fail, audit(&chain, "activation.download"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.move_activation(act.id, fail, audit(&chain, "activation.download"))
+            .await,
+        Err(MetaError::Conflict(_))
+    ));
+    assert!(b.running_analyses(LEASE).await.unwrap().is_empty());
+    assert!(b.consumed_activations(LEASE).await.unwrap().is_empty());
+    assert!(b.uploading_datasets(LEASE).await.unwrap().is_empty());
+    // Every entry those moves wrote is in one unbroken chain.
+    let entries = b.audit_entries(&chain, 0, 1000).await.unwrap();
+    verify_chain(&chain, &entries, b.audit_head(&chain).await.unwrap()).unwrap();
 }

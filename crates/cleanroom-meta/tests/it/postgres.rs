@@ -123,6 +123,23 @@ macro_rules! conformance_tests {
 
 every_conformance_test!(conformance_tests);
 
+/// Two replicas: a second store on the same schema, as a second server would connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_of_a_gone_replica_is_orphaned_once() {
+    let Some((schema, a)) = store().await else {
+        return;
+    };
+    let opts = PgConnectOptions::from_str(&url().unwrap()).unwrap();
+    let b = PgStore::connect_with(opts.options([("search_path", schema.name.as_str())]), POOL)
+        .await
+        .unwrap();
+    let b: Arc<dyn MetaStore> = Arc::new(b);
+    conformance::work_of_a_gone_replica_is_orphaned_once(Arc::clone(&a), Arc::clone(&b)).await;
+    a.close().await;
+    b.close().await;
+    schema.drop().await;
+}
+
 /// A chain with an entry past its head, or entries without a head, was changed outside the
 /// store: appending to it is refused as `ChainBroken`, not as a sequence-number conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -26,6 +26,14 @@ macro_rules! conformance_tests {
 
 every_conformance_test!(conformance_tests);
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_of_a_gone_replica_is_orphaned_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = SqliteStore::open(dir.path()).await.unwrap();
+    let b = SqliteStore::open(dir.path()).await.unwrap();
+    conformance::work_of_a_gone_replica_is_orphaned_once(Arc::new(a), Arc::new(b)).await;
+}
+
 /// Runs raw SQL on the store's database file, as someone with write access to it would.
 async fn tamper(dir: &std::path::Path, sql: &str) {
     let db = dir.join(cleanroom_meta::sqlite::DB_FILE);

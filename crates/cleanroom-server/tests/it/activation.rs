@@ -476,7 +476,7 @@ async fn an_activation_cut_off_by_a_restart_is_failed_and_its_approval_stays_use
                 && e["detail"]
                     .as_str()
                     .unwrap()
-                    .contains("interrupted by a server restart while matching")
+                    .contains("interrupted while matching: its server stopped")
         }),
         "{entries:?}"
     );

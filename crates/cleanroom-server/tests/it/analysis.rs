@@ -283,7 +283,7 @@ async fn an_analysis_cut_off_by_a_crash_is_failed_at_start_up_and_stays_charged(
             && e["detail"]
                 .as_str()
                 .unwrap()
-                .contains("interrupted by a server restart")
+                .contains("interrupted: its server stopped")
     }));
 }
 

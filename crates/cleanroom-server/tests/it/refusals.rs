@@ -344,7 +344,7 @@ async fn an_upload_interrupted_by_a_crash_is_audited_at_start_up() {
             Some("dataset.upload"),
             Some("crm"),
             Some("failed"),
-            Some("interrupted upload discarded at start-up")
+            Some("interrupted upload discarded: the server receiving it stopped")
         )
     );
     let d = s

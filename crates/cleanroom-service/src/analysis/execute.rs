@@ -344,17 +344,25 @@ impl CleanRoom {
 
     /// At start-up: analyses that were running when the server stopped are failed (their
     /// charges stay) and the failure is recorded in their collaboration's chain.
-    pub(crate) async fn recover_analyses(&self) -> Result<(), ServiceError> {
-        for row in self.meta.running_analyses().await? {
+    pub(crate) async fn recover_analyses(
+        &self,
+        orphaned: cleanroom_meta::Orphaned,
+    ) -> Result<(), ServiceError> {
+        for row in self.meta.running_analyses(orphaned).await? {
             let audit = AuditCtx::system("server", Action::AnalysisRelease, row.id.to_string())
                 .in_chain(row.collaboration_id)
                 .entry(
                     Outcome::Failed,
-                    "interrupted by a server restart; nothing was released and the charge stays",
+                    "interrupted: its server stopped; nothing was released and the charge stays",
                 );
-            self.meta
-                .finish_analysis(row.id, Err("interrupted by a server restart"), audit)
-                .await?;
+            let done = self
+                .meta
+                .finish_analysis(row.id, Err("interrupted: its server stopped"), audit)
+                .await;
+            match done {
+                Ok(()) | Err(cleanroom_meta::MetaError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }

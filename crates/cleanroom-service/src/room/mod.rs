@@ -11,7 +11,7 @@ use cleanroom_core::entities::{Collaboration, Dataset, Membership, Organisation,
 use cleanroom_core::ids::{CollaborationId, DatasetId, TokenId};
 use cleanroom_core::names::OrgName;
 use cleanroom_core::party::{DatasetStatus, UserRole};
-use cleanroom_meta::{MetaStore, SqliteStore};
+use cleanroom_meta::{MetaStore, Orphaned, SqliteStore};
 use cleanroom_storage::{DatasetFiles, DatasetStore, MasterKeySource, SecretKey, load_master_key};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
@@ -98,7 +98,14 @@ pub struct Config {
     /// Keep the encrypted dataset files here (an S3 bucket) rather than in the data
     /// directory (the default).
     pub data_store: Option<Arc<dyn DatasetFiles>>,
+    /// With a shared metadata store (several replicas), how long a replica may stay silent
+    /// before another one takes over the work it left unfinished. Heartbeats go every third
+    /// of it.
+    pub replica_lease: Duration,
 }
+
+/// The default [`Config::replica_lease`].
+pub const DEFAULT_REPLICA_LEASE: Duration = Duration::from_secs(15);
 
 /// Writes and removes a probe object in a data store given in the configuration, so that a
 /// wrong endpoint, bucket or credential stops `init` and `serve` at once with the store's
@@ -128,6 +135,7 @@ impl Config {
             limits: Limits::default(),
             metadata: None,
             data_store: None,
+            replica_lease: DEFAULT_REPLICA_LEASE,
         }
     }
 }
@@ -196,6 +204,12 @@ pub struct CleanRoom {
     parquet_slots: Arc<Semaphore>,
     /// `<data-dir>/.lock`, held exclusively while the room is open (released by `close`).
     lock: Arc<Mutex<Option<std::fs::File>>>,
+    /// Whose unfinished work this room takes over: every other replica's (one server at a
+    /// time, SQLite), or that of replicas silent past the lease (a shared store).
+    orphaned: Orphaned,
+    /// The task that writes this replica's heartbeat and, on a shared store, takes over the
+    /// work of replicas that stopped; ended by `close`.
+    heartbeat: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 use cleanroom_meta::now;
@@ -306,7 +320,8 @@ impl CleanRoom {
         let lock = lock_data_dir(dir)?;
         let key = master_key(&config)?;
         let meta = Arc::new(SqliteStore::open(dir).await?);
-        Self::open_locked(config, meta, lock, key).await
+        // The data directory's lock makes this the only server on its SQLite file.
+        Self::open_locked(config, meta, lock, key, Orphaned::AllButMine).await
     }
 
     /// Opens the clean room in `config.data_dir` on any metadata store (the conformance suite
@@ -332,7 +347,9 @@ impl CleanRoom {
         }
         let lock = lock_data_dir(&config.data_dir)?;
         let key = master_key(&config)?;
-        Self::open_locked(config, meta, lock, key).await
+        // Other replicas may share this store: only the work of silent ones is taken over.
+        let orphaned = Orphaned::SilentFor(config.replica_lease);
+        Self::open_locked(config, meta, lock, key, orphaned).await
     }
 
     async fn open_locked(
@@ -340,6 +357,7 @@ impl CleanRoom {
         meta: Arc<dyn MetaStore>,
         lock: std::fs::File,
         (master, source): (SecretKey, MasterKeySource),
+        orphaned: Orphaned,
     ) -> Result<Self, ServiceError> {
         let files = match &config.data_store {
             Some(store) => DatasetStore::new(store.clone()),
@@ -355,11 +373,42 @@ impl CleanRoom {
             limits: config.limits,
             master_key_source: source,
             lock: Arc::new(Mutex::new(Some(lock))),
+            orphaned,
+            heartbeat: Arc::new(Mutex::new(None)),
         };
         room.check_master_key().await?;
         room.check_data_store().await?;
+        room.meta.heartbeat().await?;
         room.recover().await?;
+        room.start_heartbeat(config.replica_lease);
         Ok(room)
+    }
+
+    /// Beats every third of the lease; on a shared store also takes over the work of replicas
+    /// that fell silent (each piece once: the store's moves are compare-and-set).
+    fn start_heartbeat(&self, lease: Duration) {
+        let room = self.clone();
+        let every = (lease / 3).max(Duration::from_millis(50));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = room.meta.heartbeat().await {
+                    tracing::warn!(error = %e, "could not record this replica's heartbeat");
+                    continue;
+                }
+                if matches!(room.orphaned, Orphaned::SilentFor(_))
+                    && let Err(e) = room.take_over_orphaned_work().await
+                {
+                    tracing::warn!(error = %e, "could not take over a stopped replica's work");
+                }
+            }
+        });
+        if let Ok(mut slot) = self.heartbeat.lock() {
+            *slot = Some(task);
+        }
     }
 
     /// Where the master key came from (for the start-up message).
@@ -373,6 +422,15 @@ impl CleanRoom {
 
     /// Flushes and closes the metadata store and releases the data directory's lock.
     pub async fn close(&self) {
+        let task = self.heartbeat.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        // Gone at once: another replica may take over what this one leaves unfinished.
+        if let Err(e) = self.meta.retire().await {
+            tracing::warn!(error = %e, "could not record that this replica stopped");
+        }
         self.meta.close().await;
         if let Ok(mut lock) = self.lock.lock() {
             lock.take();
@@ -419,25 +477,50 @@ impl CleanRoom {
         Ok(())
     }
 
-    async fn recover(&self) -> Result<(), ServiceError> {
-        self.recover_analyses().await?;
-        self.recover_activations().await?;
-        // An upload under way when the server stopped never finished: record that it was
+    /// Analyses, activations and uploads whose server stopped before finishing them are
+    /// recorded as failed (nothing was released or delivered) or returned to pending; each
+    /// is taken over once, whichever replica gets there first.
+    async fn take_over_orphaned_work(&self) -> Result<(), ServiceError> {
+        self.recover_analyses(self.orphaned).await?;
+        self.recover_activations(self.orphaned).await?;
+        // An upload under way when its server stopped never finished: record that it was
         // discarded, in its collaboration's chain, as the dataset returns to pending.
-        for d in self.meta.uploading_datasets().await? {
+        for d in self.meta.uploading_datasets(self.orphaned).await? {
             let audit = AuditCtx::system("server", Action::DatasetUpload, d.name.as_str())
                 .in_chain(d.collaboration_id)
-                .entry(Outcome::Failed, "interrupted upload discarded at start-up");
-            self.meta.abort_upload(d.id, audit).await?;
+                .entry(
+                    Outcome::Failed,
+                    "interrupted upload discarded: the server receiving it stopped",
+                );
+            match self.meta.abort_upload(d.id, audit).await {
+                Ok(()) | Err(cleanroom_meta::MetaError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        let committed: HashSet<(CollaborationId, DatasetId)> =
+        Ok(())
+    }
+
+    async fn recover(&self) -> Result<(), ServiceError> {
+        self.take_over_orphaned_work().await?;
+        // The files first, then which to keep: a file listed here was complete before the
+        // listing, so its dataset is ready or still uploading when read below, unless its
+        // upload was given up (and then the file is an orphan). The other way round, an
+        // upload finishing in between would lose its file.
+        let files = self.files.clone();
+        let listed = tokio::task::spawn_blocking(move || files.files().list())
+            .await
+            .map_err(|e| ServiceError::Internal(format!("start-up clean-up task failed: {e}")))??;
+        let keep: HashSet<(CollaborationId, DatasetId)> =
             self.meta.recover_uploads().await?.into_iter().collect();
         let files = self.files.clone();
         let (tmp, orphans) = tokio::task::spawn_blocking(move || {
-            Ok::<_, cleanroom_storage::StorageError>((
-                files.remove_tmp_files()?,
-                files.remove_orphans(&committed)?,
-            ))
+            let mut orphans = 0;
+            for f in listed {
+                if !keep.contains(&(f.collab, f.dataset)) && files.remove(f.collab, f.dataset)? {
+                    orphans += 1;
+                }
+            }
+            Ok::<_, cleanroom_storage::StorageError>((files.remove_tmp_files()?, orphans))
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("start-up clean-up task failed: {e}")))??;
