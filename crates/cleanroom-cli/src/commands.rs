@@ -129,6 +129,7 @@ async fn open_room(data: &DataDir, create: bool) -> Result<CleanRoom> {
         .map(MetadataUrl::parse)
         .transpose()
         .context("--metadata (CLEANROOM_METADATA) is not a postgres:// URL")?;
+    config.replica_lease = std::time::Duration::from_secs_f64(data.replica_lease);
     if let Some(url) = &data.data_store {
         let url = cleanroom_objstore::S3Url::parse(url)
             .map_err(anyhow::Error::msg)

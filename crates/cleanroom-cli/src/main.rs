@@ -65,6 +65,20 @@ pub struct DataDir {
     /// directory.
     #[arg(long, env = "CLEANROOM_DATA_STORE")]
     pub data_store: Option<String>,
+    /// With --metadata postgres://… several servers may share the room: the seconds one may
+    /// stay silent before another takes over the uploads and analyses it left unfinished
+    /// (heartbeats go every third of it).
+    #[arg(long, env = "CLEANROOM_REPLICA_LEASE", default_value_t = 15.0, value_parser = parse_lease)]
+    pub replica_lease: f64,
+}
+
+fn parse_lease(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds between 0.1 and 3600"
+        )),
+    }
 }
 
 #[derive(Subcommand)]

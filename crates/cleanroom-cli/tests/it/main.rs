@@ -12,6 +12,7 @@ mod newcomer;
 mod postgres;
 mod prepare;
 mod psi;
+mod replicas;
 mod s3;
 mod tidy;
 mod tls;

@@ -11,7 +11,7 @@ use crate::*;
 const ENV: &str = "CLEANROOM_TEST_POSTGRES";
 
 /// Runs `sql` on the test database (a fresh runtime: the CLI tests are synchronous).
-fn admin(url: &str, sql: String) {
+pub fn admin(url: &str, sql: String) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
