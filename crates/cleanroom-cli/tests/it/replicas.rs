@@ -152,6 +152,113 @@ async fn two_replicas_share_a_room_and_take_over_a_killed_ones_work() {
         assert!(left.abs() < 1e-6, "every ledger spent exactly: {budgets}");
     }
 
+    // A is killed in the middle of an analysis; B records it as failed once A's lease ends,
+    // and the charge, taken before any data was read, stays (taken once).
+    let (big_c, big_a) = (tmp.path().join("big_c.csv"), tmp.path().join("big_a.csv"));
+    crate::analysis::write_people(&big_c, "bc", 2_000_000, 0);
+    crate::analysis::write_people(&big_a, "ba", 2_000_000, 500_000);
+    for (token, name, file) in [
+        (&brand, "big_c", p(&big_c)),
+        (&publisher, "big_a", p(&big_a)),
+    ] {
+        let mut args = vec!["dataset", "upload", &id, name, "--file", &file, "--quiet"];
+        args.extend(COLUMNS);
+        ok(&cli(&b.url, token, &args));
+        ok(&cli(
+            &b.url,
+            token,
+            &["policy", "set", &id, name, "--file", &p(&pol)],
+        ));
+        ok(&cli(
+            &b.url,
+            token,
+            &[
+                "budget",
+                "grant",
+                &id,
+                "--epsilon",
+                "1",
+                "--delta",
+                "0.000001",
+            ],
+        ));
+    }
+    let spent = |who: &str| -> f64 {
+        let v = json(&cli(&b.url, &brand, &["--json", "budget", "show", &id]));
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["org"] == who)
+            .unwrap()["epsilon_spent"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    let before = spent("brand");
+    let running = std::thread::scope(|scope| {
+        let (url, who, collab) = (a.url.clone(), brand.clone(), id.clone());
+        let heavy = scope.spawn(move || {
+            cli(
+                &url,
+                &who,
+                &[
+                    "query",
+                    &collab,
+                    "SELECT c.city, COUNT(DISTINCT c.pid) AS people FROM big_c c JOIN big_a a \
+                     ON c.email_hmac = a.email_hmac GROUP BY c.city",
+                    "--epsilon",
+                    "0.5",
+                ],
+            )
+        });
+        // Seen from B: the analysis is running (charged, reading the data) on A.
+        let start = Instant::now();
+        let running = loop {
+            let list = json(&cli(&b.url, &brand, &["--json", "analysis", "list", &id]));
+            if let Some(r) = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["status"] == "running")
+            {
+                break r["id"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60) && !heavy.is_finished(),
+                "the analysis on A was never seen running: {list}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        a.kill();
+        assert!(
+            !heavy.join().unwrap().status.success(),
+            "the killed replica answered"
+        );
+        running
+    });
+    let start = Instant::now();
+    loop {
+        let v = json(&cli(
+            &b.url,
+            &brand,
+            &["--json", "analysis", "show", &id, &running],
+        ));
+        if v["status"] == "failed" {
+            break;
+        }
+        assert!(v["status"] == "running", "{v}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never taken over: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        (spent("brand") - before - 0.5).abs() < 1e-6,
+        "the interrupted analysis is charged once"
+    );
+    let mut a =
+        ServeProcess::try_start_env(&a_dir, "127.0.0.1:0", &env).unwrap_or_else(|e| panic!("{e}"));
+
     // A is killed in the middle of an upload; B takes the upload back once A's lease ends.
     let mut args = vec!["dataset", "create", &id, "late"];
     args.extend(COLUMNS);
@@ -228,7 +335,7 @@ async fn two_replicas_share_a_room_and_take_over_a_killed_ones_work() {
                 objects += 1;
             }
         }
-        assert_eq!(objects, 2, "only the two finished datasets are objects");
+        assert_eq!(objects, 4, "only the four finished datasets are objects");
     }
     // The dataset can be uploaded again, through B, and the chain is intact.
     let file = tmp.path().join("late.csv");
