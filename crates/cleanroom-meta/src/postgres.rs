@@ -806,7 +806,7 @@ impl MetaStore for PgStore {
             gone("d.upload_replica")
         )))
         .bind(&self.replica)
-        .bind(orphan_cutoff(orphaned))
+        .bind(silent_secs(orphaned))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -1111,7 +1111,7 @@ impl MetaStore for PgStore {
             gone("replica")
         )))
         .bind(&self.replica)
-        .bind(orphan_cutoff(orphaned))
+        .bind(silent_secs(orphaned))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -1300,7 +1300,7 @@ impl MetaStore for PgStore {
             gone("replica")
         )))
         .bind(&self.replica)
-        .bind(orphan_cutoff(orphaned))
+        .bind(silent_secs(orphaned))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -1412,14 +1412,14 @@ impl MetaStore for PgStore {
     }
 
     async fn heartbeat(&self) -> Result<(), MetaError> {
-        let at = now();
-        sqlx::query(
-            "INSERT INTO server_replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-        )
+        // The database's clock, not this machine's: replicas on machines whose clocks differ
+        // by more than the lease must not take each other for dead.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO server_replicas (id, started_at, heartbeat_at)
+             VALUES ($1, {DB_NOW}, {DB_NOW})
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+        )))
         .bind(&self.replica)
-        .bind(&at)
-        .bind(&at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1578,12 +1578,28 @@ async fn lock_key(tx: &mut Transaction<'static, Postgres>, key: i32) -> Result<(
     Ok(())
 }
 
+/// The database's clock in the stored time form (RFC 3339, UTC, milliseconds).
+const DB_NOW: &str =
+    "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+
 /// The condition on a row's replica column `col` for work whose replica is gone: none
-/// recorded, or not this one and without a heartbeat since the cutoff. Binds `$1` this
-/// replica's id and `$2` the cutoff ([`orphan_cutoff`]); the query must have no other binds.
+/// recorded, or not this one and without a heartbeat in the last `$2` seconds by the
+/// database's clock (heartbeats are written by that clock too). Binds `$1` this replica's id
+/// and `$2` the seconds ([`silent_secs`]); the query must have no other binds.
 fn gone(col: &str) -> String {
     format!(
         "({col} IS NULL OR ({col} <> $1 AND {col} NOT IN \
-         (SELECT id FROM server_replicas WHERE heartbeat_at >= $2)))"
+         (SELECT id FROM server_replicas WHERE heartbeat_at >= to_char( \
+           (clock_timestamp() AT TIME ZONE 'UTC') - make_interval(secs => $2), \
+           'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))))"
     )
+}
+
+/// The silence after which a replica is gone, in seconds, for [`gone`]: for `AllButMine` a
+/// cutoff far in the future, so every other replica is gone.
+fn silent_secs(o: Orphaned) -> f64 {
+    match o {
+        Orphaned::AllButMine => -1e9,
+        Orphaned::SilentFor(d) => d.as_secs_f64(),
+    }
 }
