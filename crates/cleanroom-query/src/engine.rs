@@ -12,44 +12,95 @@ use std::sync::{Arc, OnceLock};
 use arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::QueryError;
+use crate::spill::{EncryptedSpill, SpillConfig};
 
-/// The runtime every analysis of this process shares, with its memory limit (`None`: none).
-static RUNTIME: OnceLock<(Arc<RuntimeEnv>, Option<usize>)> = OnceLock::new();
+/// The runtime every analysis of this process shares, and its limits.
+static RUNTIME: OnceLock<Engine> = OnceLock::new();
 
-/// A runtime that never writes to disk (so no operator can spill rows in the clear), with a
-/// memory pool of `max_bytes` shared by every analysis when given.
-fn build_runtime(max_bytes: Option<usize>) -> Result<Arc<RuntimeEnv>, QueryError> {
-    let no_disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
-    let mut b = RuntimeEnvBuilder::new().with_disk_manager_builder(no_disk);
-    if let Some(max) = max_bytes {
-        b = b.with_memory_limit(max, 1.0);
-    }
-    b.build_arc()
-        .map_err(|e| QueryError::Internal(format!("building the query runtime: {e}")))
+struct Engine {
+    runtime: Arc<RuntimeEnv>,
+    /// The memory limit, `None`: none.
+    limit: Option<usize>,
+    /// The spill quota in bytes, `None`: spilling is off.
+    spill_limit: Option<u64>,
 }
 
-fn runtime() -> &'static (Arc<RuntimeEnv>, Option<usize>) {
-    RUNTIME.get_or_init(|| {
-        let rt = build_runtime(None).unwrap_or_else(|_| {
-            // Building a runtime without a memory pool or disk cannot fail; should it, the
-            // engine's own default (which does not spill without memory pressure) serves.
-            Arc::new(RuntimeEnv::default())
-        });
-        (rt, None)
+/// How much memory the analyses of this process may hold together, and where and how much
+/// they may spill (encrypted, see [`crate::spill`]) when they do not fit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemoryLimits {
+    /// Bytes of memory all analyses may hold together; `None`: no limit (then nothing spills,
+    /// as no operator is ever short of memory).
+    pub max_bytes: Option<usize>,
+    /// Where encrypted spill files go and how much they may hold; `None`: no spilling, an
+    /// analysis that does not fit fails.
+    pub spill: Option<SpillConfig>,
+}
+
+/// A runtime with a memory pool of `limits.max_bytes` shared by every analysis, whose
+/// operators spill only through [`EncryptedSpill`] (never plaintext to disk), or not at all.
+fn build_runtime(limits: &MemoryLimits) -> Result<Engine, QueryError> {
+    let internal = |e: &dyn std::fmt::Display| {
+        QueryError::Internal(format!("building the query runtime: {e}"))
+    };
+    let disk = match &limits.spill {
+        Some(cfg) if cfg.max_bytes > 0 && limits.max_bytes.is_some() => {
+            let spill = EncryptedSpill::new(cfg).map_err(|e| {
+                QueryError::Internal(format!(
+                    "creating the spill directory under {}: {e}",
+                    cfg.dir.display()
+                ))
+            })?;
+            DiskManagerBuilder::default().with_temp_file_factory(Arc::new(spill))
+        }
+        _ => DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+    };
+    let spill_limit = match (&limits.spill, limits.max_bytes) {
+        (Some(cfg), Some(_)) if cfg.max_bytes > 0 => Some(cfg.max_bytes),
+        _ => None,
+    };
+    let mut b = RuntimeEnvBuilder::new().with_disk_manager_builder(disk);
+    if let Some(max) = limits.max_bytes {
+        b = if spill_limit.is_some() {
+            // Operators that can spill share the pool fairly, so one does not starve the
+            // others (and the unspillable hash-join build sides) into failing.
+            b.with_memory_pool(Arc::new(FairSpillPool::new(max)))
+        } else {
+            b.with_memory_limit(max, 1.0)
+        };
+    }
+    let runtime = b.build_arc().map_err(|e| internal(&e))?;
+    Ok(Engine {
+        runtime,
+        limit: limits.max_bytes,
+        spill_limit,
     })
 }
 
-/// Sets how much memory all analyses of this process may hold together (`None`: no limit),
-/// once, before the first analysis runs. An analysis that needs more fails with
-/// [`QueryError::OutOfMemory`]; nothing ever spills to disk.
-pub fn limit_memory(max_bytes: Option<usize>) -> Result<(), QueryError> {
-    let rt = build_runtime(max_bytes)?;
-    RUNTIME.set((rt, max_bytes)).map_err(|_| {
+fn engine() -> &'static Engine {
+    RUNTIME.get_or_init(|| {
+        build_runtime(&MemoryLimits::default()).unwrap_or_else(|_| Engine {
+            // Building a runtime without a memory pool or disk cannot fail; should it, the
+            // engine's own default (which does not spill without memory pressure) serves.
+            runtime: Arc::new(RuntimeEnv::default()),
+            limit: None,
+            spill_limit: None,
+        })
+    })
+}
+
+/// Sets how much memory all analyses of this process may hold together and how they spill,
+/// once, before the first analysis runs. An analysis that needs more than memory and spill
+/// space together fails with [`QueryError::OutOfMemory`].
+pub fn limit_memory(limits: MemoryLimits) -> Result<(), QueryError> {
+    let engine = build_runtime(&limits)?;
+    RUNTIME.set(engine).map_err(|_| {
         QueryError::Internal(
             "the analysis memory limit is set once, before the first analysis".into(),
         )
@@ -62,7 +113,7 @@ pub(crate) fn session(partitions: usize) -> SessionContext {
     let config = SessionConfig::new()
         .with_target_partitions(partitions.max(1))
         .with_information_schema(false);
-    SessionContext::new_with_config_rt(config, Arc::clone(&runtime().0))
+    SessionContext::new_with_config_rt(config, Arc::clone(&engine().runtime))
 }
 
 /// Analyzes `plan` as DataFusion will, checks it, and returns the analyzed plan.
@@ -104,15 +155,25 @@ pub(crate) fn run_failure(e: DataFusionError) -> QueryError {
         DataFusionError::External(inner) if is_storage(inner.as_ref()) => {
             QueryError::Unavailable(inner.to_string())
         }
-        DataFusionError::ResourcesExhausted(_) => {
-            tracing::warn!(limit = ?runtime().1, "an analysis needed more memory than the limit");
-            QueryError::OutOfMemory { limit: runtime().1 }
+        DataFusionError::ResourcesExhausted(_) => out_of_memory(),
+        DataFusionError::IoError(io) if crate::spill::is_spill_full(io) => out_of_memory(),
+        DataFusionError::ArrowError(a, _) if matches!(a.as_ref(), arrow::error::ArrowError::IoError(_, io) if crate::spill::is_spill_full(io)) => {
+            out_of_memory()
         }
         _ => {
             let kind = failure_kind(&e);
             tracing::error!(%kind, "an analysis failed while running (engine text withheld: it may quote values)");
             QueryError::Execution(kind)
         }
+    }
+}
+
+fn out_of_memory() -> QueryError {
+    let e = engine();
+    tracing::warn!(limit = ?e.limit, spill_limit = ?e.spill_limit, "an analysis needed more memory than the limit");
+    QueryError::OutOfMemory {
+        limit: e.limit,
+        spill_limit: e.spill_limit,
     }
 }
 

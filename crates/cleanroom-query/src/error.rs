@@ -30,9 +30,13 @@ pub enum QueryError {
     #[error("the analysis failed while running ({0})")]
     Execution(String),
     /// The analysis needed more memory than the process's limit allows
-    /// ([`crate::limit_memory`]); nothing spills to disk.
+    /// ([`crate::limit_memory`]), after spilling as much as the spill quota (`spill_limit`,
+    /// `None` when spilling is off) allowed.
     #[error("the analysis needs more memory than the limit allows")]
-    OutOfMemory { limit: Option<usize> },
+    OutOfMemory {
+        limit: Option<usize>,
+        spill_limit: Option<u64>,
+    },
     /// A bug: the engine rejected a plan this crate built.
     #[error("internal query error: {0}")]
     Internal(String),

@@ -23,16 +23,18 @@ pub mod release;
 pub mod rewrite;
 pub mod segment;
 pub mod spec;
+pub mod spill;
 pub mod templates;
 pub mod total;
 
 pub use calibrate::{Calibration, PrivacyRequest};
 pub use catalog::{Catalog, QueryTable};
-pub use engine::{failure_kind, limit_memory};
+pub use engine::{MemoryLimits, failure_kind, limit_memory};
 pub use error::QueryError;
 pub use release::{Cell, ColumnKind, Released, ReleasedColumn};
 pub use rewrite::RunOptions;
 pub use spec::Spec;
+pub use spill::SpillConfig;
 
 /// A checked and calibrated query, ready to be charged for and run.
 #[derive(Debug, Clone)]
