@@ -22,20 +22,37 @@ pub async fn run(cli: Cli) -> Result<()> {
             tls_cert,
             tls_key,
             max_memory,
+            max_spill,
+            spill_dir,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(cleanroom_server::tls::server_config(&cert, &key)?),
                 _ => None,
             };
             let max_memory = max_memory.resolve();
-            cleanroom_service::limit_analysis_memory(max_memory)?;
-            match max_memory {
-                Some(b) => tracing::info!(
+            let spill = (max_spill > 0).then(|| cleanroom_service::SpillConfig {
+                dir: spill_dir.unwrap_or_else(std::env::temp_dir),
+                max_bytes: max_spill,
+            });
+            match (max_memory, &spill) {
+                (Some(b), Some(s)) => tracing::info!(
+                    max_memory_mib = b >> 20,
+                    max_spill_mib = s.max_bytes >> 20,
+                    spill_dir = %s.dir.display(),
+                    "analyses share a memory limit and spill what does not fit, encrypted"
+                ),
+                (Some(b), None) => tracing::info!(
                     max_memory_mib = b >> 20,
                     "analyses share a memory limit; nothing spills to disk"
                 ),
-                None => tracing::info!("analyses have no memory limit; nothing spills to disk"),
+                (None, _) => {
+                    tracing::info!("analyses have no memory limit; nothing spills to disk")
+                }
             }
+            cleanroom_service::limit_analysis_memory(cleanroom_service::MemoryLimits {
+                max_bytes: max_memory,
+                spill,
+            })?;
             serve(&data, &listen, tls).await
         }
         Command::Init {
@@ -153,6 +170,23 @@ async fn serve(
     let (listener, addr) = cleanroom_server::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    // The handlers are installed before the server says it listens: a supervisor's SIGTERM
+    // that follows at once still gets a graceful stop (which retires this replica).
+    #[cfg(unix)]
+    let shutdown = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        async move {
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            tracing::info!("shutting down");
+        }
+    };
+    #[cfg(not(unix))]
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         %addr,
@@ -171,19 +205,6 @@ async fn serve(
              pass --tls-cert and --tls-key"
         );
     }
-    let shutdown = async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing the SIGTERM handler");
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-    };
     let opts = cleanroom_server::ServeOptions {
         tls,
         ..Default::default()

@@ -97,9 +97,19 @@ pub enum Command {
         #[arg(long, env = "CLEANROOM_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
         /// Memory all analyses may hold together (`4G`, `512M`, `unlimited`; default: half of
-        /// this machine's memory). An analysis that needs more fails; nothing spills to disk.
+        /// this machine's memory). Sorts, aggregations and repartitions that do not fit spill
+        /// to disk, encrypted under keys held only in memory; an analysis that still does not
+        /// fit fails.
         #[arg(long, env = "CLEANROOM_MAX_MEMORY", default_value = "auto", value_parser = memory::parse_limit)]
         max_memory: memory::Limit,
+        /// Disk all analyses may fill with encrypted spill files together (`100G`, `0` or
+        /// `off`: never spill).
+        #[arg(long, env = "CLEANROOM_MAX_SPILL", default_value = "100G", value_parser = memory::parse_spill)]
+        max_spill: u64,
+        /// Where spill files go (default: the system's temporary directory); each server
+        /// makes its own private directory there.
+        #[arg(long, env = "CLEANROOM_SPILL_DIR")]
+        spill_dir: Option<PathBuf>,
     },
     /// Create the data directory, its master key and the operator account; prints the
     /// operator's token once.

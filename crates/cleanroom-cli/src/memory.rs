@@ -59,6 +59,18 @@ pub fn parse_limit(s: &str) -> Result<Limit, String> {
     Ok(Limit::Bytes(bytes))
 }
 
+/// Parses a spill quota: a size as [`parse_limit`] takes, or `0`/`off` for no spilling.
+pub fn parse_spill(s: &str) -> Result<u64, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "0" | "off" | "none" => Ok(0),
+        "unlimited" => Err("the spill space needs a bound: write e.g. 100G, or `off`".into()),
+        _ => match parse_limit(s)? {
+            Limit::Bytes(b) => Ok(b as u64),
+            _ => Err(format!("{s:?} is not a size: write e.g. 100G, or `off`")),
+        },
+    }
+}
+
 /// This machine's memory in bytes, from `/proc/meminfo` (Linux); `None` elsewhere.
 fn machine_memory() -> Option<usize> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -70,6 +82,16 @@ fn machine_memory() -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spill_quotas() {
+        assert_eq!(parse_spill("off"), Ok(0));
+        assert_eq!(parse_spill("0"), Ok(0));
+        assert_eq!(parse_spill("100G"), Ok(100 << 30));
+        assert!(parse_spill("unlimited").is_err());
+        assert!(parse_spill("auto").is_err());
+        assert!(parse_spill("12X").is_err());
+    }
 
     #[test]
     fn sizes_units_and_words() {

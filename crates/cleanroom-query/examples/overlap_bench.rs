@@ -6,6 +6,9 @@
 //!   overlap_bench generate <dir> <rows>      two datasets of <rows> people, 35 % shared
 //!   overlap_bench run <dir> MODE             one run; prints a JSON line
 //!
+//! `MAX_MEMORY=<bytes>` runs under that memory limit, spilling (encrypted) into `SPILL_DIR`
+//! (default: the system's temporary directory); the JSON line then counts the bytes spilled.
+//!
 //! Modes: `private` (the privacy layer as the server runs it: the datasets' multiplicity
 //! statistics, computed once per dataset, let it skip bounding that cannot remove a row),
 //! `bounded` (the privacy layer without statistics: per-person and per-key bounding windows
@@ -125,6 +128,17 @@ const SQL: &str = "SELECT l.region, COUNT(DISTINCT l.uid) AS people \
                    FROM \"left\" l JOIN \"right\" r ON l.email_hmac = r.email_hmac GROUP BY l.region";
 
 async fn run(dir: &Path, mode: &str) {
+    if let Ok(max) = std::env::var("MAX_MEMORY") {
+        let dir = std::env::var_os("SPILL_DIR").map_or_else(std::env::temp_dir, Into::into);
+        cleanroom_query::limit_memory(cleanroom_query::MemoryLimits {
+            max_bytes: Some(max.parse().expect("MAX_MEMORY in bytes")),
+            spill: Some(cleanroom_query::SpillConfig {
+                dir,
+                max_bytes: 1 << 40,
+            }),
+        })
+        .unwrap();
+    }
     let (collab, left, right, key) = ids(dir);
     let store = DatasetStore::open(dir).unwrap();
     let schema = schema();
@@ -192,8 +206,10 @@ async fn run(dir: &Path, mode: &str) {
     };
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "{{\"mode\":\"{mode}\",\"seconds\":{secs:.3},\"stats_seconds\":{stats_secs:.3},\"groups\":{groups},\"peak_rss_mib\":{:.0}}}",
-        peak_rss_mib()
+        "{{\"mode\":\"{mode}\",\"seconds\":{secs:.3},\"stats_seconds\":{stats_secs:.3},\"groups\":{groups},\"peak_rss_mib\":{:.0},\"spilled_bytes\":{},\"spill_files\":{}}}",
+        peak_rss_mib(),
+        cleanroom_query::spill::spilled_bytes(),
+        cleanroom_query::spill::spill_files(),
     );
 }
 

@@ -14,9 +14,9 @@
 //! - `cleanroom_budget_refusals_total`: answers `budget_exhausted`;
 //! - `cleanroom_auth_failures_total` (401) and `cleanroom_auth_throttled_total` (429);
 //! - `cleanroom_upload_bytes_total`: request-body bytes received by uploads;
-//! - `cleanroom_connections_open` and `cleanroom_connections_refused_total` (over the limit).
-//!
-//! Spilling is not counted: analyses do not spill to disk (see docs/security.md).
+//! - `cleanroom_connections_open` and `cleanroom_connections_refused_total` (over the limit);
+//! - `cleanroom_spill_files_total` and `cleanroom_spilled_bytes_total`: what analyses that
+//!   did not fit in `--max-memory` spilled to disk (encrypted, see docs/security.md).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -84,6 +84,10 @@ pub struct Metrics {
     upload_bytes: Counter,
     pub(crate) connections_open: Gauge,
     pub(crate) connections_refused: Counter,
+    spill_files: Counter,
+    spilled_bytes: Counter,
+    /// Serialises bringing the spill counters up to the engine's own.
+    spill_sync: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -149,8 +153,23 @@ impl Default for Metrics {
             "Connections refused because the server served as many as it allows",
             connections_refused.clone(),
         );
+        let spill_files = Counter::default();
+        registry.register(
+            "spill_files",
+            "Encrypted spill files analyses created because they did not fit in the memory limit",
+            spill_files.clone(),
+        );
+        let spilled_bytes = Counter::default();
+        registry.register(
+            "spilled_bytes",
+            "Bytes (ciphertext) analyses spilled to disk because they did not fit in the memory limit",
+            spilled_bytes.clone(),
+        );
         Metrics {
             registry,
+            spill_files,
+            spilled_bytes,
+            spill_sync: std::sync::Mutex::new(()),
             requests,
             durations,
             analyses,
@@ -167,6 +186,14 @@ impl Default for Metrics {
 impl Metrics {
     /// The OpenMetrics text of every counter.
     pub fn encode(&self) -> String {
+        if let Ok(_guard) = self.spill_sync.lock() {
+            for (counter, now) in [
+                (&self.spill_files, cleanroom_service::spill_files()),
+                (&self.spilled_bytes, cleanroom_service::spilled_bytes()),
+            ] {
+                counter.inc_by(now.saturating_sub(counter.get()));
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

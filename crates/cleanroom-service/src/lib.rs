@@ -20,7 +20,9 @@ pub use analysis::{
 pub use cleanroom_query::Cell;
 /// How much memory all analyses of this process may hold together; set once, at start.
 pub use cleanroom_query::limit_memory as limit_analysis_memory;
+pub use cleanroom_query::spill::{spill_files, spilled_bytes};
 pub use cleanroom_query::templates::{ParamInfo, TemplateInfo};
+pub use cleanroom_query::{MemoryLimits, SpillConfig};
 pub use error::ServiceError;
 pub use results::{AnalysisResult, ResultColumn, ResultTable};
 pub use room::{

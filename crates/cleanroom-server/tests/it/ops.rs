@@ -107,6 +107,9 @@ async fn metrics_count_what_operators_watch_for_the_operator_only() {
     let uploaded = sample(&text, "cleanroom_upload_bytes_total");
     assert!(uploaded >= 2.0 * 3000.0 * 20.0, "{uploaded}");
     assert!(sample(&text, "cleanroom_connections_open") >= 1.0);
+    // No memory limit in this process: nothing spilled, and the counters say so.
+    assert_eq!(sample(&text, "cleanroom_spill_files_total"), 0.0);
+    assert_eq!(sample(&text, "cleanroom_spilled_bytes_total"), 0.0);
     // No concrete id, name, identifier or SQL in any label.
     for secret in [
         id.as_str(),

@@ -183,14 +183,21 @@ pub(crate) fn query_error(e: QueryError) -> ServiceError {
             tracing::error!(%kind, "an analysis failed while running");
             ServiceError::AnalysisFailed(ANALYSIS_FAILED.into())
         }
-        QueryError::OutOfMemory { limit } => {
+        QueryError::OutOfMemory { limit, spill_limit } => {
             let limit = match limit {
                 Some(b) => format!("the server's limit of {} MiB (--max-memory)", b >> 20),
                 None => "the memory this machine has".to_owned(),
             };
+            let spill = match spill_limit {
+                Some(b) => format!(
+                    " even after spilling up to {} MiB to disk (--max-spill)",
+                    b >> 20
+                ),
+                None => String::new(),
+            };
             ServiceError::MemoryLimit(format!(
-                "the analysis needs more memory than {limit}; nothing was released and the \
-                 charge stays; ask the operator for a higher limit, or narrow the analysis"
+                "the analysis needs more memory than {limit}{spill}; nothing was released and \
+                 the charge stays; ask the operator for a higher limit, or narrow the analysis"
             ))
         }
         QueryError::Internal(m) => ServiceError::Internal(format!("query engine: {m}")),
