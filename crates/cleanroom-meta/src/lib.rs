@@ -15,7 +15,7 @@ pub mod sqlite;
 mod store;
 
 pub use error::MetaError;
-pub use open::{MetaSpec, PgUrl, open};
+pub use open::{MetaSpec, PgUrl, holds_room, open};
 pub use postgres::PgStore;
 pub use rows::now;
 pub use sqlite::SqliteStore;

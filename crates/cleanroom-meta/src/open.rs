@@ -76,6 +76,15 @@ impl MetaSpec {
     }
 }
 
+/// Whether the store `spec` names already holds a room, without creating or migrating
+/// anything (the embedded store: whether its database file exists).
+pub async fn holds_room(spec: &MetaSpec) -> Result<bool, MetaError> {
+    match spec {
+        MetaSpec::Embedded(dir) => Ok(dir.join(crate::sqlite::DB_FILE).is_file()),
+        MetaSpec::Postgres(url) => PgStore::holds_room(url.as_str()).await,
+    }
+}
+
 /// Opens the store `spec` names, applying pending migrations.
 pub async fn open(spec: &MetaSpec) -> Result<Arc<dyn MetaStore>, MetaError> {
     Ok(match spec {

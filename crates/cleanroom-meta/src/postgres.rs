@@ -90,6 +90,23 @@ impl PgStore {
         })
     }
 
+    /// Whether the database at `url` (in its `search_path`) already holds a room's tables,
+    /// asked on one connection and without applying migrations: a server that is not creating
+    /// a room checks this first, so a wrong URL leaves the database as it found it.
+    pub async fn holds_room(url: &str) -> Result<bool, MetaError> {
+        let opts = PgConnectOptions::from_str(url).map_err(MetaError::Unavailable)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        let held = sqlx::query_scalar("SELECT to_regclass('server_settings') IS NOT NULL")
+            .fetch_one(&pool)
+            .await;
+        pool.close().await;
+        Ok(held?)
+    }
+
     /// The connection pool (for the migration from SQLite).
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
@@ -1423,6 +1440,19 @@ impl MetaStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn other_live_replicas(&self, lease: std::time::Duration) -> Result<u64, MetaError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM server_replicas WHERE id <> $1 AND heartbeat_at >= to_char( \
+               (clock_timestamp() AT TIME ZONE 'UTC') - make_interval(secs => $2), \
+               'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+        )
+        .bind(&self.replica)
+        .bind(lease.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
     }
 
     async fn retire(&self) -> Result<(), MetaError> {

@@ -1385,6 +1385,17 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    async fn other_live_replicas(&self, lease: std::time::Duration) -> Result<u64, MetaError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM server_replicas WHERE id <> ? AND heartbeat_at >= ?",
+        )
+        .bind(&self.replica)
+        .bind(orphan_cutoff(Orphaned::SilentFor(lease)))
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn retire(&self) -> Result<(), MetaError> {
         sqlx::query("DELETE FROM server_replicas WHERE id = ?")
             .bind(&self.replica)

@@ -392,6 +392,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn heartbeat(&self) -> Result<(), MetaError>;
     /// Records that this replica stopped: its unfinished work is orphaned at once.
     async fn retire(&self) -> Result<(), MetaError>;
+    /// How many other replicas beat within `lease` and have not retired.
+    async fn other_live_replicas(&self, lease: std::time::Duration) -> Result<u64, MetaError>;
 
     // --- settings ---
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, MetaError>;

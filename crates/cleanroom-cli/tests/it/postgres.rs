@@ -2,43 +2,39 @@
 //! `serve` on the database `CLEANROOM_TEST_POSTGRES` names, in a schema of their own. Without
 //! that variable the test says loudly that it skipped; with it, an unreachable server fails.
 
-use std::io::Write;
-
 use sqlx::Executor;
 
 use crate::*;
 
 const ENV: &str = "CLEANROOM_TEST_POSTGRES";
 
-/// Runs `sql` on the test database (a fresh runtime: the CLI tests are synchronous).
+/// Runs `sql` on the test database, on a thread with a runtime of its own (so that async
+/// tests may call it too).
 pub fn admin(url: &str, sql: String) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let pool = sqlx::PgPool::connect(url)
-                .await
-                .unwrap_or_else(|e| panic!("{ENV} is set but PostgreSQL cannot be reached: {e}"));
-            pool.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
-            pool.close().await;
-        });
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| {
+                    panic!("{ENV} is set but PostgreSQL cannot be reached: {e}")
+                });
+                pool.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+                pool.close().await;
+            })
+    })
+    .join()
+    .unwrap();
 }
 
 #[test]
 fn a_room_on_postgres_inits_serves_and_keeps_its_metadata_there() {
-    let Some(base) = std::env::var(ENV).ok().filter(|u| !u.is_empty()) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {ENV} not set — the CLI's room on PostgreSQL not run \
-             (run `eval \"$(bash .ci/services)\"` first)"
-        );
+    let Some(base) = env_or_skip(ENV, "the CLI's room on PostgreSQL") else {
         return;
     };
-    let schema = format!("cli_{}_{}", std::process::id(), rand::random::<u32>());
-    admin(&base, format!("CREATE SCHEMA \"{schema}\""));
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options[search_path]={schema}");
+    let (schema, url) = fresh_schema(&base, "cli");
 
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -62,6 +58,22 @@ fn a_room_on_postgres_inits_serves_and_keeps_its_metadata_there() {
     let (brand, _publisher, collab) = two_parties(&server.url, &op);
     let verified = ok(&cli(&server.url, &brand, &["audit", "verify", &collab]));
     assert!(!verified.is_empty());
+    // A second server on the same database but another local data directory could not read
+    // the first one's datasets: refused while the first one beats.
+    let elsewhere = tmp.path().join("elsewhere");
+    let printed =
+        ServeProcess::try_start_env(&elsewhere, "127.0.0.1:0", &[("CLEANROOM_METADATA", &url)])
+            .err()
+            .expect("a second replica on a local data directory must refuse");
+    assert!(
+        printed.contains("must share the data store too"),
+        "{printed}"
+    );
+    server.stop();
+    // Stopped cleanly, the first server retired at once: the directory serves again.
+    let mut server =
+        ServeProcess::try_start_env(&data, "127.0.0.1:0", &[("CLEANROOM_METADATA", &url)])
+            .unwrap_or_else(|e| panic!("{e}"));
     server.stop();
 
     // The same data directory without --metadata has no room in it: refused, not started
@@ -70,14 +82,17 @@ fn a_room_on_postgres_inits_serves_and_keeps_its_metadata_there() {
         .err()
         .expect("serve without --metadata must refuse");
     assert!(printed.contains("never initialised"), "{printed}");
-    let empty = format!("{schema}_empty");
-    admin(&base, format!("CREATE SCHEMA \"{empty}\""));
-    let empty_url = format!("{base}{sep}options[search_path]={empty}");
+    let (empty, empty_url) = fresh_schema(&base, "empty");
     let printed =
         ServeProcess::try_start_env(&data, "127.0.0.1:0", &[("CLEANROOM_METADATA", &empty_url)])
             .err()
             .expect("serve on an empty database must refuse");
     assert!(printed.contains("never initialised"), "{printed}");
+    assert_eq!(
+        tables_in(&base, &empty),
+        0,
+        "a refused serve leaves the database as it found it (no tables created)"
+    );
     let userinfo = base
         .split_once("://")
         .unwrap()
@@ -95,24 +110,45 @@ fn a_room_on_postgres_inits_serves_and_keeps_its_metadata_there() {
     admin(&base, format!("DROP SCHEMA \"{empty}\" CASCADE"));
 }
 
+/// A new, empty schema in the test database `base` names, and a URL to it (its `search_path`).
+pub fn fresh_schema(base: &str, prefix: &str) -> (String, String) {
+    let schema = format!("{prefix}_{}_{}", std::process::id(), rand::random::<u32>());
+    admin(base, format!("CREATE SCHEMA \"{schema}\""));
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options[search_path]={schema}");
+    (schema, url)
+}
+
+/// How many tables the schema `schema` of the test database holds.
+fn tables_in(url: &str, schema: &str) -> i64 {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+            )
+            .bind(schema)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            n
+        })
+}
+
 /// A room that ran on SQLite moves to PostgreSQL with `cleanroom migrate`: every audit chain
 /// still verifies (through the server, as a member checks it), the datasets still open with
 /// their keys, the old SQLite file is set aside so the directory cannot be served without
 /// `--metadata`, and a database that already holds a room is refused.
 #[test]
 fn migrate_moves_a_sqlite_room_to_postgres_without_losing_an_audit_entry() {
-    let Some(base) = std::env::var(ENV).ok().filter(|u| !u.is_empty()) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {ENV} not set — cleanroom migrate to PostgreSQL not run \
-             (run `eval \"$(bash .ci/services)\"` first)"
-        );
+    let Some(base) = env_or_skip(ENV, "cleanroom migrate to PostgreSQL") else {
         return;
     };
-    let schema = format!("mig_{}_{}", std::process::id(), rand::random::<u32>());
-    admin(&base, format!("CREATE SCHEMA \"{schema}\""));
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options[search_path]={schema}");
+    let (schema, url) = fresh_schema(&base, "mig");
 
     // A room with history on SQLite: parties, a collaboration, uploads, policies, a query.
     let tmp = tempfile::tempdir().unwrap();
@@ -127,16 +163,8 @@ fn migrate_moves_a_sqlite_room_to_postgres_without_losing_an_audit_entry() {
     crate::analysis::write_people(&crm, "c", 2000, 0);
     crate::analysis::write_people(&aud, "u", 2000, 500);
     std::fs::write(&pol, crate::analysis::POLICY).unwrap();
-    let p = |s: &std::path::Path| s.to_str().unwrap().to_owned();
-    for (token, name, file) in [(&brand, "crm", p(&crm)), (&publisher, "aud", p(&aud))] {
-        let mut args = vec!["dataset", "upload", &id, name, "--file", &file, "--quiet"];
-        args.extend(COLUMNS);
-        ok(&cli(&server.url, token, &args));
-        ok(&cli(
-            &server.url,
-            token,
-            &["policy", "set", &id, name, "--file", &p(&pol)],
-        ));
+    for (token, name, file) in [(&brand, "crm", &crm), (&publisher, "aud", &aud)] {
+        crate::analysis::upload_with_policy(&server.url, token, &id, name, file, &pol);
         grant(&server.url, token, &id, "3", "1");
     }
     let sql = "SELECT COUNT(DISTINCT c.pid) AS people FROM crm c JOIN aud a ON c.email_hmac = a.email_hmac";

@@ -968,8 +968,32 @@ pub async fn work_of_a_gone_replica_is_orphaned_once(a: Store, b: Store) {
     use std::time::Duration;
     const LEASE: Orphaned = Orphaned::SilentFor(Duration::from_secs(60));
     assert_ne!(a.replica(), b.replica());
+    assert_eq!(
+        a.other_live_replicas(Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0
+    );
     a.heartbeat().await.unwrap();
+    assert_eq!(
+        a.other_live_replicas(Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0
+    );
     b.heartbeat().await.unwrap();
+    assert_eq!(
+        a.other_live_replicas(Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        b.other_live_replicas(Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
     let (brand, _, _) = org(&a, "brand", false).await;
     let (publisher, _, _) = org(&a, "publisher", false).await;
     let c = collab(&a, &brand).await;
@@ -1030,6 +1054,18 @@ pub async fn work_of_a_gone_replica_is_orphaned_once(a: Store, b: Store) {
     b.heartbeat().await.unwrap();
     let short = Orphaned::SilentFor(Duration::from_millis(20));
     assert_eq!(
+        b.other_live_replicas(Duration::from_millis(20))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        a.other_live_replicas(Duration::from_millis(20))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
         ids(b.uploading_datasets(short).await.unwrap()),
         vec![src.id]
     );
@@ -1038,6 +1074,12 @@ pub async fn work_of_a_gone_replica_is_orphaned_once(a: Store, b: Store) {
     assert!(b.uploading_datasets(LEASE).await.unwrap().is_empty());
     // `a` retires: orphaned at once, whatever the lease.
     a.retire().await.unwrap();
+    assert_eq!(
+        b.other_live_replicas(Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(
         ids(b.uploading_datasets(LEASE).await.unwrap()),
         vec![src.id]

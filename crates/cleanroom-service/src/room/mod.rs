@@ -274,6 +274,14 @@ pub(crate) fn stored_id<T: std::str::FromStr + fmt::Display>(s: &str) -> Option<
     s.parse::<T>().ok().filter(|id| id.to_string() == s)
 }
 
+fn never_initialised_store() -> ServiceError {
+    ServiceError::InvalidInput(
+        "the metadata store was never initialised (it holds no room): run `cleanroom init` \
+         with the same --metadata first"
+            .into(),
+    )
+}
+
 fn not_found_collab() -> ServiceError {
     ServiceError::NotFound(
         "no such collaboration, or your organisation is not a member of it".into(),
@@ -291,7 +299,13 @@ impl CleanRoom {
             probe_data_store(store).await?;
         }
         if let Some(url) = config.metadata.clone() {
-            let meta = cleanroom_meta::open(&cleanroom_meta::MetaSpec::Postgres(url)).await?;
+            let spec = cleanroom_meta::MetaSpec::Postgres(url);
+            // Asked before migrations run: a server pointed at the wrong database leaves it
+            // as it found it (no tables created) and says so.
+            if !config.create && !cleanroom_meta::holds_room(&spec).await? {
+                return Err(never_initialised_store());
+            }
+            let meta = cleanroom_meta::open(&spec).await?;
             return Self::open_with(config, meta).await;
         }
         let dir = &config.data_dir;
@@ -331,11 +345,7 @@ impl CleanRoom {
         // As `open` refuses a data directory without its database: a room that is not being
         // created must find the metadata its `init` wrote, not start an empty one.
         if !config.create && meta.get_setting(MASTER_KEY_CHECK).await?.is_none() {
-            return Err(ServiceError::InvalidInput(
-                "the metadata store was never initialised (it holds no room): run `cleanroom init` \
-                 with the same --metadata first"
-                    .into(),
-            ));
+            return Err(never_initialised_store());
         }
         if config.create {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -344,6 +354,22 @@ impl CleanRoom {
                     config.data_dir.display()
                 ))
             })?;
+        }
+        // Datasets in a local data directory are visible to one server only: a second replica
+        // on another directory would list datasets it cannot read and take the other's
+        // uploads for orphans.
+        if config.data_store.is_none() {
+            let others = meta.other_live_replicas(config.replica_lease).await?;
+            if others > 0 {
+                return Err(ServiceError::Conflict(format!(
+                    "{others} other server(s) serve this room's metadata and beat within the last \
+                     {} s; servers that share a metadata store must share the data store too \
+                     (--data-store s3://…), a local data directory serves one; if the other \
+                     server stopped, start again after {} s",
+                    config.replica_lease.as_secs(),
+                    config.replica_lease.as_secs()
+                )));
+            }
         }
         let lock = lock_data_dir(&config.data_dir)?;
         let key = master_key(&config)?;
