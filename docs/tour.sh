@@ -20,7 +20,9 @@ cd "$work"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export CLEANROOM_LISTEN=127.0.0.1:$port CLEANROOM_SERVER=http://127.0.0.1:$port
 export CLEANROOM_CONFIG_DIR=$work/config CLEANROOM_LOG=warn
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# The server is stopped and waited for before its directory goes: removing the directory under a
+# server still shutting down makes its last heartbeat fail with a warning.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait; rm -rf "$work"' EXIT
 echo "tour: in $work, server on $CLEANROOM_SERVER" >&2
 
 # --- tour begins ---

@@ -26,6 +26,27 @@ lower = 0
 upper = 10
 "#;
 
+/// Uploads `file` (the [`write_people`] columns) as the dataset `name` of `collab` through
+/// `url`, and sets the policy in the file `policy` on it.
+pub fn upload_with_policy(
+    url: &str,
+    token: &str,
+    collab: &str,
+    name: &str,
+    file: &std::path::Path,
+    policy: &std::path::Path,
+) {
+    let (file, policy) = (file.to_str().unwrap(), policy.to_str().unwrap());
+    let mut args = vec!["dataset", "upload", collab, name, "--file", file, "--quiet"];
+    args.extend(COLUMNS);
+    ok(&cli(url, token, &args));
+    ok(&cli(
+        url,
+        token,
+        &["policy", "set", collab, name, "--file", policy],
+    ));
+}
+
 #[test]
 fn policies_budgets_queries_and_templates_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
@@ -41,16 +62,8 @@ fn policies_budgets_queries_and_templates_from_the_command_line() {
     write_people(&crm, "c", 3000, 0);
     write_people(&aud, "u", 3000, 1000);
     std::fs::write(&pol, POLICY).unwrap();
-    let p = |s: &std::path::Path| s.to_str().unwrap().to_owned();
-    for (token, name, file) in [(&brand, "crm", p(&crm)), (&publisher, "aud", p(&aud))] {
-        let mut args = vec!["dataset", "upload", &id, name, "--file", &file, "--quiet"];
-        args.extend(COLUMNS);
-        ok(&cli(&url, token, &args));
-        ok(&cli(
-            &url,
-            token,
-            &["policy", "set", &id, name, "--file", &p(&pol)],
-        ));
+    for (token, name, file) in [(&brand, "crm", &crm), (&publisher, "aud", &aud)] {
+        upload_with_policy(&url, token, &id, name, file, &pol);
         grant(&url, token, &id, "2", "1");
     }
     // The example policy is a valid starting point.

@@ -4,23 +4,6 @@ use std::time::{Duration, Instant};
 
 use crate::*;
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     let tmp = tempfile::tempdir().unwrap();
@@ -38,33 +21,13 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     ok(&cli(&url, &brand, &args));
 
     // Send 400k rows quickly (more than one Parquet row group), then stall forever.
-    let mut body = String::from("pid,email_hmac,city,n\n");
-    for i in 0..400_000 {
-        body.push_str(&format!("person-{i:07},hmac-{i:07},city{},{}\n", i % 9, i));
-    }
-    let chunks: Vec<bytes::Bytes> = body
-        .into_bytes()
-        .chunks(64 * 1024)
-        .map(bytes::Bytes::copy_from_slice)
-        .collect();
-    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>))
-        .chain(futures_util::stream::pending());
-    use futures_util::StreamExt;
-    // The HTTP client has no TLS provider of its own (the CLI installs ring's, as here).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let upload = reqwest::Client::new()
-        .put(format!("{url}/v1/collaborations/{id}/datasets/crm/data"))
-        .bearer_auth(&brand)
-        .header("content-type", "text/csv")
-        .body(reqwest::Body::wrap_stream(stream))
-        .send();
-    let upload = tokio::spawn(upload);
+    let upload = stalled_upload(&url, &brand, &id, "crm", 400_000);
 
     // Wait until ciphertext has reached the disk.
     let tmp_dir = data.join("tmp");
     let start = Instant::now();
     loop {
-        let written: u64 = files(&tmp_dir)
+        let written: u64 = files_under(&tmp_dir)
             .iter()
             .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
             .sum();
@@ -84,7 +47,7 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
         .expect("the upload did not end after the server was killed");
 
     // What the crash left: an unfinished file of ciphertext only, and no dataset file.
-    let left = files(&data);
+    let left = files_under(&data);
     let partial: Vec<&PathBuf> = left.iter().filter(|p| p.starts_with(&tmp_dir)).collect();
     assert!(!partial.is_empty());
     for f in &left {
@@ -99,7 +62,7 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
         }
     }
     assert!(
-        files(&data.join("datasets")).is_empty(),
+        files_under(&data.join("datasets")).is_empty(),
         "a partial dataset was committed"
     );
 
@@ -107,7 +70,7 @@ async fn kill_during_upload_leaves_no_partial_dataset_and_no_plaintext() {
     let server = ServeProcess::start(&data);
     let url = server.url.clone();
     assert!(
-        files(&tmp_dir).is_empty(),
+        files_under(&tmp_dir).is_empty(),
         "unfinished uploads must be removed at start-up"
     );
     let v = json(&cli(

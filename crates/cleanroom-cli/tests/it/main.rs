@@ -245,6 +245,80 @@ pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).unwrap()
 }
 
+/// Every file under `root`, at any depth (none when `root` does not exist).
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if p.exists() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether the bytes `needle` occur in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The test service that the environment variable `var` names (`.ci/services` sets them), or
+/// `None` after saying loudly on stderr that `what` was skipped (CI fails on that line when the
+/// variable is set).
+pub fn env_or_skip(var: &str, what: &str) -> Option<String> {
+    let value = std::env::var(var).ok().filter(|v| !v.is_empty());
+    if value.is_none() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {var} not set — {what} not run (run `eval \"$(bash .ci/services)\"` first)"
+        );
+    }
+    value
+}
+
+/// Starts uploading `rows` CSV rows (`person-…`, `hmac-…`, `city…`, `n`) into the dataset
+/// `name` of `collab` through `url`, quickly, then stalls forever as a client that hangs
+/// would: the returned task ends only when the server goes away.
+pub fn stalled_upload(
+    url: &str,
+    token: &str,
+    collab: &str,
+    name: &str,
+    rows: usize,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    use futures_util::StreamExt;
+    let mut body = String::from("pid,email_hmac,city,n\n");
+    for i in 0..rows {
+        body.push_str(&format!(
+            "person-{i:07},hmac-{i:07},city{},{}\n",
+            i % 9,
+            i % 5
+        ));
+    }
+    let chunks: Vec<bytes::Bytes> = body
+        .into_bytes()
+        .chunks(64 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>))
+        .chain(futures_util::stream::pending());
+    // The HTTP client has no TLS provider of its own (the CLI installs ring's, as here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::spawn(
+        reqwest::Client::new()
+            .put(format!(
+                "{url}/v1/collaborations/{collab}/datasets/{name}/data"
+            ))
+            .bearer_auth(token)
+            .header("content-type", "text/csv")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    )
+}
+
 /// `cleanroom init` in a fresh directory; returns the data dir and the operator token.
 pub fn init(tmp: &Path) -> (PathBuf, String) {
     let data = tmp.join("data");

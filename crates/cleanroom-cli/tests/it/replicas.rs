@@ -5,18 +5,10 @@
 //! whose work the other takes over once its lease runs out: no partial dataset, the chain
 //! intact. Needs `CLEANROOM_TEST_POSTGRES` and `CLEANROOM_TEST_S3`; says SKIPPED otherwise.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::postgres::{admin, fresh_schema};
 use crate::*;
-
-/// SQL on the test database from this async test (the helper starts a runtime of its own).
-fn admin(url: &str, sql: String) {
-    let url = url.to_owned();
-    std::thread::spawn(move || crate::postgres::admin(&url, sql))
-        .join()
-        .unwrap();
-}
 
 fn show_status(url: &str, token: &str, id: &str, name: &str) -> String {
     let v = json(&cli(url, token, &["--json", "dataset", "show", id, name]));
@@ -40,24 +32,12 @@ fn wait_for_status(url: &str, token: &str, id: &str, name: &str, want: &str, wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_a_room_and_take_over_a_killed_ones_work() {
-    let pg = std::env::var("CLEANROOM_TEST_POSTGRES")
-        .ok()
-        .filter(|u| !u.is_empty());
-    let s3 = std::env::var("CLEANROOM_TEST_S3")
-        .ok()
-        .filter(|u| !u.is_empty());
+    let pg = env_or_skip("CLEANROOM_TEST_POSTGRES", "two replicas");
+    let s3 = env_or_skip("CLEANROOM_TEST_S3", "two replicas");
     let (Some(pg), Some(s3)) = (pg, s3) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: CLEANROOM_TEST_POSTGRES and CLEANROOM_TEST_S3 not both set — two replicas \
-             not run (run `eval \"$(bash .ci/services)\"` first)"
-        );
         return;
     };
-    let schema = format!("rep_{}_{}", std::process::id(), rand::random::<u32>());
-    admin(&pg, format!("CREATE SCHEMA \"{schema}\""));
-    let sep = if pg.contains('?') { '&' } else { '?' };
-    let metadata = format!("{pg}{sep}options[search_path]={schema}");
+    let (schema, metadata) = fresh_schema(&pg, "rep");
     let store = format!(
         "{}/rep{}",
         s3.trim_end_matches('/'),
@@ -93,16 +73,8 @@ async fn two_replicas_share_a_room_and_take_over_a_killed_ones_work() {
     crate::analysis::write_people(&crm, "c", 3000, 0);
     crate::analysis::write_people(&aud, "u", 3000, 1000);
     std::fs::write(&pol, crate::analysis::POLICY).unwrap();
-    let p = |s: &Path| s.to_str().unwrap().to_owned();
-    for (token, name, file) in [(&brand, "crm", p(&crm)), (&publisher, "aud", p(&aud))] {
-        let mut args = vec!["dataset", "upload", &id, name, "--file", &file, "--quiet"];
-        args.extend(COLUMNS);
-        ok(&cli(&a.url, token, &args));
-        ok(&cli(
-            &a.url,
-            token,
-            &["policy", "set", &id, name, "--file", &p(&pol)],
-        ));
+    for (token, name, file) in [(&brand, "crm", &crm), (&publisher, "aud", &aud)] {
+        crate::analysis::upload_with_policy(&a.url, token, &id, name, file, &pol);
         // 5.5 = one first analysis at 0.5, then exactly ten more.
         grant(&b.url, token, &id, "5.5", "1");
     }
@@ -157,18 +129,8 @@ async fn two_replicas_share_a_room_and_take_over_a_killed_ones_work() {
     let (big_c, big_a) = (tmp.path().join("big_c.csv"), tmp.path().join("big_a.csv"));
     crate::analysis::write_people(&big_c, "bc", 2_000_000, 0);
     crate::analysis::write_people(&big_a, "ba", 2_000_000, 500_000);
-    for (token, name, file) in [
-        (&brand, "big_c", p(&big_c)),
-        (&publisher, "big_a", p(&big_a)),
-    ] {
-        let mut args = vec!["dataset", "upload", &id, name, "--file", &file, "--quiet"];
-        args.extend(COLUMNS);
-        ok(&cli(&b.url, token, &args));
-        ok(&cli(
-            &b.url,
-            token,
-            &["policy", "set", &id, name, "--file", &p(&pol)],
-        ));
+    for (token, name, file) in [(&brand, "big_c", &big_c), (&publisher, "big_a", &big_a)] {
+        crate::analysis::upload_with_policy(&b.url, token, &id, name, file, &pol);
         ok(&cli(
             &b.url,
             token,
@@ -263,34 +225,7 @@ async fn two_replicas_share_a_room_and_take_over_a_killed_ones_work() {
     let mut args = vec!["dataset", "create", &id, "late"];
     args.extend(COLUMNS);
     ok(&cli(&a.url, &brand, &args));
-    let mut body = String::from("pid,email_hmac,city,n\n");
-    for i in 0..100_000 {
-        body.push_str(&format!(
-            "person-{i:07},hmac-{i:07},city{},{}\n",
-            i % 9,
-            i % 5
-        ));
-    }
-    let chunks: Vec<bytes::Bytes> = body
-        .into_bytes()
-        .chunks(64 * 1024)
-        .map(bytes::Bytes::copy_from_slice)
-        .collect();
-    use futures_util::StreamExt;
-    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>))
-        .chain(futures_util::stream::pending());
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let upload = tokio::spawn(
-        reqwest::Client::new()
-            .put(format!(
-                "{}/v1/collaborations/{id}/datasets/late/data",
-                a.url
-            ))
-            .bearer_auth(&brand)
-            .header("content-type", "text/csv")
-            .body(reqwest::Body::wrap_stream(stream))
-            .send(),
-    );
+    let upload = stalled_upload(&a.url, &brand, &id, "late", 100_000);
     wait_for_status(
         &b.url,
         &brand,
@@ -325,16 +260,10 @@ async fn two_replicas_share_a_room_and_take_over_a_killed_ones_work() {
     if let Ok(root) = std::env::var("CLEANROOM_TEST_S3_ROOT") {
         // The bucket's directory under s3s-fs's root, then the key prefix under it.
         let prefix = store.trim_start_matches("s3://").split_once('/').unwrap().1;
-        let dir = Path::new(&root).join(prefix);
-        let mut objects = 0;
-        let mut stack = vec![dir];
-        while let Some(p) = stack.pop() {
-            if p.is_dir() {
-                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-            } else if p.extension().is_some_and(|e| e == "parquet") {
-                objects += 1;
-            }
-        }
+        let objects = files_under(&Path::new(&root).join(prefix))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count();
         assert_eq!(objects, 4, "only the four finished datasets are objects");
     }
     // The dataset can be uploaded again, through B, and the chain is intact.

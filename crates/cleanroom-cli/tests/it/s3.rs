@@ -5,39 +5,16 @@
 //! collaboration deletes them, and the room refuses to start on another store. Without the
 //! variable the test says loudly that it skipped.
 
-use std::io::Write;
 use std::path::Path;
 
-use crate::analysis::{POLICY, write_people};
+use crate::analysis::{POLICY, upload_with_policy, write_people};
 use crate::*;
 
 const ENV: &str = "CLEANROOM_TEST_S3";
 
-fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        if p.is_dir() {
-            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-        } else if p.exists() {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[test]
 fn a_room_on_s3_keeps_only_ciphertext_in_the_bucket_and_analyses_from_there() {
-    let Some(base) = std::env::var(ENV).ok().filter(|u| !u.is_empty()) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {ENV} not set — the CLI's room on S3 not run \
-             (run `eval \"$(bash .ci/services)\"` first)"
-        );
+    let Some(base) = env_or_skip(ENV, "the CLI's room on S3") else {
         return;
     };
     // A short prefix of our own (s3s-fs names metadata files after bucket and key).
@@ -70,16 +47,8 @@ fn a_room_on_s3_keeps_only_ciphertext_in_the_bucket_and_analyses_from_there() {
     write_people(&crm, "secretperson", 3000, 0);
     write_people(&aud, "secretreader", 3000, 1000);
     std::fs::write(&pol, POLICY).unwrap();
-    let p = |s: &Path| s.to_str().unwrap().to_owned();
-    for (token, name, file) in [(&brand, "crm", p(&crm)), (&publisher, "aud", p(&aud))] {
-        let mut args = vec!["dataset", "upload", &id, name, "--file", &file, "--quiet"];
-        args.extend(COLUMNS);
-        ok(&cli(&url, token, &args));
-        ok(&cli(
-            &url,
-            token,
-            &["policy", "set", &id, name, "--file", &p(&pol)],
-        ));
+    for (token, name, file) in [(&brand, "crm", &crm), (&publisher, "aud", &aud)] {
+        upload_with_policy(&url, token, &id, name, file, &pol);
         grant(&url, token, &id, "2", "1");
     }
 
@@ -208,19 +177,11 @@ fn an_unreachable_store_stops_init_before_anything_is_created() {
 
 #[test]
 fn wrong_credentials_stop_init_with_the_stores_answer() {
-    if std::env::var(ENV).ok().filter(|u| !u.is_empty()).is_none() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {ENV} not set — wrong S3 credentials not tried \
-             (run `eval \"$(bash .ci/services)\"` first)"
-        );
+    let Some(base) = env_or_skip(ENV, "the wrong-credentials check") else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
-    let store = format!(
-        "{}/wrongcreds",
-        std::env::var(ENV).unwrap().trim_end_matches('/')
-    );
+    let store = format!("{}/wrongcreds", base.trim_end_matches('/'));
     let printed = init_is_refused(
         tmp.path(),
         &store,
