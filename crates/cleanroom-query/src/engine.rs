@@ -155,6 +155,17 @@ pub(crate) fn run_failure(e: DataFusionError) -> QueryError {
         DataFusionError::External(inner) if is_storage(inner.as_ref()) => {
             QueryError::Unavailable(inner.to_string())
         }
+        // The Parquet scan of an encrypted dataset: decryption, decoding or the backend's
+        // reads failed. The storage's fault, not the query's; the reader's text names no value.
+        DataFusionError::ParquetError(p) => {
+            QueryError::Unavailable(format!("reading the encrypted data failed: {p}"))
+        }
+        // The same, met while decoding pages (the Parquet reader reports through Arrow).
+        DataFusionError::ArrowError(a, _)
+            if matches!(a.as_ref(), arrow::error::ArrowError::ParquetError(_)) =>
+        {
+            QueryError::Unavailable(format!("reading the encrypted data failed: {a}"))
+        }
         DataFusionError::ResourcesExhausted(_) => out_of_memory(),
         DataFusionError::IoError(io) if crate::spill::is_spill_full(io) => out_of_memory(),
         DataFusionError::ArrowError(a, _) if matches!(a.as_ref(), arrow::error::ArrowError::IoError(_, io) if crate::spill::is_spill_full(io)) => {
@@ -180,7 +191,6 @@ fn out_of_memory() -> QueryError {
 fn is_storage(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     e.downcast_ref::<cleanroom_storage::StorageError>()
         .is_some()
-        || e.downcast_ref::<crate::provider::ReadFailure>().is_some()
 }
 
 fn root(e: &DataFusionError) -> &DataFusionError {
@@ -222,6 +232,7 @@ pub fn failure_kind(e: &DataFusionError) -> String {
                 A::MemoryError(_) => "memory",
                 A::IoError(..) => "io",
                 A::ExternalError(_) => "external",
+                A::ParquetError(_) => "parquet",
                 _ => "other",
             };
             format!("arrow/{k}")
@@ -237,6 +248,7 @@ pub fn failure_kind(e: &DataFusionError) -> String {
         DataFusionError::ExecutionJoin(_) => "task".into(),
         DataFusionError::ResourcesExhausted(_) => "resources exhausted".into(),
         DataFusionError::External(_) => "external".into(),
+        DataFusionError::ParquetError(_) => "parquet".into(),
         DataFusionError::Substrait(_) => "substrait".into(),
         _ => "other".into(),
     }

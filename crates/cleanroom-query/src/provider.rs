@@ -1,28 +1,54 @@
-//! A DataFusion table over an encrypted dataset.
+//! A DataFusion table over an encrypted dataset, read by DataFusion's own Parquet scan.
 //!
-//! Row groups are split across partitions; each partition decrypts its row groups on a
-//! blocking thread and streams the projected columns as record batches. Plaintext exists only
-//! in those batches, in memory. The provider is registered only in sessions that execute a
-//! plan built by [`crate::rewrite`] from a checked query: no analyst SQL ever runs against it.
+//! The scan is DataFusion's ([`ParquetSource`] in a [`DataSourceExec`]): it splits the file
+//! across partitions by byte range, reads only the projected columns, prunes row groups and
+//! pages with the filters' statistics, and fetches bytes asynchronously. Two hooks make it read
+//! our files and nothing else:
+//! - [`BackendReaders`]: the bytes come from the dataset's [`DatasetFiles`] backend (the local
+//!   directory or S3) by byte ranges, never from a path DataFusion opens itself, and never
+//!   through a local copy;
+//! - [`DatasetDecryption`]: Parquet modular encryption's keys for this one file (the dataset
+//!   key and the AAD prefix binding the file to its dataset), handed to the scan in memory.
+//!
+//! Plaintext exists only in the decoded batches, in memory. Decrypted footers are not cached
+//! across analyses (no metadata cache is used). The provider is registered only in sessions
+//! that execute a plan built by [`crate::rewrite`] from a checked query: no analyst SQL ever
+//! runs against it.
+//!
+//! [`DatasetFiles`]: cleanroom_storage::DatasetFiles
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use bytes::Bytes;
 use cleanroom_storage::EncryptedDataset;
+use cleanroom_storage::files::ChunkSource;
 use datafusion::catalog::Session;
-use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::common::{DFSchema, DataFusionError, Result as DfResult};
+use datafusion::config::{EncryptionFactoryOptions, TableParquetOptions};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{
+    FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
-use datafusion::execution::TaskContext;
-use datafusion::logical_expr::Expr;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::parquet_encryption::EncryptionFactory;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-
-/// Rows per decoded batch.
-const BATCH_ROWS: usize = 64 * 1024;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::encryption::decrypt::FileDecryptionProperties;
+use parquet::encryption::encrypt::FileEncryptionProperties;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::reader::ChunkReader;
 
 /// An encrypted dataset as a table.
 #[derive(Debug)]
@@ -47,103 +73,171 @@ impl TableProvider for EncryptedTable {
         TableType::Base
     }
 
+    /// Filters reach the scan for pruning only; the plan still applies every one of them
+    /// (`Inexact`), so a row is never kept or dropped by statistics alone.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
+        filters: &[Expr],
+        limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let columns: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.schema.fields().len()).collect(),
+        let decryption = self
+            .data
+            .decryption()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let options = TableParquetOptions {
+            global: state.config_options().execution.parquet.clone(),
+            ..TableParquetOptions::default()
         };
-        let projected = Arc::new(self.schema.project(&columns)?);
-        // Parquet returns columns in file order: read them sorted, then put them in the order
-        // the plan asked for.
-        let mut sorted = columns.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let order: Vec<usize> = columns
-            .iter()
-            .map(|c| sorted.binary_search(c).unwrap_or_default())
-            .collect();
-        let groups = self.data.row_groups();
-        let parts = state.config().target_partitions().max(1).min(groups.max(1));
-        let partitions: Vec<Arc<dyn PartitionStream>> = (0..parts)
-            .map(|p| {
-                Arc::new(RowGroupStream {
-                    data: self.data.clone(),
-                    row_groups: (0..groups).filter(|g| g % parts == p).collect(),
-                    columns: sorted.clone(),
-                    order: order.clone(),
-                    schema: Arc::clone(&projected),
-                }) as Arc<dyn PartitionStream>
-            })
-            .collect();
-        Ok(Arc::new(StreamingTableExec::try_new(
-            projected,
-            partitions,
-            None,
-            [],
-            false,
-            None,
-        )?))
+        let mut source = ParquetSource::new(Arc::clone(&self.schema))
+            .with_table_parquet_options(options)
+            .with_parquet_file_reader_factory(Arc::new(BackendReaders {
+                file: self.data.file(),
+            }))
+            .with_encryption_factory(Arc::new(DatasetDecryption(decryption)));
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        // The URL and path only name the file for DataFusion's bookkeeping: every byte is read
+        // through `BackendReaders`, never through an object store.
+        let file = PartitionedFile::new(
+            format!("cleanroom/{}.parquet", self.data.dataset()),
+            self.data.file().0.len(),
+        );
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .with_file(file)
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
     }
 }
 
-/// One partition: some row groups of the file, some columns.
-#[derive(Debug)]
-struct RowGroupStream {
-    data: EncryptedDataset,
-    row_groups: Vec<usize>,
-    /// Columns to read, in file order.
-    columns: Vec<usize>,
-    /// For each output column, its position among `columns`.
-    order: Vec<usize>,
-    schema: SchemaRef,
+/// The decryption keys of the one file a scan reads. Never writes: the analysis engine
+/// writes no Parquet.
+struct DatasetDecryption(Arc<FileDecryptionProperties>);
+
+impl std::fmt::Debug for DatasetDecryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatasetDecryption(<key withheld>)")
+    }
 }
 
-/// Reading an encrypted file failed while streaming it (decryption or decoding): the outside
-/// world's fault, reported as unavailable. Its text comes from the Parquet reader and names no
-/// value.
-#[derive(Debug, thiserror::Error)]
-#[error("reading the encrypted data failed: {0}")]
-pub(crate) struct ReadFailure(pub String);
-
-impl PartitionStream for RowGroupStream {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
+#[async_trait]
+impl EncryptionFactory for DatasetDecryption {
+    async fn get_file_encryption_properties(
+        &self,
+        _config: &EncryptionFactoryOptions,
+        _schema: &SchemaRef,
+        _file_path: &object_store::path::Path,
+    ) -> DfResult<Option<Arc<FileEncryptionProperties>>> {
+        Err(DataFusionError::Internal(
+            "the analysis engine does not write Parquet".into(),
+        ))
     }
 
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
-        let tx = builder.tx();
-        let data = self.data.clone();
-        let row_groups = self.row_groups.clone();
-        let columns = self.columns.clone();
-        let order = self.order.clone();
-        let schema = Arc::clone(&self.schema);
-        builder.spawn_blocking(move || {
-            if row_groups.is_empty() {
-                return Ok(());
-            }
-            let reader = data
-                .read(row_groups, &columns, BATCH_ROWS)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            for batch in reader {
-                // Decryption and decoding failures: the storage's, not the query's.
-                let batch = batch
-                    .map_err(|e| DataFusionError::External(Box::new(ReadFailure(e.to_string()))))?;
-                let arrays = order.iter().map(|i| Arc::clone(batch.column(*i))).collect();
-                let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)?;
-                if tx.blocking_send(Ok(batch)).is_err() {
-                    // The consumer went away (the query was cancelled): stop reading.
-                    break;
-                }
-            }
-            Ok(())
-        });
-        builder.build()
+    async fn get_file_decryption_properties(
+        &self,
+        _config: &EncryptionFactoryOptions,
+        _file_path: &object_store::path::Path,
+    ) -> DfResult<Option<Arc<FileDecryptionProperties>>> {
+        Ok(Some(Arc::clone(&self.0)))
+    }
+}
+
+/// Readers of the dataset's file through its storage backend.
+struct BackendReaders {
+    file: ChunkSource,
+}
+
+impl std::fmt::Debug for BackendReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendReaders").finish_non_exhaustive()
+    }
+}
+
+impl ParquetFileReaderFactory for BackendReaders {
+    fn create_reader(
+        &self,
+        _partition_index: usize,
+        _file: PartitionedFile,
+        _metadata_size_hint: Option<usize>,
+        _metrics: &ExecutionPlanMetricsSet,
+    ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
+        Ok(Box::new(BackendReader {
+            file: self.file.clone(),
+        }))
+    }
+}
+
+/// One partition's reader. Backends read synchronously (S3's blocks on its own runtime), so
+/// every read runs on a blocking thread and the scan's tasks never stall the executor.
+struct BackendReader {
+    file: ChunkSource,
+}
+
+/// Runs a backend read on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> parquet::errors::Result<T> + Send + 'static,
+) -> parquet::errors::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ParquetError::External(Box::new(e)))?
+}
+
+fn range_len(r: &Range<u64>) -> parquet::errors::Result<usize> {
+    usize::try_from(r.end.saturating_sub(r.start))
+        .map_err(|_| ParquetError::General("a byte range longer than memory".into()))
+}
+
+impl AsyncFileReader for BackendReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        let file = self.file.clone();
+        blocking(move || file.get_bytes(range.start, range_len(&range)?)).boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        let file = self.file.clone();
+        blocking(move || {
+            ranges
+                .iter()
+                .map(|r| file.get_bytes(r.start, range_len(r)?))
+                .collect()
+        })
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let file = self.file.clone();
+        let decryption = options
+            .and_then(|o| o.file_decryption_properties())
+            .cloned();
+        let column_index = options.map_or(PageIndexPolicy::Skip, |o| o.column_index_policy());
+        let offset_index = options.map_or(PageIndexPolicy::Skip, |o| o.offset_index_policy());
+        blocking(move || {
+            ParquetMetaDataReader::new()
+                .with_column_index_policy(column_index)
+                .with_offset_index_policy(offset_index)
+                .with_decryption_properties(decryption)
+                .parse_and_finish(&file)
+                .map(Arc::new)
+        })
+        .boxed()
     }
 }

@@ -195,10 +195,7 @@ impl std::fmt::Debug for EncryptedDataset {
 
 impl EncryptedDataset {
     fn builder(&self) -> Result<ParquetRecordBatchReaderBuilder<ChunkSource>, StorageError> {
-        let dec = FileDecryptionProperties::builder(self.key.expose().to_vec())
-            .with_aad_prefix(aad(self.dataset))
-            .build()?;
-        let opts = ArrowReaderOptions::new().with_file_decryption_properties(dec);
+        let opts = ArrowReaderOptions::new().with_file_decryption_properties(self.decryption()?);
         ParquetRecordBatchReaderBuilder::try_new_with_options(self.source.clone(), opts)
             .map_err(|_| StorageError::Decrypt)
     }
@@ -209,6 +206,28 @@ impl EncryptedDataset {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// The dataset this file holds.
+    pub fn dataset(&self) -> DatasetId {
+        self.dataset
+    }
+
+    /// The encrypted file, read by byte ranges from its backend (for a Parquet reader other
+    /// than [`EncryptedDataset::read`], such as DataFusion's scan). Only ciphertext.
+    pub fn file(&self) -> ChunkSource {
+        self.source.clone()
+    }
+
+    /// What decrypts the file: the dataset key, and the AAD prefix that binds the file to
+    /// this dataset (a file moved under another dataset's name fails to decrypt). Hand it
+    /// only to a reader that keeps it in memory.
+    pub fn decryption(&self) -> Result<Arc<FileDecryptionProperties>, StorageError> {
+        Ok(
+            FileDecryptionProperties::builder(self.key.expose().to_vec())
+                .with_aad_prefix(aad(self.dataset))
+                .build()?,
+        )
     }
 
     /// Reads the given row groups, only the given columns (by index in the schema), in batches

@@ -5,6 +5,7 @@ mod attacks;
 mod cascade;
 mod checker;
 mod engine;
+mod scan;
 mod totality;
 
 use std::sync::Arc;
@@ -96,6 +97,11 @@ impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = DatasetStore::open(dir.path()).unwrap();
+        Self::on(dir, store)
+    }
+
+    /// Datasets stored in `store` (a backend of the test's own), with `dir` kept alive.
+    pub fn on(dir: tempfile::TempDir, store: DatasetStore) -> Self {
         Fixture {
             dir,
             store,
