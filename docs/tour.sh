@@ -14,7 +14,9 @@ BIN=${CLEANROOM_BIN:-$repo/target/debug/cleanroom}
 if [ ! -x "$BIN" ]; then
   (cd "$repo" && cargo build -q -p cleanroom-cli)
 fi
-cleanroom() { "$BIN" "$@"; }
+# `serve` runs only as a background job: exec makes that job the server itself, so the exit trap's
+# kill reaches the server (killing a subshell around it left it running after the tour).
+cleanroom() { if [ "${1:-}" = serve ]; then exec "$BIN" "$@"; else "$BIN" "$@"; fi; }
 work=$(mktemp -d)
 cd "$work"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
