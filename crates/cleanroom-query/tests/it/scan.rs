@@ -88,6 +88,7 @@ impl DatasetFiles for Counting {
 }
 
 const N: usize = 300_000;
+const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
 
 /// `N` brand customers whose first purchase is month 1 + 9·i/N: sorted by date, as a CRM
 /// export often is, so each month is a contiguous run of pages.
@@ -97,7 +98,7 @@ fn brand_rows() -> String {
         (0..N).map(|i| {
             format!(
                 "c{i},e{i},{},25-34,{},{}.5,2025-0{}-01",
-                ["north", "south", "east", "west"][i % 4],
+                REGIONS[i % 4],
                 i % 5,
                 i % 100,
                 1 + i * 9 / N
@@ -154,21 +155,15 @@ async fn a_selective_filter_reads_less_of_the_file_and_answers_the_same() {
     let september = counts(&cat, sql).await;
     let pruned = read.load(Ordering::Relaxed);
     // Exact: customers with 1 + 9i/N = 9, that is i ≥ 8N/9, by region i % 4.
-    let want: Vec<(String, i64)> = {
-        let mut w: Vec<(String, i64)> = ["east", "north", "south", "west"]
-            .iter()
-            .map(|r| {
-                let k = ["north", "south", "east", "west"]
-                    .iter()
-                    .position(|x| x == r)
-                    .unwrap();
-                let n = (0..N).filter(|i| 1 + i * 9 / N == 9 && i % 4 == k).count();
-                (r.to_string(), n as i64)
-            })
-            .collect();
-        w.sort();
-        w
-    };
+    let mut want: Vec<(String, i64)> = REGIONS
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let n = (0..N).filter(|i| 1 + i * 9 / N == 9 && i % 4 == k).count();
+            (r.to_string(), n as i64)
+        })
+        .collect();
+    want.sort();
     assert_eq!(september, want);
     assert!(whole > 0 && pruned > 0, "{whole} {pruned}");
     // The month is a ninth of the rows; its pages, the footer and the page index are read.
@@ -195,25 +190,15 @@ async fn a_damaged_file_fails_as_unavailable_and_quotes_no_value() {
     .await
     .unwrap();
     // Flip bytes in the middle of the file: inside a column chunk's ciphertext.
-    let mut files = Vec::new();
-    let mut stack = vec![f.dir.path().to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                files.push(p);
-            }
-        }
-    }
-    assert_eq!(files.len(), 1, "{files:?}");
-    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let path = LocalFiles::open(f.dir.path())
+        .unwrap()
+        .path(f.collab, f.tables[0].dataset_id);
+    let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 3;
     for b in &mut bytes[mid..mid + 16] {
         *b ^= 0x5a;
     }
-    std::fs::write(&files[0], &bytes).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
 
     let err = run(&a, &cat, 2).await.unwrap_err();
     let QueryError::Unavailable(msg) = &err else {
