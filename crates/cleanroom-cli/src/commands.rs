@@ -66,7 +66,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::RotateMasterKey { data, new_key_out } => {
             rotate_master_key(&data, new_key_out.as_deref(), g.json).await
         }
-        Command::Demo { people, seed } => crate::demo::run(people, seed).await,
+        Command::Demo {
+            people,
+            seed,
+            serve,
+            listen,
+        } => crate::demo::run(people, seed, serve, listen).await,
         Command::Synth {
             party,
             people,

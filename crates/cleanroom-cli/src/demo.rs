@@ -24,7 +24,7 @@ fn columns(schema_toml: &str) -> Result<Vec<ColumnOut>> {
     Ok(toml::from_str::<F>(schema_toml)?.columns)
 }
 
-pub async fn run(people: u64, seed: u64) -> Result<()> {
+pub async fn run(people: u64, seed: u64, serve: bool, listen: Option<String>) -> Result<()> {
     anyhow::ensure!(
         (1_000..=5_000_000).contains(&people),
         "--people must be between 1,000 and 5,000,000"
@@ -44,7 +44,17 @@ pub async fn run(people: u64, seed: u64) -> Result<()> {
     step(1, "Server");
     let room = CleanRoom::open(Config::new(&data_dir)).await?;
     let (_, _, op_token) = room.init_operator("operator", "admin").await?;
-    let (listener, addr) = cleanroom_server::bind("127.0.0.1:0").await?;
+    let listen = listen.unwrap_or_else(|| {
+        if serve {
+            "127.0.0.1:8080"
+        } else {
+            "127.0.0.1:0"
+        }
+        .to_owned()
+    });
+    let (listener, addr) = cleanroom_server::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen} (choose another with --listen)"))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(cleanroom_server::serve(room.clone(), listener, async {
         let _ = stop_rx.await;
@@ -62,26 +72,40 @@ pub async fn run(people: u64, seed: u64) -> Result<()> {
     )
     .await;
 
+    if let (true, Ok(tokens)) = (serve, &result) {
+        println!();
+        println!("== The console");
+        println!("open http://{addr}/ and sign in as either party with its token:");
+        for (party, token) in tokens {
+            println!("  {party:<18} {token}");
+        }
+        println!("(the server and its data live until Ctrl-C; then both are deleted)");
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+    }
+
     let _ = stop_tx.send(());
     let _ = server.await;
     room.close().await;
-    if result.is_ok() {
+    if result.is_ok() && !serve {
         println!();
         println!(
             "Next: the README's tour runs the same story one command at a time with your own server \
              (`bash docs/tour.sh` runs it as written)."
         );
     }
-    result
+    result.map(|_| ())
 }
 
+/// Runs the story; answers each party's organisation name and its admin's token.
 async fn scenario(
     base: &str,
     op_token: &str,
     people: u64,
     seed: u64,
     tmp: &std::path::Path,
-) -> Result<()> {
+) -> Result<Vec<(String, String)>> {
     let operator = Client::new(base, Some(op_token.to_owned()), None)?;
 
     step(2, "Parties");
@@ -336,7 +360,10 @@ async fn scenario(
         h.seq,
         &hex::encode(h.hash)[..16]
     );
-    Ok(())
+    Ok(vec![
+        ("northwind-retail".into(), brand_org.token.clone()),
+        ("daily-planet".into(), pub_org.token.clone()),
+    ])
 }
 
 fn brand_policy() -> PolicyWire {

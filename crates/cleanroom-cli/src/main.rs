@@ -164,6 +164,14 @@ pub enum Command {
         /// Seed of the synthetic data.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// After the demo, keep the server up with the web console on the demo's data, print
+        /// its URL and a sign-in token for each party, and stop on Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+        /// Address the demo's server listens on (default: a free port on 127.0.0.1, or
+        /// 127.0.0.1:8080 with --serve).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Write a deterministic synthetic first-party dataset (CSV) as used by the demo.
     Synth {

@@ -282,6 +282,8 @@ pub enum Action {
     PolicyShow,
     RequestPath,
     ServerInit,
+    SessionEnd,
+    SessionStart,
     TemplateApprovals,
     TemplateApprove,
     TemplateRevoke,
@@ -292,7 +294,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 41] = [
+    pub const ALL: [Action; 43] = [
         Action::ActivationApprove,
         Action::ActivationDeliver,
         Action::ActivationDownload,
@@ -328,6 +330,8 @@ impl Action {
         Action::PolicyShow,
         Action::RequestPath,
         Action::ServerInit,
+        Action::SessionEnd,
+        Action::SessionStart,
         Action::TemplateApprovals,
         Action::TemplateApprove,
         Action::TemplateRevoke,
@@ -374,6 +378,8 @@ impl Action {
             Action::PolicyShow => "policy.show",
             Action::RequestPath => "request.path",
             Action::ServerInit => "server.init",
+            Action::SessionEnd => "session.end",
+            Action::SessionStart => "session.start",
             Action::TemplateApprovals => "template.approvals",
             Action::TemplateApprove => "template.approve",
             Action::TemplateRevoke => "template.revoke",

@@ -34,6 +34,9 @@ pub struct Token {
     pub secret_hash: [u8; 32],
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// When the token stops working (RFC 3339, UTC); `None` for API tokens, which live until
+    /// revoked. Console sessions are tokens with an expiry.
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ mod store;
 pub use error::MetaError;
 pub use open::{MetaSpec, PgUrl, holds_room, open};
 pub use postgres::PgStore;
-pub use rows::now;
+pub use rows::{after_now, now};
 pub use sqlite::SqliteStore;
 pub use store::{
     ActivationMove, ActivationRow, AnalysisRow, ApprovalRow, Authenticated, Charge, Grant,

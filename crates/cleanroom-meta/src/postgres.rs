@@ -244,12 +244,13 @@ impl PgStore {
         tx: &mut Transaction<'static, Postgres>,
         t: &Token,
     ) -> Result<(), MetaError> {
-        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, NULL)")
+        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at, expires_at) VALUES ($1, $2, $3, $4, $5, NULL, $6)")
             .bind(t.id.to_string())
             .bind(t.user_id.to_string())
             .bind(&t.label)
             .bind(&t.secret_hash[..])
             .bind(&t.created_at)
+            .bind(&t.expires_at)
             .execute(&mut **tx)
             .await?;
         Ok(())

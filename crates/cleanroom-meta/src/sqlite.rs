@@ -187,12 +187,13 @@ impl SqliteStore {
         tx: &mut Transaction<'static, Sqlite>,
         t: &Token,
     ) -> Result<(), MetaError> {
-        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, NULL)")
+        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at, expires_at) VALUES (?, ?, ?, ?, ?, NULL, ?)")
             .bind(t.id.to_string())
             .bind(t.user_id.to_string())
             .bind(&t.label)
             .bind(&t.secret_hash[..])
             .bind(&t.created_at)
+            .bind(&t.expires_at)
             .execute(&mut **tx)
             .await?;
         Ok(())

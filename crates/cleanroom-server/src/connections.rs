@@ -113,6 +113,7 @@ pub async fn serve_with(
         let source = ClientSource {
             addr: peer,
             throttle: Arc::clone(&throttle),
+            tls: opts.tls.is_some(),
         };
         let service = TowerToHyperService::new(tower::ServiceExt::map_request(
             app.clone(),

@@ -6,6 +6,7 @@ pub mod activation;
 pub mod analysis;
 mod auth;
 mod connections;
+pub mod console;
 pub mod metrics;
 pub mod problem;
 pub mod throttle;
@@ -233,6 +234,15 @@ pub fn app_with(room: CleanRoom, metrics: std::sync::Arc<metrics::Metrics>) -> R
     let counted = std::sync::Arc::clone(&metrics);
     Router::new()
         .nest("/v1", api)
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::app_js))
+        .route("/console/app.css", get(console::app_css))
+        .route(
+            "/console/session",
+            get(console::current)
+                .post(console::sign_in)
+                .delete(console::sign_out),
+        )
         .route("/metrics", get(metrics::scrape))
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
@@ -245,6 +255,7 @@ pub fn app_with(room: CleanRoom, metrics: std::sync::Arc<metrics::Metrics>) -> R
         .layer(axum::Extension(std::sync::Arc::new(
             v1::ReadinessCache::default(),
         )))
+        .layer(axum::middleware::from_fn(console::security_headers))
         .layer(TraceLayer::new_for_http())
         .with_state(room)
 }

@@ -46,6 +46,8 @@ impl Default for ThrottleOptions {
 pub struct ClientSource {
     pub addr: SocketAddr,
     pub throttle: Arc<AuthThrottle>,
+    /// Whether the connection is TLS (the console's cookie is then `Secure`).
+    pub tls: bool,
 }
 
 impl ClientSource {

@@ -42,6 +42,7 @@ fn token(user: UserId, n: u8) -> Token {
         secret_hash: [n; 32],
         created_at: AT.into(),
         revoked_at: None,
+        expires_at: None,
     }
 }
 

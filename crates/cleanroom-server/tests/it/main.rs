@@ -3,12 +3,14 @@
 mod activation;
 mod analysis;
 mod api;
+mod console;
 mod denials;
 mod hardening;
 mod ops;
 mod refusals;
 mod tls;
 mod uploads;
+mod webdriver;
 
 use cleanroom_server::ServeOptions;
 use cleanroom_server::wire::*;

@@ -64,6 +64,14 @@ impl CleanRoom {
     }
 
     fn new_token(user: UserId, label: &str) -> Result<(IssuedToken, Token), ServiceError> {
+        Self::new_token_until(user, label, None)
+    }
+
+    fn new_token_until(
+        user: UserId,
+        label: &str,
+        expires_at: Option<String>,
+    ) -> Result<(IssuedToken, Token), ServiceError> {
         let label = label.trim();
         if label.chars().count() > 100 || label.chars().any(char::is_control) {
             return Err(ServiceError::InvalidInput(
@@ -78,6 +86,7 @@ impl CleanRoom {
             secret_hash: issued.secret_hash(),
             created_at: now(),
             revoked_at: None,
+            expires_at,
         };
         Ok((issued, token))
     }
@@ -99,6 +108,17 @@ impl CleanRoom {
             Some(a) if presented.matches(&a.token.secret_hash) => {
                 if a.token.revoked_at.is_some() {
                     let e = ServiceError::Unauthenticated("this token has been revoked".into());
+                    return Err(self.refuse(&ctx, e).await);
+                }
+                // Stored times are RFC 3339 UTC with milliseconds: text order is time order.
+                if a.token
+                    .expires_at
+                    .as_deref()
+                    .is_some_and(|exp| exp <= now().as_str())
+                {
+                    let e = ServiceError::Unauthenticated(
+                        "this session has expired; sign in again".into(),
+                    );
                     return Err(self.refuse(&ctx, e).await);
                 }
                 Ok(Principal {
@@ -193,6 +213,38 @@ impl CleanRoom {
         let audit = ctx.on(issued.id.to_string()).entry(Outcome::Allowed, "");
         self.meta.create_token(&token, audit).await?;
         Ok((issued, token))
+    }
+
+    /// Starts a console session for the caller: a token of the caller's user that expires
+    /// after `ttl` (the server keeps it in an HttpOnly cookie). Audited as `session.start`,
+    /// naming the token it was started with.
+    pub async fn start_session(
+        &self,
+        p: &Principal,
+        ttl: std::time::Duration,
+    ) -> Result<(IssuedToken, Token), ServiceError> {
+        let ctx = AuditCtx::by(p, Action::SessionStart, "-");
+        let expires = cleanroom_meta::after_now(ttl);
+        let label = format!("console session (signed in with token {})", p.token_id);
+        let (issued, token) = self
+            .audited(
+                &ctx,
+                Self::new_token_until(p.user.id, &label, Some(expires.clone())),
+            )
+            .await?;
+        let audit = ctx
+            .on(issued.id.to_string())
+            .entry(Outcome::Allowed, &format!("expires {expires}"));
+        self.meta.create_token(&token, audit).await?;
+        Ok((issued, token))
+    }
+
+    /// Ends the caller's session: revokes the token it authenticated with. Audited as
+    /// `session.end`.
+    pub async fn end_session(&self, p: &Principal) -> Result<(), ServiceError> {
+        let ctx = AuditCtx::by(p, Action::SessionEnd, p.token_id.to_string());
+        let audit = ctx.entry(Outcome::Allowed, "");
+        Ok(self.meta.revoke_token(p.token_id, p.org.id, audit).await?)
     }
 
     /// Tokens the caller may see: all of its organisation's for an admin, its own otherwise.
