@@ -63,34 +63,26 @@ fn same_origin(headers: &axum::http::HeaderMap) -> bool {
     }
 }
 
-/// `Err` when the browser says the request comes from another origin.
-pub fn check_csrf_origin(parts: &Parts) -> Result<(), ()> {
-    if same_origin(&parts.headers) {
-        Ok(())
-    } else {
-        Err(())
-    }
+/// Whether the request comes from this server's own pages, as far as the browser says (a
+/// request without `Origin` is not a browser's cross-site request).
+pub fn from_own_origin(parts: &Parts) -> bool {
+    same_origin(&parts.headers)
 }
 
-/// Refuses a cookie-authenticated request that changes state unless it carries the session's
-/// CSRF token and, when the browser names its origin, comes from this server's own pages.
-pub fn check_csrf(parts: &Parts, session: &str) -> Result<(), ApiError> {
+/// Why a cookie-authenticated request that changes state must be refused: it lacks the
+/// session's CSRF token, or the browser says it comes from another site. `None` when it may go on.
+pub fn csrf_problem(parts: &Parts, session: &str) -> Option<&'static str> {
     use subtle::ConstantTimeEq;
     let safe = matches!(
         parts.method,
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     );
     if safe {
-        return Ok(());
+        return None;
     }
-    let refuse = |why: &str| {
-        ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "csrf_failed",
-            format!("{why}; reload the console and try again"),
-        )
-    };
-    check_csrf_origin(parts).map_err(|()| refuse("the request comes from another site"))?;
+    if !from_own_origin(parts) {
+        return Some("the request comes from another site");
+    }
     let sent = parts
         .headers
         .get(CSRF_HEADER)
@@ -98,10 +90,19 @@ pub fn check_csrf(parts: &Parts, session: &str) -> Result<(), ApiError> {
         .unwrap_or_default();
     let want = csrf_token(session);
     if sent.ct_eq(want.as_bytes()).into() {
-        Ok(())
+        None
     } else {
-        Err(refuse("the request lacks this session's CSRF token"))
+        Some("the request lacks this session's CSRF token")
     }
+}
+
+/// The refusal of a request with a [`csrf_problem`].
+pub fn csrf_refusal(why: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "csrf_failed",
+        format!("{why}; reload the console and try again"),
+    )
 }
 
 /// Authenticates `credential` (a bearer token or a session's token), throttling sources that
@@ -151,7 +152,9 @@ pub async fn principal(parts: &Parts, room: &CleanRoom) -> Result<(Principal, Vi
     }
     match session_cookie(&parts.headers) {
         Some(session) => {
-            check_csrf(parts, &session)?;
+            if let Some(why) = csrf_problem(parts, &session) {
+                return Err(csrf_refusal(why));
+            }
             let p = authenticate(parts, room, Some(&session)).await?;
             Ok((p, Via::Cookie))
         }

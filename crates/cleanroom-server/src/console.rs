@@ -6,7 +6,7 @@
 //!
 //! Invariants: the API token a user signs in with is exchanged for a session (a token that
 //! expires) and never kept by the page; every state-changing request with a cookie carries the
-//! session's CSRF token (see [`crate::auth::check_csrf`]); every answer carries a strict
+//! session's CSRF token (see [`crate::auth::csrf_problem`]); every answer carries a strict
 //! Content-Security-Policy (no inline script) and refuses framing.
 
 use std::time::Duration;
@@ -141,7 +141,7 @@ pub async fn sign_in(State(room): State<CleanRoom>, req: Request) -> Result<Resp
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v != "same-origin" && v != "none");
-    if cross_site || auth::check_csrf_origin(&parts).is_err() {
+    if cross_site || !auth::from_own_origin(&parts) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "csrf_failed",

@@ -234,7 +234,7 @@ impl CleanRoom {
             .await?;
         let audit = ctx
             .on(issued.id.to_string())
-            .entry(Outcome::Allowed, &format!("expires {expires}"));
+            .entry(Outcome::Allowed, format!("expires {expires}"));
         self.meta.create_token(&token, audit).await?;
         Ok((issued, token))
     }
