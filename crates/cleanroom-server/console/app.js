@@ -386,9 +386,17 @@ function runControls(prefix, out, send) {
     const a = await act(price, out, () => send({ ...common(), dry_run: true }));
     if (a) out.replaceChildren(planBox(a));
   };
+  // Running always shows the price first: a dry run, then an explicit confirmation.
   const submit = async ev => {
     ev.preventDefault();
-    const a = await act(run, out, () => send({ ...common(), dry_run: false }));
+    const body = common();
+    const plan = await act(run, out, () => send({ ...body, dry_run: true }));
+    if (!plan) return;
+    out.replaceChildren(planBox(plan));
+    const p = plan.plan || {};
+    if (p.affordable === false) return;
+    if (!window.confirm('Run this analysis for ε ' + fmt(p.epsilon, 3) + ' on ' + (p.datasets || []).join(', ') + '? Spent budget is not given back.')) return;
+    const a = await act(run, out, () => send({ ...body, dry_run: false }));
     if (a) location.hash = '#/c/' + a.collab + '/a/' + a.id;
   };
   return [submit, [h('label', {}, 'ε to spend', eps), h('label', {}, 'Receivers', h('small', {}, 'organisation names, comma-separated'), recv), h('div', { class: 'row' }, price, run)]];
@@ -484,6 +492,71 @@ function barChart(t) {
   return [s('svg', { class: 'chart', viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img', 'aria-label': 'bar chart of ' + t.name }, g), legend];
 }
 
+// Conversion lift with its interval. The noise's scale is known for the counts (people and
+// converters per arm); the rates' and the lift's standard deviations follow by the delta
+// method: sd(c/n)² ≈ (sd_c/n)² + (c·sd_n/n²)², and the lift's variance is the arms' sum.
+// This is the interval of the privacy noise only, not of sampling.
+function liftChart(tables) {
+  const lift = tables.find(t => t.columns.some(c => c.name === 'absolute_lift'));
+  const arms = tables.find(t => t.columns.some(c => c.name === 'conversion_rate'));
+  if (!lift || !arms || !lift.rows.length) return null;
+  const col = (t, n) => t.columns.findIndex(c => c.name === n);
+  const li = col(lift, 'absolute_lift');
+  const est = Number(lift.rows[0][li]);
+  const pc = arms.columns.findIndex(c => c.kind === 'count');
+  const cc = arms.columns.findIndex((c, i) => c.kind === 'count' && i !== pc);
+  if (pc < 0 || cc < 0) return null;
+  let v = 0;
+  for (const r of arms.rows) {
+    const n = Number(r[pc]); const c = Number(r[cc]);
+    const sn = arms.columns[pc].noise_sd || 0; const sc = arms.columns[cc].noise_sd || 0;
+    if (!(n > 0)) return null;
+    v += (sc / n) ** 2 + (c * sn / (n * n)) ** 2;
+  }
+  const sd = Math.sqrt(v);
+  const lo = est - 2 * sd; const hi = est + 2 * sd;
+  const span = Math.max(Math.abs(lo), Math.abs(hi), 1e-9) * 1.15;
+  const W = 760; const H = 90; const x = u => 40 + (W - 80) * (u + span) / (2 * span);
+  const pct = u => (100 * u).toFixed(2) + ' pts';
+  const svg = s('svg', { class: 'chart', viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img', 'aria-label': 'absolute lift with its interval' },
+    s('line', { x1: x(0), x2: x(0), y1: 10, y2: 60, stroke: '#888', 'stroke-dasharray': '4 3' }),
+    s('text', { x: x(0), y: 78, 'text-anchor': 'middle' }, 'no lift'),
+    s('line', { x1: x(lo), x2: x(hi), y1: 35, y2: 35, stroke: '#111', 'stroke-width': 2, class: 'error-bar' }),
+    s('line', { x1: x(lo), x2: x(lo), y1: 28, y2: 42, stroke: '#111' }),
+    s('line', { x1: x(hi), x2: x(hi), y1: 28, y2: 42, stroke: '#111' }),
+    s('circle', { cx: x(est), cy: 35, r: 6, fill: '#1f5fbf' }),
+    s('text', { x: x(est), y: 20, 'text-anchor': 'middle' }, 'lift ' + pct(est)));
+  return [h('h3', {}, 'Absolute lift'), svg,
+    h('p', { class: 'hint', id: 'lift-interval' }, 'Lift ' + pct(est) + ', interval ' + pct(lo) + ' to ' + pct(hi) + ' (±2 standard deviations of the privacy noise, by the delta method from the noisy counts; sampling error is not included).')];
+}
+
+// A benchmark: per group, the member's own average against its peers' (noisy) average.
+function benchmarkChart(tables) {
+  const t = tables.find(x => x.columns.some(c => c.name === 'your_average'));
+  if (!t || !t.rows.length) return null;
+  const col = n => t.columns.findIndex(c => c.name === n);
+  const yi = col('your_average'); const pi = col('peers_average');
+  const gi = t.columns.findIndex(c => c.kind === 'group');
+  const rows = t.rows.filter(r => typeof r[yi] === 'number' && typeof r[pi] === 'number');
+  if (!rows.length) return null;
+  const vals = rows.flatMap(r => [r[yi], r[pi]]);
+  const min = Math.min(...vals); const max = Math.max(...vals); const pad = (max - min) * 0.1 || 1;
+  const W = 760; const left = 170; const rowH = 28; const H = rows.length * rowH + 40;
+  const x = v => left + (W - left - 30) * (v - (min - pad)) / (max - min + 2 * pad);
+  const g = [];
+  rows.forEach((r, k) => {
+    const y = 20 + k * rowH;
+    g.push(s('text', { x: left - 8, y: y + 4, 'text-anchor': 'end' }, gi >= 0 ? String(r[gi]) : 'all'));
+    g.push(s('line', { x1: x(r[pi]), x2: x(r[yi]), y1: y, y2: y, stroke: '#999', 'stroke-width': 2 }));
+    g.push(s('circle', { cx: x(r[pi]), cy: y, r: 6, fill: '#999' }, s('title', {}, 'peers ' + fmt(r[pi]))));
+    g.push(s('rect', { x: x(r[yi]) - 6, y: y - 6, width: 12, height: 12, fill: '#1f5fbf' }, s('title', {}, 'you ' + fmt(r[yi]))));
+  });
+  g.push(s('text', { x: left, y: H - 6 }, fmt(min - pad)), s('text', { x: W - 30, y: H - 6, 'text-anchor': 'end' }, fmt(max + pad)));
+  return [h('h3', {}, 'Your position among your peers'),
+    s('svg', { class: 'chart', viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img', 'aria-label': 'your average against your peers' }, g),
+    h('p', { class: 'hint' }, 'Square: your own average (exact, your data); circle: your peers\' average (noisy, without your contribution).')];
+}
+
 function csvOf(t) {
   const q = v => { const x = v === null || v === undefined ? '' : String(v); return /[",\n\r]/.test(x) ? '"' + x.replace(/"/g, '""') + '"' : x; };
   return [t.columns.map(c => q(c.name)).join(','), ...t.rows.map(r => r.map(q).join(','))].join('\r\n') + '\r\n';
@@ -500,6 +573,7 @@ async function analysisPage(id, aid) {
   if (a.result) {
     for (const n of a.result.notes) parts.push(h('div', { class: 'note' }, n));
     parts.push(h('p', { class: 'hint', id: 'interval-note' }, 'Error bars: ±2 standard deviations of the noise added for privacy — about a 95 % interval for Gaussian noise and 94 % for Laplace noise (at least 75 % for any noise). Groups below the owners\' thresholds are suppressed and counted in the notes above.'));
+    parts.push(liftChart(a.result.tables), benchmarkChart(a.result.tables));
     for (const t of a.result.tables) {
       const csv = 'data:text/csv;charset=utf-8,' + enc(csvOf(t));
       parts.push(h('h3', {}, t.name), barChart(t),
@@ -659,6 +733,9 @@ async function route() {
     show(h('h1', {}, 'Could not load this page'), problemBox(e));
   }
   document.body.dataset.ready = hash;
+  document.body.dataset.readyMs = String(Math.round(performance.now()));
+  // Keyboard and screen-reader users land on the new page's content, not on the old link.
+  if (document.activeElement === document.body || (document.activeElement && !main().contains(document.activeElement))) main().focus({ preventScroll: true });
 }
 
 window.addEventListener('hashchange', route);

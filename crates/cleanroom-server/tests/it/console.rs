@@ -490,6 +490,27 @@ async fn a_whole_collaboration_in_a_real_browser() {
     assert!(header.starts_with("city,"), "{text}");
     assert_eq!(lines.count(), 3, "{text}");
 
+    // The lift's interval comes from the counts' noise by the delta method, and a benchmark
+    // shows the member against its peers (drawn from results of those shapes).
+    let charts = b
+        .exec(
+            "const c = (n, k, sd) => ({ name: n, kind: k, noise_sd: sd }); \
+             const arms = { name: 'conversions', columns: [c('exposed', 'group'), c('people', 'count', 10), c('converters', 'count', 10), c('conversion_rate', 'value')], \
+                            rows: [[true, 1000, 100, 0.1], [false, 1000, 50, 0.05]] }; \
+             const lift = { name: 'lift', columns: [c('exposed_rate', 'value'), c('absolute_lift', 'value')], rows: [[0.1, 0.05]] }; \
+             const l = liftChart([arms, lift]); \
+             const bm = { name: 'yours', columns: [c('region', 'group'), c('your_average', 'value'), c('peers_average', 'value')], rows: [['north', 5, 7], ['south', 9, 8]] }; \
+             const b = benchmarkChart([bm]); \
+             return [l[2].textContent, b[1].querySelectorAll('rect').length, b[1].querySelectorAll('circle').length]",
+            json!([]),
+        )
+        .await;
+    assert!(
+        charts[0].as_str().unwrap().contains("interval 2.16 pts to 7.84 pts"),
+        "{charts}"
+    );
+    assert_eq!((charts[1].clone(), charts[2].clone()), (json!(2), json!(2)), "{charts}");
+
     // A refusal names its rule and column.
     b.goto(&format!("{base}/#/c/{id}/sql")).await;
     b.set_value(

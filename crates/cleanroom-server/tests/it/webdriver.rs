@@ -1,4 +1,4 @@
-//! A small W3C WebDriver client over HTTP (reqwest), driving Debian's `chromium` headless
+//! A small W3C WebDriver client (shared by the console's tests and `benches/console.rs`) over HTTP (reqwest), driving Debian's `chromium` headless
 //! through `chromedriver`. The browser tests need `CLEANROOM_TEST_CHROMEDRIVER` (the driver's
 //! path, set by `.ci/services`); without it they say loudly that they skipped.
 
@@ -62,7 +62,12 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{ENV} is set but chromedriver does not start: {e}"));
-        let http = crate::http_client(reqwest::Client::builder().timeout(Duration::from_secs(60)));
+        // The client has no TLS provider of its own (it talks to chromedriver over plain HTTP).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .build()
+            .unwrap();
         let base = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         loop {
@@ -88,6 +93,7 @@ impl Browser {
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update",
                     "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,900",
+                    "--enable-precise-memory-info",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             },
@@ -227,13 +233,18 @@ impl Browser {
 
     /// Waits up to 20 s until the element `css` shows `needle`.
     pub async fn wait_text(&self, css: &str, needle: &str) -> String {
+        self.wait_text_for(css, needle, 20).await
+    }
+
+    /// Waits up to `secs` seconds until the element `css` shows `needle`.
+    pub async fn wait_text_for(&self, css: &str, needle: &str, secs: u64) -> String {
         let start = Instant::now();
         loop {
             let t = self.text(css).await;
             if t.contains(needle) {
                 return t;
             }
-            if start.elapsed() > Duration::from_secs(20) {
+            if start.elapsed() > Duration::from_secs(secs) {
                 let page = self.text("body").await;
                 panic!("{css:?} never showed {needle:?}; it shows {t:?}; the page: {page}");
             }
