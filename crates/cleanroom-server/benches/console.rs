@@ -266,7 +266,9 @@ async fn main() {
     let (small_id, small_brand) = collaboration(&api, &room, op.expose(), "small", 10, 100).await;
     let (big_id, big_brand) = collaboration(&api, &room, op.expose(), "big", big, entries).await;
 
-    println!("| page | small collaboration (10 analyses, 100 entries) | large ({big} analyses, {entries} entries) | ratio |");
+    println!(
+        "| page | small collaboration (10 analyses, 100 entries) | large ({big} analyses, {entries} entries) | ratio |"
+    );
     println!("|---|---|---|---|");
     let mut rows = Vec::new();
     for (what, route) in [

@@ -294,6 +294,91 @@ function uploadForm(id, name, done) {
   } }, h('label', {}, 'File', h('small', {}, 'CSV with a header row, or Parquet; streamed to the server and encrypted there'), file), bar, h('div', { class: 'row' }, go), out);
 }
 
+// The owner's policy as a form: one field per rule, each with its own error slot. A refusal
+// from the server is shown next to the field it is about (by the column or the rule it names).
+function policyForm(id, name, d, p) {
+  const cols = role => d.columns.filter(c => c.role === role).map(c => c.name);
+  p = p || { join_keys: cols('identifier'), dimensions: cols('dimension'), metrics: [], min_group_size: 50, differential_privacy: true, allow_sql: true, analysts: [], receivers: [] };
+  const errs = {};
+  const field = (key, label, hint, ...control) => {
+    errs[key] = h('div', { class: 'field-error', id: 'pf-err-' + key, 'aria-live': 'polite' });
+    return h('div', { class: 'field', id: 'pf-field-' + key }, h('label', {}, label, hint ? h('small', {}, hint) : null, ...control), errs[key]);
+  };
+  const boxes = (key, names, on) => names.map(n => h('label', { class: 'row' }, h('input', { type: 'checkbox', id: 'pf-' + key + '-' + n, value: n, checked: on.includes(n) }), n));
+  const checked = list => list.map(l => l.querySelector('input')).filter(i => i.checked).map(i => i.value);
+  const list = v => v.split(',').map(x => x.trim()).filter(Boolean);
+  const num = (idv, v) => h('input', { type: 'number', id: idv, value: v ?? '', step: 'any' });
+  const joins = boxes('join', cols('identifier'), p.join_keys || []);
+  const dims = boxes('dim', cols('dimension'), p.dimensions || []);
+  const metricRows = cols('metric').map(c => {
+    const m = (p.metrics || []).find(x => x.column === c);
+    const on = h('input', { type: 'checkbox', id: 'pf-metric-' + c, checked: !!m });
+    const aggs = ['count', 'sum', 'avg', 'min', 'max'].map(a => h('label', { class: 'row' }, h('input', { type: 'checkbox', value: a, checked: m ? (m.aggregates || []).includes(a) : ['sum', 'avg'].includes(a) }), a));
+    const lo = num('pf-metric-' + c + '-lower', m ? m.lower : 0);
+    const hi = num('pf-metric-' + c + '-upper', m ? m.upper : '');
+    errs['metric:' + c] = h('div', { class: 'field-error', id: 'pf-err-metric-' + c, 'aria-live': 'polite' });
+    const row = h('fieldset', { id: 'pf-metric-row-' + c }, h('legend', {}, h('label', { class: 'row' }, on, 'aggregate ' + c)), h('div', { class: 'row' }, aggs), h('div', { class: 'row' }, h('label', {}, 'lower bound', lo), h('label', {}, 'upper bound', hi)), errs['metric:' + c]);
+    return { c, on, aggs, lo, hi, row };
+  });
+  const k = num('pf-k', p.min_group_size);
+  const perUnit = num('pf-max-rows-per-unit', p.max_rows_per_unit);
+  const perKey = num('pf-max-rows-per-key', p.max_rows_per_key);
+  const dp = h('input', { type: 'checkbox', id: 'pf-dp', checked: p.differential_privacy !== false });
+  const sql = h('input', { type: 'checkbox', id: 'pf-sql', checked: !!p.allow_sql });
+  const analysts = h('input', { type: 'text', id: 'pf-analysts', value: (p.analysts || []).join(', ') });
+  const receivers = h('input', { type: 'text', id: 'pf-receivers', value: (p.receivers || []).join(', ') });
+  const activ = p.activation || null;
+  const actOn = h('input', { type: 'checkbox', id: 'pf-activation', checked: !!activ });
+  const partners = h('input', { type: 'text', id: 'pf-partners', value: activ ? activ.partners.join(', ') : '' });
+  const segMin = num('pf-min-segment', activ ? activ.min_segment_size : '');
+  const actDims = boxes('act-dim', cols('dimension'), activ ? activ.dimensions || [] : []);
+  const top = h('div', { id: 'policy-error', 'aria-live': 'polite' });
+  const go = h('button', { type: 'submit', id: 'save-policy' }, 'Save policy');
+  const placeOf = prob => {
+    const t = (prob.detail || '') + ' ' + (prob.column || '');
+    for (const m of metricRows) if (prob.column === m.c || new RegExp('\\b' + m.c + ':').test(t)) return 'metric:' + m.c;
+    const words = [['min_segment_size', 'activation'], ['partner', 'activation'], ['activation', 'activation'], ['min_group_size', 'k'], ['join key', 'join'], ['join_keys', 'join'], ['dimension', 'dims'], ['analyst', 'analysts'], ['receiver', 'receivers'], ['max_rows_per_unit', 'unit'], ['max_rows_per_key', 'key'], ['metric', 'metrics']];
+    for (const [w, f] of words) if (t.includes(w)) return f;
+    return null;
+  };
+  const form = h('form', { class: 'stack', id: 'policy-form', onsubmit: async ev => {
+    ev.preventDefault();
+    for (const e of Object.values(errs)) e.replaceChildren();
+    top.replaceChildren();
+    const n = v => (v === '' ? undefined : Number(v));
+    const body = {
+      join_keys: checked(joins), dimensions: checked(dims),
+      metrics: metricRows.filter(m => m.on.checked).map(m => ({ column: m.c, aggregates: checked(m.aggs), lower: n(m.lo.value), upper: n(m.hi.value) })),
+      min_group_size: n(k.value), max_rows_per_unit: n(perUnit.value), max_rows_per_key: n(perKey.value),
+      differential_privacy: dp.checked, allow_sql: sql.checked, analysts: list(analysts.value), receivers: list(receivers.value),
+    };
+    if (actOn.checked) body.activation = { partners: list(partners.value), min_segment_size: n(segMin.value), dimensions: checked(actDims) };
+    go.disabled = true;
+    try {
+      await api('PUT', 'collaborations/' + enc(id) + '/datasets/' + enc(name) + '/policy', body);
+      route();
+    } catch (e) {
+      const place = e instanceof Problem ? placeOf(e.p) : null;
+      const box = problemBox(e);
+      if (place && errs[place]) { errs[place].replaceChildren(box); errs[place].scrollIntoView({ block: 'nearest' }); } else top.replaceChildren(box);
+    } finally { go.disabled = false; }
+  } },
+  top,
+  field('join', 'May be joined on', 'identifier columns; never shown in a result', h('div', { class: 'row' }, joins)),
+  field('dims', 'May be grouped by', 'dimension columns', h('div', { class: 'row' }, dims)),
+  field('metrics', 'May be aggregated', 'each value is clamped to its bounds before it is summed', metricRows.map(m => m.row)),
+  field('k', 'Minimum people per released group (k)', 'at least 2', k),
+  field('dp', 'Differential privacy', 'noise on every released number, paid from your budget', h('span', { class: 'row' }, dp, 'on')),
+  field('unit', 'Most rows per person', 'optional', perUnit),
+  field('key', 'Most rows per join key', 'optional', perKey),
+  field('sql', 'Free SQL', 'otherwise only approved templates', h('span', { class: 'row' }, sql, 'allowed')),
+  field('analysts', 'Analysts', 'organisations that may analyse this dataset, comma-separated', analysts),
+  field('receivers', 'Result receivers', 'organisations that may receive results, comma-separated', receivers),
+  field('activation', 'Activation', 'a partner may receive its own identifiers of a matched segment', h('span', { class: 'row' }, actOn, 'allowed'), h('label', {}, 'partners', partners), h('label', {}, 'smallest segment', segMin), h('div', { class: 'row' }, actDims)),
+  h('div', { class: 'row' }, go));
+  return form;
+}
+
 async function datasetPage(id, name) {
   const [, head] = await collabHead(id, 'datasets');
   const d = await api('GET', 'collaborations/' + enc(id) + '/datasets/' + enc(name));
@@ -308,18 +393,7 @@ async function datasetPage(id, name) {
     if (!(e instanceof Problem && e.status === 404)) parts.push(problemBox(e));
   }
   parts.push(pol ? policyInWords(pol, d.name) : h('p', {}, 'No policy yet: nothing may be analysed on this dataset.'));
-  if (mine) {
-    const initial = pol ? pol.policy : { join_keys: d.columns.filter(c => c.role === 'identifier').map(c => c.name), dimensions: d.columns.filter(c => c.role === 'dimension').map(c => c.name), metrics: [], min_group_size: 50, differential_privacy: true, allow_sql: true, analysts: [], receivers: [] };
-    const text = h('textarea', { id: 'policy-json', rows: 14, 'aria-describedby': 'policy-error' }, JSON.stringify(initial, null, 2));
-    const err = h('div', { id: 'policy-error', class: 'field-error', 'aria-live': 'polite' });
-    const go = h('button', { type: 'submit', id: 'save-policy' }, 'Save policy');
-    parts.push(h('h3', {}, 'Edit your policy'), h('form', { class: 'stack', onsubmit: async ev => {
-      ev.preventDefault();
-      let body;
-      try { body = JSON.parse(text.value); } catch (e) { err.replaceChildren('This is not valid JSON: ' + e.message); return; }
-      if (await act(go, err, () => api('PUT', 'collaborations/' + enc(id) + '/datasets/' + enc(name) + '/policy', body))) route();
-    } }, h('label', { for: 'policy-json' }, 'Rules (JSON)', h('small', {}, 'join_keys, dimensions, metrics [{column, aggregates, lower, upper}], min_group_size, differential_privacy, allow_sql, analysts, receivers, activation')), text, err, h('div', { class: 'row' }, go)));
-  }
+  if (mine) parts.push(h('h3', {}, 'Edit your policy'), policyForm(id, name, d, pol ? pol.policy : null));
   show(parts);
 }
 
@@ -451,6 +525,36 @@ async function analysesPage(id) {
       fmt(a.charges.reduce((x, c) => x + c.epsilon, 0), 3), a.created_at]), [5]) : h('p', {}, 'No analyses yet.'));
 }
 
+// An overlap: per row (a group, or an identifier type), one bar as long as the audience,
+// stacked: the matched people, then the rest. Error bars (±2 noise sd) on both ends.
+function overlapChart(t) {
+  const mi = t.columns.findIndex(c => c.name === 'matched' && c.kind === 'count');
+  const ai = t.columns.findIndex(c => c.name === 'audience');
+  if (mi < 0 || ai < 0) return null;
+  const gi = t.columns.map((c, i) => [c, i]).filter(([c]) => c.kind === 'group').map(([, i]) => i);
+  const rows = t.rows.filter(r => typeof r[mi] === 'number' && typeof r[ai] === 'number');
+  if (!rows.length) return null;
+  const sm = t.columns[mi].noise_sd || 0; const sa = t.columns[ai].noise_sd || 0;
+  const W = 760; const left = 170; const barH = 22; const rowH = 32; const H = rows.length * rowH + 40;
+  const max = Math.max(...rows.map(r => Math.max(r[ai] + 2 * sa, r[mi] + 2 * sm)), 1);
+  const x = v => left + (W - left - 20) * Math.max(0, v) / max;
+  const g = [];
+  const whisker = (v, sd, y) => (sd > 0 ? [
+    s('line', { x1: x(v - 2 * sd), x2: x(v + 2 * sd), y1: y, y2: y, stroke: '#111', 'stroke-width': 1.5, class: 'error-bar' }),
+    s('line', { x1: x(v - 2 * sd), x2: x(v - 2 * sd), y1: y - 4, y2: y + 4, stroke: '#111' }),
+    s('line', { x1: x(v + 2 * sd), x2: x(v + 2 * sd), y1: y - 4, y2: y + 4, stroke: '#111' })] : []);
+  rows.forEach((r, k) => {
+    const y = 10 + k * rowH; const m = r[mi]; const a = r[ai];
+    g.push(s('text', { x: left - 6, y: y + barH / 2 + 4, 'text-anchor': 'end' }, (gi.length ? gi.map(i => String(r[i] ?? '∅')).join(' · ') : 'all').slice(0, 26)));
+    g.push(s('rect', { x: left, y, width: Math.max(0, x(Math.min(m, a)) - left), height: barH, fill: '#1f5fbf' }, s('title', {}, 'matched ' + fmt(m))));
+    g.push(s('rect', { x: x(Math.min(m, a)), y, width: Math.max(0, x(a) - x(Math.min(m, a))), height: barH, fill: '#c9d3df' }, s('title', {}, 'not matched ' + fmt(Math.max(0, a - m)))));
+    g.push(...whisker(m, sm, y + barH / 2 - 4), ...whisker(a, sa, y + barH / 2 + 4));
+  });
+  g.push(s('text', { x: left, y: H - 8 }, '0'), s('text', { x: W - 20, y: H - 8, 'text-anchor': 'end' }, fmt(Math.round(max))));
+  return [s('svg', { class: 'chart overlap', viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img', 'aria-label': 'overlap: matched and not matched people of the audience' }, g),
+    h('p', { class: 'hint' }, 'Each bar is the audience: dark, the people also in the other dataset; light, the rest.')];
+}
+
 // Bars with error bars: one group per row, one bar per noisy numeric column. Error bars span
 // ±2 standard deviations of the added noise.
 function barChart(t) {
@@ -576,7 +680,7 @@ async function analysisPage(id, aid) {
     parts.push(liftChart(a.result.tables), benchmarkChart(a.result.tables));
     for (const t of a.result.tables) {
       const csv = 'data:text/csv;charset=utf-8,' + enc(csvOf(t));
-      parts.push(h('h3', {}, t.name), barChart(t),
+      parts.push(h('h3', {}, t.name), overlapChart(t) || barChart(t),
         table(t.columns.map(c => c.name + (c.noise_sd ? ' (±' + fmt(2 * c.noise_sd) + ')' : '')), t.rows.map(r => r.map(v => fmt(v, 4))), t.columns.map((c, i) => (c.kind === 'group' ? -1 : i)).filter(i => i >= 0)),
         h('a', { href: csv, download: 'analysis-' + a.id.slice(0, 8) + '-' + t.name + '.csv', class: 'download-csv' }, 'Download ' + t.name + ' as CSV'));
     }

@@ -345,23 +345,35 @@ async fn contribute(
         .await;
     assert_eq!(progress, json!(100));
     b.wait_text("#ds-status", "ready").await;
-    // A policy error is shown next to the field, as a sentence.
-    b.set_value("#policy-json", r#"{"join_key": ["email_hmac"]}"#)
-        .await;
+    // The policy form: a refusal is shown next to the field it is about, as a sentence.
+    b.click("#pf-metric-n").await;
+    b.fill("#pf-metric-n-upper", "10").await;
+    b.fill("#pf-k", "1").await;
     b.click("#save-policy").await;
-    let err = b.wait_text("#policy-error", "invalid_input").await;
+    let err = b.wait_text("#pf-err-k", "min_group_size").await;
     assert!(!err.contains('{'), "a sentence, not JSON: {err}");
-    let policy = json!({
-        "join_keys": ["email_hmac"], "dimensions": ["city"],
-        "metrics": [{"column": "n", "lower": 0, "upper": 10}],
-        "min_group_size": 20,
-        "analysts": [partner], "receivers": [partner],
-    });
-    b.set_value("#policy-json", &policy.to_string()).await;
+    b.fill("#pf-metric-n-upper", "-5").await;
+    b.fill("#pf-k", "20").await;
     b.click("#save-policy").await;
-    b.wait_text("#policy-words", "May be joined on: email_hmac")
+    b.wait_text("#pf-err-metric-n", "lower ≤ upper").await;
+    b.fill("#pf-metric-n-upper", "10").await;
+    b.fill("#pf-analysts", partner).await;
+    b.fill("#pf-receivers", partner).await;
+    b.click("#save-policy").await;
+    let words = b
+        .wait_text("#policy-words", "May be joined on: email_hmac")
         .await;
+    assert!(words.contains("at least 20 people"), "{words}");
+    assert!(
+        words.contains("n (sum, avg, clamped to [0, 10])"),
+        "{words}"
+    );
     if shots {
+        b.exec(
+            "document.querySelector('#policy-words').scrollIntoView()",
+            json!([]),
+        )
+        .await;
         b.screenshot("dataset-policy").await;
     }
     b.goto(&format!("{base}/#/c/{id}/budgets")).await;
@@ -466,6 +478,13 @@ async fn a_whole_collaboration_in_a_real_browser() {
     b.screenshot("template-run").await;
     b.click("#overlap-run").await;
     b.wait_text("#analysis-status", "released").await;
+    let stacked = b
+        .exec(
+            "return document.querySelectorAll('svg.chart.overlap rect').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(stacked, json!(6), "a stacked bar (matched, rest) per city");
     // The chart, with error bars from the noise's known scale and the interval's level.
     let bars = b
         .exec(
@@ -506,10 +525,17 @@ async fn a_whole_collaboration_in_a_real_browser() {
         )
         .await;
     assert!(
-        charts[0].as_str().unwrap().contains("interval 2.16 pts to 7.84 pts"),
+        charts[0]
+            .as_str()
+            .unwrap()
+            .contains("interval 2.16 pts to 7.84 pts"),
         "{charts}"
     );
-    assert_eq!((charts[1].clone(), charts[2].clone()), (json!(2), json!(2)), "{charts}");
+    assert_eq!(
+        (charts[1].clone(), charts[2].clone()),
+        (json!(2), json!(2)),
+        "{charts}"
+    );
 
     // A refusal names its rule and column.
     b.goto(&format!("{base}/#/c/{id}/sql")).await;

@@ -196,12 +196,14 @@ impl Browser {
             .exec("return arguments[0].type === 'file'", json!([{ELEMENT: e}]))
             .await;
         if is_file != json!(true) {
-            self.cmd(
-                reqwest::Method::POST,
-                &format!("/element/{e}/clear"),
-                Some(json!({})),
-            )
-            .await;
+            let cleared = self
+                .try_cmd(
+                    reqwest::Method::POST,
+                    &format!("/element/{e}/clear"),
+                    json!({}),
+                )
+                .await;
+            assert!(cleared.is_some(), "cannot clear {css:?}");
         }
         self.cmd(
             reqwest::Method::POST,
