@@ -697,37 +697,40 @@ async function activationsPage(id) {
   const rows = list.map(a => {
     const cell = h('span', {});
     if (a.status === 'pending' && a.source_owner === S.me.org) {
-      const ok = h('button', { class: 'secondary' }, 'Approve');
-      const no = h('button', { class: 'secondary' }, 'Reject');
+      const ok = h('button', { class: 'secondary', id: 'approve-' + a.id }, 'Approve');
+      const no = h('button', { class: 'secondary', id: 'reject-' + a.id }, 'Reject');
       ok.onclick = async () => { if (await act(ok, out, () => api('POST', 'collaborations/' + enc(id) + '/activations/' + a.id + '/approve'))) route(); };
       no.onclick = async () => { if (await act(no, out, () => api('POST', 'collaborations/' + enc(id) + '/activations/' + a.id + '/reject'))) route(); };
       cell.append(ok, ' ', no);
     }
     if (a.status === 'approved' && a.partner === S.me.org) {
-      const dl = h('button', {}, 'Download segment (once)');
+      const dl = h('button', { id: 'download-' + a.id }, 'Download segment (once)');
       dl.onclick = () => act(dl, out, async () => {
         const r = await fetch('/v1/collaborations/' + enc(id) + '/activations/' + a.id + '/segment', { method: 'POST', headers: { 'x-csrf-token': S.csrf }, credentials: 'same-origin' });
         if (!r.ok) throw new Problem(await r.json().catch(() => ({})), r.status);
         const url = URL.createObjectURL(await r.blob());
-        const link = h('a', { href: url, download: 'segment-' + a.id.slice(0, 8) + '.' + (a.output === 'parquet' ? 'parquet' : 'csv') }, 'save');
+        const link = h('a', { href: url, download: 'segment-' + a.id.slice(0, 8) + '.csv' }, 'save');
         document.body.append(link); link.click(); link.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 60000);
+        route();
       });
       cell.append(dl);
     }
-    return [a.id.slice(0, 8), a.partner, a.source + ' → ' + a.target, a.source_key + ' → ' + a.target_key, Object.entries(a.filter).map(([k, v]) => k + '=' + v).join(', ') || 'all', a.status, fmt(a.delivered), cell];
+    return [a.id.slice(0, 8), a.partner, a.source + ' → ' + a.target, a.source_key + ' → ' + a.target_key + ', delivers ' + a.output, Object.entries(a.filter).map(([k, v]) => k + '=' + v).join(', ') || 'all', h('span', { id: 'status-' + a.id }, a.status), fmt(a.delivered), cell];
   });
   const source = h('input', { type: 'text', id: 'act-source', required: true });
   const target = h('input', { type: 'text', id: 'act-target', required: true });
   const key = h('input', { type: 'text', id: 'act-key', required: true, placeholder: 'column, or source_column:target_column' });
+  const output = h('input', { type: 'text', id: 'act-output', required: true, placeholder: 'an identifier column of your dataset' });
   const filter = h('input', { type: 'text', id: 'act-filter', placeholder: 'region=north, …' });
   const out2 = h('div');
-  const go = h('button', { type: 'submit' }, 'Request activation');
+  const go = h('button', { type: 'submit', id: 'request-activation' }, 'Request activation');
   show(head, h('h2', {}, 'Activations'), out, list.length ? table(['id', 'partner', 'datasets', 'keys', 'filter', 'status', 'delivered', ''], rows) : h('p', {}, 'No activations requested.'),
     h('h2', {}, 'Request a segment'), h('form', { class: 'stack', onsubmit: async ev => {
       ev.preventDefault();
       const f = Object.fromEntries(filter.value.split(',').map(x => x.split('=').map(y => y.trim())).filter(p => p.length === 2 && p[0]));
-      if (await act(go, out2, () => api('POST', 'collaborations/' + enc(id) + '/activations', { source: source.value, target: target.value, key: key.value, filter: f, output: 'csv' }))) route();
-    } }, h('label', {}, 'Source dataset (the owner\'s)', source), h('label', {}, 'Target dataset (yours)', target), h('label', {}, 'Key', key), h('label', {}, 'Filter', filter), h('div', { class: 'row' }, go), out2));
+      if (await act(go, out2, () => api('POST', 'collaborations/' + enc(id) + '/activations', { source: source.value, target: target.value, key: key.value, filter: f, output: output.value }))) route();
+    } }, h('label', {}, 'Source dataset (the owner\'s)', source), h('label', {}, 'Target dataset (yours)', target), h('label', {}, 'Key', key), h('label', {}, 'Identifiers to receive', h('small', {}, 'the column of your dataset whose values are delivered'), output), h('label', {}, 'Filter', h('small', {}, 'dimension=value, on the dimensions the owner allows'), filter), h('div', { class: 'row' }, go), out2));
 }
 
 // ------------------------------------------------------------------ audit

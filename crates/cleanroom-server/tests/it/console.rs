@@ -327,8 +327,10 @@ async fn contribute(
     name: &str,
     file: &std::path::Path,
     partner: &str,
-    shots: bool,
+    activation_partner: Option<&str>,
 ) {
+    // Screenshots of the first party's pages only.
+    let shots = activation_partner.is_some();
     b.goto(&format!("{base}/#/c/{id}/datasets")).await;
     b.fill("#ds-name", name).await;
     b.set_value("#ds-columns", COLUMNS).await;
@@ -359,6 +361,12 @@ async fn contribute(
     b.fill("#pf-metric-n-upper", "10").await;
     b.fill("#pf-analysts", partner).await;
     b.fill("#pf-receivers", partner).await;
+    if let Some(p) = activation_partner {
+        b.click("#pf-activation").await;
+        b.fill("#pf-partners", p).await;
+        b.fill("#pf-min-segment", "20").await;
+        b.click("#pf-act-dim-city").await;
+    }
     b.click("#save-policy").await;
     let words = b
         .wait_text("#policy-words", "May be joined on: email_hmac")
@@ -444,7 +452,7 @@ async fn a_whole_collaboration_in_a_real_browser() {
     b.click("#invite").await;
     b.wait_text("main table", "publisher").await;
     b.screenshot("collaboration").await;
-    contribute(&b, &base, &id, "crm", &crm, "brand", true).await;
+    contribute(&b, &base, &id, "crm", &crm, "brand", Some("publisher")).await;
     browser_sign_out(&b).await;
     // The session is gone on the server too.
     let (st, _) = status_code(with_cookie(
@@ -461,7 +469,7 @@ async fn a_whole_collaboration_in_a_real_browser() {
     b.goto(&format!("{base}/#/c/{id}")).await;
     b.click("#accept").await;
     b.wait_text("main table", "active").await;
-    contribute(&b, &base, &id, "aud", &aud, "brand", false).await;
+    contribute(&b, &base, &id, "aud", &aud, "brand", None).await;
     browser_sign_out(&b).await;
 
     // The brand prices and runs an overlap from the template's form.
@@ -617,6 +625,49 @@ async fn a_whole_collaboration_in_a_real_browser() {
     );
     b.screenshot("budgets-phone").await;
     b.set_window(1280, 900).await;
+
+    // Activation: the publisher asks for the brand's customers in city0 as its own
+    // identifiers, the brand approves, the publisher downloads the segment once.
+    browser_sign_out(&b).await;
+    browser_sign_in(&b, &base, &publisher).await;
+    let activations = format!("{base}/#/c/{id}/activations");
+    b.goto(&activations).await;
+    b.fill("#act-source", "crm").await;
+    b.fill("#act-target", "aud").await;
+    b.fill("#act-key", "email_hmac").await;
+    b.fill("#act-output", "email_hmac").await;
+    b.fill("#act-filter", "city=city0").await;
+    b.click("#request-activation").await;
+    b.wait_text("main table", "pending").await;
+    let list = s
+        .ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/activations"),
+            &publisher,
+            None,
+        )
+        .await;
+    let act = list[0]["id"].as_str().unwrap().to_owned();
+    browser_sign_out(&b).await;
+    browser_sign_in(&b, &base, &brand).await;
+    b.goto(&activations).await;
+    b.click(&format!("#approve-{act}")).await;
+    b.wait_text(&format!("#status-{act}"), "approved").await;
+    b.screenshot("activations").await;
+    browser_sign_out(&b).await;
+    browser_sign_in(&b, &base, &publisher).await;
+    b.goto(&activations).await;
+    b.click(&format!("#download-{act}")).await;
+    b.wait_text(&format!("#status-{act}"), "delivered").await;
+    let a = s
+        .ok(
+            Method::GET,
+            &format!("/v1/collaborations/{id}/activations/{act}"),
+            &publisher,
+            None,
+        )
+        .await;
+    assert!(a["delivered"].as_u64().unwrap() >= 20, "{a}");
 
     browser_sign_out(&b).await;
     b.goto(&format!("{base}/#/c/{id}")).await;
