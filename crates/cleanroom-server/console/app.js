@@ -676,7 +676,7 @@ async function analysisPage(id, aid) {
   if (a.error) parts.push(problemBox({ message: a.error }));
   if (a.result) {
     for (const n of a.result.notes) parts.push(h('div', { class: 'note' }, n));
-    parts.push(h('p', { class: 'hint', id: 'interval-note' }, 'Error bars: ±2 standard deviations of the noise added for privacy — about a 95 % interval for Gaussian noise and 94 % for Laplace noise (at least 75 % for any noise). Groups below the owners\' thresholds are suppressed and counted in the notes above.'));
+    parts.push(h('p', { class: 'hint', id: 'interval-note' }, 'Error bars: ±2 standard deviations of the noise added for privacy — about a 95 % interval for Gaussian noise and 94 % for Laplace noise (at least 75 % for any noise). Groups below the owners\' thresholds are left out of the tables and charts; how many were left out is not shown, because that number would itself say something about the data.'));
     parts.push(liftChart(a.result.tables), benchmarkChart(a.result.tables));
     for (const t of a.result.tables) {
       const csv = 'data:text/csv;charset=utf-8,' + enc(csvOf(t));

@@ -62,6 +62,18 @@ async fn the_api_over_tls_and_clients_that_cannot_speak_it() {
         "operator"
     );
 
+    // Over TLS the console's session cookie is `Secure` (never sent over plain HTTP).
+    let r = trusting
+        .post(format!("https://localhost:{}/console/session", addr.port()))
+        .json(&serde_json::json!({"token": op.expose()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    assert!(cookie.contains("HttpOnly; SameSite=Strict"), "{cookie}");
+
     // A client that does not trust the certificate refuses to talk (and sends no token).
     let wary = http_client(reqwest::Client::builder().resolve("localhost", addr));
     let e = whoami(wary).await.unwrap_err();
