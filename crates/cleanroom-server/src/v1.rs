@@ -12,7 +12,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cleanroom_core::party::{Abilities, UserRole};
 use cleanroom_service::{CleanRoom, Principal, ServiceError, UploadInput};
 use futures_util::StreamExt;
@@ -469,7 +469,7 @@ pub const PARQUET: &str = "application/vnd.apache.parquet";
 #[utoipa::path(put, path = "/v1/collaborations/{id}/datasets/{name}/data", tag = "datasets", security(("bearer" = [])),
     params(("id" = String, Path, description = "collaboration id"), ("name" = String, Path, description = "dataset name")),
     request_body(content((String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"), (Vec<u8> = "application/vnd.apache.parquet")),
-        description = "CSV with a header line (streamed), an Arrow IPC stream (streamed) or a Parquet file (read in memory, size-capped)"),
+        description = "CSV with a header line (streamed), an Arrow IPC stream (streamed) or a Parquet file (spooled, encrypted, to a temporary file, then read)"),
     responses((status = 200, body = DatasetOut),
         (status = 400, body = Problem, description = "invalid input: a malformed JSON body, name or value (`invalid_input`)"),
         (status = 403, body = Problem, description = "authenticated but not allowed (`forbidden`)"),
@@ -503,21 +503,12 @@ pub async fn upload(
         CSV | "application/csv" => UploadInput::Csv(Box::new(stream_reader(body, idle))),
         ARROW_STREAM => UploadInput::ArrowStream(Box::new(stream_reader(body, idle))),
         PARQUET | "application/x-parquet" => {
-            // Read in memory whole: authorised (and given one of a few slots) before a byte of
-            // the body is read. The slot is held until the upload is done.
+            // Authorised (and given one of a few slots) before a byte of the body is read; the
+            // service spools the body, sealed, to a temporary file and reads it back by ranges.
+            // The slot is held until the upload is done.
             let _slot = room.reserve_parquet_upload(&p, &id, &name).await?;
-            let cap = room.limits().max_parquet_bytes;
-            let bytes = match read_whole(body, cap, idle).await {
-                Ok(b) => b,
-                Err((e, rule)) => {
-                    return Err(
-                        rejected(&room, &p, Action::DatasetUpload, Some(&id), e, rule).await,
-                    );
-                }
-            };
-            let d = room
-                .upload(&p, &id, &name, UploadInput::Parquet(bytes))
-                .await?;
+            let input = UploadInput::Parquet(Box::new(stream_reader(body, idle)));
+            let d = room.upload(&p, &id, &name, input).await?;
             return Ok(Json(DatasetOut::from(&d)));
         }
         other => {
@@ -563,39 +554,6 @@ fn idle_limited(body: Body, idle: Duration) -> impl futures_util::Stream<Item = 
 /// the service's to enforce; this only gives up on a body that stalls for `idle`.
 fn stream_reader(body: Body, idle: Duration) -> impl io::Read + Send + 'static {
     SyncIoBridge::new(StreamReader::new(Box::pin(idle_limited(body, idle))))
-}
-
-/// Reads a whole (Parquet) body of at most `cap` bytes. On failure returns the answer and the
-/// rule to audit.
-async fn read_whole(
-    body: Body,
-    cap: u64,
-    idle: Duration,
-) -> Result<Bytes, (ApiError, &'static str)> {
-    let mut stream = Box::pin(idle_limited(body, idle));
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            let e = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                format!("the upload could not be read to the end: {e}"),
-            );
-            (e, "the upload could not be read to the end")
-        })?;
-        if (buf.len() + chunk.len()) as u64 > cap {
-            let e = ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "Parquet uploads are read in memory and limited to {cap} bytes; send CSV or an Arrow stream (the CLI does this for you)"
-                ),
-            );
-            return Err((e, "the Parquet body exceeds the in-memory limit"));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -60,6 +60,11 @@ impl DatasetStore {
         &self.files
     }
 
+    /// Where sealed spool files of uploads go (see [`crate::spool`]).
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        self.files.spool_dir()
+    }
+
     /// Whether files can be written where uploads are written. For readiness checks.
     pub fn probe(&self) -> Result<(), StorageError> {
         self.files.probe()

@@ -92,7 +92,7 @@ fn refuse_io(e: StorageError) -> io::Error {
 
 /// Turns a read error into a storage error: a refusal carried by [`refuse_io`] comes out as it
 /// went in; anything else means the upload could not be read.
-fn io_to_storage(e: io::Error) -> StorageError {
+pub(crate) fn io_to_storage(e: io::Error) -> StorageError {
     if !e.get_ref().is_some_and(|inner| inner.is::<StorageError>()) {
         return StorageError::UploadStream(e.to_string());
     }
@@ -1036,9 +1036,10 @@ fn upload_arrow_error(e: arrow::error::ArrowError, what: &str) -> StorageError {
     }
 }
 
-/// Reads a whole Parquet file held in memory and writes validated batches into `sink`.
-pub fn ingest_parquet(
-    input: bytes::Bytes,
+/// Reads a Parquet file (held in memory as `Bytes`, or spooled: [`crate::spool::SealedSpool`])
+/// and writes validated batches into `sink`.
+pub fn ingest_parquet<T: parquet::file::reader::ChunkReader + 'static>(
+    input: T,
     schema: &DatasetSchema,
     sink: &mut dyn BatchSink,
     progress: Progress<'_>,

@@ -8,8 +8,10 @@ pub mod error;
 pub mod files;
 pub mod ingest;
 pub mod keys;
+pub mod spool;
 
 pub use dataset::{DatasetStore, EncryptedDataset, EncryptedWriter, StoredDataset};
 pub use error::StorageError;
 pub use files::{DatasetFiles, FileRead, FileWrite, LocalFiles, StoredFile};
 pub use keys::{MasterKeySource, SecretKey, load_master_key};
+pub use spool::SealedSpool;

@@ -265,8 +265,8 @@ async fn answer(resp: axum::response::Response) -> (StatusCode, serde_json::Valu
 
 const PARQUET: &str = "application/vnd.apache.parquet";
 
-/// A Parquet body is read in memory whole, so the upload is authorised before a byte of it is
-/// read: a refused upload never touches its body.
+/// A Parquet body is spooled to disk (sealed) before it is read, so the upload is authorised
+/// before a byte of it is read: a refused upload never touches its body.
 #[tokio::test]
 async fn parquet_uploads_are_authorised_before_the_body_is_read() {
     let s = Server::start().await;
@@ -327,7 +327,7 @@ async fn parquet_uploads_are_authorised_before_the_body_is_read() {
     assert!(read.load(Ordering::SeqCst));
 }
 
-/// At most `max_parquet_uploads` Parquet bodies are held in memory; one more is refused at once
+/// At most `max_parquet_uploads` Parquet bodies are spooled and decoded at once; one more is refused at once
 /// with 503 and audited, and the slot is free again when an upload ends.
 #[tokio::test]
 async fn parquet_uploads_beyond_the_slots_are_refused_with_503() {
@@ -627,5 +627,76 @@ async fn closing_leaves_no_wrapped_key_in_the_database_files() {
             !bytes.windows(k.len()).any(|w| w == k.as_slice()),
             "a destroyed key survives in the database files"
         );
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A Parquet file of many row groups, several times the spool's chunk: read back from the sealed
+/// spool by ranges, every row arrives, and no plaintext (and no spool file) is left on disk.
+#[tokio::test]
+async fn a_large_parquet_upload_is_spooled_sealed_and_read_whole() {
+    let s = Server::start().await;
+    let (brand, _, id) = setup(&s).await;
+    s.declare(&brand, &id, "crm").await;
+    let rows = 120_000usize;
+    let marker = "spool-plaintext-marker";
+    let schema = batch().schema();
+    let mut pq = Vec::new();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(10_000))
+        .set_compression(parquet::basic::Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut pq, schema.clone(), Some(props)).unwrap();
+    for start in (0..rows).step_by(10_000) {
+        let pid: Vec<String> = (start..start + 10_000)
+            .map(|i| format!("{marker}-{i:08}"))
+            .collect();
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(pid.clone())),
+                Arc::new(StringArray::from(pid)),
+                Arc::new(StringArray::from(vec!["x"; 10_000])),
+                Arc::new(Int32Array::from(vec![1; 10_000])),
+            ],
+        )
+        .unwrap();
+        w.write(&b).unwrap();
+    }
+    w.close().unwrap();
+    assert!(pq.len() > 3 << 20, "{} bytes", pq.len());
+    let (st, v) = s.upload(&brand, &id, "crm", PARQUET, pq).await;
+    assert_eq!(
+        (st, v["row_count"].as_u64()),
+        (StatusCode::OK, Some(rows as u64)),
+        "{v}"
+    );
+    for f in files_under(s.dir.path()) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "plaintext in {}",
+            f.display()
+        );
+        let name = f
+            .strip_prefix(s.dir.path())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(!name.contains(".tmp"), "left behind: {name}");
     }
 }

@@ -8,8 +8,8 @@ use cleanroom_core::names::DatasetName;
 use cleanroom_core::party::{Ability, DatasetStatus};
 use cleanroom_core::schema::DatasetSchema;
 use cleanroom_meta::MetaError;
-use cleanroom_storage::SecretKey;
 use cleanroom_storage::ingest::{ByteLimit, ingest_arrow_stream, ingest_csv, ingest_parquet};
+use cleanroom_storage::{SealedSpool, SecretKey};
 
 use super::*;
 use crate::ServiceError;
@@ -130,7 +130,7 @@ impl CleanRoom {
         Err(self.refuse(&ctx, ServiceError::Conflict(busy)).await)
     }
 
-    /// For a Parquet upload, which must be read into memory whole: checks the upload as
+    /// For a Parquet upload, which is spooled before it is read: checks the upload as
     /// [`CleanRoom::check_upload`] does *before* the body is read, then takes one of
     /// [`Limits::max_parquet_uploads`] slots, or refuses with `unavailable` when all are taken.
     /// Hold the slot until [`CleanRoom::upload`] returns.
@@ -146,7 +146,7 @@ impl CleanRoom {
             Ok(permit) => Ok(ParquetSlot { _permit: permit }),
             Err(_) => {
                 let e = ServiceError::Unavailable(format!(
-                    "{} Parquet uploads are being read into memory already; retry in a minute, or \
+                    "{} Parquet uploads are being read already; retry in a minute, or \
                      send CSV or an Arrow IPC stream, which are streamed (the CLI converts Parquet \
                      for you)",
                     self.limits.max_parquet_uploads
@@ -244,22 +244,27 @@ impl CleanRoom {
             let mut writer = files.begin_write(cid, did, &schema, &key)?;
             let mut progress = |_rows: u64| {};
             let rows = match input {
-                UploadInput::Csv(r) => {
-                    ingest_csv(ByteLimit::new(r, max_upload), &schema, &mut writer, &mut progress)?
-                }
+                UploadInput::Csv(r) => ingest_csv(
+                    ByteLimit::new(r, max_upload),
+                    &schema,
+                    &mut writer,
+                    &mut progress,
+                )?,
                 UploadInput::ArrowStream(r) => ingest_arrow_stream(
                     ByteLimit::new(r, max_upload),
                     &schema,
                     &mut writer,
                     &mut progress,
                 )?,
-                UploadInput::Parquet(b) => {
-                    if b.len() as u64 > max_parquet {
-                        return Err(ServiceError::TooLarge(format!(
-                            "Parquet uploads are read in memory and limited to {max_parquet} bytes; send CSV or an Arrow stream (the CLI does this for you)"
-                        )));
-                    }
-                    ingest_parquet(b, &schema, &mut writer, &mut progress)?
+                UploadInput::Parquet(r) => {
+                    let mut limited = ByteLimit::new(r, max_parquet);
+                    let spool = SealedSpool::write(&mut limited, &files.spool_dir())?;
+                    ingest_parquet(
+                        spool.into_chunk_source(),
+                        &schema,
+                        &mut writer,
+                        &mut progress,
+                    )?
                 }
             };
             let stored = files.commit(writer)?;

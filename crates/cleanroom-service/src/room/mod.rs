@@ -38,9 +38,12 @@ pub(crate) use collaborations::Need;
 pub struct Limits {
     /// Largest upload body, in bytes (CSV and Arrow streams are never held in memory whole).
     pub max_upload_bytes: u64,
-    /// Largest Parquet upload, in bytes: Parquet must be held in memory to be read.
+    /// Largest Parquet upload, in bytes. Parquet keeps its footer at the end, so a Parquet
+    /// body is first spooled, sealed under a one-time key, to an anonymous temporary file
+    /// (never to memory whole, never in plaintext to disk) and then read back by ranges.
     pub max_parquet_bytes: u64,
-    /// Parquet uploads read into memory at the same time. One more is refused at once with
+    /// Parquet uploads spooled and decoded at the same time (each holds a row group in memory
+    /// while it is decoded, and a spool file on disk). One more is refused at once with
     /// `unavailable` (503) and a message to retry: waiting would hold the connection and its
     /// body, and CSV and Arrow streams never need a slot.
     pub max_parquet_uploads: usize,
@@ -54,7 +57,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_upload_bytes: 64 * 1024 * 1024 * 1024,
-            max_parquet_bytes: 512 * 1024 * 1024,
+            max_parquet_bytes: 64 * 1024 * 1024 * 1024,
             max_parquet_uploads: 2,
             upload_idle_timeout: Duration::from_secs(5 * 60),
             max_description_chars: 2000,
@@ -164,11 +167,11 @@ pub enum UploadInput {
     Csv(Box<dyn Read + Send>),
     /// An Arrow IPC stream, streamed.
     ArrowStream(Box<dyn Read + Send>),
-    /// A whole Parquet file in memory.
-    Parquet(bytes::Bytes),
+    /// A Parquet file, streamed into a sealed spool before it is read.
+    Parquet(Box<dyn Read + Send>),
 }
 
-/// Permission to hold one Parquet upload in memory; see [`CleanRoom::reserve_parquet_upload`].
+/// Permission to spool and decode one Parquet upload; see [`CleanRoom::reserve_parquet_upload`].
 /// The slot is free again when this is dropped.
 pub struct ParquetSlot {
     _permit: OwnedSemaphorePermit,

@@ -167,7 +167,7 @@ async fn a_failed_upload_keeps_nothing_and_can_be_retried() {
             "invalid_data",
         ),
         (
-            UploadInput::Parquet(bytes::Bytes::from_static(b"PAR1 garbage")),
+            UploadInput::Parquet(Box::new(&b"PAR1 garbage"[..])),
             "invalid_data",
         ),
     ] {

@@ -64,6 +64,12 @@ pub trait DatasetFiles: Send + Sync + Debug {
     /// holds a credential.
     fn describe(&self) -> String;
 
+    /// A local directory for sealed spool files ([`crate::spool::SealedSpool`]): the system's
+    /// temporary directory unless the backend has a better place on the same disk.
+    fn spool_dir(&self) -> PathBuf {
+        std::env::temp_dir()
+    }
+
     /// What a room records at its first start to recognise this store at the next ones:
     /// `local` for the data directory (which may move), the URL for a bucket.
     fn identity(&self) -> String;
@@ -227,6 +233,10 @@ impl LocalFiles {
 }
 
 impl DatasetFiles for LocalFiles {
+    fn spool_dir(&self) -> PathBuf {
+        self.tmp_dir()
+    }
+
     fn begin_write(
         &self,
         collab: CollaborationId,
