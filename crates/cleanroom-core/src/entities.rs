@@ -37,6 +37,9 @@ pub struct Token {
     /// When the token stops working (RFC 3339, UTC); `None` for API tokens, which live until
     /// revoked. Console sessions are tokens with an expiry.
     pub expires_at: Option<String>,
+    /// For a console session, the API token it was started with: revoking that token ends
+    /// the session too. `None` for API tokens.
+    pub parent_id: Option<TokenId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -244,13 +244,14 @@ impl PgStore {
         tx: &mut Transaction<'static, Postgres>,
         t: &Token,
     ) -> Result<(), MetaError> {
-        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at, expires_at) VALUES ($1, $2, $3, $4, $5, NULL, $6)")
+        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at, expires_at, parent_id) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7)")
             .bind(t.id.to_string())
             .bind(t.user_id.to_string())
             .bind(&t.label)
             .bind(&t.secret_hash[..])
             .bind(&t.created_at)
             .bind(&t.expires_at)
+            .bind(t.parent_id.map(|p| p.to_string()))
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -405,6 +406,14 @@ impl MetaStore for PgStore {
                 "no live token {id} in your organisation"
             )));
         }
+        // Console sessions started with it end with it.
+        sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE parent_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
         Self::append_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())

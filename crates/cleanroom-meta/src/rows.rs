@@ -144,13 +144,18 @@ pub(crate) fn token_from(r: &impl Cols, prefix: &str) -> Result<Token, MetaError
         created_at: r.text(&col("created_at"))?,
         revoked_at: r.opt_text(&col("revoked_at"))?,
         expires_at: r.opt_text(&col("expires_at"))?,
+        parent_id: r
+            .opt_text(&col("parent_id"))?
+            .map(|p| TokenId::parse(&p))
+            .transpose()
+            .map_err(corrupt("token parent"))?,
     })
 }
 
 /// A token with its user and organisation (prefixes `t_`, `u_`, `o_`), for `authenticate`.
 pub(crate) const TOKEN_USER_ORG_COLS: &str = "t.id AS t_id, t.user_id AS t_user_id, \
     t.label AS t_label, t.secret_hash AS t_secret_hash, t.created_at AS t_created_at, \
-    t.revoked_at AS t_revoked_at, t.expires_at AS t_expires_at, \
+    t.revoked_at AS t_revoked_at, t.expires_at AS t_expires_at, t.parent_id AS t_parent_id, \
     u.id AS u_id, u.org_id AS u_org_id, u.name AS u_name, u.role AS u_role, \
     u.created_at AS u_created_at, \
     o.id AS o_id, o.name AS o_name, o.is_operator AS o_is_operator, o.created_at AS o_created_at";
@@ -158,7 +163,7 @@ pub(crate) const TOKEN_USER_ORG_COLS: &str = "t.id AS t_id, t.user_id AS t_user_
 /// A token with its user (prefixes `t_`, `u_`), for `list_tokens`.
 pub(crate) const TOKEN_USER_COLS: &str = "t.id AS t_id, t.user_id AS t_user_id, \
     t.label AS t_label, t.secret_hash AS t_secret_hash, t.created_at AS t_created_at, \
-    t.revoked_at AS t_revoked_at, t.expires_at AS t_expires_at, \
+    t.revoked_at AS t_revoked_at, t.expires_at AS t_expires_at, t.parent_id AS t_parent_id, \
     u.id AS u_id, u.org_id AS u_org_id, u.name AS u_name, u.role AS u_role, \
     u.created_at AS u_created_at";
 

@@ -187,13 +187,14 @@ impl SqliteStore {
         tx: &mut Transaction<'static, Sqlite>,
         t: &Token,
     ) -> Result<(), MetaError> {
-        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at, expires_at) VALUES (?, ?, ?, ?, ?, NULL, ?)")
+        sqlx::query("INSERT INTO tokens (id, user_id, label, secret_hash, created_at, revoked_at, expires_at, parent_id) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)")
             .bind(t.id.to_string())
             .bind(t.user_id.to_string())
             .bind(&t.label)
             .bind(&t.secret_hash[..])
             .bind(&t.created_at)
             .bind(&t.expires_at)
+            .bind(t.parent_id.map(|p| p.to_string()))
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -343,6 +344,12 @@ impl MetaStore for SqliteStore {
                 "no live token {id} in your organisation"
             )));
         }
+        // Console sessions started with it end with it.
+        sqlx::query("UPDATE tokens SET revoked_at = ? WHERE parent_id = ? AND revoked_at IS NULL")
+            .bind(now())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         Self::append_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())

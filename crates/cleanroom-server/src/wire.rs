@@ -200,6 +200,7 @@ impl CreatedToken {
             label,
             created_at,
             revoked_at,
+            ..
         } = listed;
         CreatedToken {
             id,
@@ -219,6 +220,12 @@ pub struct TokenOut {
     pub label: String,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// When it stops working on its own (console sessions); absent for API tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// For a console session, the API token it was started with: revoking that ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl From<&(Token, User)> for TokenOut {
@@ -229,6 +236,8 @@ impl From<&(Token, User)> for TokenOut {
             label: t.label.clone(),
             created_at: t.created_at.clone(),
             revoked_at: t.revoked_at.clone(),
+            expires_at: t.expires_at.clone(),
+            parent: t.parent_id.map(|p| p.to_string()),
         }
     }
 }

@@ -43,6 +43,7 @@ fn token(user: UserId, n: u8) -> Token {
         created_at: AT.into(),
         revoked_at: None,
         expires_at: None,
+        parent_id: None,
     }
 }
 
@@ -228,7 +229,25 @@ pub async fn parties_and_tokens_round_trip(s: Store) {
     s.create_token(&extra, audit("system", "token.create"))
         .await
         .unwrap();
-    assert_eq!(s.list_tokens(op.id).await.unwrap().len(), 3);
+    // A console session started with `extra`: revoking `extra` ends it too.
+    let session = Token {
+        parent_id: Some(extra.id),
+        expires_at: Some("2999-01-01T00:00:00.000Z".into()),
+        ..token(admin.id, 5)
+    };
+    s.create_token(&session, audit("system", "session.start"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.authenticate(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .parent_id,
+        Some(extra.id)
+    );
+    assert_eq!(s.list_tokens(op.id).await.unwrap().len(), 4);
     let a = s.authenticate(t.id).await.unwrap().unwrap();
     assert_eq!((a.user.id, a.org.id), (admin.id, op.id));
     assert_eq!(a.token.secret_hash, t.secret_hash);
@@ -243,6 +262,16 @@ pub async fn parties_and_tokens_round_trip(s: Store) {
             .token
             .revoked_at
             .is_some()
+    );
+    assert!(
+        s.authenticate(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .revoked_at
+            .is_some(),
+        "the session started with a revoked token lives on"
     );
     // Revoking twice, or another organisation's token, is `NotFound`.
     assert!(matches!(
@@ -260,12 +289,12 @@ pub async fn parties_and_tokens_round_trip(s: Store) {
     assert_eq!(s.init_setting("k", b"one").await.unwrap(), b"one");
     assert_eq!(s.init_setting("k", b"two").await.unwrap(), b"one");
     assert_eq!(s.get_setting("k").await.unwrap().unwrap(), b"one");
-    // Every successful write above was audited (five), the refused ones left nothing, all in
+    // Every successful write above was audited (six), the refused ones left nothing, all in
     // one unbroken chain.
     let (entries, head) = s.audit_page("system", 0, 100).await.unwrap();
     let verified = verify_chain("system", &entries, head).unwrap();
-    assert_eq!(verified.seq, 5);
-    assert_eq!(entries.len(), 5);
+    assert_eq!(verified.seq, 6);
+    assert_eq!(entries.len(), 6);
 }
 
 pub async fn collaborations_memberships_and_closing(s: Store) {

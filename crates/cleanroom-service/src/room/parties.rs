@@ -64,13 +64,14 @@ impl CleanRoom {
     }
 
     fn new_token(user: UserId, label: &str) -> Result<(IssuedToken, Token), ServiceError> {
-        Self::new_token_until(user, label, None)
+        Self::new_token_until(user, label, None, None)
     }
 
     fn new_token_until(
         user: UserId,
         label: &str,
         expires_at: Option<String>,
+        parent_id: Option<TokenId>,
     ) -> Result<(IssuedToken, Token), ServiceError> {
         let label = label.trim();
         if label.chars().count() > 100 || label.chars().any(char::is_control) {
@@ -87,6 +88,7 @@ impl CleanRoom {
             created_at: now(),
             revoked_at: None,
             expires_at,
+            parent_id,
         };
         Ok((issued, token))
     }
@@ -225,11 +227,17 @@ impl CleanRoom {
     ) -> Result<(IssuedToken, Token), ServiceError> {
         let ctx = AuditCtx::by(p, Action::SessionStart, "-");
         let expires = cleanroom_meta::after_now(ttl);
-        let label = format!("console session (signed in with token {})", p.token_id);
+        // Tied to the API token behind the caller's credential (the caller's own token, or the
+        // one a session it signs in with was started with), so that revoking it ends this too.
+        let parent = match self.meta.authenticate(p.token_id).await? {
+            Some(a) => a.token.parent_id.unwrap_or(a.token.id),
+            None => p.token_id,
+        };
+        let label = format!("console session (signed in with token {parent})");
         let (issued, token) = self
             .audited(
                 &ctx,
-                Self::new_token_until(p.user.id, &label, Some(expires.clone())),
+                Self::new_token_until(p.user.id, &label, Some(expires.clone()), Some(parent)),
             )
             .await?;
         let audit = ctx
