@@ -131,23 +131,55 @@ pub async fn query(
     Ok(marked(AnalysisOut::from(&v)))
 }
 
+/// A page of the analyses list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListAnalysesParams {
+    /// `oldest` first (the default) or `newest` first.
+    pub order: Option<String>,
+    /// Skip this many (default 0).
+    pub offset: Option<usize>,
+    /// At most this many (default: all).
+    pub limit: Option<usize>,
+}
+
 #[utoipa::path(get, path = "/v1/collaborations/{id}/analyses", tag = "analyses", security(("bearer" = [])),
-    params(("id" = String, Path, description = "collaboration id")),
-    responses((status = 200, body = Vec<AnalysisOut>, description = "analyses your organisation requested or receives"),
+    params(("id" = String, Path, description = "collaboration id"), ListAnalysesParams),
+    responses((status = 200, body = Vec<AnalysisOut>, description = "analyses your organisation requested or receives, one page of them; the header `X-Total-Count` says how many there are in all",
+            headers(("X-Total-Count" = u64, description = "how many analyses you may see in this collaboration"))),
+        (status = 400, body = Problem, description = "a malformed query string or an unknown order (`invalid_input`)"),
         (status = 403, body = Problem, description = "not an active member (`forbidden`)"),
         (status = 404, body = Problem, description = "no such collaboration (`not_found`)")))]
 pub async fn list_analyses(
     State(room): State<CleanRoom>,
     Authed(p): Authed,
     Path(id): Path<String>,
-) -> R<Json<Vec<AnalysisOut>>> {
-    Ok(Json(
-        room.list_analyses(&p, &id)
-            .await?
-            .iter()
-            .map(AnalysisOut::from)
-            .collect(),
-    ))
+    q: Result<Query<ListAnalysesParams>, axum::extract::rejection::QueryRejection>,
+) -> R<([(&'static str, String); 1], Json<Vec<AnalysisOut>>)> {
+    let Query(q) = q.map_err(ApiError::from)?;
+    let newest = match q.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                format!("order {other:?} is not `oldest` or `newest`"),
+            ));
+        }
+    };
+    let mut all = room.list_analyses(&p, &id).await?;
+    let total = all.len();
+    if newest {
+        all.reverse();
+    }
+    let page = all
+        .iter()
+        .skip(q.offset.unwrap_or(0))
+        .take(q.limit.unwrap_or(usize::MAX))
+        .map(AnalysisOut::from)
+        .collect();
+    Ok(([("x-total-count", total.to_string())], Json(page)))
 }
 
 #[utoipa::path(get, path = "/v1/collaborations/{id}/analyses/{analysis}", tag = "analyses", security(("bearer" = [])),

@@ -214,6 +214,34 @@ async fn analyses_release_aggregates_and_never_rows() {
         }
     }
     assert!(checked >= 36, "only {checked} answers checked");
+    // The list comes a page at a time, newest first on request, with the total in a header.
+    let list = format!("/v1/collaborations/{id}/analyses");
+    let all = s.ok(Method::GET, &list, &brand, None).await;
+    let all = all.as_array().unwrap();
+    assert!(all.len() >= 2, "{all:?}");
+    let r = s
+        .http
+        .get(format!("{}{list}?order=newest&limit=1&offset=1", s.base))
+        .bearer_auth(&brand)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["x-total-count"].to_str().unwrap(),
+        all.len().to_string()
+    );
+    let page: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(page.as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page[0]["id"], all[all.len() - 2]["id"]);
+    let (st, v) = s
+        .call(Method::GET, &format!("{list}?order=sideways"), &brand, None)
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_input")),
+        "{v}"
+    );
 }
 
 #[tokio::test]
