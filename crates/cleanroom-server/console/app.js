@@ -32,9 +32,15 @@ function s(tag, attrs, ...kids) {
   return e;
 }
 
+// A message for the next page shown (after an action that re-renders the page).
+let flash = null;
+
 function show(...nodes) {
   const m = main();
-  m.replaceChildren(...nodes.flat(Infinity).filter(n => n !== null && n !== undefined && n !== false));
+  const loading = nodes.length === 1 && nodes[0] instanceof Element && nodes[0].classList.contains('loading');
+  const note = flash && !loading ? h('div', { class: 'ok', id: 'flash', role: 'status' }, flash) : null;
+  if (note) flash = null;
+  m.replaceChildren(...[note, ...nodes].flat(Infinity).filter(n => n !== null && n !== undefined && n !== false));
   return m;
 }
 
@@ -63,6 +69,7 @@ async function api(method, path, body, extra) {
     method, headers, body: payload, credentials: 'same-origin', ...(extra || {}),
   });
   if (r.status === 204) return null;
+  api.total = r.headers.get('x-total-count');
   const text = await r.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (_) { data = { detail: text }; }
@@ -211,7 +218,7 @@ async function overviewPage(id) {
       const what = 'Closing "' + c.name + '" destroys the encryption keys of its ' + ds.length + ' dataset(s): their data can never be read again, and no further analysis can run. The audit log stays. Close it?';
       if (!window.confirm(what)) return;
       const r = await act(close, out3, () => api('POST', 'collaborations/' + enc(id) + '/close'));
-      if (r) out3.replaceChildren(h('div', { class: 'ok' }, 'Closed: ' + r.destroyed_dataset_keys + ' dataset key(s) destroyed.'));
+      if (r) { flash = 'Closed: ' + r.destroyed_dataset_keys + ' dataset key(s) destroyed. The collaboration and its audit log remain readable.'; route(); }
     };
     parts.push(h('h2', {}, 'Close'), h('p', {}, 'Only the creator may close a collaboration; closing is final.'), close, out3);
   }
@@ -251,7 +258,7 @@ function policyInWords(pol, ds) {
     li('May be joined on: ', h('strong', {}, list(p.join_keys)), '. Join keys never appear in a result.'),
     li('May be grouped by: ', h('strong', {}, list(p.dimensions)), '.'),
     li('Aggregates: ', (p.metrics || []).length ? (p.metrics.map(m => m.column + ' (' + m.aggregates.join(', ') + ', clamped to [' + m.lower + ', ' + m.upper + '])').join('; ')) : 'counts only', '.'),
-    li('Every released group holds at least ', h('strong', {}, String(p.min_group_size ?? 'the default')), ' people (k); smaller groups are suppressed and counted.'),
+    li('Every released group holds at least ', h('strong', {}, String(p.min_group_size ?? 'the default')), ' people (k); smaller groups are left out of every result, and how many were left out is not released.'),
     li('Differential privacy: ', h('strong', {}, p.differential_privacy === false ? 'OFF' : 'ON'), p.differential_privacy === false ? ' — results are exact, thresholded counts.' : ' — noise calibrated to each analysis\'s ε, paid from this owner\'s budget.'),
     li('Each person contributes at most ', String(p.max_rows_per_unit ?? 'the default number of'), ' rows; each key matches at most ', String(p.max_rows_per_key ?? 'the default number of'), ' rows.'),
     li('Free SQL: ', p.allow_sql ? 'allowed (checked against these rules)' : 'not allowed; only approved templates', '.'),
@@ -517,12 +524,33 @@ async function sqlPage(id) {
 
 // ------------------------------------------------------------------ analyses and charts
 
+// Newest first, a page at a time: a collaboration may hold thousands of analyses.
+const ANALYSES_PAGE = 100;
 async function analysesPage(id) {
   const [, head] = await collabHead(id, 'analyses');
-  const list = await api('GET', 'collaborations/' + enc(id) + '/analyses');
-  show(head, h('h2', {}, 'Analyses'), list.length ? table(['analysis', 'kind', 'request', 'by', 'status', 'ε charged', 'created'],
-    list.map(a => [h('a', { href: '#/c/' + id + '/a/' + a.id }, a.id.slice(0, 8)), a.kind, a.request.length > 90 ? a.request.slice(0, 90) + '…' : a.request, a.requested_by, a.status,
-      fmt(a.charges.reduce((x, c) => x + c.epsilon, 0), 3), a.created_at]), [5]) : h('p', {}, 'No analyses yet.'));
+  const base = 'collaborations/' + enc(id) + '/analyses?order=newest&limit=' + ANALYSES_PAGE + '&offset=';
+  const list = await api('GET', base + '0');
+  const total = Number(api.total ?? list.length);
+  if (!list.length) { show(head, h('h2', {}, 'Analyses'), h('p', {}, 'No analyses yet.')); return; }
+  const row = a => h('tr', {}, [h('a', { href: '#/c/' + id + '/a/' + a.id }, a.id.slice(0, 8)), a.kind, a.request.length > 90 ? a.request.slice(0, 90) + '…' : a.request, a.requested_by, a.status,
+    fmt(a.charges.reduce((x, c) => x + c.epsilon, 0), 3), a.created_at].map((c, i) => h('td', { class: i === 5 ? 'num' : null }, c)));
+  const body = h('tbody', {}, list.map(row));
+  const count = h('p', { class: 'hint', id: 'analyses-count', 'aria-live': 'polite' });
+  const out = h('div');
+  const more = h('button', { class: 'secondary', id: 'more-analyses' }, 'Show ' + ANALYSES_PAGE + ' older');
+  const update = () => {
+    const shown = body.children.length;
+    count.textContent = 'Newest first: showing ' + shown.toLocaleString('en') + ' of ' + total.toLocaleString('en') + ' analyses.';
+    more.hidden = shown >= total;
+  };
+  more.onclick = async () => {
+    const next = await act(more, out, () => api('GET', base + body.children.length));
+    if (next) { body.append(...next.map(row)); update(); }
+  };
+  update();
+  show(head, h('h2', {}, 'Analyses'), count,
+    h('div', { class: 'wrap' }, h('table', {}, h('thead', {}, h('tr', {}, ['analysis', 'kind', 'request', 'by', 'status', 'ε charged', 'created'].map((c, i) => h('th', { scope: 'col', class: i === 5 ? 'num' : null }, c)))), body)),
+    h('div', { class: 'row' }, more), out);
 }
 
 // An overlap: per row (a group, or an identifier type), one bar as long as the audience,

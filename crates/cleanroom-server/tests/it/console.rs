@@ -290,6 +290,49 @@ async fn an_expired_session_is_refused() {
     s.ok(Method::GET, "/v1/collaborations", &brand, None).await;
 }
 
+/// A session lives no longer than the API token it was started with: revoking that token ends
+/// the session at once, and the token list names the session's parent.
+#[tokio::test]
+async fn revoking_the_token_a_session_was_started_with_ends_the_session() {
+    let s = Server::start().await;
+    let brand = s.org("brand").await;
+    let extra = s
+        .ok(
+            Method::POST,
+            "/v1/tokens",
+            &brand,
+            Some(json!({"label": "laptop"})),
+        )
+        .await;
+    let (extra_id, extra_secret) = (
+        extra["id"].as_str().unwrap().to_owned(),
+        extra["token"].as_str().unwrap().to_owned(),
+    );
+    let (cookie, _) = sign_in(&s, &extra_secret).await;
+    let (st, _) = status_code(with_cookie(&s, Method::GET, "/v1/collaborations", &cookie)).await;
+    assert_eq!(st, StatusCode::OK);
+    let tokens = s.ok(Method::GET, "/v1/tokens", &brand, None).await;
+    let session = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["parent"].as_str() == Some(extra_id.as_str()))
+        .unwrap_or_else(|| panic!("no session names its parent: {tokens:#}"));
+    assert!(session["expires_at"].is_string(), "{session}");
+    s.ok(
+        Method::DELETE,
+        &format!("/v1/tokens/{extra_id}"),
+        &brand,
+        None,
+    )
+    .await;
+    let (st, v) = status_code(with_cookie(&s, Method::GET, "/v1/collaborations", &cookie)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("revoked"), "{v}");
+    // The organisation's other token is untouched.
+    s.ok(Method::GET, "/v1/collaborations", &brand, None).await;
+}
+
 fn people_csv(prefix: &str, count: usize, offset: usize) -> String {
     let mut s = String::from("pid,email_hmac,city,n\n");
     for i in 0..count {
@@ -672,5 +715,145 @@ async fn a_whole_collaboration_in_a_real_browser() {
     browser_sign_out(&b).await;
     b.goto(&format!("{base}/#/c/{id}")).await;
     b.wait_text("h1", "Sign in").await;
+    b.quit().await;
+}
+
+/// A collaboration as `token`'s organisation sees it through the API.
+async fn collaboration(s: &Server, token: &str, id: &str) -> Value {
+    s.ok(
+        Method::GET,
+        &format!("/v1/collaborations/{id}"),
+        token,
+        None,
+    )
+    .await
+}
+
+/// The console without a mouse, and its two irreversible refusals of a collaboration: the
+/// brand signs in, creates and invites by keyboard alone (Tab and Enter); the publisher
+/// declines; closing asks first, naming what is destroyed, and a "no" changes nothing.
+#[tokio::test]
+async fn decline_close_and_the_keyboard_alone_in_a_real_browser() {
+    let Some(b) = Browser::start("the console's keyboard and closing tests").await else {
+        return;
+    };
+    let s = Server::start().await;
+    let brand = s.org("brand").await;
+    let publisher = s.org("publisher").await;
+    let base = s.base.clone();
+    const ENTER: &str = "\u{E007}";
+
+    // Sign in: the token field has the focus; type and press Enter.
+    b.goto(&format!("{base}/#/signin")).await;
+    b.wait_text("h1", "Sign in").await;
+    assert_eq!(b.focused().await, "token");
+    b.type_keys(&format!("{brand}{ENTER}")).await;
+    b.wait_text("h1", "Collaborations").await;
+    // Create a collaboration: Tab to each field, type, Tab to the button, Enter.
+    b.tab_to("collab-name").await;
+    b.type_keys("autumn").await;
+    b.tab_to("create-collab").await;
+    b.type_keys(ENTER).await;
+    b.wait_text("h1", "autumn").await;
+    let id = b
+        .exec("return location.hash.split('/')[2]", json!([]))
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Invite, by keyboard: the ability boxes are reached and toggled with Space.
+    b.tab_to("invite-org").await;
+    b.type_keys("publisher").await;
+    b.tab_to("ability-receive").await;
+    b.type_keys(" ").await;
+    b.tab_to("invite").await;
+    // A focused control is visibly marked (an outline or a ring).
+    let ring = b
+        .exec(
+            "const s = getComputedStyle(document.activeElement); return s.outlineStyle !== 'none' || s.boxShadow !== 'none'",
+            json!([]),
+        )
+        .await;
+    assert_eq!(ring, json!(true), "the focus is invisible");
+    b.type_keys(ENTER).await;
+    b.wait_text("main table", "publisher").await;
+    let members = collaboration(&s, &brand, &id).await;
+    let invited = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["org"] == "publisher")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        invited["abilities"],
+        json!(["contribute", "analyse"]),
+        "{invited}"
+    );
+    b.click("#signout").await;
+    b.wait_text("h1", "Sign in").await;
+
+    // The publisher declines.
+    browser_sign_in(&b, &base, &publisher).await;
+    b.goto(&format!("{base}/#/c/{id}")).await;
+    b.click("#decline").await;
+    let start = std::time::Instant::now();
+    loop {
+        let c = collaboration(&s, &brand, &id).await;
+        let status = c["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["org"] == "publisher")
+            .unwrap()["status"]
+            .clone();
+        if status == "declined" {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 20, "never declined: {c}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    browser_sign_out(&b).await;
+
+    // The brand closes it: asked first, with what is destroyed named; "no" changes nothing.
+    s.declare(&brand, &id, "crm").await;
+    browser_sign_in(&b, &base, &brand).await;
+    b.goto(&format!("{base}/#/c/{id}")).await;
+    b.find("#close").await;
+    b.exec(
+        "window.__asked = []; window.__answer = false; \
+         window.confirm = m => { window.__asked.push(m); return window.__answer; }",
+        json!([]),
+    )
+    .await;
+    b.click("#close").await;
+    let asked = b.exec("return window.__asked", json!([])).await;
+    let question = asked[0].as_str().unwrap_or_default().to_owned();
+    for words in [
+        "\"autumn\"",
+        "destroys the encryption keys of its 1 dataset(s)",
+        "can never be read again",
+        "The audit log stays",
+    ] {
+        assert!(question.contains(words), "{question}");
+    }
+    let c = collaboration(&s, &brand, &id).await;
+    assert_eq!(c["collaboration"]["status"], "open", "{c}");
+    b.exec("window.__answer = true", json!([])).await;
+    b.click("#close").await;
+    b.wait_text("#flash", "Closed: 1 dataset key(s) destroyed")
+        .await;
+    // The page shows the collaboration as closed, with nothing left to invite or close.
+    b.wait_text("h1", "closed").await;
+    let left = b
+        .exec(
+            "return [!!document.querySelector('#invite'), !!document.querySelector('#close')]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(left, json!([false, false]));
+    let c = collaboration(&s, &brand, &id).await;
+    assert_eq!(c["collaboration"]["status"], "closed", "{c}");
+    b.screenshot("closed").await;
     b.quit().await;
 }

@@ -213,6 +213,47 @@ impl Browser {
         .await;
     }
 
+    /// Types `keys` on the keyboard, wherever the focus is (W3C key actions; `\u{E004}` is Tab,
+    /// `\u{E007}` Enter).
+    pub async fn type_keys(&self, keys: &str) {
+        let mut actions = Vec::new();
+        for k in keys.chars() {
+            actions.push(json!({"type": "keyDown", "value": k.to_string()}));
+            actions.push(json!({"type": "keyUp", "value": k.to_string()}));
+        }
+        self.cmd(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        )
+        .await;
+    }
+
+    /// The id of the focused element (empty when it has none).
+    pub async fn focused(&self) -> String {
+        let v = self
+            .exec(
+                "return document.activeElement ? document.activeElement.id : ''",
+                json!([]),
+            )
+            .await;
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Presses Tab until the element with id `id` has the focus (at most 80 times).
+    pub async fn tab_to(&self, id: &str) {
+        let mut seen = Vec::new();
+        for _ in 0..80 {
+            let now = self.focused().await;
+            if now == id {
+                return;
+            }
+            seen.push(now);
+            self.type_keys("\u{E004}").await;
+        }
+        panic!("Tab never reached #{id}; it went through {seen:?}");
+    }
+
     /// Sets a field's value by script (long texts, where typing key by key is slow).
     pub async fn set_value(&self, css: &str, text: &str) {
         let e = self.find(css).await;
