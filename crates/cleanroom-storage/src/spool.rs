@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
 use bytes::Bytes;
+use zeroize::Zeroizing;
 
 use crate::StorageError;
 use crate::files::{ChunkSource, FileRead};
@@ -31,12 +32,16 @@ pub const CHUNK: usize = 1 << 20;
 /// What sealing adds to a chunk (the GCM tag).
 const TAG: usize = 16;
 
+/// A decrypted chunk, wiped when the last holder drops it.
+type Plain = Arc<Zeroizing<Vec<u8>>>;
+
 /// An upload spooled to an encrypted anonymous temporary file; see the module docs.
 pub struct SealedSpool {
     file: Mutex<File>,
     cipher: Aes256Gcm,
     len: u64,
-    last: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// The last chunk decrypted; plaintext is wiped when it is dropped.
+    last: Mutex<Option<(u64, Plain)>>,
 }
 
 impl std::fmt::Debug for SealedSpool {
@@ -88,9 +93,10 @@ impl SealedSpool {
             dir.display()
         )))?;
         let mut out = io::BufWriter::with_capacity(CHUNK + TAG, file);
-        // Read one chunk ahead, to know which chunk is the last when it is sealed.
-        let mut cur = vec![0u8; CHUNK];
-        let mut next = vec![0u8; CHUNK];
+        // Read one chunk ahead, to know which chunk is the last when it is sealed. The plaintext
+        // buffers are wiped when dropped, on every path out.
+        let mut cur = Zeroizing::new(vec![0u8; CHUNK]);
+        let mut next = Zeroizing::new(vec![0u8; CHUNK]);
         let mut cur_len = fill(input, &mut cur).map_err(crate::ingest::io_to_storage)?;
         let mut index = 0u64;
         let mut len = 0u64;
@@ -120,9 +126,6 @@ impl SealedSpool {
             cur_len = next_len;
             index += 1;
         }
-        // The plaintext buffers are wiped before they go back to the allocator.
-        zeroize::Zeroize::zeroize(&mut cur[..]);
-        zeroize::Zeroize::zeroize(&mut next[..]);
         let file = out
             .into_inner()
             .map_err(|e| StorageError::io("writing a spool file")(e.into_error()))?;
@@ -140,7 +143,7 @@ impl SealedSpool {
     }
 
     /// The plaintext of chunk `index`.
-    fn chunk(&self, index: u64) -> Result<Arc<Vec<u8>>, StorageError> {
+    fn chunk(&self, index: u64) -> Result<Plain, StorageError> {
         if let Some((i, c)) = self.last.lock().expect("spool cache").as_ref()
             && *i == index
         {
@@ -173,7 +176,7 @@ impl SealedSpool {
             .map_err(|_| {
                 StorageError::Internal("a spool chunk failed its integrity check".into())
             })?;
-        let plain = Arc::new(plain);
+        let plain = Arc::new(Zeroizing::new(plain));
         *self.last.lock().expect("spool cache") = Some((index, plain.clone()));
         Ok(plain)
     }
@@ -205,17 +208,6 @@ impl FileRead for SealedSpool {
             pos += (to - from) as u64;
         }
         Ok(Bytes::from(out))
-    }
-}
-
-impl Drop for SealedSpool {
-    fn drop(&mut self) {
-        if let Ok(mut last) = self.last.lock()
-            && let Some((_, c)) = last.take()
-            && let Ok(mut c) = Arc::try_unwrap(c)
-        {
-            zeroize::Zeroize::zeroize(&mut c[..]);
-        }
     }
 }
 

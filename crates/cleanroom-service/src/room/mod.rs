@@ -149,6 +149,8 @@ pub struct Principal {
     pub user: User,
     pub org: Organisation,
     pub token_id: TokenId,
+    /// For a console session, the API token it was started with.
+    pub parent_token_id: Option<TokenId>,
 }
 
 impl Principal {

@@ -127,6 +127,7 @@ impl CleanRoom {
                     user: a.user,
                     org: a.org,
                     token_id: a.token.id,
+                    parent_token_id: a.token.parent_id,
                 })
             }
             _ => {
@@ -229,10 +230,7 @@ impl CleanRoom {
         let expires = cleanroom_meta::after_now(ttl);
         // Tied to the API token behind the caller's credential (the caller's own token, or the
         // one a session it signs in with was started with), so that revoking it ends this too.
-        let parent = match self.meta.authenticate(p.token_id).await? {
-            Some(a) => a.token.parent_id.unwrap_or(a.token.id),
-            None => p.token_id,
-        };
+        let parent = p.parent_token_id.unwrap_or(p.token_id);
         let label = format!("console session (signed in with token {parent})");
         let (issued, token) = self
             .audited(
