@@ -846,9 +846,9 @@ async function route() {
     try {
       const me = await api('GET', '/console/session');
       S.me = me; S.csrf = me.csrf;
-    } catch (_) { return signInPage(); }
+    } catch (_) { await signInPage(); document.body.dataset.ready = hash; return; }
   }
-  if (seg[0] === 'signin') return signInPage();
+  if (seg[0] === 'signin') { await signInPage(); document.body.dataset.ready = hash; return; }
   renderChrome();
   show(h('p', { class: 'loading' }, 'Loading…'));
   try {

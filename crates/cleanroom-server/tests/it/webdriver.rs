@@ -152,9 +152,33 @@ impl Browser {
         }
     }
 
+    /// Navigates to `url`; for a console route (`…/#/…`), waits until that route has rendered
+    /// (`body[data-ready]` names it) or the console sent the browser elsewhere (to sign in), so
+    /// the next step does not act on the page being replaced.
     pub async fn goto(&self, url: &str) {
         self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await;
+        let Some((_, route)) = url.split_once('#') else {
+            return;
+        };
+        let want = format!("#{route}");
+        let start = Instant::now();
+        loop {
+            let settled = self
+                .exec(
+                    "return location.hash !== arguments[0] || document.body.dataset.ready === arguments[0]",
+                    json!([want]),
+                )
+                .await;
+            if settled == json!(true) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{want} never finished rendering"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The element `css` selects, waiting up to 20 s for it to appear.
