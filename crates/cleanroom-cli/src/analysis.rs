@@ -736,6 +736,19 @@ pub fn result_table(t: &ResultTableOut) -> String {
     )
 }
 
+/// One sentence on the groups a table leaves out.
+pub fn left_out_line(groups: i64, noise_sd: Option<f64>) -> String {
+    let n = output::thousands_signed(groups);
+    let s = if groups == 1 { "" } else { "s" };
+    match noise_sd {
+        Some(sd) => format!(
+            "groups left out (below the thresholds): about {n} group{s} (a noisy estimate, ±{:.0} at two standard deviations)",
+            2.0 * sd
+        ),
+        None => format!("groups left out (below the thresholds): {n} group{s}"),
+    }
+}
+
 pub fn show_analysis(a: &AnalysisOut, json: bool) -> Result<()> {
     if json {
         return output::json(a);
@@ -788,6 +801,9 @@ pub fn show_analysis(a: &AnalysisOut, json: bool) -> Result<()> {
                     println!("(no group is large enough to be shown)");
                 } else {
                     println!("{}", result_table(t));
+                }
+                if let Some(l) = &t.left_out {
+                    println!("{}", left_out_line(l.groups, l.noise_sd));
                 }
             }
             for n in &r.notes {

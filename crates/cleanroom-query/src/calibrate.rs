@@ -30,6 +30,11 @@ use crate::QueryError;
 use crate::catalog::Catalog;
 use crate::spec::{Measure, Spec};
 
+/// The share of a grouped query's epsilon spent on counting how many groups exist (so that the
+/// result can say how many were left out). The count only has to be roughly right, so it gets
+/// a small share; the rest is split evenly between group selection and the measures.
+pub const GROUP_COUNT_SHARE: f64 = 0.1;
+
 /// Largest number of joined rows one person may change before a query is refused as too loose
 /// to protect (the noise would drown any answer).
 pub const MAX_ROWS_CHANGED: i64 = 1_000_000;
@@ -66,6 +71,11 @@ pub struct Calibration {
     pub selection: Option<GroupSelection>,
     /// One per aggregate of the spec.
     pub mechanisms: Vec<Mechanism>,
+    /// The noisy count of every group the query formed, before any threshold (grouped
+    /// queries under differential privacy only): how many groups were left out is released
+    /// from it. One person adds or removes at most `Δ_u` groups (each of its changed joined
+    /// rows makes or unmakes at most one), so its sensitivity is that of a count.
+    pub group_count: Option<IntegerNoise>,
     /// What the release costs the people of each table use (zero for unprotected ones).
     pub costs: Vec<PrivacyCost>,
     pub request: Option<PrivacyRequest>,
@@ -145,6 +155,7 @@ pub fn calibrate(
             protected,
             selection: None,
             mechanisms: vec![Mechanism::Exact; spec.aggregates.len()],
+            group_count: None,
             costs: vec![PrivacyCost::ZERO; n],
             request: None,
         });
@@ -166,7 +177,13 @@ pub fn calibrate(
         ));
     }
     let parts = 1 + measurements(spec);
-    let each = Epsilon::grant(request.epsilon / parts as f64)?;
+    let grouped = !spec.group_keys.is_empty();
+    let rest = if grouped {
+        request.epsilon * (1.0 - GROUP_COUNT_SHARE)
+    } else {
+        request.epsilon
+    };
+    let each = Epsilon::grant(rest / parts as f64)?;
     let max_rows = rows
         .iter()
         .zip(&protected)
@@ -237,11 +254,26 @@ pub fn calibrate(
         }
         mechanisms.push(m);
     }
+    let group_count = if grouped {
+        let m = IntegerNoise::calibrate(
+            Epsilon::grant(request.epsilon * GROUP_COUNT_SHARE)?,
+            max_rows,
+        )?;
+        for (u, cost) in costs.iter_mut().enumerate() {
+            if protected[u] {
+                *cost = cost.plus(m.cost_for(rows[u])?)?;
+            }
+        }
+        Some(m)
+    } else {
+        None
+    };
     Ok(Calibration {
         rows_changed: rows,
         protected,
         selection: Some(selection),
         mechanisms,
+        group_count,
         costs,
         request: Some(request),
     })

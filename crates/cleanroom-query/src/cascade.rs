@@ -66,16 +66,17 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use cleanroom_privacy::budget::{Epsilon, PrivacyCost};
+use cleanroom_privacy::noise::IntegerNoise;
 use cleanroom_privacy::partition::{GroupSelection, SelectionBounds};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::MemTable;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlanBuilder, col, lit, when};
 
-use crate::calibrate::MAX_ROWS_CHANGED;
+use crate::calibrate::{GROUP_COUNT_SHARE, MAX_ROWS_CHANGED};
 use crate::catalog::{Catalog, QueryTable};
 use crate::error::internal;
-use crate::release::{Cell, ColumnKind, Released, ReleasedColumn, cell_of, noise_sd};
+use crate::release::{Cell, ColumnKind, LeftOut, Released, ReleasedColumn, cell_of, noise_sd};
 use crate::rewrite::{ROW_NUMBER, RunOptions, bound_contributions, by_tag, scan, tagged};
 use crate::{PrivacyRequest, QueryError};
 
@@ -114,6 +115,11 @@ pub struct Cascade {
     bounds: [CascadeBounds; 2],
     protected: [bool; 2],
     selection: Option<GroupSelection>,
+    /// The noisy count of cells formed, with a dimension under differential privacy (how
+    /// many cells were left out is released from it). A moved person unmakes at most one cell
+    /// and makes at most one, and at most `2·D` cells change at all, so its sensitivity is
+    /// `2·D`; it gets [`GROUP_COUNT_SHARE`] of the epsilon.
+    cell_count: Option<IntegerNoise>,
     costs: Vec<(usize, PrivacyCost)>,
     request: Option<PrivacyRequest>,
 }
@@ -282,6 +288,7 @@ impl Cascade {
             bounds,
             protected,
             selection: None,
+            cell_count: None,
             costs: tables.iter().map(|t| (*t, PrivacyCost::ZERO)).collect(),
             request: None,
         };
@@ -302,19 +309,31 @@ impl Cascade {
             .map(|(b, _)| *b)
             .max_by_key(|b| b.moves)
             .unwrap_or(CascadeBounds { moves: 1 });
+        let share = if by.is_some() { GROUP_COUNT_SHARE } else { 0.0 };
         let selection = GroupSelection::calibrate(
-            Epsilon::grant(request.epsilon)?,
+            Epsilon::grant(request.epsilon * (1.0 - share))?,
             request.delta,
             widest.selection()?,
             floor,
         )?;
+        let cell_count = match by {
+            Some(_) => Some(IntegerNoise::calibrate(
+                Epsilon::grant(request.epsilon * share)?,
+                mul(2, widest.moves)?,
+            )?),
+            None => None,
+        };
         for (i, (t, cost)) in cascade.costs.iter_mut().enumerate() {
             debug_assert_eq!(*t, tables[i]);
             if protected[i] {
                 *cost = selection.cost_for(bounds[i].selection()?)?;
+                if let Some(m) = &cell_count {
+                    *cost = cost.plus(m.cost_for(mul(2, bounds[i].moves)?)?)?;
+                }
             }
         }
         cascade.selection = Some(selection);
+        cascade.cell_count = cell_count;
         cascade.request = Some(request);
         Ok(cascade)
     }
@@ -536,6 +555,23 @@ impl Cascade {
                 (eligible, values)
             }
         };
+        // Cells left out: with a dimension, the noisy number of cells formed less those shown;
+        // without one, the identifier types not shown (a function of the release alone).
+        let left_out = match (&self.cell_count, &self.by) {
+            (Some(m), Some(_)) => {
+                let formed = i64::try_from(cells.len()).unwrap_or(i64::MAX);
+                let shown = i64::try_from(shown.len()).unwrap_or(i64::MAX);
+                Some(LeftOut {
+                    groups: m.release(formed)?.saturating_sub(shown).max(0),
+                    noise_sd: Some(noise_sd(m.scale())),
+                })
+            }
+            (_, None) => Some(LeftOut {
+                groups: (self.keys.len() - shown.len()) as i64,
+                noise_sd: None,
+            }),
+            _ => None,
+        };
         let labels = self.labels();
         let mut columns = Vec::new();
         if let Some(b) = &self.by {
@@ -581,7 +617,11 @@ impl Cascade {
                 row
             })
             .collect();
-        Ok(Released { columns, rows })
+        Ok(Released {
+            columns,
+            rows,
+            left_out,
+        })
     }
 }
 

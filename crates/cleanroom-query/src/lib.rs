@@ -31,7 +31,7 @@ pub use calibrate::{Calibration, PrivacyRequest};
 pub use catalog::{Catalog, QueryTable};
 pub use engine::{MemoryLimits, failure_kind, limit_memory};
 pub use error::QueryError;
-pub use release::{Cell, ColumnKind, Released, ReleasedColumn};
+pub use release::{Cell, ColumnKind, LeftOut, Released, ReleasedColumn};
 pub use rewrite::RunOptions;
 pub use spec::Spec;
 pub use spill::SpillConfig;
@@ -86,6 +86,6 @@ pub async fn run(
         bound_contributions: analysis.calibration.is_private(),
         partitions,
     };
-    let groups = rewrite::execute(&analysis.spec, catalog, opts).await?;
-    release::release(&analysis.spec, &analysis.calibration, groups)
+    let (groups, formed) = rewrite::execute_counted(&analysis.spec, catalog, opts).await?;
+    release::release(&analysis.spec, &analysis.calibration, groups, formed)
 }

@@ -89,11 +89,40 @@ pub struct ReleasedColumn {
     pub kind: ColumnKind,
 }
 
+/// How many groups a table leaves out (below the owners' thresholds, or not privately
+/// selected), as released: a noisy estimate under differential privacy, never an exact count
+/// of groups that exist in the data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeftOut {
+    /// The estimate, never below zero.
+    pub groups: i64,
+    /// Standard deviation of the noise in the estimate; `None` when the figure is derived from
+    /// released values only (and is then exact).
+    pub noise_sd: Option<f64>,
+}
+
 /// The released table.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Released {
     pub columns: Vec<ReleasedColumn>,
     pub rows: Vec<Vec<Cell>>,
+    /// How many groups were left out; `None` when not counted (ungrouped tables, and exact
+    /// releases without differential privacy, where any count of the groups below the
+    /// threshold would be an exact fact about them).
+    pub left_out: Option<LeftOut>,
+}
+
+impl Released {
+    /// The same table with `more` groups left out on top of the released estimate (rows a
+    /// template dropped when combining released tables).
+    pub(crate) fn plus_left_out(mut self, more: usize) -> Released {
+        if let Some(l) = &mut self.left_out {
+            l.groups = l
+                .groups
+                .saturating_add(i64::try_from(more).unwrap_or(i64::MAX));
+        }
+        self
+    }
 }
 
 /// The standard deviation of discrete Laplace noise of scale `scale`.
@@ -104,10 +133,15 @@ pub(crate) fn noise_sd(scale: f64) -> f64 {
 }
 
 /// Releases the groups of an executed spec under its calibration.
+///
+/// `formed` is the number of groups the engine formed before any threshold; only its noisy
+/// count is released (as the number of groups left out), and only for grouped queries under
+/// differential privacy.
 pub fn release(
     spec: &Spec,
     calibration: &Calibration,
     groups: Vec<ExactGroup>,
+    formed: u64,
 ) -> Result<Released, QueryError> {
     // 1. Which groups appear: privately selected (the exact minimum was applied in the engine,
     //    and again here).
@@ -129,7 +163,21 @@ pub fn release(
         None => groups,
     };
 
-    // 2. Noise on every measure of the selected groups (one vector release per measure).
+    // 2. How many groups were left out: the noisy number formed, less the number selected
+    //    (a released figure), before the analyst's LIMIT.
+    let left_out = match &calibration.group_count {
+        Some(m) if !spec.group_keys.is_empty() => {
+            let noisy = m.release(i64::try_from(formed).unwrap_or(i64::MAX))?;
+            let shown = i64::try_from(selected.len()).unwrap_or(i64::MAX);
+            Some(LeftOut {
+                groups: noisy.saturating_sub(shown).max(0),
+                noise_sd: Some(noise_sd(m.scale())),
+            })
+        }
+        _ => None,
+    };
+
+    // 3. Noise on every measure of the selected groups (one vector release per measure).
     let n = selected.len();
     let mut values: Vec<Vec<Cell>> = vec![Vec::with_capacity(spec.aggregates.len()); n];
     let mut kinds = Vec::with_capacity(spec.aggregates.len());
@@ -147,7 +195,7 @@ pub fn release(
         kinds.push(kind);
     }
 
-    // 3. Rows of group keys and aggregates, ordered and limited on released values.
+    // 4. Rows of group keys and aggregates, ordered and limited on released values.
     let mut rows: Vec<(Vec<Cell>, Vec<Cell>)> = selected
         .iter()
         .zip(values)
@@ -223,7 +271,11 @@ pub fn release(
                 .collect()
         })
         .collect();
-    Ok(Released { columns, rows })
+    Ok(Released {
+        columns,
+        rows,
+        left_out,
+    })
 }
 
 fn release_measure(

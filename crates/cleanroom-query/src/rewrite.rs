@@ -11,7 +11,10 @@
 //! 3. metrics are clamped into their bounds and read as fixed-point integers;
 //! 4. per group: the number of distinct people of every dataset (for the owners' minimum
 //!    group size and for private group selection) and the exact aggregates;
-//! 5. groups below any dataset's exact minimum are dropped inside the engine.
+//! 5. groups below any dataset's exact minimum are emptied inside the engine: such a group
+//!    leaves it as a row whose keys and values are all null, so that only the number of
+//!    groups formed is known outside (and released only with noise, see
+//!    [`crate::calibrate::Calibration::group_count`]).
 //!
 //! Because every table's contributions are bounded *before* the joins, the number of joined
 //! rows one person can change is bounded whatever the uploaded data repeats (see
@@ -126,7 +129,10 @@ pub fn build_plan(
         }
     }
     b = b.aggregate(group_exprs, aggs).map_err(internal)?;
-    // The owners' exact minimum group size, per dataset, inside the engine.
+    // The owners' exact minimum group size, per dataset, inside the engine: a group below it
+    // leaves the engine as a row that says only that (every key and value nulled), so that
+    // the number of groups formed can be counted (and released with noise) while nothing
+    // else about such a group ever reaches the caller.
     let mins: Vec<Expr> = spec
         .uses
         .iter()
@@ -136,11 +142,26 @@ pub fn build_plan(
             col(format!("__u{u}")).gt_eq(lit(k))
         })
         .collect();
-    if let Some(f) = conjunction(mins) {
-        b = b.filter(f).map_err(internal)?;
+    let kept = conjunction(mins).unwrap_or(lit(true));
+    let mut projection: Vec<Expr> = Vec::new();
+    for field in b.schema().fields() {
+        let name = field.name();
+        projection.push(
+            when(kept.clone(), col(name.as_str()))
+                .end()
+                .map_err(internal)?
+                .alias(name.as_str()),
+        );
     }
-    b.build().map_err(internal)
+    projection.push(kept.alias(KEPT_GROUP));
+    b.project(projection)
+        .map_err(internal)?
+        .build()
+        .map_err(internal)
 }
+
+/// The last column of [`build_plan`]'s output: whether the group reaches every owner's minimum.
+const KEPT_GROUP: &str = "__cleanroom_kept_group";
 
 fn qcol(u: usize, name: &str) -> Expr {
     Expr::Column(Column::new(Some(qualifier(u)), name))
@@ -382,19 +403,39 @@ fn keep_one(
         .map_err(internal)
 }
 
-/// Runs the plan of `spec` and reads its groups.
+/// Runs the plan of `spec` and reads its groups that reach every owner's minimum.
 pub async fn execute(
     spec: &Spec,
     catalog: &Catalog,
     opts: RunOptions,
 ) -> Result<Vec<ExactGroup>, QueryError> {
+    Ok(execute_counted(spec, catalog, opts).await?.0)
+}
+
+/// Runs the plan of `spec`: its groups that reach every owner's minimum, and the number of
+/// groups formed before that minimum (internal: released only with noise).
+pub async fn execute_counted(
+    spec: &Spec,
+    catalog: &Catalog,
+    opts: RunOptions,
+) -> Result<(Vec<ExactGroup>, u64), QueryError> {
     let plan = build_plan(spec, catalog, opts)?;
     let batches = crate::engine::collect(plan, opts.partitions).await?;
     let groups = spec.group_keys.len();
     let tables = spec.uses.len();
     let mut out = Vec::new();
+    let mut formed = 0u64;
     for batch in batches {
+        let kept = batch
+            .column(batch.num_columns() - 1)
+            .as_boolean_opt()
+            .ok_or_else(|| QueryError::Internal("the kept flag is not boolean".into()))?
+            .clone();
+        formed += batch.num_rows() as u64;
         for row in 0..batch.num_rows() {
+            if kept.is_null(row) || !kept.value(row) {
+                continue;
+            }
             let mut keys = Vec::with_capacity(groups);
             for g in 0..groups {
                 keys.push(ScalarValue::try_from_array(batch.column(g), row).map_err(internal)?);
@@ -433,7 +474,7 @@ pub async fn execute(
             });
         }
     }
-    Ok(out)
+    Ok((out, formed))
 }
 
 fn int_at(a: &dyn Array, row: usize) -> Result<i64, QueryError> {

@@ -774,6 +774,21 @@ pub struct ResultTableOut {
     /// One array per group; values are strings, numbers, booleans or null.
     #[schema(value_type = Vec<Vec<Object>>)]
     pub rows: Vec<Vec<serde_json::Value>>,
+    /// How many groups the table leaves out (below the owners' thresholds or not privately
+    /// selected), when counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<LeftOutOut>,
+}
+
+/// How many groups a result table leaves out.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeftOutOut {
+    /// The number of groups left out: a noisy estimate (never below zero) when `noise_sd` is
+    /// set, otherwise exact but computed from released values only.
+    pub groups: i64,
+    /// Standard deviation of the noise in `groups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_sd: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -866,6 +881,10 @@ impl From<&cleanroom_service::AnalysisView> for AnalysisOut {
                                     .collect()
                             })
                             .collect(),
+                        left_out: t.left_out.map(|l| LeftOutOut {
+                            groups: l.groups,
+                            noise_sd: l.noise_sd,
+                        }),
                     })
                     .collect(),
                 notes: r.notes.clone(),

@@ -1,7 +1,7 @@
 //! Released results as the service stores and returns them, and their stored (JSON) form,
 //! written by hand so the domain types need no serde.
 
-use cleanroom_query::{Cell, ColumnKind, Released};
+use cleanroom_query::{Cell, ColumnKind, LeftOut, Released};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -23,6 +23,9 @@ pub struct ResultTable {
     pub rows: Vec<Vec<Cell>>,
     /// Set when only this organisation may see the table (its own benchmark figures).
     pub visible_to: Option<String>,
+    /// How many groups the table leaves out, when counted (a noisy estimate under
+    /// differential privacy).
+    pub left_out: Option<LeftOut>,
 }
 
 impl ResultTable {
@@ -50,6 +53,7 @@ impl ResultTable {
                 .collect(),
             rows: r.rows,
             visible_to,
+            left_out: r.left_out,
         }
     }
 }
@@ -96,9 +100,18 @@ struct StoredResult {
 #[derive(Serialize, Deserialize)]
 struct StoredTable {
     columns: Vec<StoredColumn>,
+    /// Absent in results stored before groups left out were counted (and when not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    left_out: Option<StoredLeftOut>,
     name: String,
     rows: Vec<Vec<Value>>,
     visible_to: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredLeftOut {
+    groups: i64,
+    noise_sd: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -131,6 +144,10 @@ pub fn encode(r: &AnalysisResult) -> String {
                     .map(|row| row.iter().map(cell_json).collect())
                     .collect(),
                 visible_to: t.visible_to.clone(),
+                left_out: t.left_out.map(|l| StoredLeftOut {
+                    groups: l.groups,
+                    noise_sd: l.noise_sd,
+                }),
             })
             .collect(),
     };
@@ -146,6 +163,10 @@ pub fn decode(s: &str) -> Result<AnalysisResult, String> {
             Ok(ResultTable {
                 name: t.name,
                 visible_to: t.visible_to,
+                left_out: t.left_out.map(|l| LeftOut {
+                    groups: l.groups,
+                    noise_sd: l.noise_sd,
+                }),
                 columns: t
                     .columns
                     .into_iter()
@@ -200,10 +221,22 @@ mod tests {
                     vec![Cell::Bool(true), Cell::Int(-1)],
                 ],
                 visible_to: Some("brand".into()),
+                left_out: None,
             }],
             notes: vec!["groups under the threshold are not shown".into()],
         };
         assert_eq!(decode(&encode(&r)).unwrap(), r);
+        let mut counted = r.clone();
+        counted.tables[0].left_out = Some(LeftOut {
+            groups: 7,
+            noise_sd: Some(14.1),
+        });
+        let text = encode(&counted);
+        assert!(
+            text.contains(r#""left_out":{"groups":7,"noise_sd":14.1}"#),
+            "{text}"
+        );
+        assert_eq!(decode(&text).unwrap(), counted);
         assert!(decode("{}").is_err());
         // The bytes earlier versions stored (hand-built JSON, keys in order) still decode,
         // and encoding gives them back unchanged.

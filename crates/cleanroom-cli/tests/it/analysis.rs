@@ -82,6 +82,11 @@ fn policies_budgets_queries_and_templates_from_the_command_line() {
         text.contains("people (±") && text.contains("city0"),
         "{text}"
     );
+    assert!(
+        text.contains("groups left out (below the thresholds): about ")
+            && text.contains("a noisy estimate, ±"),
+        "{text}"
+    );
     let v = json(&cli(
         &url,
         &brand,

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::catalog::Catalog;
 use crate::check::{CheckOptions, check_with};
-use crate::release::{Cell, ColumnKind, Released, ReleasedColumn};
+use crate::release::{Cell, ColumnKind, LeftOut, Released, ReleasedColumn};
 use crate::rewrite::{ExactValue, RunOptions, execute};
 use crate::spec::Measure;
 use crate::{Analysis, PrivacyRequest, QueryError, prepare_spec};
@@ -275,6 +275,12 @@ impl Benchmark {
             "a group is shown when at least {} parties each have enough people in it (decided with noise); the peers' figures are noisy, yours are exact and shown to you only",
             self.min_parties
         ));
+        if self.by.is_some() {
+            out.notes.push(format!(
+                "groups left out of the peers' table: those where at least one party, but fewer than {}, had enough people; a group too small at every party is not counted",
+                self.min_parties
+            ));
+        }
         Ok(out)
     }
 
@@ -412,6 +418,17 @@ impl Benchmark {
                 ])
                 .collect(),
             rows: Vec::new(),
+            // Groups at least one party privately qualified for, but too few parties did: a
+            // function of the parties' released selections. Groups too small at every party
+            // are not counted (that would need its own noisy count).
+            left_out: self.by.as_ref().map(|_| LeftOut {
+                groups: totals
+                    .contributors
+                    .iter()
+                    .filter(|c| !c.is_empty() && c.len() < self.min_parties)
+                    .count() as i64,
+                noise_sd: None,
+            }),
         };
         for (i, &g) in totals.shown.iter().enumerate() {
             let mut row = self.key_cells(figures, g);
@@ -441,6 +458,7 @@ impl Benchmark {
                 ])
                 .collect(),
             rows: Vec::new(),
+            left_out: None,
         };
         for (i, &g) in totals.shown.iter().enumerate() {
             let Some((_, ps, pn)) = figures.parties[pi].get(&g) else {

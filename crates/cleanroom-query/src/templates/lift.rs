@@ -202,10 +202,15 @@ fn lift_tables(people: Released, converters: Released) -> (Released, Released, V
         "conversion_rate = converters / people, both noisy; relative_lift = exposed_rate / unexposed_rate - 1".into(),
     );
     (
-        Released { columns, rows },
+        Released {
+            columns,
+            rows,
+            left_out: people.left_out,
+        },
         Released {
             columns: lift_cols,
             rows: lift_rows,
+            left_out: None,
         },
         notes,
     )

@@ -412,6 +412,13 @@ impl TemplatePlan {
                             sel.threshold()
                         ));
                     }
+                    if let Some(m) = &c.group_count {
+                        out.push(format!(
+                            "{name}: how many groups are left out is estimated from a noisy count of the groups formed ({:.0} % of the epsilon; noise standard deviation {:.1} groups)",
+                            crate::calibrate::GROUP_COUNT_SHARE * 100.0,
+                            crate::release::noise_sd(m.scale())
+                        ));
+                    }
                 }
                 Part::Benchmark(b) => out.push(format!(
                     "benchmark over {} parties; a group needs {} contributing parties",

@@ -154,7 +154,8 @@ fn overlap_table(matched: Released, audience: Option<Released>, by: bool) -> Rel
         .iter()
         .map(|r| (r[..g].iter().map(|c| format!("{c:?}")).collect(), r))
         .collect();
-    let rows = matched
+    let formed = matched.rows.len();
+    let rows: Vec<Vec<Cell>> = matched
         .rows
         .into_iter()
         .filter_map(|r| {
@@ -166,5 +167,12 @@ fn overlap_table(matched: Released, audience: Option<Released>, by: bool) -> Rel
             Some(row)
         })
         .collect();
-    Released { columns, rows }
+    // A matched group whose audience was not released is left out too.
+    let dropped = formed - rows.len();
+    Released {
+        columns,
+        rows,
+        left_out: matched.left_out,
+    }
+    .plus_left_out(dropped)
 }

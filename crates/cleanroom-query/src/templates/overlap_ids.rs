@@ -160,5 +160,9 @@ fn cascade_table(matched: Released, audience: Released, by: bool) -> Released {
         row.push(ratio(Some(total as f64), num(&aud)));
         rows.push(row);
     }
-    Released { columns, rows }
+    Released {
+        columns,
+        rows,
+        left_out: matched.left_out,
+    }
 }

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use cleanroom_query::release::release;
-use cleanroom_query::rewrite::{ExactGroup, RunOptions, execute};
-use cleanroom_query::{Analysis, Catalog, Cell, prepare, run};
+use cleanroom_query::rewrite::{ExactGroup, RunOptions, execute, execute_counted};
+use cleanroom_query::{Analysis, Catalog, Cell, PrivacyRequest, prepare, run};
 use cleanroom_testkit::empirical::epsilon_lower_bound;
 
 use crate::*;
@@ -99,7 +99,7 @@ async fn singling_out_by_a_crafted_upload_never_shows_the_target() {
     groups.push(target);
     let mut seen = 0;
     for _ in 0..20_000 {
-        let r = release(&a.spec, &a.calibration, groups.clone()).unwrap();
+        let r = release(&a.spec, &a.calibration, groups.clone(), groups.len() as u64).unwrap();
         seen += r
             .rows
             .iter()
@@ -114,6 +114,56 @@ async fn singling_out_by_a_crafted_upload_never_shows_the_target() {
     assert!(groups.iter().any(|g| g.units == vec![1, 1]));
 }
 
+#[tokio::test]
+async fn the_number_of_groups_left_out_does_not_single_out_a_crafted_group() {
+    // The partner uploads the victim alone in metropolis, or not, and reads how many groups
+    // the overlap by city left out: an exact number would say 1 or 0.
+    let req = PrivacyRequest {
+        epsilon: 10.0,
+        delta: 1e-7,
+    };
+    let (with, without) = (singling_out_fixture(true), singling_out_fixture(false));
+    let (cw, co) = (with.catalog(), without.catalog());
+    let a = prepare(OVERLAP_BY_CITY, &cw, req).await.unwrap();
+    let opts = RunOptions {
+        bound_contributions: true,
+        partitions: 2,
+    };
+    let (gw, fw) = execute_counted(&a.spec, &cw, opts).await.unwrap();
+    let (go, fo) = execute_counted(&a.spec, &co, opts).await.unwrap();
+    assert_eq!(
+        (gw.len(), fw, go.len(), fo),
+        (1, 2, 1, 1),
+        "metropolis is formed only with the victim, and never comes out"
+    );
+    let left_out = |gs: &[ExactGroup], formed: u64| -> i64 {
+        let r = release(&a.spec, &a.calibration, gs.to_vec(), formed).unwrap();
+        assert_eq!(r.rows.len(), 1, "{r:?}");
+        r.left_out.expect("counted").groups
+    };
+    let runs = 40_000;
+    let (mut h1, mut h0) = (0, 0);
+    for _ in 0..runs {
+        h1 += u64::from(left_out(&gw, fw) >= 1);
+        h0 += u64::from(left_out(&go, fo) >= 1);
+    }
+    let lb = epsilon_lower_bound(h1, h0, runs, ALPHA);
+    eprintln!("groups left out: TPR {h1}/{runs}, FPR {h0}/{runs}, epsilon lower bound {lb:.3}");
+    // The count's own share of the partner's charge bounds what it gives away.
+    let count = a.calibration.group_count.as_ref().unwrap();
+    let charged = count
+        .cost_for(a.calibration.rows_changed[1])
+        .unwrap()
+        .epsilon
+        .as_f64();
+    assert!(
+        lb <= charged,
+        "empirical epsilon {lb} exceeds the {charged} charged for the count"
+    );
+    // The check has power: at this epsilon the count does move with the victim.
+    assert!(lb > 0.1, "lower bound {lb} too weak to detect anything");
+}
+
 /// Counts how often the attacker's event "the released overlap is at least `t`" happens on the
 /// dataset with the target and on the one without.
 fn differencing_hits(
@@ -126,7 +176,7 @@ fn differencing_hits(
     let mut h1 = 0;
     let mut h0 = 0;
     let value = |gs: &[ExactGroup]| -> i64 {
-        let r = release(&a.spec, &a.calibration, gs.to_vec()).unwrap();
+        let r = release(&a.spec, &a.calibration, gs.to_vec(), gs.len() as u64).unwrap();
         match r.rows.first().map(|row| &row[0]) {
             Some(Cell::Int(v)) => *v,
             _ => i64::MIN,

@@ -7,7 +7,7 @@ use cleanroom_core::policy::PolicyDraft;
 use cleanroom_query::cascade::{Cascade, CascadeCell};
 use cleanroom_query::rewrite::RunOptions;
 use cleanroom_query::templates::{self, TemplateOutput};
-use cleanroom_query::{Catalog, Cell, ColumnKind, PrivacyRequest, QueryError, Released};
+use cleanroom_query::{Catalog, Cell, ColumnKind, LeftOut, PrivacyRequest, QueryError, Released};
 
 use crate::*;
 
@@ -407,6 +407,14 @@ async fn noisy_cascade_is_close_to_the_truth_and_charges_both_owners() {
         );
         assert!((a as f64 - 7200.0).abs() < 8.0 * audience_sd, "{a}");
     }
+    // Without a dimension the identifier types left out are those not shown: none here.
+    assert_eq!(
+        table.left_out,
+        Some(LeftOut {
+            groups: 0,
+            noise_sd: None
+        })
+    );
     // Fresh noise on every run (the same plan run again, as only a charged run may).
     let again = templates::run(&plan, &cat, 2).await.unwrap();
     assert_ne!(rows(&again.tables[0].1, false), got, "noise is drawn");
@@ -448,6 +456,12 @@ async fn noisy_cascade_is_close_to_the_truth_and_charges_both_owners() {
     else {
         panic!("{:?}", t.columns[3]);
     };
+    // With one, the cells left out are a noisy count of the cells formed (a tenth of the
+    // cascade's epsilon 1, sensitivity 2 · 4 moved people: scale 80) less those shown.
+    let left_out = t.left_out.expect("counted");
+    assert!(left_out.groups >= 0);
+    let lsd = left_out.noise_sd.expect("noisy");
+    assert!((lsd - 113.1).abs() < 0.5, "{lsd}");
     let shown = rows(t, true);
     let mut far_above = 0;
     for ((g, k), (n, _)) in &cells {

@@ -154,6 +154,15 @@ async fn analyses_release_aggregates_and_never_rows() {
     assert_eq!(table["columns"][1]["kind"], "count");
     assert!(table["columns"][1]["noise_sd"].as_f64().unwrap() > 0.0);
     assert_eq!(table["rows"].as_array().unwrap().len(), 3);
+    // How many groups were left out: a noisy estimate with its noise, never below zero.
+    assert!(
+        table["left_out"]["groups"].as_i64().unwrap() >= 0,
+        "{table}"
+    );
+    assert!(
+        table["left_out"]["noise_sd"].as_f64().unwrap() > 0.0,
+        "{table}"
+    );
     let analysis = v["id"].as_str().unwrap().to_owned();
     // Templates are listed; an unapproved one is refused with its rule.
     let t = s.ok(Method::GET, "/v1/templates", &brand, None).await;

@@ -815,7 +815,8 @@ async fn a_benchmark_shows_each_party_its_own_figures_against_enough_peers() {
         .await
         .unwrap();
     f.room.respond(&f.outsider, &id, true).await.unwrap();
-    // Three operators, 600 turbines each, capacity factor by region; the third is better.
+    // Three operators, 600 turbines each, capacity factor by region; the third is better. The
+    // brand alone also has 200 turbines in city9: a group too few parties have.
     let parties = [
         (&f.brand, "brand-farm", 30),
         (&f.publisher, "pub-farm", 30),
@@ -829,6 +830,11 @@ async fn a_benchmark_shows_each_party_its_own_figures_against_enough_peers() {
                 i % 2,
                 base + (i % 5) as i64
             ));
+        }
+        if name == "brand-farm" {
+            for i in 0..200 {
+                csv.push_str(&format!("{name}-extra{i},y{i},city9,{base}\n"));
+            }
         }
         upload(&f, p, &id, name, PEOPLE, csv).await;
         let mut pol = policy("brand");
@@ -863,7 +869,14 @@ async fn a_benchmark_shows_each_party_its_own_figures_against_enough_peers() {
         ["peers", "yours: brand"],
         "the brand sees only its own figures"
     );
+    // The peers' table says that one group was left out: city9, where only the brand has
+    // enough turbines (a function of the parties' private selections, hence exact).
+    let peers = &mine.tables[0];
+    assert_eq!(peers.rows.len(), 2, "{peers:?}");
+    let left_out = peers.left_out.expect("counted");
+    assert_eq!((left_out.groups, left_out.noise_sd), (1, None));
     let yours = &mine.tables[1];
+    assert_eq!(yours.rows.len(), 2, "{yours:?}");
     for row in &yours.rows {
         let (Cell::Float(own), Cell::Float(peers)) = (&row[2], &row[3]) else {
             panic!("{row:?}");
