@@ -57,7 +57,14 @@ class Problem extends Error {
   }
 }
 
+// Every route() bumps the generation. A read answered after a newer route started belongs to a
+// page the user has left: it throws Superseded instead of returning, so that page never
+// replaces the one now shown.
+let generation = 0;
+class Superseded extends Error {}
+
 async function api(method, path, body, extra) {
+  const started = generation;
   const headers = { accept: 'application/json' };
   if (S.csrf) headers['x-csrf-token'] = S.csrf;
   let payload;
@@ -68,9 +75,11 @@ async function api(method, path, body, extra) {
   const r = await fetch(path.startsWith('/') ? path : '/v1/' + path, {
     method, headers, body: payload, credentials: 'same-origin', ...(extra || {}),
   });
+  if (method === 'GET' && started !== generation) throw new Superseded('superseded by another page');
   if (r.status === 204) return null;
   api.total = r.headers.get('x-total-count');
   const text = await r.text();
+  if (method === 'GET' && started !== generation) throw new Superseded('superseded by another page');
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (_) { data = { detail: text }; }
   if (!r.ok) {
@@ -258,7 +267,7 @@ function policyInWords(pol, ds) {
     li('May be joined on: ', h('strong', {}, list(p.join_keys)), '. Join keys never appear in a result.'),
     li('May be grouped by: ', h('strong', {}, list(p.dimensions)), '.'),
     li('Aggregates: ', (p.metrics || []).length ? (p.metrics.map(m => m.column + ' (' + m.aggregates.join(', ') + ', clamped to [' + m.lower + ', ' + m.upper + '])').join('; ')) : 'counts only', '.'),
-    li('Every released group holds at least ', h('strong', {}, String(p.min_group_size ?? 'the default')), ' people (k); smaller groups are left out of every result, and how many were left out is not released.'),
+    li('Every released group holds at least ', h('strong', {}, String(p.min_group_size ?? 'the default')), ' people (k); smaller groups are left out of every result. Under differential privacy a result says roughly how many were left out (a noisy count, paid from the same ε), never exactly.'),
     li('Differential privacy: ', h('strong', {}, p.differential_privacy === false ? 'OFF' : 'ON'), p.differential_privacy === false ? ' — results are exact, thresholded counts.' : ' — noise calibrated to each analysis\'s ε, paid from this owner\'s budget.'),
     li('Each person contributes at most ', String(p.max_rows_per_unit ?? 'the default number of'), ' rows; each key matches at most ', String(p.max_rows_per_key ?? 'the default number of'), ' rows.'),
     li('Free SQL: ', p.allow_sql ? 'allowed (checked against these rules)' : 'not allowed; only approved templates', '.'),
@@ -694,6 +703,15 @@ function csvOf(t) {
   return [t.columns.map(c => q(c.name)).join(','), ...t.rows.map(r => r.map(q).join(','))].join('\r\n') + '\r\n';
 }
 
+// How many groups a result table leaves out, as a sentence (or why it is not said).
+function leftOutNote(t) {
+  const l = t.left_out;
+  if (!l) return h('p', { class: 'hint left-out' }, 'Groups below the owners\' thresholds are left out of this table; their number is not released (no differential privacy on this table, or it has no groups).');
+  const s = n => (n === 1 ? ' group' : ' groups');
+  if (l.noise_sd == null) return h('p', { class: 'hint left-out' }, h('strong', {}, fmt(l.groups) + s(l.groups) + ' left out'), ' (below the thresholds).');
+  return h('p', { class: 'hint left-out' }, h('strong', {}, 'About ' + fmt(l.groups) + s(l.groups) + ' left out'), ' below the thresholds — a noisy estimate, ±' + fmt(2 * l.noise_sd, 0) + ' at two standard deviations (it is never below zero).');
+}
+
 async function analysisPage(id, aid) {
   const [, head] = await collabHead(id, 'analyses');
   const a = await api('GET', 'collaborations/' + enc(id) + '/analyses/' + enc(aid));
@@ -704,11 +722,11 @@ async function analysisPage(id, aid) {
   if (a.error) parts.push(problemBox({ message: a.error }));
   if (a.result) {
     for (const n of a.result.notes) parts.push(h('div', { class: 'note' }, n));
-    parts.push(h('p', { class: 'hint', id: 'interval-note' }, 'Error bars: ±2 standard deviations of the noise added for privacy — about a 95 % interval for Gaussian noise and 94 % for Laplace noise (at least 75 % for any noise). Groups below the owners\' thresholds are left out of the tables and charts; how many were left out is not shown, because that number would itself say something about the data.'));
+    parts.push(h('p', { class: 'hint', id: 'interval-note' }, 'Error bars: ±2 standard deviations of the noise added for privacy — about a 95 % interval for Gaussian noise and 94 % for Laplace noise (at least 75 % for any noise). Groups below the owners\' thresholds are left out of the tables and charts; each table says how many were left out when that can be released (a noisy estimate: an exact number would itself say something about the data).'));
     parts.push(liftChart(a.result.tables), benchmarkChart(a.result.tables));
     for (const t of a.result.tables) {
       const csv = 'data:text/csv;charset=utf-8,' + enc(csvOf(t));
-      parts.push(h('h3', {}, t.name), overlapChart(t) || barChart(t),
+      parts.push(h('h3', {}, t.name), overlapChart(t) || barChart(t), leftOutNote(t),
         table(t.columns.map(c => c.name + (c.noise_sd ? ' (±' + fmt(2 * c.noise_sd) + ')' : '')), t.rows.map(r => r.map(v => fmt(v, 4))), t.columns.map((c, i) => (c.kind === 'group' ? -1 : i)).filter(i => i >= 0)),
         h('a', { href: csv, download: 'analysis-' + a.id.slice(0, 8) + '-' + t.name + '.csv', class: 'download-csv' }, 'Download ' + t.name + ' as CSV'));
     }
@@ -839,6 +857,7 @@ async function auditPage(chain, query) {
 // ------------------------------------------------------------------ router
 
 async function route() {
+  const mine = ++generation;
   const hash = location.hash || '#/';
   const [path, query] = hash.slice(1).split('?');
   const seg = path.split('/').filter(Boolean).map(decodeURIComponent);
@@ -846,7 +865,10 @@ async function route() {
     try {
       const me = await api('GET', '/console/session');
       S.me = me; S.csrf = me.csrf;
-    } catch (_) { await signInPage(); document.body.dataset.ready = hash; return; }
+    } catch (e) {
+      if (e instanceof Superseded || mine !== generation) return;
+      await signInPage(); document.body.dataset.ready = hash; return;
+    }
   }
   if (seg[0] === 'signin') { await signInPage(); document.body.dataset.ready = hash; return; }
   renderChrome();
@@ -865,8 +887,10 @@ async function route() {
     else if (seg[0] === 'c' && seg[2] === 'activations') await activationsPage(seg[1]);
     else show(h('h1', {}, 'Not found'), h('p', {}, 'No such page. ', h('a', { href: '#/' }, 'Back to the collaborations.')));
   } catch (e) {
+    if (e instanceof Superseded || mine !== generation) return;
     show(h('h1', {}, 'Could not load this page'), problemBox(e));
   }
+  if (mine !== generation) return;
   document.body.dataset.ready = hash;
   document.body.dataset.readyMs = String(Math.round(performance.now()));
   // Keyboard and screen-reader users land on the new page's content, not on the old link.

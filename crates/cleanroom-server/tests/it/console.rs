@@ -545,6 +545,12 @@ async fn a_whole_collaboration_in_a_real_browser() {
         .await;
     assert!(bars.as_u64().unwrap() >= 3, "error bars: {bars}");
     b.wait_text("#interval-note", "95 %").await;
+    // How many groups were left out is said, as a noisy estimate with its spread.
+    let left_out = b.wait_text(".left-out", "left out").await;
+    assert!(
+        left_out.starts_with("About ") && left_out.contains("noisy estimate, ±"),
+        "{left_out}"
+    );
     b.screenshot("analysis").await;
     // Download as CSV: the link's file holds the table shown.
     let csv = b
@@ -604,6 +610,44 @@ async fn a_whole_collaboration_in_a_real_browser() {
     b.goto(&format!("{base}/#/c/{id}/analyses")).await;
     b.wait_text("main table", "template").await;
     b.screenshot("analyses").await;
+
+    // A page whose data arrives late never replaces the page opened after it: the analyses
+    // list is held back 1.5 s while the user moves on to the budgets.
+    b.goto(&format!("{base}/#/c/{id}")).await;
+    b.exec(
+        "const f = window.fetch; window.__fetch = f; \
+         window.fetch = (u, o) => String(u).includes('order=newest') \
+           ? new Promise(r => setTimeout(() => r(f(u, o)), 1500)) : f(u, o); return true",
+        json!([]),
+    )
+    .await;
+    let (analyses, budgets) = (format!("#/c/{id}/analyses"), format!("#/c/{id}/budgets"));
+    b.exec(
+        "location.hash = arguments[0]; return true",
+        json!([analyses]),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    b.exec(
+        "location.hash = arguments[0]; return true",
+        json!([budgets]),
+    )
+    .await;
+    b.find(".gauge").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let state = b
+        .exec(
+            "return [document.body.dataset.ready, !!document.querySelector('main .gauge'), !!document.querySelector('#analyses-count')]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        state,
+        json!([budgets, true, false]),
+        "the late page stayed away"
+    );
+    b.exec("window.fetch = window.__fetch; return true", json!([]))
+        .await;
 
     // The audit chain, verified in the page, with the head the server reports.
     b.goto(&format!("{base}/#/audit/{id}")).await;
