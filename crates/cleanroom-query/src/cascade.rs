@@ -558,14 +558,7 @@ impl Cascade {
         // Cells left out: with a dimension, the noisy number of cells formed less those shown;
         // without one, the identifier types not shown (a function of the release alone).
         let left_out = match (&self.cell_count, &self.by) {
-            (Some(m), Some(_)) => {
-                let formed = i64::try_from(cells.len()).unwrap_or(i64::MAX);
-                let shown = i64::try_from(shown.len()).unwrap_or(i64::MAX);
-                Some(LeftOut {
-                    groups: m.release(formed)?.saturating_sub(shown).max(0),
-                    noise_sd: Some(noise_sd(m.scale())),
-                })
-            }
+            (Some(m), Some(_)) => Some(LeftOut::estimate(m, cells.len(), shown.len())?),
             (_, None) => Some(LeftOut {
                 groups: (self.keys.len() - shown.len()) as i64,
                 noise_sd: None,

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use datafusion::common::ScalarValue;
 
+use cleanroom_privacy::noise::IntegerNoise;
+
 use crate::QueryError;
 use crate::calibrate::{Calibration, Mechanism};
 use crate::rewrite::{ExactGroup, ExactValue};
@@ -112,6 +114,24 @@ pub struct Released {
     pub left_out: Option<LeftOut>,
 }
 
+impl LeftOut {
+    /// Releases how many of `formed` groups were left out when `shown` are shown: the noisy
+    /// count of those formed (fresh noise, paid for in the calibration) less the number
+    /// shown, itself a released figure.
+    pub(crate) fn estimate(
+        count: &IntegerNoise,
+        formed: usize,
+        shown: usize,
+    ) -> Result<LeftOut, QueryError> {
+        let formed = i64::try_from(formed).unwrap_or(i64::MAX);
+        let shown = i64::try_from(shown).unwrap_or(i64::MAX);
+        Ok(LeftOut {
+            groups: count.release(formed)?.saturating_sub(shown).max(0),
+            noise_sd: Some(noise_sd(count.scale())),
+        })
+    }
+}
+
 impl Released {
     /// The same table with `more` groups left out on top of the released estimate (rows a
     /// template dropped when combining released tables).
@@ -141,7 +161,7 @@ pub fn release(
     spec: &Spec,
     calibration: &Calibration,
     groups: Vec<ExactGroup>,
-    formed: u64,
+    formed: usize,
 ) -> Result<Released, QueryError> {
     // 1. Which groups appear: privately selected (the exact minimum was applied in the engine,
     //    and again here).
@@ -165,17 +185,11 @@ pub fn release(
 
     // 2. How many groups were left out: the noisy number formed, less the number selected
     //    (a released figure), before the analyst's LIMIT.
-    let left_out = match &calibration.group_count {
-        Some(m) if !spec.group_keys.is_empty() => {
-            let noisy = m.release(i64::try_from(formed).unwrap_or(i64::MAX))?;
-            let shown = i64::try_from(selected.len()).unwrap_or(i64::MAX);
-            Some(LeftOut {
-                groups: noisy.saturating_sub(shown).max(0),
-                noise_sd: Some(noise_sd(m.scale())),
-            })
-        }
-        _ => None,
-    };
+    let left_out = calibration
+        .group_count
+        .as_ref()
+        .map(|m| LeftOut::estimate(m, formed, selected.len()))
+        .transpose()?;
 
     // 3. Noise on every measure of the selected groups (one vector release per measure).
     let n = selected.len();

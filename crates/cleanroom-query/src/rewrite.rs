@@ -418,20 +418,20 @@ pub async fn execute_counted(
     spec: &Spec,
     catalog: &Catalog,
     opts: RunOptions,
-) -> Result<(Vec<ExactGroup>, u64), QueryError> {
+) -> Result<(Vec<ExactGroup>, usize), QueryError> {
     let plan = build_plan(spec, catalog, opts)?;
     let batches = crate::engine::collect(plan, opts.partitions).await?;
     let groups = spec.group_keys.len();
     let tables = spec.uses.len();
     let mut out = Vec::new();
-    let mut formed = 0u64;
+    let mut formed = 0usize;
     for batch in batches {
         let kept = batch
             .column(batch.num_columns() - 1)
             .as_boolean_opt()
             .ok_or_else(|| QueryError::Internal("the kept flag is not boolean".into()))?
             .clone();
-        formed += batch.num_rows() as u64;
+        formed += batch.num_rows();
         for row in 0..batch.num_rows() {
             if kept.is_null(row) || !kept.value(row) {
                 continue;

@@ -99,7 +99,7 @@ async fn singling_out_by_a_crafted_upload_never_shows_the_target() {
     groups.push(target);
     let mut seen = 0;
     for _ in 0..20_000 {
-        let r = release(&a.spec, &a.calibration, groups.clone(), groups.len() as u64).unwrap();
+        let r = release(&a.spec, &a.calibration, groups.clone(), groups.len()).unwrap();
         seen += r
             .rows
             .iter()
@@ -136,7 +136,7 @@ async fn the_number_of_groups_left_out_does_not_single_out_a_crafted_group() {
         (1, 2, 1, 1),
         "metropolis is formed only with the victim, and never comes out"
     );
-    let left_out = |gs: &[ExactGroup], formed: u64| -> i64 {
+    let left_out = |gs: &[ExactGroup], formed: usize| -> i64 {
         let r = release(&a.spec, &a.calibration, gs.to_vec(), formed).unwrap();
         assert_eq!(r.rows.len(), 1, "{r:?}");
         r.left_out.expect("counted").groups
@@ -176,7 +176,7 @@ fn differencing_hits(
     let mut h1 = 0;
     let mut h0 = 0;
     let value = |gs: &[ExactGroup]| -> i64 {
-        let r = release(&a.spec, &a.calibration, gs.to_vec(), gs.len() as u64).unwrap();
+        let r = release(&a.spec, &a.calibration, gs.to_vec(), gs.len()).unwrap();
         match r.rows.first().map(|row| &row[0]) {
             Some(Cell::Int(v)) => *v,
             _ => i64::MIN,
