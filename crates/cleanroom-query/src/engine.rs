@@ -132,12 +132,41 @@ pub(crate) async fn collect_in(
     ctx: &SessionContext,
     plan: LogicalPlan,
 ) -> Result<Vec<RecordBatch>, QueryError> {
-    let analyzed = analyze(ctx, plan)?;
-    let df = ctx
-        .execute_logical_plan(analyzed)
+    dataframe(ctx, plan)
+        .await?
+        .collect()
         .await
-        .map_err(|e| QueryError::Internal(format!("planning: {}", failure_kind(&e))))?;
-    df.collect().await.map_err(run_failure)
+        .map_err(run_failure)
+}
+
+/// `plan`, analyzed and checked, ready to run in `ctx`.
+async fn dataframe(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+) -> Result<datafusion::dataframe::DataFrame, QueryError> {
+    let analyzed = analyze(ctx, plan)?;
+    ctx.execute_logical_plan(analyzed)
+        .await
+        .map_err(|e| QueryError::Internal(format!("planning: {}", failure_kind(&e))))
+}
+
+/// Runs `plan` in a fresh session of `partitions` partitions and hands each output batch to
+/// `each` as it comes, so no more than one batch of output is held at a time.
+pub(crate) async fn for_each_batch(
+    plan: LogicalPlan,
+    partitions: usize,
+    mut each: impl FnMut(RecordBatch) -> Result<(), QueryError>,
+) -> Result<(), QueryError> {
+    use futures_util::StreamExt;
+    let mut stream = dataframe(&session(partitions), plan)
+        .await?
+        .execute_stream()
+        .await
+        .map_err(run_failure)?;
+    while let Some(batch) = stream.next().await {
+        each(batch.map_err(run_failure)?)?;
+    }
+    Ok(())
 }
 
 /// Runs `plan` in a fresh session of `partitions` partitions.

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::common::{Column, ScalarValue};
@@ -420,61 +420,70 @@ pub async fn execute_counted(
     opts: RunOptions,
 ) -> Result<(Vec<ExactGroup>, usize), QueryError> {
     let plan = build_plan(spec, catalog, opts)?;
-    let batches = crate::engine::collect(plan, opts.partitions).await?;
-    let groups = spec.group_keys.len();
-    let tables = spec.uses.len();
     let mut out = Vec::new();
     let mut formed = 0usize;
-    for batch in batches {
-        let kept = batch
-            .column(batch.num_columns() - 1)
-            .as_boolean_opt()
-            .ok_or_else(|| QueryError::Internal("the kept flag is not boolean".into()))?
-            .clone();
+    // Batch by batch: the emptied groups below the minimum are counted and never kept.
+    crate::engine::for_each_batch(plan, opts.partitions, |batch| {
         formed += batch.num_rows();
-        for row in 0..batch.num_rows() {
-            if kept.is_null(row) || !kept.value(row) {
-                continue;
-            }
-            let mut keys = Vec::with_capacity(groups);
-            for g in 0..groups {
-                keys.push(ScalarValue::try_from_array(batch.column(g), row).map_err(internal)?);
-            }
-            let mut units = Vec::with_capacity(tables);
-            for u in 0..tables {
-                units.push(int_at(batch.column(groups + u).as_ref(), row)?);
-            }
-            let mut col = groups + tables;
-            let mut values = Vec::with_capacity(spec.aggregates.len());
-            for a in &spec.aggregates {
-                let v = match &a.measure {
-                    Measure::Rows | Measure::NonNull(_) | Measure::Distinct(_) => {
-                        ExactValue::Count(int_at(batch.column(col).as_ref(), row)?)
-                    }
-                    Measure::Sum(_) => {
-                        ExactValue::Sum(decimal_at(batch.column(col).as_ref(), row)?)
-                    }
-                    Measure::Avg(_) => {
-                        let sum = decimal_at(batch.column(col).as_ref(), row)?;
-                        col += 1;
-                        let count = int_at(batch.column(col).as_ref(), row)?;
-                        ExactValue::Avg { sum, count }
-                    }
-                    Measure::Min(_) | Measure::Max(_) => {
-                        ExactValue::Extreme(float_at(batch.column(col).as_ref(), row)?)
-                    }
-                };
-                col += 1;
-                values.push(v);
-            }
-            out.push(ExactGroup {
-                keys,
-                units,
-                values,
-            });
-        }
-    }
+        read_kept_groups(spec, &batch, &mut out)
+    })
+    .await?;
     Ok((out, formed))
+}
+
+/// Reads the groups of one output batch of [`build_plan`] that reach every owner's minimum.
+fn read_kept_groups(
+    spec: &Spec,
+    batch: &RecordBatch,
+    out: &mut Vec<ExactGroup>,
+) -> Result<(), QueryError> {
+    let groups = spec.group_keys.len();
+    let tables = spec.uses.len();
+    let kept = batch
+        .column(batch.num_columns() - 1)
+        .as_boolean_opt()
+        .ok_or_else(|| QueryError::Internal("the kept flag is not boolean".into()))?
+        .clone();
+    for row in 0..batch.num_rows() {
+        if kept.is_null(row) || !kept.value(row) {
+            continue;
+        }
+        let mut keys = Vec::with_capacity(groups);
+        for g in 0..groups {
+            keys.push(ScalarValue::try_from_array(batch.column(g), row).map_err(internal)?);
+        }
+        let mut units = Vec::with_capacity(tables);
+        for u in 0..tables {
+            units.push(int_at(batch.column(groups + u).as_ref(), row)?);
+        }
+        let mut col = groups + tables;
+        let mut values = Vec::with_capacity(spec.aggregates.len());
+        for a in &spec.aggregates {
+            let v = match &a.measure {
+                Measure::Rows | Measure::NonNull(_) | Measure::Distinct(_) => {
+                    ExactValue::Count(int_at(batch.column(col).as_ref(), row)?)
+                }
+                Measure::Sum(_) => ExactValue::Sum(decimal_at(batch.column(col).as_ref(), row)?),
+                Measure::Avg(_) => {
+                    let sum = decimal_at(batch.column(col).as_ref(), row)?;
+                    col += 1;
+                    let count = int_at(batch.column(col).as_ref(), row)?;
+                    ExactValue::Avg { sum, count }
+                }
+                Measure::Min(_) | Measure::Max(_) => {
+                    ExactValue::Extreme(float_at(batch.column(col).as_ref(), row)?)
+                }
+            };
+            col += 1;
+            values.push(v);
+        }
+        out.push(ExactGroup {
+            keys,
+            units,
+            values,
+        });
+    }
+    Ok(())
 }
 
 fn int_at(a: &dyn Array, row: usize) -> Result<i64, QueryError> {
