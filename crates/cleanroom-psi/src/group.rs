@@ -16,7 +16,7 @@ use curve25519_dalek::traits::Identity;
 use rand::TryRng;
 use rand::rngs::SysRng;
 use rayon::prelude::*;
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 use zeroize::Zeroizing;
 
 use crate::PROTOCOL_VERSION;
@@ -38,6 +38,7 @@ pub type Tag = [u8; 16];
 pub struct Kinds {
     labels: Vec<String>,
     domains: Vec<Vec<u8>>,
+    ot_domains: Vec<Vec<u8>>,
 }
 
 /// At most this many identifier kinds per session (they travel as one byte).
@@ -71,19 +72,20 @@ impl Kinds {
             }
             out.push(l.to_owned());
         }
-        let domains = out
-            .iter()
-            .map(|l| {
-                let mut d =
-                    format!("cleanroom-psi/v{PROTOCOL_VERSION}/hash-to-group/").into_bytes();
-                d.extend_from_slice(l.as_bytes());
-                d.push(0);
-                d
-            })
-            .collect();
+        let domains_of = |what: &str| {
+            out.iter()
+                .map(|l| {
+                    let mut d = format!("cleanroom-psi/v{PROTOCOL_VERSION}/{what}/").into_bytes();
+                    d.extend_from_slice(l.as_bytes());
+                    d.push(0);
+                    d
+                })
+                .collect()
+        };
         Ok(Kinds {
+            domains: domains_of("hash-to-group"),
+            ot_domains: domains_of("ot-item"),
             labels: out,
-            domains,
         })
     }
 
@@ -101,6 +103,16 @@ impl Kinds {
 
     pub fn label(&self, kind: usize) -> &str {
         &self.labels[kind]
+    }
+
+    /// The OT intersection's item for an identifier of kind index `kind`:
+    /// `SHA-256("cleanroom-psi/v1/ot-item/" ‖ t ‖ 0x00 ‖ x)`; the protocol uses its first 16
+    /// bytes. Among 2^28 items a collision has probability below 2^-72.
+    pub fn ot_item(&self, kind: usize, id: &[u8]) -> Point {
+        Sha256::new_with_prefix(&self.ot_domains[kind])
+            .chain_update(id)
+            .finalize()
+            .into()
     }
 
     /// `H_t(x)`: hash an identifier of kind index `kind` to the group.

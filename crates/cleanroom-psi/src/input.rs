@@ -32,7 +32,9 @@ pub enum Layout {
 impl Layout {
     pub fn of(protocol: ProtocolKind, role: Role) -> Layout {
         match (protocol, role) {
-            (ProtocolKind::Intersection, Role::Receiver) => Layout::Rows,
+            (ProtocolKind::Intersection | ProtocolKind::IntersectionOt, Role::Receiver) => {
+                Layout::Rows
+            }
             (ProtocolKind::Cardinality, Role::Receiver) => Layout::Tuples,
             (p, r) if p.values_holder() == Some(r) => Layout::Tuples,
             _ => Layout::Set,
@@ -54,6 +56,8 @@ pub struct InputBuilder {
     kinds: Kinds,
     key: SessionKey,
     layout: Layout,
+    /// Items are hashed for the OT intersection rather than blinded.
+    hashed: bool,
     max_value: Option<u64>,
     pending: Vec<Pending>,
     rows: u64,
@@ -103,6 +107,7 @@ impl InputBuilder {
         Ok(InputBuilder {
             key: SessionKey::generate()?,
             layout,
+            hashed: protocol == ProtocolKind::IntersectionOt,
             max_value,
             pending: Vec::with_capacity(FLUSH),
             rows: 0,
@@ -163,14 +168,22 @@ impl InputBuilder {
 
     fn flush(&mut self) {
         let pending = std::mem::take(&mut self.pending);
-        let (kinds, key) = (&self.kinds, &self.key);
+        let (kinds, key, hashed) = (&self.kinds, &self.key, self.hashed);
         let blinded: Vec<Vec<Option<Point>>> = pending
             .par_iter()
             .map(|p| {
                 p.ids
                     .iter()
                     .enumerate()
-                    .map(|(k, id)| id.as_ref().map(|id| key.blind(kinds, k, id)))
+                    .map(|(k, id)| {
+                        id.as_ref().map(|id| {
+                            if hashed {
+                                kinds.ot_item(k, id)
+                            } else {
+                                key.blind(kinds, k, id)
+                            }
+                        })
+                    })
                     .collect()
             })
             .collect();

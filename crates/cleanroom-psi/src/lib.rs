@@ -21,6 +21,8 @@ mod error;
 pub mod group;
 pub mod input;
 pub mod intersection;
+pub(crate) mod ot;
+pub mod ot_intersection;
 mod party;
 pub mod session;
 pub mod side;

@@ -6,7 +6,7 @@ use crate::stream::{Absorb, Emit};
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{
     IntersectionOutput, MatchCounts, PreparedInput, PsiError, Session, SumOutput, cardinality,
-    intersection, sum, sum_to_holder,
+    intersection, ot_intersection as ot, sum, sum_to_holder,
 };
 
 /// What a transport should do next.
@@ -48,6 +48,14 @@ enum State {
     PsiRAwait(intersection::ReceiverAwaiting),
     PsiSSend(intersection::SenderSending),
     PsiSAnswer(intersection::SenderAnswering),
+    OtRStart(ot::ReceiverStarting),
+    OtRChoices(ot::ReceiverAwaitingChoices),
+    OtRExtend(ot::ReceiverExtending),
+    OtRCollect(ot::ReceiverCollecting),
+    OtSStart(ot::SenderStarting),
+    OtSExtend(ot::SenderExtending),
+    OtSSend(ot::SenderSending),
+    OtSAwait(ot::SenderAwaitingEnd),
     SumRReblind(sum_to_holder::ReceiverReblinding),
     SumRReturn(sum_to_holder::ReceiverReturning),
     SumRSend(sum_to_holder::ReceiverSending),
@@ -102,6 +110,14 @@ impl Party {
             (ProtocolKind::Intersection, Role::Sender) => (
                 State::PsiSSend(intersection::SenderSending::new(session, input)?),
                 own + 2 * peer,
+            ),
+            (ProtocolKind::IntersectionOt, Role::Receiver) => (
+                State::OtRStart(ot::ReceiverStarting::new(session, input)?),
+                ot::expected_entries(own, peer),
+            ),
+            (ProtocolKind::IntersectionOt, Role::Sender) => (
+                State::OtSStart(ot::SenderStarting::new(session, input)?),
+                ot::expected_entries(peer, own),
             ),
             (ProtocolKind::SumToValuesHolder, Role::Receiver) => (
                 State::SumRReblind(sum_to_holder::ReceiverReblinding::new(session, input)?),
@@ -161,6 +177,23 @@ impl Party {
             State::PsiSSend(s) => match s.emit()? {
                 Emit::More(m, s) => (State::PsiSSend(s), Action::Send(m)),
                 Emit::Last(m, n) => (State::PsiSAnswer(n), Action::Send(m)),
+            },
+            State::OtRStart(s) => {
+                let (m, n) = s.emit()?;
+                (State::OtRChoices(n), Action::Send(m))
+            }
+            State::OtRExtend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::OtRExtend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::OtRCollect(n), Action::Send(m)),
+            },
+            // The sender has no items: nothing to wait for.
+            State::OtRCollect(s) if s.is_complete() => {
+                let (m, out) = s.finish();
+                (State::Finished(Outcome::Intersection(out)), Action::Send(m))
+            }
+            State::OtSSend(s) => match s.emit()? {
+                Emit::More(m, s) => (State::OtSSend(s), Action::Send(m)),
+                Emit::Last(m, n) => (State::OtSAwait(n), Action::Send(m)),
             },
             State::SumRReturn(s) => match s.emit()? {
                 Emit::More(m, s) => (State::SumRReturn(s), Action::Send(m)),
@@ -232,6 +265,28 @@ impl Party {
                     State::Finished(Outcome::Answered { identifiers: n })
                 }
             },
+            State::OtRChoices(s) => State::OtRExtend(s.absorb(msg)?),
+            State::OtRCollect(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::OtRCollect(s),
+                Absorb::Next((m, out)) => {
+                    self.outbox = Some(m);
+                    State::Finished(Outcome::Intersection(out))
+                }
+            },
+            State::OtSStart(s) => {
+                let (m, n) = s.absorb(msg)?;
+                self.outbox = Some(m);
+                State::OtSExtend(n)
+            }
+            State::OtSExtend(s) => match s.absorb(msg)? {
+                Absorb::More(s) => State::OtSExtend(s),
+                // Without items there is nothing to send: wait for the acknowledgement.
+                Absorb::Next(n) if n.is_empty() => State::OtSAwait(n.await_end()),
+                Absorb::Next(n) => State::OtSSend(n),
+            },
+            State::OtSAwait(s) => State::Finished(Outcome::Answered {
+                identifiers: s.absorb(msg)?,
+            }),
             State::SumRReblind(s) => match s.absorb(msg)? {
                 Absorb::More(s) => State::SumRReblind(s),
                 Absorb::Next(n) => State::SumRReturn(n),

@@ -80,7 +80,10 @@ pub fn check_side(protocol: ProtocolKind, role: Role, inputs: &SideInputs) -> Re
         (true, None) => return Err(SideRule::MaxValueNeeded),
         _ => {}
     }
-    let intersection_receiver = protocol == ProtocolKind::Intersection && role == Role::Receiver;
+    let intersection_receiver = matches!(
+        protocol,
+        ProtocolKind::Intersection | ProtocolKind::IntersectionOt
+    ) && role == Role::Receiver;
     if inputs.matches_output && !intersection_receiver {
         return Err(SideRule::MatchesOnlyForIntersectionReceiver);
     }
@@ -90,7 +93,9 @@ pub fn check_side(protocol: ProtocolKind, role: Role, inputs: &SideInputs) -> Re
     if inputs.epsilon_count.is_some() {
         match protocol {
             ProtocolKind::Sum => return Err(SideRule::EpsilonCountInSum),
-            ProtocolKind::Intersection => return Err(SideRule::EpsilonCountInIntersection),
+            ProtocolKind::Intersection | ProtocolKind::IntersectionOt => {
+                return Err(SideRule::EpsilonCountInIntersection);
+            }
             ProtocolKind::Cardinality | ProtocolKind::SumToValuesHolder => {}
         }
     }
@@ -109,9 +114,10 @@ pub fn check_side(protocol: ProtocolKind, role: Role, inputs: &SideInputs) -> Re
 mod tests {
     use super::*;
 
-    const ALL: [ProtocolKind; 4] = [
+    const ALL: [ProtocolKind; 5] = [
         ProtocolKind::Cardinality,
         ProtocolKind::Intersection,
+        ProtocolKind::IntersectionOt,
         ProtocolKind::Sum,
         ProtocolKind::SumToValuesHolder,
     ];
@@ -176,7 +182,10 @@ mod tests {
                     inputs.values = true;
                     inputs.max_value = Some(1);
                 }
-                let allowed = protocol == ProtocolKind::Intersection && role == Role::Receiver;
+                let allowed = matches!(
+                    protocol,
+                    ProtocolKind::Intersection | ProtocolKind::IntersectionOt
+                ) && role == Role::Receiver;
                 let got = check_side(protocol, role, &inputs);
                 if allowed {
                     assert_eq!(got, Ok(()));
@@ -212,7 +221,15 @@ mod tests {
             Err(SideRule::EpsilonCountInIntersection)
         );
         assert_eq!(check_side(ProtocolKind::Sum, r, &sum), Ok(()));
-        for protocol in [ProtocolKind::Cardinality, ProtocolKind::Intersection] {
+        assert_eq!(
+            check_side(ProtocolKind::IntersectionOt, r, &count),
+            Err(SideRule::EpsilonCountInIntersection)
+        );
+        for protocol in [
+            ProtocolKind::Cardinality,
+            ProtocolKind::Intersection,
+            ProtocolKind::IntersectionOt,
+        ] {
             assert_eq!(
                 check_side(protocol, r, &sum),
                 Err(SideRule::EpsilonSumWithoutSum)

@@ -25,6 +25,8 @@ pub enum ProtocolKind {
     /// The receiver, who holds the values, learns the sum of its own values over matched
     /// records; both learn the number of matched records (Private Join and Compute's paper).
     SumToValuesHolder,
+    /// The same outcome as `Intersection`, on oblivious transfer (KKRT16) rather than ECDH.
+    IntersectionOt,
 }
 
 impl ProtocolKind {
@@ -34,6 +36,7 @@ impl ProtocolKind {
             ProtocolKind::Intersection => "intersection",
             ProtocolKind::Sum => "sum",
             ProtocolKind::SumToValuesHolder => "sum-to-values-holder",
+            ProtocolKind::IntersectionOt => "intersection-ot",
         }
     }
 
@@ -42,7 +45,9 @@ impl ProtocolKind {
         match self {
             ProtocolKind::Sum => Some(Role::Sender),
             ProtocolKind::SumToValuesHolder => Some(Role::Receiver),
-            ProtocolKind::Cardinality | ProtocolKind::Intersection => None,
+            ProtocolKind::Cardinality
+            | ProtocolKind::Intersection
+            | ProtocolKind::IntersectionOt => None,
         }
     }
 
@@ -56,8 +61,9 @@ impl ProtocolKind {
             "intersection" => Ok(ProtocolKind::Intersection),
             "sum" => Ok(ProtocolKind::Sum),
             "sum-to-values-holder" => Ok(ProtocolKind::SumToValuesHolder),
+            "intersection-ot" => Ok(ProtocolKind::IntersectionOt),
             other => Err(PsiError::InvalidParameter(format!(
-                "unknown protocol {other:?}: use cardinality, intersection, sum or sum-to-values-holder"
+                "unknown protocol {other:?}: use cardinality, intersection, intersection-ot, sum or sum-to-values-holder"
             ))),
         }
     }
@@ -68,6 +74,7 @@ impl ProtocolKind {
             ProtocolKind::Intersection => 2,
             ProtocolKind::SumToValuesHolder => 3,
             ProtocolKind::Sum => 4,
+            ProtocolKind::IntersectionOt => 5,
         }
     }
 
@@ -77,6 +84,7 @@ impl ProtocolKind {
             2 => Ok(ProtocolKind::Intersection),
             3 => Ok(ProtocolKind::SumToValuesHolder),
             4 => Ok(ProtocolKind::Sum),
+            5 => Ok(ProtocolKind::IntersectionOt),
             _ => Err(PsiError::Malformed(format!("unknown protocol code {c}"))),
         }
     }
@@ -239,6 +247,25 @@ pub enum Message {
     /// Sum to the party without values: the values holder's decryptions of the masked sums as
     /// group elements `(S + r + noise)·G`, one per kind, in the same order.
     DecryptedMaskedSums { elements: Vec<Point> },
+    /// OT intersection, receiver → sender: `A` of the base OTs, the receiver's share of the
+    /// coin toss for the code, and the key of its cuckoo hash functions.
+    OtSetup {
+        point: Point,
+        seed: [u8; 16],
+        hash_key: [u8; 16],
+    },
+    /// OT intersection, sender → receiver: the 512 base-OT answers and its coin-toss share.
+    OtChoices { points: Vec<Point>, seed: [u8; 16] },
+    /// OT intersection, receiver → sender: the extension's 512 columns for the next `bins`
+    /// bins (a multiple of 128), `bins / 8` bytes each, column after column.
+    OtColumns { bins: u32, columns: Vec<u8> },
+    /// OT intersection, sender → receiver: OPRF outputs of its items under hash function
+    /// `hash`, `width` bytes each, sorted.
+    OtOutputs {
+        hash: u8,
+        width: u8,
+        outputs: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for Message {
@@ -261,6 +288,10 @@ impl Message {
             Message::Done => "done",
             Message::MaskedSums { .. } => "masked sums",
             Message::DecryptedMaskedSums { .. } => "decrypted masked sums",
+            Message::OtSetup { .. } => "OT setup",
+            Message::OtChoices { .. } => "base-OT answers",
+            Message::OtColumns { .. } => "OT extension columns",
+            Message::OtOutputs { .. } => "OPRF outputs",
         }
     }
 
@@ -271,6 +302,8 @@ impl Message {
             Message::Tuples { width, points } => points.len() / (*width).max(1) as usize,
             Message::Tags { width, tags, .. } => tags.len() / (*width).max(1) as usize,
             Message::SumRecords { ciphertexts, .. } => ciphertexts.len(),
+            Message::OtColumns { bins, .. } => *bins as usize,
+            Message::OtOutputs { width, outputs, .. } => outputs.len() / (*width).max(1) as usize,
             _ => 0,
         }
     }
@@ -354,6 +387,42 @@ impl Message {
                 b.push(elements.len() as u8);
                 elements.iter().for_each(|e| b.extend_from_slice(e));
             }
+            Message::OtSetup {
+                point,
+                seed,
+                hash_key,
+            } => {
+                b.push(12);
+                b.extend_from_slice(point);
+                b.extend_from_slice(seed);
+                b.extend_from_slice(hash_key);
+            }
+            Message::OtChoices { points, seed } => {
+                b.reserve(21 + 32 * points.len());
+                b.push(13);
+                b.extend_from_slice(&(points.len() as u32).to_be_bytes());
+                points.iter().for_each(|p| b.extend_from_slice(p));
+                b.extend_from_slice(seed);
+            }
+            Message::OtColumns { bins, columns } => {
+                b.reserve(5 + columns.len());
+                b.push(14);
+                b.extend_from_slice(&bins.to_be_bytes());
+                b.extend_from_slice(columns);
+            }
+            Message::OtOutputs {
+                hash,
+                width,
+                outputs,
+            } => {
+                b.reserve(7 + outputs.len());
+                b.push(15);
+                b.push(*hash);
+                b.push(*width);
+                let n = outputs.len() / (*width).max(1) as usize;
+                b.extend_from_slice(&(n as u32).to_be_bytes());
+                b.extend_from_slice(outputs);
+            }
         }
         b
     }
@@ -426,6 +495,51 @@ impl Message {
                 let n = r.width()? as usize;
                 Message::DecryptedMaskedSums {
                     elements: r.arrays(n)?,
+                }
+            }
+            12 => Message::OtSetup {
+                point: r.array()?,
+                seed: r.array()?,
+                hash_key: r.array()?,
+            },
+            13 => {
+                let n = r.count()?;
+                Message::OtChoices {
+                    points: r.arrays(n)?,
+                    seed: r.array()?,
+                }
+            }
+            14 => {
+                let bins = r.u32()?;
+                let ok = bins > 0
+                    && (bins as usize).is_multiple_of(crate::ot::BIN_ALIGN)
+                    && bins as usize <= crate::ot::MAX_CHUNK;
+                if !ok {
+                    return Err(PsiError::Malformed(format!(
+                        "{bins} bins in one chunk; a positive multiple of {} up to {} is allowed",
+                        crate::ot::BIN_ALIGN,
+                        crate::ot::MAX_CHUNK
+                    )));
+                }
+                Message::OtColumns {
+                    bins,
+                    columns: r.take(bins as usize * crate::ot::ROW)?.to_vec(),
+                }
+            }
+            15 => {
+                let hash = r.u8()?;
+                if hash as usize >= crate::ot::HASHES {
+                    return Err(PsiError::Malformed(format!("hash function {hash}")));
+                }
+                let width = r.u8()?;
+                if !(8..=16).contains(&width) {
+                    return Err(PsiError::Malformed(format!("outputs of {width} bytes")));
+                }
+                let n = r.count()?;
+                Message::OtOutputs {
+                    hash,
+                    width,
+                    outputs: r.take(n * width as usize)?.to_vec(),
                 }
             }
             t => return Err(PsiError::Malformed(format!("unknown message type {t}"))),
@@ -548,6 +662,24 @@ mod tests {
             Message::DecryptedMaskedSums {
                 elements: vec![[7; 32]],
             },
+            Message::OtSetup {
+                point: [1; 32],
+                seed: [2; 16],
+                hash_key: [3; 16],
+            },
+            Message::OtChoices {
+                points: vec![[4; 32]; 3],
+                seed: [5; 16],
+            },
+            Message::OtColumns {
+                bins: 128,
+                columns: vec![6; 128 * 64],
+            },
+            Message::OtOutputs {
+                hash: 2,
+                width: 11,
+                outputs: vec![7; 33],
+            },
         ];
         for m in msgs {
             let b = m.encode();
@@ -561,6 +693,15 @@ mod tests {
         assert!(Message::decode(&[0x42, 1, 2, 3]).is_err());
         // A huge announced count is refused before allocating.
         assert!(Message::decode(&[1, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // Chunks of bins that are not a positive multiple of 128, or too large; a fourth hash
+        // function; outputs narrower than 8 bytes.
+        for bins in [0u32, 100, 1 << 15] {
+            let mut m = vec![14];
+            m.extend_from_slice(&bins.to_be_bytes());
+            assert!(Message::decode(&m).is_err(), "{bins}");
+        }
+        assert!(Message::decode(&[15, 3, 10, 0, 0, 0, 0]).is_err());
+        assert!(Message::decode(&[15, 0, 4, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

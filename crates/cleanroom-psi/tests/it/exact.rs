@@ -74,7 +74,7 @@ fn plain_sum(r: &Records, s: &Records, k: usize, max: i64) -> (Vec<i64>, Vec<i64
     (c, sum)
 }
 
-/// Checks all three protocols on one pair of inputs.
+/// Checks every protocol on one pair of inputs.
 fn check_all(kinds: &[&'static str], r: &Records, s: &Records) {
     let k = kinds.len();
 
@@ -83,12 +83,34 @@ fn check_all(kinds: &[&'static str], r: &Records, s: &Records) {
     assert_eq!(ro, Outcome::Cardinality(want.clone()));
     assert_eq!(so, Outcome::Cardinality(want));
 
-    let (ro, so, _) = run(&Run::new(ProtocolKind::Intersection, kinds), r, s);
-    let rows = plain_rows(r, s, k);
-    let Outcome::Intersection(out) = ro else {
+    for protocol in [ProtocolKind::Intersection, ProtocolKind::IntersectionOt] {
+        check_intersection(protocol, kinds, r, s);
+    }
+
+    let run_sum = Run::new(ProtocolKind::SumToValuesHolder, kinds);
+    let (ro, so, _) = run(&run_sum, r, s);
+    let (c, sums) = plain_sum(r, s, k, run_sum.max_value as i64);
+    let Outcome::Sum(out) = ro else {
         panic!("{ro:?}")
     };
-    assert_eq!(out.row_kinds, rows);
+    assert_eq!(out.counts, MatchCounts::new(c.clone(), false));
+    assert_eq!(out.sums, sums);
+    assert_eq!(out.total_sum, sums.iter().sum::<i64>());
+    assert_eq!(so, Outcome::SumCounts(MatchCounts::new(c, false)));
+
+    check_sum_to_the_party_without_values(kinds, r, s);
+}
+
+/// The intersection on either engine: the receiver's rows and kinds as the plaintext says;
+/// the sender learns the receiver's number of distinct identifiers.
+fn check_intersection(protocol: ProtocolKind, kinds: &[&'static str], r: &Records, s: &Records) {
+    let k = kinds.len();
+    let (ro, so, _) = run(&Run::new(protocol, kinds), r, s);
+    let rows = plain_rows(r, s, k);
+    let Outcome::Intersection(out) = ro else {
+        panic!("{protocol:?} {ro:?}")
+    };
+    assert_eq!(out.row_kinds, rows, "{protocol:?}");
     let mut per_kind = vec![0i64; k];
     rows.iter()
         .filter(|x| **x != UNMATCHED)
@@ -109,19 +131,6 @@ fn check_all(kinds: &[&'static str], r: &Records, s: &Records) {
             identifiers: distinct_ids
         }
     );
-
-    let run_sum = Run::new(ProtocolKind::SumToValuesHolder, kinds);
-    let (ro, so, _) = run(&run_sum, r, s);
-    let (c, sums) = plain_sum(r, s, k, run_sum.max_value as i64);
-    let Outcome::Sum(out) = ro else {
-        panic!("{ro:?}")
-    };
-    assert_eq!(out.counts, MatchCounts::new(c.clone(), false));
-    assert_eq!(out.sums, sums);
-    assert_eq!(out.total_sum, sums.iter().sum::<i64>());
-    assert_eq!(so, Outcome::SumCounts(MatchCounts::new(c, false)));
-
-    check_sum_to_the_party_without_values(kinds, r, s);
 }
 
 /// The default sum: `s` (identifiers only) is the receiver and learns the count and the sum of
@@ -321,4 +330,13 @@ fn sum_noise_to_the_party_without_values_is_added_by_the_values_holder() {
     // Eight draws of discrete Laplace with scale 10 are all equal with probability < 1e-6:
     // the learner does not see the exact sum.
     assert!(released.iter().any(|s| *s != 210), "{released:?}");
+}
+
+#[test]
+fn ot_intersection_with_one_side_a_thousand_times_larger() {
+    let kinds = &["email"];
+    let small = Records::single(&ids("a", 4_990..5_010));
+    let large = Records::single(&ids("a", 0..20_000));
+    check_intersection(ProtocolKind::IntersectionOt, kinds, &small, &large);
+    check_intersection(ProtocolKind::IntersectionOt, kinds, &large, &small);
 }

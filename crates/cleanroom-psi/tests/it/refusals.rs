@@ -243,3 +243,146 @@ fn the_values_holder_decrypts_only_the_masked_sums_it_expects() {
     let e = holder.receive(Message::MaskedSums { sums }).unwrap_err();
     assert_eq!(e.code(), "protocol_violation");
 }
+
+/// Drives a session, passing every message through `tamper` (told whether the receiver sent
+/// it), until a party fails: its side and error. Panics if the session completes.
+fn tampered(
+    mut r: Party,
+    mut s: Party,
+    mut tamper: impl FnMut(bool, Message) -> Message,
+) -> (Role, PsiError) {
+    // queues[0]: to the receiver; queues[1]: to the sender.
+    let mut queues: [std::collections::VecDeque<Message>; 2] = Default::default();
+    loop {
+        let mut progress = false;
+        for (i, p, role) in [(0, &mut r, Role::Receiver), (1, &mut s, Role::Sender)] {
+            let step = match p.next_action() {
+                Ok(Action::Send(m)) => {
+                    queues[1 - i].push_back(tamper(role == Role::Receiver, m));
+                    Ok(true)
+                }
+                Ok(Action::Receive) => match queues[i].pop_front() {
+                    Some(m) => p.receive(m).map(|_| true),
+                    None => Ok(false),
+                },
+                Ok(Action::Finished) => Ok(false),
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(moved) => progress |= moved,
+                Err(e) => return (role, e),
+            }
+        }
+        assert!(progress, "the session ended or stalled without an error");
+    }
+}
+
+#[test]
+fn the_ot_intersection_refuses_a_peer_that_breaks_its_steps() {
+    let mut run = Run::new(ProtocolKind::IntersectionOt, &["email"]);
+    run.batch = 128;
+    let fresh = |lie| parties(&run, &small(), &small(), lie);
+
+    // A sender with more items than it announced: the receiver counts its outputs.
+    let (r, s) = fresh(1);
+    let (side, e) = tampered(r, s, |_, m| m);
+    assert_eq!((side, e.code()), (Role::Receiver, "count_mismatch"), "{e}");
+
+    // Base-OT answers: a point off the curve, or too few of them.
+    for cut in [false, true] {
+        let (r, s) = fresh(0);
+        let (side, e) = tampered(r, s, |from_r, m| match m {
+            Message::OtChoices { mut points, seed } if !from_r => {
+                if cut {
+                    points.pop();
+                } else {
+                    points[3] = [0xee; 32];
+                }
+                Message::OtChoices { points, seed }
+            }
+            m => m,
+        });
+        let want = if cut {
+            "count_mismatch"
+        } else {
+            "invalid_point"
+        };
+        assert_eq!((side, e.code()), (Role::Receiver, want), "{e}");
+    }
+
+    // An invalid base-OT point from the receiver.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtSetup { seed, hash_key, .. } => Message::OtSetup {
+            point: [0xee; 32],
+            seed,
+            hash_key,
+        },
+        m => m,
+    });
+    assert_eq!((side, e), (Role::Sender, PsiError::InvalidPoint));
+
+    // Columns for more bins than the session has.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtColumns { .. } => Message::OtColumns {
+            bins: 16_384,
+            columns: vec![0; 16_384 * 64],
+        },
+        m => m,
+    });
+    assert_eq!((side, e.code()), (Role::Sender, "count_mismatch"), "{e}");
+
+    // Outputs of another width than the session's.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtOutputs { hash, outputs, .. } => Message::OtOutputs {
+            hash,
+            width: 16,
+            outputs: vec![0; outputs.len() / 8 * 16],
+        },
+        m => m,
+    });
+    assert_eq!(
+        (side, e.code()),
+        (Role::Receiver, "malformed_message"),
+        "{e}"
+    );
+
+    // An acknowledgement of fewer outputs than were sent.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::End { count } => Message::End { count: count - 1 },
+        m => m,
+    });
+    assert_eq!((side, e.code()), (Role::Sender, "count_mismatch"), "{e}");
+
+    // A message of another protocol where the setup belongs.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtSetup { .. } => Message::Done,
+        m => m,
+    });
+    assert_eq!(
+        (side, e.code()),
+        (Role::Sender, "protocol_violation"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_two_intersection_engines_do_not_run_against_each_other() {
+    let ecdh = Run::new(ProtocolKind::Intersection, &["email"]);
+    let ot = Run::new(ProtocolKind::IntersectionOt, &["email"]);
+    let rh = config(&ecdh, Role::Receiver).hello(&prepare(&ecdh, Role::Receiver, &small()));
+    let sh = config(&ot, Role::Sender).hello(&prepare(&ot, Role::Sender, &small()));
+    let e = config(&ecdh, Role::Receiver)
+        .agree(&rh, &Hello::decode(&sh.encode()).unwrap())
+        .unwrap_err();
+    assert_eq!(e.code(), "incompatible_session");
+    assert!(
+        e.to_string()
+            .contains("the peer runs intersection-ot, we run intersection"),
+        "{e}"
+    );
+}

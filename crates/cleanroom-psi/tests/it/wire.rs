@@ -42,6 +42,10 @@ fn forbidden(kinds: &Kinds, k: usize, id: &str) -> Vec<(String, Vec<u8>)> {
     let p = kinds.hash_to_group(k, id.as_bytes()).compress().to_bytes();
     out.push(("unblinded H(x)".into(), p.to_vec()));
     out.push(("tag of unblinded H(x)".into(), p[..16].to_vec()));
+    // The OT intersection's item, whole, and the 15 bytes of it that enter a bin unchanged.
+    let item = kinds.ot_item(k, id.as_bytes());
+    out.push(("OT item".into(), item.to_vec()));
+    out.push(("OT item in a bin".into(), item[..15].to_vec()));
     out
 }
 
@@ -67,6 +71,7 @@ fn no_identifier_or_unblinded_hash_crosses_the_wire() {
     for protocol in [
         ProtocolKind::Cardinality,
         ProtocolKind::Intersection,
+        ProtocolKind::IntersectionOt,
         ProtocolKind::SumToValuesHolder,
         ProtocolKind::Sum,
     ] {
@@ -123,6 +128,49 @@ fn each_session_blinds_with_a_fresh_key() {
     // The sender's blinded set (its second message, after the hello) differs between sessions.
     assert_ne!(t1.sender_sent[1], t2.sender_sent[1]);
     assert_eq!(t1.sender_sent[1].len(), t2.sender_sent[1].len());
+}
+
+#[test]
+fn each_ot_session_draws_fresh_keys_and_the_sender_sends_sorted_outputs() {
+    let r = Records::single(&(0..50).map(|i| format!("r{i}@x.org")).collect::<Vec<_>>());
+    let s = Records::single(&(25..90).map(|i| format!("r{i}@x.org")).collect::<Vec<_>>());
+    let cfg = Run::new(ProtocolKind::IntersectionOt, &["email"]);
+    let outputs = |t: &Transcript| -> Vec<Vec<u8>> {
+        decoded(&t.sender_sent)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::OtOutputs { width, outputs, .. } => Some(
+                    outputs
+                        .chunks(width as usize)
+                        .map(<[u8]>::to_vec)
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let (_, _, t1) = run(&cfg, &r, &s);
+    let (_, _, t2) = run(&cfg, &r, &s);
+    let (o1, o2) = (outputs(&t1), outputs(&t2));
+    // 65 items × 3 hash functions, none repeated across sessions.
+    assert_eq!(o1.len(), 3 * 65);
+    assert!(o1.iter().all(|o| !o2.contains(o)));
+    // Each hash function's outputs are sorted as numbers (little-endian), hiding S's order.
+    for chunk in o1.chunks(65) {
+        let as_num: Vec<u128> = chunk
+            .iter()
+            .map(|o| {
+                let mut b = [0u8; 16];
+                b[..o.len()].copy_from_slice(o);
+                u128::from_le_bytes(b)
+            })
+            .collect();
+        assert!(as_num.windows(2).all(|w| w[0] <= w[1]));
+    }
+    // Every message of the receiver after its setup differs between sessions too.
+    assert_ne!(t1.receiver_sent[1], t2.receiver_sent[1]);
+    assert_ne!(t1.receiver_sent[2], t2.receiver_sent[2]);
 }
 
 /// The messages of one side, decoded (the hello, first, is skipped).
