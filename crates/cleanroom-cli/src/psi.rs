@@ -66,6 +66,18 @@ pub enum SumTo {
     ValuesHolder,
 }
 
+/// How `--protocol intersection` is computed. Both sides must pass the same.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// Elliptic-curve Diffie-Hellman on ristretto255: four scalar multiplications per pair,
+    /// least traffic. Every protocol runs on it.
+    #[default]
+    Ecdh,
+    /// Oblivious transfer (KKRT16): symmetric-key work, tens of times faster, about 100 bytes
+    /// of traffic per item. Intersection only.
+    Ot,
+}
+
 #[derive(Args, Clone)]
 pub struct RunArgs {
     /// cardinality (both learn the number of matches), intersection (the receiver learns which
@@ -76,6 +88,10 @@ pub struct RunArgs {
     /// Sum: who learns the sum. Both sides must pass the same.
     #[arg(long, value_enum)]
     sum_to: Option<SumTo>,
+    /// Intersection: ecdh (the default) or ot (oblivious transfer, much faster on large sets,
+    /// more bytes on the wire; docs/psi.md compares them). Both sides must pass the same.
+    #[arg(long, value_enum, default_value_t = Engine::Ecdh)]
+    engine: Engine,
     /// This side is the designated receiver, the one that learns the result (exactly one side
     /// must be).
     #[arg(long)]
@@ -312,6 +328,14 @@ fn check_flags(run: &RunArgs) -> Result<Flags> {
         (p, None) | (p @ ProtocolKind::Sum, Some(SumTo::OtherParty)) => p,
         _ => bail!("--sum-to only applies to --protocol sum"),
     };
+    let protocol = match (protocol, run.engine) {
+        (ProtocolKind::Intersection, Engine::Ot) => ProtocolKind::IntersectionOt,
+        (p, Engine::Ecdh) => p,
+        (p, Engine::Ot) => bail!(
+            "--engine ot runs --protocol intersection only; {} runs on ECDH (drop --engine)",
+            p.as_str()
+        ),
+    };
     let role = if run.receiver {
         Role::Receiver
     } else {
@@ -452,8 +476,12 @@ fn read_input(
 /// Tells what reading found (on stderr).
 fn report_read(run: &RunArgs, flags: &Flags, read: &ReadStats, input: &PreparedInput) {
     let (labels, max_value) = (&flags.labels, flags.max_value);
+    let how = match flags.protocol {
+        ProtocolKind::IntersectionOt => "hashed",
+        _ => "blinded",
+    };
     eprintln!(
-        "psi: read {} rows from {} and blinded them in {:.1} s",
+        "psi: read {} rows from {} and {how} them in {:.1} s",
         read.rows,
         run.input.display(),
         read.seconds
@@ -574,8 +602,12 @@ fn print_report(
         Outcome::Sum(s) => Some(s.counts.clone()),
         Outcome::Answered { identifiers } => {
             j.insert("identifiers_answered".into(), json!(identifiers));
+            let how = match plan.config.protocol {
+                ProtocolKind::IntersectionOt => "identifiers through oblivious transfers",
+                _ => "blinded identifiers",
+            };
             lines.push(format!(
-                "answered the receiver's {identifiers} blinded identifiers; it learns which of its rows match, this side learns nothing more"
+                "answered the receiver's {identifiers} {how}; it learns which of its rows match, this side learns nothing more"
             ));
             None
         }
@@ -585,7 +617,7 @@ fn print_report(
         j.insert("matched_total".into(), json!(c.total));
         j.insert("counts_noisy".into(), json!(c.noisy));
         let what = match plan.config.protocol {
-            ProtocolKind::Intersection => "matched rows",
+            ProtocolKind::Intersection | ProtocolKind::IntersectionOt => "matched rows",
             _ => "matched records",
         };
         lines.push(format!(

@@ -66,9 +66,14 @@ impl SessionConfig {
             });
         }
         if theirs.protocol != ours.protocol {
+            let intersection = |p: ProtocolKind| {
+                matches!(p, ProtocolKind::Intersection | ProtocolKind::IntersectionOt)
+            };
             let hint = if theirs.protocol.is_sum() && ours.protocol.is_sum() {
                 " (the sum goes to the party without values unless both sides pass \
                  --sum-to values-holder)"
+            } else if intersection(theirs.protocol) && intersection(ours.protocol) {
+                " (both sides must pass the same --engine)"
             } else {
                 ""
             };

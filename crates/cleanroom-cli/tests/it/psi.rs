@@ -556,3 +556,89 @@ fn killing_one_process_mid_protocol_makes_the_other_exit_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_ot_engine_finds_the_same_rows_and_refuses_a_peer_on_the_other_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = parties(tmp.path());
+    let (ra, sb) = (
+        tmp.path().join("receiver.csv"),
+        tmp.path().join("sender.csv"),
+    );
+    write_receiver(&ra);
+    write_sender(&sb);
+    let matches = tmp.path().join("matches.csv");
+    let sender_ids = ["--id", "email:mail", "--id", "phone:tel"];
+    let receiver_ids = [
+        "--receiver",
+        "--id",
+        "email:email",
+        "--id",
+        "phone:phone",
+        "--output",
+        matches.to_str().unwrap(),
+        "--record-id-column",
+        "customer_id",
+    ];
+    let with = |ids: &[&'static str], engine: &'static str| -> Vec<&'static str> {
+        let mut v = ids.to_vec();
+        v.extend(["--engine", engine]);
+        v
+    };
+    let receiver_ot: Vec<&str> = receiver_ids
+        .iter()
+        .copied()
+        .chain(["--engine", "ot"])
+        .collect();
+
+    // The listening side is the receiver this time.
+    let (server, addr) = serve(&a, &b, "intersection", &ra, &receiver_ot);
+    let client = connect(&b, &a, &addr, "intersection", &sb, &with(&sender_ids, "ot"));
+    let (ok_c, out_c, err_c) = client.wait(Duration::from_secs(60));
+    let (ok_s, out_s, err_s) = server.wait(Duration::from_secs(10));
+    assert!(ok_c && ok_s, "client: {err_c}\nserver: {err_s}");
+    let want = expected();
+    let rs: serde_json::Value = serde_json::from_str(&out_s).unwrap();
+    assert_eq!(rs["matched_total"], want.len() as u64);
+    let mut expected_csv = String::from("row,matched_on,record_id\n");
+    for (i, k) in &want {
+        expected_csv.push_str(&format!("{i},{k},c{i}\n"));
+    }
+    assert_eq!(std::fs::read_to_string(&matches).unwrap(), expected_csv);
+    let rc: serde_json::Value = serde_json::from_str(&out_c).unwrap();
+    assert!(rc.get("matched_total").is_none(), "{rc}");
+    assert_eq!(rc["identifiers_answered"], 103 + 96);
+    // The sender's identifiers cross as 512 base-OT points and outputs, never blinded points.
+    assert!(rc["bytes_received"].as_u64().unwrap() > 512 * 64);
+
+    // One side on OT, the other on ECDH: both stop and say why.
+    let (server, addr) = serve(&a, &b, "intersection", &ra, &receiver_ot);
+    let client = connect(&b, &a, &addr, "intersection", &sb, &sender_ids);
+    let (ok_c, _, err_c) = client.wait(Duration::from_secs(60));
+    let (ok_s, _, err_s) = server.wait(Duration::from_secs(10));
+    assert!(!ok_c && !ok_s);
+    assert!(
+        err_c.contains("the peer runs intersection-ot, we run intersection"),
+        "{err_c}"
+    );
+    assert!(
+        err_s.contains(
+            "the peer runs intersection, we run intersection-ot (both sides must pass the same --engine)"
+        ),
+        "{err_s}"
+    );
+
+    // The OT engine computes intersections only; the flags say so before any connection.
+    let out = Command::new(BIN)
+        .args(["psi", "connect", "--peer", "127.0.0.1:9"])
+        .args(args(&a, &b, "cardinality", &ra, &["--id", "email:email"]))
+        .args(["--engine", "ot"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("--engine ot runs --protocol intersection only; cardinality runs on ECDH"),
+        "{e}"
+    );
+}

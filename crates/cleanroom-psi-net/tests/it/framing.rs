@@ -20,15 +20,19 @@ fn limits() -> Limits {
 
 /// Runs a receiver on one end; the test plays the peer on the other.
 async fn receiver_against(peer: impl AsyncFnOnce(DuplexStream)) -> NetError {
+    receiver_of(ProtocolKind::Intersection, peer).await
+}
+
+async fn receiver_of(protocol: ProtocolKind, peer: impl AsyncFnOnce(DuplexStream)) -> NetError {
     let (a, b) = duplex(1 << 16);
     let me = tokio::spawn(async move {
         let mut ch = Channel::new(a, limits());
-        let cfg = config(ProtocolKind::Intersection, Role::Receiver);
+        let cfg = config(protocol, Role::Receiver);
         run_session(
             &mut ch,
             &Counters::default(),
             &cfg,
-            input(ProtocolKind::Intersection, Role::Receiver, 0..20),
+            input(protocol, Role::Receiver, 0..20),
             &mut |_| {},
         )
         .await
@@ -36,6 +40,14 @@ async fn receiver_against(peer: impl AsyncFnOnce(DuplexStream)) -> NetError {
     });
     peer(b).await;
     me.await.unwrap().unwrap_err()
+}
+
+async fn read_frame(p: &mut DuplexStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    p.read_exact(&mut len).await.unwrap();
+    let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+    p.read_exact(&mut b).await.unwrap();
+    b
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -122,4 +134,49 @@ async fn a_peer_that_closes_half_way_is_reported() {
     assert!(matches!(e, NetError::PeerClosed(_)), "{e}");
     assert!(e.to_string().contains("closed the connection"), "{e}");
     assert_eq!(&MAGIC[..4], b"CLRM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ot_peer_that_vanishes_stalls_or_sends_garbage_is_reported() {
+    let ot = ProtocolKind::IntersectionOt;
+    let hello = config(ot, Role::Sender)
+        .hello(&input(ot, Role::Sender, 0..5))
+        .encode();
+    // Takes the receiver's setup, then closes.
+    let h = hello.clone();
+    let e = receiver_of(ot, async move |mut p| {
+        read_frame(&mut p).await;
+        p.write_all(&frame(&h)).await.unwrap();
+        let setup = read_frame(&mut p).await;
+        assert_eq!(setup[0], 12, "the OT setup comes first");
+        drop(p);
+    })
+    .await;
+    assert!(matches!(e, NetError::PeerClosed(_)), "{e}");
+
+    // Answers the hello, then says nothing: the idle timeout ends the session.
+    // (The peer keeps the pipe open for 4 s, longer than the 3 s limit.)
+    let h = hello.clone();
+    let e = receiver_of(ot, async move |mut p| {
+        read_frame(&mut p).await;
+        p.write_all(&frame(&h)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    })
+    .await;
+    assert!(matches!(e, NetError::Timeout { secs: 3, .. }), "{e}");
+
+    // Base-OT answers of the wrong number: refused, and the peer is told why.
+    let h = hello.clone();
+    let e = receiver_of(ot, async move |mut p| {
+        read_frame(&mut p).await;
+        p.write_all(&frame(&h)).await.unwrap();
+        read_frame(&mut p).await;
+        let mut choices = vec![13, 0, 0, 0, 1];
+        choices.extend_from_slice(&[0u8; 32 + 16]);
+        p.write_all(&frame(&choices)).await.unwrap();
+        let abort = read_frame(&mut p).await;
+        assert_eq!(&abort[1..], b"count_mismatch");
+    })
+    .await;
+    assert_eq!(e.code(), "count_mismatch", "{e}");
 }

@@ -218,3 +218,24 @@ async fn the_sum_goes_to_the_party_without_values_and_the_other_sum_is_refused()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ot_intersection_runs_over_pinned_tls() {
+    let ot = ProtocolKind::IntersectionOt;
+    let (s, c) = pair(
+        (ot, Role::Sender, 0..3000),
+        (ot, Role::Receiver, 2000..5000),
+    )
+    .await;
+    let (s, c) = (s.unwrap(), c.unwrap());
+    let Outcome::Intersection(out) = &c.outcome else {
+        panic!("{:?}", c.outcome)
+    };
+    assert_eq!(out.counts, MatchCounts::new(vec![1000], false));
+    let matched: Vec<u64> = out.matched_rows().map(|(r, _)| r).collect();
+    assert_eq!(matched, (0..1000).collect::<Vec<u64>>());
+    assert_eq!(s.outcome, Outcome::Answered { identifiers: 3000 });
+    // 512 columns of (1.27·3000 + 256 → 4096) bins one way, 3 × 3000 outputs the other.
+    assert!(c.bytes_sent > 4096 * 64, "{}", c.bytes_sent);
+    assert!(s.bytes_sent > 9000 * 8, "{}", s.bytes_sent);
+}
