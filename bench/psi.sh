@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# PSI-cardinality and PSI (intersection) on N × N items with a known overlap: `cleanroom psi`
-# (two processes over TLS on 127.0.0.1) next to openmined-psi 2.0.6 (both roles in one Python
-# process, single-threaded C++), on the same sets, in one run.
+# PSI-cardinality and PSI (intersection, on ECDH and on OT) on N × N items with a known
+# overlap: `cleanroom psi` (two processes over TLS on 127.0.0.1) next to openmined-psi 2.0.6
+# (both roles in one Python process, single-threaded C++), on the same sets, in one run.
 #
 #   bash bench/psi.sh [N] [THREADS...]      (defaults: 1000000, then 1 and 2 threads)
 #
+# PROTOCOLS="cardinality intersection intersection-ot" (the default) picks what runs;
+# intersection-ot is `--protocol intersection --engine ot`, compared with openmined-psi's
+# intersection.
 # Overlap: half of each set. Wall time covers reading the input and the whole protocol. Bytes
 # on the wire: cleanroom counts what crosses the TCP socket (TLS records included) in both
 # directions; openmined-psi's are the sizes of its three protobuf messages. Peak RSS and CPU
@@ -49,19 +52,22 @@ printf "impl\tprotocol\tthreads\twall_s\tcpu_s\tbytes_total\tpeak_rss_mib\tresul
 run_cleanroom() {
   local protocol=$1 threads=$2
   local tag="$protocol-t$threads-$N"
-  local extra=()
-  [ "$protocol" = intersection ] && extra=(--output "$OUT/matches-$N.csv")
+  local extra=() proto=(--protocol "$protocol")
+  case "$protocol" in
+    intersection) extra=(--output "$OUT/matches-$N.csv") ;;
+    intersection-ot) extra=(--output "$OUT/matches-$N.csv"); proto=(--protocol intersection --engine ot) ;;
+  esac
   # Both parties start together, as two machines would: each reads and blinds its input, then
   # the connecting side retries until the listening side is ready.
   local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   local t0; t0=$(now)
   /usr/bin/time -f "%M %U %S" -o "$OUT/rss-serve-$tag" "$BIN" --json psi serve --listen "127.0.0.1:$port" \
-    --protocol "$protocol" --input "$OUT/b-$N.csv" --id email:id --threads "$threads" --quiet \
+    "${proto[@]}" --input "$OUT/b-$N.csv" --id email:id --threads "$threads" --quiet \
     --cert "$OUT/keys-b/psi-cert.pem" --key "$OUT/keys-b/psi-key.pem" --peer-cert-sha256 "$FA" \
     > "$OUT/serve-$tag.json" 2> "$OUT/serve-$tag.log" &
   local spid=$!
   /usr/bin/time -f "%M %U %S" -o "$OUT/rss-connect-$tag" "$BIN" --json psi connect --peer "127.0.0.1:$port" \
-    --protocol "$protocol" --receiver --input "$OUT/a-$N.csv" --id email:id --threads "$threads" --quiet \
+    "${proto[@]}" --receiver --input "$OUT/a-$N.csv" --id email:id --threads "$threads" --quiet \
     --cert "$OUT/keys-a/psi-cert.pem" --key "$OUT/keys-a/psi-key.pem" --peer-cert-sha256 "$FB" \
     "${extra[@]}" > "$OUT/connect-$tag.json" 2> "$OUT/connect-$tag.log"
   wait "$spid"
@@ -99,8 +105,11 @@ print(f"openmined-psi\t{j['protocol']}\t1\t{j['wall_seconds']:.2f}\t{j['cpu_seco
 PY
 }
 
-for protocol in cardinality intersection; do
-  [ "${OPENMINED:-1}" = 0 ] || run_openmined "$protocol"
+for protocol in ${PROTOCOLS:-cardinality intersection intersection-ot}; do
+  # openmined-psi has one intersection; it runs once, before the first cleanroom engine.
+  if [ "${OPENMINED:-1}" != 0 ] && [ "$protocol" != intersection-ot ]; then
+    run_openmined "$protocol"
+  fi
   for t in "${THREADS[@]}"; do
     run_cleanroom "$protocol" "$t"
   done
@@ -120,7 +129,9 @@ print("ratios cleanroom / openmined-psi (below 1: cleanroom is faster or smaller
 for r in rows:
     if r["impl"] != "cleanroom":
         continue
-    o = om[r["protocol"]]
+    o = om.get(r["protocol"].removesuffix("-ot"))
+    if o is None:
+        continue
     print(f"  {r['protocol']:12} threads={r['threads']}: wall {float(r['wall_s']) / float(o['wall_s']):.2f}, "
           f"cpu {float(r['cpu_s']) / float(o['cpu_s']):.2f}, bytes {int(r['bytes_total']) / int(o['bytes_total']):.2f}")
 PY

@@ -327,6 +327,10 @@ impl ReceiverCollecting {
                 self.width
             )));
         }
+        if outputs.is_empty() {
+            // Nothing to count: a peer that sends empty batches would only keep us waiting.
+            return Err(PsiError::Malformed("an empty batch of outputs".into()));
+        }
         let n = (outputs.len() / w) as u64;
         if self.received[h] + n > self.expected {
             return Err(PsiError::CountMismatch(format!(

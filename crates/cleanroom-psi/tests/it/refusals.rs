@@ -349,6 +349,18 @@ fn the_ot_intersection_refuses_a_peer_that_breaks_its_steps() {
         "{e}"
     );
 
+    // An empty batch of outputs.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtOutputs { hash, width, .. } => Message::OtOutputs {
+            hash,
+            width,
+            outputs: Vec::new(),
+        },
+        m => m,
+    });
+    assert_eq!((side, e.code()), (Role::Receiver, "malformed_message"), "{e}");
+
     // An acknowledgement of fewer outputs than were sent.
     let (r, s) = fresh(0);
     let (side, e) = tampered(r, s, |_, m| match m {
