@@ -674,6 +674,7 @@ struct Reporter {
     bar: Option<ProgressBar>,
     lines: bool,
     last: Instant,
+    start: Instant,
 }
 
 impl Reporter {
@@ -692,6 +693,7 @@ impl Reporter {
             bar,
             lines: !quiet && !tty,
             last: Instant::now() - Duration::from_secs(1),
+            start: Instant::now(),
         }
     }
 
@@ -707,8 +709,12 @@ impl Reporter {
         } else if self.lines && self.last.elapsed() >= Duration::from_millis(500) {
             self.last = Instant::now();
             eprintln!(
-                "psi progress: {}/{} entries, {} bytes sent, {} bytes received",
-                p.entries_done, p.entries_total, p.bytes_sent, p.bytes_received
+                "psi progress: {}/{} entries, {} bytes sent, {} bytes received{}",
+                p.entries_done,
+                p.entries_total,
+                p.bytes_sent,
+                p.bytes_received,
+                eta(self.start.elapsed(), p.entries_done, p.entries_total)
             );
         }
     }
@@ -718,6 +724,15 @@ impl Reporter {
             b.finish_and_clear();
         }
     }
+}
+
+/// ", eta 12 s": the time left at the average rate so far, once there is a rate to go by.
+fn eta(elapsed: Duration, done: u64, total: u64) -> String {
+    if done == 0 || done >= total || elapsed < Duration::from_millis(200) {
+        return String::new();
+    }
+    let left = elapsed.as_secs_f64() * (total - done) as f64 / done as f64;
+    format!(", eta {left:.0} s")
 }
 
 /// The identifier columns in priority order, their kinds and their normalisation options: from
@@ -887,5 +902,18 @@ mod table {
             bail!("no columns requested");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eta_extrapolates_the_rate_so_far_and_stays_quiet_without_one() {
+        assert_eq!(eta(Duration::from_secs(10), 250, 1000), ", eta 30 s");
+        assert_eq!(eta(Duration::from_secs(10), 0, 1000), "");
+        assert_eq!(eta(Duration::from_secs(10), 1000, 1000), "");
+        assert_eq!(eta(Duration::from_millis(50), 10, 1000), "");
     }
 }

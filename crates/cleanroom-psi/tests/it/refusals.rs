@@ -359,7 +359,11 @@ fn the_ot_intersection_refuses_a_peer_that_breaks_its_steps() {
         },
         m => m,
     });
-    assert_eq!((side, e.code()), (Role::Receiver, "malformed_message"), "{e}");
+    assert_eq!(
+        (side, e.code()),
+        (Role::Receiver, "malformed_message"),
+        "{e}"
+    );
 
     // An acknowledgement of fewer outputs than were sent.
     let (r, s) = fresh(0);
