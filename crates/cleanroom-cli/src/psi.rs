@@ -16,7 +16,9 @@ use cleanroom_identity::config::PrepareConfig;
 use cleanroom_identity::normalise::{IdKind, Invalid, NormaliseOptions, normalise};
 use cleanroom_psi::group::Kinds;
 use cleanroom_psi::side::{SideInputs, SideRule, check_side};
-use cleanroom_psi::{InputBuilder, Outcome, PreparedInput, ProtocolKind, Role, SessionConfig};
+use cleanroom_psi::{
+    InputBuilder, Outcome, PreparedInput, ProtocolKind, Role, SessionConfig, SpillConfig,
+};
 use cleanroom_psi_net::{Identity, Limits, PeerPin, Progress, Report, TlsSetup};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -160,6 +162,11 @@ pub struct RunArgs {
     /// Threads for the elliptic-curve work (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// --engine ot: where the hashed identifiers wait once they pass 256 MiB, sealed with
+    /// AES-256-GCM under a key that only this process holds, in files without a name that
+    /// vanish when it ends (default: the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    temp_dir: Option<PathBuf>,
     /// Give up when the peer sends nothing for this many seconds.
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
@@ -336,6 +343,17 @@ fn check_flags(run: &RunArgs) -> Result<Flags> {
             p.as_str()
         ),
     };
+    if let Some(dir) = &run.temp_dir {
+        if protocol != ProtocolKind::IntersectionOt {
+            bail!(
+                "--temp-dir is for --engine ot; the ECDH protocols keep their blinded input in \
+                 memory"
+            );
+        }
+        if !dir.is_dir() {
+            bail!("--temp-dir {}: not a directory", dir.display());
+        }
+    }
     let role = if run.receiver {
         Role::Receiver
     } else {
@@ -416,6 +434,12 @@ fn read_input(
     let (labels, kinds) = (&flags.labels, &flags.kinds);
     let t0 = Instant::now();
     let mut builder = InputBuilder::new(kinds.clone(), protocol, role, max_value)?;
+    if let Some(dir) = &run.temp_dir {
+        builder.spill(SpillConfig {
+            dir: dir.clone(),
+            ..SpillConfig::default()
+        })?;
+    }
     let mut read = ReadStats {
         invalid: vec![0; labels.len()],
         ..ReadStats::default()
@@ -490,6 +514,13 @@ fn report_read(run: &RunArgs, flags: &Flags, read: &ReadStats, input: &PreparedI
         if *n > 0 {
             eprintln!("psi: {n} {label} values are not valid {label}s and are treated as absent");
         }
+    }
+    if input.spilled_bytes() > 0 {
+        eprintln!(
+            "psi: the hashed identifiers take {:.1} MB, sealed in temporary files (memory stays \
+             at one bucket's worth)",
+            input.spilled_bytes() as f64 / 1e6
+        );
     }
     if input.rows_without_id() > 0 {
         eprintln!(

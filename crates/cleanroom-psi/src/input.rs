@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use crate::group::{Kinds, Point, SessionKey};
+use crate::ot::store::{ItemStore, Rec, SpillConfig};
 use crate::wire::{ProtocolKind, Role};
 use crate::{PsiError, Session};
 
@@ -64,6 +65,8 @@ pub struct InputBuilder {
     rows_without_id: u64,
     clamped: u64,
     sets: Vec<Vec<Point>>,
+    /// The OT intersection's items (hashed, not blinded), by part.
+    store: Option<ItemStore>,
     row_points: Vec<Vec<(Point, u32)>>,
     tuple_points: Vec<Point>,
     tuple_values: Vec<u64>,
@@ -114,6 +117,8 @@ impl InputBuilder {
             rows_without_id: 0,
             clamped: 0,
             sets: vec![Vec::new(); k],
+            store: (protocol == ProtocolKind::IntersectionOt)
+                .then(|| ItemStore::new(k, layout == Layout::Rows, SpillConfig::default())),
             row_points: vec![Vec::new(); k],
             tuple_points: Vec::new(),
             tuple_values: Vec::new(),
@@ -123,6 +128,21 @@ impl InputBuilder {
 
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Where and beyond how many buffered bytes the OT intersection's items go to sealed
+    /// temporary files (other protocols keep their blinded input in memory). Call before the
+    /// first [`InputBuilder::push`].
+    pub fn spill(&mut self, config: SpillConfig) -> Result<(), PsiError> {
+        if self.rows > 0 {
+            return Err(PsiError::InvalidParameter(
+                "the spill settings must come before the first record".into(),
+            ));
+        }
+        if let Some(s) = &mut self.store {
+            *s = ItemStore::new(self.kinds.len(), self.layout == Layout::Rows, config);
+        }
+        Ok(())
     }
 
     /// Adds one record: its normalised identifiers, one slot per kind in the session's order
@@ -161,12 +181,12 @@ impl InputBuilder {
             value,
         });
         if self.pending.len() >= FLUSH {
-            self.flush();
+            self.flush()?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self) -> Result<(), PsiError> {
         let pending = std::mem::take(&mut self.pending);
         let (kinds, key, hashed) = (&self.kinds, &self.key, self.hashed);
         let blinded: Vec<Vec<Option<Point>>> = pending
@@ -188,6 +208,18 @@ impl InputBuilder {
             })
             .collect();
         for (p, b) in pending.iter().zip(blinded) {
+            if let Some(store) = &mut self.store {
+                for (k, pt) in b.into_iter().enumerate() {
+                    if let Some(pt) = pt {
+                        store.push(Rec {
+                            item: u128::from_le_bytes(pt[..16].try_into().expect("16 bytes")),
+                            row: p.row,
+                            kind: k as u8,
+                        })?;
+                    }
+                }
+                continue;
+            }
             match self.layout {
                 Layout::Set => {
                     for (k, pt) in b.into_iter().enumerate() {
@@ -212,64 +244,71 @@ impl InputBuilder {
         }
         self.pending = pending;
         self.pending.clear();
+        Ok(())
     }
 
     /// Blinds what is left, removes duplicates, and fixes the sending order.
     pub fn finish(mut self) -> Result<PreparedInput, PsiError> {
-        self.flush();
+        self.flush()?;
         let width = self.kinds.len();
-        let data = match self.layout {
-            Layout::Set => {
-                for s in &mut self.sets {
-                    s.par_sort_unstable();
-                    s.dedup();
-                }
-                Data::Set(self.sets)
+        let data = match (self.store.take(), self.layout) {
+            (Some(mut store), _) => {
+                store.finish()?;
+                Data::Ot(Box::new(store))
             }
-            Layout::Rows => {
-                for r in &mut self.row_points {
-                    r.par_sort_unstable();
-                }
-                Data::Rows(self.row_points)
-            }
-            Layout::Tuples => {
-                let n = self.tuple_values.len();
-                let pts = &self.tuple_points;
-                let mut idx: Vec<u32> = (0..n as u32).collect();
-                idx.par_sort_unstable_by(|a, b| {
-                    let (a, b) = (*a as usize, *b as usize);
-                    pts[a * width..(a + 1) * width].cmp(&pts[b * width..(b + 1) * width])
-                });
-                let mut points: Vec<Point> = Vec::with_capacity(pts.len());
-                let mut values: Vec<u64> = Vec::with_capacity(n);
-                for i in idx {
-                    let i = i as usize;
-                    let t = &pts[i * width..(i + 1) * width];
-                    let v = self.tuple_values[i];
-                    let last = points.len().checked_sub(width).map(|s| &points[s..]);
-                    if last == Some(t) {
-                        let l = values.len() - 1;
-                        values[l] = values[l].saturating_add(v);
-                    } else {
-                        points.extend_from_slice(t);
-                        values.push(v);
+            (None, layout) => match layout {
+                Layout::Set => {
+                    for s in &mut self.sets {
+                        s.par_sort_unstable();
+                        s.dedup();
                     }
+                    Data::Set(self.sets)
                 }
-                // A distinct record is what the protocol counts (and what the sum's noise
-                // protects): the values of its duplicate rows are added, and the record's
-                // total is clamped into [0, max_value] too, so one record never contributes
-                // more than the bound the peer was told (the noise's sensitivity, and the
-                // range the party without values decrypts over).
-                if let Some(max) = self.max_value {
-                    for v in &mut values {
-                        if *v > max {
-                            *v = max;
-                            self.clamped += 1;
+                Layout::Rows => {
+                    for r in &mut self.row_points {
+                        r.par_sort_unstable();
+                    }
+                    Data::Rows(self.row_points)
+                }
+                Layout::Tuples => {
+                    let n = self.tuple_values.len();
+                    let pts = &self.tuple_points;
+                    let mut idx: Vec<u32> = (0..n as u32).collect();
+                    idx.par_sort_unstable_by(|a, b| {
+                        let (a, b) = (*a as usize, *b as usize);
+                        pts[a * width..(a + 1) * width].cmp(&pts[b * width..(b + 1) * width])
+                    });
+                    let mut points: Vec<Point> = Vec::with_capacity(pts.len());
+                    let mut values: Vec<u64> = Vec::with_capacity(n);
+                    for i in idx {
+                        let i = i as usize;
+                        let t = &pts[i * width..(i + 1) * width];
+                        let v = self.tuple_values[i];
+                        let last = points.len().checked_sub(width).map(|s| &points[s..]);
+                        if last == Some(t) {
+                            let l = values.len() - 1;
+                            values[l] = values[l].saturating_add(v);
+                        } else {
+                            points.extend_from_slice(t);
+                            values.push(v);
                         }
                     }
+                    // A distinct record is what the protocol counts (and what the sum's noise
+                    // protects): the values of its duplicate rows are added, and the record's
+                    // total is clamped into [0, max_value] too, so one record never contributes
+                    // more than the bound the peer was told (the noise's sensitivity, and the
+                    // range the party without values decrypts over).
+                    if let Some(max) = self.max_value {
+                        for v in &mut values {
+                            if *v > max {
+                                *v = max;
+                                self.clamped += 1;
+                            }
+                        }
+                    }
+                    Data::Tuples { points, values }
                 }
-                Data::Tuples { points, values }
-            }
+            },
         };
         Ok(PreparedInput {
             kinds: self.kinds,
@@ -293,6 +332,8 @@ pub(crate) enum Data {
         points: Vec<Point>,
         values: Vec<u64>,
     },
+    /// The OT intersection's items, by part (rows kept for the receiver).
+    Ot(Box<ItemStore>),
 }
 
 /// A party's blinded input, ready for a session.
@@ -342,6 +383,15 @@ impl PreparedInput {
         self.clamped
     }
 
+    /// Bytes of the OT intersection's items sealed in temporary files (0 when they fit in
+    /// memory, and for other protocols).
+    pub fn spilled_bytes(&self) -> u64 {
+        match &self.data {
+            Data::Ot(store) => store.spilled_bytes(),
+            _ => 0,
+        }
+    }
+
     pub fn max_value(&self) -> Option<u64> {
         self.max_value
     }
@@ -353,6 +403,7 @@ impl PreparedInput {
             Data::Set(s) => s.iter().map(|v| v.len() as u64).collect(),
             Data::Rows(r) => r.iter().map(|v| distinct_runs(v) as u64).collect(),
             Data::Tuples { values, .. } => vec![values.len() as u64],
+            Data::Ot(store) => store.counts().to_vec(),
         }
     }
 

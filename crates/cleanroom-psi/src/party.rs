@@ -53,6 +53,7 @@ enum State {
     OtRExtend(ot::ReceiverExtending),
     OtRCollect(ot::ReceiverCollecting),
     OtSStart(ot::SenderStarting),
+    OtSBucket(ot::SenderAwaitingBucket),
     OtSExtend(ot::SenderExtending),
     OtSSend(ot::SenderSending),
     OtSAwait(ot::SenderAwaitingEnd),
@@ -77,6 +78,15 @@ enum State {
     Failed,
 }
 
+/// The OT sender's state after a bucket's columns or outputs.
+fn ot_sender_state(next: ot::SenderNext) -> State {
+    match next {
+        ot::SenderNext::Send(n) => State::OtSSend(n),
+        ot::SenderNext::Bucket(n) => State::OtSBucket(n),
+        ot::SenderNext::Await(n) => State::OtSAwait(n),
+    }
+}
+
 /// One side of a session.
 pub struct Party {
     state: State,
@@ -94,6 +104,7 @@ impl Party {
     pub fn new(session: Session, input: PreparedInput) -> Result<Party, PsiError> {
         let own: u64 = input.announced_items().iter().sum();
         let peer: u64 = session.peer_items().iter().sum();
+        let per_bucket = session.ot_bucket_items;
         let (state, expected_entries) = match (session.protocol(), session.role()) {
             (ProtocolKind::Cardinality, Role::Receiver) => (
                 State::CardRCollect(cardinality::ReceiverCollecting::new(session, input)?),
@@ -113,11 +124,11 @@ impl Party {
             ),
             (ProtocolKind::IntersectionOt, Role::Receiver) => (
                 State::OtRStart(ot::ReceiverStarting::new(session, input)?),
-                ot::expected_entries(own, peer),
+                ot::expected_entries(own, peer, per_bucket),
             ),
             (ProtocolKind::IntersectionOt, Role::Sender) => (
                 State::OtSStart(ot::SenderStarting::new(session, input)?),
-                ot::expected_entries(peer, own),
+                ot::expected_entries(peer, own, per_bucket),
             ),
             (ProtocolKind::SumToValuesHolder, Role::Receiver) => (
                 State::SumRReblind(sum_to_holder::ReceiverReblinding::new(session, input)?),
@@ -187,13 +198,18 @@ impl Party {
                 Emit::Last(m, n) => (State::OtRCollect(n), Action::Send(m)),
             },
             // The sender has no items: nothing to wait for.
-            State::OtRCollect(s) if s.is_complete() => {
-                let (m, out) = s.finish();
-                (State::Finished(Outcome::Intersection(out)), Action::Send(m))
-            }
+            State::OtRCollect(s) if s.is_complete() => match s.advance() {
+                ot::ReceiverNext::Extend(n) => {
+                    self.state = State::OtRExtend(*n);
+                    return self.next_action();
+                }
+                ot::ReceiverNext::Done(m, out) => {
+                    (State::Finished(Outcome::Intersection(out)), Action::Send(m))
+                }
+            },
             State::OtSSend(s) => match s.emit()? {
                 Emit::More(m, s) => (State::OtSSend(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::OtSAwait(n), Action::Send(m)),
+                Emit::Last(m, n) => (ot_sender_state(n), Action::Send(m)),
             },
             State::SumRReturn(s) => match s.emit()? {
                 Emit::More(m, s) => (State::SumRReturn(s), Action::Send(m)),
@@ -268,7 +284,8 @@ impl Party {
             State::OtRChoices(s) => State::OtRExtend(s.absorb(msg)?),
             State::OtRCollect(s) => match s.absorb(msg)? {
                 Absorb::More(s) => State::OtRCollect(s),
-                Absorb::Next((m, out)) => {
+                Absorb::Next(ot::ReceiverNext::Extend(n)) => State::OtRExtend(*n),
+                Absorb::Next(ot::ReceiverNext::Done(m, out)) => {
                     self.outbox = Some(m);
                     State::Finished(Outcome::Intersection(out))
                 }
@@ -276,13 +293,13 @@ impl Party {
             State::OtSStart(s) => {
                 let (m, n) = s.absorb(msg)?;
                 self.outbox = Some(m);
-                State::OtSExtend(n)
+                State::OtSBucket(n)
             }
+            State::OtSBucket(s) => State::OtSExtend(s.absorb(msg)?),
             State::OtSExtend(s) => match s.absorb(msg)? {
                 Absorb::More(s) => State::OtSExtend(s),
-                // Without items there is nothing to send: wait for the acknowledgement.
-                Absorb::Next(n) if n.is_empty() => State::OtSAwait(n.await_end()),
-                Absorb::Next(n) => State::OtSSend(n),
+                // Without items there is nothing to send: the next bucket, or the end.
+                Absorb::Next(n) => ot_sender_state(n),
             },
             State::OtSAwait(s) => State::Finished(Outcome::Answered {
                 identifiers: s.absorb(msg)?,

@@ -28,6 +28,9 @@ pub struct SessionConfig {
     pub count_epsilon: Option<f64>,
     /// Require discrete Laplace noise on released sums (sensitivity: the value bound).
     pub sum_epsilon: Option<f64>,
+    /// OT intersection, as the receiver: the items a bucket should hold on average (the
+    /// sides' memory follows it; the sender accepts any power of two up to 256 buckets).
+    pub ot_bucket_items: u64,
 }
 
 impl SessionConfig {
@@ -39,6 +42,7 @@ impl SessionConfig {
             max_peer_items: 100_000_000,
             count_epsilon: None,
             sum_epsilon: None,
+            ot_bucket_items: crate::ot::DEFAULT_BUCKET_ITEMS,
         }
     }
 
@@ -190,6 +194,7 @@ impl SessionConfig {
             kinds,
             batch,
             peer_items: theirs.items.clone(),
+            ot_bucket_items: self.ot_bucket_items.max(1),
             max_value,
             count_noise,
             sum_noise,
@@ -211,6 +216,7 @@ pub struct Session {
     pub(crate) kinds: Kinds,
     pub(crate) batch: usize,
     pub(crate) peer_items: Vec<u64>,
+    pub(crate) ot_bucket_items: u64,
     pub(crate) max_value: u64,
     pub(crate) count_noise: Option<NoiseSpec>,
     pub(crate) sum_noise: Option<NoiseSpec>,

@@ -248,12 +248,16 @@ pub enum Message {
     /// group elements `(S + r + noise)·G`, one per kind, in the same order.
     DecryptedMaskedSums { elements: Vec<Point> },
     /// OT intersection, receiver → sender: `A` of the base OTs, the receiver's share of the
-    /// coin toss for the code, and the key of its cuckoo hash functions.
+    /// coin toss for the code, and the number of buckets the items are split into (a power
+    /// of two, at most 256).
     OtSetup {
         point: Point,
         seed: [u8; 16],
-        hash_key: [u8; 16],
+        buckets: u16,
     },
+    /// OT intersection, receiver → sender, before each bucket's columns: the key of the
+    /// bucket's cuckoo hash functions.
+    OtBucket { hash_key: [u8; 16] },
     /// OT intersection, sender → receiver: the 512 base-OT answers and its coin-toss share.
     OtChoices { points: Vec<Point>, seed: [u8; 16] },
     /// OT intersection, receiver → sender: the extension's 512 columns for the next `bins`
@@ -289,6 +293,7 @@ impl Message {
             Message::MaskedSums { .. } => "masked sums",
             Message::DecryptedMaskedSums { .. } => "decrypted masked sums",
             Message::OtSetup { .. } => "OT setup",
+            Message::OtBucket { .. } => "OT bucket key",
             Message::OtChoices { .. } => "base-OT answers",
             Message::OtColumns { .. } => "OT extension columns",
             Message::OtOutputs { .. } => "OPRF outputs",
@@ -390,11 +395,15 @@ impl Message {
             Message::OtSetup {
                 point,
                 seed,
-                hash_key,
+                buckets,
             } => {
                 b.push(12);
                 b.extend_from_slice(point);
                 b.extend_from_slice(seed);
+                b.extend_from_slice(&buckets.to_be_bytes());
+            }
+            Message::OtBucket { hash_key } => {
+                b.push(16);
                 b.extend_from_slice(hash_key);
             }
             Message::OtChoices { points, seed } => {
@@ -497,9 +506,22 @@ impl Message {
                     elements: r.arrays(n)?,
                 }
             }
-            12 => Message::OtSetup {
-                point: r.array()?,
-                seed: r.array()?,
+            12 => {
+                let (point, seed) = (r.array()?, r.array()?);
+                let buckets = u16::from_be_bytes(r.array()?);
+                let max = crate::ot::store::PARTS as u16;
+                if !buckets.is_power_of_two() || buckets > max {
+                    return Err(PsiError::Malformed(format!(
+                        "{buckets} buckets; a power of two up to {max} is allowed"
+                    )));
+                }
+                Message::OtSetup {
+                    point,
+                    seed,
+                    buckets,
+                }
+            }
+            16 => Message::OtBucket {
                 hash_key: r.array()?,
             },
             13 => {
@@ -665,8 +687,9 @@ mod tests {
             Message::OtSetup {
                 point: [1; 32],
                 seed: [2; 16],
-                hash_key: [3; 16],
+                buckets: 64,
             },
+            Message::OtBucket { hash_key: [3; 16] },
             Message::OtChoices {
                 points: vec![[4; 32]; 3],
                 seed: [5; 16],
@@ -701,6 +724,13 @@ mod tests {
             assert!(Message::decode(&m).is_err(), "{bins}");
         }
         assert!(Message::decode(&[15, 3, 10, 0, 0, 0, 0]).is_err());
+        // Buckets that are not a power of two up to 256.
+        for buckets in [0u16, 3, 512] {
+            let mut m = vec![12];
+            m.extend_from_slice(&[1; 48]);
+            m.extend_from_slice(&buckets.to_be_bytes());
+            assert!(Message::decode(&m).is_err(), "{buckets}");
+        }
         assert!(Message::decode(&[15, 0, 4, 0, 0, 0, 0]).is_err());
     }
 

@@ -5,6 +5,8 @@
 //! - [`base`]: 512 base OTs (Chou–Orlandi "Simplest OT" on ristretto255);
 //! - [`matrix`]: the bit-matrix transpose and the AES-CTR column streams of the extension;
 //! - [`cuckoo`]: the receiver's stash-less cuckoo table, 3 hash functions;
+//! - [`store`]: a side's items by part, in memory or sealed in temporary files, read a
+//!   bucket at a time;
 //! - here: the parameters, the pseudo-random code and the output hash.
 //!
 //! The protocol's steps are in [`crate::ot_intersection`].
@@ -12,6 +14,7 @@
 pub(crate) mod base;
 pub(crate) mod cuckoo;
 pub(crate) mod matrix;
+pub mod store;
 
 use aes::Aes128;
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
@@ -40,6 +43,35 @@ pub(crate) const MAX_CHUNK: usize = 1 << 14;
 pub(crate) fn bins_for(n: u64) -> u64 {
     let want = (n as f64 * 1.27).ceil() as u64 + 256;
     want.div_ceil(BIN_ALIGN as u64) * BIN_ALIGN as u64
+}
+
+/// Items per bucket the receiver aims for by default: a bucket's working state is about
+/// 120 bytes an item on the receiver's side and 100 on the sender's, so 2^21 items keep a
+/// bucket near 250 MB.
+pub const DEFAULT_BUCKET_ITEMS: u64 = 1 << 21;
+
+/// The number of buckets the receiver picks: a power of two, enough that the larger side
+/// has at most `per_bucket` items a bucket on average, at most [`store::PARTS`].
+pub(crate) fn buckets_for(receiver_items: u64, sender_items: u64, per_bucket: u64) -> u64 {
+    let n = receiver_items.max(sender_items);
+    n.div_ceil(per_bucket.max(1))
+        .next_power_of_two()
+        .clamp(1, store::PARTS as u64)
+}
+
+/// The number of items every bucket is padded to when `n` items fall into `buckets` buckets
+/// (uniformly: items are hashes): `μ + t` with `μ = n / buckets` and `t` from Bernstein's
+/// inequality, `P[X ≥ μ + t] ≤ exp(-t² / (2μ + 2t/3))`, set so that the chance that any
+/// bucket overflows stays below `2^-STAT` (a union bound over the buckets). One bucket holds
+/// all `n`. Padding hides how a side's items spread over the buckets: only `n` is announced.
+pub(crate) fn bucket_capacity(n: u64, buckets: u64) -> u64 {
+    if buckets <= 1 || n == 0 {
+        return n;
+    }
+    let mu = n as f64 / buckets as f64;
+    let a = f64::from(STAT) * std::f64::consts::LN_2 + (buckets as f64).ln();
+    let t = a / 3.0 + (a * a / 9.0 + 2.0 * a * mu).sqrt();
+    ((mu + t).ceil() as u64).min(n)
 }
 
 /// Bytes of each OPRF output kept for comparison. The receiver compares each of its `bins`
@@ -153,6 +185,43 @@ mod tests {
         assert_eq!(mask_bytes(bins_for(1 << 20), 1 << 20), 11);
         assert_eq!(mask_bytes(bins_for(100_000_000), 100_000_000), 12);
         assert_eq!(mask_bytes(256, 0), 8);
+    }
+
+    #[test]
+    fn buckets_are_powers_of_two_and_their_padding_is_small_but_safe() {
+        assert_eq!(buckets_for(0, 0, DEFAULT_BUCKET_ITEMS), 1);
+        assert_eq!(buckets_for(1_000_000, 1_000_000, DEFAULT_BUCKET_ITEMS), 1);
+        assert_eq!(buckets_for(100_000_000, 3, DEFAULT_BUCKET_ITEMS), 64);
+        assert_eq!(buckets_for(3, 10_000_000_000, DEFAULT_BUCKET_ITEMS), 256);
+        assert_eq!(bucket_capacity(12_345, 1), 12_345);
+        assert_eq!(bucket_capacity(0, 64), 0);
+        // 100M into 64: μ ≈ 1.56M, σ ≈ 1,250; the pad is ≈ 8σ (0.64 %), never below 7σ.
+        let (n, b) = (100_000_000u64, 64u64);
+        let mu = n as f64 / b as f64;
+        let cap = bucket_capacity(n, b) as f64;
+        assert!(cap > mu + 7.0 * mu.sqrt() && cap < mu * 1.01, "{cap}");
+        // A small set cannot be padded beyond itself.
+        assert_eq!(bucket_capacity(10, 256), 10);
+    }
+
+    #[test]
+    fn the_padding_holds_in_simulation() {
+        use rand::{RngExt, SeedableRng};
+        // 200 trials of 200,000 uniform items into 64 buckets: no bucket ever overflows,
+        // and the fullest bucket is well above the mean (the bound is not vacuous).
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(17);
+        let (n, b) = (200_000u64, 64usize);
+        let cap = bucket_capacity(n, b as u64);
+        let mut fullest = 0;
+        for _ in 0..200 {
+            let mut counts = vec![0u64; b];
+            for _ in 0..n {
+                counts[rng.random_range(0..b)] += 1;
+            }
+            fullest = fullest.max(*counts.iter().max().unwrap());
+        }
+        assert!(fullest <= cap, "{fullest} > {cap}");
+        assert!(fullest as f64 > n as f64 / b as f64 + 100.0);
     }
 
     #[test]

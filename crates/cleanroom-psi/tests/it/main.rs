@@ -33,6 +33,10 @@ pub struct Run {
     pub batch: u32,
     pub count_epsilon: Option<f64>,
     pub sum_epsilon: Option<f64>,
+    /// OT intersection: the receiver's items per bucket.
+    pub ot_bucket_items: u64,
+    /// OT intersection: spill the items to sealed temporary files above this many bytes.
+    pub spill_above: [Option<usize>; 2],
 }
 
 impl Run {
@@ -44,7 +48,17 @@ impl Run {
             batch: 7,
             count_epsilon: None,
             sum_epsilon: None,
+            ot_bucket_items: cleanroom_psi::ot::DEFAULT_BUCKET_ITEMS,
+            spill_above: [None, None],
         }
+    }
+
+    /// The OT intersection in buckets of about `per_bucket` items, each side spilling its
+    /// items to disk above the given number of bytes.
+    pub fn bucketed(mut self, per_bucket: u64, spill: [Option<usize>; 2]) -> Self {
+        self.ot_bucket_items = per_bucket;
+        self.spill_above = spill;
+        self
     }
 }
 
@@ -69,6 +83,14 @@ pub fn prepare(run: &Run, role: Role, records: &Records) -> cleanroom_psi::Prepa
     let kinds = Kinds::new(&run.kinds).unwrap();
     let max = (run.protocol.values_holder() == Some(role)).then_some(run.max_value);
     let mut b = InputBuilder::new(kinds, run.protocol, role, max).unwrap();
+    let side = usize::from(role == Role::Sender);
+    if let Some(above) = run.spill_above[side] {
+        b.spill(cleanroom_psi::SpillConfig {
+            dir: std::env::temp_dir(),
+            above,
+        })
+        .unwrap();
+    }
     for (ids, v) in &records.rows {
         let slots: Vec<Option<&[u8]>> = ids
             .iter()
@@ -84,6 +106,7 @@ pub fn config(run: &Run, role: Role) -> SessionConfig {
     c.batch = run.batch;
     c.count_epsilon = run.count_epsilon;
     c.sum_epsilon = run.sum_epsilon;
+    c.ot_bucket_items = run.ot_bucket_items;
     c
 }
 

@@ -313,10 +313,10 @@ fn the_ot_intersection_refuses_a_peer_that_breaks_its_steps() {
     // An invalid base-OT point from the receiver.
     let (r, s) = fresh(0);
     let (side, e) = tampered(r, s, |_, m| match m {
-        Message::OtSetup { seed, hash_key, .. } => Message::OtSetup {
+        Message::OtSetup { seed, buckets, .. } => Message::OtSetup {
             point: [0xee; 32],
             seed,
-            hash_key,
+            buckets,
         },
         m => m,
     });
@@ -373,6 +373,34 @@ fn the_ot_intersection_refuses_a_peer_that_breaks_its_steps() {
     });
     assert_eq!((side, e.code()), (Role::Sender, "count_mismatch"), "{e}");
 
+    // Outputs of a later hash function before the first one's are complete.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtOutputs {
+            hash: 0,
+            width,
+            outputs,
+        } => Message::OtOutputs {
+            hash: 1,
+            width,
+            outputs,
+        },
+        m => m,
+    });
+    assert_eq!((side, e.code()), (Role::Receiver, "count_mismatch"), "{e}");
+
+    // Something else where a bucket's key belongs.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtBucket { .. } => Message::Done,
+        m => m,
+    });
+    assert_eq!(
+        (side, e.code()),
+        (Role::Sender, "protocol_violation"),
+        "{e}"
+    );
+
     // A message of another protocol where the setup belongs.
     let (r, s) = fresh(0);
     let (side, e) = tampered(r, s, |_, m| match m {
@@ -401,4 +429,43 @@ fn the_two_intersection_engines_do_not_run_against_each_other() {
             .contains("the peer runs intersection-ot, we run intersection"),
         "{e}"
     );
+}
+
+/// Identifiers whose OT items all fall into the first of 32 buckets.
+fn colliding(n: usize) -> Vec<String> {
+    let kinds = cleanroom_psi::group::Kinds::new(&["email"]).unwrap();
+    (0u64..)
+        .map(|i| format!("crafted-{i}@example.com"))
+        .filter(|id| kinds.ot_item(0, id.as_bytes())[0] < 8)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn identifiers_chosen_to_fill_one_bucket_are_refused_by_their_own_side() {
+    // 300 items in buckets of about 10: 32 buckets, each padded to 47. All 300 in bucket 0 is
+    // what padding cannot hide: the side that holds them stops, before sending anything of
+    // that bucket, with a message that says why.
+    let mut run = Run::new(ProtocolKind::IntersectionOt, &["email"]).bucketed(10, [None, None]);
+    run.batch = 128;
+    let crafted = crate::Records::single(&colliding(300));
+    let spread = crate::Records::single(
+        &(0..300)
+            .map(|i| format!("p{i}@example.com"))
+            .collect::<Vec<_>>(),
+    );
+    for (r, s, bad) in [
+        (&crafted, &spread, Role::Receiver),
+        (&spread, &crafted, Role::Sender),
+    ] {
+        let ri = crate::prepare(&run, Role::Receiver, r);
+        let si = crate::prepare(&run, Role::Sender, s);
+        let (rc, sc) = (config(&run, Role::Receiver), config(&run, Role::Sender));
+        let (rh, sh) = (rc.hello(&ri), sc.hello(&si));
+        let rp = Party::new(rc.agree(&rh, &sh).unwrap(), ri).unwrap();
+        let sp = Party::new(sc.agree(&sh, &rh).unwrap(), si).unwrap();
+        let (side, e) = tampered(rp, sp, |_, m| m);
+        assert_eq!((side, e.code()), (bad, "invalid_parameter"), "{e}");
+        assert!(e.to_string().contains("chosen to collide"), "{e}");
+    }
 }

@@ -290,3 +290,53 @@ fn the_values_holders_view_does_not_depend_on_the_sum() {
         }
     }
 }
+
+#[test]
+fn ot_buckets_are_padded_so_the_traffic_does_not_depend_on_the_items() {
+    // 600 against 500 items in buckets of about 40: 16 buckets. Two unrelated pairs of sets of
+    // these sizes give transcripts of the same shape, message for message, although their
+    // items spread differently over the buckets.
+    let cfg = Run::new(ProtocolKind::IntersectionOt, &["email"]).bucketed(40, [None, Some(0)]);
+    let set = |p: &str, n: u32| {
+        Records::single(
+            &(0..n)
+                .map(|i| format!("{p}{i}@example.com"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let sizes = |t: &Transcript| -> (Vec<usize>, Vec<usize>) {
+        (
+            t.receiver_sent.iter().map(Vec::len).collect(),
+            t.sender_sent.iter().map(Vec::len).collect(),
+        )
+    };
+    let (_, _, t1) = run(&cfg, &set("a", 600), &set("b", 500));
+    let (_, _, t2) = run(&cfg, &set("c", 600), &set("d", 500));
+    assert_eq!(sizes(&t1), sizes(&t2));
+    let buckets = decoded(&t1.receiver_sent)
+        .iter()
+        .filter(|m| matches!(m, Message::OtBucket { .. }))
+        .count();
+    assert_eq!(buckets, 16);
+    // The spread really differs: without the padding the outputs per bucket would differ.
+    let kinds = Kinds::new(&["email"]).unwrap();
+    let spread = |p: &str, n: u32| {
+        let mut c = [0u32; 16];
+        for i in 0..n {
+            c[usize::from(kinds.ot_item(0, format!("{p}{i}@example.com").as_bytes())[0] / 16)] += 1;
+        }
+        c
+    };
+    assert_ne!(spread("b", 500), spread("d", 500));
+    // Every output list is padded to the same length: 3 hash functions × 16 buckets of the
+    // padded size, more than the 3 × 500 real outputs.
+    let outputs: usize = decoded(&t1.sender_sent)
+        .iter()
+        .map(|m| match m {
+            Message::OtOutputs { width, outputs, .. } => outputs.len() / usize::from(*width),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(outputs % 48, 0);
+    assert!(outputs > 3 * 500);
+}
