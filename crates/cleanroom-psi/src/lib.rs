@@ -12,7 +12,9 @@
 //!   decryption), [`sum_to_holder`] (to the values holder): each role's steps as types that
 //!   consume themselves, so steps cannot run out of order; [`Party`] wraps them for a transport.
 //!
-//! No transport, no async, no IO: a transport moves [`wire::Message`]s between two [`Party`]s.
+//! No transport and no async: a transport moves [`wire::Message`]s between two [`Party`]s. The
+//! only IO is the OT engine's input beyond 256 MiB, sealed in nameless temporary files
+//! ([`ot::store`]).
 //! See `docs/psi.md` for the protocols, what each party learns, and the threat model.
 
 pub mod cardinality;

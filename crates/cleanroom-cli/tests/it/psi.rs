@@ -641,4 +641,33 @@ fn the_ot_engine_finds_the_same_rows_and_refuses_a_peer_on_the_other_engine() {
         e.contains("--engine ot runs --protocol intersection only; cardinality runs on ECDH"),
         "{e}"
     );
+    // --temp-dir is the OT engine's, and must be a directory.
+    for (engine, dir, want) in [
+        (
+            "ecdh",
+            tmp.path().to_str().unwrap(),
+            "--temp-dir is for --engine ot",
+        ),
+        (
+            "ot",
+            "/nonexistent/cleanroom-psi",
+            "--temp-dir /nonexistent/cleanroom-psi: not a directory",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["psi", "connect", "--peer", "127.0.0.1:9"])
+            .args(args(
+                &a,
+                &b,
+                "intersection",
+                &ra,
+                &["--receiver", "--id", "email:email"],
+            ))
+            .args(["--engine", engine, "--temp-dir", dir])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(want), "{e}");
+    }
 }
