@@ -5,7 +5,14 @@ use std::path::Path;
 use crate::StorageError;
 
 /// Flushes a directory entry to disk so a rename into it survives a crash.
+///
+/// The parent of a bare file name (`key.hex`) is the empty path: that is the current directory.
 pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     #[cfg(unix)]
     {
         let d = std::fs::File::open(dir)
@@ -32,4 +39,16 @@ pub fn rename_durably(from: &Path, to: &Path) -> Result<(), StorageError> {
         sync_dir(parent)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_of_a_bare_file_name_is_the_current_directory() {
+        let parent = Path::new("key.hex").parent().unwrap();
+        assert!(parent.as_os_str().is_empty());
+        sync_dir(parent).unwrap();
+    }
 }

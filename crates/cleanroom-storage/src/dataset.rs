@@ -139,6 +139,7 @@ impl DatasetStore {
     ) -> Result<EncryptedDataset, StorageError> {
         let handle = EncryptedDataset {
             source: ChunkSource(self.files.open_read(collab, dataset)?),
+            collab,
             dataset,
             key,
             row_groups: 0,
@@ -182,6 +183,7 @@ impl DatasetStore {
 #[derive(Clone)]
 pub struct EncryptedDataset {
     source: ChunkSource,
+    collab: CollaborationId,
     dataset: DatasetId,
     key: SecretKey,
     row_groups: usize,
@@ -218,6 +220,22 @@ impl EncryptedDataset {
         self.dataset
     }
 
+    /// The collaboration the dataset belongs to.
+    pub fn collaboration(&self) -> CollaborationId {
+        self.collab
+    }
+
+    /// The dataset key, encrypted under `wrapping` and bound to `purpose` (see
+    /// [`SecretKey::wrap`]): how the key travels to another process of the operator's (an
+    /// analysis executor) without ever being in the clear outside memory.
+    pub fn wrapped_key(
+        &self,
+        wrapping: &SecretKey,
+        purpose: &str,
+    ) -> Result<Vec<u8>, StorageError> {
+        wrapping.wrap(&self.key, purpose)
+    }
+
     /// The encrypted file, read by byte ranges from its backend (for a Parquet reader other
     /// than [`EncryptedDataset::read`], such as DataFusion's scan). Only ciphertext.
     pub fn file(&self) -> ChunkSource {
@@ -228,11 +246,7 @@ impl EncryptedDataset {
     /// this dataset (a file moved under another dataset's name fails to decrypt). Hand it
     /// only to a reader that keeps it in memory.
     pub fn decryption(&self) -> Result<Arc<FileDecryptionProperties>, StorageError> {
-        Ok(
-            FileDecryptionProperties::builder(self.key.expose().to_vec())
-                .with_aad_prefix(aad(self.dataset))
-                .build()?,
-        )
+        decryption_properties(self.dataset, &self.key)
     }
 
     /// Reads the given row groups, only the given columns (by index in the schema), in batches
@@ -254,6 +268,17 @@ impl EncryptedDataset {
             .with_batch_size(batch_rows.max(1))
             .build()?)
     }
+}
+
+/// What decrypts the file of `dataset` under `key` (see [`EncryptedDataset::decryption`]), for
+/// a reader that opens the file itself.
+pub fn decryption_properties(
+    dataset: DatasetId,
+    key: &SecretKey,
+) -> Result<Arc<FileDecryptionProperties>, StorageError> {
+    Ok(FileDecryptionProperties::builder(key.expose().to_vec())
+        .with_aad_prefix(aad(dataset))
+        .build()?)
 }
 
 fn aad(dataset: DatasetId) -> Vec<u8> {
