@@ -484,7 +484,9 @@ impl Cascade {
             .bounded(lt, "l", &lkeys, self.by.as_deref(), true, opts)
             .await?;
         let r = self.bounded(rt, "r", &rkeys, None, false, opts).await?;
-        let ctx = crate::engine::session(opts.partitions);
+        // The bounded tables are in this process's memory: the join of the cascade runs here
+        // on any engine (their bounding ran where the engine is).
+        let ctx = crate::engine::local_session(opts.partitions);
         ctx.register_table("cascade_l", Arc::new(l))
             .map_err(internal)?;
         ctx.register_table("cascade_r", Arc::new(r))
@@ -494,7 +496,7 @@ impl Cascade {
             .create_logical_plan(&cascade_sql(self.keys.len()))
             .await
             .map_err(internal)?;
-        let batches = crate::engine::collect_in(&ctx, plan).await?;
+        let batches = crate::engine::collect_local(&ctx, plan).await?;
         let mut out = Vec::new();
         for batch in batches {
             for row in 0..batch.num_rows() {

@@ -43,14 +43,11 @@ pub struct MemoryLimits {
     pub spill: Option<SpillConfig>,
 }
 
-/// A runtime with a memory pool of `limits.max_bytes` shared by every analysis, whose
-/// operators spill only through [`EncryptedSpill`] (never plaintext to disk), or not at all.
-fn build_runtime(limits: &MemoryLimits) -> Result<Engine, QueryError> {
-    let internal = |e: &dyn std::fmt::Display| {
-        QueryError::Internal(format!("building the query runtime: {e}"))
-    };
-    let disk = match &limits.spill {
-        Some(cfg) if cfg.max_bytes > 0 && limits.max_bytes.is_some() => {
+/// How a runtime's operators spill: through [`EncryptedSpill`] into a private directory under
+/// `spill.dir` (never plaintext to disk), or not at all (`None`, or a quota of 0).
+pub fn spill_disk(spill: Option<&SpillConfig>) -> Result<DiskManagerBuilder, QueryError> {
+    Ok(match spill {
+        Some(cfg) if cfg.max_bytes > 0 => {
             let spill = EncryptedSpill::new(cfg).map_err(|e| {
                 QueryError::Internal(format!(
                     "creating the spill directory under {}: {e}",
@@ -60,7 +57,16 @@ fn build_runtime(limits: &MemoryLimits) -> Result<Engine, QueryError> {
             DiskManagerBuilder::default().with_temp_file_factory(Arc::new(spill))
         }
         _ => DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+    })
+}
+
+/// A runtime with a memory pool of `limits.max_bytes` shared by every analysis, whose
+/// operators spill only through [`EncryptedSpill`] (never plaintext to disk), or not at all.
+fn build_runtime(limits: &MemoryLimits) -> Result<Engine, QueryError> {
+    let internal = |e: &dyn std::fmt::Display| {
+        QueryError::Internal(format!("building the query runtime: {e}"))
     };
+    let disk = spill_disk(limits.spill.as_ref().filter(|_| limits.max_bytes.is_some()))?;
     let spill_limit = match (&limits.spill, limits.max_bytes) {
         (Some(cfg), Some(_)) if cfg.max_bytes > 0 => Some(cfg.max_bytes),
         _ => None,
@@ -107,13 +113,108 @@ pub fn limit_memory(limits: MemoryLimits) -> Result<(), QueryError> {
     })
 }
 
-/// A session with `partitions` target partitions and nothing registered, on the shared
-/// runtime.
-pub(crate) fn session(partitions: usize) -> SessionContext {
-    let config = SessionConfig::new()
+/// Somewhere else the exact-aggregate plans of this process can run: an analysis cluster
+/// (the `cleanroom-cluster` crate implements it on Apache Ballista).
+///
+/// Only execution moves. Checking, calibration, charging, the rewrite into the exact plan,
+/// private group selection, noise and releases all stay in this process: a cluster receives
+/// the plan [`crate::rewrite`] built, runs it, and returns its exact aggregates here.
+pub trait Cluster: Send + Sync + std::fmt::Debug {
+    /// A session whose plans run on the cluster, from this process's `config` and `runtime`.
+    fn session(
+        &self,
+        config: SessionConfig,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<SessionContext, DataFusionError>;
+
+    /// Where it is, for messages (`ballista://host:port`); never a secret.
+    fn describe(&self) -> String;
+
+    /// How long a plan may run there before it is given up as a cluster failure (`None`: no
+    /// limit). A cluster that loses an executor may leave a job running that never ends;
+    /// this bounds what the analysis waits for.
+    fn deadline(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// Runs `f`, a plan's execution, within the current cluster's deadline, if any.
+async fn within_deadline<T>(
+    f: impl std::future::Future<Output = Result<T, QueryError>>,
+) -> Result<T, QueryError> {
+    let Some((c, d)) = current_cluster().and_then(|c| c.deadline().map(|d| (c, d))) else {
+        return f.await;
+    };
+    match tokio::time::timeout(d, f).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(cluster = %c.describe(), seconds = d.as_secs(), "the analysis cluster gave no answer within its deadline");
+            Err(QueryError::Cluster {
+                at: c.describe(),
+                kind: format!("no answer within {} s", d.as_secs()),
+            })
+        }
+    }
+}
+
+/// The cluster every analysis of this process runs on, when one is set.
+static CLUSTER: OnceLock<Arc<dyn Cluster>> = OnceLock::new();
+
+tokio::task_local! {
+    /// The engine of the current task when [`on_engine`] chose one.
+    static SCOPED: Option<Arc<dyn Cluster>>;
+}
+
+/// Runs every analysis of this process on `cluster`, from now on. Set once, at start-up.
+pub fn use_cluster(cluster: Arc<dyn Cluster>) -> Result<(), QueryError> {
+    CLUSTER
+        .set(cluster)
+        .map_err(|_| QueryError::Internal("the analysis cluster is set once, at start-up".into()))
+}
+
+/// Runs `f` with its analyses on `cluster` (`None`: in this process), whatever
+/// [`use_cluster`] set: for tests and benchmarks that compare the two engines.
+pub async fn on_engine<F: std::future::Future>(
+    cluster: Option<Arc<dyn Cluster>>,
+    f: F,
+) -> F::Output {
+    SCOPED.scope(cluster, f).await
+}
+
+fn current_cluster() -> Option<Arc<dyn Cluster>> {
+    SCOPED
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| CLUSTER.get().cloned())
+}
+
+fn config(partitions: usize) -> SessionConfig {
+    SessionConfig::new()
         .with_target_partitions(partitions.max(1))
-        .with_information_schema(false);
-    SessionContext::new_with_config_rt(config, Arc::clone(&engine().runtime))
+        .with_information_schema(false)
+}
+
+/// A session with `partitions` target partitions and nothing registered: on the analysis
+/// cluster when there is one, else in this process on the shared runtime.
+pub(crate) fn session(partitions: usize) -> Result<SessionContext, QueryError> {
+    let runtime = Arc::clone(&engine().runtime);
+    match current_cluster() {
+        None => Ok(SessionContext::new_with_config_rt(
+            config(partitions),
+            runtime,
+        )),
+        Some(c) => c
+            .session(config(partitions), runtime)
+            .map_err(|e| QueryError::Cluster {
+                at: c.describe(),
+                kind: failure_kind(&e),
+            }),
+    }
+}
+
+/// A session in this process whatever the engine: for plans over tables that exist only in
+/// this process's memory (see `cascade`).
+pub(crate) fn local_session(partitions: usize) -> SessionContext {
+    SessionContext::new_with_config_rt(config(partitions), Arc::clone(&engine().runtime))
 }
 
 /// Analyzes `plan` as DataFusion will, checks it, and returns the analyzed plan.
@@ -132,11 +233,26 @@ pub(crate) async fn collect_in(
     ctx: &SessionContext,
     plan: LogicalPlan,
 ) -> Result<Vec<RecordBatch>, QueryError> {
+    within_deadline(async {
+        dataframe(ctx, plan)
+            .await?
+            .collect()
+            .await
+            .map_err(run_failure)
+    })
+    .await
+}
+
+/// Runs `plan` in `ctx`, a [`local_session`], and collects its output.
+pub(crate) async fn collect_local(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+) -> Result<Vec<RecordBatch>, QueryError> {
     dataframe(ctx, plan)
         .await?
         .collect()
         .await
-        .map_err(run_failure)
+        .map_err(local_failure)
 }
 
 /// `plan`, analyzed and checked, ready to run in `ctx`.
@@ -158,15 +274,18 @@ pub(crate) async fn for_each_batch(
     mut each: impl FnMut(RecordBatch) -> Result<(), QueryError>,
 ) -> Result<(), QueryError> {
     use futures_util::StreamExt;
-    let mut stream = dataframe(&session(partitions), plan)
-        .await?
-        .execute_stream()
-        .await
-        .map_err(run_failure)?;
-    while let Some(batch) = stream.next().await {
-        each(batch.map_err(run_failure)?)?;
-    }
-    Ok(())
+    within_deadline(async {
+        let mut stream = dataframe(&session(partitions)?, plan)
+            .await?
+            .execute_stream()
+            .await
+            .map_err(run_failure)?;
+        while let Some(batch) = stream.next().await {
+            each(batch.map_err(run_failure)?)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Runs `plan` in a fresh session of `partitions` partitions.
@@ -174,12 +293,27 @@ pub(crate) async fn collect(
     plan: LogicalPlan,
     partitions: usize,
 ) -> Result<Vec<RecordBatch>, QueryError> {
-    collect_in(&session(partitions), plan).await
+    collect_in(&session(partitions)?, plan).await
 }
 
 /// A failure while running: reading the encrypted data (the table provider's own errors, which
 /// carry no values) is the outside world's; anything else is reported by kind only.
 pub(crate) fn run_failure(e: DataFusionError) -> QueryError {
+    if let Some(c) = current_cluster() {
+        // A cluster's failures arrive as the scheduler's text (a task's error, a lost
+        // executor, a refused connection): the kind is all that is kept of them.
+        let kind = failure_kind(&e);
+        tracing::error!(cluster = %c.describe(), %kind, "the analysis cluster failed to run a plan (its text withheld: it may quote values)");
+        return QueryError::Cluster {
+            at: c.describe(),
+            kind,
+        };
+    }
+    local_failure(e)
+}
+
+/// [`run_failure`] for a plan that ran in this process.
+fn local_failure(e: DataFusionError) -> QueryError {
     match root(&e) {
         DataFusionError::External(inner) if is_storage(inner.as_ref()) => {
             QueryError::Unavailable(inner.to_string())

@@ -23,6 +23,10 @@ pub enum QueryError {
     /// Reading the data failed (disk, keys): the outside world's fault.
     #[error("reading the data failed: {0}")]
     Unavailable(String),
+    /// The analysis cluster ([`crate::Cluster`]) could not be reached or failed to run the
+    /// plan (an executor lost, a stage failed too often). Only the kind of failure is kept.
+    #[error("the analysis cluster at {at} failed: {kind}")]
+    Cluster { at: String, kind: String },
     /// The analysis failed while running. Only the kind of failure is kept (for example
     /// `arrow/cast`): the engine's own text can quote a row's value, so it is never passed on.
     /// The checker proves every expression total, so this is a bug or a resource limit, not

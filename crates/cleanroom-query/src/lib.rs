@@ -29,7 +29,9 @@ pub mod total;
 
 pub use calibrate::{Calibration, PrivacyRequest};
 pub use catalog::{Catalog, QueryTable};
-pub use engine::{MemoryLimits, failure_kind, limit_memory};
+pub use engine::{
+    Cluster, MemoryLimits, failure_kind, limit_memory, on_engine, spill_disk, use_cluster,
+};
 pub use error::QueryError;
 pub use release::{Cell, ColumnKind, LeftOut, Released, ReleasedColumn};
 pub use rewrite::RunOptions;

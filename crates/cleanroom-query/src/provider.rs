@@ -23,12 +23,14 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use bytes::Bytes;
+use cleanroom_core::ids::DatasetId;
 use cleanroom_storage::EncryptedDataset;
 use cleanroom_storage::files::ChunkSource;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, DataFusionError, Result as DfResult};
-use datafusion::config::{EncryptionFactoryOptions, TableParquetOptions};
+use datafusion::config::{EncryptionFactoryOptions, ParquetOptions, TableParquetOptions};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::FileGroup;
 use datafusion::datasource::physical_plan::{
     FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
 };
@@ -38,8 +40,8 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::parquet_encryption::EncryptionFactory;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
@@ -60,6 +62,11 @@ pub struct EncryptedTable {
 impl EncryptedTable {
     pub fn new(schema: SchemaRef, data: EncryptedDataset) -> Self {
         EncryptedTable { schema, data }
+    }
+
+    /// The encrypted dataset this table reads.
+    pub fn data(&self) -> &EncryptedDataset {
+        &self.data
     }
 }
 
@@ -89,38 +96,110 @@ impl TableProvider for EncryptedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let decryption = self
-            .data
-            .decryption()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let options = TableParquetOptions {
-            global: state.config_options().execution.parquet.clone(),
-            ..TableParquetOptions::default()
+        let predicate = match conjunction(filters.iter().cloned()) {
+            Some(predicate) => {
+                let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+                Some(state.create_physical_expr(predicate, &df_schema)?)
+            }
+            None => None,
         };
-        let mut source = ParquetSource::new(Arc::clone(&self.schema))
-            .with_table_parquet_options(options)
-            .with_parquet_file_reader_factory(Arc::new(BackendReaders {
-                file: self.data.file(),
-            }))
-            .with_encryption_factory(Arc::new(DatasetDecryption(decryption)));
-        if let Some(predicate) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
-            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-        }
-        // The URL and path only name the file for DataFusion's bookkeeping: every byte is read
-        // through `BackendReaders`, never through an object store.
-        let file = PartitionedFile::new(
-            format!("cleanroom/{}.parquet", self.data.dataset()),
-            self.data.file().0.len(),
-        );
-        let config =
-            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .with_file(file)
-                .build();
-        Ok(DataSourceExec::from_data_source(config))
+        let options = state.config_options().execution.parquet.clone();
+        scan_exec(
+            Arc::clone(&self.schema),
+            &self.data,
+            ScanShape {
+                projection: projection.cloned(),
+                predicate,
+                limit,
+                groups: None,
+                options,
+            },
+        )
     }
+}
+
+/// What a scan reads of its file, and how it splits it.
+#[derive(Debug, Clone, Default)]
+pub struct ScanShape {
+    /// The columns, by index in the table's schema; `None`: all.
+    pub projection: Option<Vec<usize>>,
+    /// Used only to prune row groups and pages by their statistics: the plan above the scan
+    /// applies every filter itself.
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    pub limit: Option<usize>,
+    /// `Some(groups)`: one partition per group, each reading these byte ranges of the file (a
+    /// row group belongs to the range holding its middle), for a plan whose partitioning was
+    /// decided elsewhere (a cluster's scheduler, which gives each task its own groups).
+    /// `None`: the whole file, which DataFusion splits itself.
+    pub groups: Option<Vec<Vec<Range<u64>>>>,
+    pub options: ParquetOptions,
+}
+
+/// The object path a scan of `dataset` names: bookkeeping only, as no byte is read through
+/// an object store.
+pub fn scan_path(dataset: DatasetId) -> String {
+    format!("cleanroom/{dataset}.parquet")
+}
+
+/// DataFusion's Parquet scan of `data`, reading through its backend and decrypting in memory.
+pub fn scan_exec(
+    schema: SchemaRef,
+    data: &EncryptedDataset,
+    shape: ScanShape,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let decryption = data
+        .decryption()
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    encrypted_scan(schema, data.file(), decryption, data.dataset(), shape)
+}
+
+/// DataFusion's Parquet scan of the encrypted file of `dataset`, its bytes read from `file` (by
+/// ranges, on blocking threads) and decrypted in memory with `decryption`.
+pub fn encrypted_scan(
+    schema: SchemaRef,
+    file: ChunkSource,
+    decryption: Arc<FileDecryptionProperties>,
+    dataset: DatasetId,
+    shape: ScanShape,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let options = TableParquetOptions {
+        global: shape.options,
+        ..TableParquetOptions::default()
+    };
+    let len = file.0.len();
+    let mut source = ParquetSource::new(Arc::clone(&schema))
+        .with_table_parquet_options(options)
+        .with_parquet_file_reader_factory(Arc::new(BackendReaders { file }))
+        .with_encryption_factory(Arc::new(DatasetDecryption(decryption)));
+    if let Some(predicate) = shape.predicate {
+        source = source.with_predicate(predicate);
+    }
+    // The URL and path only name the file for DataFusion's bookkeeping: every byte is read
+    // through `BackendReaders`, never through an object store.
+    let path = scan_path(dataset);
+    let builder = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        .with_projection_indices(shape.projection)?
+        .with_limit(shape.limit);
+    let builder = match shape.groups {
+        None => builder.with_file(PartitionedFile::new(path, len)),
+        Some(groups) => builder.with_file_groups(
+            groups
+                .into_iter()
+                .map(|ranges| {
+                    FileGroup::new(
+                        ranges
+                            .into_iter()
+                            .map(|r| {
+                                PartitionedFile::new(path.clone(), len)
+                                    .with_range(r.start as i64, r.end as i64)
+                            })
+                            .collect(),
+                    )
+                })
+                .collect(),
+        ),
+    };
+    Ok(DataSourceExec::from_data_source(builder.build()))
 }
 
 /// The decryption keys of the one file a scan reads. Never writes: the analysis engine

@@ -535,7 +535,7 @@ pub async fn table_stats(
         .ok_or_else(|| QueryError::Internal(format!("no data for {}", table.name)))?;
     let schema = table.arrow_schema();
     let provider = provider_as_source(Arc::new(EncryptedTable::new(schema.clone(), data)));
-    let ctx = crate::engine::session(partitions);
+    let ctx = crate::engine::session(partitions)?;
     let mut stats = crate::catalog::TableStats::default();
     for c in table.schema.columns() {
         if !matches!(c.role, ColumnRole::PrivacyUnit | ColumnRole::Identifier) {

@@ -122,6 +122,13 @@ impl DateTrunc {
             signature: Signature::exact(vec![DataType::Date32], Volatility::Immutable),
         }))
     }
+
+    /// The function named `date_trunc_<unit>` (as [`DateTrunc::udf`] names it), for plans
+    /// decoded in another process; `None` for any other name.
+    pub fn by_name(name: &str) -> Option<Arc<ScalarUDF>> {
+        let unit = TruncUnit::parse(name.strip_prefix("date_trunc_")?)?;
+        (unit.name() == &name["date_trunc_".len()..]).then(|| DateTrunc::udf(unit))
+    }
 }
 
 impl ScalarUDFImpl for DateTrunc {
@@ -656,6 +663,23 @@ fn clamped_expr(e: &Expr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_trunc_is_found_by_its_own_name_only() {
+        for unit in ["year", "quarter", "month", "week", "day"] {
+            let f = DateTrunc::by_name(&format!("date_trunc_{unit}")).unwrap();
+            assert_eq!(f.name(), format!("date_trunc_{unit}"));
+        }
+        for other in [
+            "date_trunc_Month",
+            "date_trunc_",
+            "date_trunc",
+            "upper",
+            "x_date_trunc_day",
+        ] {
+            assert!(DateTrunc::by_name(other).is_none(), "{other}");
+        }
+    }
 
     #[test]
     fn truncation_matches_the_calendar() {

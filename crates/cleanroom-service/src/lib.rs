@@ -22,6 +22,7 @@ pub use cleanroom_query::Cell;
 pub use cleanroom_query::limit_memory as limit_analysis_memory;
 pub use cleanroom_query::spill::{spill_files, spilled_bytes};
 pub use cleanroom_query::templates::{ParamInfo, TemplateInfo};
+pub use cleanroom_query::use_cluster as use_analysis_cluster;
 pub use cleanroom_query::{MemoryLimits, SpillConfig};
 pub use error::ServiceError;
 pub use results::{AnalysisResult, ResultColumn, ResultTable};

@@ -206,3 +206,61 @@ async fn a_damaged_file_fails_as_unavailable_and_quotes_no_value() {
     };
     assert!(!msg.contains("secret") && !msg.contains("c1"), "{msg}");
 }
+
+/// A scan whose partitioning was fixed elsewhere (a cluster's scheduler) reads one byte range
+/// of the file per plan: every row is read by exactly one of them, whatever their number, each
+/// range run as a plan of its own (as each task of a cluster builds its own).
+#[tokio::test]
+async fn a_scan_in_byte_ranges_reads_every_row_once() {
+    use cleanroom_query::provider::{ScanShape, scan_exec};
+    use datafusion::physical_plan::ExecutionPlanProperties;
+    use datafusion::prelude::SessionContext;
+    let mut f = Fixture::new();
+    let rows = (0..3000).map(|i| format!("u{i},e{i},r{},{i}", i % 4));
+    f.add(
+        "t",
+        "brand",
+        &[
+            "uid:string:privacy_unit",
+            "email:string:identifier",
+            "region:string:dimension",
+            "n:int64:metric",
+        ],
+        PolicyDraft::default(),
+        &csv("uid,email,region,n", rows),
+    );
+    let t = &f.tables[0];
+    let ctx = SessionContext::new();
+    for ranges in [1u64, 2, 3, 6, 17] {
+        let mut total = 0;
+        let mut sum = 0i64;
+        let len = t.data.as_ref().unwrap().file().0.len();
+        for i in 0..ranges {
+            let exec = scan_exec(
+                t.arrow_schema(),
+                t.data.as_ref().unwrap(),
+                ScanShape {
+                    projection: Some(vec![3]),
+                    groups: Some(vec![vec![len * i / ranges..len * (i + 1) / ranges]]),
+                    ..ScanShape::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(exec.output_partitioning().partition_count(), 1);
+            let stream = exec.execute(0, ctx.task_ctx()).unwrap();
+            for b in datafusion::physical_plan::common::collect(stream)
+                .await
+                .unwrap()
+            {
+                total += b.num_rows();
+                let a = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap();
+                sum += a.iter().flatten().sum::<i64>();
+            }
+        }
+        assert_eq!((total, sum), (3000, 3000 * 2999 / 2), "{ranges} ranges");
+    }
+}

@@ -327,6 +327,10 @@ impl CleanRoom {
                 // kind); everyone else gets a stable code and a fixed sentence.
                 tracing::error!(analysis = %id, code = e.code(), error = %e, "a charged analysis failed");
                 let public = match e {
+                    // A fixed sentence of ours, naming no cause.
+                    ServiceError::Unavailable(m) if m == ANALYSIS_CLUSTER_FAILED => {
+                        ServiceError::Unavailable(m)
+                    }
                     ServiceError::Unavailable(_) => {
                         ServiceError::Unavailable(ANALYSIS_UNAVAILABLE.into())
                     }

@@ -160,6 +160,9 @@ const ANALYSIS_FAILED: &str =
 const ANALYSIS_UNAVAILABLE: &str =
     "the data could not be read; nothing was released and the charge stays; try again later";
 
+const ANALYSIS_CLUSTER_FAILED: &str = "the analysis cluster did not answer or failed to run the \
+     analysis; nothing was released and the charge stays; try again later";
+
 pub(crate) fn query_error(e: QueryError) -> ServiceError {
     match e {
         QueryError::Invalid(m) => {
@@ -178,6 +181,10 @@ pub(crate) fn query_error(e: QueryError) -> ServiceError {
         QueryError::Unavailable(m) => {
             tracing::error!(error = %m, "reading a dataset for an analysis failed");
             ServiceError::Unavailable("reading the data failed; try again".into())
+        }
+        QueryError::Cluster { at, kind } => {
+            tracing::error!(cluster = %at, %kind, "the analysis cluster failed to run an analysis");
+            ServiceError::Unavailable(ANALYSIS_CLUSTER_FAILED.into())
         }
         QueryError::Execution(kind) => {
             tracing::error!(%kind, "an analysis failed while running");
