@@ -1,0 +1,605 @@
+//! A scheduler and two executors on loopback, in this process, against in-process execution
+//! over the same encrypted datasets: every template, a SQL analysis, the statistics, the
+//! bounding and the activation segments must give the same exact aggregates on both engines.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cleanroom_cluster::{
+    BallistaEngine, ClusterKey, ExecutorOptions, Readers, SchedulerOptions, run_executor,
+    run_scheduler,
+};
+use cleanroom_core::ids::{CollaborationId, DatasetId};
+use cleanroom_core::names::OrgName;
+use cleanroom_core::policy::{AnalysisPolicy, MetricDraft, PolicyDraft};
+use cleanroom_core::schema::{ColumnSpec, DatasetSchema};
+use cleanroom_query::rewrite::{self, RunOptions};
+use cleanroom_query::segment::{SegmentRequest, matched_people, segment_ids};
+use cleanroom_query::templates::{self, TemplateOutput};
+use cleanroom_query::{Catalog, Cluster, PrivacyRequest, QueryError, QueryTable, on_engine};
+use cleanroom_storage::ingest::ingest_csv;
+use cleanroom_storage::{DatasetStore, SecretKey};
+
+const REQ: PrivacyRequest = PrivacyRequest {
+    epsilon: 1.0,
+    delta: 1e-7,
+};
+
+fn schema(cols: &[&str]) -> DatasetSchema {
+    DatasetSchema::new(
+        cols.iter()
+            .map(|c| ColumnSpec::parse_compact(c).unwrap())
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn metric(col: &str, upper: f64) -> MetricDraft {
+    MetricDraft {
+        column: col.into(),
+        lower: 0.0,
+        upper,
+        ..Default::default()
+    }
+}
+
+struct Room {
+    dir: tempfile::TempDir,
+    store: DatasetStore,
+    collab: CollaborationId,
+    tables: Vec<QueryTable>,
+}
+
+impl Room {
+    fn add(&mut self, name: &str, owner: &str, cols: &[&str], policy: PolicyDraft, csv: &str) {
+        let schema = schema(cols);
+        let policy = AnalysisPolicy::validate(&policy, &schema).unwrap();
+        let id = DatasetId::new();
+        let key = SecretKey::generate().unwrap();
+        let mut w = self
+            .store
+            .begin_write(self.collab, id, &schema, &key)
+            .unwrap();
+        ingest_csv(csv.as_bytes(), &schema, &mut w, &mut |_| {}).unwrap();
+        self.store.commit(w).unwrap();
+        let data = self.store.open_dataset(self.collab, id, key).unwrap();
+        self.tables.push(QueryTable {
+            name: name.into(),
+            dataset_id: id,
+            owner: OrgName::parse(owner).unwrap(),
+            schema,
+            policy,
+            has_policy: true,
+            policy_version: 1,
+            data: Some(data),
+            stats: None,
+        });
+    }
+
+    /// Differential privacy off and groups of one shown: releases are the exact aggregates.
+    fn exact(&self) -> Arc<Catalog> {
+        let mut tables = self.tables.clone();
+        for t in &mut tables {
+            t.policy.differential_privacy = false;
+            t.policy.min_group_size = 1;
+        }
+        Catalog::new(tables)
+    }
+
+    fn private(&self) -> Arc<Catalog> {
+        Catalog::new(self.tables.clone())
+    }
+}
+
+const REGIONS: [&str; 5] = ["north", "south", "east", "west", "centre"];
+
+/// A brand, a publisher and two more benchmark parties. Every person has one row, so the
+/// bounding stages keep everything and both engines must agree exactly.
+fn room() -> Room {
+    room_of(3000)
+}
+
+/// The same room with `n` brand customers (and the publisher's audience in proportion).
+fn room_of(n: u32) -> Room {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DatasetStore::open(dir.path()).unwrap();
+    let mut room = Room {
+        dir,
+        store,
+        collab: CollaborationId::new(),
+        tables: Vec::new(),
+    };
+    let mut brand =
+        String::from("customer_id,email,phone,region,purchases,revenue,first_purchase\n");
+    for i in 0..n {
+        let phone = if i % 3 == 0 {
+            String::new()
+        } else {
+            format!("p{}", i % 2500)
+        };
+        brand.push_str(&format!(
+            "c{i},e{i},{phone},{},{},{}.5,2024-{:02}-{:02}\n",
+            REGIONS[(i % 5) as usize],
+            i % 7,
+            i % 300,
+            1 + i % 12,
+            1 + i % 28
+        ));
+    }
+    room.add(
+        "brand",
+        "brand",
+        &[
+            "customer_id:string:privacy_unit",
+            "email:string:identifier",
+            "phone:string:identifier",
+            "region:string:dimension",
+            "purchases:int64:metric",
+            "revenue:float64:metric",
+            "first_purchase:date:dimension",
+        ],
+        PolicyDraft {
+            join_keys: vec!["email".into(), "phone".into()],
+            dimensions: vec!["region".into(), "first_purchase".into()],
+            metrics: vec![metric("purchases", 100.0), metric("revenue", 1000.0)],
+            analysts: vec!["publisher".into()],
+            receivers: vec!["publisher".into()],
+            ..Default::default()
+        },
+        &brand,
+    );
+    let mut publisher = String::from("user_id,email,phone,region,exposed,page_views\n");
+    for i in n / 2..n / 2 + n * 4 / 3 {
+        let phone = if i % 4 == 0 {
+            String::new()
+        } else {
+            format!("p{}", i % 2500)
+        };
+        publisher.push_str(&format!(
+            "u{i},e{i},{phone},{},{},{}\n",
+            REGIONS[(i % 5) as usize],
+            i % 3 == 0,
+            i % 40
+        ));
+    }
+    room.add(
+        "publisher",
+        "publisher",
+        &[
+            "user_id:string:privacy_unit",
+            "email:string:identifier",
+            "phone:string:identifier",
+            "region:string:dimension",
+            "exposed:bool:dimension",
+            "page_views:int64:metric",
+        ],
+        PolicyDraft {
+            join_keys: vec!["email".into(), "phone".into()],
+            dimensions: vec!["region".into(), "exposed".into()],
+            metrics: vec![metric("page_views", 50.0)],
+            analysts: vec!["brand".into()],
+            receivers: vec!["brand".into()],
+            ..Default::default()
+        },
+        &publisher,
+    );
+    for (k, party) in ["farm-a", "farm-b", "farm-c"].iter().enumerate() {
+        let mut csv = String::from("turbine,region,output\n");
+        for i in 0..400u32 {
+            csv.push_str(&format!(
+                "t{k}-{i},{},{}\n",
+                REGIONS[(i % 5) as usize],
+                (i * (k as u32 + 3)) % 90
+            ));
+        }
+        room.add(
+            party,
+            party,
+            &[
+                "turbine:string:privacy_unit",
+                "region:string:dimension",
+                "output:int64:metric",
+            ],
+            PolicyDraft {
+                dimensions: vec!["region".into()],
+                metrics: vec![metric("output", 100.0)],
+                analysts: vec!["brand".into(), "farm-a".into()],
+                receivers: vec!["brand".into(), "farm-a".into()],
+                ..Default::default()
+            },
+            &csv,
+        );
+    }
+    room
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scheduler and two executors reading `store`; the engine that uses them.
+async fn cluster(store: &DatasetStore) -> Arc<dyn Cluster> {
+    let key = ClusterKey::generate().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(run_scheduler(
+        listener,
+        SchedulerOptions {
+            executor_timeout: Duration::from_secs(6),
+            ..SchedulerOptions::default()
+        },
+    ));
+    for _ in 0..2 {
+        let opts = ExecutorOptions {
+            scheduler: ("127.0.0.1".into(), port),
+            bind_host: "127.0.0.1".into(),
+            external_host: "127.0.0.1".into(),
+            flight_port: free_port(),
+            work_dir: None,
+            vcores: 2,
+            max_memory: None,
+            spill: None,
+            heartbeat: Duration::from_secs(1),
+        };
+        let readers = Readers {
+            store: store.clone(),
+            key: key.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = run_executor(opts, readers).await {
+                panic!("executor: {e}");
+            }
+        });
+    }
+    Arc::new(BallistaEngine::new(&format!("ballista://127.0.0.1:{port}"), key).unwrap())
+}
+
+fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+async fn template(
+    name: &str,
+    kv: &[(&str, &str)],
+    catalog: &Catalog,
+    engine: Option<Arc<dyn Cluster>>,
+) -> Result<TemplateOutput, QueryError> {
+    let info = templates::find(name, Some(1))?;
+    let plan = templates::plan(&info, &params(kv), catalog, REQ).await?;
+    on_engine(engine, templates::run(&plan, catalog, 3)).await
+}
+
+/// The released rows of every table, sorted (partitions may order groups differently). With
+/// differential privacy off every figure is exact but the benchmark's figures of the peers,
+/// which are always noisy: of its tables only the group, the number of parties and each
+/// party's own exact figures are kept.
+fn tables(out: &TemplateOutput) -> Vec<(String, Vec<String>)> {
+    out.tables
+        .iter()
+        .map(|(name, t, _)| {
+            let keep = match name.as_str() {
+                "peers" => 2,
+                n if n.starts_with("yours: ") => 3,
+                _ => usize::MAX,
+            };
+            let mut rows: Vec<String> = t
+                .rows
+                .iter()
+                .map(|r| format!("{:?}", &r[..keep.min(r.len())]))
+                .collect();
+            rows.sort();
+            (name.clone(), rows)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_gives_the_exact_aggregates_of_in_process_execution() {
+    let room = room();
+    let engine = cluster(&room.store).await;
+    let exact = room.exact();
+
+    let runs: &[(&str, &[(&str, &str)])] = &[
+        (
+            "overlap",
+            &[
+                ("left", "brand"),
+                ("right", "publisher"),
+                ("key", "email"),
+                ("by", "region"),
+            ],
+        ),
+        (
+            "overlap_ids",
+            &[
+                ("left", "brand"),
+                ("right", "publisher"),
+                ("keys", "email,phone"),
+            ],
+        ),
+        (
+            "overlap_ids",
+            &[
+                ("left", "brand"),
+                ("right", "publisher"),
+                ("keys", "email,phone"),
+                ("by", "region"),
+            ],
+        ),
+        (
+            "lift",
+            &[
+                ("exposure", "publisher"),
+                ("exposed", "exposed"),
+                ("outcome", "brand"),
+                ("conversion", "purchases"),
+                ("key", "email"),
+            ],
+        ),
+        ("reach", &[("exposures", "publisher"), ("by", "region")]),
+        (
+            "reach",
+            &[
+                ("exposures", "publisher"),
+                ("audience", "brand"),
+                ("key", "email"),
+            ],
+        ),
+        (
+            "benchmark",
+            &[
+                ("datasets", "farm-a,farm-b,farm-c"),
+                ("metric", "output"),
+                ("by", "region"),
+            ],
+        ),
+    ];
+    for (name, kv) in runs {
+        let local = template(name, kv, &exact, None).await.unwrap();
+        let remote = template(name, kv, &exact, Some(Arc::clone(&engine)))
+            .await
+            .unwrap_or_else(|e| panic!("{name} on the cluster: {e}"));
+        let (l, r) = (tables(&local), tables(&remote));
+        assert!(
+            l.iter().any(|(_, rows)| !rows.is_empty()),
+            "{name}: nothing to compare"
+        );
+        assert_eq!(l, r, "{name} {kv:?}");
+    }
+
+    // A SQL analysis, bounded as under differential privacy: its exact groups before noise.
+    // It groups by the checker's own total date_trunc, which the executors rebuild by name.
+    let private = room.private();
+    let sql = "SELECT date_trunc('quarter', b.first_purchase) AS q, \
+               COUNT(DISTINCT b.customer_id) AS people, SUM(b.revenue) AS revenue, \
+               AVG(p.page_views) AS views FROM brand b JOIN publisher p ON b.email = p.email \
+               WHERE p.exposed = true GROUP BY date_trunc('quarter', b.first_purchase)";
+    let analysis = cleanroom_query::prepare(sql, &private, REQ).await.unwrap();
+    let opts = RunOptions {
+        bound_contributions: true,
+        partitions: 3,
+    };
+    let exact_groups = |engine: Option<Arc<dyn Cluster>>| {
+        let (spec, catalog) = (analysis.spec.clone(), Arc::clone(&private));
+        async move {
+            let mut g = on_engine(engine, rewrite::execute_counted(&spec, &catalog, opts))
+                .await
+                .unwrap();
+            g.0.sort_by_key(|g| format!("{:?}", g.keys));
+            g
+        }
+    };
+    let (local, remote) = (
+        exact_groups(None).await,
+        exact_groups(Some(Arc::clone(&engine))).await,
+    );
+    assert_eq!(local.0.len(), 4, "{local:?}");
+    assert_eq!(local, remote);
+
+    // The statistics that let the rewrite skip bounding.
+    for t in &room.tables {
+        let local = on_engine(None, rewrite::table_stats(t, 3)).await.unwrap();
+        let remote = on_engine(Some(Arc::clone(&engine)), rewrite::table_stats(t, 3))
+            .await
+            .unwrap();
+        assert_eq!(local, remote, "{}", t.name);
+        assert_eq!(remote.max_rows_per_unit, 1);
+    }
+
+    // An activation segment: the publisher's ids of the brand's matched people in the north.
+    let filters = vec![("region".to_owned(), "north".to_owned())];
+    let req = SegmentRequest {
+        source: &room.tables[0],
+        source_key: "email",
+        filters: &filters,
+        target: &room.tables[1],
+        target_key: "email",
+        output: "user_id",
+    };
+    let local = (
+        on_engine(None, matched_people(&req, 3)).await.unwrap(),
+        on_engine(None, segment_ids(&req, 3)).await.unwrap(),
+    );
+    let remote = (
+        on_engine(Some(Arc::clone(&engine)), matched_people(&req, 3))
+            .await
+            .unwrap(),
+        on_engine(Some(Arc::clone(&engine)), segment_ids(&req, 3))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(local.0, 300, "1,500 matched emails, a fifth in the north");
+    assert_eq!(local, remote);
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_a_clear_error_not_a_hang() {
+    let room = room();
+    let port = free_port();
+    let engine: Arc<dyn Cluster> = Arc::new(
+        BallistaEngine::new(
+            &format!("ballista://127.0.0.1:{port}"),
+            ClusterKey::generate().unwrap(),
+        )
+        .unwrap(),
+    );
+    let t = &room.tables[0];
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        on_engine(Some(engine), rewrite::table_stats(t, 2)),
+    )
+    .await
+    .expect("an unreachable cluster must fail, not hang")
+    .unwrap_err();
+    let QueryError::Cluster { at, .. } = &err else {
+        panic!("not a cluster error: {err:?}");
+    };
+    assert_eq!(at, &format!("ballista://127.0.0.1:{port}"));
+    assert!(err.to_string().contains("cluster"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// Runs as an executor process when the test binary is started by
+/// [`an_executor_killed_mid_query_is_survived_or_a_clean_failure`]; passes at once otherwise.
+#[test]
+fn executor_process() {
+    let Ok(spec) = std::env::var("CLEANROOM_TEST_EXECUTOR") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (scheduler_port, flight_port, data_dir, key_file) = (
+        parts[0].parse().unwrap(),
+        parts[1].parse().unwrap(),
+        std::path::PathBuf::from(parts[2]),
+        std::path::PathBuf::from(parts[3]),
+    );
+    let readers = Readers {
+        store: DatasetStore::open(&data_dir).unwrap(),
+        key: ClusterKey::read_file(&key_file).unwrap(),
+    };
+    let opts = ExecutorOptions {
+        scheduler: ("127.0.0.1".into(), scheduler_port),
+        bind_host: "127.0.0.1".into(),
+        external_host: "127.0.0.1".into(),
+        flight_port,
+        work_dir: None,
+        vcores: 2,
+        max_memory: None,
+        spill: None,
+        heartbeat: Duration::from_secs(1),
+    };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_executor(opts, readers))
+        .unwrap();
+}
+
+/// An executor process killed while an analysis runs: the analysis either still gives the
+/// exact answer (its tasks rerun on the other executor) or fails as a cluster failure, in
+/// bounded time; never a wrong answer, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_executor_killed_mid_query_is_survived_or_a_clean_failure() {
+    let room = room_of(150_000);
+    let key_file = room.dir.path().join("cluster.key");
+    let key = ClusterKey::create_file(&key_file).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(run_scheduler(
+        listener,
+        SchedulerOptions {
+            executor_timeout: Duration::from_secs(4),
+            ..SchedulerOptions::default()
+        },
+    ));
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "executor_process",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(
+                "CLEANROOM_TEST_EXECUTOR",
+                format!(
+                    "{port}|{}|{}|{}",
+                    free_port(),
+                    room.dir.path().display(),
+                    key_file.display()
+                ),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut victim = spawn();
+    let mut survivor = spawn();
+    let deadline = Duration::from_secs(25);
+    let engine: Arc<dyn Cluster> = Arc::new(
+        BallistaEngine::new(&format!("ballista://127.0.0.1:{port}"), key)
+            .unwrap()
+            .with_deadline(deadline),
+    );
+    let exact = room.exact();
+    let kv = [
+        ("left", "brand"),
+        ("right", "publisher"),
+        ("key", "email"),
+        ("by", "region"),
+    ];
+    let expected = tables(&template("overlap", &kv, &exact, None).await.unwrap());
+
+    // Once on both executors, to know the cluster is up.
+    let warm = template("overlap", &kv, &exact, Some(Arc::clone(&engine)))
+        .await
+        .unwrap();
+    assert_eq!(tables(&warm), expected);
+
+    let run = {
+        let (engine, exact) = (Arc::clone(&engine), Arc::clone(&exact));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let out = template("overlap", &kv, &exact, Some(engine)).await;
+            (out, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let (out, took) = tokio::time::timeout(deadline + Duration::from_secs(30), run)
+        .await
+        .expect("an analysis on a cluster that lost an executor must end, not hang")
+        .unwrap();
+    eprintln!(
+        "after the kill: {}",
+        if out.is_ok() { "answered" } else { "failed" }
+    );
+    match out {
+        Ok(out) => assert_eq!(
+            tables(&out),
+            expected,
+            "a wrong answer after a lost executor"
+        ),
+        Err(QueryError::Cluster { .. }) => assert!(took < deadline + Duration::from_secs(5)),
+        Err(other) => panic!("not a cluster failure: {other:?}"),
+    }
+    eprintln!("the analysis ended in {took:?} after the kill");
+
+    // The cluster still answers on the survivor.
+    let after = template("overlap", &kv, &exact, Some(engine))
+        .await
+        .unwrap();
+    assert_eq!(tables(&after), expected);
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+}
