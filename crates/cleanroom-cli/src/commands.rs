@@ -24,7 +24,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             max_memory,
             max_spill,
             spill_dir,
+            engine,
+            cluster_key,
         } => {
+            crate::cluster::use_engine(&engine, cluster_key.as_deref())?;
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(cleanroom_server::tls::server_config(&cert, &key)?),
                 _ => None,
@@ -55,6 +58,41 @@ pub async fn run(cli: Cli) -> Result<()> {
             })?;
             serve(&data, &listen, tls).await
         }
+        Command::Scheduler {
+            listen,
+            executor_timeout,
+        } => crate::cluster::scheduler(&listen, executor_timeout).await,
+        Command::Executor {
+            scheduler,
+            cluster_key,
+            data_dir,
+            data_store,
+            listen,
+            external_host,
+            work_dir,
+            concurrent_tasks,
+            max_memory,
+            max_spill,
+            spill_dir,
+        } => {
+            crate::cluster::executor(crate::cluster::ExecutorArgs {
+                scheduler,
+                cluster_key,
+                data_dir,
+                data_store,
+                listen,
+                external_host,
+                work_dir,
+                concurrent_tasks,
+                max_memory: max_memory.resolve(),
+                spill: (max_spill > 0).then(|| cleanroom_service::SpillConfig {
+                    dir: spill_dir.unwrap_or_else(std::env::temp_dir),
+                    max_bytes: max_spill,
+                }),
+            })
+            .await
+        }
+        Command::ClusterKey { file } => crate::cluster::new_key(&file, g.json),
         Command::Init {
             data,
             org,

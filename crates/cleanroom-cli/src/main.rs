@@ -4,6 +4,7 @@ mod activation;
 mod analysis;
 mod audit;
 mod client;
+mod cluster;
 mod commands;
 mod demo;
 mod memory;
@@ -110,6 +111,81 @@ pub enum Command {
         /// makes its own private directory there.
         #[arg(long, env = "CLEANROOM_SPILL_DIR")]
         spill_dir: Option<PathBuf>,
+        /// Where analyses run: `in-process` (default), or `ballista://HOST:PORT`, the scheduler
+        /// of an analysis cluster (`cleanroom scheduler`, `cleanroom executor`). Everything
+        /// that decides privacy stays in this server; the cluster runs the exact plan only.
+        #[arg(long, env = "CLEANROOM_ENGINE", default_value = "in-process")]
+        engine: String,
+        /// The cluster key (with --engine ballista://…): the file `cleanroom cluster-key`
+        /// wrote, the same one every executor is given.
+        #[arg(long, env = "CLEANROOM_CLUSTER_KEY")]
+        cluster_key: Option<PathBuf>,
+    },
+    /// Run the scheduler of an analysis cluster: servers (`serve --engine ballista://…`) hand
+    /// it exact-aggregate plans, executors poll it for tasks. It holds no key and reads no
+    /// data.
+    Scheduler {
+        /// Address to listen on (servers and executors connect here).
+        #[arg(
+            long,
+            env = "CLEANROOM_SCHEDULER_LISTEN",
+            default_value = "127.0.0.1:50050"
+        )]
+        listen: String,
+        /// Seconds an executor may stay silent before its tasks are given to others.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
+        executor_timeout: u64,
+    },
+    /// Run an executor of an analysis cluster: it reads the room's encrypted datasets from the
+    /// room's store, decrypts them in memory with keys that reach it wrapped for the query that
+    /// needs them, and writes no plaintext to disk (shuffle files in a memory-backed directory,
+    /// spills encrypted).
+    Executor {
+        /// The scheduler: HOST:PORT or ballista://HOST:PORT.
+        #[arg(long, env = "CLEANROOM_SCHEDULER")]
+        scheduler: String,
+        /// The cluster key file (the server's --cluster-key).
+        #[arg(long, env = "CLEANROOM_CLUSTER_KEY")]
+        cluster_key: PathBuf,
+        /// The room's data directory, when its datasets are local files (a shared directory).
+        #[arg(long, env = "CLEANROOM_DATA_DIR", default_value = "./cleanroom-data")]
+        data_dir: PathBuf,
+        /// The room's data store, when its datasets are in S3-compatible object storage:
+        /// s3://bucket/prefix (endpoint and credentials from AWS_* as for `serve`).
+        #[arg(long, env = "CLEANROOM_DATA_STORE")]
+        data_store: Option<String>,
+        /// Address its Arrow Flight service listens on (shuffle data and results).
+        #[arg(
+            long,
+            env = "CLEANROOM_EXECUTOR_LISTEN",
+            default_value = "127.0.0.1:50051"
+        )]
+        listen: String,
+        /// The host other executors and the server reach it at (default: --listen's).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// A memory-backed directory (tmpfs) for shuffle files; default: a private directory
+        /// under /dev/shm. A directory on disk is refused.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Tasks run at once (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        concurrent_tasks: usize,
+        /// Memory its tasks may hold together (`4G`, `unlimited`; default: half this machine's).
+        #[arg(long, default_value = "auto", value_parser = memory::parse_limit)]
+        max_memory: memory::Limit,
+        /// Disk its tasks may fill with encrypted spill files (`0` or `off`: never spill).
+        #[arg(long, default_value = "100G", value_parser = memory::parse_spill)]
+        max_spill: u64,
+        /// Where encrypted spill files go (default: the system's temporary directory).
+        #[arg(long)]
+        spill_dir: Option<PathBuf>,
+    },
+    /// Write a new cluster key to FILE (readable by its owner only): give the same file to
+    /// `serve --cluster-key` and to every `executor --cluster-key`.
+    ClusterKey {
+        /// Where to write it; an existing file is never overwritten.
+        file: PathBuf,
     },
     /// Create the data directory, its master key and the operator account; prints the
     /// operator's token once.
@@ -442,7 +518,10 @@ fn main() -> std::process::ExitCode {
         return prepare::main(args, cli.global.json);
     }
     let json = cli.global.json;
-    let serving = matches!(cli.command, Command::Serve { .. });
+    let serving = matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Scheduler { .. } | Command::Executor { .. }
+    );
     // The certificate verifier logs its refusals itself; the client says the same, with what
     // to do about it, once.
     let default_level = if serving {

@@ -5,6 +5,7 @@
 mod activation;
 mod analysis;
 mod audit;
+mod cluster;
 mod crash;
 mod flow;
 mod identity;

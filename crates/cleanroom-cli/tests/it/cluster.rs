@@ -1,0 +1,173 @@
+//! `cleanroom scheduler`, `cleanroom executor` and `serve --engine ballista://…` as an operator
+//! runs them: separate processes on loopback, the server's analyses executed on the cluster.
+
+use std::process::{Child, Stdio};
+
+use crate::analysis::{upload_with_policy, write_people};
+use crate::*;
+
+const EXACT_POLICY: &str = r#"
+join_keys = ["email_hmac"]
+dimensions = ["city"]
+analysts = ["publisher", "brand"]
+receivers = ["publisher", "brand"]
+differential_privacy = false
+min_group_size = 2
+[[metrics]]
+column = "n"
+lower = 0
+upper = 10
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A background process of the binary that is killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&std::ffi::OsStr]) -> Process {
+    Process(
+        Command::new(BIN)
+            .args(args)
+            .env("CLEANROOM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The exact per-city matches of the query below, and their total.
+fn exact(out: &serde_json::Value) -> Vec<(String, i64)> {
+    let rows = out["result"]["tables"][0]["rows"].as_array().unwrap();
+    rows.iter()
+        .map(|r| (r[0].as_str().unwrap().to_owned(), r[1].as_i64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_server_runs_its_analyses_on_a_scheduler_and_two_executors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, op) = init(tmp.path());
+    let key = tmp.path().join("cluster.key");
+    let made = ok(&run(Command::new(BIN).arg("cluster-key").arg(&key)));
+    assert!(made.contains("wrote a new cluster key"), "{made}");
+    // Never overwritten.
+    let again = failed(&run(Command::new(BIN).arg("cluster-key").arg(&key)));
+    assert!(again.contains("never overwritten"), "{again}");
+
+    let port = free_port();
+    let _scheduler = spawn(&[
+        "scheduler".as_ref(),
+        "--listen".as_ref(),
+        format!("127.0.0.1:{port}").as_ref(),
+    ]);
+    let executor = || {
+        spawn(&[
+            "executor".as_ref(),
+            "--scheduler".as_ref(),
+            format!("127.0.0.1:{port}").as_ref(),
+            "--cluster-key".as_ref(),
+            key.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--listen".as_ref(),
+            format!("127.0.0.1:{}", free_port()).as_ref(),
+            "--concurrent-tasks".as_ref(),
+            "2".as_ref(),
+        ])
+    };
+    let (_e1, _e2) = (executor(), executor());
+    let engine = format!("ballista://127.0.0.1:{port}");
+    let server = ServeProcess::try_start_with(
+        &data,
+        "127.0.0.1:0",
+        &[
+            "--engine".as_ref(),
+            engine.as_ref(),
+            "--cluster-key".as_ref(),
+            key.as_os_str(),
+        ],
+    )
+    .unwrap();
+    let url = server.url.clone();
+    let (brand, publisher, id) = two_parties(&url, &op);
+    let (crm, aud, pol) = (
+        tmp.path().join("crm.csv"),
+        tmp.path().join("aud.csv"),
+        tmp.path().join("policy.toml"),
+    );
+    write_people(&crm, "c", 3000, 0);
+    write_people(&aud, "u", 3000, 1000);
+    std::fs::write(&pol, EXACT_POLICY).unwrap();
+    for (token, name, file) in [(&brand, "crm", &crm), (&publisher, "aud", &aud)] {
+        upload_with_policy(&url, token, &id, name, file, &pol);
+    }
+    let sql = "SELECT c.city, COUNT(DISTINCT c.pid) AS people FROM crm c JOIN aud a \
+               ON c.email_hmac = a.email_hmac GROUP BY c.city ORDER BY c.city";
+    let out = json(&cli(&url, &brand, &["--json", "query", &id, sql]));
+    // crm's e1000..e2999 match: 2,000 people, city = i % 3.
+    let truth: Vec<(String, i64)> = (0..3)
+        .map(|c| {
+            let n = (1000..3000).filter(|i| i % 3 == c).count() as i64;
+            (format!("city{c}"), n)
+        })
+        .collect();
+    assert_eq!(exact(&out), truth, "{out}");
+}
+
+#[test]
+fn cluster_settings_are_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _op) = init(tmp.path());
+    let err = ServeProcess::try_start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--engine".as_ref(), "ballista://127.0.0.1:1".as_ref()],
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("needs --cluster-key"), "{err}");
+    let key = tmp.path().join("k");
+    ok(&run(Command::new(BIN).arg("cluster-key").arg(&key)));
+    let err = ServeProcess::try_start_with(
+        &data,
+        "127.0.0.1:0",
+        &[
+            "--engine".as_ref(),
+            "spark://x".as_ref(),
+            "--cluster-key".as_ref(),
+            key.as_os_str(),
+        ],
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("ballista://HOST:PORT"), "{err}");
+    let on_disk = tmp.path().join("work");
+    let err = failed(&run(Command::new(BIN)
+        .args(["executor", "--scheduler", "127.0.0.1:1", "--cluster-key"])
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--work-dir")
+        .arg(&on_disk)));
+    assert!(err.contains("not memory-backed"), "{err}");
+    let err = failed(&run(Command::new(BIN)
+        .args(["executor", "--scheduler", "127.0.0.1:1", "--cluster-key"])
+        .arg(tmp.path().join("missing.key"))
+        .arg("--data-dir")
+        .arg(&data)));
+    assert!(err.contains("cleanroom cluster-key"), "{err}");
+}
