@@ -10,7 +10,6 @@ use cleanroom_cluster::{
     BallistaEngine, ClusterKey, ExecutorOptions, Readers, SchedulerOptions, run_executor,
     run_scheduler,
 };
-use cleanroom_storage::DatasetStore;
 
 /// `serve --engine`: in this process (nothing to do), or on the cluster at a ballista:// URL.
 pub fn use_engine(engine: &str, cluster_key: Option<&Path>) -> Result<()> {
@@ -104,7 +103,7 @@ pub async fn executor(a: ExecutorArgs) -> Result<()> {
         )
     })?;
     let key = ClusterKey::read_file(&a.cluster_key)?;
-    let store = match &a.data_store {
+    let readers = match &a.data_store {
         Some(url) => {
             let url = cleanroom_objstore::S3Url::parse(url)
                 .map_err(anyhow::Error::msg)
@@ -112,7 +111,7 @@ pub async fn executor(a: ExecutorArgs) -> Result<()> {
             let files =
                 cleanroom_objstore::S3Files::from_env(&url, tokio::runtime::Handle::current())
                     .with_context(|| format!("--data-store {url}"))?;
-            DatasetStore::new(Arc::new(files))
+            Readers::on(Arc::new(files), key)
         }
         None => {
             if !a.data_dir.is_dir() {
@@ -122,7 +121,7 @@ pub async fn executor(a: ExecutorArgs) -> Result<()> {
                     a.data_dir.display()
                 );
             }
-            DatasetStore::open(&a.data_dir)
+            Readers::local(&a.data_dir, key)
                 .with_context(|| format!("opening the datasets of {}", a.data_dir.display()))?
         }
     };
@@ -138,7 +137,7 @@ pub async fn executor(a: ExecutorArgs) -> Result<()> {
         heartbeat: Duration::from_secs(5),
     };
     tokio::select! {
-        r = run_executor(opts, Readers { store, key }) => r?,
+        r = run_executor(opts, readers) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("executor stopping"),
     }
     Ok(())

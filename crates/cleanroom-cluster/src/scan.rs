@@ -100,6 +100,24 @@ impl fmt::Debug for Readers {
     }
 }
 
+impl Readers {
+    /// Reading the datasets of a room's local data directory (shared with the server).
+    pub fn local(data_dir: &std::path::Path, key: ClusterKey) -> Result<Self, StorageError> {
+        Ok(Readers {
+            store: DatasetStore::open(data_dir)?,
+            key,
+        })
+    }
+
+    /// Reading the datasets of a room's store on any backend (an S3 bucket).
+    pub fn on(files: Arc<dyn DatasetFiles>, key: ClusterKey) -> Self {
+        Readers {
+            store: DatasetStore::new(files),
+            key,
+        }
+    }
+}
+
 /// What a task's scan reads: the columns, the limit, and its byte ranges of the file.
 #[derive(Debug, Clone)]
 pub struct TaskScan {

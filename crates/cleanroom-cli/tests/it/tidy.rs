@@ -40,10 +40,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("cleanroom-server", &["cleanroom-core", "cleanroom-service"]),
+    // executes plans the query layer built; decides nothing, stores nothing
+    (
+        "cleanroom-cluster",
+        &["cleanroom-core", "cleanroom-storage", "cleanroom-query"],
+    ),
     (
         "cleanroom-cli",
         &[
             "cleanroom-core",
+            "cleanroom-cluster",
             "cleanroom-identity",
             "cleanroom-objstore",
             "cleanroom-psi",
