@@ -33,10 +33,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 _ => None,
             };
             let max_memory = max_memory.resolve();
-            let spill = (max_spill > 0).then(|| cleanroom_service::SpillConfig {
-                dir: spill_dir.unwrap_or_else(std::env::temp_dir),
-                max_bytes: max_spill,
-            });
+            let spill = spill_config(max_spill, spill_dir);
             match (max_memory, &spill) {
                 (Some(b), Some(s)) => tracing::info!(
                     max_memory_mib = b >> 20,
@@ -85,10 +82,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 work_dir,
                 concurrent_tasks,
                 max_memory: max_memory.resolve(),
-                spill: (max_spill > 0).then(|| cleanroom_service::SpillConfig {
-                    dir: spill_dir.unwrap_or_else(std::env::temp_dir),
-                    max_bytes: max_spill,
-                }),
+                spill: spill_config(max_spill, spill_dir),
             })
             .await
         }
@@ -154,6 +148,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Activation(c) => crate::activation::activation(&client(&g)?, g.json, c).await,
         Command::Prepare(_) => bail!("prepare runs before the async runtime starts"),
     }
+}
+
+/// `--max-spill` and `--spill-dir`: encrypted spill files under `dir` (default: the system's
+/// temporary directory), or none for a quota of 0.
+fn spill_config(
+    max_spill: u64,
+    spill_dir: Option<std::path::PathBuf>,
+) -> Option<cleanroom_service::SpillConfig> {
+    (max_spill > 0).then(|| cleanroom_service::SpillConfig {
+        dir: spill_dir.unwrap_or_else(std::env::temp_dir),
+        max_bytes: max_spill,
+    })
 }
 
 fn client(g: &Global) -> Result<Client> {

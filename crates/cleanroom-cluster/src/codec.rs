@@ -106,8 +106,29 @@ fn room_scan(node: &Arc<dyn ExecutionPlan>) -> Option<(&FileScanConfig, &RoomSca
     Some((config, source))
 }
 
-fn is_room_udf(node: &ScalarUDF) -> bool {
-    node.inner().downcast_ref::<DateTrunc>().is_some()
+/// The room's functions by name, or what `otherwise` (Ballista's codec) decodes.
+fn decode_udf(
+    name: &str,
+    otherwise: impl FnOnce() -> DfResult<Arc<ScalarUDF>>,
+) -> DfResult<Arc<ScalarUDF>> {
+    match DateTrunc::by_name(name) {
+        Some(f) => Ok(f),
+        None => otherwise(),
+    }
+}
+
+/// Marks the room's functions (rebuilt by name); others go to `otherwise` (Ballista's codec).
+fn encode_udf(
+    node: &ScalarUDF,
+    buf: &mut Vec<u8>,
+    otherwise: impl FnOnce(&mut Vec<u8>) -> DfResult<()>,
+) -> DfResult<()> {
+    if node.inner().downcast_ref::<DateTrunc>().is_some() {
+        buf.extend_from_slice(UDF);
+        Ok(())
+    } else {
+        otherwise(buf)
+    }
 }
 
 /// Ballista's logical codec, plus encrypted tables and the room's functions. On the server it
@@ -204,19 +225,11 @@ impl LogicalExtensionCodec for RoomLogicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
-        match DateTrunc::by_name(name) {
-            Some(f) => Ok(f),
-            None => self.inner.try_decode_udf(name, buf),
-        }
+        decode_udf(name, || self.inner.try_decode_udf(name, buf))
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
-        if is_room_udf(node) {
-            buf.extend_from_slice(UDF);
-            Ok(())
-        } else {
-            self.inner.try_encode_udf(node, buf)
-        }
+        encode_udf(node, buf, |buf| self.inner.try_encode_udf(node, buf))
     }
 }
 
@@ -329,18 +342,10 @@ impl PhysicalExtensionCodec for RoomPhysicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
-        match DateTrunc::by_name(name) {
-            Some(f) => Ok(f),
-            None => self.inner.try_decode_udf(name, buf),
-        }
+        decode_udf(name, || self.inner.try_decode_udf(name, buf))
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
-        if is_room_udf(node) {
-            buf.extend_from_slice(UDF);
-            Ok(())
-        } else {
-            self.inner.try_encode_udf(node, buf)
-        }
+        encode_udf(node, buf, |buf| self.inner.try_encode_udf(node, buf))
     }
 }
