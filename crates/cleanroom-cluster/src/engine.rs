@@ -13,15 +13,17 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::ClusterError;
 use crate::codec::{RoomLogicalCodec, RoomPhysicalCodec};
 use crate::key::ClusterKey;
+use crate::tls::ClusterTls;
 
 /// A Ballista cluster, reached through its scheduler.
 #[derive(Debug, Clone)]
 pub struct BallistaEngine {
-    /// `http://host:port`, as Ballista's client takes it.
+    /// `https://host:port`, as Ballista's client takes it.
     scheduler: String,
     /// `ballista://host:port`, as the user wrote it.
     shown: String,
     key: ClusterKey,
+    tls: ClusterTls,
     deadline: Duration,
 }
 
@@ -59,13 +61,15 @@ pub fn parse_url(url: &str) -> Result<(String, u16), ClusterError> {
 
 impl BallistaEngine {
     /// The cluster whose scheduler is at `url` (`ballista://HOST:PORT`); the server wraps the
-    /// dataset keys its plans need under `key`, which every executor must hold too.
-    pub fn new(url: &str, key: ClusterKey) -> Result<Self, ClusterError> {
+    /// dataset keys its plans need under `key`, which every executor must hold too, and
+    /// reaches the scheduler and the executors over mutual TLS with `tls`.
+    pub fn new(url: &str, key: ClusterKey, tls: ClusterTls) -> Result<Self, ClusterError> {
         let (host, port) = parse_url(url)?;
         Ok(BallistaEngine {
-            scheduler: format!("http://{host}:{port}"),
+            scheduler: format!("https://{host}:{port}"),
             shown: format!("ballista://{host}:{port}"),
             key,
+            tls,
             deadline: DEFAULT_DEADLINE,
         })
     }
@@ -88,7 +92,9 @@ impl Cluster for BallistaEngine {
             .with_ballista_logical_extension_codec(Arc::new(RoomLogicalCodec::wrapping_with(
                 self.key.clone(),
             )))
-            .with_ballista_physical_extension_codec(Arc::new(RoomPhysicalCodec::default()));
+            .with_ballista_physical_extension_codec(Arc::new(RoomPhysicalCodec::default()))
+            .with_ballista_use_tls(true)
+            .with_ballista_override_create_grpc_client_endpoint(self.tls.endpoint_override());
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)

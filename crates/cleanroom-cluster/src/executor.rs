@@ -11,19 +11,31 @@
 //!   encrypted swap, or none.
 //! - **Spills** (operators short of memory) go through the query layer's encrypted spill files,
 //!   or nowhere when spilling is off.
+//! - **Connections**: the executor's Arrow Flight service (shuffle partitions, results) and its
+//!   calls to the scheduler and to other executors are mutual TLS with the cluster certificate
+//!   ([`crate::tls`]): only holders of that file fetch a partition from it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::error::BallistaError;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::utils::{GrpcServerConfig, create_grpc_server};
+use ballista_executor::ArrowFlightServerProvider;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_executor::flight_service::BallistaFlightService;
+use ballista_executor::shutdown::Shutdown;
 use cleanroom_query::SpillConfig;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::SessionConfig;
 
 use crate::ClusterError;
 use crate::codec::{RoomLogicalCodec, RoomPhysicalCodec};
 use crate::scan::Readers;
+use crate::tls::ClusterTls;
 
 /// How an executor runs.
 #[derive(Debug, Clone)]
@@ -46,6 +58,37 @@ pub struct ExecutorOptions {
     pub spill: Option<SpillConfig>,
     /// How often the executor tells the scheduler it is alive.
     pub heartbeat: Duration,
+    /// The cluster certificate: presented and required on every connection.
+    pub tls: ClusterTls,
+}
+
+/// The largest gRPC message the executor's Flight service takes or sends (Ballista's).
+const FLIGHT_MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Ballista's Flight service (shuffle partitions and results out of the work directory),
+/// served over mutual TLS.
+fn flight_over_tls(tls: &ClusterTls) -> Arc<ArrowFlightServerProvider> {
+    let server_tls = tls.server();
+    Arc::new(
+        move |work_dir: String,
+              addr: std::net::SocketAddr,
+              mut shutdown: Shutdown,
+              grpc: GrpcServerConfig| {
+            let server_tls = server_tls.clone();
+            tokio::spawn(async move {
+                let service = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+                    .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
+                    .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT);
+                create_grpc_server(&grpc)
+                    .tls_config(server_tls)
+                    .map_err(BallistaError::TonicError)?
+                    .add_service(service)
+                    .serve_with_shutdown(addr, shutdown.recv())
+                    .await
+                    .map_err(BallistaError::TonicError)
+            })
+        },
+    )
 }
 
 /// Linux's magic numbers of the memory-backed file systems.
@@ -112,6 +155,14 @@ pub async fn run_executor(opts: ExecutorOptions, readers: Readers) -> Result<(),
         .build_arc()
         .map_err(|e| ClusterError::Config(format!("building the executor's runtime: {e}")))?;
     let store = readers.store.files().describe();
+    let endpoint = opts.tls.endpoint_override();
+    let task_endpoint = Arc::clone(&endpoint);
+    // Each task's session: TLS towards other executors' Flight services.
+    let config_producer = Arc::new(move || {
+        SessionConfig::new_with_ballista()
+            .with_ballista_use_tls(true)
+            .with_ballista_override_create_grpc_client_endpoint(Arc::clone(&task_endpoint))
+    });
     let config = ExecutorProcessConfig {
         bind_host: opts.bind_host.clone(),
         external_host: Some(opts.external_host.clone()),
@@ -127,6 +178,9 @@ pub async fn run_executor(opts: ExecutorOptions, readers: Readers) -> Result<(),
         override_runtime_producer: Some(Arc::new(move |_| Ok(Arc::clone(&runtime)))),
         override_logical_codec: Some(Arc::new(RoomLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(RoomPhysicalCodec::reading_with(readers))),
+        override_config_producer: Some(config_producer),
+        override_arrow_flight_service: Some(flight_over_tls(&opts.tls)),
+        override_create_grpc_client_endpoint: Some(endpoint),
         ..ExecutorProcessConfig::default()
     };
     tracing::info!(
@@ -134,7 +188,8 @@ pub async fn run_executor(opts: ExecutorOptions, readers: Readers) -> Result<(),
         flight = %format!("{}:{}", opts.external_host, opts.flight_port),
         work_dir = %dir.display(),
         %store,
-        "analysis executor starting (shuffle files in memory, spills encrypted)"
+        cert = opts.tls.fingerprint(),
+        "analysis executor starting (mutual TLS, shuffle files in memory, spills encrypted)"
     );
     start_executor_process(Arc::new(config)).await?;
     Ok(())

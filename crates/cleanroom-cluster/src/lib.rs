@@ -8,7 +8,8 @@
 //! with keys that reach them wrapped under the cluster key ([`key`]), and return exact
 //! aggregates to the server, which alone releases anything.
 //!
-//! What is encoded between them, and how: [`codec`] and [`scan`].
+//! What is encoded between them, and how: [`codec`] and [`scan`]; how they reach each other:
+//! mutual TLS with one pinned certificate ([`tls`]).
 
 pub mod codec;
 pub mod engine;
@@ -17,6 +18,7 @@ pub mod executor;
 pub mod key;
 pub mod scan;
 pub mod scheduler;
+pub mod tls;
 
 pub use engine::BallistaEngine;
 pub use error::ClusterError;
@@ -24,3 +26,4 @@ pub use executor::{ExecutorOptions, run_executor};
 pub use key::ClusterKey;
 pub use scan::Readers;
 pub use scheduler::{SchedulerOptions, run_scheduler};
+pub use tls::ClusterTls;

@@ -4,19 +4,27 @@
 //! hands tasks to the executors that poll it (pull-based: it never dials an executor). It
 //! holds no key: the plans it sees name datasets by id, with their keys wrapped under the
 //! cluster key ([`crate::key`]), and it reads no data.
+//!
+//! It serves only Ballista's scheduler gRPC service (no REST API, no Flight proxy), over
+//! mutual TLS with the cluster certificate ([`crate::tls`]): a caller without it is refused
+//! at the handshake.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_core::utils::{GrpcServerConfig, create_grpc_server};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::scheduler_process::create_scheduler;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
 
 use crate::ClusterError;
 use crate::codec::{RoomLogicalCodec, RoomPhysicalCodec};
+use crate::tls::ClusterTls;
 
 /// How a scheduler runs.
 #[derive(Debug, Clone)]
@@ -40,10 +48,11 @@ impl Default for SchedulerOptions {
     }
 }
 
-/// Serves the scheduler on `listener` until the process ends.
+/// Serves the scheduler on `listener`, to callers holding `tls`, until the process ends.
 pub async fn run_scheduler(
     listener: TcpListener,
     opts: SchedulerOptions,
+    tls: ClusterTls,
 ) -> Result<(), ClusterError> {
     let addr = listener.local_addr().map_err(|source| ClusterError::Io {
         what: "the scheduler's address".into(),
@@ -61,13 +70,33 @@ pub async fn run_scheduler(
         task_max_failures: opts.task_max_failures.max(1),
         override_logical_codec: Some(Arc::new(RoomLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(RoomPhysicalCodec::default())),
+        // Its own calls to executors (cancelling, cleaning up) go over the same TLS.
+        use_tls: true,
+        override_create_grpc_client_endpoint: Some(tls.endpoint_override()),
+        enable_embedded_flight_proxy: false,
         ..SchedulerConfig::default()
     };
     config.validate()?;
+    let max_encoding = config.grpc_server_max_encoding_message_size as usize;
+    let max_decoding = config.grpc_server_max_decoding_message_size as usize;
+    let mut server = create_grpc_server(&GrpcServerConfig::default())
+        .tls_config(tls.server())
+        .map_err(|e| ClusterError::Config(format!("the cluster certificate: {e}")))?;
     let cluster = BallistaCluster::new_from_config(&config).await?;
     let scheduler =
         create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config)).await?;
-    tracing::info!(%addr, "analysis scheduler listening (executors poll it; it holds no key)");
-    start_grpc_service_with_listener(listener, scheduler).await?;
+    tracing::info!(
+        %addr,
+        cert = tls.fingerprint(),
+        "analysis scheduler listening over mutual TLS (executors poll it; it holds no key)"
+    );
+    let service = SchedulerGrpcServer::new(scheduler)
+        .max_encoding_message_size(max_encoding)
+        .max_decoding_message_size(max_decoding);
+    server
+        .add_service(service)
+        .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
+        .await
+        .map_err(|e| ClusterError::Ballista(format!("the scheduler's service stopped: {e}")))?;
     Ok(())
 }

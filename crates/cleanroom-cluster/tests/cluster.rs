@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cleanroom_cluster::{
-    BallistaEngine, ClusterKey, ExecutorOptions, Readers, SchedulerOptions, run_executor,
-    run_scheduler,
+    BallistaEngine, ClusterKey, ClusterTls, ExecutorOptions, Readers, SchedulerOptions,
+    run_executor, run_scheduler,
 };
 use cleanroom_core::ids::{CollaborationId, DatasetId};
 use cleanroom_core::names::OrgName;
@@ -222,9 +222,35 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A scheduler and two executors reading `store`; the engine that uses them.
-async fn cluster(store: &DatasetStore) -> Arc<dyn Cluster> {
+/// A scheduler and two executors on loopback, reading one store.
+struct Started {
+    scheduler: u16,
+    flights: Vec<u16>,
+    key: ClusterKey,
+    tls: ClusterTls,
+}
+
+impl Started {
+    /// An engine that reaches the scheduler at `port` (the scheduler's, or a relay's).
+    fn engine_at(&self, port: u16, tls: ClusterTls) -> Arc<dyn Cluster> {
+        Arc::new(
+            BallistaEngine::new(
+                &format!("ballista://127.0.0.1:{port}"),
+                self.key.clone(),
+                tls,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn engine(&self) -> Arc<dyn Cluster> {
+        self.engine_at(self.scheduler, self.tls.clone())
+    }
+}
+
+async fn start(store: &DatasetStore) -> Started {
     let key = ClusterKey::generate().unwrap();
+    let tls = ClusterTls::generate().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(run_scheduler(
@@ -233,18 +259,23 @@ async fn cluster(store: &DatasetStore) -> Arc<dyn Cluster> {
             executor_timeout: Duration::from_secs(6),
             ..SchedulerOptions::default()
         },
+        tls.clone(),
     ));
+    let mut flights = Vec::new();
     for _ in 0..2 {
+        let flight_port = free_port();
+        flights.push(flight_port);
         let opts = ExecutorOptions {
             scheduler: ("127.0.0.1".into(), port),
             bind_host: "127.0.0.1".into(),
             external_host: "127.0.0.1".into(),
-            flight_port: free_port(),
+            flight_port,
             work_dir: None,
             vcores: 2,
             max_memory: None,
             spill: None,
             heartbeat: Duration::from_secs(1),
+            tls: tls.clone(),
         };
         let readers = Readers {
             store: store.clone(),
@@ -256,7 +287,17 @@ async fn cluster(store: &DatasetStore) -> Arc<dyn Cluster> {
             }
         });
     }
-    Arc::new(BallistaEngine::new(&format!("ballista://127.0.0.1:{port}"), key).unwrap())
+    Started {
+        scheduler: port,
+        flights,
+        key,
+        tls,
+    }
+}
+
+/// A scheduler and two executors reading `store`; the engine that uses them.
+async fn cluster(store: &DatasetStore) -> Arc<dyn Cluster> {
+    start(store).await.engine()
 }
 
 fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -447,6 +488,7 @@ async fn an_unreachable_cluster_is_a_clear_error_not_a_hang() {
         BallistaEngine::new(
             &format!("ballista://127.0.0.1:{port}"),
             ClusterKey::generate().unwrap(),
+            ClusterTls::generate().unwrap(),
         )
         .unwrap(),
     );
@@ -475,11 +517,12 @@ fn executor_process() {
         return;
     };
     let parts: Vec<&str> = spec.split('|').collect();
-    let (scheduler_port, flight_port, data_dir, key_file) = (
+    let (scheduler_port, flight_port, data_dir, key_file, cert_file) = (
         parts[0].parse().unwrap(),
         parts[1].parse().unwrap(),
         std::path::PathBuf::from(parts[2]),
         std::path::PathBuf::from(parts[3]),
+        std::path::PathBuf::from(parts[4]),
     );
     let readers = Readers {
         store: DatasetStore::open(&data_dir).unwrap(),
@@ -495,6 +538,7 @@ fn executor_process() {
         max_memory: None,
         spill: None,
         heartbeat: Duration::from_secs(1),
+        tls: ClusterTls::read_file(&cert_file).unwrap(),
     };
     tokio::runtime::Runtime::new()
         .unwrap()
@@ -510,6 +554,8 @@ async fn an_executor_killed_mid_query_is_survived_or_a_clean_failure() {
     let room = room_of(150_000);
     let key_file = room.dir.path().join("cluster.key");
     let key = ClusterKey::create_file(&key_file).unwrap();
+    let cert_file = room.dir.path().join("cluster.pem");
+    let tls = ClusterTls::create_file(&cert_file).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(run_scheduler(
@@ -518,6 +564,7 @@ async fn an_executor_killed_mid_query_is_survived_or_a_clean_failure() {
             executor_timeout: Duration::from_secs(4),
             ..SchedulerOptions::default()
         },
+        tls.clone(),
     ));
     let spawn = || {
         std::process::Command::new(std::env::current_exe().unwrap())
@@ -531,10 +578,11 @@ async fn an_executor_killed_mid_query_is_survived_or_a_clean_failure() {
             .env(
                 "CLEANROOM_TEST_EXECUTOR",
                 format!(
-                    "{port}|{}|{}|{}",
+                    "{port}|{}|{}|{}|{}",
                     free_port(),
                     room.dir.path().display(),
-                    key_file.display()
+                    key_file.display(),
+                    cert_file.display()
                 ),
             )
             .stdout(std::process::Stdio::null())
@@ -546,7 +594,7 @@ async fn an_executor_killed_mid_query_is_survived_or_a_clean_failure() {
     let mut survivor = spawn();
     let deadline = Duration::from_secs(25);
     let engine: Arc<dyn Cluster> = Arc::new(
-        BallistaEngine::new(&format!("ballista://127.0.0.1:{port}"), key)
+        BallistaEngine::new(&format!("ballista://127.0.0.1:{port}"), key, tls)
             .unwrap()
             .with_deadline(deadline),
     );
@@ -602,4 +650,131 @@ async fn an_executor_killed_mid_query_is_survived_or_a_clean_failure() {
     assert_eq!(tables(&after), expected);
     survivor.kill().unwrap();
     survivor.wait().unwrap();
+}
+
+/// Copies `from` into `into`, keeping every byte in `kept`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut into: tokio::net::tcp::OwnedWriteHalf,
+    kept: Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        kept.lock().unwrap().extend_from_slice(&buf[..n]);
+        if into.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = into.shutdown().await;
+}
+
+/// Relays `127.0.0.1:<returned port>` to `to`, keeping every byte either way.
+async fn recording_relay(to: u16) -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let kept = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let outbound = tokio::net::TcpStream::connect(("127.0.0.1", to))
+                .await
+                .unwrap();
+            let (ir, iw) = inbound.into_split();
+            let (or, ow) = outbound.into_split();
+            tokio::spawn(pump(ir, ow, Arc::clone(&kept)));
+            tokio::spawn(pump(or, iw, Arc::clone(&kept)));
+        }
+    });
+    (port, seen)
+}
+
+/// Every connection of the cluster is mutual TLS pinned to the cluster certificate: the plan
+/// (column names, dataset ids, wrapped keys) is not readable on the wire, and a caller without
+/// the certificate reaches neither the scheduler nor an executor's shuffle service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_speaks_only_mutual_tls_with_its_certificate() {
+    use arrow_flight::Criteria;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+    let room = room();
+    let started = start(&room.store).await;
+    let t = &room.tables[0];
+
+    // Through a relay that records the server's side of the conversation with the scheduler.
+    let (relay, seen) = recording_relay(started.scheduler).await;
+    let stats = on_engine(
+        Some(started.engine_at(relay, started.tls.clone())),
+        rewrite::table_stats(t, 2),
+    )
+    .await
+    .unwrap();
+    assert!(!stats.max_rows_per_key.is_empty());
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 1000, "the relay saw {} bytes", seen.len());
+    assert_eq!(
+        seen[0], 0x16,
+        "the first byte is not a TLS handshake record"
+    );
+    let id = t.dataset_id.to_string();
+    for clear in [id.as_str(), "region", "email", "RoomScan", "ballista"] {
+        assert!(
+            !seen.windows(clear.len()).any(|w| w == clear.as_bytes()),
+            "`{clear}` crossed the wire in the clear"
+        );
+    }
+
+    // A server holding another certificate is refused at the handshake.
+    let stranger = ClusterTls::generate().unwrap();
+    let err = on_engine(
+        Some(started.engine_at(started.scheduler, stranger.clone())),
+        rewrite::table_stats(t, 2),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, QueryError::Cluster { .. }), "{err:?}");
+
+    // An executor's Flight service (shuffle partitions): with the certificate, the service
+    // answers (list_flights is not one it offers); without it, nothing gets through.
+    let flight = started.flights[0];
+    let call = |endpoint: Endpoint| async move {
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return Err(format!("connect: {e}")),
+        };
+        match FlightServiceClient::new(channel)
+            .list_flights(Criteria::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(()),
+            Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+        }
+    };
+    let https = || Endpoint::from_shared(format!("https://127.0.0.1:{flight}")).unwrap();
+    call(https().tls_config(started.tls.client()).unwrap())
+        .await
+        .expect("a cluster member reaches the executor");
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{flight}")).unwrap();
+    assert!(call(plain).await.is_err(), "plaintext reached an executor");
+    assert!(
+        call(https().tls_config(stranger.client()).unwrap())
+            .await
+            .is_err(),
+        "another certificate reached an executor"
+    );
+    let anonymous = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(started.tls.certificate_pem()))
+        .domain_name(cleanroom_cluster::tls::CLUSTER_NAME);
+    assert!(
+        call(https().tls_config(anonymous).unwrap()).await.is_err(),
+        "a caller without a client certificate reached an executor"
+    );
+    // The scheduler refuses plaintext too.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", started.scheduler)).unwrap();
+    assert!(
+        call(plain).await.is_err(),
+        "plaintext reached the scheduler"
+    );
 }

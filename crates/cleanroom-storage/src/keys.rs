@@ -195,6 +195,14 @@ pub fn read_key_file(path: &Path) -> Result<SecretKey, StorageError> {
     SecretKey::from_hex(&s)
 }
 
+/// Reads a secret file written by [`write_owner_only`], refusing one others may read.
+pub fn read_owner_only(path: &Path) -> Result<Vec<u8>, StorageError> {
+    let bytes =
+        std::fs::read(path).map_err(StorageError::io(format!("reading {}", path.display())))?;
+    check_owner_only(path)?;
+    Ok(bytes)
+}
+
 /// Moves the next master key over the current one (atomically, synced).
 pub fn install_next_master_key(data_dir: &Path) -> Result<(), StorageError> {
     let next = data_dir.join(NEXT_MASTER_KEY_FILE);
@@ -207,7 +215,9 @@ pub fn install_next_master_key(data_dir: &Path) -> Result<(), StorageError> {
     crate::atomic::sync_dir(data_dir)
 }
 
-fn write_owner_only(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
+/// Writes `contents` to a new file readable by its owner only, synced with its directory.
+/// Refuses to overwrite an existing file.
+pub fn write_owner_only(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
