@@ -1,4 +1,5 @@
-//! `scheduler`, `executor`, `cluster-key` and `serve --engine`: analyses on a Ballista cluster.
+//! `scheduler`, `executor`, `cluster-key`, `cluster-cert` and `serve --engine`: analyses on a
+//! Ballista cluster.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,33 +8,54 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cleanroom_cluster::{
-    BallistaEngine, ClusterKey, ExecutorOptions, Readers, SchedulerOptions, run_executor,
-    run_scheduler,
+    BallistaEngine, ClusterKey, ClusterTls, ExecutorOptions, Readers, SchedulerOptions,
+    run_executor, run_scheduler,
 };
 
+/// `serve --engine …` and its cluster settings.
+pub struct EngineArgs<'a> {
+    pub engine: &'a str,
+    pub key: Option<&'a Path>,
+    pub cert: Option<&'a Path>,
+    pub deadline: Duration,
+}
+
 /// `serve --engine`: in this process (nothing to do), or on the cluster at a ballista:// URL.
-pub fn use_engine(engine: &str, cluster_key: Option<&Path>) -> Result<()> {
-    let engine = engine.trim();
+pub fn use_engine(a: EngineArgs<'_>) -> Result<()> {
+    let engine = a.engine.trim();
     if engine == "in-process" {
-        if cluster_key.is_some() {
+        if a.key.is_some() || a.cert.is_some() {
             tracing::warn!(
-                "--cluster-key is ignored: analyses run in this process (--engine in-process)"
+                "--cluster-key and --cluster-cert are ignored: analyses run in this process \
+                 (--engine in-process)"
             );
         }
         tracing::info!("analyses run in this process");
         return Ok(());
     }
-    let Some(path) = cluster_key else {
+    let engine_help = "--engine (CLEANROOM_ENGINE) is `in-process` or ballista://HOST:PORT";
+    cleanroom_cluster::engine::parse_url(engine).context(engine_help)?;
+    let Some(key) = a.key else {
         bail!(
             "--engine {engine} needs --cluster-key FILE (CLEANROOM_CLUSTER_KEY): the key every \
              executor of the cluster holds too; make one with `cleanroom cluster-key FILE`"
         );
     };
-    let key = ClusterKey::read_file(path)?;
-    let cluster = BallistaEngine::new(engine, key)
-        .with_context(|| "--engine (CLEANROOM_ENGINE) is `in-process` or ballista://HOST:PORT")?;
+    let Some(cert) = a.cert else {
+        bail!(
+            "--engine {engine} needs --cluster-cert FILE (CLEANROOM_CLUSTER_CERT): the \
+             certificate the scheduler and every executor hold too; make one with `cleanroom \
+             cluster-cert FILE`"
+        );
+    };
+    let key = ClusterKey::read_file(key)?;
+    let tls = ClusterTls::read_file(cert)?;
+    let cluster = BallistaEngine::new(engine, key, tls)
+        .context(engine_help)?
+        .with_deadline(a.deadline);
     tracing::info!(
         cluster = %engine,
+        deadline_s = a.deadline.as_secs(),
         "analyses run on the cluster; checking, charging, noise and releases stay in this server"
     );
     cleanroom_service::use_analysis_cluster(Arc::new(cluster))?;
@@ -55,8 +77,29 @@ pub fn new_key(file: &Path, json: bool) -> Result<()> {
     }
 }
 
+/// `cleanroom cluster-cert FILE`.
+pub fn new_cert(file: &Path, json: bool) -> Result<()> {
+    let tls = ClusterTls::create_file(file)?;
+    if json {
+        crate::output::json(&serde_json::json!({
+            "cluster_cert": file,
+            "sha256": tls.fingerprint(),
+        }))
+    } else {
+        println!(
+            "wrote a new cluster certificate and its key to {} (readable by its owner only; \
+             sha256 {}); give the same file to `serve --cluster-cert`, `scheduler \
+             --cluster-cert` and every `executor --cluster-cert`",
+            file.display(),
+            tls.fingerprint()
+        );
+        Ok(())
+    }
+}
+
 /// `cleanroom scheduler`.
-pub async fn scheduler(listen: &str, executor_timeout: u64) -> Result<()> {
+pub async fn scheduler(listen: &str, executor_timeout: u64, cert: &Path) -> Result<()> {
+    let tls = ClusterTls::read_file(cert)?;
     let addr: SocketAddr = listen
         .parse()
         .with_context(|| format!("--listen {listen} is not an address such as 127.0.0.1:50050"))?;
@@ -68,7 +111,7 @@ pub async fn scheduler(listen: &str, executor_timeout: u64) -> Result<()> {
         ..SchedulerOptions::default()
     };
     tokio::select! {
-        r = run_scheduler(listener, opts) => r?,
+        r = run_scheduler(listener, opts, tls) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("scheduler stopping"),
     }
     Ok(())
@@ -77,6 +120,7 @@ pub async fn scheduler(listen: &str, executor_timeout: u64) -> Result<()> {
 pub struct ExecutorArgs {
     pub scheduler: String,
     pub cluster_key: PathBuf,
+    pub cluster_cert: PathBuf,
     pub data_dir: PathBuf,
     pub data_store: Option<String>,
     pub listen: String,
@@ -103,6 +147,7 @@ pub async fn executor(a: ExecutorArgs) -> Result<()> {
         )
     })?;
     let key = ClusterKey::read_file(&a.cluster_key)?;
+    let tls = ClusterTls::read_file(&a.cluster_cert)?;
     let readers = match &a.data_store {
         Some(url) => {
             let url = cleanroom_objstore::S3Url::parse(url)
@@ -135,6 +180,7 @@ pub async fn executor(a: ExecutorArgs) -> Result<()> {
         max_memory: a.max_memory.map(|b| b as u64),
         spill: a.spill,
         heartbeat: Duration::from_secs(5),
+        tls,
     };
     tokio::select! {
         r = run_executor(opts, readers) => r?,

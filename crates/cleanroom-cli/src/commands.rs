@@ -26,8 +26,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             spill_dir,
             engine,
             cluster_key,
+            cluster_cert,
+            cluster_deadline,
         } => {
-            crate::cluster::use_engine(&engine, cluster_key.as_deref())?;
+            crate::cluster::use_engine(crate::cluster::EngineArgs {
+                engine: &engine,
+                key: cluster_key.as_deref(),
+                cert: cluster_cert.as_deref(),
+                deadline: std::time::Duration::from_secs(cluster_deadline),
+            })?;
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(cleanroom_server::tls::server_config(&cert, &key)?),
                 _ => None,
@@ -58,10 +65,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Scheduler {
             listen,
             executor_timeout,
-        } => crate::cluster::scheduler(&listen, executor_timeout).await,
+            cluster_cert,
+        } => crate::cluster::scheduler(&listen, executor_timeout, &cluster_cert).await,
         Command::Executor {
             scheduler,
             cluster_key,
+            cluster_cert,
             data_dir,
             data_store,
             listen,
@@ -75,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::cluster::executor(crate::cluster::ExecutorArgs {
                 scheduler,
                 cluster_key,
+                cluster_cert,
                 data_dir,
                 data_store,
                 listen,
@@ -87,6 +97,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::ClusterKey { file } => crate::cluster::new_key(&file, g.json),
+        Command::ClusterCert { file } => crate::cluster::new_cert(&file, g.json),
         Command::Init {
             data,
             org,

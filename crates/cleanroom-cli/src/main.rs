@@ -120,6 +120,15 @@ pub enum Command {
         /// wrote, the same one every executor is given.
         #[arg(long, env = "CLEANROOM_CLUSTER_KEY")]
         cluster_key: Option<PathBuf>,
+        /// The cluster certificate (with --engine ballista://…): the file `cleanroom
+        /// cluster-cert` wrote, the same one the scheduler and every executor are given; every
+        /// connection to them is mutual TLS with it.
+        #[arg(long, env = "CLEANROOM_CLUSTER_CERT")]
+        cluster_cert: Option<PathBuf>,
+        /// Seconds an analysis may run on the cluster before it is given up as a cluster
+        /// failure (its charge stays).
+        #[arg(long, env = "CLEANROOM_CLUSTER_DEADLINE", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        cluster_deadline: u64,
     },
     /// Run the scheduler of an analysis cluster: servers (`serve --engine ballista://…`) hand
     /// it exact-aggregate plans, executors poll it for tasks. It holds no key and reads no
@@ -135,6 +144,10 @@ pub enum Command {
         /// Seconds an executor may stay silent before its tasks are given to others.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
         executor_timeout: u64,
+        /// The cluster certificate (`cleanroom cluster-cert`): the scheduler presents it and
+        /// accepts only callers that present it too.
+        #[arg(long, env = "CLEANROOM_CLUSTER_CERT")]
+        cluster_cert: PathBuf,
     },
     /// Run an executor of an analysis cluster: it reads the room's encrypted datasets from the
     /// room's store, decrypts them in memory with keys that reach it wrapped for the query that
@@ -147,6 +160,9 @@ pub enum Command {
         /// The cluster key file (the server's --cluster-key).
         #[arg(long, env = "CLEANROOM_CLUSTER_KEY")]
         cluster_key: PathBuf,
+        /// The cluster certificate file (the server's and the scheduler's --cluster-cert).
+        #[arg(long, env = "CLEANROOM_CLUSTER_CERT")]
+        cluster_cert: PathBuf,
         /// The room's data directory, when its datasets are local files (a shared directory).
         #[arg(long, env = "CLEANROOM_DATA_DIR", default_value = "./cleanroom-data")]
         data_dir: PathBuf,
@@ -184,6 +200,13 @@ pub enum Command {
     /// Write a new cluster key to FILE (readable by its owner only): give the same file to
     /// `serve --cluster-key` and to every `executor --cluster-key`.
     ClusterKey {
+        /// Where to write it; an existing file is never overwritten.
+        file: PathBuf,
+    },
+    /// Write a new cluster certificate and its private key to FILE (readable by its owner
+    /// only): give the same file to `serve --cluster-cert`, `scheduler --cluster-cert` and
+    /// every `executor --cluster-cert`. The cluster's connections are mutual TLS pinned to it.
+    ClusterCert {
         /// Where to write it; an existing file is never overwritten.
         file: PathBuf,
     },

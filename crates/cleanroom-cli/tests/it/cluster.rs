@@ -59,13 +59,51 @@ fn exact(out: &serde_json::Value) -> Vec<(String, i64)> {
 
 #[test]
 fn a_server_runs_its_analyses_on_a_scheduler_and_two_executors() {
+    analyses_on_a_cluster(None);
+}
+
+/// The same with the room's datasets in S3-compatible object storage: the executors read
+/// them from the bucket (`executor --data-store`), the data directory holds none.
+#[test]
+fn executors_read_a_room_on_s3_from_the_bucket() {
+    let Some(base) = env_or_skip("CLEANROOM_TEST_S3", "the cluster on a room in S3") else {
+        return;
+    };
+    let prefix = format!("cl{}", &rand::random::<u64>().to_string()[..8]);
+    analyses_on_a_cluster(Some(&format!("{}/{prefix}", base.trim_end_matches('/'))));
+}
+
+/// A room (on the data directory, or on `store`), a scheduler, two executors and a server
+/// whose analyses run on them; a SQL analysis with differential privacy off must give the
+/// exact per-city matches.
+fn analyses_on_a_cluster(store: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
-    let (data, op) = init(tmp.path());
+    let (data, op) = match store {
+        None => init(tmp.path()),
+        Some(store) => {
+            let data = tmp.path().join("data");
+            let out = run(Command::new(BIN)
+                .args(["init", "--json", "--data-dir"])
+                .arg(&data)
+                .args(["--data-store", store])
+                .env_remove("CLEANROOM_MASTER_KEY")
+                .env_remove("CLEANROOM_METADATA"));
+            (
+                data.clone(),
+                json(&out)["token"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
     let key = tmp.path().join("cluster.key");
     let made = ok(&run(Command::new(BIN).arg("cluster-key").arg(&key)));
     assert!(made.contains("wrote a new cluster key"), "{made}");
     // Never overwritten.
     let again = failed(&run(Command::new(BIN).arg("cluster-key").arg(&key)));
+    assert!(again.contains("never overwritten"), "{again}");
+    let cert = tmp.path().join("cluster.pem");
+    let made = ok(&run(Command::new(BIN).arg("cluster-cert").arg(&cert)));
+    assert!(made.contains("wrote a new cluster certificate"), "{made}");
+    let again = failed(&run(Command::new(BIN).arg("cluster-cert").arg(&cert)));
     assert!(again.contains("never overwritten"), "{again}");
 
     let port = free_port();
@@ -73,7 +111,13 @@ fn a_server_runs_its_analyses_on_a_scheduler_and_two_executors() {
         "scheduler".as_ref(),
         "--listen".as_ref(),
         format!("127.0.0.1:{port}").as_ref(),
+        "--cluster-cert".as_ref(),
+        cert.as_os_str(),
     ]);
+    let reads: [&std::ffi::OsStr; 2] = match store {
+        None => ["--data-dir".as_ref(), data.as_os_str()],
+        Some(store) => ["--data-store".as_ref(), store.as_ref()],
+    };
     let executor = || {
         spawn(&[
             "executor".as_ref(),
@@ -81,8 +125,10 @@ fn a_server_runs_its_analyses_on_a_scheduler_and_two_executors() {
             format!("127.0.0.1:{port}").as_ref(),
             "--cluster-key".as_ref(),
             key.as_os_str(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
+            "--cluster-cert".as_ref(),
+            cert.as_os_str(),
+            reads[0],
+            reads[1],
             "--listen".as_ref(),
             format!("127.0.0.1:{}", free_port()).as_ref(),
             "--concurrent-tasks".as_ref(),
@@ -91,7 +137,10 @@ fn a_server_runs_its_analyses_on_a_scheduler_and_two_executors() {
     };
     let (_e1, _e2) = (executor(), executor());
     let engine = format!("ballista://127.0.0.1:{port}");
-    let server = ServeProcess::try_start_with(
+    let env: Vec<(&str, &str)> = store
+        .map(|s| vec![("CLEANROOM_DATA_STORE", s)])
+        .unwrap_or_default();
+    let server = ServeProcess::try_start_full(
         &data,
         "127.0.0.1:0",
         &[
@@ -99,7 +148,12 @@ fn a_server_runs_its_analyses_on_a_scheduler_and_two_executors() {
             engine.as_ref(),
             "--cluster-key".as_ref(),
             key.as_os_str(),
+            "--cluster-cert".as_ref(),
+            cert.as_os_str(),
+            "--cluster-deadline".as_ref(),
+            "120".as_ref(),
         ],
+        &env,
     )
     .unwrap();
     let url = server.url.clone();
@@ -126,6 +180,10 @@ fn a_server_runs_its_analyses_on_a_scheduler_and_two_executors() {
         })
         .collect();
     assert_eq!(exact(&out), truth, "{out}");
+    if store.is_some() {
+        let local = files_under(&data.join("datasets"));
+        assert!(local.is_empty(), "dataset files on local disk: {local:?}");
+    }
 }
 
 #[test]
@@ -155,10 +213,42 @@ fn cluster_settings_are_refused_with_what_to_do() {
     .err()
     .unwrap();
     assert!(err.contains("ballista://HOST:PORT"), "{err}");
+    let err = ServeProcess::try_start_with(
+        &data,
+        "127.0.0.1:0",
+        &[
+            "--engine".as_ref(),
+            "ballista://127.0.0.1:1".as_ref(),
+            "--cluster-key".as_ref(),
+            key.as_os_str(),
+        ],
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("needs --cluster-cert"), "{err}");
+    let cert = tmp.path().join("c.pem");
+    ok(&run(Command::new(BIN).arg("cluster-cert").arg(&cert)));
+    // A certificate others may read is refused (it holds the private key).
+    let loose = tmp.path().join("loose.pem");
+    std::fs::copy(&cert, &loose).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let err = failed(&run(Command::new(BIN)
+        .args(["scheduler", "--listen", "127.0.0.1:0", "--cluster-cert"])
+        .arg(&loose)));
+    assert!(err.contains("readable by other users"), "{err}");
+    let err = failed(&run(Command::new(BIN)
+        .args(["scheduler", "--listen", "127.0.0.1:0", "--cluster-cert"])
+        .arg(&key)));
+    assert!(err.contains("no PEM certificate"), "{err}");
     let on_disk = tmp.path().join("work");
     let err = failed(&run(Command::new(BIN)
         .args(["executor", "--scheduler", "127.0.0.1:1", "--cluster-key"])
         .arg(&key)
+        .arg("--cluster-cert")
+        .arg(&cert)
         .arg("--data-dir")
         .arg(&data)
         .arg("--work-dir")
@@ -167,6 +257,8 @@ fn cluster_settings_are_refused_with_what_to_do() {
     let err = failed(&run(Command::new(BIN)
         .args(["executor", "--scheduler", "127.0.0.1:1", "--cluster-key"])
         .arg(tmp.path().join("missing.key"))
+        .arg("--cluster-cert")
+        .arg(&cert)
         .arg("--data-dir")
         .arg(&data)));
     assert!(err.contains("cleanroom cluster-key"), "{err}");

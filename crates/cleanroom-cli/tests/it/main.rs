@@ -117,7 +117,7 @@ impl ServeProcess {
         Self::try_start_full(data_dir, listen, &[], env)
     }
 
-    fn try_start_full(
+    pub fn try_start_full(
         data_dir: &Path,
         listen: &str,
         more: &[&std::ffi::OsStr],
