@@ -6,8 +6,10 @@
 //!   the dataset key the query's plan carries wrapped under the cluster key.
 //! - **Shuffle files** (the rows one stage hands the next) are Arrow IPC files in the work
 //!   directory. They are plaintext, so the work directory must be memory-backed (`tmpfs` or
-//!   `ramfs`): the executor refuses any other. Without `--work-dir` it makes a private one
-//!   under `/dev/shm`. On a machine with swap, memory pages can reach the swap device: use
+//!   `ramfs`) and private (`0700`): the executor refuses any other. Without `--work-dir` it
+//!   makes one under `/dev/shm`, after removing those of killed executors. A job's shuffle
+//!   files go when the scheduler says the job is done ([`crate::SchedulerOptions`]), or after
+//!   [`SHUFFLE_BACKSTOP_TTL`] untouched. On a machine with swap, memory pages can reach the swap device: use
 //!   encrypted swap, or none.
 //! - **Spills** (operators short of memory) go through the query layer's encrypted spill files,
 //!   or nowhere when spilling is off.
@@ -62,6 +64,11 @@ pub struct ExecutorOptions {
     pub tls: ClusterTls,
 }
 
+/// How long a job's shuffle files may lie untouched before the executor removes them itself.
+/// Longer than any analysis may run on a cluster by default, so no running job loses its
+/// inputs.
+pub const SHUFFLE_BACKSTOP_TTL: Duration = Duration::from_secs(6 * 3600);
+
 /// The largest gRPC message the executor's Flight service takes or sends (Ballista's).
 const FLIGHT_MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
 
@@ -106,8 +113,55 @@ pub fn is_memory_backed(dir: &Path) -> Result<bool, ClusterError> {
     Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
 }
 
-/// The work directory: `given` if it is memory-backed, else a private directory under
-/// `/dev/shm`; the guard removes a directory made here.
+/// Whether anyone but the owner may enter or read `dir`.
+fn open_to_others(dir: &Path) -> Result<bool, ClusterError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir).map_err(|source| ClusterError::Io {
+        what: format!("reading the permissions of {}", dir.display()),
+        source,
+    })?;
+    Ok(meta.permissions().mode() & 0o077 != 0)
+}
+
+/// The prefix of the work directories executors make under `/dev/shm`, followed by the
+/// process id.
+const WORK_PREFIX: &str = "cleanroom-executor-";
+
+/// Removes the work directories under `root` that executors of this user left when they were
+/// killed (their process is gone); returns how many. A directory whose process id is alive
+/// (or reused) is kept.
+fn sweep_dead_work_dirs(root: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(WORK_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != me || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The work directory: `given` if it is memory-backed and private, else a private directory
+/// under `/dev/shm`; the guard removes a directory made here.
 fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>), ClusterError> {
     match given {
         Some(dir) => {
@@ -122,6 +176,14 @@ fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>)
                     dir.display()
                 )));
             }
+            if open_to_others(dir)? {
+                return Err(ClusterError::Config(format!(
+                    "--work-dir {} may be read by other users: shuffle files hold rows in the \
+                     clear; run `chmod 700 {}`",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
             Ok((dir.to_owned(), None))
         }
         None => {
@@ -133,13 +195,25 @@ fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>)
                         .into(),
                 ));
             }
+            let swept = sweep_dead_work_dirs(shm);
+            if swept > 0 {
+                tracing::info!(swept, "removed the work directories of killed executors");
+            }
             let dir = tempfile::Builder::new()
-                .prefix("cleanroom-executor-")
+                .prefix(&format!("{WORK_PREFIX}{}-", std::process::id()))
                 .tempdir_in(shm)
                 .map_err(|source| ClusterError::Io {
                     what: "creating a work directory under /dev/shm".into(),
                     source,
                 })?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+                    .map_err(|source| ClusterError::Io {
+                        what: format!("making {} private", dir.path().display()),
+                        source,
+                    })?;
+            }
             Ok((dir.path().to_owned(), Some(dir)))
         }
     }
@@ -175,6 +249,10 @@ pub async fn run_executor(opts: ExecutorOptions, readers: Readers) -> Result<(),
         work_dir: Some(dir.display().to_string()),
         executor_heartbeat_interval_seconds: opts.heartbeat.as_secs().max(1),
         memory_pool_size: Some(opts.max_memory.unwrap_or(0)),
+        // The scheduler has each finished job's shuffle files removed shortly after it ends;
+        // this sweep is the backstop for jobs whose notice never came (a scheduler restarted).
+        job_data_ttl_seconds: SHUFFLE_BACKSTOP_TTL.as_secs(),
+        job_data_clean_up_interval_seconds: 600,
         override_runtime_producer: Some(Arc::new(move |_| Ok(Arc::clone(&runtime)))),
         override_logical_codec: Some(Arc::new(RoomLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(RoomPhysicalCodec::reading_with(readers))),
@@ -200,7 +278,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_work_dir_on_disk_is_refused() {
+    fn a_work_dir_on_disk_or_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
         let on_disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let e = work_dir(Some(on_disk.path())).unwrap_err().to_string();
         assert!(e.contains("not memory-backed"), "{e}");
@@ -208,6 +287,35 @@ mod tests {
             let (dir, guard) = work_dir(None).unwrap();
             assert!(dir.starts_with("/dev/shm") && guard.is_some());
             assert!(is_memory_backed(&dir).unwrap());
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+            let open = dir.join("open");
+            std::fs::create_dir(&open).unwrap();
+            std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let e = work_dir(Some(&open)).unwrap_err().to_string();
+            assert!(e.contains("chmod 700"), "{e}");
+            std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+            assert_eq!(work_dir(Some(&open)).unwrap().0, open);
         }
+    }
+
+    #[test]
+    fn work_dirs_of_killed_executors_are_swept_and_live_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let dead_dir = root.path().join(format!("{WORK_PREFIX}{dead}-abc"));
+        let live_dir = root
+            .path()
+            .join(format!("{WORK_PREFIX}{}-abc", std::process::id()));
+        let other = root.path().join("cleanroom-executor-notapid-abc");
+        for d in [&dead_dir, &live_dir, &other] {
+            std::fs::create_dir_all(d.join("job/1/0")).unwrap();
+            std::fs::write(d.join("job/1/0/data.arrow"), b"rows").unwrap();
+        }
+        assert_eq!(sweep_dead_work_dirs(root.path()), 1);
+        assert!(!dead_dir.exists());
+        assert!(live_dir.exists() && other.exists());
     }
 }

@@ -36,6 +36,9 @@ pub struct SchedulerOptions {
     pub task_max_failures: usize,
     /// How long a job waits for an executor when none is registered before it fails.
     pub no_executors_grace: Duration,
+    /// How long after a job ends its shuffle files (rows in the clear, in the executors'
+    /// memory) are removed: long enough for the server to fetch the result.
+    pub shuffle_cleanup: Duration,
 }
 
 impl Default for SchedulerOptions {
@@ -44,6 +47,7 @@ impl Default for SchedulerOptions {
             executor_timeout: Duration::from_secs(30),
             task_max_failures: 4,
             no_executors_grace: Duration::from_secs(30),
+            shuffle_cleanup: Duration::from_secs(30),
         }
     }
 }
@@ -74,6 +78,9 @@ pub async fn run_scheduler(
         use_tls: true,
         override_create_grpc_client_endpoint: Some(tls.endpoint_override()),
         enable_embedded_flight_proxy: false,
+        // A finished job's shuffle files are removed soon after the server has fetched its
+        // result, not after Ballista's five minutes.
+        finished_job_data_clean_up_interval_seconds: opts.shuffle_cleanup.as_secs().max(1),
         ..SchedulerConfig::default()
     };
     config.validate()?;

@@ -228,6 +228,8 @@ struct Started {
     flights: Vec<u16>,
     key: ClusterKey,
     tls: ClusterTls,
+    /// The executors' work directories (shuffle files), removed at the end.
+    work: Vec<tempfile::TempDir>,
 }
 
 impl Started {
@@ -257,26 +259,37 @@ async fn start(store: &DatasetStore) -> Started {
         listener,
         SchedulerOptions {
             executor_timeout: Duration::from_secs(6),
+            shuffle_cleanup: Duration::from_secs(3),
             ..SchedulerOptions::default()
         },
         tls.clone(),
     ));
     let mut flights = Vec::new();
+    let mut work = Vec::new();
     for _ in 0..2 {
         let flight_port = free_port();
         flights.push(flight_port);
+        let dir = tempfile::Builder::new()
+            .prefix("cleanroom-test-work-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
         let opts = ExecutorOptions {
             scheduler: ("127.0.0.1".into(), port),
             bind_host: "127.0.0.1".into(),
             external_host: "127.0.0.1".into(),
             flight_port,
-            work_dir: None,
+            work_dir: Some(dir.path().to_owned()),
             vcores: 2,
             max_memory: None,
             spill: None,
             heartbeat: Duration::from_secs(1),
             tls: tls.clone(),
         };
+        work.push(dir);
         let readers = Readers {
             store: store.clone(),
             key: key.clone(),
@@ -292,12 +305,33 @@ async fn start(store: &DatasetStore) -> Started {
         flights,
         key,
         tls,
+        work,
     }
 }
 
 /// A scheduler and two executors reading `store`; the engine that uses them.
-async fn cluster(store: &DatasetStore) -> Arc<dyn Cluster> {
-    start(store).await.engine()
+async fn cluster(store: &DatasetStore) -> (Arc<dyn Cluster>, Started) {
+    let started = start(store).await;
+    (started.engine(), started)
+}
+
+/// The files under the executors' work directories.
+fn shuffle_files(started: &Started) -> usize {
+    fn count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    started.work.iter().map(|d| count(d.path())).sum()
 }
 
 fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -344,7 +378,7 @@ fn tables(out: &TemplateOutput) -> Vec<(String, Vec<String>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_gives_the_exact_aggregates_of_in_process_execution() {
     let room = room();
-    let engine = cluster(&room.store).await;
+    let (engine, started) = cluster(&room.store).await;
     let exact = room.exact();
 
     let runs: &[(&str, &[(&str, &str)])] = &[
@@ -478,6 +512,25 @@ async fn a_cluster_gives_the_exact_aggregates_of_in_process_execution() {
     );
     assert_eq!(local.0, 300, "1,500 matched emails, a fifth in the north");
     assert_eq!(local, remote);
+
+    // The jobs' shuffle files (rows in the clear) are gone soon after the jobs end.
+    assert!(
+        shuffle_files(&started) > 0,
+        "no shuffle file was ever written"
+    );
+    let t0 = std::time::Instant::now();
+    while shuffle_files(&started) > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} shuffle files still in the executors' work directories",
+            shuffle_files(&started)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "shuffle files removed {:?} after the last job",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]
