@@ -182,9 +182,8 @@ pub async fn executor(a: ExecutorArgs) -> Result<()> {
         heartbeat: Duration::from_secs(5),
         tls,
     };
-    tokio::select! {
-        r = run_executor(opts, readers) => r?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("executor stopping"),
-    }
+    // Ballista handles SIGINT and SIGTERM itself: it tells the scheduler, lets its tasks
+    // drain and removes its shuffle files before this returns.
+    run_executor(opts, readers).await?;
     Ok(())
 }

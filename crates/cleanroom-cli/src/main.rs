@@ -132,7 +132,8 @@ pub enum Command {
     },
     /// Run the scheduler of an analysis cluster: servers (`serve --engine ballista://…`) hand
     /// it exact-aggregate plans, executors poll it for tasks. It holds no key and reads no
-    /// data.
+    /// dataset itself, but it sees the wrapped keys plans carry: run it in the operator's
+    /// trust domain, like the executors.
     Scheduler {
         /// Address to listen on (servers and executors connect here).
         #[arg(

@@ -127,10 +127,15 @@ fn open_to_others(dir: &Path) -> Result<bool, ClusterError> {
 /// process id.
 const WORK_PREFIX: &str = "cleanroom-executor-";
 
+/// The file in a work directory made here that its executor holds locked while it lives.
+const LIVE_LOCK: &str = ".live";
+
 /// Removes the work directories under `root` that executors of this user left when they were
-/// killed (their process is gone); returns how many. A directory whose process id is alive
-/// (or reused) is kept.
+/// killed, and returns how many: those whose [`LIVE_LOCK`] nobody holds any more (an advisory
+/// lock dies with its process, whatever PID namespace it ran in). A directory without the
+/// lock file, or whose lock is held, is kept; symbolic links are never followed.
 fn sweep_dead_work_dirs(root: &Path) -> usize {
+    use rustix::fs::{FlockOperation, flock};
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     let Ok(entries) = std::fs::read_dir(root) else {
@@ -138,31 +143,38 @@ fn sweep_dead_work_dirs(root: &Path) -> usize {
     };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
+        let named = entry
+            .file_name()
             .to_str()
-            .and_then(|n| n.strip_prefix(WORK_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
+            .is_some_and(|n| n.starts_with(WORK_PREFIX));
         let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
             continue;
         };
-        if !meta.is_dir() || meta.uid() != me || Path::new(&format!("/proc/{pid}")).exists() {
+        if !named || !meta.is_dir() || meta.uid() != me {
             continue;
         }
-        if std::fs::remove_dir_all(entry.path()).is_ok() {
+        let Ok(lock) = std::fs::File::open(entry.path().join(LIVE_LOCK)) else {
+            continue;
+        };
+        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok()
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
             removed += 1;
         }
     }
     removed
 }
 
+/// A work directory made here: removed when dropped, and marked live until then.
+#[derive(Debug)]
+struct OwnWorkDir {
+    _live: std::fs::File,
+    _dir: tempfile::TempDir,
+}
+
 /// The work directory: `given` if it is memory-backed and private, else a private directory
 /// under `/dev/shm`; the guard removes a directory made here.
-fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>), ClusterError> {
+fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<OwnWorkDir>), ClusterError> {
     match given {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| ClusterError::Io {
@@ -199,28 +211,43 @@ fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>)
             if swept > 0 {
                 tracing::info!(swept, "removed the work directories of killed executors");
             }
+            let private = {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::Permissions::from_mode(0o700)
+            };
             let dir = tempfile::Builder::new()
                 .prefix(&format!("{WORK_PREFIX}{}-", std::process::id()))
+                .permissions(private)
                 .tempdir_in(shm)
                 .map_err(|source| ClusterError::Io {
                     what: "creating a work directory under /dev/shm".into(),
                     source,
                 })?;
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-                    .map_err(|source| ClusterError::Io {
-                        what: format!("making {} private", dir.path().display()),
-                        source,
-                    })?;
-            }
-            Ok((dir.path().to_owned(), Some(dir)))
+            let live = std::fs::File::create(dir.path().join(LIVE_LOCK))
+                .and_then(|f| {
+                    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+                    Ok(f)
+                })
+                .map_err(|source| ClusterError::Io {
+                    what: format!("marking {} live", dir.path().display()),
+                    source,
+                })?;
+            let path = dir.path().to_owned();
+            Ok((
+                path,
+                Some(OwnWorkDir {
+                    _live: live,
+                    _dir: dir,
+                }),
+            ))
         }
     }
 }
 
 /// Runs an executor until the process ends (or it loses the scheduler for good).
 pub async fn run_executor(opts: ExecutorOptions, readers: Readers) -> Result<(), ClusterError> {
+    // Whatever Ballista creates (job directories, shuffle files) is its owner's only.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let (dir, _guard) = work_dir(opts.work_dir.as_deref())?;
     let disk = cleanroom_query::spill_disk(opts.spill.as_ref())
         .map_err(|e| ClusterError::Config(e.to_string()))?;
@@ -287,6 +314,8 @@ mod tests {
             let (dir, guard) = work_dir(None).unwrap();
             assert!(dir.starts_with("/dev/shm") && guard.is_some());
             assert!(is_memory_backed(&dir).unwrap());
+            sweep_dead_work_dirs(Path::new("/dev/shm"));
+            assert!(dir.exists(), "a live executor's work directory was swept");
             let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700, "{mode:o}");
             let open = dir.join("open");
@@ -301,21 +330,33 @@ mod tests {
 
     #[test]
     fn work_dirs_of_killed_executors_are_swept_and_live_ones_kept() {
+        use rustix::fs::{FlockOperation, flock};
         let root = tempfile::tempdir().unwrap();
-        let mut gone = std::process::Command::new("true").spawn().unwrap();
-        let dead = gone.id();
-        gone.wait().unwrap();
-        let dead_dir = root.path().join(format!("{WORK_PREFIX}{dead}-abc"));
-        let live_dir = root
-            .path()
-            .join(format!("{WORK_PREFIX}{}-abc", std::process::id()));
-        let other = root.path().join("cleanroom-executor-notapid-abc");
-        for d in [&dead_dir, &live_dir, &other] {
+        let dir = |name: &str| {
+            let d = root.path().join(name);
             std::fs::create_dir_all(d.join("job/1/0")).unwrap();
             std::fs::write(d.join("job/1/0/data.arrow"), b"rows").unwrap();
-        }
+            d
+        };
+        // Killed: its lock file is there and nobody holds it.
+        let dead = dir(&format!("{WORK_PREFIX}1-dead"));
+        std::fs::write(dead.join(LIVE_LOCK), b"").unwrap();
+        // Alive: its executor holds the lock (here, this test).
+        let live = dir(&format!("{WORK_PREFIX}2-live"));
+        let held = std::fs::File::create(live.join(LIVE_LOCK)).unwrap();
+        flock(&held, FlockOperation::LockExclusive).unwrap();
+        // Not ours to judge: no lock file, another name, a symbolic link.
+        let unmarked = dir(&format!("{WORK_PREFIX}3-unmarked"));
+        let other = dir("something-else");
+        std::fs::write(other.join(LIVE_LOCK), b"").unwrap();
+        let link = root.path().join(format!("{WORK_PREFIX}4-link"));
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+
         assert_eq!(sweep_dead_work_dirs(root.path()), 1);
-        assert!(!dead_dir.exists());
-        assert!(live_dir.exists() && other.exists());
+        assert!(!dead.exists());
+        assert!(live.exists() && unmarked.exists() && other.exists() && link.exists());
+        drop(held);
+        assert_eq!(sweep_dead_work_dirs(root.path()), 1);
+        assert!(!live.exists());
     }
 }

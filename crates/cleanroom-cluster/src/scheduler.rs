@@ -3,7 +3,9 @@
 //! The scheduler receives the exact-aggregate plans of a server, splits them into stages and
 //! hands tasks to the executors that poll it (pull-based: it never dials an executor). It
 //! holds no key: the plans it sees name datasets by id, with their keys wrapped under the
-//! cluster key ([`crate::key`]), and it reads no data.
+//! cluster key ([`crate::key`]), and it reads no dataset itself. It is nonetheless trusted
+//! like the executors: a wrapped key in a plan is a capability any plan can use, and the
+//! scheduler makes the stage plans the executors run.
 //!
 //! It serves only Ballista's scheduler gRPC service (no REST API, no Flight proxy), over
 //! mutual TLS with the cluster certificate ([`crate::tls`]): a caller without it is refused

@@ -13,7 +13,9 @@
 //! The certificate is thereby pinned: a process without the file can neither reach a
 //! scheduler or an executor (no plan submitted, no shuffle partition fetched) nor pose as one
 //! (no plan or wrapped key received, no result forged). The scheduler needs this file but not
-//! the cluster key: it routes plans without reading data.
+//! the cluster key. Holding the file makes a process a member: one that also sees plans (the
+//! scheduler) can replay their wrapped keys in plans of its own, so the file is as sensitive
+//! as the data (docs/security.md).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -101,33 +103,48 @@ impl ClusterTls {
         Self::from_pem(&text).map_err(|e| fail(e.to_string()))
     }
 
+    /// Exactly one certificate and one (unencrypted) private key, the certificate's; the
+    /// blocks checked are the blocks used.
     fn from_pem(text: &str) -> Result<Self, ClusterError> {
         let bad = |why: &str| ClusterError::Config(why.to_owned());
-        let cert = CertificateDer::from_pem_slice(text.as_bytes())
-            .map_err(|_| bad("no PEM certificate in it"))?;
-        let key = PrivateKeyDer::from_pem_slice(text.as_bytes())
-            .map_err(|_| bad("no PEM private key in it"))?;
+        let blocks = pem_blocks(text);
+        let certs: Vec<&str> = blocks
+            .iter()
+            .copied()
+            .filter(|b| b.starts_with("-----BEGIN CERTIFICATE-----"))
+            .collect();
+        let keys: Vec<&str> = blocks
+            .iter()
+            .copied()
+            .filter(|b| b.contains("PRIVATE KEY-----"))
+            .collect();
+        let (cert_pem, key_pem) = match (certs.as_slice(), keys.as_slice()) {
+            ([c], [k]) if blocks.len() == 2 => (*c, *k),
+            ([], _) => return Err(bad("no PEM certificate in it")),
+            (_, []) => return Err(bad("no PEM private key in it")),
+            _ => {
+                return Err(bad(
+                    "it must hold exactly one PEM certificate and its PEM private key",
+                ));
+            }
+        };
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|_| bad("its certificate is not readable"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|_| bad("its private key is not readable (an encrypted key is not taken)"))?;
         let signer = rustls::crypto::ring::default_provider()
             .key_provider
             .load_private_key(key)
             .map_err(|e| bad(&format!("its private key is unusable: {e}")))?;
         rustls::sign::CertifiedKey::new(vec![cert.clone()], signer)
             .keys_match()
-            .map_err(|_| bad("its private key is not the certificate's"))?;
-        let mut cert_pem = String::new();
-        let mut key_pem = zeroize::Zeroizing::new(String::new());
-        // Keep exactly the certificate and the key blocks, in that order.
-        for block in pem_blocks(text) {
-            if block.starts_with("-----BEGIN CERTIFICATE-----") && cert_pem.is_empty() {
-                cert_pem.push_str(block);
-            } else if block.contains("PRIVATE KEY-----") && key_pem.is_empty() {
-                key_pem.push_str(block);
-            }
-        }
+            .map_err(|_| {
+                bad("its private key is not the certificate's (or the certificate is unreadable)")
+            })?;
         Ok(ClusterTls {
             fingerprint: hex::encode(Sha256::digest(cert.as_ref())).into(),
             cert_pem: cert_pem.into(),
-            key_pem: Arc::new(key_pem),
+            key_pem: Arc::new(zeroize::Zeroizing::new(key_pem.to_owned())),
         })
     }
 
@@ -236,6 +253,22 @@ mod tests {
         write_owner_only(&half, read.cert_pem.as_bytes()).unwrap();
         let e = ClusterTls::read_file(&half).unwrap_err().to_string();
         assert!(e.contains("no PEM private key"), "{e}");
+
+        // Two keys (say an encrypted one before the right one): refused, not guessed.
+        let two = dir.path().join("two.pem");
+        write_owner_only(
+            &two,
+            format!(
+                "{}{}{}",
+                read.cert_pem,
+                other.key_pem.as_str(),
+                read.key_pem.as_str()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let e = ClusterTls::read_file(&two).unwrap_err().to_string();
+        assert!(e.contains("exactly one"), "{e}");
 
         #[cfg(unix)]
         {

@@ -135,7 +135,7 @@ fn analyses_on_a_cluster(store: Option<&str>) {
             "2".as_ref(),
         ])
     };
-    let (_e1, _e2) = (executor(), executor());
+    let (e1, e2) = (executor(), executor());
     let engine = format!("ballista://127.0.0.1:{port}");
     let env: Vec<(&str, &str)> = store
         .map(|s| vec![("CLEANROOM_DATA_STORE", s)])
@@ -183,6 +183,37 @@ fn analyses_on_a_cluster(store: Option<&str>) {
     if store.is_some() {
         let local = files_under(&data.join("datasets"));
         assert!(local.is_empty(), "dataset files on local disk: {local:?}");
+    }
+
+    // Stopped with SIGTERM, an executor removes its work directory (shuffle files) itself.
+    for e in [e1, e2] {
+        let pid = e.0.id();
+        let mine = || -> Vec<String> {
+            std::fs::read_dir("/dev/shm")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|d| d.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("cleanroom-executor-{pid}-")))
+                .collect()
+        };
+        assert_eq!(mine().len(), 1, "executor {pid} has no work directory");
+        terminate(e);
+        assert!(mine().is_empty(), "left behind: {:?}", mine());
+    }
+}
+
+/// Stops a process with SIGTERM and waits for it (killing it after 30 s).
+fn terminate(mut p: Process) {
+    let pid = p.0.id().to_string();
+    ok(&run(Command::new("kill").args(["-TERM", &pid])));
+    let t0 = std::time::Instant::now();
+    while p.0.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "{pid} ignored SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
