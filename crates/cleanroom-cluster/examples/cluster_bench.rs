@@ -10,6 +10,7 @@
 //! the statistics and for the query. `scheduler` and `executor` are the processes `run`
 //! starts (this binary again).
 
+use cleanroom_testkit::net::free_port;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -107,14 +108,6 @@ struct Running {
     executors: Vec<Child>,
     work: Vec<PathBuf>,
     _tmp: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_cluster(dir: &Path, executors: usize, tasks: usize) -> Running {

@@ -2,6 +2,7 @@
 //! over the same encrypted datasets: every template, a SQL analysis, the statistics, the
 //! bounding and the activation segments must give the same exact aggregates on both engines.
 
+use cleanroom_testkit::net::free_port;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,14 +213,6 @@ fn room_of(n: u32) -> Room {
         );
     }
     room
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A scheduler and two executors on loopback, reading one store.

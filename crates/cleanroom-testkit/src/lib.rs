@@ -3,5 +3,7 @@
 //!
 //! - [`empirical`]: exact Clopper–Pearson intervals and the empirical lower bound on epsilon
 //!   that the attack tests (`cleanroom-privacy`, `cleanroom-query`) hold the mechanisms to.
+//! - [`net`]: a free loopback port for tests that start real servers.
 
 pub mod empirical;
+pub mod net;

@@ -1,6 +1,7 @@
 //! `cleanroom scheduler`, `cleanroom executor` and `serve --engine ballista://…` as an operator
 //! runs them: separate processes on loopback, the server's analyses executed on the cluster.
 
+use cleanroom_testkit::net::free_port;
 use std::process::{Child, Stdio};
 
 use crate::analysis::{upload_with_policy, write_people};
@@ -18,14 +19,6 @@ column = "n"
 lower = 0
 upper = 10
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A background process of the binary that is killed when dropped.
 struct Process(Child);

@@ -2,6 +2,7 @@
 //! through `chromedriver`. The browser tests need `CLEANROOM_TEST_CHROMEDRIVER` (the driver's
 //! path, set by `.ci/services`); without it they say loudly that they skipped.
 
+use cleanroom_testkit::net::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,14 +34,6 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Browser {
