@@ -36,6 +36,9 @@ pub enum NetError {
     /// The peer announced a frame larger than we accept.
     #[error("the peer sent a frame of {size} bytes; at most {max} are accepted")]
     FrameTooLarge { size: u64, max: u64 },
+    /// The task writing our messages stopped (its own error is reported instead).
+    #[error("the connection stopped taking our messages")]
+    WriterStopped,
     /// Another IO error on the connection.
     #[error("connection error: {0}")]
     Io(std::io::Error),
@@ -57,7 +60,7 @@ impl NetError {
             NetError::PeerAborted(_) => "peer_aborted",
             NetError::Timeout { .. } => "timeout",
             NetError::FrameTooLarge { .. } => "frame_too_large",
-            NetError::Io(_) => "io",
+            NetError::Io(_) | NetError::WriterStopped => "io",
             NetError::Psi(e) => e.code(),
         }
     }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
 
 use crate::NetError;
 
@@ -104,15 +105,66 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
     }
 }
 
-/// Frames over a byte stream.
+/// Frames over a byte stream, split in a read half and a write half so that a session can
+/// write from a task of its own while it computes and reads (see [`Channel::start_writer`]).
 pub struct Channel<S> {
-    stream: S,
+    reader: ReadHalf<S>,
+    writer: Option<WriteHalf<S>>,
     limits: Limits,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
+/// The task writing a session's frames, started by [`Channel::start_writer`].
+pub struct Writer<S> {
+    queue: mpsc::Sender<Vec<u8>>,
+    task: tokio::task::JoinHandle<(WriteHalf<S>, Result<(), NetError>)>,
+}
+
+impl<S> Writer<S> {
+    /// Queues a frame; waits while the queue is full. `false` if the writing task has stopped
+    /// (its error comes from [`Channel::stop_writer`]).
+    pub async fn send(&self, payload: Vec<u8>) -> bool {
+        self.queue.send(payload).await.is_ok()
+    }
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+    limits: Limits,
+) -> Result<(), NetError> {
+    if payload.len() > limits.max_frame {
+        return Err(NetError::InvalidSetting(format!(
+            "a frame of {} bytes exceeds the limit of {}",
+            payload.len(),
+            limits.max_frame
+        )));
+    }
+    let write = async {
+        w.write_all(&(payload.len() as u32).to_be_bytes()).await?;
+        w.write_all(payload).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(limits.io_timeout, write).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(NetError::Timeout {
+            what: "it stopped reading what we send",
+            secs: limits.io_timeout.as_secs(),
+        }),
+    }
+}
+
+fn writer_taken() -> NetError {
+    NetError::InvalidSetting("the connection's writer is in use by a session".into())
+}
+
+impl<S: AsyncRead + AsyncWrite> Channel<S> {
     pub fn new(stream: S, limits: Limits) -> Self {
-        Channel { stream, limits }
+        let (reader, writer) = tokio::io::split(stream);
+        Channel {
+            reader,
+            writer: Some(writer),
+            limits,
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -120,32 +172,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     }
 
     pub async fn send(&mut self, payload: &[u8]) -> Result<(), NetError> {
-        if payload.len() > self.limits.max_frame {
-            return Err(NetError::InvalidSetting(format!(
-                "a frame of {} bytes exceeds the limit of {}",
-                payload.len(),
-                self.limits.max_frame
-            )));
-        }
-        let write = async {
-            self.stream
-                .write_all(&(payload.len() as u32).to_be_bytes())
-                .await?;
-            self.stream.write_all(payload).await?;
-            self.stream.flush().await
+        let w = self.writer.as_mut().ok_or_else(writer_taken)?;
+        write_frame(w, payload, self.limits).await
+    }
+
+    /// Hands the write half to a task of its own, fed through a queue of `depth` frames, so
+    /// that frames go out while this side computes and while it waits for the peer's. A
+    /// protocol that takes turns (each side sends its part of a round, then receives) keeps
+    /// both sides busy without ever filling the queue for long.
+    pub fn start_writer(&mut self, depth: usize) -> Result<Writer<S>, NetError>
+    where
+        S: Send + 'static,
+    {
+        let mut w = self.writer.take().ok_or_else(writer_taken)?;
+        let limits = self.limits;
+        let (queue, mut rx) = mpsc::channel::<Vec<u8>>(depth.max(1));
+        let task = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if let Err(e) = write_frame(&mut w, &frame, limits).await {
+                    return (w, Err(e));
+                }
+            }
+            (w, Ok(()))
+        });
+        Ok(Writer { queue, task })
+    }
+
+    /// Waits until every queued frame is written (or writing failed), and takes the write
+    /// half back. With `patience`, gives up after that long (the peer stopped reading): the
+    /// frames still queued are dropped and the write half is lost, so nothing more can be sent.
+    pub async fn stop_writer(
+        &mut self,
+        writer: Writer<S>,
+        patience: Option<Duration>,
+    ) -> Result<(), NetError> {
+        drop(writer.queue);
+        let mut task = writer.task;
+        let joined = match patience {
+            None => (&mut task).await,
+            Some(d) => match tokio::time::timeout(d, &mut task).await {
+                Ok(j) => j,
+                Err(_) => {
+                    task.abort();
+                    return Err(NetError::Timeout {
+                        what: "it stopped reading what we send",
+                        secs: d.as_secs(),
+                    });
+                }
+            },
         };
-        match tokio::time::timeout(self.limits.io_timeout, write).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(NetError::Timeout {
-                what: "it stopped reading what we send",
-                secs: self.limits.io_timeout.as_secs(),
-            }),
+        match joined {
+            Ok((w, r)) => {
+                self.writer = Some(w);
+                r
+            }
+            Err(e) => Err(NetError::InvalidSetting(format!(
+                "the task writing to the peer ended abnormally: {e}"
+            ))),
         }
     }
 
     pub async fn recv(&mut self) -> Result<Vec<u8>, NetError> {
         let mut len = [0u8; 4];
-        match tokio::time::timeout(self.limits.idle_timeout, self.stream.read_exact(&mut len)).await
+        match tokio::time::timeout(self.limits.idle_timeout, self.reader.read_exact(&mut len)).await
         {
             Ok(r) => {
                 r?;
@@ -165,7 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             });
         }
         let mut buf = vec![0u8; n];
-        match tokio::time::timeout(self.limits.io_timeout, self.stream.read_exact(&mut buf)).await {
+        match tokio::time::timeout(self.limits.io_timeout, self.reader.read_exact(&mut buf)).await {
             Ok(r) => {
                 r?;
             }
@@ -181,6 +270,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
 
     /// Closes our side cleanly (TLS close_notify where there is TLS).
     pub async fn close(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
+        if let Some(w) = self.writer.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
+        }
     }
 }

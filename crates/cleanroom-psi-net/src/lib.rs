@@ -165,7 +165,7 @@ impl Connection {
 }
 
 /// The hello exchange and the protocol, over any framed stream.
-pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn run_session<S: AsyncRead + AsyncWrite + Send + 'static>(
     channel: &mut Channel<S>,
     counters: &Counters,
     config: &SessionConfig,
@@ -202,7 +202,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
 
 type Exchanged = (Outcome, Vec<u64>, Option<f64>, Option<f64>);
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+async fn exchange<S: AsyncRead + AsyncWrite + Send + 'static>(
     channel: &mut Channel<S>,
     counters: &Counters,
     config: &SessionConfig,
@@ -231,6 +231,47 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     );
     let mut party = Party::new(session, input)?;
     let entries_total = party.expected_entries();
+    // Frames go out from a task of their own, so that this side computes (and reads) while
+    // they are written: both parties re-blind at once in the protocols that take turns.
+    let writer = channel.start_writer(WRITE_QUEUE)?;
+    let run = drive(
+        &mut party,
+        channel,
+        &writer,
+        counters,
+        entries_total,
+        progress,
+    )
+    .await;
+    // After a failure, queued frames get a short while to go (the peer may have stopped
+    // reading); after success, they all go, each within the IO timeout.
+    let patience = run.is_err().then_some(Duration::from_secs(2));
+    let written = channel.stop_writer(writer, patience).await;
+    match (run, written) {
+        (Ok(()), Ok(())) => {}
+        // The writer stopped first: its error is the cause.
+        (Err(NetError::WriterStopped), Err(e)) => return Err(e),
+        (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
+    }
+    let outcome = party
+        .outcome()
+        .ok_or_else(|| cleanroom_psi::PsiError::Internal("no outcome".into()))?;
+    Ok((outcome, peer_items, ce, se))
+}
+
+/// Frames queued for the writing task: a round of the turn-taking protocols is at most two
+/// frames per direction, so the queue never holds a side back for long.
+const WRITE_QUEUE: usize = 4;
+
+/// Moves a party's messages until it finishes.
+async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
+    party: &mut Party,
+    channel: &mut Channel<S>,
+    writer: &frame::Writer<S>,
+    counters: &Counters,
+    entries_total: u64,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<(), NetError> {
     let mut entries_done = 0u64;
     loop {
         let action = tokio::task::block_in_place(|| party.next_action())?;
@@ -239,7 +280,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 entries_done += m.entries() as u64;
                 let bytes = m.encode();
                 drop(m);
-                channel.send(&bytes).await?;
+                if !writer.send(bytes).await {
+                    return Err(NetError::WriterStopped);
+                }
             }
             Action::Receive => {
                 let bytes = recv(channel).await?;
@@ -247,7 +290,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 entries_done += m.entries() as u64;
                 tokio::task::block_in_place(|| party.receive(m))?;
             }
-            Action::Finished => break,
+            Action::Finished => return Ok(()),
         }
         progress(Progress {
             entries_done,
@@ -256,15 +299,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             bytes_received: counters.received(),
         });
     }
-    let outcome = party
-        .outcome()
-        .ok_or_else(|| cleanroom_psi::PsiError::Internal("no outcome".into()))?;
-    Ok((outcome, peer_items, ce, se))
 }
 
-async fn recv<S: AsyncRead + AsyncWrite + Unpin>(
-    channel: &mut Channel<S>,
-) -> Result<Vec<u8>, NetError> {
+async fn recv<S: AsyncRead + AsyncWrite>(channel: &mut Channel<S>) -> Result<Vec<u8>, NetError> {
     let b = channel.recv().await?;
     if b.first() == Some(&ABORT) {
         let code: String = String::from_utf8_lossy(&b[1..])

@@ -1,20 +1,24 @@
 //! PSI-cardinality: both parties learn how many of the receiver's distinct records match, per
 //! identifier kind in the cascade, and nothing else but set sizes.
 //!
-//! 1. S → R: S's distinct identifiers per kind, `H_t(y)^s`, sorted. R keeps the tags of
-//!    `H_t(y)^{sr}` in one hash set per kind.
-//! 2. R → S: R's distinct records as tuples `(H_1(x_1)^r, …, H_K(x_K)^r)`, absent slots random.
-//! 3. S → R: every tuple re-blinded to tags of `H(x)^{rs}`, in sorted order (not R's order),
-//!    so R cannot tell which of its records a returned tuple is.
-//! 4. R checks each returned tuple's slots in priority order against its hash sets (the first
+//! 1. At once, in rounds ([`crate::stream::Rounds`]), so that both multiply at the same time:
+//!    - S → R: S's distinct identifiers per kind, `H_t(y)^s`, sorted. R keeps the tags of
+//!      `H_t(y)^{sr}` in one hash set per kind.
+//!    - R → S: R's distinct records as tuples `(H_1(x_1)^r, …, H_K(x_K)^r)`, absent slots
+//!      random. S re-blinds them to tags of `H(x)^{rs}`.
+//! 2. S → R, once R's records have all arrived (and after the rest of S's set): every tuple
+//!    of tags, in sorted order (not R's order), so R cannot tell which of its records a
+//!    returned tuple is.
+//! 3. R checks each returned tuple's slots in priority order against its hash sets (the first
 //!    kind that matches counts), adds noise if asked, and sends the counts to S.
 //!
-//! Each step is a type that consumes itself, so steps cannot run out of order: a receiver that
-//! has not absorbed the sender's set has no way to send its records.
+//! Each step is a type that consumes itself, so steps cannot run out of order: a sender that
+//! has not absorbed the end of the receiver's records has no way to return them.
 //!
 //! ```compile_fail
-//! fn too_early(r: cleanroom_psi::cardinality::ReceiverCollecting) {
-//!     let _ = r.emit(); // no such method before the sender's set is absorbed
+//! use cleanroom_psi::cardinality::{SenderExchanging, SenderReturning};
+//! fn too_early(s: SenderExchanging) -> SenderReturning {
+//!     s.into() // only absorbing the end of the receiver's records leads there
 //! }
 //! ```
 
@@ -22,7 +26,9 @@ use rayon::prelude::*;
 
 use crate::group::{Point, SessionKey, Tag, random_point};
 use crate::input::{ABSENT, Data, PreparedInput};
-use crate::stream::{Absorb, Emit, Expect, SetSink, SetStream, records_per_message, unexpected};
+use crate::stream::{
+    Absorb, Emit, Expect, Rounds, SetSink, SetStream, Want, records_per_message, unexpected,
+};
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{MatchCounts, PsiError, Session};
 
@@ -37,77 +43,114 @@ fn check(session: &Session, input: &PreparedInput, role: Role) -> Result<(), Psi
 
 // ---------------------------------------------------------------- receiver
 
-/// Receiver, step 1: absorbing the sender's blinded set.
-pub struct ReceiverCollecting {
+/// Receiver: sending its records while absorbing the sender's set, then absorbing its records
+/// re-blinded and counting matches.
+pub struct ReceiverExchanging {
     session: Session,
     key: SessionKey,
     tuples: Vec<Point>,
     sink: SetSink,
+    set_ended: bool,
+    pos: usize,
+    per_msg: usize,
+    end_sent: bool,
+    returned: Expect,
+    returned_ended: bool,
+    counts: Vec<u64>,
+    rounds: Rounds,
 }
 
-impl ReceiverCollecting {
+impl ReceiverExchanging {
     pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
         check(&session, &input, Role::Receiver)?;
         let Data::Tuples { points, .. } = input.data else {
             return Err(PsiError::InvalidParameter("input layout".into()));
         };
-        Ok(ReceiverCollecting {
+        let w = session.kinds.len();
+        let n = (points.len() / w) as u64;
+        Ok(ReceiverExchanging {
             sink: SetSink::new(session.peer_items.clone()),
+            per_msg: records_per_message(session.batch, w),
+            set_ended: false,
+            pos: 0,
+            end_sent: false,
+            returned: Expect::new(vec![n]),
+            returned_ended: false,
+            counts: vec![0; w],
+            rounds: Rounds::default(),
             session,
             key: input.key,
             tuples: points,
         })
     }
 
-    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, ReceiverSending>, PsiError> {
-        if self.sink.absorb(&self.key, msg)? {
-            let per_msg = records_per_message(self.session.batch, self.session.kinds.len());
-            Ok(Absorb::Next(ReceiverSending {
-                session: self.session,
-                tuples: self.tuples,
-                sets: self.sink,
-                pos: 0,
-                per_msg,
-            }))
-        } else {
-            Ok(Absorb::More(self))
-        }
+    /// What to do next: `Done` once the sender's set and all our records re-blinded arrived.
+    pub fn want(&self) -> Want {
+        // The sender returns our records only after the end of them.
+        let expecting = !self.set_ended || (self.end_sent && !self.returned_ended);
+        self.rounds.want(!self.end_sent, expecting)
     }
-}
 
-/// Receiver, step 2: sending its records.
-pub struct ReceiverSending {
-    session: Session,
-    tuples: Vec<Point>,
-    sets: SetSink,
-    pos: usize,
-    per_msg: usize,
-}
-
-impl ReceiverSending {
-    pub fn emit(mut self) -> Result<Emit<Self, ReceiverAwaiting>, PsiError> {
+    /// The next batch of records, or their end.
+    pub fn emit(&mut self) -> Result<Message, PsiError> {
+        self.rounds.sent();
         let w = self.session.kinds.len();
         let n = self.tuples.len() / w;
         if self.pos < n {
             let end = (self.pos + self.per_msg).min(n);
             let points = pad(&self.tuples[self.pos * w..end * w])?;
             self.pos = end;
-            return Ok(Emit::More(
-                Message::Tuples {
-                    width: w as u8,
-                    points,
-                },
-                self,
-            ));
+            return Ok(Message::Tuples {
+                width: w as u8,
+                points,
+            });
         }
-        Ok(Emit::Last(
-            Message::End { count: n as u64 },
-            ReceiverAwaiting {
-                expect: Expect::new(vec![n as u64]),
-                counts: vec![0; w],
-                session: self.session,
-                sets: self.sets,
+        self.tuples = Vec::new();
+        self.end_sent = true;
+        Ok(Message::End { count: n as u64 })
+    }
+
+    /// A batch of the sender's set or its end; then our records re-blinded, or their end.
+    pub fn absorb(&mut self, msg: Message) -> Result<(), PsiError> {
+        let w = self.session.kinds.len();
+        match msg {
+            msg @ (Message::Points { .. } | Message::End { .. }) if !self.set_ended => {
+                self.set_ended = self.sink.absorb(&self.key, msg)?;
+            }
+            Message::Tags { width, tags, .. }
+                if width as usize == w && self.end_sent && !self.returned_ended =>
+            {
+                self.returned.take(0, tags.len() / w)?;
+                for t in tags.chunks_exact(w) {
+                    if let Some(k) = (0..w).find(|k| self.sink.sets[*k].contains(&t[*k])) {
+                        self.counts[k] += 1;
+                    }
+                }
+            }
+            Message::End { count } if self.end_sent && !self.returned_ended => {
+                self.returned.finish(count)?;
+                self.returned_ended = true;
+            }
+            other => {
+                return Err(unexpected(
+                    "the sender's set, or our records re-blinded",
+                    &other,
+                ));
+            }
+        }
+        self.rounds.received(true);
+        Ok(())
+    }
+
+    /// Once [`Self::want`] says `Done`: the message with the released counts for the sender,
+    /// and this side's output.
+    pub fn finish(self) -> Result<(Message, MatchCounts), PsiError> {
+        let released = self.session.release_counts(&self.counts)?;
+        Ok((
+            Message::CardinalityResult {
+                counts: released.clone(),
             },
+            MatchCounts::new(released, self.session.count_noise.is_some()),
         ))
     }
 }
@@ -120,95 +163,52 @@ pub(crate) fn pad(points: &[Point]) -> Result<Vec<Point>, PsiError> {
         .collect()
 }
 
-/// Receiver, step 3: absorbing its records re-blinded by the sender, counting matches.
-pub struct ReceiverAwaiting {
-    session: Session,
-    sets: SetSink,
-    expect: Expect,
-    counts: Vec<u64>,
-}
-
-impl ReceiverAwaiting {
-    /// On the end of the stream: the message to send to the sender and this side's output.
-    pub fn absorb(
-        mut self,
-        msg: Message,
-    ) -> Result<Absorb<Self, (Message, MatchCounts)>, PsiError> {
-        let w = self.session.kinds.len();
-        match msg {
-            Message::Tags { width, tags, .. } if width as usize == w => {
-                self.expect.take(0, tags.len() / w)?;
-                for t in tags.chunks_exact(w) {
-                    if let Some(k) = (0..w).find(|k| self.sets.sets[*k].contains(&t[*k])) {
-                        self.counts[k] += 1;
-                    }
-                }
-                Ok(Absorb::More(self))
-            }
-            Message::End { count } => {
-                self.expect.finish(count)?;
-                let released = self.session.release_counts(&self.counts)?;
-                Ok(Absorb::Next((
-                    Message::CardinalityResult {
-                        counts: released.clone(),
-                    },
-                    MatchCounts::new(released, self.session.count_noise.is_some()),
-                )))
-            }
-            other => Err(unexpected("tuples of tags or end of stream", &other)),
-        }
-    }
-}
-
 // ---------------------------------------------------------------- sender
 
-/// Sender, step 1: sending its blinded set.
-pub struct SenderSending {
+/// Sender: sending its blinded set while re-blinding the receiver's records.
+pub struct SenderExchanging {
     session: Session,
     key: SessionKey,
     stream: SetStream,
+    set_done: bool,
+    expect: Expect,
+    tags: Vec<Tag>,
+    rounds: Rounds,
 }
 
-impl SenderSending {
+impl SenderExchanging {
     pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
         check(&session, &input, Role::Sender)?;
         let Data::Set(sets) = input.data else {
             return Err(PsiError::InvalidParameter("input layout".into()));
         };
-        Ok(SenderSending {
+        let n = session.peer_items[0];
+        Ok(SenderExchanging {
             stream: SetStream::new(sets, session.batch),
+            set_done: false,
+            expect: Expect::new(vec![n]),
+            tags: Vec::with_capacity(crate::stream::prealloc(n) * session.kinds.len()),
+            rounds: Rounds::default(),
             session,
             key: input.key,
         })
     }
 
-    pub fn emit(mut self) -> Result<Emit<Self, SenderCollecting>, PsiError> {
-        let (msg, last) = self.stream.next();
-        if !last {
-            return Ok(Emit::More(msg, self));
-        }
-        let n = self.session.peer_items[0];
-        Ok(Emit::Last(
-            msg,
-            SenderCollecting {
-                expect: Expect::new(vec![n]),
-                tags: Vec::with_capacity(crate::stream::prealloc(n) * self.session.kinds.len()),
-                session: self.session,
-                key: self.key,
-            },
-        ))
+    /// Send the next batch of the set, or receive the receiver's next records: never `Done`,
+    /// the phase ends with the end of the receiver's records.
+    pub fn want(&self) -> Want {
+        self.rounds.want(!self.set_done, true)
     }
-}
 
-/// Sender, step 2: re-blinding the receiver's records.
-pub struct SenderCollecting {
-    session: Session,
-    key: SessionKey,
-    expect: Expect,
-    tags: Vec<Tag>,
-}
+    /// The next batch of the set, or its end.
+    pub fn emit(&mut self) -> Message {
+        self.rounds.sent();
+        let (m, last) = self.stream.next();
+        self.set_done = last;
+        m
+    }
 
-impl SenderCollecting {
+    /// The receiver's records, re-blinded as they arrive; at their end, the sorted return.
     pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, SenderReturning>, PsiError> {
         let w = self.session.kinds.len();
         match msg {
@@ -216,6 +216,7 @@ impl SenderCollecting {
                 self.expect.take(0, points.len() / w)?;
                 let tags = self.key.reblind_tags(&points)?;
                 self.tags.extend(tags);
+                self.rounds.received(true);
                 Ok(Absorb::More(self))
             }
             Message::End { count } => {
@@ -229,6 +230,7 @@ impl SenderCollecting {
                     tags[a * w..(a + 1) * w].cmp(&tags[b * w..(b + 1) * w])
                 });
                 Ok(Absorb::Next(SenderReturning {
+                    set: (!self.set_done).then_some(self.stream),
                     per_msg: records_per_message(self.session.batch, w),
                     session: self.session,
                     tags: self.tags,
@@ -244,8 +246,10 @@ impl SenderCollecting {
     }
 }
 
-/// Sender, step 3: returning the receiver's records re-blinded, in sorted order.
+/// Sender: sending the rest of its set, if any, then returning the receiver's records
+/// re-blinded, in sorted order.
 pub struct SenderReturning {
+    set: Option<SetStream>,
     session: Session,
     tags: Vec<Tag>,
     order: Vec<u32>,
@@ -255,6 +259,13 @@ pub struct SenderReturning {
 
 impl SenderReturning {
     pub fn emit(mut self) -> Result<Emit<Self, SenderAwaiting>, PsiError> {
+        if let Some(set) = &mut self.set {
+            let (m, last) = set.next();
+            if last {
+                self.set = None;
+            }
+            return Ok(Emit::More(m, self));
+        }
         let w = self.session.kinds.len();
         if self.pos < self.order.len() {
             let end = (self.pos + self.per_msg).min(self.order.len());
@@ -284,7 +295,7 @@ impl SenderReturning {
     }
 }
 
-/// Sender, step 4: waiting for the released counts.
+/// Sender: waiting for the released counts.
 pub struct SenderAwaiting {
     session: Session,
 }

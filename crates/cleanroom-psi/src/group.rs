@@ -106,7 +106,7 @@ impl Kinds {
     }
 
     /// The OT intersection's item for an identifier of kind index `kind`:
-    /// `SHA-256("cleanroom-psi/v1/ot-item/" ‖ t ‖ 0x00 ‖ x)`; the protocol uses its first 16
+    /// `SHA-256("cleanroom-psi/v{PROTOCOL_VERSION}/ot-item/" ‖ t ‖ 0x00 ‖ x)`; the protocol uses its first 16
     /// bytes. Among 2^28 items a collision has probability below 2^-72.
     pub fn ot_item(&self, kind: usize, id: &[u8]) -> Point {
         Sha256::new_with_prefix(&self.ot_domains[kind])

@@ -2,18 +2,28 @@
 //! identifier kind, first in priority order); the sender learns only the receiver's number of
 //! distinct identifiers per kind.
 //!
-//! 1. S → R: S's distinct identifiers per kind, `H_t(y)^s`, sorted (S's file order is hidden).
-//!    R keeps the tags of `H_t(y)^{sr}` in one hash set per kind.
-//! 2. R → S, batch by batch: R's distinct identifiers `H_t(x)^r` of one kind.
-//! 3. S → R: the tags of `H_t(x)^{rs}` **in the same order**, so R can map each answer back to
-//!    its own identifier (S learns nothing from R's order: it sees only blinded points and never
-//!    the result). R marks the identifier matched if its tag is in the set of that kind.
-//! 4. R → S: end of stream. R assigns each row the first kind in priority order on which it
-//!    matched; rows matched on a higher-priority kind are not counted again.
+//! Two streams run at once, so that neither party idles while the other multiplies:
+//!
+//! - S → R: S's distinct identifiers per kind, `H_t(y)^s`, sorted (S's file order is hidden),
+//!   then the end of that stream. R keeps the tags of `H_t(y)^{sr}` in one hash set per kind.
+//! - R → S, batch by batch: R's distinct identifiers `H_t(x)^r` of one kind, then the end of
+//!   R's queries. S answers each batch with the tags of `H_t(x)^{rs}` **in the same order**, so
+//!   R can map each answer back to its own identifier (S learns nothing from R's order: it sees
+//!   only blinded points and never the result).
+//!
+//! The two streams go in rounds ([`crate::stream::Rounds`]): S sends the answer to R's last
+//! batch (if any) and its next set batch while R sends its next batch, then each re-blinds
+//! what it received; so S's answers and R's re-blinding of S's set are computed at the same
+//! time. R keeps the answers (16 bytes per distinct identifier) until S's set is complete, then
+//! marks an identifier matched if its tag is in the set of that kind, and assigns each row the
+//! first kind in priority order on which it matched; rows matched on a higher-priority kind are
+//! not counted again.
 
-use crate::group::{Point, SessionKey};
+use std::collections::VecDeque;
+
+use crate::group::{Point, SessionKey, Tag};
 use crate::input::{Data, PreparedInput};
-use crate::stream::{Absorb, Emit, Expect, SetSink, SetStream, unexpected};
+use crate::stream::{Expect, Rounds, SetSink, SetStream, Want, unexpected};
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{MatchCounts, PsiError, Session};
 
@@ -51,221 +61,238 @@ fn check(session: &Session, input: &PreparedInput, role: Role) -> Result<(), Psi
 
 // ---------------------------------------------------------------- receiver
 
-/// Receiver, step 1: absorbing the sender's blinded set.
-pub struct ReceiverCollecting {
+/// Receiver: sending its queries while absorbing the sender's set and the answers.
+pub struct ReceiverExchanging {
     session: Session,
+    key: SessionKey,
     rows: Vec<Vec<(Point, u32)>>,
     n_rows: u64,
+    /// The sender's set, re-blinded; complete once its end arrived.
     sink: SetSink,
-    key: SessionKey,
+    set_ended: bool,
+    /// The next query: kind and position in that kind's sorted entries.
+    kind: usize,
+    pos: usize,
+    sent: u64,
+    end_sent: bool,
+    /// Queries not answered yet, oldest first: (kind, distinct points).
+    pending: VecDeque<(usize, usize)>,
+    /// Answers per kind, one tag per distinct point in query order.
+    answers: Vec<Vec<Tag>>,
+    rounds: Rounds,
 }
 
-impl ReceiverCollecting {
+impl ReceiverExchanging {
     pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
         check(&session, &input, Role::Receiver)?;
         let n_rows = input.rows;
         let Data::Rows(rows) = input.data else {
             return Err(PsiError::InvalidParameter("input layout".into()));
         };
-        Ok(ReceiverCollecting {
+        Ok(ReceiverExchanging {
             sink: SetSink::new(session.peer_items.clone()),
+            answers: rows.iter().map(|_| Vec::new()).collect(),
             session,
             rows,
             n_rows,
             key: input.key,
+            set_ended: false,
+            kind: 0,
+            pos: 0,
+            sent: 0,
+            end_sent: false,
+            pending: VecDeque::new(),
+            rounds: Rounds::default(),
         })
     }
 
-    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, ReceiverQuerying>, PsiError> {
-        if self.sink.absorb(&self.key, msg)? {
-            Ok(Absorb::Next(ReceiverQuerying {
-                row_kinds: vec![UNMATCHED; self.n_rows as usize],
-                session: self.session,
-                rows: self.rows,
-                sets: self.sink,
-                kind: 0,
-                pos: 0,
-                sent: 0,
-            }))
-        } else {
-            Ok(Absorb::More(self))
-        }
+    /// What to do next. `Done` once the queries are sent, the set is complete and every query
+    /// is answered.
+    pub fn want(&self) -> Want {
+        // The sender sends only its set and answers to our queries: nothing else to wait for.
+        let expecting = !self.set_ended || !self.pending.is_empty();
+        self.rounds.want(!self.end_sent, expecting)
     }
-}
 
-/// Receiver, step 2: sending the next batch of its blinded identifiers.
-pub struct ReceiverQuerying {
-    session: Session,
-    rows: Vec<Vec<(Point, u32)>>,
-    sets: SetSink,
-    row_kinds: Vec<u8>,
-    kind: usize,
-    pos: usize,
-    sent: u64,
-}
-
-impl ReceiverQuerying {
-    /// The next query and the state that waits for its answer, or the end of the session.
-    pub fn emit(mut self) -> Result<Emit<ReceiverAwaiting, IntersectionOutput>, PsiError> {
+    /// The next batch of queries, or the end of them.
+    pub fn emit(&mut self) -> Message {
+        self.rounds.sent();
         while self.kind < self.rows.len() {
             let entries = &self.rows[self.kind];
             if self.pos < entries.len() {
-                // The next `batch` distinct points, with the run of rows behind each.
-                let mut runs = Vec::with_capacity(self.session.batch);
+                // The next `batch` distinct points (rows are sorted by point).
                 let mut points = Vec::with_capacity(self.session.batch);
                 let mut i = self.pos;
                 while i < entries.len() && points.len() < self.session.batch {
-                    let start = i;
-                    while i < entries.len() && entries[i].0 == entries[start].0 {
+                    let p = entries[i].0;
+                    while i < entries.len() && entries[i].0 == p {
                         i += 1;
                     }
-                    points.push(entries[start].0);
-                    runs.push((start as u32, i as u32));
+                    points.push(p);
                 }
                 self.pos = i;
                 self.sent += points.len() as u64;
-                let kind = self.kind as u8;
-                return Ok(Emit::More(
-                    Message::Points { kind, points },
-                    ReceiverAwaiting {
-                        state: self,
-                        kind: kind as usize,
-                        runs,
-                    },
-                ));
+                self.pending.push_back((self.kind, points.len()));
+                return Message::Points {
+                    kind: self.kind as u8,
+                    points,
+                };
             }
-            self.rows[self.kind] = Vec::new();
             self.kind += 1;
             self.pos = 0;
         }
-        let k = self.session.kinds.len();
-        let mut counts = vec![0u64; k];
-        for rk in &self.row_kinds {
-            if *rk != UNMATCHED {
-                counts[*rk as usize] += 1;
-            }
-        }
-        let counts = counts.into_iter().map(|c| c as i64).collect();
-        Ok(Emit::Last(
-            Message::End { count: self.sent },
-            IntersectionOutput {
-                row_kinds: self.row_kinds,
-                counts: MatchCounts::new(counts, false),
-            },
-        ))
+        self.end_sent = true;
+        Message::End { count: self.sent }
     }
-}
 
-/// Receiver, step 3: waiting for the answer to one query.
-pub struct ReceiverAwaiting {
-    state: ReceiverQuerying,
-    kind: usize,
-    runs: Vec<(u32, u32)>,
-}
-
-impl ReceiverAwaiting {
-    pub fn absorb(self, msg: Message) -> Result<ReceiverQuerying, PsiError> {
-        let ReceiverAwaiting {
-            mut state,
-            kind,
-            runs,
-        } = self;
+    /// A batch of the sender's set, its end, or the answer to our oldest open query.
+    pub fn absorb(&mut self, msg: Message) -> Result<(), PsiError> {
         match msg {
             Message::Tags {
                 section,
                 width: 1,
                 tags,
-            } if section as usize == kind && tags.len() == runs.len() => {
-                let set = &state.sets.sets[kind];
-                let entries = &state.rows[kind];
-                for (tag, (start, end)) in tags.iter().zip(runs) {
-                    if set.contains(tag) {
-                        for (_, row) in &entries[start as usize..end as usize] {
-                            let slot = &mut state.row_kinds[*row as usize];
-                            // Kinds are queried in priority order: the first match stays.
-                            if *slot == UNMATCHED {
-                                *slot = kind as u8;
-                            }
+            } => {
+                let Some((kind, n)) = self.pending.front().copied() else {
+                    return Err(PsiError::Unexpected {
+                        expected: "the sender's set (no query is open)",
+                        got: "tags",
+                    });
+                };
+                if section as usize != kind || tags.len() != n {
+                    return Err(PsiError::Malformed(format!(
+                        "an answer of {} tags for kind {section}; the open query has {n} \
+                         points of kind {kind}",
+                        tags.len()
+                    )));
+                }
+                self.pending.pop_front();
+                self.answers[kind].extend(tags);
+                // Within a round the sender sends the answer before its set batch.
+                self.rounds.received(self.set_ended);
+                Ok(())
+            }
+            msg @ (Message::Points { .. } | Message::End { .. }) if !self.set_ended => {
+                self.set_ended = self.sink.absorb(&self.key, msg)?;
+                self.rounds.received(true);
+                Ok(())
+            }
+            other => Err(unexpected("the sender's set or an answer", &other)),
+        }
+    }
+
+    /// The output, once [`Self::want`] says `Done`.
+    pub fn finish(self) -> IntersectionOutput {
+        let mut row_kinds = vec![UNMATCHED; self.n_rows as usize];
+        for (kind, entries) in self.rows.iter().enumerate() {
+            let set = &self.sink.sets[kind];
+            let answers = &self.answers[kind];
+            let (mut i, mut j) = (0, 0);
+            while i < entries.len() {
+                let start = i;
+                while i < entries.len() && entries[i].0 == entries[start].0 {
+                    i += 1;
+                }
+                if answers.get(j).is_some_and(|t| set.contains(t)) {
+                    for (_, row) in &entries[start..i] {
+                        let slot = &mut row_kinds[*row as usize];
+                        // Kinds go in priority order: the first match stays.
+                        if *slot == UNMATCHED {
+                            *slot = kind as u8;
                         }
                     }
                 }
-                Ok(state)
+                j += 1;
             }
-            other => Err(unexpected("the answer to our last batch", &other)),
+        }
+        let mut counts = vec![0i64; self.session.kinds.len()];
+        for rk in &row_kinds {
+            if *rk != UNMATCHED {
+                counts[*rk as usize] += 1;
+            }
+        }
+        IntersectionOutput {
+            row_kinds,
+            counts: MatchCounts::new(counts, false),
         }
     }
 }
 
 // ---------------------------------------------------------------- sender
 
-/// Sender, step 1: sending its blinded set.
-pub struct SenderSending {
-    session: Session,
+/// Sender: sending its blinded set while answering the receiver's queries.
+pub struct SenderExchanging {
     key: SessionKey,
     stream: SetStream,
+    set_done: bool,
+    expect: Expect,
+    queries_ended: bool,
+    answers: VecDeque<Message>,
+    rounds: Rounds,
 }
 
-impl SenderSending {
+impl SenderExchanging {
     pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
         check(&session, &input, Role::Sender)?;
         let Data::Set(sets) = input.data else {
             return Err(PsiError::InvalidParameter("input layout".into()));
         };
-        Ok(SenderSending {
+        Ok(SenderExchanging {
             stream: SetStream::new(sets, session.batch),
-            session,
+            set_done: false,
+            expect: Expect::new(session.peer_items.clone()),
+            queries_ended: false,
+            answers: VecDeque::new(),
+            rounds: Rounds::default(),
             key: input.key,
         })
     }
 
-    pub fn emit(mut self) -> Result<Emit<Self, SenderAnswering>, PsiError> {
-        let (msg, last) = self.stream.next();
-        if !last {
-            return Ok(Emit::More(msg, self));
-        }
-        Ok(Emit::Last(
-            msg,
-            SenderAnswering {
-                expect: Expect::new(self.session.peer_items.clone()),
-                key: self.key,
-            },
-        ))
+    /// What to do next. `Done` once the receiver's queries ended and everything is sent.
+    pub fn want(&self) -> Want {
+        let ready = !self.set_done || !self.answers.is_empty();
+        self.rounds.want(ready, !self.queries_ended)
     }
-}
 
-/// Sender, step 2: answering each query with the re-blinded tags, in the query's order.
-pub struct SenderAnswering {
-    key: SessionKey,
-    expect: Expect,
-}
+    /// The answer to the oldest query if there is one, else the next batch of the set. A round
+    /// ends with a batch of the set (or the answer, once the set is sent).
+    pub fn emit(&mut self) -> Message {
+        if let Some(m) = self.answers.pop_front() {
+            if self.set_done {
+                self.rounds.sent();
+            }
+            return m;
+        }
+        self.rounds.sent();
+        let (m, last) = self.stream.next();
+        self.set_done = last;
+        m
+    }
 
-/// What the sender does with a query.
-pub enum Answer {
-    Reply(Message, SenderAnswering),
-    /// The receiver is done; the number of identifiers answered.
-    Done(u64),
-}
-
-impl SenderAnswering {
-    pub fn absorb(mut self, msg: Message) -> Result<Answer, PsiError> {
+    /// A query (answered at once, sent at our next turn) or the end of the queries.
+    pub fn absorb(&mut self, msg: Message) -> Result<(), PsiError> {
         match msg {
-            Message::Points { kind, points } => {
+            Message::Points { kind, points } if !self.queries_ended => {
                 self.expect.take(kind as usize, points.len())?;
                 let tags = self.key.reblind_tags(&points)?;
-                Ok(Answer::Reply(
-                    Message::Tags {
-                        section: kind,
-                        width: 1,
-                        tags,
-                    },
-                    self,
-                ))
+                self.answers.push_back(Message::Tags {
+                    section: kind,
+                    width: 1,
+                    tags,
+                });
             }
-            Message::End { count } => {
+            Message::End { count } if !self.queries_ended => {
                 self.expect.finish(count)?;
-                Ok(Answer::Done(self.expect.total()))
+                self.queries_ended = true;
             }
-            other => Err(unexpected("blinded points or end of stream", &other)),
+            other => return Err(unexpected("blinded points or end of stream", &other)),
         }
+        self.rounds.received(true);
+        Ok(())
+    }
+
+    /// How many of the receiver's identifiers were answered, once [`Self::want`] says `Done`.
+    pub fn answered(&self) -> u64 {
+        self.expect.total()
     }
 }

@@ -2,7 +2,7 @@
 //! (send this message, or receive one), hand over what arrives. Inside, each step is one of the
 //! protocol's typed states, which consume themselves; a step that fails poisons the party.
 
-use crate::stream::{Absorb, Emit};
+use crate::stream::{Absorb, Emit, Want};
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{
     IntersectionOutput, MatchCounts, PreparedInput, PsiError, Session, SumOutput, cardinality,
@@ -36,18 +36,12 @@ pub enum Outcome {
 }
 
 enum State {
-    CardRCollect(cardinality::ReceiverCollecting),
-    CardRSend(cardinality::ReceiverSending),
-    CardRAwait(cardinality::ReceiverAwaiting),
-    CardSSend(cardinality::SenderSending),
-    CardSCollect(cardinality::SenderCollecting),
+    CardRExchange(cardinality::ReceiverExchanging),
+    CardSExchange(cardinality::SenderExchanging),
     CardSReturn(cardinality::SenderReturning),
     CardSAwait(cardinality::SenderAwaiting),
-    PsiRCollect(intersection::ReceiverCollecting),
-    PsiRQuery(intersection::ReceiverQuerying),
-    PsiRAwait(intersection::ReceiverAwaiting),
-    PsiSSend(intersection::SenderSending),
-    PsiSAnswer(intersection::SenderAnswering),
+    PsiRExchange(intersection::ReceiverExchanging),
+    PsiSExchange(intersection::SenderExchanging),
     OtRStart(ot::ReceiverStarting),
     OtRChoices(ot::ReceiverAwaitingChoices),
     OtRExtend(ot::ReceiverExtending),
@@ -107,19 +101,19 @@ impl Party {
         let per_bucket = session.ot_bucket_items;
         let (state, expected_entries) = match (session.protocol(), session.role()) {
             (ProtocolKind::Cardinality, Role::Receiver) => (
-                State::CardRCollect(cardinality::ReceiverCollecting::new(session, input)?),
+                State::CardRExchange(cardinality::ReceiverExchanging::new(session, input)?),
                 peer + 2 * own,
             ),
             (ProtocolKind::Cardinality, Role::Sender) => (
-                State::CardSSend(cardinality::SenderSending::new(session, input)?),
+                State::CardSExchange(cardinality::SenderExchanging::new(session, input)?),
                 own + 2 * peer,
             ),
             (ProtocolKind::Intersection, Role::Receiver) => (
-                State::PsiRCollect(intersection::ReceiverCollecting::new(session, input)?),
+                State::PsiRExchange(intersection::ReceiverExchanging::new(session, input)?),
                 peer + 2 * own,
             ),
             (ProtocolKind::Intersection, Role::Sender) => (
-                State::PsiSSend(intersection::SenderSending::new(session, input)?),
+                State::PsiSExchange(intersection::SenderExchanging::new(session, input)?),
                 own + 2 * peer,
             ),
             (ProtocolKind::IntersectionOt, Role::Receiver) => (
@@ -167,27 +161,51 @@ impl Party {
         }
         let state = std::mem::replace(&mut self.state, State::Failed);
         let (state, action) = match state {
-            State::CardRSend(s) => match s.emit()? {
-                Emit::More(m, s) => (State::CardRSend(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::CardRAwait(n), Action::Send(m)),
+            State::CardRExchange(mut s) => match s.want() {
+                Want::Send => {
+                    let m = s.emit()?;
+                    (State::CardRExchange(s), Action::Send(m))
+                }
+                Want::Receive => (State::CardRExchange(s), Action::Receive),
+                Want::Done => {
+                    let (m, out) = s.finish()?;
+                    (State::Finished(Outcome::Cardinality(out)), Action::Send(m))
+                }
             },
-            State::CardSSend(s) => match s.emit()? {
-                Emit::More(m, s) => (State::CardSSend(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::CardSCollect(n), Action::Send(m)),
+            State::CardSExchange(mut s) => match s.want() {
+                Want::Send => {
+                    let m = s.emit();
+                    (State::CardSExchange(s), Action::Send(m))
+                }
+                _ => (State::CardSExchange(s), Action::Receive),
             },
             State::CardSReturn(s) => match s.emit()? {
                 Emit::More(m, s) => (State::CardSReturn(s), Action::Send(m)),
                 Emit::Last(m, n) => (State::CardSAwait(n), Action::Send(m)),
             },
-            State::PsiRQuery(s) => match s.emit()? {
-                Emit::More(m, n) => (State::PsiRAwait(n), Action::Send(m)),
-                Emit::Last(m, out) => {
-                    (State::Finished(Outcome::Intersection(out)), Action::Send(m))
+            State::PsiRExchange(mut s) => match s.want() {
+                Want::Send => {
+                    let m = s.emit();
+                    (State::PsiRExchange(s), Action::Send(m))
                 }
+                Want::Receive => (State::PsiRExchange(s), Action::Receive),
+                Want::Done => (
+                    State::Finished(Outcome::Intersection(s.finish())),
+                    Action::Finished,
+                ),
             },
-            State::PsiSSend(s) => match s.emit()? {
-                Emit::More(m, s) => (State::PsiSSend(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::PsiSAnswer(n), Action::Send(m)),
+            State::PsiSExchange(mut s) => match s.want() {
+                Want::Send => {
+                    let m = s.emit();
+                    (State::PsiSExchange(s), Action::Send(m))
+                }
+                Want::Receive => (State::PsiSExchange(s), Action::Receive),
+                Want::Done => (
+                    State::Finished(Outcome::Answered {
+                        identifiers: s.answered(),
+                    }),
+                    Action::Finished,
+                ),
             },
             State::OtRStart(s) => {
                 let (m, n) = s.emit()?;
@@ -251,36 +269,23 @@ impl Party {
     pub fn receive(&mut self, msg: Message) -> Result<(), PsiError> {
         let state = std::mem::replace(&mut self.state, State::Failed);
         self.state = match state {
-            State::CardRCollect(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::CardRCollect(s),
-                Absorb::Next(n) => State::CardRSend(n),
-            },
-            State::CardRAwait(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::CardRAwait(s),
-                Absorb::Next((m, out)) => {
-                    self.outbox = Some(m);
-                    State::Finished(Outcome::Cardinality(out))
-                }
-            },
-            State::CardSCollect(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::CardSCollect(s),
+            State::CardRExchange(mut s) if s.want() == Want::Receive => {
+                s.absorb(msg)?;
+                State::CardRExchange(s)
+            }
+            State::CardSExchange(s) if s.want() == Want::Receive => match s.absorb(msg)? {
+                Absorb::More(s) => State::CardSExchange(s),
                 Absorb::Next(n) => State::CardSReturn(n),
             },
             State::CardSAwait(s) => State::Finished(Outcome::Cardinality(s.absorb(msg)?)),
-            State::PsiRCollect(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::PsiRCollect(s),
-                Absorb::Next(n) => State::PsiRQuery(n),
-            },
-            State::PsiRAwait(s) => State::PsiRQuery(s.absorb(msg)?),
-            State::PsiSAnswer(s) => match s.absorb(msg)? {
-                intersection::Answer::Reply(m, s) => {
-                    self.outbox = Some(m);
-                    State::PsiSAnswer(s)
-                }
-                intersection::Answer::Done(n) => {
-                    State::Finished(Outcome::Answered { identifiers: n })
-                }
-            },
+            State::PsiRExchange(mut s) if s.want() == Want::Receive => {
+                s.absorb(msg)?;
+                State::PsiRExchange(s)
+            }
+            State::PsiSExchange(mut s) if s.want() == Want::Receive => {
+                s.absorb(msg)?;
+                State::PsiSExchange(s)
+            }
             State::OtRChoices(s) => State::OtRExtend(s.absorb(msg)?),
             State::OtRCollect(s) => match s.absorb(msg)? {
                 Absorb::More(s) => State::OtRCollect(s),

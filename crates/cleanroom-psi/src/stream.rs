@@ -23,6 +23,55 @@ pub enum Absorb<S, N> {
     Next(N),
 }
 
+/// What a side of a two-way phase wants to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Send,
+    Receive,
+    Done,
+}
+
+/// Turn-taking for phases where both sides stream at once (ECDH cardinality and
+/// intersection): each side sends its part of a round, then receives the peer's, so both
+/// re-blind what they received at the same time instead of one idling while the other
+/// multiplies. A side that has nothing left to send only receives; a side that expects nothing
+/// more from its peer sends without waiting.
+///
+/// Deadlock-free: a side waits only while it expects the peer to send and either the peer has
+/// a message for it in flight or it is the peer's turn. Bounded: while both sides still send
+/// and receive, at most a round (one or two messages) per direction is in flight, so a
+/// transport needs only a small send queue to keep both sides busy.
+#[derive(Debug, Default)]
+pub(crate) struct Rounds {
+    waiting: bool,
+}
+
+impl Rounds {
+    /// `ready`: we have a message to send; `expecting`: the peer will send us something
+    /// without waiting for more from us.
+    pub(crate) fn want(&self, ready: bool, expecting: bool) -> Want {
+        if ready && (!self.waiting || !expecting) {
+            Want::Send
+        } else if expecting {
+            Want::Receive
+        } else {
+            Want::Done
+        }
+    }
+
+    /// We sent the last message of our part of the round.
+    pub(crate) fn sent(&mut self) {
+        self.waiting = true;
+    }
+
+    /// We received a message; `round_over` if it was the last of the peer's part.
+    pub(crate) fn received(&mut self, round_over: bool) {
+        if round_over {
+            self.waiting = false;
+        }
+    }
+}
+
 pub(crate) fn unexpected(expected: &'static str, got: &Message) -> PsiError {
     PsiError::Unexpected {
         expected,

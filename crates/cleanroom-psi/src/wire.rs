@@ -748,11 +748,14 @@ mod tests {
             sum_epsilon: None,
         };
         assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
-        let mut v2 = h.encode();
-        v2[9] = 2;
+        let mut other = h.encode();
+        other[8..10].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
         assert_eq!(
-            Hello::decode(&v2).unwrap_err().to_string(),
-            "peer speaks PSI protocol v2, we speak v1"
+            Hello::decode(&other).unwrap_err().to_string(),
+            format!(
+                "peer speaks PSI protocol v{}, we speak v{PROTOCOL_VERSION}",
+                PROTOCOL_VERSION + 1
+            )
         );
         assert_eq!(Hello::decode(b"GET / HTTP/1.1\r\n"), Err(PsiError::NotPsi));
     }

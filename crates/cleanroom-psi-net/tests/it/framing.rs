@@ -68,13 +68,20 @@ fn sender_hello() -> Hello {
 async fn a_peer_of_another_version_gets_a_clear_error() {
     let e = receiver_against(async |mut p| {
         let mut h = sender_hello();
-        h.version = 2;
+        h.version = cleanroom_psi::PROTOCOL_VERSION + 1;
         p.write_all(&frame(&h.encode())).await.unwrap();
         let mut sink = Vec::new();
         let _ = p.read_to_end(&mut sink).await;
     })
     .await;
-    assert_eq!(e.to_string(), "peer speaks PSI protocol v2, we speak v1");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "peer speaks PSI protocol v{}, we speak v{}",
+            cleanroom_psi::PROTOCOL_VERSION + 1,
+            cleanroom_psi::PROTOCOL_VERSION
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

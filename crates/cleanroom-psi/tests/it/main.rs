@@ -3,6 +3,7 @@
 
 mod exact;
 mod refusals;
+mod rounds;
 mod wire;
 
 use cleanroom_psi::group::Kinds;

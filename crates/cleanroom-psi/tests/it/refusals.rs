@@ -48,11 +48,14 @@ fn hellos_must_agree() {
             .contains("identifier kinds differ")
     );
 
-    let mut v2 = sh.clone();
-    v2.version = 2;
+    let mut other = sh.clone();
+    other.version = cleanroom_psi::PROTOCOL_VERSION + 1;
     assert_eq!(
-        Hello::decode(&v2.encode()).unwrap_err(),
-        PsiError::VersionMismatch { ours: 1, theirs: 2 }
+        Hello::decode(&other.encode()).unwrap_err(),
+        PsiError::VersionMismatch {
+            ours: cleanroom_psi::PROTOCOL_VERSION,
+            theirs: cleanroom_psi::PROTOCOL_VERSION + 1
+        }
     );
 
     let mut capped = rc.clone();
@@ -92,6 +95,8 @@ fn a_peer_sending_more_than_it_announced_is_refused() {
     run.batch = 100;
     let (mut r, mut s) = parties(&run, &small(), &small(), 1);
     let m = send(&mut s);
+    // Both stream at once: the receiver's first query goes out before the sender's set is in.
+    assert!(matches!(send(&mut r), Message::Points { .. }));
     assert!(matches!(r.next_action().unwrap(), Action::Receive));
     let e = r.receive(m).unwrap_err();
     assert_eq!(e.code(), "count_mismatch");
@@ -103,6 +108,11 @@ fn a_peer_sending_more_than_it_announced_is_refused() {
 fn invalid_points_and_out_of_order_messages_are_refused() {
     let run = Run::new(ProtocolKind::Cardinality, &["email"]);
     let (mut r, mut s) = parties(&run, &small(), &small(), 0);
+    // Each side sends its part of a round before it receives: a message before is refused.
+    let e = r.receive(Message::End { count: 0 }).unwrap_err();
+    assert_eq!(e.code(), "protocol_violation");
+    let (mut r, _) = parties(&run, &small(), &small(), 0);
+    assert!(matches!(send(&mut r), Message::Tuples { .. }));
     assert!(matches!(r.next_action().unwrap(), Action::Receive));
     let e = r
         .receive(Message::Points {
@@ -113,6 +123,7 @@ fn invalid_points_and_out_of_order_messages_are_refused() {
     assert_eq!(e, PsiError::InvalidPoint);
 
     let (mut r, _) = parties(&run, &small(), &small(), 0);
+    assert!(matches!(send(&mut r), Message::Tuples { .. }));
     assert!(matches!(r.next_action().unwrap(), Action::Receive));
     let e = r.receive(Message::Done).unwrap_err();
     assert_eq!(e.code(), "protocol_violation");

@@ -1,0 +1,142 @@
+//! The ECDH cardinality and intersection stream both ways at once, in rounds: both parties
+//! re-blind at the same time, and at most a round per direction is in flight, so the
+//! transport's small send queue can never deadlock them.
+
+use std::collections::VecDeque;
+
+use cleanroom_psi::{Action, Hello, Message, Outcome, Party, ProtocolKind, Role};
+
+use crate::{Records, Run, config, prepare, run};
+
+fn ids(range: std::ops::Range<usize>) -> Records {
+    let v: Vec<String> = range.map(|i| format!("user{i}@example.com")).collect();
+    Records::single(&v)
+}
+
+fn parties(run: &Run, r: &Records, s: &Records) -> [Party; 2] {
+    let (ri, si) = (
+        prepare(run, Role::Receiver, r),
+        prepare(run, Role::Sender, s),
+    );
+    let (rc, sc) = (config(run, Role::Receiver), config(run, Role::Sender));
+    let (rh, sh) = (rc.hello(&ri), sc.hello(&si));
+    let wire = |h: &Hello| Hello::decode(&h.encode()).unwrap();
+    [
+        Party::new(rc.agree(&rh, &wire(&sh)).unwrap(), ri).unwrap(),
+        Party::new(sc.agree(&sh, &wire(&rh)).unwrap(), si).unwrap(),
+    ]
+}
+
+/// What happened, in order: (party, received message's name).
+type Log = Vec<(usize, &'static str)>;
+
+/// Moves messages with at most `cap` messages queued per direction: a party whose message does
+/// not fit waits with it, as it would on a full send queue with no network buffer at all.
+/// Panics on a deadlock.
+fn drive_bounded(mut parties: [Party; 2], cap: usize) -> ([Outcome; 2], Log) {
+    let mut queues: [VecDeque<Message>; 2] = Default::default();
+    let mut held: [Option<Message>; 2] = [None, None];
+    let mut finished = [false; 2];
+    let mut log = Log::new();
+    while finished != [true, true] {
+        let mut progress = false;
+        for i in 0..2 {
+            if finished[i] {
+                continue;
+            }
+            let action = match held[i].take() {
+                Some(m) => Action::Send(m),
+                None => parties[i].next_action().unwrap(),
+            };
+            match action {
+                Action::Send(m) if queues[1 - i].len() < cap => {
+                    queues[1 - i].push_back(m);
+                    progress = true;
+                }
+                Action::Send(m) => held[i] = Some(m),
+                Action::Receive => {
+                    if let Some(m) = queues[i].pop_front() {
+                        log.push((i, m.name()));
+                        parties[i].receive(m).unwrap();
+                        progress = true;
+                    }
+                }
+                Action::Finished => {
+                    finished[i] = true;
+                    progress = true;
+                }
+            }
+        }
+        assert!(
+            progress,
+            "deadlock with {cap} message(s) per direction: both parties wait"
+        );
+    }
+    assert!(queues.iter().all(VecDeque::is_empty), "messages left over");
+    let [a, b] = parties;
+    ([a.outcome().unwrap(), b.outcome().unwrap()], log)
+}
+
+#[test]
+fn any_sizes_and_batches_finish_with_one_message_in_flight_and_agree_with_unbounded_runs() {
+    let sizes = [
+        (0, 0),
+        (0, 30),
+        (30, 0),
+        (1, 1),
+        (5, 300),
+        (300, 5),
+        (100, 100),
+        (64, 65),
+    ];
+    for protocol in [ProtocolKind::Cardinality, ProtocolKind::Intersection] {
+        for batch in [1u32, 7, 64] {
+            for (nr, ns) in sizes {
+                // Half of the smaller side is shared.
+                let (r, s) = (ids(0..nr), ids(nr / 2..nr / 2 + ns));
+                let mut cfg = Run::new(protocol, &["email"]);
+                cfg.batch = batch;
+                let (ro, so, _) = run(&cfg, &r, &s);
+                for cap in [1, 2, 4] {
+                    let ([bro, bso], _) = drive_bounded(parties(&cfg, &r, &s), cap);
+                    assert_eq!(
+                        (&bro, &bso),
+                        (&ro, &so),
+                        "{protocol:?} {nr}×{ns} batch {batch}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn both_parties_reblind_at_the_same_time() {
+    for protocol in [ProtocolKind::Cardinality, ProtocolKind::Intersection] {
+        let mut cfg = Run::new(protocol, &["email"]);
+        cfg.batch = 10;
+        let (r, s) = (ids(0..100), ids(50..150));
+        let ([ro, _], log) = drive_bounded(parties(&cfg, &r, &s), 2);
+        let (receiver, sender) = (0, 1);
+        // The sender re-blinds most of the receiver's 10 batches before the receiver has
+        // re-blinded the sender's whole set (10 batches): neither waits for the other.
+        let receiver_last_set_batch = log
+            .iter()
+            .rposition(|(p, name)| *p == receiver && *name == "points")
+            .unwrap();
+        let sender_batches_before = log[..receiver_last_set_batch]
+            .iter()
+            .filter(|(p, name)| *p == sender && *name != "end of stream")
+            .count();
+        assert!(
+            sender_batches_before >= 8,
+            "{protocol:?}: the sender re-blinded only {sender_batches_before} batches before \
+             the receiver finished the sender's set"
+        );
+        match ro {
+            Outcome::Cardinality(c) => assert_eq!(c.total, 50),
+            Outcome::Intersection(o) => assert_eq!(o.counts.total, 50),
+            other => panic!("{other:?}"),
+        }
+    }
+}
