@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -113,10 +113,16 @@ pub struct Channel<S> {
     limits: Limits,
 }
 
-/// The task writing a session's frames, started by [`Channel::start_writer`].
+/// What the writing task hands back: the write half if it is still usable (not after a write
+/// error, which may have left half a frame on the wire), and how writing went.
+type WriterEnd<S> = (Option<WriteHalf<S>>, Result<(), NetError>);
+
+/// The task writing a session's frames, started by [`Channel::start_writer`]. Dropped without
+/// [`Channel::stop_writer`], it stops the task.
 pub struct Writer<S> {
     queue: mpsc::Sender<Vec<u8>>,
-    task: tokio::task::JoinHandle<(WriteHalf<S>, Result<(), NetError>)>,
+    stop: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<WriterEnd<S>>>,
 }
 
 impl<S> Writer<S> {
@@ -124,6 +130,20 @@ impl<S> Writer<S> {
     /// (its error comes from [`Channel::stop_writer`]).
     pub async fn send(&self, payload: Vec<u8>) -> bool {
         self.queue.send(payload).await.is_ok()
+    }
+
+    /// Completes once the writing task has stopped (after a write error): a session waiting
+    /// for the peer learns at once that its own messages no longer go out.
+    pub async fn stopped(&self) {
+        self.queue.closed().await
+    }
+}
+
+impl<S> Drop for Writer<S> {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
 
@@ -187,48 +207,65 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
         let mut w = self.writer.take().ok_or_else(writer_taken)?;
         let limits = self.limits;
         let (queue, mut rx) = mpsc::channel::<Vec<u8>>(depth.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
         let task = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
                 if let Err(e) = write_frame(&mut w, &frame, limits).await {
-                    return (w, Err(e));
+                    return (None, Err(e));
                 }
             }
-            (w, Ok(()))
+            (Some(w), Ok(()))
         });
-        Ok(Writer { queue, task })
+        Ok(Writer {
+            queue,
+            stop,
+            task: Some(task),
+        })
     }
 
-    /// Waits until every queued frame is written (or writing failed), and takes the write
-    /// half back. With `patience`, gives up after that long (the peer stopped reading): the
-    /// frames still queued are dropped and the write half is lost, so nothing more can be sent.
+    /// Takes the write half back from the writing task. After success (`failed` false) every
+    /// queued frame is written first, each within the IO timeout. After a failure the frames
+    /// still queued are dropped, the one being written gets two seconds to finish (the peer
+    /// may have stopped reading), and the write half comes back only if no frame was cut, so
+    /// that a frame telling the peer why we stop can follow.
     pub async fn stop_writer(
         &mut self,
-        writer: Writer<S>,
-        patience: Option<Duration>,
+        mut writer: Writer<S>,
+        failed: bool,
     ) -> Result<(), NetError> {
-        drop(writer.queue);
-        let mut task = writer.task;
-        let joined = match patience {
-            None => (&mut task).await,
-            Some(d) => match tokio::time::timeout(d, &mut task).await {
+        if failed {
+            writer.stop.store(true, Ordering::Relaxed);
+        }
+        let Some(mut task) = writer.task.take() else {
+            return Err(writer_taken());
+        };
+        drop(writer);
+        let joined = if failed {
+            match tokio::time::timeout(Duration::from_secs(2), &mut task).await {
                 Ok(j) => j,
                 Err(_) => {
                     task.abort();
                     return Err(NetError::Timeout {
                         what: "it stopped reading what we send",
-                        secs: d.as_secs(),
+                        secs: 2,
                     });
                 }
-            },
+            }
+        } else {
+            task.await
         };
         match joined {
             Ok((w, r)) => {
-                self.writer = Some(w);
+                self.writer = w;
                 r
             }
-            Err(e) => Err(NetError::InvalidSetting(format!(
+            Err(e) => Err(NetError::Io(std::io::Error::other(format!(
                 "the task writing to the peer ended abnormally: {e}"
-            ))),
+            )))),
         }
     }
 

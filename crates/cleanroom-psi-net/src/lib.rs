@@ -243,10 +243,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Send + 'static>(
         progress,
     )
     .await;
-    // After a failure, queued frames get a short while to go (the peer may have stopped
-    // reading); after success, they all go, each within the IO timeout.
-    let patience = run.is_err().then_some(Duration::from_secs(2));
-    let written = channel.stop_writer(writer, patience).await;
+    let written = channel.stop_writer(writer, run.is_err()).await;
     match (run, written) {
         (Ok(()), Ok(())) => {}
         // The writer stopped first: its error is the cause.
@@ -285,7 +282,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
                 }
             }
             Action::Receive => {
-                let bytes = recv(channel).await?;
+                let bytes = tokio::select! {
+                    r = recv(channel) => r?,
+                    // Our messages stopped going out (the peer stopped reading): say so now
+                    // rather than after the idle timeout.
+                    () = writer.stopped() => return Err(NetError::WriterStopped),
+                };
                 let m = Message::decode(&bytes)?;
                 entries_done += m.entries() as u64;
                 tokio::task::block_in_place(|| party.receive(m))?;

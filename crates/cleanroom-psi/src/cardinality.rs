@@ -117,8 +117,12 @@ impl ReceiverExchanging {
             msg @ (Message::Points { .. } | Message::End { .. }) if !self.set_ended => {
                 self.set_ended = self.sink.absorb(&self.key, msg)?;
             }
+            // The return comes after the sender's whole set, and only once our records ended.
             Message::Tags { width, tags, .. }
-                if width as usize == w && self.end_sent && !self.returned_ended =>
+                if width as usize == w
+                    && self.set_ended
+                    && self.end_sent
+                    && !self.returned_ended =>
             {
                 self.returned.take(0, tags.len() / w)?;
                 for t in tags.chunks_exact(w) {
@@ -127,7 +131,7 @@ impl ReceiverExchanging {
                     }
                 }
             }
-            Message::End { count } if self.end_sent && !self.returned_ended => {
+            Message::End { count } if self.set_ended && self.end_sent && !self.returned_ended => {
                 self.returned.finish(count)?;
                 self.returned_ended = true;
             }

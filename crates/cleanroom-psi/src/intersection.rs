@@ -182,7 +182,7 @@ impl ReceiverExchanging {
     }
 
     /// The output, once [`Self::want`] says `Done`.
-    pub fn finish(self) -> IntersectionOutput {
+    pub fn finish(self) -> Result<IntersectionOutput, PsiError> {
         let mut row_kinds = vec![UNMATCHED; self.n_rows as usize];
         for (kind, entries) in self.rows.iter().enumerate() {
             let set = &self.sink.sets[kind];
@@ -193,7 +193,10 @@ impl ReceiverExchanging {
                 while i < entries.len() && entries[i].0 == entries[start].0 {
                     i += 1;
                 }
-                if answers.get(j).is_some_and(|t| set.contains(t)) {
+                let answer = answers.get(j).ok_or_else(|| {
+                    PsiError::Internal(format!("no answer for identifier {j} of kind {kind}"))
+                })?;
+                if set.contains(answer) {
                     for (_, row) in &entries[start..i] {
                         let slot = &mut row_kinds[*row as usize];
                         // Kinds go in priority order: the first match stays.
@@ -204,6 +207,12 @@ impl ReceiverExchanging {
                 }
                 j += 1;
             }
+            if j != answers.len() {
+                return Err(PsiError::Internal(format!(
+                    "{} answers for {j} identifiers of kind {kind}",
+                    answers.len()
+                )));
+            }
         }
         let mut counts = vec![0i64; self.session.kinds.len()];
         for rk in &row_kinds {
@@ -211,10 +220,10 @@ impl ReceiverExchanging {
                 counts[*rk as usize] += 1;
             }
         }
-        IntersectionOutput {
+        Ok(IntersectionOutput {
             row_kinds,
             counts: MatchCounts::new(counts, false),
-        }
+        })
     }
 }
 

@@ -190,7 +190,7 @@ impl Party {
                 }
                 Want::Receive => (State::PsiRExchange(s), Action::Receive),
                 Want::Done => (
-                    State::Finished(Outcome::Intersection(s.finish())),
+                    State::Finished(Outcome::Intersection(s.finish()?)),
                     Action::Finished,
                 ),
             },

@@ -39,8 +39,10 @@ pub enum Want {
 ///
 /// Deadlock-free: a side waits only while it expects the peer to send and either the peer has
 /// a message for it in flight or it is the peer's turn. Bounded: while both sides still send
-/// and receive, at most a round (one or two messages) per direction is in flight, so a
-/// transport needs only a small send queue to keep both sides busy.
+/// and receive, at most two rounds (up to four messages) per direction are in flight, and a
+/// side that sends more at once (it expects nothing more) does so to a peer that only reads:
+/// a transport needs only a small send queue to keep both sides busy, and a test drives the
+/// protocols with room for a single message per direction.
 #[derive(Debug, Default)]
 pub(crate) struct Rounds {
     waiting: bool,

@@ -187,3 +187,48 @@ async fn an_ot_peer_that_vanishes_stalls_or_sends_garbage_is_reported() {
     .await;
     assert_eq!(e.code(), "count_mismatch", "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_reported_by_the_write_timeout_not_the_idle_one() {
+    // A pipe of 256 bytes: the receiver's first batch of queries (64 points) cannot fit.
+    let (a, mut p) = duplex(256);
+    let started = std::time::Instant::now();
+    let me = tokio::spawn(async move {
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(1),
+            max_frame: 1 << 20,
+        };
+        let mut ch = Channel::new(a, limits);
+        let cfg = config(ProtocolKind::Intersection, Role::Receiver);
+        run_session(
+            &mut ch,
+            &Counters::default(),
+            &cfg,
+            input(ProtocolKind::Intersection, Role::Receiver, 0..200),
+            &mut |_| {},
+        )
+        .await
+        .map(|_| ())
+    });
+    // Answer the hello, then neither read nor write for longer than the IO timeout.
+    read_frame(&mut p).await;
+    p.write_all(&frame(&sender_hello().encode())).await.unwrap();
+    let e = me.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            NetError::Timeout {
+                what: "it stopped reading what we send",
+                secs: 1
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(p);
+}

@@ -140,3 +140,46 @@ fn both_parties_reblind_at_the_same_time() {
         }
     }
 }
+
+/// Two rows per person, on email and phone: `email` missing on one side's rows of a given kind
+/// so that one kind is empty on the receiver's side and another on the sender's.
+fn cascade(range: std::ops::Range<usize>, email: bool, phone: bool) -> Records {
+    Records {
+        rows: range
+            .map(|i| {
+                (
+                    vec![
+                        email.then(|| format!("user{i}@example.com")),
+                        (phone && i % 3 != 0).then(|| format!("+4477009{i:05}")),
+                    ],
+                    1,
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn cascades_with_an_empty_kind_on_either_side_agree_with_unbounded_runs() {
+    let cases = [
+        // receiver without phones, sender with both
+        (cascade(0..40, true, false), cascade(20..90, true, true)),
+        // receiver with both, sender without emails: matches only on phone
+        (cascade(0..40, true, true), cascade(10..60, false, true)),
+        // both with both: rows match on email first, on phone where the email is missing
+        (cascade(0..70, true, true), cascade(30..100, true, true)),
+    ];
+    for protocol in [ProtocolKind::Cardinality, ProtocolKind::Intersection] {
+        for (r, s) in &cases {
+            for batch in [1u32, 7] {
+                let mut cfg = Run::new(protocol, &["email", "phone"]);
+                cfg.batch = batch;
+                let (ro, so, _) = run(&cfg, r, s);
+                for cap in [1, 2] {
+                    let ([bro, bso], _) = drive_bounded(parties(&cfg, r, s), cap);
+                    assert_eq!((&bro, &bso), (&ro, &so), "{protocol:?} batch {batch}");
+                }
+            }
+        }
+    }
+}
