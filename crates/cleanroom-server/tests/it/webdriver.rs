@@ -115,15 +115,27 @@ impl Browser {
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/session/{}{}", self.base, self.session, path);
-        let mut r = self.http.request(method, url);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let v: Value = r.send().await.unwrap().json().await.unwrap();
-        if let Some(err) = v["value"].get("error") {
+        let mut tries = 0;
+        loop {
+            let mut r = self.http.request(method.clone(), &url);
+            if let Some(b) = &body {
+                r = r.json(b);
+            }
+            let v: Value = r.send().await.unwrap().json().await.unwrap();
+            let Some(err) = v["value"].get("error") else {
+                return v["value"].clone();
+            };
+            // A confirmation the page opens after an await (the console's "Run this analysis
+            // for ε …?") can appear while the next command runs: ChromeDriver then accepts it
+            // (unhandledPromptBehavior) and fails that command. The command did not act, so it
+            // is sent again.
+            if err == "unexpected alert open" && tries < 3 {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             panic!("webdriver {path}: {err} {}", v["value"]["message"]);
         }
-        v["value"].clone()
     }
 
     async fn try_cmd(&self, method: reqwest::Method, path: &str, body: Value) -> Option<Value> {
