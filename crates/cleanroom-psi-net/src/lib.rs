@@ -256,8 +256,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Send + 'static>(
     Ok((outcome, peer_items, ce, se))
 }
 
-/// Frames queued for the writing task: a round of the turn-taking protocols is at most two
-/// frames per direction, so the queue never holds a side back for long.
+/// Frames queued for the writing task: while both sides of the turn-taking protocols still
+/// send, at most two rounds (up to four frames) are in flight per direction, so the queue
+/// never holds a side back for long.
 const WRITE_QUEUE: usize = 4;
 
 /// Moves a party's messages until it finishes.
