@@ -42,7 +42,7 @@ pub use session::{Session, SessionConfig};
 pub use wire::{Hello, Message, ProtocolKind, Role};
 
 /// Bumped whenever messages or their meaning change; part of the hash-to-group domain.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Matched records per identifier kind (in cascade order: a record counts for the first kind
 /// it matched on) and in total.

@@ -51,22 +51,12 @@ enum State {
     OtSExtend(ot::SenderExtending),
     OtSSend(ot::SenderSending),
     OtSAwait(ot::SenderAwaitingEnd),
-    SumRReblind(sum_to_holder::ReceiverReblinding),
-    SumRReturn(sum_to_holder::ReceiverReturning),
-    SumRSend(sum_to_holder::ReceiverSending),
+    SumRExchange(sum_to_holder::ReceiverExchanging),
     SumRAwait(sum_to_holder::ReceiverAwaiting),
-    SumSSend(sum_to_holder::SenderSending),
-    SumSCollect(sum_to_holder::SenderCollecting),
-    SumSKey(sum_to_holder::SenderAwaitingKey),
-    SumSMatch(sum_to_holder::SenderMatching),
-    SumLSend(sum::LearnerSending),
-    SumLCollect(sum::LearnerCollecting),
-    SumLKey(sum::LearnerAwaitingKey),
-    SumLMatch(sum::LearnerMatching),
+    SumSExchange(sum_to_holder::SenderExchanging),
+    SumLExchange(sum::LearnerExchanging),
     SumLUnmask(sum::LearnerUnmasking),
-    SumHReblind(sum::HolderReblinding),
-    SumHReturn(sum::HolderReturning),
-    SumHSend(sum::HolderSending),
+    SumHExchange(sum::HolderExchanging),
     SumHDecrypt(sum::HolderDecrypting),
     Finished(Outcome),
     Failed,
@@ -125,19 +115,19 @@ impl Party {
                 ot::expected_entries(peer, own, per_bucket),
             ),
             (ProtocolKind::SumToValuesHolder, Role::Receiver) => (
-                State::SumRReblind(sum_to_holder::ReceiverReblinding::new(session, input)?),
+                State::SumRExchange(sum_to_holder::ReceiverExchanging::new(session, input)?),
                 2 * peer + own,
             ),
             (ProtocolKind::SumToValuesHolder, Role::Sender) => (
-                State::SumSSend(sum_to_holder::sender(session, input)?),
+                State::SumSExchange(sum_to_holder::sender(session, input)?),
                 2 * own + peer,
             ),
             (ProtocolKind::Sum, Role::Receiver) => (
-                State::SumLSend(sum::learner(session, input)?),
+                State::SumLExchange(sum::learner(session, input)?),
                 2 * own + peer,
             ),
             (ProtocolKind::Sum, Role::Sender) => (
-                State::SumHReblind(sum::HolderReblinding::new(session, input)?),
+                State::SumHExchange(sum::holder(session, input)?),
                 2 * peer + own,
             ),
         };
@@ -229,29 +219,49 @@ impl Party {
                 Emit::More(m, s) => (State::OtSSend(s), Action::Send(m)),
                 Emit::Last(m, n) => (ot_sender_state(n), Action::Send(m)),
             },
-            State::SumRReturn(s) => match s.emit()? {
-                Emit::More(m, s) => (State::SumRReturn(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::SumRSend(n), Action::Send(m)),
+            State::SumRExchange(mut s) => match s.want() {
+                Want::Send => {
+                    let m = s.emit()?;
+                    (State::SumRExchange(s), Action::Send(m))
+                }
+                Want::Receive => (State::SumRExchange(s), Action::Receive),
+                Want::Done => (
+                    State::SumRAwait(sum_to_holder::ReceiverAwaiting::new(s)?),
+                    Action::Receive,
+                ),
             },
-            State::SumRSend(s) => match s.emit()? {
-                Emit::More(m, s) => (State::SumRSend(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::SumRAwait(n), Action::Send(m)),
+            State::SumSExchange(mut s) => match s.want() {
+                Want::Send => {
+                    let m = s.emit();
+                    (State::SumSExchange(s), Action::Send(m))
+                }
+                Want::Receive => (State::SumSExchange(s), Action::Receive),
+                Want::Done => {
+                    let (m, out) = sum_to_holder::result(s)?;
+                    (State::Finished(Outcome::SumCounts(out)), Action::Send(m))
+                }
             },
-            State::SumSSend(s) => match s.emit()? {
-                Emit::More(m, s) => (State::SumSSend(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::SumSCollect(n), Action::Send(m)),
+            State::SumLExchange(mut s) => match s.want() {
+                Want::Send => {
+                    let m = s.emit();
+                    (State::SumLExchange(s), Action::Send(m))
+                }
+                Want::Receive => (State::SumLExchange(s), Action::Receive),
+                Want::Done => {
+                    let (m, n) = sum::mask(s)?;
+                    (State::SumLUnmask(n), Action::Send(m))
+                }
             },
-            State::SumLSend(s) => match s.emit()? {
-                Emit::More(m, s) => (State::SumLSend(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::SumLCollect(n), Action::Send(m)),
-            },
-            State::SumHReturn(s) => match s.emit()? {
-                Emit::More(m, s) => (State::SumHReturn(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::SumHSend(n), Action::Send(m)),
-            },
-            State::SumHSend(s) => match s.emit()? {
-                Emit::More(m, s) => (State::SumHSend(s), Action::Send(m)),
-                Emit::Last(m, n) => (State::SumHDecrypt(n), Action::Send(m)),
+            State::SumHExchange(mut s) => match s.want() {
+                Want::Send => {
+                    let m = s.emit()?;
+                    (State::SumHExchange(s), Action::Send(m))
+                }
+                Want::Receive => (State::SumHExchange(s), Action::Receive),
+                Want::Done => (
+                    State::SumHDecrypt(sum::HolderDecrypting::new(s)?),
+                    Action::Receive,
+                ),
             },
             State::Finished(o) => (State::Finished(o), Action::Finished),
             State::Failed => {
@@ -309,40 +319,24 @@ impl Party {
             State::OtSAwait(s) => State::Finished(Outcome::Answered {
                 identifiers: s.absorb(msg)?,
             }),
-            State::SumRReblind(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::SumRReblind(s),
-                Absorb::Next(n) => State::SumRReturn(n),
-            },
+            State::SumRExchange(mut s) if s.want() == Want::Receive => {
+                s.absorb(msg)?;
+                State::SumRExchange(s)
+            }
             State::SumRAwait(s) => State::Finished(Outcome::Sum(s.absorb(msg)?)),
-            State::SumSCollect(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::SumSCollect(s),
-                Absorb::Next(n) => State::SumSKey(n),
-            },
-            State::SumSKey(s) => State::SumSMatch(s.absorb(msg)?.into()),
-            State::SumSMatch(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::SumSMatch(s),
-                Absorb::Next((m, out)) => {
-                    self.outbox = Some(m);
-                    State::Finished(Outcome::SumCounts(out))
-                }
-            },
-            State::SumLCollect(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::SumLCollect(s),
-                Absorb::Next(n) => State::SumLKey(n),
-            },
-            State::SumLKey(s) => State::SumLMatch(s.absorb(msg)?.into()),
-            State::SumLMatch(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::SumLMatch(s),
-                Absorb::Next((m, n)) => {
-                    self.outbox = Some(m);
-                    State::SumLUnmask(n)
-                }
-            },
+            State::SumSExchange(mut s) if s.want() == Want::Receive => {
+                s.absorb(msg)?;
+                State::SumSExchange(s)
+            }
+            State::SumLExchange(mut s) if s.want() == Want::Receive => {
+                s.absorb(msg)?;
+                State::SumLExchange(s)
+            }
             State::SumLUnmask(s) => State::Finished(Outcome::Sum(s.absorb(msg)?)),
-            State::SumHReblind(s) => match s.absorb(msg)? {
-                Absorb::More(s) => State::SumHReblind(s),
-                Absorb::Next(n) => State::SumHReturn(n),
-            },
+            State::SumHExchange(mut s) if s.want() == Want::Receive => {
+                s.absorb(msg)?;
+                State::SumHExchange(s)
+            }
             State::SumHDecrypt(s) => {
                 let (m, records) = s.absorb(msg)?;
                 self.outbox = Some(m);

@@ -1,10 +1,11 @@
 //! Pieces the protocols share: sending a blinded set in batches, re-blinding a peer's set into
-//! tags, streaming a values holder's encrypted records and adding up the matched ones (both
-//! sums), and the generic shapes of a protocol step.
+//! tags, the turn-taking of two-way phases ([`Rounds`]), both sides of the two sums' exchange
+//! (the values holder's encrypted records against the identifiers-only side's set, with the
+//! matched ones added up), and the generic shapes of a protocol step.
 
 use rayon::prelude::*;
 
-use crate::elgamal::{Ciphertext, PublicKey};
+use crate::elgamal::{Ciphertext, PublicKey, SecretKey};
 use crate::group::{Point, SessionKey, Tag, TagSet};
 use crate::input::{Data, PreparedInput};
 use crate::wire::Message;
@@ -31,8 +32,8 @@ pub enum Want {
     Done,
 }
 
-/// Turn-taking for phases where both sides stream at once (ECDH cardinality and
-/// intersection): each side sends its part of a round, then receives the peer's, so both
+/// Turn-taking for phases where both sides stream at once (ECDH cardinality, intersection and
+/// both sums): each side sends its part of a round, then receives the peer's, so both
 /// re-blind what they received at the same time instead of one idling while the other
 /// multiplies. A side that has nothing left to send only receives; a side that expects nothing
 /// more from its peer sends without waiting.
@@ -336,12 +337,14 @@ pub(crate) struct EncryptedRecords {
     values: Vec<u64>,
     width: usize,
     pos: usize,
+    count: usize,
     per_msg: usize,
 }
 
 impl EncryptedRecords {
     pub(crate) fn new(points: Vec<Point>, values: Vec<u64>, width: usize, batch: usize) -> Self {
         EncryptedRecords {
+            count: values.len(),
             points,
             values,
             width,
@@ -350,9 +353,19 @@ impl EncryptedRecords {
         }
     }
 
+    /// Whether records are left to send (the end of the stream is not one).
+    pub(crate) fn remaining(&self) -> bool {
+        self.pos < self.count
+    }
+
+    /// How many records the stream holds.
+    pub(crate) fn count(&self) -> u64 {
+        self.count as u64
+    }
+
     /// The next batch, or the end-of-stream message (`true`).
     pub(crate) fn next(&mut self, pk: &PublicKey) -> Result<(Message, bool), PsiError> {
-        let (w, n) = (self.width, self.values.len());
+        let (w, n) = (self.width, self.count);
         if self.pos < n {
             let end = (self.pos + self.per_msg).min(n);
             let points = crate::cardinality::pad(&self.points[self.pos * w..end * w])?;
@@ -380,14 +393,18 @@ impl EncryptedRecords {
     }
 }
 
-/// Re-blinds a values holder's encrypted records, finds for each the first kind (priority
-/// order) whose tag is in our re-blinded set of that kind, and adds its ciphertext to that
-/// kind's encrypted sum. Only counts and `width` ciphertexts are kept, whatever the input size.
+/// Re-blinds a values holder's encrypted records and, once our own set re-blinded is complete,
+/// finds for each record the first kind (priority order) whose tag is in our set of that kind
+/// and adds its ciphertext to that kind's encrypted sum. Records that arrive before our set is
+/// complete wait, as their tags and ciphertext; after that only counts and `width`
+/// ciphertexts are kept, whatever the input size.
 pub(crate) struct EncryptedSums {
     width: usize,
     expect: Expect,
     counts: Vec<u64>,
     sums: Vec<Ciphertext>,
+    waiting_tags: Vec<Tag>,
+    waiting: Vec<[u8; 64]>,
 }
 
 impl EncryptedSums {
@@ -397,39 +414,73 @@ impl EncryptedSums {
             expect: Expect::new(vec![records]),
             counts: vec![0; width],
             sums: vec![Ciphertext::zero(); width],
+            waiting_tags: Vec::new(),
+            waiting: Vec::new(),
         }
     }
 
-    /// Absorbs one message of the stream; `true` once it has ended.
+    /// Re-blinds one message's records; matches them at once if `sets` is complete, or keeps
+    /// them until [`Self::release`].
     pub(crate) fn absorb(
         &mut self,
         key: &SessionKey,
-        sets: &[TagSet],
-        msg: Message,
-    ) -> Result<bool, PsiError> {
+        sets: Option<&[TagSet]>,
+        width: u8,
+        points: &[Point],
+        ciphertexts: Vec<[u8; 64]>,
+    ) -> Result<(), PsiError> {
         let w = self.width;
-        match msg {
-            Message::SumRecords {
-                width,
-                points,
-                ciphertexts,
-            } if width as usize == w => {
-                self.expect.take(0, ciphertexts.len())?;
-                let tags = key.reblind_tags(&points)?;
-                for (t, c) in tags.chunks_exact(w).zip(&ciphertexts) {
-                    if let Some(k) = (0..w).find(|k| sets[*k].contains(&t[*k])) {
-                        self.counts[k] += 1;
-                        self.sums[k] = self.sums[k].add(&Ciphertext::from_bytes(c)?);
-                    }
-                }
-                Ok(false)
-            }
-            Message::End { count } => {
-                self.expect.finish(count)?;
-                Ok(true)
-            }
-            other => Err(unexpected("encrypted records or end of stream", &other)),
+        if width as usize != w || points.len() != ciphertexts.len() * w {
+            return Err(PsiError::Malformed(format!(
+                "encrypted records of width {width} with {} points for {} ciphertexts; the \
+                 session has {w} kinds",
+                points.len(),
+                ciphertexts.len()
+            )));
         }
+        self.expect.take(0, ciphertexts.len())?;
+        let tags = key.reblind_tags(points)?;
+        match sets {
+            Some(sets) => self.add(sets, &tags, &ciphertexts),
+            None => {
+                self.waiting_tags.extend(tags);
+                self.waiting.extend(ciphertexts);
+                Ok(())
+            }
+        }
+    }
+
+    /// Matches the records that waited for our set, now complete.
+    pub(crate) fn release(&mut self, sets: &[TagSet]) -> Result<(), PsiError> {
+        let tags = std::mem::take(&mut self.waiting_tags);
+        let ciphertexts = std::mem::take(&mut self.waiting);
+        self.add(sets, &tags, &ciphertexts)
+    }
+
+    fn add(
+        &mut self,
+        sets: &[TagSet],
+        tags: &[Tag],
+        ciphertexts: &[[u8; 64]],
+    ) -> Result<(), PsiError> {
+        let w = self.width;
+        for (t, c) in tags.chunks_exact(w).zip(ciphertexts) {
+            if let Some(k) = (0..w).find(|k| sets[*k].contains(&t[*k])) {
+                self.counts[k] += 1;
+                self.sums[k] = self.sums[k].add(&Ciphertext::from_bytes(c)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the records, with the count the peer gives for them.
+    pub(crate) fn finish(&self, count: u64) -> Result<(), PsiError> {
+        self.expect.finish(count)
+    }
+
+    /// Records received so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.expect.total()
     }
 
     /// Matched records per kind, exact.
@@ -443,106 +494,237 @@ impl EncryptedSums {
     }
 }
 
-// ------------------------------------------- the identifiers-only side of both sums, steps 1–4
+// ------------------------------------------------------- both sums, both sides at once
+//
+// The identifiers-only side I (the learner of the default sum, the sender of the sum to the
+// values holder) streams its blinded set; the values holder V re-blinds it and, once it has
+// ended, returns it sorted. At the same time, in rounds ([`Rounds`]), V streams its public
+// key and its encrypted records, which I re-blinds as they arrive: I's re-blinding of V's
+// records and V's re-blinding of I's set run together. I can match a record only against its
+// own set re-blinded, so the records that arrive before that wait (their tags and ciphertext).
+// V sends the return as soon as I's set has ended, before any further record, and the end of
+// its records only after the return: V's messages are its key, records, the return (tags,
+// end), more records, the end of its records. So I keeps only the records V sent while I's
+// set was still streaming, one of V's messages per one of I's: about (16 + 64/K) bytes per
+// identifier of I's own set for K kinds, plus a few batches in flight.
 
-/// Both sums, identifiers-only side, step 1: sending its blinded set. Built by
-/// [`crate::sum::learner`] or [`crate::sum_to_holder::sender`], which check the session first.
-pub struct SetSending {
+/// Both sums, identifiers-only side: sending its blinded set while re-blinding the values
+/// holder's records; then matching them and adding up their ciphertexts. What happens to the
+/// sums at the end is each protocol's own ([`Self::finish`]).
+pub struct IdentifiersExchanging {
     session: Session,
     key: SessionKey,
     stream: SetStream,
-    own: Vec<u64>,
+    set_sent: bool,
+    pk: Option<PublicKey>,
+    own: TagSink,
+    own_complete: bool,
+    sums: EncryptedSums,
+    records_ended: bool,
+    rounds: Rounds,
 }
 
-impl SetSending {
-    /// For a session already checked for its protocol and this party's role.
+/// The identifiers-only side's result: the values holder's key, and the encrypted sums and
+/// exact counts of its matched records per kind.
+pub(crate) struct MatchedSums {
+    pub(crate) session: Session,
+    pub(crate) pk: PublicKey,
+    pub(crate) sums: EncryptedSums,
+}
+
+impl IdentifiersExchanging {
+    /// For a session already checked for its protocol and this party's role (by
+    /// [`crate::sum::LearnerExchanging::new`] or [`crate::sum_to_holder::sender`]).
     pub(crate) fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
         let own = input.announced_items();
         let Data::Set(sets) = input.data else {
             return Err(PsiError::InvalidParameter("input layout".into()));
         };
-        Ok(SetSending {
+        Ok(IdentifiersExchanging {
             stream: SetStream::new(sets, session.batch),
+            set_sent: false,
+            pk: None,
+            own: TagSink::new(own),
+            own_complete: false,
+            sums: EncryptedSums::new(session.peer_items[0], session.kinds.len()),
+            records_ended: false,
+            rounds: Rounds::default(),
             session,
             key: input.key,
-            own,
         })
     }
 
-    pub fn emit(mut self) -> Result<Emit<Self, TagsCollecting>, PsiError> {
-        let (msg, last) = self.stream.next();
-        if !last {
-            return Ok(Emit::More(msg, self));
-        }
-        Ok(Emit::Last(
-            msg,
-            TagsCollecting {
-                sink: TagSink::new(self.own),
-                session: self.session,
-                key: self.key,
-            },
-        ))
+    /// `Done` once our set is sent and the values holder's records have ended (after the
+    /// return of our set).
+    pub fn want(&self) -> Want {
+        // Until our set has ended the holder sends its key and then a batch of records per
+        // round; once all its records are here it has nothing for us before the end of our set.
+        let before_return = self.pk.is_none() || self.sums.received() < self.session.peer_items[0];
+        let expecting = !self.records_ended && (before_return || self.set_sent);
+        self.rounds.want(!self.set_sent, expecting)
     }
-}
 
-/// Both sums, identifiers-only side, step 2: keeping its own set, re-blinded by the values
-/// holder and sorted.
-pub struct TagsCollecting {
-    session: Session,
-    key: SessionKey,
-    sink: TagSink,
-}
-
-impl TagsCollecting {
-    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, KeyAwaiting>, PsiError> {
-        if self.sink.absorb(msg)? {
-            Ok(Absorb::Next(KeyAwaiting {
-                session: self.session,
-                key: self.key,
-                sink: self.sink,
-            }))
-        } else {
-            Ok(Absorb::More(self))
-        }
+    /// The next batch of our set, or its end.
+    pub fn emit(&mut self) -> Message {
+        self.rounds.sent();
+        let (m, last) = self.stream.next();
+        self.set_sent = last;
+        m
     }
-}
 
-/// Both sums, identifiers-only side, step 3: waiting for the values holder's public key.
-pub struct KeyAwaiting {
-    session: Session,
-    key: SessionKey,
-    sink: TagSink,
-}
-
-impl KeyAwaiting {
-    pub fn absorb(self, msg: Message) -> Result<RecordsMatching, PsiError> {
+    /// The values holder's key (first), its records, our set re-blinded and their ends.
+    pub fn absorb(&mut self, msg: Message) -> Result<(), PsiError> {
         match msg {
-            Message::PublicKey(b) => Ok(RecordsMatching {
-                pk: PublicKey::from_bytes(&b)?,
-                sums: EncryptedSums::new(self.session.peer_items[0], self.session.kinds.len()),
-                session: self.session,
-                key: self.key,
-                sink: self.sink,
-            }),
-            other => Err(unexpected("the values holder's public key", &other)),
+            Message::PublicKey(b) if self.pk.is_none() => {
+                self.pk = Some(PublicKey::from_bytes(&b)?);
+            }
+            ref other if self.pk.is_none() => {
+                return Err(unexpected("the values holder's public key", other));
+            }
+            Message::SumRecords {
+                width,
+                points,
+                ciphertexts,
+            } if !self.records_ended => {
+                let sets = self.own_complete.then_some(&self.own.sets[..]);
+                self.sums
+                    .absorb(&self.key, sets, width, &points, ciphertexts)?;
+            }
+            // The return of our set ends before the values holder's records do.
+            msg @ (Message::Tags { .. } | Message::End { .. }) if !self.own_complete => {
+                if self.own.absorb(msg)? {
+                    self.own_complete = true;
+                    self.sums.release(&self.own.sets)?;
+                }
+            }
+            Message::End { count } if !self.records_ended => {
+                self.sums.finish(count)?;
+                self.records_ended = true;
+            }
+            other => {
+                return Err(unexpected(
+                    "encrypted records, or our set re-blinded",
+                    &other,
+                ));
+            }
+        }
+        self.rounds.received(true);
+        Ok(())
+    }
+
+    /// Once [`Self::want`] says `Done`.
+    pub(crate) fn finish(self) -> Result<MatchedSums, PsiError> {
+        match self.pk {
+            Some(pk) if self.records_ended && self.own_complete && self.set_sent => {
+                Ok(MatchedSums {
+                    session: self.session,
+                    pk,
+                    sums: self.sums,
+                })
+            }
+            _ => Err(PsiError::Internal(
+                "the sum's exchange finished before its end".into(),
+            )),
         }
     }
 }
 
-/// Both sums, identifiers-only side, step 4: matching the values holder's records and adding
-/// up their ciphertexts. What happens to the sums at the end is each protocol's own.
-pub struct RecordsMatching {
-    pub(crate) session: Session,
+/// Both sums, values holder's side: sending its public key and its encrypted records while
+/// re-blinding the identifiers-only side's set; once that set has ended, returning it sorted
+/// (before the rest of the records and their end).
+pub struct HolderExchanging {
+    session: Session,
     key: SessionKey,
-    sink: TagSink,
-    pub(crate) pk: PublicKey,
-    pub(crate) sums: EncryptedSums,
+    secret: SecretKey,
+    pk_sent: bool,
+    records: EncryptedRecords,
+    set: Option<SortedReturn>,
+    back: Option<TagStream>,
+    returned: bool,
+    ended: bool,
+    rounds: Rounds,
 }
 
-impl RecordsMatching {
-    /// Absorbs one message of the records; `true` once they have all arrived.
-    pub(crate) fn absorb(&mut self, msg: Message) -> Result<bool, PsiError> {
-        self.sums.absorb(&self.key, &self.sink.sets, msg)
+impl HolderExchanging {
+    /// For a session and input already checked (values within bounds, the range decryptable)
+    /// by [`crate::sum::HolderExchanging::new`] or [`crate::sum_to_holder::ReceiverExchanging::new`].
+    pub(crate) fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
+        let Data::Tuples { points, values } = input.data else {
+            return Err(PsiError::InvalidParameter("input layout".into()));
+        };
+        Ok(HolderExchanging {
+            secret: SecretKey::generate()?,
+            pk_sent: false,
+            records: EncryptedRecords::new(points, values, session.kinds.len(), session.batch),
+            set: Some(SortedReturn::new(session.peer_items.clone())),
+            back: None,
+            returned: false,
+            ended: false,
+            rounds: Rounds::default(),
+            session,
+            key: input.key,
+        })
+    }
+
+    /// `Done` once the peer's set is returned and our records have ended.
+    pub fn want(&self) -> Want {
+        let ready = !self.pk_sent
+            || self.back.is_some()
+            || self.records.remaining()
+            || (self.returned && !self.ended);
+        self.rounds.want(ready, self.set.is_some())
+    }
+
+    /// Our key first; then the return of the peer's set as soon as it is ready, else our next
+    /// records; the end of our records last.
+    pub fn emit(&mut self) -> Result<Message, PsiError> {
+        self.rounds.sent();
+        if !self.pk_sent {
+            self.pk_sent = true;
+            return Ok(Message::PublicKey(self.secret.public().to_bytes()));
+        }
+        if let Some(back) = &mut self.back {
+            let (m, last) = back.next();
+            if last {
+                self.back = None;
+                self.returned = true;
+            }
+            return Ok(m);
+        }
+        if !self.records.remaining() && !self.returned {
+            return Err(PsiError::Internal(
+                "the end of the records before the return of the peer's set".into(),
+            ));
+        }
+        let (m, last) = self.records.next(self.secret.public())?;
+        self.ended = last;
+        Ok(m)
+    }
+
+    /// A batch of the peer's set, re-blinded as it arrives, or its end.
+    pub fn absorb(&mut self, msg: Message) -> Result<(), PsiError> {
+        let Some(set) = &mut self.set else {
+            return Err(unexpected("nothing (the peer's set has ended)", &msg));
+        };
+        if set.absorb(&self.key, msg)?
+            && let Some(set) = self.set.take()
+        {
+            self.back = Some(set.into_stream(self.session.batch));
+        }
+        self.rounds.received(true);
+        Ok(())
+    }
+
+    /// Once [`Self::want`] says `Done`: the session, our secret key and how many records we
+    /// sent.
+    pub(crate) fn finish(self) -> Result<(Session, SecretKey, u64), PsiError> {
+        if !(self.ended && self.returned) {
+            return Err(PsiError::Internal(
+                "the sum's exchange finished before its end".into(),
+            ));
+        }
+        let records = self.records.count();
+        Ok((self.session, self.secret, records))
     }
 }
 

@@ -3,25 +3,24 @@
 //! S holds identifiers. R learns the number of its distinct records that match and the sum of
 //! their values, per kind; S learns the counts. Neither learns which records match.
 //!
-//! 1. S → R: S's distinct identifiers per kind, `H_t(y)^s`, sorted.
-//! 2. R → S: their re-blinding, as tags of `H_t(y)^{sr}`, sorted again (so S cannot tell which
-//!    of its identifiers became which tag). S keeps them in one hash set per kind.
-//! 3. R → S: R's public key, then its distinct records, sorted: `(H_1(x_1)^r, …, H_K(x_K)^r,
-//!    Enc(v))` with absent slots random and `v` the sum of the record's clamped values.
-//! 4. S re-blinds each slot, finds the first kind whose tag is in its set, and adds `Enc(v)` to
-//!    that kind's encrypted sum. S → R: per-kind counts and sums, each sum plus `Enc(noise)`
-//!    when asked for, and re-randomised in any case, so R cannot relate a sum to the
-//!    ciphertexts it sent.
-//! 5. R decrypts each sum by baby-step giant-step over `[−allowance, total of its values +
+//! 1. At once, in rounds ([`crate::stream::Rounds`]), so that both multiply at the same time:
+//!    - S → R: S's distinct identifiers per kind, `H_t(y)^s`, sorted. R re-blinds them.
+//!    - R → S: R's public key, then its distinct records, sorted: `(H_1(x_1)^r, …,
+//!      H_K(x_K)^r, Enc(v))` with absent slots random and `v` the sum of the record's clamped
+//!      values. S re-blinds each slot as they arrive.
+//! 2. R → S, as soon as S's set has ended (before the rest of its records): S's set
+//!    re-blinded, as tags of `H_t(y)^{sr}`, sorted again (so S cannot tell which of its
+//!    identifiers became which tag). S keeps them in one hash set per kind.
+//! 3. For each record (those that arrived before step 2 waited), S finds the first kind whose
+//!    tag is in its set, and adds `Enc(v)` to that kind's encrypted sum. At the end of R's
+//!    records, S → R: per-kind counts and sums, each sum plus `Enc(noise)` when asked for,
+//!    and re-randomised in any case, so R cannot relate a sum to the ciphertexts it sent.
+//! 4. R decrypts each sum by baby-step giant-step over `[−allowance, total of its values +
 //!    allowance]`.
 
 use crate::elgamal::{Ciphertext, Decryptor, SecretKey};
-use crate::group::SessionKey;
-use crate::input::{Data, PreparedInput};
-use crate::stream::{
-    Absorb, Emit, EncryptedRecords, KeyAwaiting, RecordsMatching, SetSending, SortedReturn,
-    TagStream, TagsCollecting, unexpected,
-};
+use crate::input::PreparedInput;
+use crate::stream::{HolderExchanging, IdentifiersExchanging, Want, unexpected};
 use crate::wire::{Message, ProtocolKind, Role};
 use crate::{MatchCounts, PsiError, Session, SumOutput};
 
@@ -36,50 +35,36 @@ fn check(session: &Session, input: &PreparedInput, role: Role) -> Result<(), Psi
 
 // ---------------------------------------------------------------- receiver
 
-struct Records {
-    stream: EncryptedRecords,
+/// Receiver, steps 1–2: sending its public key and encrypted records while re-blinding the
+/// sender's set, and returning that set sorted once it has ended.
+pub struct ReceiverExchanging {
+    exchange: HolderExchanging,
     total: u64,
 }
 
-/// Receiver, step 1: re-blinding the sender's set.
-pub struct ReceiverReblinding {
-    session: Session,
-    key: SessionKey,
-    records: Records,
-    back: SortedReturn,
-}
-
-impl ReceiverReblinding {
+impl ReceiverExchanging {
     pub fn new(session: Session, input: PreparedInput) -> Result<Self, PsiError> {
         check(&session, &input, Role::Receiver)?;
         let total = input.value_total()?;
-        let Data::Tuples { points, values } = input.data else {
-            return Err(PsiError::InvalidParameter("input layout".into()));
-        };
         // Fail before any work if the sum could not be decrypted.
-        let allowance = session.sum_noise_allowance();
-        range(total, allowance)?;
-        Ok(ReceiverReblinding {
-            back: SortedReturn::new(session.peer_items.clone()),
-            key: input.key,
-            records: Records {
-                stream: EncryptedRecords::new(points, values, session.kinds.len(), session.batch),
-                total,
-            },
-            session,
+        range(total, session.sum_noise_allowance())?;
+        Ok(ReceiverExchanging {
+            exchange: HolderExchanging::new(session, input)?,
+            total,
         })
     }
 
-    pub fn absorb(mut self, msg: Message) -> Result<Absorb<Self, ReceiverReturning>, PsiError> {
-        if self.back.absorb(&self.key, msg)? {
-            Ok(Absorb::Next(ReceiverReturning {
-                stream: self.back.into_stream(self.session.batch),
-                session: self.session,
-                records: self.records,
-            }))
-        } else {
-            Ok(Absorb::More(self))
-        }
+    /// What to do next; `Done` once the sender's set is returned and our records have ended.
+    pub fn want(&self) -> Want {
+        self.exchange.want()
+    }
+
+    pub fn emit(&mut self) -> Result<Message, PsiError> {
+        self.exchange.emit()
+    }
+
+    pub fn absorb(&mut self, msg: Message) -> Result<(), PsiError> {
+        self.exchange.absorb(msg)
     }
 }
 
@@ -97,64 +82,6 @@ fn range(total: u64, allowance: u64) -> Result<(i64, i64), PsiError> {
     Ok((-(allowance as i64), hi as i64))
 }
 
-/// Receiver, step 2: returning the sender's set re-blinded, sorted.
-pub struct ReceiverReturning {
-    session: Session,
-    records: Records,
-    stream: TagStream,
-}
-
-impl ReceiverReturning {
-    pub fn emit(mut self) -> Result<Emit<Self, ReceiverSending>, PsiError> {
-        let (msg, last) = self.stream.next();
-        if !last {
-            return Ok(Emit::More(msg, self));
-        }
-        Ok(Emit::Last(
-            msg,
-            ReceiverSending {
-                session: self.session,
-                records: self.records,
-                secret: None,
-            },
-        ))
-    }
-}
-
-/// Receiver, step 3: sending its public key and its encrypted records.
-pub struct ReceiverSending {
-    session: Session,
-    records: Records,
-    secret: Option<SecretKey>,
-}
-
-impl ReceiverSending {
-    pub fn emit(mut self) -> Result<Emit<Self, ReceiverAwaiting>, PsiError> {
-        let Some(secret) = &self.secret else {
-            let sk = SecretKey::generate()?;
-            let msg = Message::PublicKey(sk.public().to_bytes());
-            self.secret = Some(sk);
-            return Ok(Emit::More(msg, self));
-        };
-        let (msg, last) = self.records.stream.next(secret.public())?;
-        if !last {
-            return Ok(Emit::More(msg, self));
-        }
-        let secret = self
-            .secret
-            .take()
-            .ok_or_else(|| PsiError::Internal("no key".into()))?;
-        Ok(Emit::Last(
-            msg,
-            ReceiverAwaiting {
-                range: range(self.records.total, self.session.sum_noise_allowance())?,
-                session: self.session,
-                secret,
-            },
-        ))
-    }
-}
-
 /// Receiver, step 4: waiting for the encrypted sums.
 pub struct ReceiverAwaiting {
     session: Session,
@@ -163,6 +90,17 @@ pub struct ReceiverAwaiting {
 }
 
 impl ReceiverAwaiting {
+    /// Once [`ReceiverExchanging::want`] says `Done`.
+    pub fn new(exchange: ReceiverExchanging) -> Result<Self, PsiError> {
+        let total = exchange.total;
+        let (session, secret, _) = exchange.exchange.finish()?;
+        Ok(ReceiverAwaiting {
+            range: range(total, session.sum_noise_allowance())?,
+            session,
+            secret,
+        })
+    }
+
     pub fn absorb(self, msg: Message) -> Result<SumOutput, PsiError> {
         let k = self.session.kinds.len();
         match msg {
@@ -190,53 +128,34 @@ impl ReceiverAwaiting {
 
 // ---------------------------------------------------------------- sender
 
-/// Sender, step 1: sending its blinded set (shared with the other sum's learner).
-pub type SenderSending = SetSending;
-/// Sender, step 2: keeping its own set, re-blinded by the receiver.
-pub type SenderCollecting = TagsCollecting;
-/// Sender, step 3: waiting for the receiver's (the values holder's) public key.
-pub type SenderAwaitingKey = KeyAwaiting;
+/// Sender, steps 1–3: sending its blinded set while re-blinding the receiver's records, then
+/// matching them and adding up their ciphertexts.
+pub type SenderExchanging = IdentifiersExchanging;
 
 /// Sender, step 1, for a session of this protocol in the sender's role.
-pub fn sender(session: Session, input: PreparedInput) -> Result<SenderSending, PsiError> {
+pub fn sender(session: Session, input: PreparedInput) -> Result<SenderExchanging, PsiError> {
     check(&session, &input, Role::Sender)?;
-    SetSending::new(session, input)
+    IdentifiersExchanging::new(session, input)
 }
 
-/// Sender, step 4: matching the receiver's records and adding up their ciphertexts.
-pub struct SenderMatching(RecordsMatching);
-
-impl From<RecordsMatching> for SenderMatching {
-    fn from(m: RecordsMatching) -> Self {
-        SenderMatching(m)
+/// Sender, end of step 3, once [`IdentifiersExchanging::want`] says `Done`: the result message
+/// for the receiver and this side's counts.
+pub fn result(exchange: SenderExchanging) -> Result<(Message, MatchCounts), PsiError> {
+    let m = exchange.finish()?;
+    let counts = m.session.release_counts(m.sums.counts())?;
+    let mut sums = Vec::with_capacity(counts.len());
+    for s in m.sums.sums() {
+        let noisy = match &m.session.sum_noise {
+            Some(n) => s.add(&m.pk.encrypt(n.mechanism()?.release(0)?)?),
+            None => *s,
+        };
+        sums.push(m.pk.rerandomise(&noisy)?.to_bytes());
     }
-}
-
-impl SenderMatching {
-    /// On the end of the stream: the result message for the receiver and this side's counts.
-    pub fn absorb(
-        mut self,
-        msg: Message,
-    ) -> Result<Absorb<Self, (Message, MatchCounts)>, PsiError> {
-        if !self.0.absorb(msg)? {
-            return Ok(Absorb::More(self));
-        }
-        let m = self.0;
-        let counts = m.session.release_counts(m.sums.counts())?;
-        let mut sums = Vec::with_capacity(counts.len());
-        for s in m.sums.sums() {
-            let noisy = match &m.session.sum_noise {
-                Some(n) => s.add(&m.pk.encrypt(n.mechanism()?.release(0)?)?),
-                None => *s,
-            };
-            sums.push(m.pk.rerandomise(&noisy)?.to_bytes());
-        }
-        Ok(Absorb::Next((
-            Message::SumResult {
-                counts: counts.clone(),
-                sums,
-            },
-            MatchCounts::new(counts, m.session.count_noise.is_some()),
-        )))
-    }
+    Ok((
+        Message::SumResult {
+            counts: counts.clone(),
+            sums,
+        },
+        MatchCounts::new(counts, m.session.count_noise.is_some()),
+    ))
 }

@@ -480,3 +480,95 @@ fn identifiers_chosen_to_fill_one_bucket_are_refused_by_their_own_side() {
         assert!(e.to_string().contains("chosen to collide"), "{e}");
     }
 }
+
+#[test]
+fn both_sums_refuse_a_peer_that_breaks_the_exchange() {
+    for protocol in [ProtocolKind::Sum, ProtocolKind::SumToValuesHolder] {
+        let run = Run::new(protocol, &["email"]);
+        // The values holder is the sender of the default sum and the receiver of the other.
+        let holder_is_receiver = protocol == ProtocolKind::SumToValuesHolder;
+        let ids_side = if holder_is_receiver {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
+        let from_holder = |by_receiver: bool| by_receiver == holder_is_receiver;
+        let fresh = || parties(&run, &small(), &small(), 0);
+
+        // Records before the key.
+        let (r, s) = fresh();
+        let (role, e) = tampered(r, s, |by_r, m| match m {
+            Message::PublicKey(_) if from_holder(by_r) => Message::SumRecords {
+                width: 1,
+                points: vec![],
+                ciphertexts: vec![],
+            },
+            m => m,
+        });
+        assert_eq!(
+            (role, e.code()),
+            (ids_side, "protocol_violation"),
+            "{protocol:?}"
+        );
+        assert!(e.to_string().contains("public key"), "{e}");
+
+        // The holder keeps the return of the identifiers side's set to itself: its first end
+        // (the return's) then does not add up.
+        let (r, s) = fresh();
+        let (role, e) = tampered(r, s, |by_r, m| match m {
+            Message::Tags { tags, .. } if from_holder(by_r) => Message::Tags {
+                section: 0,
+                width: 1,
+                tags: tags[..tags.len() - 1].to_vec(),
+            },
+            m => m,
+        });
+        assert_eq!(
+            (role, e.code()),
+            (ids_side, "count_mismatch"),
+            "{protocol:?}"
+        );
+
+        // Records of the wrong width, or with a ciphertext missing.
+        for (width, points) in [(2u8, 2), (1, 2)] {
+            let (r, s) = fresh();
+            let mut first = true;
+            let (role, e) = tampered(r, s, |by_r, m| match m {
+                Message::SumRecords {
+                    points: p,
+                    ciphertexts,
+                    ..
+                } if from_holder(by_r) && std::mem::take(&mut first) => Message::SumRecords {
+                    width,
+                    points: p.iter().cycle().take(points).copied().collect(),
+                    ciphertexts: ciphertexts[..1].to_vec(),
+                },
+                m => m,
+            });
+            assert_eq!(
+                (role, e.code()),
+                (ids_side, "malformed_message"),
+                "{protocol:?}"
+            );
+        }
+
+        // A second key.
+        let (r, s) = fresh();
+        let mut key = None;
+        let (role, e) = tampered(r, s, |by_r, m| match m {
+            Message::PublicKey(k) if from_holder(by_r) => {
+                key = Some(k);
+                m
+            }
+            Message::SumRecords { .. } if from_holder(by_r) && key.is_some() => {
+                Message::PublicKey(key.take().unwrap())
+            }
+            m => m,
+        });
+        assert_eq!(
+            (role, e.code()),
+            (ids_side, "protocol_violation"),
+            "{protocol:?}"
+        );
+    }
+}

@@ -1,5 +1,5 @@
-//! The ECDH cardinality and intersection stream both ways at once, in rounds: both parties
-//! re-blind at the same time, and at most a round per direction is in flight, so the
+//! The ECDH cardinality, intersection and both sums stream both ways at once, in rounds: both
+//! parties re-blind at the same time, and at most a round per direction is in flight, so the
 //! transport's small send queue can never deadlock them.
 
 use std::collections::VecDeque;
@@ -8,10 +8,21 @@ use cleanroom_psi::{Action, Hello, Message, Outcome, Party, ProtocolKind, Role};
 
 use crate::{Records, Run, config, prepare, run};
 
+/// One identifier a row, valued `i % 7` (the value matters only to a sum's values holder).
 fn ids(range: std::ops::Range<usize>) -> Records {
-    let v: Vec<String> = range.map(|i| format!("user{i}@example.com")).collect();
-    Records::single(&v)
+    Records {
+        rows: range
+            .map(|i| (vec![Some(format!("user{i}@example.com"))], (i % 7) as i64))
+            .collect(),
+    }
 }
+
+const ECDH: [ProtocolKind; 4] = [
+    ProtocolKind::Cardinality,
+    ProtocolKind::Intersection,
+    ProtocolKind::Sum,
+    ProtocolKind::SumToValuesHolder,
+];
 
 fn parties(run: &Run, r: &Records, s: &Records) -> [Party; 2] {
     let (ri, si) = (
@@ -89,7 +100,7 @@ fn any_sizes_and_batches_finish_with_one_message_in_flight_and_agree_with_unboun
         (100, 100),
         (64, 65),
     ];
-    for protocol in [ProtocolKind::Cardinality, ProtocolKind::Intersection] {
+    for protocol in ECDH {
         for batch in [1u32, 7, 64] {
             for (nr, ns) in sizes {
                 // Half of the smaller side is shared.
@@ -152,7 +163,7 @@ fn cascade(range: std::ops::Range<usize>, email: bool, phone: bool) -> Records {
                         email.then(|| format!("user{i}@example.com")),
                         (phone && i % 3 != 0).then(|| format!("+4477009{i:05}")),
                     ],
-                    1,
+                    (i % 5) as i64,
                 )
             })
             .collect(),
@@ -169,7 +180,7 @@ fn cascades_with_an_empty_kind_on_either_side_agree_with_unbounded_runs() {
         // both with both: rows match on email first, on phone where the email is missing
         (cascade(0..70, true, true), cascade(30..100, true, true)),
     ];
-    for protocol in [ProtocolKind::Cardinality, ProtocolKind::Intersection] {
+    for protocol in ECDH {
         for (r, s) in &cases {
             for batch in [1u32, 7] {
                 let mut cfg = Run::new(protocol, &["email", "phone"]);
@@ -180,6 +191,95 @@ fn cascades_with_an_empty_kind_on_either_side_agree_with_unbounded_runs() {
                     assert_eq!((&bro, &bso), (&ro, &so), "{protocol:?} batch {batch}");
                 }
             }
+        }
+    }
+}
+
+/// The sums: the values holder V re-blinds the identifiers side I's set while I re-blinds V's
+/// records, and V returns I's set as soon as it has ended, so I keeps only the records that
+/// came while its set was streaming. `(I, V)` as parties of `drive_bounded`.
+fn sum_sides(protocol: ProtocolKind) -> (usize, usize) {
+    match protocol {
+        ProtocolKind::Sum => (0, 1),
+        _ => (1, 0),
+    }
+}
+
+#[test]
+fn in_both_sums_the_two_sides_reblind_at_the_same_time() {
+    for protocol in [ProtocolKind::Sum, ProtocolKind::SumToValuesHolder] {
+        let mut cfg = Run::new(protocol, &["email"]);
+        cfg.batch = 10;
+        let (r, s) = (ids(0..100), ids(50..150));
+        let (ro, so, _) = run(&cfg, &r, &s);
+        let ([bro, bso], log) = drive_bounded(parties(&cfg, &r, &s), 2);
+        assert_eq!((&bro, &bso), (&ro, &so), "{protocol:?}");
+        let (i, v) = sum_sides(protocol);
+        // I re-blinds most of V's 10 record batches before V has re-blinded I's whole set (10
+        // batches). Before protocol v3 V sent its records only after returning I's set: 0.
+        let last_set_batch = log
+            .iter()
+            .rposition(|(p, name)| *p == v && *name == "points")
+            .unwrap();
+        let records_before = log[..last_set_batch]
+            .iter()
+            .filter(|(p, name)| *p == i && *name == "sum records")
+            .count();
+        assert!(
+            records_before >= 8,
+            "{protocol:?}: I re-blinded only {records_before} record batches before V finished \
+             I's set"
+        );
+        let sums = match (&bro, &bso) {
+            (Outcome::Sum(o), _) | (_, Outcome::Sum(o)) => o.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sums.counts.total, 50);
+        assert_eq!(
+            sums.total_sum,
+            (50..100).map(|i| (i % 7) as i64).sum::<i64>()
+        );
+    }
+}
+
+#[test]
+fn in_both_sums_the_identifiers_side_keeps_few_records_waiting_for_its_set() {
+    // V holds 30 times as many records as I has identifiers: if V returned I's set only after
+    // all its records, I would keep all 300 batches of them; it keeps about one per batch of
+    // its own set.
+    for protocol in [ProtocolKind::Sum, ProtocolKind::SumToValuesHolder] {
+        let (i, v) = sum_sides(protocol);
+        let mut cfg = Run::new(protocol, &["email"]);
+        cfg.batch = 10;
+        let small = ids(0..100);
+        let large = ids(0..3000);
+        let (r, s) = if i == 0 {
+            (&small, &large)
+        } else {
+            (&large, &small)
+        };
+        for cap in [1, 2, 4] {
+            let ([bro, bso], log) = drive_bounded(parties(&cfg, r, s), cap);
+            let (ro, so, _) = run(&cfg, r, s);
+            assert_eq!((&bro, &bso), (&ro, &so), "{protocol:?}");
+            let own_batches = 1 + log
+                .iter()
+                .filter(|(p, name)| *p == v && *name == "points")
+                .count();
+            let first_return = log
+                .iter()
+                .position(|(p, name)| *p == i && *name == "tags")
+                .unwrap();
+            let waiting = log[..first_return]
+                .iter()
+                .filter(|(p, name)| *p == i && *name == "sum records")
+                .count();
+            // I's set: 10 batches and the end; at most two rounds in flight.
+            assert_eq!(own_batches, 11);
+            assert!(
+                waiting <= own_batches + 2,
+                "{protocol:?}, room for {cap}: {waiting} record batches waited for I's set"
+            );
         }
     }
 }
