@@ -69,12 +69,12 @@ impl ReceiverExchanging {
         let w = session.kinds.len();
         let n = (points.len() / w) as u64;
         Ok(ReceiverExchanging {
-            sink: SetSink::new(session.peer_items.clone()),
+            sink: SetSink::new(session.peer_items.clone(), session.batch),
             per_msg: records_per_message(session.batch, w),
             set_ended: false,
             pos: 0,
             end_sent: false,
-            returned: Expect::new(vec![n]),
+            returned: Expect::new(vec![n], records_per_message(session.batch, w)),
             returned_ended: false,
             counts: vec![0; w],
             rounds: Rounds::default(),
@@ -190,7 +190,10 @@ impl SenderExchanging {
         Ok(SenderExchanging {
             stream: SetStream::new(sets, session.batch),
             set_done: false,
-            expect: Expect::new(vec![n]),
+            expect: Expect::new(
+                vec![n],
+                records_per_message(session.batch, session.kinds.len()),
+            ),
             tags: Vec::with_capacity(crate::stream::prealloc(n) * session.kinds.len()),
             rounds: Rounds::default(),
             session,

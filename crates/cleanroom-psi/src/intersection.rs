@@ -90,7 +90,7 @@ impl ReceiverExchanging {
             return Err(PsiError::InvalidParameter("input layout".into()));
         };
         Ok(ReceiverExchanging {
-            sink: SetSink::new(session.peer_items.clone()),
+            sink: SetSink::new(session.peer_items.clone(), session.batch),
             answers: rows.iter().map(|_| Vec::new()).collect(),
             session,
             rows,
@@ -249,7 +249,7 @@ impl SenderExchanging {
         Ok(SenderExchanging {
             stream: SetStream::new(sets, session.batch),
             set_done: false,
-            expect: Expect::new(session.peer_items.clone()),
+            expect: Expect::new(session.peer_items.clone(), session.batch),
             queries_ended: false,
             answers: VecDeque::new(),
             rounds: Rounds::default(),

@@ -128,22 +128,33 @@ impl SetStream {
     }
 }
 
-/// Counts what a peer streams against what it announced.
+/// Counts what a peer streams against what it announced, and holds each of its messages to
+/// what an honest peer sends: at least one entry (an empty batch would only keep a session
+/// alive past its idle timeout) and at most `per_message` (the session's batch, or the records
+/// that fit in one), so that what a party keeps per message received is bounded.
 pub(crate) struct Expect {
     announced: Vec<u64>,
     received: Vec<u64>,
+    per_message: usize,
 }
 
 impl Expect {
-    pub(crate) fn new(announced: Vec<u64>) -> Self {
+    pub(crate) fn new(announced: Vec<u64>, per_message: usize) -> Self {
         let n = announced.len();
         Expect {
             announced,
             received: vec![0; n],
+            per_message,
         }
     }
 
     pub(crate) fn take(&mut self, section: usize, n: usize) -> Result<(), PsiError> {
+        if n == 0 || n > self.per_message {
+            return Err(PsiError::Malformed(format!(
+                "a message of {n} entries; the session's messages hold 1 to {}",
+                self.per_message
+            )));
+        }
         let slot = self
             .received
             .get_mut(section)
@@ -181,14 +192,14 @@ pub(crate) struct SetSink {
 }
 
 impl SetSink {
-    pub(crate) fn new(announced: Vec<u64>) -> Self {
+    pub(crate) fn new(announced: Vec<u64>, batch: usize) -> Self {
         let sets = announced
             .iter()
             .map(|n| TagSet::with_capacity_and_hasher(prealloc(*n), Default::default()))
             .collect();
         SetSink {
             sets,
-            expect: Expect::new(announced),
+            expect: Expect::new(announced, batch),
         }
     }
 
@@ -217,14 +228,14 @@ pub(crate) struct TagSink {
 }
 
 impl TagSink {
-    pub(crate) fn new(announced: Vec<u64>) -> Self {
+    pub(crate) fn new(announced: Vec<u64>, batch: usize) -> Self {
         let sets = announced
             .iter()
             .map(|n| TagSet::with_capacity_and_hasher(*n as usize, Default::default()))
             .collect();
         TagSink {
             sets,
-            expect: Expect::new(announced),
+            expect: Expect::new(announced, batch),
         }
     }
 
@@ -256,13 +267,13 @@ pub(crate) struct SortedReturn {
 }
 
 impl SortedReturn {
-    pub(crate) fn new(announced: Vec<u64>) -> Self {
+    pub(crate) fn new(announced: Vec<u64>, batch: usize) -> Self {
         SortedReturn {
             per_kind: announced
                 .iter()
                 .map(|n| Vec::with_capacity(prealloc(*n)))
                 .collect(),
-            expect: Expect::new(announced),
+            expect: Expect::new(announced, batch),
         }
     }
 
@@ -408,10 +419,10 @@ pub(crate) struct EncryptedSums {
 }
 
 impl EncryptedSums {
-    pub(crate) fn new(records: u64, width: usize) -> Self {
+    pub(crate) fn new(records: u64, width: usize, batch: usize) -> Self {
         EncryptedSums {
             width,
-            expect: Expect::new(vec![records]),
+            expect: Expect::new(vec![records], records_per_message(batch, width)),
             counts: vec![0; width],
             sums: vec![Ciphertext::zero(); width],
             waiting_tags: Vec::new(),
@@ -505,8 +516,10 @@ impl EncryptedSums {
 // V sends the return as soon as I's set has ended, before any further record, and the end of
 // its records only after the return: V's messages are its key, records, the return (tags,
 // end), more records, the end of its records. So I keeps only the records V sent while I's
-// set was still streaming, one of V's messages per one of I's: about (16 + 64/K) bytes per
-// identifier of I's own set for K kinds, plus a few batches in flight.
+// set was still streaming, one of V's messages per one of I's (I refuses more, and more
+// records in a message than the batch allows): at most batch·(16 + 64/K) bytes per message of
+// I's set for K kinds, about (16 + 64/K) bytes per identifier of I's own set when its kinds
+// fill their batches (a kind's last batch may be partial), plus a few batches in flight.
 
 /// Both sums, identifiers-only side: sending its blinded set while re-blinding the values
 /// holder's records; then matching them and adding up their ciphertexts. What happens to the
@@ -516,6 +529,10 @@ pub struct IdentifiersExchanging {
     key: SessionKey,
     stream: SetStream,
     set_sent: bool,
+    /// Messages of our set sent, and messages of records received before its return: an
+    /// honest holder sends one of the second per one of the first at most.
+    set_messages: u64,
+    records_waiting: u64,
     pk: Option<PublicKey>,
     own: TagSink,
     own_complete: bool,
@@ -543,10 +560,12 @@ impl IdentifiersExchanging {
         Ok(IdentifiersExchanging {
             stream: SetStream::new(sets, session.batch),
             set_sent: false,
+            set_messages: 0,
+            records_waiting: 0,
             pk: None,
-            own: TagSink::new(own),
+            own: TagSink::new(own, session.batch),
             own_complete: false,
-            sums: EncryptedSums::new(session.peer_items[0], session.kinds.len()),
+            sums: EncryptedSums::new(session.peer_items[0], session.kinds.len(), session.batch),
             records_ended: false,
             rounds: Rounds::default(),
             session,
@@ -567,6 +586,7 @@ impl IdentifiersExchanging {
     /// The next batch of our set, or its end.
     pub fn emit(&mut self) -> Message {
         self.rounds.sent();
+        self.set_messages += 1;
         let (m, last) = self.stream.next();
         self.set_sent = last;
         m
@@ -586,18 +606,32 @@ impl IdentifiersExchanging {
                 points,
                 ciphertexts,
             } if !self.records_ended => {
+                if !self.own_complete {
+                    // These wait for our set: no more of them than messages of our set, or a
+                    // holder could hold back the return and make us keep all its records.
+                    self.records_waiting += 1;
+                    if self.records_waiting > self.set_messages {
+                        return Err(PsiError::Unexpected {
+                            expected: "our set re-blinded, returned as soon as it has ended",
+                            got: "more encrypted records",
+                        });
+                    }
+                }
                 let sets = self.own_complete.then_some(&self.own.sets[..]);
                 self.sums
                     .absorb(&self.key, sets, width, &points, ciphertexts)?;
             }
-            // The return of our set ends before the values holder's records do.
-            msg @ (Message::Tags { .. } | Message::End { .. }) if !self.own_complete => {
+            // The return of our set comes after its end and ends before the values holder's
+            // records do.
+            msg @ (Message::Tags { .. } | Message::End { .. })
+                if self.set_sent && !self.own_complete =>
+            {
                 if self.own.absorb(msg)? {
                     self.own_complete = true;
                     self.sums.release(&self.own.sets)?;
                 }
             }
-            Message::End { count } if !self.records_ended => {
+            Message::End { count } if self.own_complete && !self.records_ended => {
                 self.sums.finish(count)?;
                 self.records_ended = true;
             }
@@ -656,7 +690,7 @@ impl HolderExchanging {
             secret: SecretKey::generate()?,
             pk_sent: false,
             records: EncryptedRecords::new(points, values, session.kinds.len(), session.batch),
-            set: Some(SortedReturn::new(session.peer_items.clone())),
+            set: Some(SortedReturn::new(session.peer_items.clone(), session.batch)),
             back: None,
             returned: false,
             ended: false,

@@ -28,8 +28,10 @@
 //! H, and a session asking for it is refused. Semi-honest security only: a learner that sends
 //! one record's ciphertext instead of a sum learns that value (see `docs/psi.md`).
 //!
-//! Each step is a type that consumes itself, so steps cannot run out of order: the values
-//! holder cannot decrypt anything before it has sent all its records.
+//! Each phase is a type that consumes itself into the next, so phases cannot run out of order:
+//! the values holder cannot decrypt anything before it has sent all its records. Within the
+//! exchange, where both sides send and receive in rounds, the order of messages is checked at
+//! run time (`stream.rs`): a message out of turn is refused.
 //!
 //! ```compile_fail
 //! use cleanroom_psi::sum::{HolderDecrypting, HolderExchanging};

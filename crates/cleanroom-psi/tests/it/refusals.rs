@@ -572,3 +572,152 @@ fn both_sums_refuse_a_peer_that_breaks_the_exchange() {
         );
     }
 }
+
+#[test]
+fn both_sums_refuse_a_holder_that_holds_back_the_return() {
+    for protocol in [ProtocolKind::Sum, ProtocolKind::SumToValuesHolder] {
+        let run = Run::new(protocol, &["email"]);
+        let holder_is_receiver = protocol == ProtocolKind::SumToValuesHolder;
+        // The identifiers side has 10 identifiers (3 messages at batch 7: two batches and
+        // the end), the holder 300 records (43 messages of records).
+        let big = Records::single(&(0..300).map(|i| format!("id{i}")).collect::<Vec<_>>());
+        let (r, s) = if holder_is_receiver {
+            parties(&run, &big, &small(), 0)
+        } else {
+            parties(&run, &small(), &big, 0)
+        };
+        let (mut ids, mut holder) = if holder_is_receiver { (s, r) } else { (r, s) };
+        // An honest holder, except that the return of the other side's set (its tags and
+        // their end, the first end it sends) is kept back and its records go out instead.
+        let (mut to_ids, mut to_holder, mut held) = (
+            std::collections::VecDeque::new(),
+            std::collections::VecDeque::new(),
+            Vec::new(),
+        );
+        let mut returned = false;
+        let e = loop {
+            let mut progress = false;
+            match holder.next_action().unwrap() {
+                Action::Send(m) => {
+                    progress = true;
+                    match m {
+                        Message::Tags { .. } => held.push(m),
+                        Message::End { .. } if !returned => {
+                            returned = true;
+                            held.push(m);
+                        }
+                        m => to_ids.push_back(m),
+                    }
+                }
+                Action::Receive => {
+                    if let Some(m) = to_holder.pop_front() {
+                        progress = true;
+                        holder.receive(m).unwrap();
+                    }
+                }
+                Action::Finished => {}
+            }
+            match ids.next_action() {
+                Ok(Action::Send(m)) => {
+                    progress = true;
+                    to_holder.push_back(m);
+                }
+                Ok(Action::Receive) => {
+                    if let Some(m) = to_ids.pop_front() {
+                        progress = true;
+                        if let Err(e) = ids.receive(m) {
+                            break e;
+                        }
+                    }
+                }
+                Ok(Action::Finished) => panic!("{protocol:?}: the identifiers side finished"),
+                Err(e) => break e,
+            }
+            assert!(progress, "{protocol:?}: stalled without an error");
+        };
+        assert_eq!(e.code(), "protocol_violation", "{protocol:?}: {e}");
+        assert!(e.to_string().contains("returned as soon as"), "{e}");
+        assert!(!held.is_empty());
+    }
+}
+
+#[test]
+fn both_sums_refuse_records_out_of_size_and_a_return_before_the_set_has_ended() {
+    for protocol in [ProtocolKind::Sum, ProtocolKind::SumToValuesHolder] {
+        let run = Run::new(protocol, &["email"]);
+        let holder_is_receiver = protocol == ProtocolKind::SumToValuesHolder;
+        let ids_side = if holder_is_receiver {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
+        let from_holder = |by_receiver: bool| by_receiver == holder_is_receiver;
+        let fresh = || parties(&run, &small(), &small(), 0);
+
+        // Records in a message: none, or one more than the batch of 7 holds.
+        for n in [0, 8] {
+            let (r, s) = fresh();
+            let (role, e) = tampered(r, s, |by_r, m| match m {
+                Message::SumRecords {
+                    width,
+                    points,
+                    ciphertexts,
+                } if from_holder(by_r) => Message::SumRecords {
+                    width,
+                    points: points.iter().cycle().take(n).copied().collect(),
+                    ciphertexts: ciphertexts.iter().cycle().take(n).copied().collect(),
+                },
+                m => m,
+            });
+            assert_eq!(
+                (role, e.code()),
+                (ids_side, "malformed_message"),
+                "{protocol:?}, {n} records"
+            );
+            assert!(e.to_string().contains("1 to 7"), "{e}");
+        }
+
+        // The return of a set the identifiers side has not finished sending (10 identifiers
+        // at batch 7: its end is its third message; the holder's first records come earlier).
+        let (r, s) = fresh();
+        let mut first = true;
+        let (role, e) = tampered(r, s, |by_r, m| match m {
+            Message::SumRecords { .. } if from_holder(by_r) && std::mem::take(&mut first) => {
+                Message::Tags {
+                    section: 0,
+                    width: 1,
+                    tags: vec![[7; 16]],
+                }
+            }
+            m => m,
+        });
+        assert_eq!(
+            (role, e.code()),
+            (ids_side, "protocol_violation"),
+            "{protocol:?}"
+        );
+    }
+}
+
+#[test]
+fn every_protocol_refuses_an_empty_or_oversized_batch() {
+    for protocol in [ProtocolKind::Cardinality, ProtocolKind::Intersection] {
+        let run = Run::new(protocol, &["email"]);
+        for n in [0, 8] {
+            let (r, s) = parties(&run, &small(), &small(), 0);
+            // The sender's set batches, to the receiver.
+            let (role, e) = tampered(r, s, |by_r, m| match m {
+                Message::Points { kind, points } if !by_r => Message::Points {
+                    kind,
+                    points: points.iter().cycle().take(n).copied().collect(),
+                },
+                m => m,
+            });
+            assert_eq!(
+                (role, e.code()),
+                (Role::Receiver, "malformed_message"),
+                "{protocol:?}, {n} points"
+            );
+        }
+    }
+}
