@@ -8,7 +8,8 @@
 //! runs in one instance and identical strings of different kinds never meet.
 //!
 //! Items are split into `B` buckets by their low byte (`B` a power of two, chosen by R from
-//! both announced counts so that a bucket holds about 2^21 items; one bucket up to that), and
+//! both announced counts so that a bucket holds about 2^21 items; one bucket up to that; S
+//! refuses fewer buckets than its own setting gives, which would make it hold more), and
 //! the extension runs over the buckets one after the other, so each side holds one bucket's
 //! working state at a time; the items themselves wait in an [`ItemStore`], in memory or in
 //! sealed temporary files. Every bucket is padded to the same size on both sides
@@ -533,7 +534,22 @@ impl SenderStarting {
         let prgs = keys.iter().map(Prg::new).collect();
         let own_seed = random_seed()?;
         let receiver_items = peer_total(&self.session);
-        // The wire allows only powers of two up to 256 buckets.
+        // The wire allows only powers of two up to 256 buckets. Fewer than our own setting
+        // needs would make one bucket hold more of our items than we hold at a time (one
+        // bucket would hold them all): refused.
+        let fewest = buckets_for(
+            receiver_items,
+            self.store.total(),
+            self.session.ot_bucket_items,
+        );
+        if u64::from(buckets) < fewest {
+            return Err(PsiError::Incompatible(format!(
+                "the receiver splits the items into {buckets} buckets; with {receiver_items} of \
+                 its items and {} of ours, this side holds one bucket at a time and needs at \
+                 least {fewest}",
+                self.store.total()
+            )));
+        }
         let shape = Shape::new(receiver_items, self.store.total(), u64::from(buckets));
         Ok((
             Message::OtChoices {

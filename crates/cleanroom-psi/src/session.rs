@@ -28,8 +28,9 @@ pub struct SessionConfig {
     pub count_epsilon: Option<f64>,
     /// Require discrete Laplace noise on released sums (sensitivity: the value bound).
     pub sum_epsilon: Option<f64>,
-    /// OT intersection, as the receiver: the items a bucket should hold on average (the
-    /// sides' memory follows it; the sender accepts any power of two up to 256 buckets).
+    /// OT intersection: the items a bucket should hold on average (the sides' memory follows
+    /// it). The receiver splits the items accordingly; the sender refuses fewer buckets than
+    /// this setting gives, and accepts more (a power of two up to 256).
     pub ot_bucket_items: u64,
 }
 

@@ -333,6 +333,43 @@ fn the_ot_intersection_refuses_a_peer_that_breaks_its_steps() {
     });
     assert_eq!((side, e), (Role::Sender, PsiError::InvalidPoint));
 
+    // Fewer buckets than the sender's memory setting allows (10 items a side at 2 a bucket
+    // give 8 buckets): one bucket would hold every item, at any size.
+    let small_buckets = Run::new(ProtocolKind::IntersectionOt, &["email"]).bucketed(2, [None; 2]);
+    for (buckets, refused) in [(1u16, true), (4, true), (8, false), (16, false)] {
+        let (r, s) = parties(&small_buckets, &small(), &small(), 0);
+        let mut tamper = |_: bool, m: Message| match m {
+            Message::OtSetup { point, seed, .. } => Message::OtSetup {
+                point,
+                seed,
+                buckets,
+            },
+            m => m,
+        };
+        if refused {
+            let (side, e) = tampered(r, s, tamper);
+            assert_eq!(
+                (side, e.code()),
+                (Role::Sender, "incompatible_session"),
+                "{buckets}: {e}"
+            );
+            assert!(e.to_string().contains("needs at least 8"), "{e}");
+        } else {
+            // As many buckets as the setting gives, or more: the sender answers the setup
+            // (the receiver speaks first, with it).
+            let (mut r, mut s) = (r, s);
+            let Action::Send(m) = r.next_action().unwrap() else {
+                panic!("the receiver speaks first")
+            };
+            assert!(matches!(s.next_action().unwrap(), Action::Receive));
+            s.receive(tamper(true, m)).unwrap();
+            assert!(matches!(
+                s.next_action().unwrap(),
+                Action::Send(Message::OtChoices { .. })
+            ));
+        }
+    }
+
     // Columns for more bins than the session has.
     let (r, s) = fresh(0);
     let (side, e) = tampered(r, s, |_, m| match m {
