@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# PSI-cardinality and PSI (intersection, on ECDH and on OT) on N × N items with a known
-# overlap: `cleanroom psi` (two processes over TLS on 127.0.0.1) next to openmined-psi 2.0.6
-# (both roles in one Python process, single-threaded C++), on the same sets, in one run.
+# PSI-cardinality, PSI (intersection, on ECDH and on OT) and the two PSI-sums on N × N items
+# with a known overlap: `cleanroom psi` (two processes over TLS on 127.0.0.1) next to
+# openmined-psi 2.0.6 (both roles in one Python process, single-threaded C++; it has no sum),
+# on the same sets, in one run.
 #
 #   bash bench/psi.sh [N] [THREADS...]      (defaults: 1000000, then 1 and 2 threads)
 #
 # PROTOCOLS="cardinality intersection intersection-ot" (the default) picks what runs;
 # intersection-ot is `--protocol intersection --engine ot`, compared with openmined-psi's
-# intersection.
+# intersection. `sum` (the sender holds a value per identifier, the receiver learns the sum
+# over matches) and `sum-to-holder` (`--sum-to values-holder`: the receiver holds the values)
+# can be added; a user's value is its number mod 97, checked against the plaintext sum.
+# KINDS=2 gives the sums a second identifier per user (an opaque device id, after the email).
+# CLEANROOM_BIN=path runs that binary instead of building one (to set a baseline beside it).
 # Overlap: half of each set. Wall time covers reading the input and the whole protocol. Bytes
 # on the wire: cleanroom counts what crosses the TCP socket (TLS records included) in both
 # directions; openmined-psi's are the sizes of its three protobuf messages. Peak RSS and CPU
@@ -23,8 +28,12 @@ OUT=${BENCH_OUT:-bench/out}/psi
 mkdir -p "$OUT"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB, $(date -u '+%F %H:%M') UTC, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-cargo build --release -q -p cleanroom-cli
-BIN=target/release/cleanroom
+if [ -n "${CLEANROOM_BIN:-}" ]; then
+  BIN=$CLEANROOM_BIN
+else
+  cargo build --release -q -p cleanroom-cli
+  BIN=target/release/cleanroom
+fi
 
 # Receiver A: user0 .. user(N-1); sender B: user(N/2) .. user(N/2+N-1). Overlap N/2.
 A="$OUT/a-$N.txt"; B="$OUT/b-$N.txt"
@@ -34,7 +43,13 @@ if [ ! -f "$A" ]; then
   { echo id; cat "$A"; } > "$OUT/a-$N.csv"
   { echo id; cat "$B"; } > "$OUT/b-$N.csv"
 fi
+if [ ! -f "$OUT/b-$N-sums.csv" ]; then
+  awk -v n="$N" 'BEGIN { print "id,dev,value"; for (i = 0; i < n; i++) printf "user%d@example.com,dev%d,%d\n", i, i, i % 97 }' > "$OUT/a-$N-sums.csv"
+  awk -v n="$N" 'BEGIN { print "id,dev,value"; for (i = n/2; i < n/2 + n; i++) printf "user%d@example.com,dev%d,%d\n", i, i, i % 97 }' > "$OUT/b-$N-sums.csv"
+fi
 EXPECT=$((N / 2))
+# The overlap is user(N/2) .. user(N-1) on both sides.
+EXPECT_SUM=$(python3 -c "import sys; n=int(sys.argv[1]); print(sum(i % 97 for i in range(n // 2, n)))" "$N")
 
 [ -f "$OUT/keys-a/psi-cert.pem" ] || "$BIN" psi keygen --out "$OUT/keys-a" > /dev/null
 [ -f "$OUT/keys-b/psi-cert.pem" ] || "$BIN" psi keygen --out "$OUT/keys-b" > /dev/null
@@ -52,24 +67,33 @@ printf "impl\tprotocol\tthreads\twall_s\tcpu_s\tbytes_total\tpeak_rss_mib\tresul
 run_cleanroom() {
   local protocol=$1 threads=$2
   local tag="$protocol-t$threads-$N"
-  local extra=() proto=(--protocol "$protocol")
+  local extra=() proto=(--protocol "$protocol") serve_extra=()
+  local in_a="$OUT/a-$N.csv" in_b="$OUT/b-$N.csv"
+  local values=(--value-column value --max-value 1000) ids=(--id email:id)
   case "$protocol" in
     intersection) extra=(--output "$OUT/matches-$N.csv") ;;
     intersection-ot) extra=(--output "$OUT/matches-$N.csv"); proto=(--protocol intersection --engine ot) ;;
+    sum) in_a="$OUT/a-$N-sums.csv"; in_b="$OUT/b-$N-sums.csv"; serve_extra=("${values[@]}") ;;
+    sum-to-holder)
+      proto=(--protocol sum --sum-to values-holder)
+      in_a="$OUT/a-$N-sums.csv"; in_b="$OUT/b-$N-sums.csv"; extra=("${values[@]}") ;;
+  esac
+  case "$protocol" in
+    sum*) [ "${KINDS:-1}" = 1 ] || ids+=(--id opaque:dev); tag="$tag-k${KINDS:-1}" ;;
   esac
   # Both parties start together, as two machines would: each reads and blinds its input, then
   # the connecting side retries until the listening side is ready.
   local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   local t0; t0=$(now)
   /usr/bin/time -f "%M %U %S" -o "$OUT/rss-serve-$tag" "$BIN" --json psi serve --listen "127.0.0.1:$port" \
-    "${proto[@]}" --input "$OUT/b-$N.csv" --id email:id --threads "$threads" --quiet \
+    "${proto[@]}" --input "$in_b" "${ids[@]}" --threads "$threads" --quiet \
     --cert "$OUT/keys-b/psi-cert.pem" --key "$OUT/keys-b/psi-key.pem" --peer-cert-sha256 "$FA" \
-    > "$OUT/serve-$tag.json" 2> "$OUT/serve-$tag.log" &
+    ${serve_extra[@]+"${serve_extra[@]}"} > "$OUT/serve-$tag.json" 2> "$OUT/serve-$tag.log" &
   local spid=$!
   /usr/bin/time -f "%M %U %S" -o "$OUT/rss-connect-$tag" "$BIN" --json psi connect --peer "127.0.0.1:$port" \
-    "${proto[@]}" --receiver --input "$OUT/a-$N.csv" --id email:id --threads "$threads" --quiet \
+    "${proto[@]}" --receiver --input "$in_a" "${ids[@]}" --threads "$threads" --quiet \
     --cert "$OUT/keys-a/psi-cert.pem" --key "$OUT/keys-a/psi-key.pem" --peer-cert-sha256 "$FB" \
-    "${extra[@]}" > "$OUT/connect-$tag.json" 2> "$OUT/connect-$tag.log"
+    ${extra[@]+"${extra[@]}"} > "$OUT/connect-$tag.json" 2> "$OUT/connect-$tag.log"
   wait "$spid"
   local t1; t1=$(now)
   local wall; wall=$(echo "$t1 - $t0" | bc -l)
@@ -81,6 +105,10 @@ run_cleanroom() {
   read -r rss_c us_c ss_c < <(tail -1 "$OUT/rss-connect-$tag")
   local cpu; cpu=$(echo "$us_s + $ss_s + $us_c + $ss_c" | bc -l)
   [ "$matched" = "$EXPECT" ] || { echo "cleanroom $protocol: got $matched, want $EXPECT" >&2; exit 1; }
+  case "$protocol" in
+    sum*) local sum; sum=$(json_field "$OUT/connect-$tag.json" sum)
+      [ "$sum" = "$EXPECT_SUM" ] || { echo "cleanroom $protocol: sum $sum, want $EXPECT_SUM" >&2; exit 1; } ;;
+  esac
   printf "cleanroom\t%s\t%s\t%.2f\t%.2f\t%d\t%d + %d\t%s\n" "$protocol" "$threads" "$wall" "$cpu" $((sent + recv)) \
     $((rss_c / 1024)) $((rss_s / 1024)) "$matched" >> "$RESULTS"
   echo "cleanroom $protocol threads=$threads: ${wall}s, receiver sent $sent B, received $recv B, rss receiver $((rss_c / 1024)) MiB sender $((rss_s / 1024)) MiB, read $(json_field "$OUT/connect-$tag.json" read_seconds)s protocol $(json_field "$OUT/connect-$tag.json" protocol_seconds)s"
@@ -107,7 +135,7 @@ PY
 
 for protocol in ${PROTOCOLS:-cardinality intersection intersection-ot}; do
   # openmined-psi has one intersection; it runs once, before the first cleanroom engine.
-  if [ "${OPENMINED:-1}" != 0 ] && [ "$protocol" != intersection-ot ]; then
+  if [ "${OPENMINED:-1}" != 0 ] && { [ "$protocol" = cardinality ] || [ "$protocol" = intersection ]; }; then
     run_openmined "$protocol"
   fi
   for t in "${THREADS[@]}"; do
