@@ -375,7 +375,7 @@ impl EncryptedRecords {
     }
 
     /// The next batch, or the end-of-stream message (`true`).
-    pub(crate) fn next(&mut self, pk: &PublicKey) -> Result<(Message, bool), PsiError> {
+    pub(crate) fn next(&mut self, key: &SecretKey) -> Result<(Message, bool), PsiError> {
         let (w, n) = (self.width, self.count);
         if self.pos < n {
             let end = (self.pos + self.per_msg).min(n);
@@ -385,7 +385,7 @@ impl EncryptedRecords {
                 .map(|v| {
                     let v = i64::try_from(*v)
                         .map_err(|_| PsiError::InvalidParameter("a value exceeds 2^63".into()))?;
-                    Ok(pk.encrypt(v)?.to_bytes())
+                    Ok(key.encrypt(v)?.to_bytes())
                 })
                 .collect::<Result<Vec<_>, PsiError>>()?;
             self.pos = end;
@@ -730,7 +730,7 @@ impl HolderExchanging {
                 "the end of the records before the return of the peer's set".into(),
             ));
         }
-        let (m, last) = self.records.next(self.secret.public())?;
+        let (m, last) = self.records.next(&self.secret)?;
         self.ended = last;
         Ok(m)
     }

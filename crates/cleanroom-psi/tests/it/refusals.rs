@@ -338,7 +338,7 @@ fn the_ot_intersection_refuses_a_peer_that_breaks_its_steps() {
     let small_buckets = Run::new(ProtocolKind::IntersectionOt, &["email"]).bucketed(2, [None; 2]);
     for (buckets, refused) in [(1u16, true), (4, true), (8, false), (16, false)] {
         let (r, s) = parties(&small_buckets, &small(), &small(), 0);
-        let mut tamper = |_: bool, m: Message| match m {
+        let tamper = |_: bool, m: Message| match m {
             Message::OtSetup { point, seed, .. } => Message::OtSetup {
                 point,
                 seed,
