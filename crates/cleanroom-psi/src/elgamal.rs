@@ -207,7 +207,7 @@ impl SecretKey {
     }
 
     fn encrypt_with(&self, m: i64, r: &Scalar) -> Ciphertext {
-        let k = Zeroizing::new(signed_scalar(m) + &*self.x * r);
+        let k = Zeroizing::new(signed_scalar(m) + *self.x * r);
         Ciphertext {
             c1: r * RISTRETTO_BASEPOINT_TABLE,
             c2: &*k * RISTRETTO_BASEPOINT_TABLE,
