@@ -607,6 +607,49 @@ fn both_sums_refuse_a_peer_that_breaks_the_exchange() {
             (ids_side, "protocol_violation"),
             "{protocol:?}"
         );
+
+        // Records in a message: none, or one more than the batch of 7 holds.
+        for n in [0, 8] {
+            let (r, s) = fresh();
+            let (role, e) = tampered(r, s, |by_r, m| match m {
+                Message::SumRecords {
+                    width,
+                    points,
+                    ciphertexts,
+                } if from_holder(by_r) => Message::SumRecords {
+                    width,
+                    points: points.iter().cycle().take(n).copied().collect(),
+                    ciphertexts: ciphertexts.iter().cycle().take(n).copied().collect(),
+                },
+                m => m,
+            });
+            assert_eq!(
+                (role, e.code()),
+                (ids_side, "malformed_message"),
+                "{protocol:?}, {n} records"
+            );
+            assert!(e.to_string().contains("1 to 7"), "{e}");
+        }
+
+        // The return of a set the identifiers side has not finished sending (10 identifiers
+        // at batch 7: its end is its third message; the holder's first records come earlier).
+        let (r, s) = fresh();
+        let mut first = true;
+        let (role, e) = tampered(r, s, |by_r, m| match m {
+            Message::SumRecords { .. } if from_holder(by_r) && std::mem::take(&mut first) => {
+                Message::Tags {
+                    section: 0,
+                    width: 1,
+                    tags: vec![[7; 16]],
+                }
+            }
+            m => m,
+        });
+        assert_eq!(
+            (role, e.code()),
+            (ids_side, "protocol_violation"),
+            "{protocol:?}"
+        );
     }
 }
 
@@ -675,64 +718,6 @@ fn both_sums_refuse_a_holder_that_holds_back_the_return() {
         assert_eq!(e.code(), "protocol_violation", "{protocol:?}: {e}");
         assert!(e.to_string().contains("returned as soon as"), "{e}");
         assert!(!held.is_empty());
-    }
-}
-
-#[test]
-fn both_sums_refuse_records_out_of_size_and_a_return_before_the_set_has_ended() {
-    for protocol in [ProtocolKind::Sum, ProtocolKind::SumToValuesHolder] {
-        let run = Run::new(protocol, &["email"]);
-        let holder_is_receiver = protocol == ProtocolKind::SumToValuesHolder;
-        let ids_side = if holder_is_receiver {
-            Role::Sender
-        } else {
-            Role::Receiver
-        };
-        let from_holder = |by_receiver: bool| by_receiver == holder_is_receiver;
-        let fresh = || parties(&run, &small(), &small(), 0);
-
-        // Records in a message: none, or one more than the batch of 7 holds.
-        for n in [0, 8] {
-            let (r, s) = fresh();
-            let (role, e) = tampered(r, s, |by_r, m| match m {
-                Message::SumRecords {
-                    width,
-                    points,
-                    ciphertexts,
-                } if from_holder(by_r) => Message::SumRecords {
-                    width,
-                    points: points.iter().cycle().take(n).copied().collect(),
-                    ciphertexts: ciphertexts.iter().cycle().take(n).copied().collect(),
-                },
-                m => m,
-            });
-            assert_eq!(
-                (role, e.code()),
-                (ids_side, "malformed_message"),
-                "{protocol:?}, {n} records"
-            );
-            assert!(e.to_string().contains("1 to 7"), "{e}");
-        }
-
-        // The return of a set the identifiers side has not finished sending (10 identifiers
-        // at batch 7: its end is its third message; the holder's first records come earlier).
-        let (r, s) = fresh();
-        let mut first = true;
-        let (role, e) = tampered(r, s, |by_r, m| match m {
-            Message::SumRecords { .. } if from_holder(by_r) && std::mem::take(&mut first) => {
-                Message::Tags {
-                    section: 0,
-                    width: 1,
-                    tags: vec![[7; 16]],
-                }
-            }
-            m => m,
-        });
-        assert_eq!(
-            (role, e.code()),
-            (ids_side, "protocol_violation"),
-            "{protocol:?}"
-        );
     }
 }
 
