@@ -81,8 +81,8 @@ fn random_seed() -> Result<[u8; 16], PsiError> {
 }
 
 /// Bins per chunk for a session's batch size: a multiple of 128, at most [`MAX_CHUNK`].
-fn chunk_bins(session: &Session) -> usize {
-    (session.batch / BIN_ALIGN * BIN_ALIGN).clamp(BIN_ALIGN, MAX_CHUNK)
+fn chunk_bins(batch: usize) -> usize {
+    (batch / BIN_ALIGN * BIN_ALIGN).clamp(BIN_ALIGN, MAX_CHUNK)
 }
 
 /// The total of what the peer announced: its distinct items over all kinds.
@@ -225,7 +225,8 @@ impl ReceiverAwaitingChoices {
             code: Code::new(&self.seed, &seed),
             prgs,
             dummies,
-            chunk: chunk_bins(&start.session),
+            chunk: chunk_bins(start.session.batch),
+            batch: start.session.batch,
             shape: self.shape,
             bucket: 0,
             loaded: None,
@@ -297,6 +298,8 @@ pub struct ReceiverExtending {
     prgs: Vec<[Prg; 2]>,
     dummies: Xoshiro256PlusPlus,
     chunk: usize,
+    /// Outputs per message at most (the sender sends a batch at a time).
+    batch: usize,
     bucket: usize,
     loaded: Option<RBucket>,
     /// The next bin of the bucket.
@@ -415,9 +418,13 @@ impl ReceiverCollecting {
                 self.ext.shape.width
             )));
         }
-        if outputs.is_empty() {
-            // Nothing to count: a peer that sends empty batches would only keep us waiting.
-            return Err(PsiError::Malformed("an empty batch of outputs".into()));
+        if outputs.is_empty() || outputs.len() / w > self.ext.batch {
+            // An empty batch would only keep us waiting; a larger one than agreed, more to hold.
+            return Err(PsiError::Malformed(format!(
+                "a batch of {} outputs; the session's hold 1 to {}",
+                outputs.len() / w,
+                self.ext.batch
+            )));
         }
         let cap = self.ext.shape.sender_cap;
         // Hash functions come in order, each complete before the next.
@@ -679,6 +686,14 @@ impl SenderExtending {
         if b0 + c > bins {
             return Err(PsiError::CountMismatch(format!(
                 "columns for more than the {bins} bins of a bucket"
+            )));
+        }
+        // The receiver sends the bucket's bins in chunks of the session's size (the last one
+        // shorter): a chunk of another size would only be another amount to hold.
+        let chunk = chunk_bins(self.ctx.batch).min(bins - b0);
+        if c != chunk {
+            return Err(PsiError::Malformed(format!(
+                "columns for {c} bins where the next chunk has {chunk}"
             )));
         }
         let bytes = c / 8;

@@ -370,6 +370,34 @@ fn the_ot_intersection_refuses_a_peer_that_breaks_its_steps() {
         }
     }
 
+    // Chunks of another size than the session's (128 bins at batch 128), and more outputs
+    // in a message than the batch.
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtColumns { .. } => Message::OtColumns {
+            bins: 256,
+            columns: vec![0; 256 * 64],
+        },
+        m => m,
+    });
+    assert_eq!((side, e.code()), (Role::Sender, "malformed_message"), "{e}");
+    assert!(e.to_string().contains("next chunk has 128"), "{e}");
+    let (r, s) = fresh(0);
+    let (side, e) = tampered(r, s, |_, m| match m {
+        Message::OtOutputs { hash, width, .. } => Message::OtOutputs {
+            hash,
+            width,
+            outputs: vec![1; 129 * usize::from(width)],
+        },
+        m => m,
+    });
+    assert_eq!(
+        (side, e.code()),
+        (Role::Receiver, "malformed_message"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("1 to 128"), "{e}");
+
     // Columns for more bins than the session has.
     let (r, s) = fresh(0);
     let (side, e) = tampered(r, s, |_, m| match m {
