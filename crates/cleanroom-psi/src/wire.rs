@@ -526,6 +526,13 @@ impl Message {
             },
             13 => {
                 let n = r.count()?;
+                // Exactly one answer per base OT: refused before the points are read.
+                if n != crate::ot::WIDTH {
+                    return Err(PsiError::CountMismatch(format!(
+                        "{n} base-OT answers; the extension uses {}",
+                        crate::ot::WIDTH
+                    )));
+                }
                 Message::OtChoices {
                     points: r.arrays(n)?,
                     seed: r.array()?,
@@ -691,7 +698,7 @@ mod tests {
             },
             Message::OtBucket { hash_key: [3; 16] },
             Message::OtChoices {
-                points: vec![[4; 32]; 3],
+                points: vec![[4; 32]; crate::ot::WIDTH],
                 seed: [5; 16],
             },
             Message::OtColumns {
@@ -732,6 +739,16 @@ mod tests {
             assert!(Message::decode(&m).is_err(), "{buckets}");
         }
         assert!(Message::decode(&[15, 0, 4, 0, 0, 0, 0]).is_err());
+        // Base-OT answers other than one per base OT, refused from their count alone.
+        for n in [0u32, 511, 513, 65_536] {
+            let mut m = vec![13];
+            m.extend_from_slice(&n.to_be_bytes());
+            assert_eq!(
+                Message::decode(&m).unwrap_err().code(),
+                "count_mismatch",
+                "{n}"
+            );
+        }
     }
 
     #[test]
