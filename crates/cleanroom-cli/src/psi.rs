@@ -153,7 +153,8 @@ pub struct RunArgs {
     /// values-holder by the other side under encryption).
     #[arg(long)]
     epsilon_sum: Option<f64>,
-    /// Refuse a peer that announces more identifiers than this (bounds dictionary attacks).
+    /// Refuse a peer that announces more identifiers than this (bounds dictionary attacks;
+    /// never more than 2^40 whatever is set).
     #[arg(long, default_value_t = 100_000_000)]
     max_peer_items: u64,
     /// Entries per message.

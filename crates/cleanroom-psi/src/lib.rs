@@ -38,7 +38,7 @@ pub use input::{InputBuilder, PreparedInput};
 pub use intersection::IntersectionOutput;
 pub use ot::store::SpillConfig;
 pub use party::{Action, Outcome, Party};
-pub use session::{Session, SessionConfig};
+pub use session::{MAX_PEER_ITEMS, Session, SessionConfig};
 pub use wire::{Hello, Message, ProtocolKind, Role};
 
 /// Bumped whenever messages or their meaning change; part of the hash-to-group domain.

@@ -34,6 +34,9 @@ pub struct SessionConfig {
     pub ot_bucket_items: u64,
 }
 
+/// The most items a peer may announce, whatever `max_peer_items` says.
+pub const MAX_PEER_ITEMS: u64 = 1 << 40;
+
 impl SessionConfig {
     pub fn new(protocol: ProtocolKind, role: Role) -> Self {
         SessionConfig {
@@ -118,10 +121,13 @@ impl SessionConfig {
             .iter()
             .try_fold(0u64, |a, n| a.checked_add(*n))
             .ok_or_else(|| PsiError::Malformed("item counts overflow".into()))?;
-        if total > self.max_peer_items {
+        // Whatever the setting, no more than 2^40 (10^12) items: the sizes derived from the
+        // announced counts (bins, outputs, ranges) stay far from overflowing.
+        let cap = self.max_peer_items.min(MAX_PEER_ITEMS);
+        if total > cap {
             return Err(PsiError::TooManyItems {
                 announced: total,
-                cap: self.max_peer_items,
+                cap,
             });
         }
         let batch = ours.batch.min(theirs.batch).clamp(1, MAX_BATCH as u32) as usize;

@@ -67,6 +67,22 @@ fn hellos_must_agree() {
             cap: 9
         }
     );
+
+    // A setting above the ceiling does not lift it: sizes derived from a count stay small
+    // enough not to overflow.
+    let mut unbounded = rc.clone();
+    unbounded.max_peer_items = u64::MAX;
+    let mut huge = sh.clone();
+    huge.items = vec![cleanroom_psi::MAX_PEER_ITEMS + 1];
+    assert_eq!(
+        unbounded.agree(&rh, &huge).unwrap_err(),
+        PsiError::TooManyItems {
+            announced: cleanroom_psi::MAX_PEER_ITEMS + 1,
+            cap: cleanroom_psi::MAX_PEER_ITEMS
+        }
+    );
+    huge.items = vec![cleanroom_psi::MAX_PEER_ITEMS];
+    assert!(unbounded.agree(&rh, &huge).is_ok());
 }
 
 /// Parties for a run, after agreeing.
