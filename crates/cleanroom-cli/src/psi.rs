@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use cleanroom_identity::config::PrepareConfig;
-use cleanroom_identity::normalise::{IdKind, Invalid, NormaliseOptions, normalise};
+use cleanroom_identity::normalise::{
+    IdKind, Invalid, NormaliseOptions, normalise, region_is_known,
+};
 use cleanroom_psi::group::Kinds;
 use cleanroom_psi::side::{SideInputs, SideRule, check_side};
 use cleanroom_psi::{
@@ -48,8 +50,9 @@ pub enum PsiCmd {
         /// The listening party's HOST:PORT.
         #[arg(long)]
         peer: String,
-        /// Keep retrying a refused connection this long (the peer may still be reading its input).
-        #[arg(long, default_value_t = 60)]
+        /// Keep retrying a refused connection this long, in seconds, at most a week (the peer
+        /// may still be reading its input).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(..=604_800))]
         connect_timeout: u64,
         #[command(flatten)]
         run: Box<RunArgs>,
@@ -190,7 +193,15 @@ pub async fn run(cmd: PsiCmd, json_out: bool) -> Result<()> {
                 plan.config.protocol.as_str(),
                 plan.config.role.as_str()
             );
-            let conn = cleanroom_psi_net::accept(&listener, plan.tls.clone(), plan.limits).await?;
+            let conn = cleanroom_psi_net::accept_peer(
+                &listener,
+                plan.tls.clone(),
+                plan.limits,
+                &mut |from, e| {
+                    eprintln!("psi: refused a connection from {from}: {e}; still listening");
+                },
+            )
+            .await?;
             drop(listener);
             finish(&plan, conn, input, json_out).await
         }
@@ -223,9 +234,17 @@ fn keygen(dir: &Path, force: bool, json_out: bool) -> Result<()> {
         );
     }
     let (cert_pem, key_pem) = Identity::generate_pem()?;
-    write_private(&key, key_pem.as_bytes())?;
-    std::fs::write(&cert, cert_pem.as_bytes())
-        .with_context(|| format!("cannot write {}", cert.display()))?;
+    // Each file appears whole or not at all (the key owner-only); without --force neither
+    // replaces a file that appeared since the check above.
+    write_file_atomically(&key, force, &mut |f| Ok(f.write_all(key_pem.as_bytes())?))?;
+    write_file_atomically(&cert, force, &mut |f| {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(f.write_all(cert_pem.as_bytes())?)
+    })?;
     let fp = Identity::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?.fingerprint();
     if json_out {
         println!(
@@ -239,22 +258,6 @@ fn keygen(dir: &Path, force: bool, json_out: bool) -> Result<()> {
         println!("private key: {} (keep it secret)", key.display());
         println!("certificate SHA-256 (give it to the other party): {fp}");
     }
-    Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
     Ok(())
 }
 
@@ -273,13 +276,19 @@ struct Plan {
 #[derive(Default)]
 struct ReadStats {
     rows: u64,
+    valid: Vec<u64>,
     invalid: Vec<u64>,
+    /// Rows whose value cell was empty (counted as 0).
+    empty_values: u64,
     seconds: f64,
 }
 
 /// Parses the flags, loads the credentials, and reads and blinds the input.
 fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
     let flags = check_flags(run)?;
+    if let Some(path) = &run.output {
+        check_output(path)?;
+    }
     if let Some(t) = run.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
@@ -299,8 +308,23 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
         ..Limits::default()
     };
     let (input, record_ids, read) = read_input(run, &flags)?;
-    if !run.quiet {
-        report_read(run, &flags, &read, &input);
+    report_read(run, &flags, &read, &input);
+    // A column in which nothing is valid is a wrong column or a wrong region, not data: it
+    // could never match, and a session would only say "0 matches".
+    for (i, label) in flags.labels.iter().enumerate() {
+        if read.valid[i] == 0 && read.invalid[i] > 0 {
+            let region = if flags.id_kinds[i] == IdKind::Phone {
+                " and the default region of national numbers"
+            } else {
+                ""
+            };
+            bail!(
+                "none of the {} values of column {:?} is a valid {label}: check that the column \
+                 holds {label}s{region}",
+                read.invalid[i],
+                flags.columns[i]
+            );
+        }
     }
     Ok((
         Plan {
@@ -374,6 +398,14 @@ fn check_flags(run: &RunArgs) -> Result<Flags> {
     if let Err(rule) = check_side(protocol, role, &side) {
         bail!("{}", side_rule_message(rule, protocol));
     }
+    if let Some(m) = run.max_value
+        && i64::try_from(m).is_err()
+    {
+        bail!(
+            "--max-value {m} is too large: at most {} (a value is a signed 64-bit integer)",
+            i64::MAX
+        );
+    }
     let max_value = if values_holder { run.max_value } else { None };
     Ok(Flags {
         protocol,
@@ -442,6 +474,7 @@ fn read_input(
         })?;
     }
     let mut read = ReadStats {
+        valid: vec![0; labels.len()],
         invalid: vec![0; labels.len()],
         ..ReadStats::default()
     };
@@ -462,7 +495,10 @@ fn read_input(
                     // The same normalisers as `cleanroom prepare`; an invalid value is counted
                     // and treated as absent (it could never match).
                     Some(raw) => match normalise(id_kinds[i], raw, &options[i]) {
-                        Ok(n) => Some(n),
+                        Ok(n) => {
+                            read.valid[i] += 1;
+                            Some(n)
+                        }
                         Err(Invalid::Empty) => None,
                         Err(_) => {
                             read.invalid[i] += 1;
@@ -477,7 +513,10 @@ fn read_input(
                     Some(v) => Some(v.trim().parse::<i64>().with_context(|| {
                         format!("row {}: column {col} is not an integer", read.rows + 1)
                     })?),
-                    None => Some(0),
+                    None => {
+                        read.empty_values += 1;
+                        Some(0)
+                    }
                 },
                 None => None,
             };
@@ -505,18 +544,21 @@ fn report_read(run: &RunArgs, flags: &Flags, read: &ReadStats, input: &PreparedI
         ProtocolKind::IntersectionOt => "hashed",
         _ => "blinded",
     };
-    eprintln!(
-        "psi: read {} rows from {} and {how} them in {:.1} s",
-        read.rows,
-        run.input.display(),
-        read.seconds
-    );
+    // Progress-like lines follow --quiet; what is wrong with the data is always said.
+    if !run.quiet {
+        eprintln!(
+            "psi: read {} rows from {} and {how} them in {:.1} s",
+            read.rows,
+            run.input.display(),
+            read.seconds
+        );
+    }
     for (label, n) in labels.iter().zip(&read.invalid) {
         if *n > 0 {
             eprintln!("psi: {n} {label} values are not valid {label}s and are treated as absent");
         }
     }
-    if input.spilled_bytes() > 0 {
+    if input.spilled_bytes() > 0 && !run.quiet {
         eprintln!(
             "psi: the hashed identifiers take {:.1} MB, sealed in temporary files (memory stays \
              at one bucket's worth)",
@@ -527,6 +569,12 @@ fn report_read(run: &RunArgs, flags: &Flags, read: &ReadStats, input: &PreparedI
         eprintln!(
             "psi: {} rows have no identifier and cannot match",
             input.rows_without_id()
+        );
+    }
+    if read.empty_values > 0 {
+        eprintln!(
+            "psi: {} rows have an empty value, counted as 0",
+            read.empty_values
         );
     }
     if input.values_clamped() > 0 {
@@ -553,10 +601,69 @@ async fn finish(
         .await;
     reporter.done();
     let report = report?;
-    if let (Outcome::Intersection(out), Some(path)) = (&report.outcome, &plan.output) {
-        write_matches(path, out, &plan.kinds, plan.record_ids.as_deref())?;
+    // The counts are shown even if the matches cannot be written (the session is over).
+    let written = match (&report.outcome, &plan.output) {
+        (Outcome::Intersection(out), Some(path)) => {
+            write_matches(path, out, &plan.kinds, plan.record_ids.as_deref())
+        }
+        _ => Ok(()),
+    };
+    print_report(plan, &report, &own_items, rows_without_id, json_out)?;
+    written
+}
+
+/// The directory a file at `path` goes into.
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
     }
-    print_report(plan, &report, &own_items, rows_without_id, json_out)
+}
+
+/// Before a session that may take hours: the matches file can be created where asked.
+fn check_output(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("--output {}: a directory, not a file", path.display());
+    }
+    let dir = parent_dir(path);
+    tempfile::NamedTempFile::new_in(&dir).with_context(|| {
+        format!(
+            "--output {}: cannot create a file in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Writes what `fill` writes into a new owner-only file beside `path`, fsyncs it and renames
+/// it to `path` (over an existing file only if `replace`), then fsyncs the directory. A
+/// failure or a kill at any point leaves `path` as it was and no partial file behind.
+fn write_file_atomically(
+    path: &Path,
+    replace: bool,
+    fill: &mut dyn FnMut(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
+    let dir = parent_dir(path);
+    // NamedTempFile is created 0600 and removed if we fail before persisting it.
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    fill(tmp.as_file_mut()).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if replace {
+        tmp.persist(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    } else {
+        tmp.persist_noclobber(path)
+            .with_context(|| format!("cannot write {} (it may exist already)", path.display()))?;
+    }
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 fn write_matches(
@@ -565,26 +672,23 @@ fn write_matches(
     kinds: &Kinds,
     record_ids: Option<&[String]>,
 ) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
-    match record_ids {
-        Some(_) => w.write_record(["row", "matched_on", "record_id"])?,
-        None => w.write_record(["row", "matched_on"])?,
-    }
-    for (row, kind) in out.matched_rows() {
-        let r = row.to_string();
-        let k = kinds.label(kind as usize);
+    write_file_atomically(path, true, &mut |file| {
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
         match record_ids {
-            Some(ids) => w.write_record([r.as_str(), k, ids[row as usize].as_str()])?,
-            None => w.write_record([r.as_str(), k])?,
+            Some(_) => w.write_record(["row", "matched_on", "record_id"])?,
+            None => w.write_record(["row", "matched_on"])?,
         }
-    }
-    w.flush()?;
-    drop(w);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        for (row, kind) in out.matched_rows() {
+            let r = row.to_string();
+            let k = kinds.label(kind as usize);
+            match record_ids {
+                Some(ids) => w.write_record([r.as_str(), k, ids[row as usize].as_str()])?,
+                None => w.write_record([r.as_str(), k])?,
+            }
+        }
+        w.flush()?;
+        Ok(())
+    })
 }
 
 fn print_report(
@@ -799,9 +903,18 @@ fn identifier_columns(run: &RunArgs) -> Result<(Vec<IdKind>, Vec<String>, Vec<No
                 kinds.push(IdKind::parse(kind)?);
                 columns.push(column.to_owned());
             }
+            // Checked as `cleanroom prepare` checks its configuration's.
+            let region = run.default_region.trim().to_ascii_uppercase();
+            if !region_is_known(&region) {
+                bail!(
+                    "--default-region {:?} is not an ISO 3166-1 alpha-2 code with a numbering \
+                     plan (e.g. GB, US, DE)",
+                    run.default_region
+                );
+            }
             let options = NormaliseOptions {
                 gmail_rules: run.gmail_rules,
-                default_region: run.default_region.clone(),
+                default_region: region,
             };
             let n = kinds.len();
             (kinds, columns, vec![options; n])
@@ -873,9 +986,9 @@ mod table {
             .map(|w| find(&header, w, path))
             .collect::<Result<Vec<_>>>()?;
         let mut rec = csv::StringRecord::new();
-        let mut line = 1u64;
         loop {
-            line += 1;
+            // Where the next record starts (a quoted cell may span lines).
+            let line = r.position().line();
             let more = r
                 .read_record(&mut rec)
                 .with_context(|| format!("{}: line {line} is not valid CSV", path.display()))?;
@@ -897,10 +1010,20 @@ mod table {
         row: &mut dyn FnMut(&[Option<&str>]) -> Result<()>,
     ) -> Result<()> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .with_context(|| format!("{} is not a readable Parquet file", path.display()))?
-            .with_batch_size(8192)
-            .build()?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+        // The columns are checked before any row, as a CSV's header is (a file without rows
+        // and a mistyped column would otherwise pass as an empty input).
+        let header: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        for w in wanted {
+            find(&header, w, path)?;
+        }
+        let reader = builder.with_batch_size(8192).build()?;
         for batch in reader {
             let batch = batch.with_context(|| format!("reading {}", path.display()))?;
             let schema = batch.schema();

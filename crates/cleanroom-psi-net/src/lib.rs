@@ -67,13 +67,43 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// Accepts one peer on `listener` and completes the TLS handshake.
+/// Accepts one connection on `listener` and completes the TLS handshake: an error if that
+/// connection is not the pinned peer. See [`accept_peer`] to wait past such connections.
 pub async fn accept(
     listener: &TcpListener,
     tls: Arc<TlsSetup>,
     limits: Limits,
 ) -> Result<Connection, NetError> {
     let (tcp, _) = listener.accept().await?;
+    handshake(tcp, tls, limits).await
+}
+
+/// Accepts connections on `listener` until one completes the TLS handshake as the pinned
+/// peer. A connection that fails it (not TLS, another certificate, too slow) is closed and
+/// told to `refused` with its address, and the next one is awaited: a port scanner or a
+/// misconfigured attempt does not end the session the real peer is coming to. Only a failure
+/// of the listener itself ends the wait. Connections are handled one at a time, each within
+/// the IO timeout.
+pub async fn accept_peer(
+    listener: &TcpListener,
+    tls: Arc<TlsSetup>,
+    limits: Limits,
+    refused: &mut (dyn FnMut(std::net::SocketAddr, &NetError) + Send),
+) -> Result<Connection, NetError> {
+    loop {
+        let (tcp, from) = listener.accept().await?;
+        match handshake(tcp, tls.clone(), limits).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => refused(from, &e),
+        }
+    }
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    tls: Arc<TlsSetup>,
+    limits: Limits,
+) -> Result<Connection, NetError> {
     let _ = tcp.set_nodelay(true);
     let (counting, counters) = Counting::new(tcp);
     let acceptor = TlsAcceptor::from(tls.server.clone());

@@ -295,6 +295,14 @@ fn two_processes_compute_the_intersection_and_the_sum_exactly() {
         expected_csv.push_str(&format!("{i},{k},c{i}\n"));
     }
     assert_eq!(std::fs::read_to_string(&matches).unwrap(), expected_csv);
+    // Written through a temporary file beside it, owner-only, renamed into place.
+    assert_no_temporary_files(tmp.path());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&matches).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     // Sum to the values holder: the listening side is the receiver and holds the values, with
     // its identifier columns taken from a `cleanroom prepare` configuration; the sender reads
@@ -478,35 +486,210 @@ fn the_sums_refuse_what_they_cannot_honour() {
     assert!(e.contains("--sum-to only applies to --protocol sum"), "{e}");
 }
 
+fn assert_no_temporary_files(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(".tmp") && !name.ends_with(".tmp"),
+            "left behind: {name}"
+        );
+    }
+}
+
 #[test]
-fn a_wrong_pin_is_refused_by_both_processes() {
+fn bad_flags_and_inputs_are_refused_before_connecting() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = parties(tmp.path());
     let input = tmp.path().join("in.csv");
-    std::fs::write(&input, "id\nx\ny\n").unwrap();
+    std::fs::write(&input, "id,v\nx,1\ny,2\n").unwrap();
+    // Nothing listens on port 9: a command that got as far as connecting would fail there,
+    // after the connect timeout, with another message.
+    let refused = |protocol: &str, input: &Path, extra: &[&str]| {
+        let mut argv: Vec<String> = ["psi", "connect", "--peer", "127.0.0.1:9"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.extend(args(&a, &b, protocol, input, extra));
+        if !extra.contains(&"--connect-timeout") {
+            argv.extend(["--connect-timeout".to_string(), "1".to_string()]);
+        }
+        let out = Command::new(BIN).args(&argv).output().unwrap();
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty(), "errors go to stderr");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The matches file must be creatable before a session that may take hours.
+    let missing = tmp.path().join("no-such-dir").join("m.csv");
+    let output = |path: &Path| -> Vec<String> {
+        ["--receiver", "--id", "opaque:id", "--output"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([path.display().to_string()])
+            .collect()
+    };
+    let argv = output(&missing);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let e = refused("intersection", &input, &argv);
+    assert!(
+        e.contains("--output") && e.contains("cannot create a file in"),
+        "{e}"
+    );
+    let argv = output(tmp.path());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let e = refused("intersection", &input, &argv);
+    assert!(e.contains("a directory, not a file"), "{e}");
+
+    // A region without a numbering plan, and a column in which nothing is a valid phone.
+    let e = refused(
+        "cardinality",
+        &input,
+        &["--id", "phone:id", "--default-region", "USA"],
+    );
+    assert!(
+        e.contains("--default-region \"USA\" is not an ISO 3166-1"),
+        "{e}"
+    );
+    let e = refused("cardinality", &input, &["--id", "phone:id"]);
+    assert!(
+        e.contains("none of the 2 values of column \"id\" is a valid phone"),
+        "{e}"
+    );
+
+    // A value bound beyond a signed 64-bit integer; a connect timeout beyond a week.
+    let e = refused(
+        "sum",
+        &input,
+        &[
+            "--id",
+            "opaque:id",
+            "--value-column",
+            "v",
+            "--max-value",
+            "9223372036854775808",
+        ],
+    );
+    assert!(
+        e.contains("--max-value 9223372036854775808 is too large"),
+        "{e}"
+    );
+    let e = refused(
+        "cardinality",
+        &input,
+        &["--id", "opaque:id", "--connect-timeout", "604801"],
+    );
+    assert!(e.contains("604800"), "{e}");
+
+    // A CSV error names the line where the bad record starts, counting the lines of a quoted
+    // cell that spans two.
+    let ragged = tmp.path().join("ragged.csv");
+    std::fs::write(&ragged, "id,v\n\"a\nb\",1\nc\n").unwrap();
+    let e = refused("cardinality", &ragged, &["--id", "opaque:id"]);
+    assert!(e.contains("line 4 is not valid CSV"), "{e}");
+
+    // A Parquet file without rows still has its columns checked.
+    let empty = tmp.path().join("empty.parquet");
+    {
+        use arrow::array::{ArrayRef, RecordBatch, StringArray};
+        let batch = RecordBatch::try_from_iter([(
+            "mail",
+            std::sync::Arc::new(StringArray::from(Vec::<String>::new())) as ArrayRef,
+        )])
+        .unwrap();
+        let file = std::fs::File::create(&empty).unwrap();
+        let w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.close().unwrap();
+    }
+    let e = refused("cardinality", &empty, &["--id", "email:mial"]);
+    assert!(e.contains("has no column \"mial\""), "{e}");
+}
+
+#[test]
+fn keygen_replaces_a_key_only_when_asked_and_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("k");
+    let (cert, key, fp) = keygen(&dir);
+    let run_keygen = |force: bool| {
+        let mut c = Command::new(BIN);
+        c.args(["--json", "psi", "keygen", "--out"]).arg(&dir);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let out = run_keygen(false);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --force to replace it"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A key someone made readable to others is replaced by an owner-only one.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let v = json(&run_keygen(true));
+        assert_ne!(v["cert_sha256"].as_str().unwrap(), fp, "a new key pair");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&cert), 0o644);
+    }
+    // Only the two files, nothing half-written beside them.
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["psi-cert.pem", "psi-key.pem"]);
+}
+
+#[test]
+fn a_wrong_pin_is_refused_and_the_listener_waits_for_its_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = parties(tmp.path());
+    let (cert, key, fp) = keygen(&tmp.path().join("c"));
+    let c = Party { cert, key, fp };
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "id\nx\ny\nz\n").unwrap();
+    // B listens for A.
+    let (server, addr) = serve(&b, &a, "cardinality", &input, &["--id", "opaque:id"]);
+    let receiver = ["--receiver", "--id", "opaque:id"];
+
+    // C, pinning B's certificate, is not the peer B pinned: B refuses it.
+    let (ok, _, err) =
+        connect(&c, &b, &addr, "cardinality", &input, &receiver).wait(Duration::from_secs(30));
+    assert!(!ok);
+    // With --json the error is problem details on stderr.
+    assert!(
+        err.contains(r#""code":"cli_error""#) && err.contains("TLS"),
+        "{err}"
+    );
+    // A, pinning the wrong certificate for B, refuses B.
     let wrong = Party {
         cert: b.cert.clone(),
         key: b.key.clone(),
         fp: "00".repeat(32),
     };
-    let (server, addr) = serve(&b, &wrong, "cardinality", &input, &["--id", "opaque:id"]);
-    let client = connect(
-        &a,
-        &b,
-        &addr,
-        "cardinality",
-        &input,
-        &["--receiver", "--id", "opaque:id"],
-    );
-    let (ok_c, _, err_c) = client.wait(Duration::from_secs(30));
+    let (ok, _, err) =
+        connect(&a, &wrong, &addr, "cardinality", &input, &receiver).wait(Duration::from_secs(30));
+    assert!(!ok);
+    assert!(err.contains("is not the pinned one"), "{err}");
+    // Something that does not speak TLS at all, as a port scanner.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    }
+
+    // B is still listening, and the session with A runs.
+    let client = connect(&a, &b, &addr, "cardinality", &input, &receiver);
+    let (ok_c, out_c, err_c) = client.wait(Duration::from_secs(30));
     let (ok_s, _, err_s) = server.wait(Duration::from_secs(10));
-    assert!(!ok_c && !ok_s);
-    assert!(err_s.contains("is not the pinned one"), "{err_s}");
-    // With --json the error is problem details on stderr.
-    assert!(
-        err_c.contains(r#""code":"cli_error""#) && err_c.contains("TLS"),
-        "{err_c}"
+    assert!(ok_c && ok_s, "client: {err_c}\nserver: {err_s}");
+    let r: serde_json::Value = serde_json::from_str(&out_c).unwrap();
+    assert_eq!(r["matched_total"], 3);
+    assert_eq!(
+        err_s.matches("still listening").count(),
+        3,
+        "one line per refused connection: {err_s}"
     );
+    assert!(err_s.contains("TLS"), "{err_s}");
 }
 
 #[test]

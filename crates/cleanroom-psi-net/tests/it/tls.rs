@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use cleanroom_psi::{MatchCounts, Outcome, ProtocolKind, Role};
-use cleanroom_psi_net::{Limits, NetError, accept, connect};
+use cleanroom_psi_net::{Limits, NetError, accept, accept_peer, connect};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -104,6 +104,68 @@ async fn a_peer_with_another_certificate_is_refused() {
     assert!(matches!(s, NetError::PinMismatch { .. }), "{s}");
     assert!(s.to_string().contains("is not the pinned one"), "{s}");
     assert!(c.to_string().contains("TLS"), "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_waits_past_garbage_and_strangers_for_its_peer() {
+    let ((a, a_fp), (b, b_fp)) = identities();
+    let ((_, _), (mallory, _)) = identities();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let a_fp_for_mallory = a.fingerprint();
+    let (ta, tb, tm) = (
+        setup(a, &b_fp),
+        setup(b, &a_fp),
+        setup(mallory, &a_fp_for_mallory),
+    );
+    let server = tokio::spawn(async move {
+        let mut refused = Vec::new();
+        let conn = accept_peer(&listener, ta, limits(), &mut |_, e| refused.push(e.code())).await?;
+        let cfg = config(ProtocolKind::Cardinality, Role::Sender);
+        let r = conn
+            .run(
+                &cfg,
+                input(ProtocolKind::Cardinality, Role::Sender, 0..30),
+                &mut |_| {},
+            )
+            .await?;
+        Ok::<_, NetError>((r, refused))
+    });
+    // Plain text, then a stranger with a certificate of its own.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let stranger = async {
+        let conn = connect(&addr, tm, limits(), Duration::from_secs(5)).await?;
+        let cfg = config(ProtocolKind::Cardinality, Role::Receiver);
+        conn.run(
+            &cfg,
+            input(ProtocolKind::Cardinality, Role::Receiver, 0..10),
+            &mut |_| {},
+        )
+        .await
+    };
+    assert!(stranger.await.is_err());
+    drop(s);
+    // Then the peer.
+    let conn = connect(&addr, tb, limits(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let cfg = config(ProtocolKind::Cardinality, Role::Receiver);
+    let r = conn
+        .run(
+            &cfg,
+            input(ProtocolKind::Cardinality, Role::Receiver, 20..50),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    let (s, refused) = server.await.unwrap().unwrap();
+    let want = Outcome::Cardinality(MatchCounts::new(vec![10], false));
+    assert_eq!(r.outcome, want);
+    assert_eq!(s.outcome, want);
+    assert_eq!(refused, ["tls_handshake", "pin_mismatch"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
