@@ -183,6 +183,12 @@ pub async fn run(cmd: PsiCmd, json_out: bool) -> Result<()> {
     match cmd {
         PsiCmd::Keygen { out, force } => keygen(&out, force, json_out),
         PsiCmd::Serve { listen, run } => {
+            // The address is tried before the input is read (which may take minutes), so a
+            // port in use is said at once; it is bound for good once the input is ready.
+            drop(
+                std::net::TcpListener::bind(&listen)
+                    .with_context(|| format!("cannot listen on {listen}"))?,
+            );
             let (plan, input) = prepare(&run)?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await

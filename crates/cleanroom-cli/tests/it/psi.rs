@@ -579,6 +579,19 @@ fn bad_flags_and_inputs_are_refused_before_connecting() {
     );
     assert!(e.contains("604800"), "{e}");
 
+    // A port in use is said before the input is read (the input here would be refused).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let mut argv: Vec<String> = ["psi", "serve", "--listen", port.as_str()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    argv.extend(args(&a, &b, "cardinality", &input, &["--id", "phone:id"]));
+    let out = Command::new(BIN).args(&argv).output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(&format!("cannot listen on {port}")), "{e}");
+
     // A CSV error names the line where the bad record starts, counting the lines of a quoted
     // cell that spans two.
     let ragged = tmp.path().join("ragged.csv");
