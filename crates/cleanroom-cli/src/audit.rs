@@ -12,6 +12,7 @@ use cleanroom_server::wire::{AuditEntryOut, AuditPage, HeadOut};
 
 use crate::AuditCmd;
 use crate::client::{Client, seg};
+use crate::files::AtomicFile;
 use crate::output;
 
 /// Downloads a whole chain page by page. Each page comes with the chain's head read in the
@@ -154,11 +155,9 @@ impl Pins {
         );
         let dir = path.parent().context("configuration path")?;
         std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        serde_json::to_writer_pretty(&mut tmp, &self.map)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path)?;
-        Ok(())
+        let mut file = AtomicFile::beside(&path)?;
+        serde_json::to_writer_pretty(file.file(), &self.map)?;
+        file.commit(true)
     }
 }
 

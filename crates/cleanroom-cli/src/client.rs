@@ -209,13 +209,7 @@ impl Client {
             }
             .into());
         }
-        let dir = match dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        // NamedTempFile is created 0600 and deleted if we fail before persisting it.
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let mut file = crate::files::AtomicFile::beside(dest)?;
         let mut written = 0u64;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body
@@ -223,17 +217,12 @@ impl Client {
             .await
             .context("the download was cut short; nothing was written")?
         {
-            tmp.write_all(&chunk)
-                .with_context(|| format!("cannot write into {}", dir.display()))?;
+            file.file()
+                .write_all(&chunk)
+                .with_context(|| format!("cannot write {}", dest.display()))?;
             written += chunk.len() as u64;
         }
-        tmp.as_file().sync_all()?;
-        tmp.persist(dest)
-            .with_context(|| format!("cannot write {}", dest.display()))?;
-        #[cfg(unix)]
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
+        file.commit(true)?;
         Ok(written)
     }
 

@@ -7,6 +7,7 @@ mod client;
 mod cluster;
 mod commands;
 mod demo;
+mod files;
 mod memory;
 mod output;
 mod prepare;

@@ -23,6 +23,8 @@ use cleanroom_psi::{
 };
 use cleanroom_psi_net::{Identity, Limits, PeerPin, Progress, Report, TlsSetup};
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::files::AtomicFile;
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -242,15 +244,22 @@ fn keygen(dir: &Path, force: bool, json_out: bool) -> Result<()> {
     let (cert_pem, key_pem) = Identity::generate_pem()?;
     // Each file appears whole or not at all (the key owner-only); without --force neither
     // replaces a file that appeared since the check above.
-    write_file_atomically(&key, force, &mut |f| Ok(f.write_all(key_pem.as_bytes())?))?;
-    write_file_atomically(&cert, force, &mut |f| {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        }
-        Ok(f.write_all(cert_pem.as_bytes())?)
-    })?;
+    let mut k = AtomicFile::beside(&key)?;
+    k.file()
+        .write_all(key_pem.as_bytes())
+        .with_context(|| format!("cannot write {}", key.display()))?;
+    k.commit(force)?;
+    let mut c = AtomicFile::beside(&cert)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        c.file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    c.file()
+        .write_all(cert_pem.as_bytes())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    c.commit(force)?;
     let fp = Identity::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?.fingerprint();
     if json_out {
         println!(
@@ -618,57 +627,12 @@ async fn finish(
     written
 }
 
-/// The directory a file at `path` goes into.
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 /// Before a session that may take hours: the matches file can be created where asked.
 fn check_output(path: &Path) -> Result<()> {
     if path.is_dir() {
         bail!("--output {}: a directory, not a file", path.display());
     }
-    let dir = parent_dir(path);
-    tempfile::NamedTempFile::new_in(&dir).with_context(|| {
-        format!(
-            "--output {}: cannot create a file in {}",
-            path.display(),
-            dir.display()
-        )
-    })?;
-    Ok(())
-}
-
-/// Writes what `fill` writes into a new owner-only file beside `path`, fsyncs it and renames
-/// it to `path` (over an existing file only if `replace`), then fsyncs the directory. A
-/// failure or a kill at any point leaves `path` as it was and no partial file behind.
-fn write_file_atomically(
-    path: &Path,
-    replace: bool,
-    fill: &mut dyn FnMut(&mut std::fs::File) -> Result<()>,
-) -> Result<()> {
-    let dir = parent_dir(path);
-    // NamedTempFile is created 0600 and removed if we fail before persisting it.
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    fill(tmp.as_file_mut()).with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    if replace {
-        tmp.persist(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    } else {
-        tmp.persist_noclobber(path)
-            .with_context(|| format!("cannot write {} (it may exist already)", path.display()))?;
-    }
-    #[cfg(unix)]
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    AtomicFile::beside(path).with_context(|| format!("--output {}", path.display()))?;
     Ok(())
 }
 
@@ -678,8 +642,9 @@ fn write_matches(
     kinds: &Kinds,
     record_ids: Option<&[String]>,
 ) -> Result<()> {
-    write_file_atomically(path, true, &mut |file| {
-        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    let mut file = AtomicFile::beside(path)?;
+    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file.file()));
+    let written = (|| -> Result<()> {
         match record_ids {
             Some(_) => w.write_record(["row", "matched_on", "record_id"])?,
             None => w.write_record(["row", "matched_on"])?,
@@ -694,7 +659,10 @@ fn write_matches(
         }
         w.flush()?;
         Ok(())
-    })
+    })();
+    drop(w);
+    written.with_context(|| format!("cannot write {}", path.display()))?;
+    file.commit(true)
 }
 
 fn print_report(

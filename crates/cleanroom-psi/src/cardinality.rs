@@ -68,13 +68,14 @@ impl ReceiverExchanging {
         };
         let w = session.kinds.len();
         let n = (points.len() / w) as u64;
+        let per_msg = records_per_message(session.batch, w);
         Ok(ReceiverExchanging {
             sink: SetSink::new(session.peer_items.clone(), session.batch),
-            per_msg: records_per_message(session.batch, w),
+            per_msg,
             set_ended: false,
             pos: 0,
             end_sent: false,
-            returned: Expect::new(vec![n], records_per_message(session.batch, w)),
+            returned: Expect::new(vec![n], per_msg),
             returned_ended: false,
             counts: vec![0; w],
             rounds: Rounds::default(),

@@ -225,7 +225,6 @@ impl ReceiverAwaitingChoices {
             code: Code::new(&self.seed, &seed),
             prgs,
             dummies,
-            chunk: chunk_bins(start.session.batch),
             batch: start.session.batch,
             shape: self.shape,
             bucket: 0,
@@ -297,8 +296,8 @@ pub struct ReceiverExtending {
     code: Code,
     prgs: Vec<[Prg; 2]>,
     dummies: Xoshiro256PlusPlus,
-    chunk: usize,
-    /// Outputs per message at most (the sender sends a batch at a time).
+    /// The session's batch: bins per chunk of columns ([`chunk_bins`]), and outputs per
+    /// message at most (the sender sends a batch at a time).
     batch: usize,
     bucket: usize,
     loaded: Option<RBucket>,
@@ -322,7 +321,7 @@ impl ReceiverExtending {
             return Ok(Emit::More(Message::OtBucket { hash_key }, self));
         };
         let bins = self.shape.bins;
-        let (b0, c) = (self.next, self.chunk.min(bins - self.next));
+        let (b0, c) = (self.next, chunk_bins(self.batch).min(bins - self.next));
         let (table, items) = (&bucket.table, &bucket.items);
         // Row b of d: the code word of the bin's item with its hash index, or of a random word.
         let words: Vec<u128> = (b0..b0 + c)

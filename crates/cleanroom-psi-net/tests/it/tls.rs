@@ -17,6 +17,17 @@ fn limits() -> Limits {
     }
 }
 
+/// Runs cardinality as `role` with the identifiers `ids`, without progress reports.
+async fn cardinality(
+    conn: cleanroom_psi_net::Connection,
+    role: Role,
+    ids: std::ops::Range<u32>,
+) -> Result<cleanroom_psi_net::Report, NetError> {
+    let p = ProtocolKind::Cardinality;
+    conn.run(&config(p, role), input(p, role, ids), &mut |_| {})
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_over_pinned_tls_gives_the_right_answer() {
     let ((a, a_fp), (b, b_fp)) = identities();
@@ -76,28 +87,12 @@ async fn a_peer_with_another_certificate_is_refused() {
     let server = tokio::spawn(async move {
         match accept(&listener, ta, limits()).await {
             Err(e) => Err(e),
-            Ok(conn) => {
-                let cfg = config(ProtocolKind::Cardinality, Role::Sender);
-                conn.run(
-                    &cfg,
-                    input(ProtocolKind::Cardinality, Role::Sender, 0..10),
-                    &mut |_| {},
-                )
-                .await
-                .map(|_| ())
-            }
+            Ok(conn) => cardinality(conn, Role::Sender, 0..10).await.map(|_| ()),
         }
     });
     let client = async {
         let conn = connect(&addr, tm, limits(), Duration::from_secs(5)).await?;
-        let cfg = config(ProtocolKind::Cardinality, Role::Receiver);
-        conn.run(
-            &cfg,
-            input(ProtocolKind::Cardinality, Role::Receiver, 0..10),
-            &mut |_| {},
-        )
-        .await
-        .map(|_| ())
+        cardinality(conn, Role::Receiver, 0..10).await.map(|_| ())
     };
     let c = client.await.unwrap_err();
     let s = server.await.unwrap().unwrap_err();
@@ -121,14 +116,7 @@ async fn the_listener_waits_past_garbage_and_strangers_for_its_peer() {
     let server = tokio::spawn(async move {
         let mut refused = Vec::new();
         let conn = accept_peer(&listener, ta, limits(), &mut |_, e| refused.push(e.code())).await?;
-        let cfg = config(ProtocolKind::Cardinality, Role::Sender);
-        let r = conn
-            .run(
-                &cfg,
-                input(ProtocolKind::Cardinality, Role::Sender, 0..30),
-                &mut |_| {},
-            )
-            .await?;
+        let r = cardinality(conn, Role::Sender, 0..30).await?;
         Ok::<_, NetError>((r, refused))
     });
     // Plain text, then a stranger with a certificate of its own.
@@ -138,13 +126,7 @@ async fn the_listener_waits_past_garbage_and_strangers_for_its_peer() {
         .unwrap();
     let stranger = async {
         let conn = connect(&addr, tm, limits(), Duration::from_secs(5)).await?;
-        let cfg = config(ProtocolKind::Cardinality, Role::Receiver);
-        conn.run(
-            &cfg,
-            input(ProtocolKind::Cardinality, Role::Receiver, 0..10),
-            &mut |_| {},
-        )
-        .await
+        cardinality(conn, Role::Receiver, 0..10).await
     };
     assert!(stranger.await.is_err());
     drop(s);
@@ -152,15 +134,7 @@ async fn the_listener_waits_past_garbage_and_strangers_for_its_peer() {
     let conn = connect(&addr, tb, limits(), Duration::from_secs(5))
         .await
         .unwrap();
-    let cfg = config(ProtocolKind::Cardinality, Role::Receiver);
-    let r = conn
-        .run(
-            &cfg,
-            input(ProtocolKind::Cardinality, Role::Receiver, 20..50),
-            &mut |_| {},
-        )
-        .await
-        .unwrap();
+    let r = cardinality(conn, Role::Receiver, 20..50).await.unwrap();
     let (s, refused) = server.await.unwrap().unwrap();
     let want = Outcome::Cardinality(MatchCounts::new(vec![10], false));
     assert_eq!(r.outcome, want);
