@@ -174,8 +174,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     temp_dir: Option<PathBuf>,
     /// Give up when the peer sends nothing for this many seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     idle_timeout: u64,
+    /// Give up when the session, from the connection on, takes longer than this many seconds
+    /// (default a day; at most 30 days): a peer cannot hold it open by sending a little just
+    /// before each idle timeout.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    session_timeout: u64,
     /// No progress reports on stderr.
     #[arg(long)]
     quiet: bool,
@@ -319,7 +324,8 @@ fn prepare(run: &RunArgs) -> Result<(Plan, PreparedInput)> {
     config.count_epsilon = run.epsilon_count;
     config.sum_epsilon = run.epsilon_sum;
     let limits = Limits {
-        idle_timeout: Duration::from_secs(run.idle_timeout.max(1)),
+        idle_timeout: Duration::from_secs(run.idle_timeout),
+        session_timeout: Duration::from_secs(run.session_timeout),
         ..Limits::default()
     };
     let (input, record_ids, read) = read_input(run, &flags)?;

@@ -33,6 +33,12 @@ pub enum NetError {
     /// The peer said nothing for too long.
     #[error("the peer sent nothing for {secs} s ({what}); giving up")]
     Timeout { what: &'static str, secs: u64 },
+    /// The session as a whole took longer than allowed ([`crate::Limits::session_timeout`]).
+    #[error(
+        "the session did not finish within {secs} s, the longest a session may take; giving up \
+         (`cleanroom psi` takes a longer one with --session-timeout)"
+    )]
+    SessionTimeout { secs: u64 },
     /// The peer announced a frame larger than we accept.
     #[error("the peer sent a frame of {size} bytes; at most {max} are accepted")]
     FrameTooLarge { size: u64, max: u64 },
@@ -59,6 +65,7 @@ impl NetError {
             NetError::PeerClosed(_) => "peer_closed",
             NetError::PeerAborted(_) => "peer_aborted",
             NetError::Timeout { .. } => "timeout",
+            NetError::SessionTimeout { .. } => "session_timeout",
             NetError::FrameTooLarge { .. } => "frame_too_large",
             NetError::Io(_) | NetError::WriterStopped => "io",
             NetError::Psi(e) => e.code(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::NetError;
 
@@ -24,6 +25,10 @@ pub struct Limits {
     pub io_timeout: Duration,
     /// Largest frame accepted.
     pub max_frame: usize,
+    /// Longest a whole session may take, from the connection to the last message. The idle
+    /// and IO timeouts bound each wait; this bounds their sum, so that a peer sending one
+    /// entry per message just before each idle timeout cannot hold the session for days.
+    pub session_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -32,9 +37,14 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(120),
             io_timeout: Duration::from_secs(60),
             max_frame: DEFAULT_MAX_FRAME,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
         }
     }
 }
+
+/// A day: an honest session at the default peer cap (10^8 identifiers) takes hours at most on
+/// two cores.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Bytes sent and received on the socket, TLS records and frame headers included.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +121,8 @@ pub struct Channel<S> {
     reader: ReadHalf<S>,
     writer: Option<WriteHalf<S>>,
     limits: Limits,
+    /// When the session must have ended (`None` if the timeout is too far to represent).
+    deadline: Option<Instant>,
 }
 
 /// What the writing task hands back: the write half if it is still usable (not after a write
@@ -184,11 +196,55 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
             reader,
             writer: Some(writer),
             limits,
+            deadline: Instant::now().checked_add(limits.session_timeout),
         }
     }
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Fails once the session's deadline ([`Limits::session_timeout`]) has passed.
+    pub fn check_deadline(&self) -> Result<(), NetError> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(self.deadline_passed()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Completes when the session's deadline passes (never, if it cannot be represented),
+    /// with the error to report.
+    pub async fn until_deadline(&self) -> NetError {
+        match self.deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+        self.deadline_passed()
+    }
+
+    fn deadline_passed(&self) -> NetError {
+        NetError::SessionTimeout {
+            secs: self.limits.session_timeout.as_secs(),
+        }
+    }
+
+    /// Waits for `fut` at most `limit` (else `timeout`), and never past the session's deadline.
+    async fn bounded<T>(
+        limit: Duration,
+        deadline: Option<Instant>,
+        fut: impl std::future::Future<Output = T>,
+        timeout: NetError,
+        deadline_passed: NetError,
+    ) -> Result<T, NetError> {
+        let (end, err) = match (Instant::now().checked_add(limit), deadline) {
+            (Some(l), Some(d)) if d < l => (Some(d), deadline_passed),
+            (None, Some(d)) => (Some(d), deadline_passed),
+            (l, _) => (l, timeout),
+        };
+        match end {
+            Some(end) => tokio::time::timeout_at(end, fut).await.map_err(|_| err),
+            None => Ok(fut.await),
+        }
     }
 
     pub async fn send(&mut self, payload: &[u8]) -> Result<(), NetError> {
@@ -271,18 +327,18 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
 
     pub async fn recv(&mut self) -> Result<Vec<u8>, NetError> {
         let mut len = [0u8; 4];
-        match tokio::time::timeout(self.limits.idle_timeout, self.reader.read_exact(&mut len)).await
-        {
-            Ok(r) => {
-                r?;
-            }
-            Err(_) => {
-                return Err(NetError::Timeout {
-                    what: "waiting for its next message",
-                    secs: self.limits.idle_timeout.as_secs(),
-                });
-            }
-        }
+        let (deadline, passed) = (self.deadline, self.deadline_passed());
+        Self::bounded(
+            self.limits.idle_timeout,
+            deadline,
+            self.reader.read_exact(&mut len),
+            NetError::Timeout {
+                what: "waiting for its next message",
+                secs: self.limits.idle_timeout.as_secs(),
+            },
+            passed,
+        )
+        .await??;
         let n = u32::from_be_bytes(len) as usize;
         if n > self.limits.max_frame {
             return Err(NetError::FrameTooLarge {
@@ -291,17 +347,18 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
             });
         }
         let mut buf = vec![0u8; n];
-        match tokio::time::timeout(self.limits.io_timeout, self.reader.read_exact(&mut buf)).await {
-            Ok(r) => {
-                r?;
-            }
-            Err(_) => {
-                return Err(NetError::Timeout {
-                    what: "in the middle of a message",
-                    secs: self.limits.io_timeout.as_secs(),
-                });
-            }
-        }
+        let passed = self.deadline_passed();
+        Self::bounded(
+            self.limits.io_timeout,
+            deadline,
+            self.reader.read_exact(&mut buf),
+            NetError::Timeout {
+                what: "in the middle of a message",
+                secs: self.limits.io_timeout.as_secs(),
+            },
+            passed,
+        )
+        .await??;
         Ok(buf)
     }
 

@@ -219,7 +219,10 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
         Err(e) => {
             // Tell the peer why we stop, when it is our decision (best effort, no data).
-            if matches!(e, NetError::Psi(_) | NetError::FrameTooLarge { .. }) {
+            if matches!(
+                e,
+                NetError::Psi(_) | NetError::FrameTooLarge { .. } | NetError::SessionTimeout { .. }
+            ) {
                 let mut frame = vec![ABORT];
                 frame.extend_from_slice(e.code().as_bytes());
                 let _ = tokio::time::timeout(Duration::from_secs(2), channel.send(&frame)).await;
@@ -302,13 +305,19 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
 ) -> Result<(), NetError> {
     let mut entries_done = 0u64;
     loop {
+        // Each wait below stops at the deadline too; this catches long computing.
+        channel.check_deadline()?;
         let action = tokio::task::block_in_place(|| party.next_action())?;
         match action {
             Action::Send(m) => {
                 entries_done += m.entries() as u64;
                 let bytes = m.encode();
                 drop(m);
-                if !writer.send(bytes).await {
+                let sent = tokio::select! {
+                    sent = writer.send(bytes) => sent,
+                    e = channel.until_deadline() => return Err(e),
+                };
+                if !sent {
                     return Err(NetError::WriterStopped);
                 }
             }

@@ -578,6 +578,25 @@ fn bad_flags_and_inputs_are_refused_before_connecting() {
         &["--id", "opaque:id", "--connect-timeout", "604801"],
     );
     assert!(e.contains("604800"), "{e}");
+    // No idle timeout of 0 (it used to become 1 s silently); no session timeout beyond 30 days.
+    let e = refused(
+        "cardinality",
+        &input,
+        &["--id", "opaque:id", "--idle-timeout", "0"],
+    );
+    assert!(
+        e.contains("--idle-timeout") && e.contains("1..=604800"),
+        "{e}"
+    );
+    let e = refused(
+        "cardinality",
+        &input,
+        &["--id", "opaque:id", "--session-timeout", "2592001"],
+    );
+    assert!(
+        e.contains("--session-timeout") && e.contains("2592000"),
+        "{e}"
+    );
 
     // A port in use is said before the input is read (the input here would be refused).
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -15,6 +15,7 @@ fn limits() -> Limits {
         idle_timeout: Duration::from_secs(3),
         io_timeout: Duration::from_secs(3),
         max_frame: 1 << 20,
+        session_timeout: Duration::from_secs(60),
     }
 }
 
@@ -198,6 +199,7 @@ async fn a_peer_that_stops_reading_is_reported_by_the_write_timeout_not_the_idle
             idle_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(1),
             max_frame: 1 << 20,
+            session_timeout: Duration::from_secs(60),
         };
         let mut ch = Channel::new(a, limits);
         let cfg = config(ProtocolKind::Intersection, Role::Receiver);
@@ -231,4 +233,127 @@ async fn a_peer_that_stops_reading_is_reported_by_the_write_timeout_not_the_idle
         started.elapsed()
     );
     drop(p);
+}
+
+/// Copies frames from `from` to `to`, each `delay` after the previous one was passed on.
+async fn trickle(
+    mut from: tokio::io::ReadHalf<DuplexStream>,
+    mut to: tokio::io::WriteHalf<DuplexStream>,
+    delay: Duration,
+) {
+    loop {
+        let mut len = [0u8; 4];
+        if from.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+        if from.read_exact(&mut b).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        if to.write_all(&frame(&b)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_trickles_its_messages_meets_the_session_deadline() {
+    // A real sender whose every message reaches the receiver 200 ms after the one before:
+    // never near the idle timeout (3 s), but its 25 set messages alone take 5 s, more than
+    // the 2 s the receiver allows a session.
+    let (a, wire_a) = duplex(1 << 20);
+    let (b, wire_b) = duplex(1 << 20);
+    let cfg = |role| {
+        let mut c = config(ProtocolKind::Intersection, role);
+        c.batch = 8;
+        c
+    };
+    let (rcfg, scfg) = (cfg(Role::Receiver), cfg(Role::Sender));
+    let started = std::time::Instant::now();
+    let receiver = tokio::spawn(async move {
+        let limits = Limits {
+            session_timeout: Duration::from_secs(2),
+            ..limits()
+        };
+        let r = run_session(
+            &mut Channel::new(a, limits),
+            &Counters::default(),
+            &rcfg,
+            input(ProtocolKind::Intersection, Role::Receiver, 0..200),
+            &mut |_| {},
+        )
+        .await;
+        (r.map(|_| ()), started.elapsed())
+    });
+    let sender = tokio::spawn(async move {
+        run_session(
+            &mut Channel::new(b, limits()),
+            &Counters::default(),
+            &scfg,
+            input(ProtocolKind::Intersection, Role::Sender, 0..200),
+            &mut |_| {},
+        )
+        .await
+        .map(|_| ())
+    });
+    let (from_receiver, to_receiver) = tokio::io::split(wire_a);
+    let (from_sender, to_sender) = tokio::io::split(wire_b);
+    tokio::spawn(trickle(from_receiver, to_sender, Duration::ZERO));
+    tokio::spawn(trickle(
+        from_sender,
+        to_receiver,
+        Duration::from_millis(200),
+    ));
+    let (r, took) = receiver.await.unwrap();
+    let e = r.unwrap_err();
+    assert!(matches!(e, NetError::SessionTimeout { secs: 2 }), "{e}");
+    assert_eq!(e.code(), "session_timeout");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // The sender has sent everything by then and may have finished; it never waits long.
+    let _ = sender.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_deadline_ends_a_wait_before_the_idle_timeout_and_the_peer_is_told() {
+    let (a, mut p) = duplex(1 << 16);
+    let started = std::time::Instant::now();
+    let me = tokio::spawn(async move {
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(1),
+            ..limits()
+        };
+        let cfg = config(ProtocolKind::Intersection, Role::Receiver);
+        run_session(
+            &mut Channel::new(a, limits),
+            &Counters::default(),
+            &cfg,
+            input(ProtocolKind::Intersection, Role::Receiver, 0..20),
+            &mut |_| {},
+        )
+        .await
+        .map(|_| ())
+    });
+    // Answer the hello, then read what comes without ever answering.
+    read_frame(&mut p).await;
+    p.write_all(&frame(&sender_hello().encode())).await.unwrap();
+    let abort = loop {
+        let f = read_frame(&mut p).await;
+        if f[0] == 0xff {
+            break f;
+        }
+    };
+    assert_eq!(&abort[1..], b"session_timeout");
+    let e = me.await.unwrap().unwrap_err();
+    assert!(matches!(e, NetError::SessionTimeout { secs: 1 }), "{e}");
+    assert!(e.to_string().contains("--session-timeout"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
