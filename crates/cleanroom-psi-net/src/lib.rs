@@ -82,22 +82,42 @@ pub async fn accept(
 /// peer. A connection that fails it (not TLS, another certificate, too slow) is closed and
 /// told to `refused` with its address, and the next one is awaited: a port scanner or a
 /// misconfigured attempt does not end the session the real peer is coming to. Only a failure
-/// of the listener itself ends the wait. Connections are handled one at a time, each within
-/// the IO timeout.
+/// of the listener itself ends the wait.
+///
+/// Handshakes run side by side, up to [`MAX_PENDING_HANDSHAKES`] at once, each within the IO
+/// timeout: a connection that opens and says nothing holds one slot, not the listener, so the
+/// peer's handshake is answered at once. The first to complete wins; the rest are dropped.
 pub async fn accept_peer(
     listener: &TcpListener,
     tls: Arc<TlsSetup>,
     limits: Limits,
     refused: &mut (dyn FnMut(std::net::SocketAddr, &NetError) + Send),
 ) -> Result<Connection, NetError> {
+    let mut pending = tokio::task::JoinSet::new();
     loop {
-        let (tcp, from) = listener.accept().await?;
-        match handshake(tcp, tls.clone(), limits).await {
-            Ok(conn) => return Ok(conn),
-            Err(e) => refused(from, &e),
+        tokio::select! {
+            accepted = listener.accept(), if pending.len() < MAX_PENDING_HANDSHAKES => {
+                let (tcp, from) = accepted?;
+                let tls = tls.clone();
+                pending.spawn(async move { (from, handshake(tcp, tls, limits).await) });
+            }
+            Some(done) = pending.join_next() => match done {
+                // Dropping `pending` aborts the other handshakes.
+                Ok((_, Ok(conn))) => return Ok(conn),
+                Ok((from, Err(e))) => refused(from, &e),
+                Err(e) => {
+                    return Err(NetError::Io(std::io::Error::other(format!(
+                        "a TLS handshake ended abnormally: {e}"
+                    ))));
+                }
+            },
         }
     }
 }
+
+/// Handshakes [`accept_peer`] runs at once; further connections wait in the listen backlog
+/// until one of these ends (each ends within the IO timeout).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 async fn handshake(
     tcp: TcpStream,

@@ -310,7 +310,7 @@ async fn a_peer_that_trickles_its_messages_meets_the_session_deadline() {
     assert!(matches!(e, NetError::SessionTimeout { secs: 2 }), "{e}");
     assert_eq!(e.code(), "session_timeout");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
         "{took:?}"
     );
     // The sender has sent everything by then and may have finished; it never waits long.
