@@ -228,23 +228,33 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
         }
     }
 
-    /// Waits for `fut` at most `limit` (else `timeout`), and never past the session's deadline.
-    async fn bounded<T>(
+    /// Fills `buf` from the peer within `limit` (else a timeout saying `what`), and never past
+    /// the session's deadline.
+    async fn read_within(
+        &mut self,
+        buf: &mut [u8],
         limit: Duration,
-        deadline: Option<Instant>,
-        fut: impl std::future::Future<Output = T>,
-        timeout: NetError,
-        deadline_passed: NetError,
-    ) -> Result<T, NetError> {
-        let (end, err) = match (Instant::now().checked_add(limit), deadline) {
-            (Some(l), Some(d)) if d < l => (Some(d), deadline_passed),
-            (None, Some(d)) => (Some(d), deadline_passed),
-            (l, _) => (l, timeout),
+        what: &'static str,
+    ) -> Result<(), NetError> {
+        let (end, err) = match (Instant::now().checked_add(limit), self.deadline) {
+            (Some(l), Some(d)) if d < l => (Some(d), self.deadline_passed()),
+            (None, Some(d)) => (Some(d), self.deadline_passed()),
+            (l, _) => (
+                l,
+                NetError::Timeout {
+                    what,
+                    secs: limit.as_secs(),
+                },
+            ),
         };
+        let read = self.reader.read_exact(buf);
         match end {
-            Some(end) => tokio::time::timeout_at(end, fut).await.map_err(|_| err),
-            None => Ok(fut.await),
-        }
+            Some(end) => tokio::time::timeout_at(end, read)
+                .await
+                .map_err(|_| err)??,
+            None => read.await?,
+        };
+        Ok(())
     }
 
     pub async fn send(&mut self, payload: &[u8]) -> Result<(), NetError> {
@@ -327,18 +337,9 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
 
     pub async fn recv(&mut self) -> Result<Vec<u8>, NetError> {
         let mut len = [0u8; 4];
-        let (deadline, passed) = (self.deadline, self.deadline_passed());
-        Self::bounded(
-            self.limits.idle_timeout,
-            deadline,
-            self.reader.read_exact(&mut len),
-            NetError::Timeout {
-                what: "waiting for its next message",
-                secs: self.limits.idle_timeout.as_secs(),
-            },
-            passed,
-        )
-        .await??;
+        let idle = self.limits.idle_timeout;
+        self.read_within(&mut len, idle, "waiting for its next message")
+            .await?;
         let n = u32::from_be_bytes(len) as usize;
         if n > self.limits.max_frame {
             return Err(NetError::FrameTooLarge {
@@ -347,18 +348,9 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
             });
         }
         let mut buf = vec![0u8; n];
-        let passed = self.deadline_passed();
-        Self::bounded(
-            self.limits.io_timeout,
-            deadline,
-            self.reader.read_exact(&mut buf),
-            NetError::Timeout {
-                what: "in the middle of a message",
-                secs: self.limits.io_timeout.as_secs(),
-            },
-            passed,
-        )
-        .await??;
+        let io = self.limits.io_timeout;
+        self.read_within(&mut buf, io, "in the middle of a message")
+            .await?;
         Ok(buf)
     }
 

@@ -25,9 +25,17 @@ async fn receiver_against(peer: impl AsyncFnOnce(DuplexStream)) -> NetError {
 }
 
 async fn receiver_of(protocol: ProtocolKind, peer: impl AsyncFnOnce(DuplexStream)) -> NetError {
+    receiver_with(protocol, limits(), peer).await
+}
+
+async fn receiver_with(
+    protocol: ProtocolKind,
+    limits: Limits,
+    peer: impl AsyncFnOnce(DuplexStream),
+) -> NetError {
     let (a, b) = duplex(1 << 16);
     let me = tokio::spawn(async move {
-        let mut ch = Channel::new(a, limits());
+        let mut ch = Channel::new(a, limits);
         let cfg = config(protocol, Role::Receiver);
         run_session(
             &mut ch,
@@ -319,36 +327,25 @@ async fn a_peer_that_trickles_its_messages_meets_the_session_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_deadline_ends_a_wait_before_the_idle_timeout_and_the_peer_is_told() {
-    let (a, mut p) = duplex(1 << 16);
     let started = std::time::Instant::now();
-    let me = tokio::spawn(async move {
-        let limits = Limits {
-            idle_timeout: Duration::from_secs(30),
-            session_timeout: Duration::from_secs(1),
-            ..limits()
-        };
-        let cfg = config(ProtocolKind::Intersection, Role::Receiver);
-        run_session(
-            &mut Channel::new(a, limits),
-            &Counters::default(),
-            &cfg,
-            input(ProtocolKind::Intersection, Role::Receiver, 0..20),
-            &mut |_| {},
-        )
-        .await
-        .map(|_| ())
-    });
-    // Answer the hello, then read what comes without ever answering.
-    read_frame(&mut p).await;
-    p.write_all(&frame(&sender_hello().encode())).await.unwrap();
-    let abort = loop {
-        let f = read_frame(&mut p).await;
-        if f[0] == 0xff {
-            break f;
-        }
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(30),
+        session_timeout: Duration::from_secs(1),
+        ..limits()
     };
-    assert_eq!(&abort[1..], b"session_timeout");
-    let e = me.await.unwrap().unwrap_err();
+    // Answer the hello, then read what comes without ever answering.
+    let e = receiver_with(ProtocolKind::Intersection, limits, async |mut p| {
+        read_frame(&mut p).await;
+        p.write_all(&frame(&sender_hello().encode())).await.unwrap();
+        let abort = loop {
+            let f = read_frame(&mut p).await;
+            if f[0] == 0xff {
+                break f;
+            }
+        };
+        assert_eq!(&abort[1..], b"session_timeout");
+    })
+    .await;
     assert!(matches!(e, NetError::SessionTimeout { secs: 1 }), "{e}");
     assert!(e.to_string().contains("--session-timeout"), "{e}");
     assert!(
